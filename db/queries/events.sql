@@ -1,0 +1,9 @@
+-- name: EventInsert :exec
+INSERT INTO events (node_id, node_name, type, severity, message, actor)
+VALUES (@node_id, @node_name, @type, @severity, @message, @actor);
+
+-- name: EventList :many
+SELECT * FROM events
+WHERE (@node_name::text = '' OR node_name = @node_name)
+  AND (@q::text = '' OR message ILIKE '%' || @q || '%' OR type ILIKE '%' || @q || '%' OR node_name ILIKE '%' || @q || '%')
+ORDER BY id DESC LIMIT @lim;

@@ -1,0 +1,108 @@
+-- name: NodeInsert :one
+INSERT INTO nodes (name, kind, address, capacity, weight, region, description, admin_state, updated_by)
+VALUES (@name, @kind, @address, @capacity, @weight, @region, @description, 'enabled', @updated_by)
+RETURNING *;
+
+-- name: NodeGet :one
+SELECT * FROM nodes WHERE id = @id;
+
+-- name: NodeGetByName :one
+SELECT * FROM nodes WHERE name = @name;
+
+-- name: NodeGetByNameForUpdate :one
+SELECT * FROM nodes WHERE name = @name FOR UPDATE;
+
+-- name: NodeList :many
+SELECT * FROM nodes ORDER BY kind, name;
+
+-- name: NodeListFiltered :many
+SELECT * FROM nodes
+WHERE (@kind::text = '' OR kind = @kind)
+  AND (@admin_state::text = '' OR admin_state = @admin_state)
+  AND (@health::text = '' OR health = @health)
+  AND (@q::text = '' OR name ILIKE '%' || @q || '%' OR address ILIKE '%' || @q || '%' OR region ILIKE '%' || @q || '%')
+ORDER BY kind, name;
+
+-- name: NodeUpdate :one
+UPDATE nodes SET address = @address, capacity = @capacity, weight = @weight,
+    region = @region, description = @description, updated_at = now(), updated_by = @updated_by
+WHERE id = @id RETURNING *;
+
+-- name: NodeSetAdminState :one
+UPDATE nodes SET admin_state = @admin_state, updated_at = now(), updated_by = @updated_by,
+    assign_version = nextval('assign_version_seq')
+WHERE id = @id RETURNING *;
+
+-- name: NodeDelete :exec
+DELETE FROM nodes WHERE id = @id;
+
+-- name: NodeSetMaintenance :one
+UPDATE nodes SET maintenance_until = @maintenance_until, maintenance_reason = @maintenance_reason,
+    updated_at = now(), updated_by = @updated_by
+WHERE id = @id RETURNING *;
+
+-- name: NodeEnroll :one
+UPDATE nodes SET enrolled_at = now(), agent_version = @agent_version,
+    address = CASE WHEN @address::text = '' THEN address ELSE @address END,
+    updated_at = now()
+WHERE id = @id RETURNING *;
+
+-- NodeHeartbeatBatch writes many heartbeats in one statement; a node's
+-- first heartbeat moves it from pending to up.
+-- name: NodeHeartbeatBatch :many
+UPDATE nodes n SET last_heartbeat_at = b.at, reported_load = b.load, agent_version = b.version,
+    health = CASE WHEN n.health = 'pending' THEN 'up' ELSE n.health END,
+    health_changed_at = CASE WHEN n.health = 'pending' THEN now() ELSE n.health_changed_at END
+FROM (SELECT unnest(@ids::bigint[]) AS id, unnest(@ats::timestamptz[]) AS at,
+             unnest(@loads::int[]) AS load, unnest(@versions::text[]) AS version) b
+WHERE n.id = b.id
+RETURNING n.id, (n.health_changed_at = now())::boolean AS became_up;
+
+-- name: NodeKindSummary :many
+SELECT kind,
+    count(*) FILTER (WHERE health = 'up' AND admin_state <> 'disabled')::int AS up,
+    count(*) FILTER (WHERE health = 'suspect' AND admin_state <> 'disabled')::int AS suspect,
+    count(*) FILTER (WHERE health = 'down' AND admin_state <> 'disabled')::int AS down,
+    count(*) FILTER (WHERE health = 'pending' AND admin_state <> 'disabled')::int AS pending,
+    count(*) FILTER (WHERE admin_state = 'disabled')::int AS disabled,
+    count(*) FILTER (WHERE admin_state = 'draining')::int AS draining,
+    coalesce(sum(capacity) FILTER (WHERE admin_state = 'enabled'), 0)::bigint AS capacity,
+    coalesce(sum(used), 0)::bigint AS used
+FROM nodes GROUP BY kind;
+
+-- name: NodeRoomForKind :one
+SELECT coalesce(sum(capacity - used), 0)::bigint AS free, count(*)::int AS nodes
+FROM nodes
+WHERE kind = @kind AND admin_state = 'enabled' AND health = 'up' AND id <> @exclude_id
+  AND (maintenance_until IS NULL OR maintenance_until < now());
+
+-- name: NodeVersion :one
+SELECT assign_version, admin_state FROM nodes WHERE id = @id;
+
+-- name: NodeRecountUsed :exec
+UPDATE nodes n SET used = coalesce((SELECT sum(w.cost) FROM work w
+    WHERE w.node_id = n.id AND w.state IN ('assigned', 'active')), 0),
+    assign_version = nextval('assign_version_seq')
+WHERE n.id = ANY(@ids::bigint[]);
+
+-- name: NodeBumpVersion :exec
+UPDATE nodes SET assign_version = nextval('assign_version_seq') WHERE id = ANY(@ids::bigint[]);
+
+-- name: NodeSetHealth :one
+UPDATE nodes SET health = @health, health_changed_at = CASE WHEN health <> @health THEN now() ELSE health_changed_at END,
+    consecutive_fail = @consecutive_fail, consecutive_ok = @consecutive_ok,
+    last_probe_at = now(), last_probe_detail = @last_probe_detail, flapping = @flapping
+WHERE id = @id RETURNING *;
+
+-- name: ProbeResultInsertBatch :exec
+INSERT INTO probe_results (node_id, ok, latency_us, detail)
+SELECT unnest(@node_ids::bigint[]), unnest(@oks::boolean[]), unnest(@latencies::bigint[]), unnest(@details::text[]);
+
+-- name: ProbeResultList :many
+SELECT * FROM probe_results WHERE node_id = @node_id ORDER BY at DESC LIMIT @lim;
+
+-- name: ProbeResultPrune :execrows
+DELETE FROM probe_results WHERE at < now() - interval '1 hour';
+
+-- name: NodeHealthChanges :one
+SELECT count(*) FROM events WHERE node_id = @node_id AND type = 'health' AND at > now() - make_interval(secs => @window_seconds::float8);

@@ -1,0 +1,86 @@
+-- WorkPlace places one new work item in one statement: it locks the
+-- least-loaded eligible node (weighted load after adding the cost), bumps
+-- its used counter and inserts the work on it, or inserts it unplaced
+-- when no node has room.
+-- name: WorkPlace :one
+WITH target AS (
+    SELECT n.id FROM nodes n
+    WHERE n.kind = @node_kind::text AND n.admin_state = 'enabled' AND n.health = 'up'
+      AND n.used + @cost::int <= n.capacity
+      AND (n.maintenance_until IS NULL OR n.maintenance_until < now())
+    ORDER BY ((n.used + @cost::int)::float8 / n.capacity) / n.weight, n.id
+    LIMIT 1
+    FOR UPDATE
+), bumped AS (
+    UPDATE nodes SET used = nodes.used + @cost, assign_version = nextval('assign_version_seq')
+    FROM target WHERE nodes.id = target.id AND nodes.used + @cost <= nodes.capacity
+    RETURNING nodes.id, nodes.name
+)
+INSERT INTO work (ref, kind, cost, state, node_id)
+SELECT @ref::text, @kind::text, @cost::int,
+       CASE WHEN (SELECT id FROM bumped) IS NULL THEN 'unplaced' ELSE 'assigned' END,
+       (SELECT id FROM bumped)
+RETURNING id, ref, kind, cost, state, node_id, epoch, created_at,
+    (SELECT name FROM bumped)::text AS node_name;
+
+-- name: WorkGetByRef :one
+SELECT w.*, coalesce(n.name, '')::text AS node_name FROM work w LEFT JOIN nodes n ON n.id = w.node_id WHERE w.ref = @ref;
+
+-- name: WorkGetForUpdate :one
+SELECT * FROM work WHERE ref = @ref FOR UPDATE;
+
+-- name: WorkEnd :one
+UPDATE work SET state = 'ended', ended_at = now(), updated_at = now(), node_id = node_id
+WHERE id = @id RETURNING *;
+
+-- name: WorkList :many
+SELECT w.*, coalesce(n.name, '')::text AS node_name FROM work w LEFT JOIN nodes n ON n.id = w.node_id
+WHERE (@node_id::bigint = 0 OR w.node_id = @node_id)
+  AND (@kind::text = '' OR w.kind = @kind)
+  AND (@state::text = '' OR w.state = @state)
+  AND (@q::text = '' OR w.ref ILIKE '%' || @q || '%')
+ORDER BY w.id DESC LIMIT @lim;
+
+-- name: WorkCounts :many
+SELECT kind, state, count(*)::bigint AS n, coalesce(sum(cost), 0)::bigint AS cost
+FROM work WHERE state <> 'ended' GROUP BY kind, state ORDER BY kind, state;
+
+-- name: WorkCountsByNode :many
+SELECT kind, count(*)::bigint AS n, coalesce(sum(cost), 0)::bigint AS cost
+FROM work WHERE node_id = @node_id AND state IN ('assigned', 'active') GROUP BY kind ORDER BY kind;
+
+-- name: WorkLiveOnNode :many
+SELECT id, cost FROM work WHERE node_id = @node_id AND state IN ('assigned', 'active') ORDER BY id FOR UPDATE;
+
+-- name: WorkDesiredForNode :many
+SELECT id, ref, kind, cost, epoch, state FROM work
+WHERE node_id = @node_id AND state IN ('assigned', 'active') ORDER BY id;
+
+-- WorkMove applies a computed placement to many work items in one
+-- statement; node_id 0 means unplaced. The epoch grows on every move.
+-- name: WorkMove :exec
+UPDATE work w SET node_id = NULLIF(m.node_id, 0),
+    state = CASE WHEN m.node_id = 0 THEN 'unplaced' ELSE 'assigned' END,
+    epoch = w.epoch + 1, updated_at = now()
+FROM (SELECT unnest(@ids::bigint[]) AS id, unnest(@node_ids::bigint[]) AS node_id) m
+WHERE w.id = m.id;
+
+-- name: WorkUnplacedForKind :many
+SELECT id, cost FROM work WHERE kind = @kind AND state = 'unplaced' ORDER BY id LIMIT @lim FOR UPDATE SKIP LOCKED;
+
+-- name: WorkUnplacedKinds :many
+SELECT DISTINCT kind FROM work WHERE state = 'unplaced';
+
+-- name: WorkAck :one
+UPDATE work SET state = CASE WHEN @state::text = 'failed' THEN 'unplaced' ELSE @state END,
+    node_id = CASE WHEN @state::text IN ('failed') THEN NULL ELSE node_id END,
+    ended_at = CASE WHEN @state::text = 'ended' THEN now() ELSE ended_at END,
+    updated_at = now()
+WHERE id = @id AND node_id = @node_id AND epoch = @epoch AND state IN ('assigned', 'active')
+RETURNING *;
+
+-- name: WorkGetByID :one
+SELECT * FROM work WHERE id = @id;
+
+-- name: WorkPruneEnded :execrows
+DELETE FROM work WHERE state = 'ended' AND ended_at < now() - interval '1 day';

@@ -71,6 +71,8 @@ CREATE TABLE nodes (
     agent_version       text NOT NULL DEFAULT '',
     last_heartbeat_at   timestamptz,
     reported_load       integer NOT NULL DEFAULT 0,
+    -- rotate_requested asks the agent's next heartbeat to take a new credential.
+    rotate_requested    boolean NOT NULL DEFAULT false,
     created_at          timestamptz NOT NULL DEFAULT now(),
     updated_at          timestamptz NOT NULL DEFAULT now(),
     updated_by          text NOT NULL DEFAULT ''

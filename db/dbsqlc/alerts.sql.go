@@ -172,3 +172,21 @@ func (q *Queries) AlertMarkSent(ctx context.Context, db DBTX, arg AlertMarkSentP
 	_, err := db.Exec(ctx, alertMarkSent, arg.EmailID, arg.Ids)
 	return err
 }
+
+const alertRecentOfType = `-- name: AlertRecentOfType :one
+SELECT count(*) FROM alerts WHERE type = $1 AND node_name = $2
+  AND created_at > now() - make_interval(secs => $3::float8)
+`
+
+type AlertRecentOfTypeParams struct {
+	Type          string
+	NodeName      string
+	WindowSeconds float64
+}
+
+func (q *Queries) AlertRecentOfType(ctx context.Context, db DBTX, arg AlertRecentOfTypeParams) (int64, error) {
+	row := db.QueryRow(ctx, alertRecentOfType, arg.Type, arg.NodeName, arg.WindowSeconds)
+	var count int64
+	err := row.Scan(&count)
+	return count, err
+}

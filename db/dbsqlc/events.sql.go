@@ -76,3 +76,19 @@ func (q *Queries) EventList(ctx context.Context, db DBTX, arg EventListParams) (
 	}
 	return items, nil
 }
+
+const notify = `-- name: Notify :exec
+SELECT pg_notify($1::text, $2::text)
+`
+
+type NotifyParams struct {
+	Channel string
+	Payload string
+}
+
+// Notify wakes every call manager's long-polls; it is sent once per
+// transaction, with the ids of the nodes whose assignments changed.
+func (q *Queries) Notify(ctx context.Context, db DBTX, arg NotifyParams) error {
+	_, err := db.Exec(ctx, notify, arg.Channel, arg.Payload)
+	return err
+}

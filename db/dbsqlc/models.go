@@ -105,6 +105,7 @@ type Node struct {
 	AgentVersion      string
 	LastHeartbeatAt   *time.Time
 	ReportedLoad      int32
+	RotateRequested   bool
 	CreatedAt         time.Time
 	UpdatedAt         time.Time
 	UpdatedBy         string

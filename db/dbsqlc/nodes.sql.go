@@ -28,11 +28,57 @@ func (q *Queries) NodeDelete(ctx context.Context, db DBTX, id int64) error {
 	return err
 }
 
+const nodeEligibleForUpdate = `-- name: NodeEligibleForUpdate :many
+SELECT id, name, capacity, used, weight FROM nodes
+WHERE kind = $1 AND admin_state = 'enabled' AND health = 'up' AND id <> $2
+  AND (maintenance_until IS NULL OR maintenance_until < now())
+ORDER BY id FOR UPDATE
+`
+
+type NodeEligibleForUpdateParams struct {
+	Kind      string
+	ExcludeID int64
+}
+
+type NodeEligibleForUpdateRow struct {
+	ID       int64
+	Name     string
+	Capacity int32
+	Used     int32
+	Weight   int32
+}
+
+func (q *Queries) NodeEligibleForUpdate(ctx context.Context, db DBTX, arg NodeEligibleForUpdateParams) ([]NodeEligibleForUpdateRow, error) {
+	rows, err := db.Query(ctx, nodeEligibleForUpdate, arg.Kind, arg.ExcludeID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []NodeEligibleForUpdateRow{}
+	for rows.Next() {
+		var i NodeEligibleForUpdateRow
+		if err := rows.Scan(
+			&i.ID,
+			&i.Name,
+			&i.Capacity,
+			&i.Used,
+			&i.Weight,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const nodeEnroll = `-- name: NodeEnroll :one
 UPDATE nodes SET enrolled_at = now(), agent_version = $1,
     address = CASE WHEN $2::text = '' THEN address ELSE $2 END,
     updated_at = now()
-WHERE id = $3 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, created_at, updated_at, updated_by
+WHERE id = $3 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by
 `
 
 type NodeEnrollParams struct {
@@ -69,6 +115,7 @@ func (q *Queries) NodeEnroll(ctx context.Context, db DBTX, arg NodeEnrollParams)
 		&i.AgentVersion,
 		&i.LastHeartbeatAt,
 		&i.ReportedLoad,
+		&i.RotateRequested,
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.UpdatedBy,
@@ -77,7 +124,7 @@ func (q *Queries) NodeEnroll(ctx context.Context, db DBTX, arg NodeEnrollParams)
 }
 
 const nodeGet = `-- name: NodeGet :one
-SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, created_at, updated_at, updated_by FROM nodes WHERE id = $1
+SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by FROM nodes WHERE id = $1
 `
 
 func (q *Queries) NodeGet(ctx context.Context, db DBTX, id int64) (Node, error) {
@@ -108,6 +155,7 @@ func (q *Queries) NodeGet(ctx context.Context, db DBTX, id int64) (Node, error) 
 		&i.AgentVersion,
 		&i.LastHeartbeatAt,
 		&i.ReportedLoad,
+		&i.RotateRequested,
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.UpdatedBy,
@@ -116,7 +164,7 @@ func (q *Queries) NodeGet(ctx context.Context, db DBTX, id int64) (Node, error) 
 }
 
 const nodeGetByName = `-- name: NodeGetByName :one
-SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, created_at, updated_at, updated_by FROM nodes WHERE name = $1
+SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by FROM nodes WHERE name = $1
 `
 
 func (q *Queries) NodeGetByName(ctx context.Context, db DBTX, name string) (Node, error) {
@@ -147,6 +195,7 @@ func (q *Queries) NodeGetByName(ctx context.Context, db DBTX, name string) (Node
 		&i.AgentVersion,
 		&i.LastHeartbeatAt,
 		&i.ReportedLoad,
+		&i.RotateRequested,
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.UpdatedBy,
@@ -155,7 +204,7 @@ func (q *Queries) NodeGetByName(ctx context.Context, db DBTX, name string) (Node
 }
 
 const nodeGetByNameForUpdate = `-- name: NodeGetByNameForUpdate :one
-SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, created_at, updated_at, updated_by FROM nodes WHERE name = $1 FOR UPDATE
+SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by FROM nodes WHERE name = $1 FOR UPDATE
 `
 
 func (q *Queries) NodeGetByNameForUpdate(ctx context.Context, db DBTX, name string) (Node, error) {
@@ -186,6 +235,7 @@ func (q *Queries) NodeGetByNameForUpdate(ctx context.Context, db DBTX, name stri
 		&i.AgentVersion,
 		&i.LastHeartbeatAt,
 		&i.ReportedLoad,
+		&i.RotateRequested,
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.UpdatedBy,
@@ -258,10 +308,39 @@ func (q *Queries) NodeHeartbeatBatch(ctx context.Context, db DBTX, arg NodeHeart
 	return items, nil
 }
 
+const nodeIDsByName = `-- name: NodeIDsByName :many
+SELECT id, name FROM nodes WHERE id = ANY($1::bigint[])
+`
+
+type NodeIDsByNameRow struct {
+	ID   int64
+	Name string
+}
+
+func (q *Queries) NodeIDsByName(ctx context.Context, db DBTX, ids []int64) ([]NodeIDsByNameRow, error) {
+	rows, err := db.Query(ctx, nodeIDsByName, ids)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []NodeIDsByNameRow{}
+	for rows.Next() {
+		var i NodeIDsByNameRow
+		if err := rows.Scan(&i.ID, &i.Name); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const nodeInsert = `-- name: NodeInsert :one
 INSERT INTO nodes (name, kind, address, capacity, weight, region, description, admin_state, updated_by)
 VALUES ($1, $2, $3, $4, $5, $6, $7, 'enabled', $8)
-RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, created_at, updated_at, updated_by
+RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by
 `
 
 type NodeInsertParams struct {
@@ -312,6 +391,7 @@ func (q *Queries) NodeInsert(ctx context.Context, db DBTX, arg NodeInsertParams)
 		&i.AgentVersion,
 		&i.LastHeartbeatAt,
 		&i.ReportedLoad,
+		&i.RotateRequested,
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.UpdatedBy,
@@ -375,7 +455,7 @@ func (q *Queries) NodeKindSummary(ctx context.Context, db DBTX) ([]NodeKindSumma
 }
 
 const nodeList = `-- name: NodeList :many
-SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, created_at, updated_at, updated_by FROM nodes ORDER BY kind, name
+SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by FROM nodes ORDER BY kind, name
 `
 
 func (q *Queries) NodeList(ctx context.Context, db DBTX) ([]Node, error) {
@@ -412,6 +492,7 @@ func (q *Queries) NodeList(ctx context.Context, db DBTX) ([]Node, error) {
 			&i.AgentVersion,
 			&i.LastHeartbeatAt,
 			&i.ReportedLoad,
+			&i.RotateRequested,
 			&i.CreatedAt,
 			&i.UpdatedAt,
 			&i.UpdatedBy,
@@ -427,7 +508,7 @@ func (q *Queries) NodeList(ctx context.Context, db DBTX) ([]Node, error) {
 }
 
 const nodeListFiltered = `-- name: NodeListFiltered :many
-SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, created_at, updated_at, updated_by FROM nodes
+SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by FROM nodes
 WHERE ($1::text = '' OR kind = $1)
   AND ($2::text = '' OR admin_state = $2)
   AND ($3::text = '' OR health = $3)
@@ -481,6 +562,7 @@ func (q *Queries) NodeListFiltered(ctx context.Context, db DBTX, arg NodeListFil
 			&i.AgentVersion,
 			&i.LastHeartbeatAt,
 			&i.ReportedLoad,
+			&i.RotateRequested,
 			&i.CreatedAt,
 			&i.UpdatedAt,
 			&i.UpdatedBy,
@@ -534,7 +616,7 @@ func (q *Queries) NodeRoomForKind(ctx context.Context, db DBTX, arg NodeRoomForK
 const nodeSetAdminState = `-- name: NodeSetAdminState :one
 UPDATE nodes SET admin_state = $1, updated_at = now(), updated_by = $2,
     assign_version = nextval('assign_version_seq')
-WHERE id = $3 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, created_at, updated_at, updated_by
+WHERE id = $3 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by
 `
 
 type NodeSetAdminStateParams struct {
@@ -571,6 +653,7 @@ func (q *Queries) NodeSetAdminState(ctx context.Context, db DBTX, arg NodeSetAdm
 		&i.AgentVersion,
 		&i.LastHeartbeatAt,
 		&i.ReportedLoad,
+		&i.RotateRequested,
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.UpdatedBy,
@@ -582,7 +665,7 @@ const nodeSetHealth = `-- name: NodeSetHealth :one
 UPDATE nodes SET health = $1, health_changed_at = CASE WHEN health <> $1 THEN now() ELSE health_changed_at END,
     consecutive_fail = $2, consecutive_ok = $3,
     last_probe_at = now(), last_probe_detail = $4, flapping = $5
-WHERE id = $6 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, created_at, updated_at, updated_by
+WHERE id = $6 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by
 `
 
 type NodeSetHealthParams struct {
@@ -629,6 +712,7 @@ func (q *Queries) NodeSetHealth(ctx context.Context, db DBTX, arg NodeSetHealthP
 		&i.AgentVersion,
 		&i.LastHeartbeatAt,
 		&i.ReportedLoad,
+		&i.RotateRequested,
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.UpdatedBy,
@@ -639,7 +723,7 @@ func (q *Queries) NodeSetHealth(ctx context.Context, db DBTX, arg NodeSetHealthP
 const nodeSetMaintenance = `-- name: NodeSetMaintenance :one
 UPDATE nodes SET maintenance_until = $1, maintenance_reason = $2,
     updated_at = now(), updated_by = $3
-WHERE id = $4 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, created_at, updated_at, updated_by
+WHERE id = $4 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by
 `
 
 type NodeSetMaintenanceParams struct {
@@ -682,6 +766,7 @@ func (q *Queries) NodeSetMaintenance(ctx context.Context, db DBTX, arg NodeSetMa
 		&i.AgentVersion,
 		&i.LastHeartbeatAt,
 		&i.ReportedLoad,
+		&i.RotateRequested,
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.UpdatedBy,
@@ -689,10 +774,27 @@ func (q *Queries) NodeSetMaintenance(ctx context.Context, db DBTX, arg NodeSetMa
 	return i, err
 }
 
+const nodeSetRotateRequested = `-- name: NodeSetRotateRequested :execrows
+UPDATE nodes SET rotate_requested = $1 WHERE id = $2
+`
+
+type NodeSetRotateRequestedParams struct {
+	RotateRequested bool
+	ID              int64
+}
+
+func (q *Queries) NodeSetRotateRequested(ctx context.Context, db DBTX, arg NodeSetRotateRequestedParams) (int64, error) {
+	result, err := db.Exec(ctx, nodeSetRotateRequested, arg.RotateRequested, arg.ID)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const nodeUpdate = `-- name: NodeUpdate :one
 UPDATE nodes SET address = $1, capacity = $2, weight = $3,
     region = $4, description = $5, updated_at = now(), updated_by = $6
-WHERE id = $7 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, created_at, updated_at, updated_by
+WHERE id = $7 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by
 `
 
 type NodeUpdateParams struct {
@@ -741,6 +843,7 @@ func (q *Queries) NodeUpdate(ctx context.Context, db DBTX, arg NodeUpdateParams)
 		&i.AgentVersion,
 		&i.LastHeartbeatAt,
 		&i.ReportedLoad,
+		&i.RotateRequested,
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.UpdatedBy,

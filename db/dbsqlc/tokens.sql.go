@@ -104,17 +104,18 @@ func (q *Queries) APITokenTouch(ctx context.Context, db DBTX, id string) error {
 }
 
 const credentialAuth = `-- name: CredentialAuth :one
-SELECT c.secret_hash, n.id AS node_id, n.name, n.kind, n.admin_state
+SELECT c.secret_hash, n.id AS node_id, n.name, n.kind, n.admin_state, n.rotate_requested
 FROM node_credentials c JOIN nodes n ON n.id = c.node_id
 WHERE c.id = $1 AND c.revoked_at IS NULL AND (c.expires_at IS NULL OR c.expires_at > now())
 `
 
 type CredentialAuthRow struct {
-	SecretHash []byte
-	NodeID     int64
-	Name       string
-	Kind       string
-	AdminState string
+	SecretHash      []byte
+	NodeID          int64
+	Name            string
+	Kind            string
+	AdminState      string
+	RotateRequested bool
 }
 
 func (q *Queries) CredentialAuth(ctx context.Context, db DBTX, id string) (CredentialAuthRow, error) {
@@ -126,6 +127,7 @@ func (q *Queries) CredentialAuth(ctx context.Context, db DBTX, id string) (Crede
 		&i.Name,
 		&i.Kind,
 		&i.AdminState,
+		&i.RotateRequested,
 	)
 	return i, err
 }

@@ -380,6 +380,35 @@ func (q *Queries) WorkMove(ctx context.Context, db DBTX, arg WorkMoveParams) err
 	return err
 }
 
+const workNewestOnNode = `-- name: WorkNewestOnNode :many
+SELECT id, cost FROM work WHERE node_id = $1 AND state IN ('assigned', 'active') ORDER BY id DESC FOR UPDATE
+`
+
+type WorkNewestOnNodeRow struct {
+	ID   int64
+	Cost int32
+}
+
+func (q *Queries) WorkNewestOnNode(ctx context.Context, db DBTX, nodeID *int64) ([]WorkNewestOnNodeRow, error) {
+	rows, err := db.Query(ctx, workNewestOnNode, nodeID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []WorkNewestOnNodeRow{}
+	for rows.Next() {
+		var i WorkNewestOnNodeRow
+		if err := rows.Scan(&i.ID, &i.Cost); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const workPlace = `-- name: WorkPlace :one
 WITH target AS (
     SELECT n.id FROM nodes n

@@ -23,3 +23,7 @@ SELECT * FROM alerts ORDER BY id DESC LIMIT @lim;
 
 -- name: AlertCounts :many
 SELECT state, count(*)::bigint AS n FROM alerts GROUP BY state;
+
+-- name: AlertRecentOfType :one
+SELECT count(*) FROM alerts WHERE type = @type AND node_name = @node_name
+  AND created_at > now() - make_interval(secs => @window_seconds::float8);

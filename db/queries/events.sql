@@ -7,3 +7,8 @@ SELECT * FROM events
 WHERE (@node_name::text = '' OR node_name = @node_name)
   AND (@q::text = '' OR message ILIKE '%' || @q || '%' OR type ILIKE '%' || @q || '%' OR node_name ILIKE '%' || @q || '%')
 ORDER BY id DESC LIMIT @lim;
+
+-- Notify wakes every call manager's long-polls; it is sent once per
+-- transaction, with the ids of the nodes whose assignments changed.
+-- name: Notify :exec
+SELECT pg_notify(@channel::text, @payload::text);

@@ -106,3 +106,15 @@ DELETE FROM probe_results WHERE at < now() - interval '1 hour';
 
 -- name: NodeHealthChanges :one
 SELECT count(*) FROM events WHERE node_id = @node_id AND type = 'health' AND at > now() - make_interval(secs => @window_seconds::float8);
+
+-- name: NodeEligibleForUpdate :many
+SELECT id, name, capacity, used, weight FROM nodes
+WHERE kind = @kind AND admin_state = 'enabled' AND health = 'up' AND id <> @exclude_id
+  AND (maintenance_until IS NULL OR maintenance_until < now())
+ORDER BY id FOR UPDATE;
+
+-- name: NodeIDsByName :many
+SELECT id, name FROM nodes WHERE id = ANY(@ids::bigint[]);
+
+-- name: NodeSetRotateRequested :execrows
+UPDATE nodes SET rotate_requested = @rotate_requested WHERE id = @id;

@@ -84,3 +84,6 @@ SELECT * FROM work WHERE id = @id;
 
 -- name: WorkPruneEnded :execrows
 DELETE FROM work WHERE state = 'ended' AND ended_at < now() - interval '1 day';
+
+-- name: WorkNewestOnNode :many
+SELECT id, cost FROM work WHERE node_id = @node_id AND state IN ('assigned', 'active') ORDER BY id DESC FOR UPDATE;

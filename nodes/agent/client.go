@@ -1,0 +1,245 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// statusError is a non-200 answer of the agent API.
+type statusError struct {
+	Status  int
+	Message string // the server's {"error": "..."}, or the status text
+}
+
+func (e *statusError) Error() string {
+	return fmt.Sprintf("server answered %d: %s", e.Status, e.Message)
+}
+
+// statusOf returns the HTTP status of an agent API error, or 0 when the
+// request did not get an answer.
+func statusOf(err error) int {
+	var se *statusError
+	if errors.As(err, &se) {
+		return se.Status
+	}
+	return 0
+}
+
+// apiClient speaks the agent API of one call manager over pinned TLS.
+type apiClient struct {
+	base       string
+	hc         *http.Client
+	credential string // empty for enrol
+	userAgent  string
+}
+
+func newAPIClient(server, pin, credential, version string) (*apiClient, error) {
+	base, err := parseServerURL(server)
+	if err != nil {
+		return nil, err
+	}
+	tlsConf, err := pinnedTLSConfig(pin)
+	if err != nil {
+		return nil, err
+	}
+	tr := &http.Transport{
+		Proxy:               http.ProxyFromEnvironment,
+		DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:     tlsConf,
+		TLSHandshakeTimeout: 10 * time.Second,
+		ForceAttemptHTTP2:   true,
+		MaxIdleConns:        4,
+		IdleConnTimeout:     90 * time.Second,
+	}
+	return &apiClient{
+		base: base,
+		hc: &http.Client{
+			Transport: tr,
+			// A redirect could lead the token or credential off the pinned
+			// server (to plain http, say); the agent API never redirects.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+		credential: credential,
+		userAgent:  "callplane-nodeagent/" + version,
+	}, nil
+}
+
+func (c *apiClient) close() { c.hc.CloseIdleConnections() }
+
+// do sends one request and decodes a 200 answer into out. Errors are a
+// *statusError for an answer other than 200, a *PinMismatchError for the
+// wrong server, the context's error, or "cannot reach server".
+func (c *apiClient) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("encode request: %w", err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return fmt.Errorf("build request: %w", err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", c.userAgent)
+	if c.credential != "" {
+		req.Header.Set("Authorization", "Bearer "+c.credential)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return c.transportError(ctx, err)
+	}
+	defer resp.Body.Close()
+	// A desired set of many thousand assignments fits in 16 MiB; more is a
+	// broken or hostile server.
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return c.transportError(ctx, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		msg := http.StatusText(resp.StatusCode)
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(data, &e) == nil && e.Error != "" {
+			msg = e.Error
+		}
+		return &statusError{Status: resp.StatusCode, Message: oneLine(msg, 200)}
+	}
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			return fmt.Errorf("decode answer to %s %s: %w", method, path, err)
+		}
+	}
+	return nil
+}
+
+func (c *apiClient) transportError(ctx context.Context, err error) error {
+	var pe *PinMismatchError
+	if errors.As(err, &pe) {
+		return pe
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err // the URL is said once, below
+	}
+	return fmt.Errorf("cannot reach server %s: %w", c.base, err)
+}
+
+// oneLine shortens s to one line of at most n bytes, so a server's error
+// text cannot flood a log line or the command's one-line reason.
+func oneLine(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > n {
+		s = s[:n] + "…"
+	}
+	return s
+}
+
+// Wire types of the agent API (DESIGN.md, "Agent API").
+
+type enrollRequest struct {
+	Token   string `json:"token"`
+	Address string `json:"address"`
+	Version string `json:"version"`
+}
+
+type enrollResponse struct {
+	NodeID              int64  `json:"node_id"`
+	NodeName            string `json:"node_name"`
+	Kind                string `json:"kind"`
+	Credential          string `json:"credential"`
+	HeartbeatIntervalMS int64  `json:"heartbeat_interval_ms"`
+}
+
+type runningRef struct {
+	ID    int64 `json:"id"`
+	Epoch int64 `json:"epoch"`
+}
+
+type heartbeatRequest struct {
+	Load    int64        `json:"load"`
+	Version string       `json:"version"`
+	Running []runningRef `json:"running"`
+}
+
+type heartbeatResponse struct {
+	AdminState          string `json:"admin_state"`
+	HeartbeatIntervalMS int64  `json:"heartbeat_interval_ms"`
+}
+
+// assignment is one unit of work the call manager wants this node to run.
+type assignment struct {
+	ID    int64  `json:"id"`
+	Ref   string `json:"ref"`
+	Kind  string `json:"kind"`
+	Cost  int64  `json:"cost"`
+	Epoch int64  `json:"epoch"`
+	State string `json:"state"`
+}
+
+type assignmentsResponse struct {
+	Version     int64        `json:"version"`
+	Assignments []assignment `json:"assignments"`
+}
+
+type ackRequest struct {
+	State string `json:"state"`
+	Epoch int64  `json:"epoch"`
+}
+
+func (c *apiClient) enroll(ctx context.Context, req enrollRequest) (*enrollResponse, error) {
+	var resp enrollResponse
+	if err := c.do(ctx, http.MethodPost, "/api/v1/enroll", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *apiClient) heartbeat(ctx context.Context, req heartbeatRequest) (*heartbeatResponse, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var resp heartbeatResponse
+	if err := c.do(ctx, http.MethodPost, "/api/v1/heartbeat", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+// assignments long-polls the desired set. The request may take up to wait
+// plus a margin for the server and the network.
+func (c *apiClient) assignments(ctx context.Context, since int64, wait time.Duration) (*assignmentsResponse, error) {
+	ctx, cancel := context.WithTimeout(ctx, wait+15*time.Second)
+	defer cancel()
+	q := url.Values{"since": {strconv.FormatInt(since, 10)}, "wait": {wait.String()}}
+	var resp assignmentsResponse
+	if err := c.do(ctx, http.MethodGet, "/api/v1/assignments?"+q.Encode(), nil, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *apiClient) ack(ctx context.Context, id int64, state string, epoch int64) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	path := "/api/v1/assignments/" + strconv.FormatInt(id, 10) + "/ack"
+	return c.do(ctx, http.MethodPost, path, ackRequest{State: state, Epoch: epoch}, nil)
+}

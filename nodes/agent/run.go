@@ -1,0 +1,539 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+)
+
+// ErrCredentialRejected is returned by Run when the server answers 401: the
+// node was removed or its credential revoked. Retrying cannot help; only a
+// new join can.
+var ErrCredentialRejected = errors.New("credential rejected: node removed or credential revoked; re-join with a new token")
+
+// Assignment states as the server reports them and as the agent acks them.
+const (
+	stateAssigned = "assigned"
+	stateActive   = "active"
+	stateFailed   = "failed"
+)
+
+// Defaults of RunOptions.
+const (
+	DefaultHookTimeout = 10 * time.Second
+	DefaultPollWait    = 30 * time.Second
+	DefaultMinBackoff  = 500 * time.Millisecond
+	DefaultMaxBackoff  = 30 * time.Second
+
+	defaultHeartbeat = time.Second
+	// hookParallelism bounds how many hooks run at once when one desired
+	// set starts or stops many assignments.
+	hookParallelism = 8
+	// ackRetryWait shortens the long poll while an ack is outstanding, so
+	// the server resends the set soon and the ack is retried.
+	ackRetryWait = time.Second
+)
+
+// RunOptions are the inputs of Run. Zero durations take the defaults above;
+// tests shorten them.
+type RunOptions struct {
+	StateDir    string       // identity written by Join
+	ProbeListen string       // when set, serve the node kind's probe endpoint here
+	OnAssign    string       // hook command run with /bin/sh -c on start and stop
+	Version     string       // agent version reported in heartbeats
+	Logger      *slog.Logger // nil discards logs
+
+	HookTimeout time.Duration // bound of one hook run (default 10s)
+	PollWait    time.Duration // long-poll wait asked of the server (default 30s)
+	MinBackoff  time.Duration // first retry delay when the server fails (default 0.5s)
+	MaxBackoff  time.Duration // largest retry delay (default 30s)
+}
+
+func (o RunOptions) withDefaults() RunOptions {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.HookTimeout <= 0 {
+		o.HookTimeout = DefaultHookTimeout
+	}
+	if o.PollWait <= 0 {
+		o.PollWait = DefaultPollWait
+	}
+	if o.MinBackoff <= 0 {
+		o.MinBackoff = DefaultMinBackoff
+	}
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = DefaultMaxBackoff
+	}
+	o.MaxBackoff = max(o.MaxBackoff, o.MinBackoff)
+	return o
+}
+
+// Run keeps the enrolled node connected until ctx ends (then it returns nil)
+// or the server rejects the node's credential (ErrCredentialRejected).
+//
+// Two loops share one pinned HTTPS client. The heartbeat loop reports the
+// load and the assignments really running, at the interval the server asks
+// for. The poll loop long-polls the node's full desired set and applies it
+// idempotently: an assignment new to this process (or back with a new epoch)
+// runs the start hook and is acked active with its epoch, one that left the
+// set runs the stop hook, and one unchanged is left alone, so a duplicate
+// delivery changes nothing. After a restart the server hands back the set
+// with state "active": the agent runs the start hook once for this process
+// (hooks must therefore be idempotent) and does not ack again. A start hook
+// that fails is acked "failed"; an ack answered 409 (stale epoch) or 404
+// means the work moved away, so it is stopped and dropped.
+//
+// While the server is unreachable both loops retry with jittered exponential
+// backoff and the node keeps its identity and its running work. A 403 means
+// the administrator disabled the node, whose work the server moves away at
+// once: the agent stops what it runs and keeps heartbeating with backoff
+// until the node is enabled again. A 401 stops all work and ends Run.
+//
+// Shutting down (ctx ends) runs no stop hooks: the work belongs to the node,
+// not to this process, and is re-adopted by the next agent process.
+func Run(ctx context.Context, opts RunOptions) error {
+	opts = opts.withDefaults()
+	st, err := Load(opts.StateDir)
+	if err != nil {
+		return err
+	}
+	api, err := newAPIClient(st.Server, st.CAPin, st.Credential, opts.Version)
+	if err != nil {
+		return err
+	}
+	defer api.close()
+	log := opts.Logger
+	a := &agent{
+		st:      st,
+		api:     api,
+		log:     log,
+		opts:    opts,
+		kick:    make(chan struct{}, 1),
+		running: make(map[int64]*localAssignment),
+		dead:    make(map[int64]int64),
+	}
+	log.Info("node agent starting", "node", st.NodeName, "node_id", st.NodeID, "kind", st.Kind, "server", st.Server)
+
+	if opts.ProbeListen != "" {
+		closeProbe, addr, err := startProbe(ctx, st.Kind, opts.ProbeListen)
+		if err != nil {
+			return fmt.Errorf("serve probe endpoint: %w", err)
+		}
+		defer func() {
+			if err := closeProbe(); err != nil {
+				log.Warn("close probe endpoint", "err", err)
+			}
+		}()
+		log.Info("probe endpoint listening", "kind", st.Kind, "address", addr)
+	}
+
+	loopCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := a.heartbeatLoop(loopCtx); err != nil {
+			cancel(err)
+		}
+	})
+	wg.Go(func() {
+		if err := a.pollLoop(loopCtx); err != nil {
+			cancel(err)
+		}
+	})
+	wg.Wait()
+
+	if cause := context.Cause(loopCtx); ctx.Err() == nil && cause != nil {
+		if errors.Is(cause, ErrCredentialRejected) {
+			log.Error("credential rejected; stopping all work", "node", st.NodeName)
+			a.stopAll(ctx)
+		}
+		return cause
+	}
+	log.Info("node agent stopped", "node", st.NodeName)
+	return nil
+}
+
+// localAssignment is an assignment this process has started.
+type localAssignment struct {
+	assignment
+	acked bool // the server knows it as active at this epoch
+}
+
+type agent struct {
+	st   *State
+	api  *apiClient
+	log  *slog.Logger
+	opts RunOptions
+	kick chan struct{} // asks the heartbeat loop to report a changed running set now
+
+	mu      sync.Mutex
+	running map[int64]*localAssignment
+	// dead holds, per id, the epoch this process refused or lost (start hook
+	// failed, stale epoch, not ours) so a repeated delivery of that same
+	// epoch does not start it again.
+	dead map[int64]int64
+}
+
+// report is the heartbeat body: the load and the assignments running here.
+func (a *agent) report() heartbeatRequest {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	req := heartbeatRequest{Version: a.opts.Version, Running: make([]runningRef, 0, len(a.running))}
+	for _, l := range a.running {
+		req.Load += l.Cost
+		req.Running = append(req.Running, runningRef{ID: l.ID, Epoch: l.Epoch})
+	}
+	slices.SortFunc(req.Running, func(x, y runningRef) int { return int(x.ID - y.ID) })
+	return req
+}
+
+func (a *agent) heartbeatLoop(ctx context.Context) error {
+	bo := a.newBackoff()
+	interval := defaultHeartbeat
+	adminState := ""
+	for {
+		resp, err := a.api.heartbeat(ctx, a.report())
+		var wait time.Duration
+		switch status := statusOf(err); {
+		case err == nil:
+			bo.reset()
+			if resp.AdminState != adminState {
+				a.log.Info("admin state", "state", resp.AdminState, "was", adminState)
+				adminState = resp.AdminState
+			}
+			interval = heartbeatInterval(resp.HeartbeatIntervalMS)
+			wait = interval
+		case ctx.Err() != nil:
+			return nil
+		case status == http.StatusUnauthorized:
+			return ErrCredentialRejected
+		case isPinMismatch(err):
+			return err
+		case status == http.StatusForbidden:
+			wait = bo.next()
+			if adminState != "disabled" {
+				a.log.Warn("node disabled by administrator; still heartbeating", "retry_in", wait)
+				adminState = "disabled"
+			}
+		default:
+			wait = bo.next()
+			a.log.Warn("heartbeat failed", "err", err, "retry_in", wait.Round(time.Millisecond))
+		}
+		if !a.sleep(ctx, wait, err == nil) {
+			return nil
+		}
+	}
+}
+
+// heartbeatInterval turns the server's interval into a duration, keeping it
+// within sane bounds so a broken answer neither spins nor stalls the loop.
+func heartbeatInterval(ms int64) time.Duration {
+	if ms <= 0 {
+		return defaultHeartbeat
+	}
+	return min(max(time.Duration(ms)*time.Millisecond, 10*time.Millisecond), 10*time.Minute)
+}
+
+// sleep waits d or until ctx ends (false). When kickable, a change of the
+// running set ends the wait early so the new load is reported at once.
+func (a *agent) sleep(ctx context.Context, d time.Duration, kickable bool) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	var kick <-chan struct{}
+	if kickable {
+		kick = a.kick
+	}
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+	case <-kick:
+	}
+	return true
+}
+
+func (a *agent) kickHeartbeat() {
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (a *agent) pollLoop(ctx context.Context) error {
+	bo := a.newBackoff()
+	var since int64
+	disabled := false
+	for {
+		wait := a.opts.PollWait
+		if a.hasUnacked() {
+			wait = min(wait, ackRetryWait)
+		}
+		asked := time.Now()
+		resp, err := a.api.assignments(ctx, since, wait)
+		var delay time.Duration
+		switch status := statusOf(err); {
+		case err == nil:
+			bo.reset()
+			if disabled {
+				a.log.Info("node enabled again")
+				disabled = false
+			}
+			unchanged := resp.Version == since
+			since = resp.Version
+			if err := a.apply(ctx, resp.Assignments); err != nil {
+				return err
+			}
+			// A server that answers an unchanged set without waiting would
+			// otherwise make this loop spin.
+			if !unchanged || time.Since(asked) >= a.opts.MinBackoff {
+				continue
+			}
+			delay = a.opts.MinBackoff
+		case ctx.Err() != nil:
+			return nil
+		case status == http.StatusUnauthorized:
+			return ErrCredentialRejected
+		case isPinMismatch(err):
+			return err
+		case status == http.StatusForbidden:
+			delay = bo.next()
+			if !disabled {
+				disabled = true
+				a.log.Warn("node disabled by administrator; stopping its work", "running", a.count())
+				a.stopAll(ctx)
+			}
+			since = 0 // ask for the whole set at once when enabled again
+		default:
+			delay = bo.next()
+			a.log.Warn("assignment poll failed", "err", err, "retry_in", delay.Round(time.Millisecond))
+		}
+		if !a.sleep(ctx, delay, false) {
+			return nil
+		}
+	}
+}
+
+// isPinMismatch reports a server whose key no longer matches the stored
+// pin. That needs an operator (a re-keyed call manager means re-joining), so
+// Run ends with the reason instead of retrying forever in silence.
+func isPinMismatch(err error) bool {
+	var pe *PinMismatchError
+	return errors.As(err, &pe)
+}
+
+func (a *agent) count() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.running)
+}
+
+func (a *agent) hasUnacked() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, l := range a.running {
+		if !l.acked {
+			return true
+		}
+	}
+	return false
+}
+
+// apply makes the running set match the desired set. It only returns
+// ErrCredentialRejected; other failures are logged and retried on a later
+// delivery.
+func (a *agent) apply(ctx context.Context, desired []assignment) error {
+	want := make(map[int64]assignment, len(desired))
+	order := make([]int64, 0, len(desired))
+	for _, d := range desired {
+		if _, dup := want[d.ID]; !dup {
+			order = append(order, d.ID)
+		}
+		want[d.ID] = d
+	}
+	var stops, starts, acks []assignment
+	a.mu.Lock()
+	for id, epoch := range a.dead {
+		if d, ok := want[id]; !ok || d.Epoch != epoch {
+			delete(a.dead, id)
+		}
+	}
+	for id, l := range a.running {
+		if _, ok := want[id]; !ok {
+			stops = append(stops, l.assignment)
+		}
+	}
+	for _, id := range order {
+		d := want[id]
+		l, running := a.running[id]
+		switch {
+		case running && l.Epoch == d.Epoch:
+			l.Cost = d.Cost
+			if !l.acked {
+				if d.State == stateActive {
+					l.acked = true // an earlier ack reached the server
+				} else {
+					acks = append(acks, d)
+				}
+			}
+		case !running && a.isDead(d):
+		default:
+			starts = append(starts, d)
+		}
+	}
+	a.mu.Unlock()
+
+	// Stops go first so that freed resources are available to new work.
+	_ = a.each(stops, func(x assignment) error { a.stop(ctx, x, "removed from the desired set"); return nil })
+	if err := a.each(starts, func(x assignment) error { return a.start(ctx, x) }); err != nil {
+		return err
+	}
+	return a.each(acks, func(x assignment) error { return a.ackActive(ctx, x) })
+}
+
+func (a *agent) isDead(d assignment) bool {
+	epoch, ok := a.dead[d.ID]
+	return ok && epoch == d.Epoch
+}
+
+// each runs fn for every item, a few at a time, and returns the first
+// ErrCredentialRejected.
+func (a *agent) each(items []assignment, fn func(assignment) error) error {
+	if len(items) == 0 {
+		return nil
+	}
+	sem := make(chan struct{}, hookParallelism)
+	var wg sync.WaitGroup
+	var once sync.Once
+	var first error
+	for _, it := range items {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := fn(it); err != nil {
+				once.Do(func() { first = err })
+			}
+		})
+	}
+	wg.Wait()
+	return first
+}
+
+// hookCtx keeps hooks running through shutdown: a start or stop cut in half
+// is worse than a shutdown delayed by at most the hook timeout.
+func (a *agent) hookCtx(ctx context.Context) context.Context { return context.WithoutCancel(ctx) }
+
+func (a *agent) start(ctx context.Context, d assignment) error {
+	log := a.log.With("assignment", d.ID, "ref", d.Ref, "epoch", d.Epoch)
+	if err := runHook(a.hookCtx(ctx), a.log, a.opts.OnAssign, a.opts.HookTimeout, a.st.NodeName, actionStart, d); err != nil {
+		log.Error("start failed; acking failed", "err", err)
+		a.mu.Lock()
+		delete(a.running, d.ID)
+		a.dead[d.ID] = d.Epoch
+		a.mu.Unlock()
+		a.kickHeartbeat()
+		if err := a.api.ack(ctx, d.ID, stateFailed, d.Epoch); err != nil {
+			if statusOf(err) == http.StatusUnauthorized {
+				return ErrCredentialRejected
+			}
+			if ctx.Err() == nil {
+				log.Warn("ack failed", "state", stateFailed, "err", err)
+			}
+		}
+		return nil
+	}
+	a.mu.Lock()
+	a.running[d.ID] = &localAssignment{assignment: d, acked: d.State == stateActive}
+	a.mu.Unlock()
+	a.kickHeartbeat()
+	if d.State == stateActive {
+		log.Info("adopted assignment the server already knows as active")
+		return nil
+	}
+	return a.ackActive(ctx, d)
+}
+
+func (a *agent) ackActive(ctx context.Context, d assignment) error {
+	log := a.log.With("assignment", d.ID, "ref", d.Ref, "epoch", d.Epoch)
+	err := a.api.ack(ctx, d.ID, stateActive, d.Epoch)
+	switch statusOf(err) {
+	case 0:
+		if err == nil {
+			a.mu.Lock()
+			if l, ok := a.running[d.ID]; ok && l.Epoch == d.Epoch {
+				l.acked = true
+			}
+			a.mu.Unlock()
+			log.Info("assignment active")
+			return nil
+		}
+	case http.StatusConflict, http.StatusNotFound:
+		log.Warn("assignment no longer ours; dropping it", "reason", err)
+		a.stop(ctx, d, "stale epoch")
+		a.mu.Lock()
+		a.dead[d.ID] = d.Epoch
+		a.mu.Unlock()
+		return nil
+	case http.StatusUnauthorized:
+		return ErrCredentialRejected
+	}
+	if ctx.Err() == nil {
+		log.Warn("ack failed; will retry", "err", err)
+	}
+	return nil
+}
+
+// stop runs the stop hook and forgets the assignment, whatever the hook
+// says: the server no longer wants it here.
+func (a *agent) stop(ctx context.Context, d assignment, why string) {
+	log := a.log.With("assignment", d.ID, "ref", d.Ref, "epoch", d.Epoch)
+	if err := runHook(a.hookCtx(ctx), a.log, a.opts.OnAssign, a.opts.HookTimeout, a.st.NodeName, actionStop, d); err != nil {
+		log.Error("stop hook failed", "err", err)
+	}
+	a.mu.Lock()
+	if l, ok := a.running[d.ID]; ok && l.Epoch == d.Epoch {
+		delete(a.running, d.ID)
+	}
+	a.mu.Unlock()
+	a.kickHeartbeat()
+	log.Info("assignment stopped", "why", why)
+}
+
+// stopAll stops everything running here (node disabled or removed).
+func (a *agent) stopAll(ctx context.Context) {
+	a.mu.Lock()
+	all := make([]assignment, 0, len(a.running))
+	for _, l := range a.running {
+		all = append(all, l.assignment)
+	}
+	a.mu.Unlock()
+	_ = a.each(all, func(x assignment) error { a.stop(ctx, x, "node disabled or removed"); return nil })
+}
+
+// backoff yields jittered exponential delays between MinBackoff and
+// MaxBackoff; the ±20% jitter keeps a fleet of agents from retrying in step
+// after a call manager restart.
+type backoff struct {
+	min, max, cur time.Duration
+}
+
+func (a *agent) newBackoff() *backoff {
+	return &backoff{min: a.opts.MinBackoff, max: a.opts.MaxBackoff}
+}
+
+func (b *backoff) next() time.Duration {
+	if b.cur == 0 {
+		b.cur = b.min
+	} else {
+		b.cur = min(b.cur*2, b.max)
+	}
+	return time.Duration(float64(b.cur) * (0.8 + 0.4*rand.Float64()))
+}
+
+func (b *backoff) reset() { b.cur = 0 }

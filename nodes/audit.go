@@ -1,0 +1,17 @@
+package nodes
+
+import (
+	"context"
+
+	"github.com/callplane/callplane/db/dbsqlc"
+)
+
+// ListAudit returns the newest audit rows matching q.
+func (s *Service) ListAudit(ctx context.Context, q string, limit int32) ([]dbsqlc.AuditLog, error) {
+	return s.q.AuditList(ctx, s.pool, dbsqlc.AuditListParams{Q: q, Lim: limit})
+}
+
+// ListEvents returns the newest events, for one node when node is set.
+func (s *Service) ListEvents(ctx context.Context, node, q string, limit int32) ([]dbsqlc.Event, error) {
+	return s.q.EventList(ctx, s.pool, dbsqlc.EventListParams{NodeName: node, Q: q, Lim: limit})
+}

@@ -1,0 +1,306 @@
+package nodes
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/callplane/callplane/db"
+	"github.com/callplane/callplane/db/dbsqlc"
+	"github.com/callplane/callplane/nodes/probe"
+)
+
+// Join token lifetimes.
+const (
+	DefaultTokenTTL = time.Hour
+	MaxTokenTTL     = 7 * 24 * time.Hour
+	// CredentialOverlap is how long an old node credential keeps working
+	// after a rotation, so an agent that misses one answer is not locked out.
+	CredentialOverlap = 5 * time.Minute
+)
+
+// JoinToken is a freshly created join token; Token is shown once.
+type JoinToken struct {
+	ID        string
+	Token     string
+	Node      string
+	ExpiresAt time.Time
+}
+
+// CreateJoinToken creates a one-time join token for a registered node.
+func (s *Service) CreateJoinToken(ctx context.Context, actor Actor, nodeName string, ttl time.Duration) (JoinToken, error) {
+	if ttl == 0 {
+		ttl = DefaultTokenTTL
+	}
+	if ttl < time.Minute || ttl > MaxTokenTTL {
+		return JoinToken{}, FieldErrors{"ttl": "lifetime must be between 1m and 168h (7 days)"}
+	}
+	var jt JoinToken
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		n, err := s.q.NodeGetByName(ctx, tx, nodeName)
+		if err != nil {
+			return fmt.Errorf("node %q: %w", nodeName, db.Translate(err))
+		}
+		token, id, hash := newSecretToken(PrefixJoin)
+		jt = JoinToken{ID: id, Token: token, Node: n.Name, ExpiresAt: time.Now().Add(ttl)}
+		if err := s.q.JoinTokenInsert(ctx, tx, dbsqlc.JoinTokenInsertParams{
+			ID: id, NodeID: n.ID, SecretHash: hash, CreatedBy: actor.Name, ExpiresAt: jt.ExpiresAt,
+		}); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, actor, "token.create", n.Name, "token "+PrefixJoin+id+" expires "+jt.ExpiresAt.UTC().Format(time.RFC3339))
+	})
+	return jt, err
+}
+
+// RevokeJoinToken revokes an unused token.
+func (s *Service) RevokeJoinToken(ctx context.Context, actor Actor, id string) error {
+	return s.inTx(ctx, func(tx pgx.Tx) error {
+		n, err := s.q.JoinTokenRevoke(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return fmt.Errorf("token %s: %w (or already used or revoked)", id, ErrNotFound)
+		}
+		return s.audit(ctx, tx, actor, "token.revoke", PrefixJoin+id, "")
+	})
+}
+
+// ListJoinTokens lists join tokens, newest first.
+func (s *Service) ListJoinTokens(ctx context.Context) ([]dbsqlc.JoinTokenListRow, error) {
+	return s.q.JoinTokenList(ctx, s.pool)
+}
+
+// PruneTokens deletes join tokens that expired more than a week ago.
+func (s *Service) PruneTokens(ctx context.Context) (int64, error) {
+	return s.q.JoinTokenPrune(ctx, s.pool)
+}
+
+// EnrollRequest is what an agent sends to join.
+type EnrollRequest struct {
+	Token      string
+	Address    string
+	Version    string
+	RemoteAddr string
+}
+
+// EnrollResult is what a joined agent gets back.
+type EnrollResult struct {
+	NodeID     int64  `json:"node_id"`
+	NodeName   string `json:"node_name"`
+	Kind       string `json:"kind"`
+	Credential string `json:"credential"`
+}
+
+// Enroll consumes a join token and issues the node's credential. Every
+// failure is ErrUnauthorized; nothing changes unless it succeeds. The
+// token is consumed by one conditional UPDATE, so of many concurrent
+// enrolments with one token exactly one wins.
+func (s *Service) Enroll(ctx context.Context, req EnrollRequest) (EnrollResult, error) {
+	id, secret, ok := ParseToken(PrefixJoin, req.Token)
+	if !ok {
+		return EnrollResult{}, ErrUnauthorized
+	}
+	row, err := s.q.JoinTokenGet(ctx, s.pool, id)
+	if err != nil {
+		if errors.Is(err, pgx.ErrNoRows) {
+			return EnrollResult{}, ErrUnauthorized
+		}
+		return EnrollResult{}, err
+	}
+	if !secretMatches(secret, row.SecretHash) {
+		return EnrollResult{}, ErrUnauthorized
+	}
+	var res EnrollResult
+	err = s.inTx(ctx, func(tx pgx.Tx) error {
+		nodeID, err := s.q.JoinTokenConsume(ctx, tx, dbsqlc.JoinTokenConsumeParams{ID: id, SecretHash: row.SecretHash, Addr: req.RemoteAddr})
+		if err != nil {
+			if errors.Is(err, pgx.ErrNoRows) {
+				return ErrUnauthorized
+			}
+			return err
+		}
+		n, err := s.q.NodeGet(ctx, tx, nodeID)
+		if err != nil {
+			return err
+		}
+		addr := ""
+		if req.Address != "" && probe.ValidateAddress(n.Kind, req.Address) == nil {
+			addr = req.Address
+		}
+		if n, err = s.q.NodeEnroll(ctx, tx, dbsqlc.NodeEnrollParams{ID: n.ID, AgentVersion: truncate(req.Version, 64), Address: addr}); err != nil {
+			return err
+		}
+		cred, err := s.issueCredential(ctx, tx, n.ID, 0)
+		if err != nil {
+			return err
+		}
+		res = EnrollResult{NodeID: n.ID, NodeName: n.Name, Kind: n.Kind, Credential: cred}
+		actor := Actor{Name: "node:" + n.Name, Addr: req.RemoteAddr}
+		if err := s.audit(ctx, tx, actor, "node.enroll", n.Name, "join token "+PrefixJoin+id+" agent "+n.AgentVersion); err != nil {
+			return err
+		}
+		return s.event(ctx, tx, &n, "enrol", "info", actor.Name,
+			fmt.Sprintf("Node %s enrolled from %s (agent %s)", n.Name, req.RemoteAddr, n.AgentVersion))
+	})
+	return res, err
+}
+
+// issueCredential creates a node credential. With overlap 0 every other
+// credential of the node is revoked; otherwise they expire after overlap.
+func (s *Service) issueCredential(ctx context.Context, tx pgx.Tx, nodeID int64, overlap time.Duration) (string, error) {
+	cred, id, hash := newSecretToken(PrefixCredential)
+	if overlap == 0 {
+		if err := s.q.CredentialRevokeAll(ctx, tx, nodeID); err != nil {
+			return "", err
+		}
+	}
+	if err := s.q.CredentialInsert(ctx, tx, dbsqlc.CredentialInsertParams{ID: id, NodeID: nodeID, SecretHash: hash}); err != nil {
+		return "", err
+	}
+	if overlap > 0 {
+		if err := s.q.CredentialExpireOthers(ctx, tx, dbsqlc.CredentialExpireOthersParams{NodeID: nodeID, KeepID: id, OverlapSeconds: overlap.Seconds()}); err != nil {
+			return "", err
+		}
+	}
+	return cred, nil
+}
+
+// NodeAuth is an authenticated agent.
+type NodeAuth struct {
+	NodeID          int64
+	Name            string
+	Kind            string
+	AdminState      string
+	RotateRequested bool
+}
+
+// AuthNode checks an agent's bearer credential. A bad credential is
+// ErrUnauthorized; a disabled node is ErrForbidden (with the auth filled).
+func (s *Service) AuthNode(ctx context.Context, credential string) (NodeAuth, error) {
+	id, secret, ok := ParseToken(PrefixCredential, credential)
+	if !ok {
+		return NodeAuth{}, ErrUnauthorized
+	}
+	row, err := s.q.CredentialAuth(ctx, s.pool, id)
+	if err != nil {
+		if errors.Is(err, pgx.ErrNoRows) {
+			return NodeAuth{}, ErrUnauthorized
+		}
+		return NodeAuth{}, err
+	}
+	if !secretMatches(secret, row.SecretHash) {
+		return NodeAuth{}, ErrUnauthorized
+	}
+	a := NodeAuth{NodeID: row.NodeID, Name: row.Name, Kind: row.Kind, AdminState: row.AdminState, RotateRequested: row.RotateRequested}
+	if a.AdminState == StateDisabled {
+		return a, ErrForbidden
+	}
+	return a, nil
+}
+
+// RequestRotation asks the node's agent to take a new credential on its
+// next heartbeat; the old one keeps working for CredentialOverlap.
+func (s *Service) RequestRotation(ctx context.Context, actor Actor, nodeName string) error {
+	return s.inTx(ctx, func(tx pgx.Tx) error {
+		n, err := s.q.NodeGetByName(ctx, tx, nodeName)
+		if err != nil {
+			return fmt.Errorf("node %q: %w", nodeName, db.Translate(err))
+		}
+		if n.EnrolledAt == nil {
+			return FieldErrors{"node": "the node has no agent enrolled yet"}
+		}
+		if _, err := s.q.NodeSetRotateRequested(ctx, tx, dbsqlc.NodeSetRotateRequestedParams{ID: n.ID, RotateRequested: true}); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, actor, "node.credential.rotate", n.Name, "requested")
+	})
+}
+
+// RotateCredential issues the new credential a rotation asked for.
+func (s *Service) RotateCredential(ctx context.Context, a NodeAuth) (string, error) {
+	var cred string
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		var err error
+		if cred, err = s.issueCredential(ctx, tx, a.NodeID, CredentialOverlap); err != nil {
+			return err
+		}
+		if _, err := s.q.NodeSetRotateRequested(ctx, tx, dbsqlc.NodeSetRotateRequestedParams{ID: a.NodeID, RotateRequested: false}); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, Actor{Name: "node:" + a.Name}, "node.credential.rotate", a.Name, "issued")
+	})
+	return cred, err
+}
+
+// APIToken is a newly created admin API token; Token is shown once.
+type APIToken struct {
+	ID    string
+	Name  string
+	Token string
+}
+
+// CreateAPIToken creates an admin API token for scripts.
+func (s *Service) CreateAPIToken(ctx context.Context, actor Actor, name string) (APIToken, error) {
+	if name == "" || len(name) > 100 {
+		return APIToken{}, FieldErrors{"name": "name is required (at most 100 characters)"}
+	}
+	token, id, hash := newSecretToken(PrefixAPI)
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		if err := s.q.APITokenInsert(ctx, tx, dbsqlc.APITokenInsertParams{ID: id, Name: name, SecretHash: hash, CreatedBy: actor.Name}); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, actor, "apitoken.create", PrefixAPI+id, name)
+	})
+	return APIToken{ID: id, Name: name, Token: token}, err
+}
+
+// AuthAPIToken checks an admin API token and returns its name.
+func (s *Service) AuthAPIToken(ctx context.Context, token string) (string, error) {
+	id, secret, ok := ParseToken(PrefixAPI, token)
+	if !ok {
+		return "", ErrUnauthorized
+	}
+	row, err := s.q.APITokenGet(ctx, s.pool, id)
+	if err != nil {
+		if errors.Is(err, pgx.ErrNoRows) {
+			return "", ErrUnauthorized
+		}
+		return "", err
+	}
+	if !secretMatches(secret, row.SecretHash) {
+		return "", ErrUnauthorized
+	}
+	_ = s.q.APITokenTouch(ctx, s.pool, id)
+	return row.Name, nil
+}
+
+// RevokeAPIToken revokes an admin API token.
+func (s *Service) RevokeAPIToken(ctx context.Context, actor Actor, id string) error {
+	return s.inTx(ctx, func(tx pgx.Tx) error {
+		n, err := s.q.APITokenRevoke(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return fmt.Errorf("api token %s: %w", id, ErrNotFound)
+		}
+		return s.audit(ctx, tx, actor, "apitoken.revoke", PrefixAPI+id, "")
+	})
+}
+
+// ListAPITokens lists admin API tokens.
+func (s *Service) ListAPITokens(ctx context.Context) ([]dbsqlc.ApiToken, error) {
+	return s.q.APITokenList(ctx, s.pool)
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}

@@ -1,0 +1,101 @@
+package nodes
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/callplane/callplane/db/dbsqlc"
+)
+
+type heartbeat struct {
+	at      time.Time
+	load    int32
+	version string
+}
+
+// Heartbeats collects agent heartbeats in memory and writes them to
+// Postgres in one statement per flush, so a thousand agents beating once
+// a second cost a few writes a second, not a thousand.
+type Heartbeats struct {
+	svc     *Service
+	every   time.Duration
+	mu      sync.Mutex
+	pending map[int64]heartbeat
+	flushed chan struct{}
+}
+
+// NewHeartbeats returns a batcher flushing every interval.
+func (s *Service) NewHeartbeats(every time.Duration) *Heartbeats {
+	return &Heartbeats{svc: s, every: every, pending: map[int64]heartbeat{}, flushed: make(chan struct{}, 1)}
+}
+
+// Record notes a heartbeat; the next flush writes it.
+func (h *Heartbeats) Record(nodeID int64, load int32, version string) {
+	h.mu.Lock()
+	h.pending[nodeID] = heartbeat{at: time.Now(), load: load, version: truncate(version, 64)}
+	h.mu.Unlock()
+}
+
+// Run flushes until ctx ends, then flushes once more.
+func (h *Heartbeats) Run(ctx context.Context) {
+	t := time.NewTicker(h.every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			fctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			h.Flush(fctx)
+			cancel()
+			return
+		case <-t.C:
+			h.Flush(ctx)
+		}
+	}
+}
+
+// Flush writes the pending heartbeats now.
+func (h *Heartbeats) Flush(ctx context.Context) {
+	h.mu.Lock()
+	batch := h.pending
+	h.pending = make(map[int64]heartbeat, len(batch))
+	h.mu.Unlock()
+	if len(batch) == 0 {
+		return
+	}
+	p := dbsqlc.NodeHeartbeatBatchParams{}
+	for id, b := range batch {
+		p.Ids = append(p.Ids, id)
+		p.Ats = append(p.Ats, b.at)
+		p.Loads = append(p.Loads, b.load)
+		p.Versions = append(p.Versions, b.version)
+	}
+	rows, err := h.svc.q.NodeHeartbeatBatch(ctx, h.svc.pool, p)
+	if err != nil {
+		h.svc.log.Error("write heartbeats", "nodes", len(batch), "err", err)
+		return
+	}
+	var up []int64
+	for _, r := range rows {
+		if r.BecameUp {
+			up = append(up, r.ID)
+		}
+	}
+	if len(up) > 0 {
+		named, err := h.svc.q.NodeIDsByName(ctx, h.svc.pool, up)
+		if err == nil {
+			for _, n := range named {
+				node := dbsqlc.Node{ID: n.ID, Name: n.Name}
+				_ = h.svc.event(ctx, h.svc.pool, &node, "health", "info", "node:"+n.Name, fmt.Sprintf("Node %s is up: first heartbeat received", n.Name))
+			}
+		}
+		for _, k := range WorkKinds {
+			h.svc.PlaceUnplaced(ctx, k, "node came up")
+		}
+	}
+	select {
+	case h.flushed <- struct{}{}:
+	default:
+	}
+}

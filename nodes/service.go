@@ -1,0 +1,112 @@
+package nodes
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/callplane/callplane/db"
+	"github.com/callplane/callplane/db/dbsqlc"
+)
+
+// AssignChannel is the Postgres channel that wakes assignment long-polls.
+// Its payload is a comma-separated list of node ids, or "*" for all.
+const AssignChannel = "callplane_assign"
+
+// Service is the cluster domain's entry point.
+type Service struct {
+	pool *pgxpool.Pool
+	log  *slog.Logger
+	q    *dbsqlc.Queries
+}
+
+// NewService returns a Service on pool.
+func NewService(pool *pgxpool.Pool, log *slog.Logger) *Service {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Service{pool: pool, log: log, q: db.Q}
+}
+
+// Pool returns the database pool.
+func (s *Service) Pool() *pgxpool.Pool { return s.pool }
+
+// audit writes an audit row in the caller's transaction.
+func (s *Service) audit(ctx context.Context, tx dbsqlc.DBTX, actor Actor, action, target, detail string) error {
+	return s.q.AuditInsert(ctx, tx, dbsqlc.AuditInsertParams{
+		Actor: actor.Name, Action: action, Target: target, Result: "ok", SourceAddr: actor.Addr, Detail: detail,
+	})
+}
+
+// AuditFailure records a refused change outside any transaction.
+func (s *Service) AuditFailure(ctx context.Context, actor Actor, action, target string, cause error) {
+	err := s.q.AuditInsert(ctx, s.pool, dbsqlc.AuditInsertParams{
+		Actor: actor.Name, Action: action, Target: target, Result: "error", SourceAddr: actor.Addr, Detail: cause.Error(),
+	})
+	if err != nil {
+		s.log.Error("write audit row", "action", action, "err", err)
+	}
+}
+
+// event writes an event row in the caller's transaction.
+func (s *Service) event(ctx context.Context, tx dbsqlc.DBTX, node *dbsqlc.Node, typ, severity, actor, msg string) error {
+	p := dbsqlc.EventInsertParams{Type: typ, Severity: severity, Message: msg, Actor: actor}
+	if node != nil {
+		p.NodeID = &node.ID
+		p.NodeName = node.Name
+	}
+	return s.q.EventInsert(ctx, tx, p)
+}
+
+// Event records an event outside the domain's own transactions.
+func (s *Service) Event(ctx context.Context, tx dbsqlc.DBTX, node *dbsqlc.Node, typ, severity, actor, msg string) error {
+	return s.event(ctx, tx, node, typ, severity, actor, msg)
+}
+
+// notify wakes the long-polls of the given nodes when tx commits: one
+// notification per transaction, whatever the number of rows.
+func (s *Service) notify(ctx context.Context, tx dbsqlc.DBTX, nodeIDs ...int64) error {
+	if len(nodeIDs) == 0 {
+		return nil
+	}
+	seen := make(map[int64]bool, len(nodeIDs))
+	parts := make([]string, 0, len(nodeIDs))
+	for _, id := range nodeIDs {
+		if id == 0 || seen[id] {
+			continue
+		}
+		seen[id] = true
+		parts = append(parts, strconv.FormatInt(id, 10))
+	}
+	payload := strings.Join(parts, ",")
+	if len(payload) > 7000 {
+		payload = "*"
+	}
+	if payload == "" {
+		return nil
+	}
+	return s.q.Notify(ctx, tx, dbsqlc.NotifyParams{Channel: AssignChannel, Payload: payload})
+}
+
+func (s *Service) inTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
+	return db.InTx(ctx, s.pool, fn)
+}
+
+// GetNode returns a node by name.
+func (s *Service) GetNode(ctx context.Context, name string) (dbsqlc.Node, error) {
+	n, err := s.q.NodeGetByName(ctx, s.pool, name)
+	if err != nil {
+		return n, fmt.Errorf("node %q: %w", name, db.Translate(err))
+	}
+	return n, nil
+}
+
+// ListNodes returns nodes matching the filter (empty fields match all).
+func (s *Service) ListNodes(ctx context.Context, f dbsqlc.NodeListFilteredParams) ([]dbsqlc.Node, error) {
+	return s.q.NodeListFiltered(ctx, s.pool, f)
+}

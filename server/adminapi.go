@@ -1,0 +1,241 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/callplane/callplane/db/dbsqlc"
+	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/web"
+	"github.com/callplane/callplane/web/auth"
+)
+
+type adminKey struct{}
+
+type adminCaller struct {
+	actor    nodes.Actor
+	canWrite bool
+}
+
+// adminAuth accepts an admin API token (Bearer cpa_…) or, for scripts in
+// the portal, a session cookie; cross-origin protection covers the latter.
+func (s *Server) adminAuth(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var c adminCaller
+		if tok := bearer(r); tok != "" {
+			name, err := s.nodes.AuthAPIToken(r.Context(), tok)
+			if err != nil {
+				writeError(w, nodes.ErrUnauthorized)
+				return
+			}
+			c = adminCaller{actor: nodes.Actor{Name: "api:" + name, Addr: web.ClientAddr(r)}, canWrite: true}
+		} else if ck, err := r.Cookie(web.SessionCookie); err == nil {
+			u, err := s.auth.Session(r.Context(), ck.Value)
+			if err != nil {
+				writeError(w, nodes.ErrUnauthorized)
+				return
+			}
+			c = adminCaller{actor: nodes.Actor{Name: u.Email, Addr: web.ClientAddr(r)}, canWrite: u.Can(auth.RoleAdmin)}
+		} else {
+			writeError(w, nodes.ErrUnauthorized)
+			return
+		}
+		if r.Method != http.MethodGet && !c.canWrite {
+			writeJSON(w, http.StatusForbidden, map[string]string{"error": "your role does not allow this"})
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), adminKey{}, c)))
+	})
+}
+
+func callerFrom(ctx context.Context) nodes.Actor {
+	c, _ := ctx.Value(adminKey{}).(adminCaller)
+	return c.actor
+}
+
+func (s *Server) adminRoutes(r chi.Router) {
+	r.Group(func(r chi.Router) {
+		r.Use(s.adminAuth)
+		r.Get("/nodes", s.apiNodes)
+		r.Post("/nodes", s.apiNodeAdd)
+		r.Get("/nodes/{name}", s.apiNode)
+		r.Post("/nodes/{name}/{action:enable|drain|disable}", s.apiNodeState)
+		r.Post("/work", s.apiWorkCreate)
+		r.Get("/work", s.apiWorkList)
+		r.Get("/work/{ref}", s.apiWorkGet)
+		r.Delete("/work/{ref}", s.apiWorkDelete)
+	})
+}
+
+// NodeJSON is a node as the admin API shows it.
+type NodeJSON struct {
+	ID              int64      `json:"id"`
+	Name            string     `json:"name"`
+	Kind            string     `json:"kind"`
+	Address         string     `json:"address"`
+	Capacity        int32      `json:"capacity"`
+	Weight          int32      `json:"weight"`
+	Region          string     `json:"region"`
+	Description     string     `json:"description"`
+	AdminState      string     `json:"admin_state"`
+	Health          string     `json:"health"`
+	HealthChangedAt time.Time  `json:"health_changed_at"`
+	Load            int32      `json:"load"`
+	ReportedLoad    int32      `json:"reported_load"`
+	Enrolled        bool       `json:"enrolled"`
+	AgentVersion    string     `json:"agent_version"`
+	LastHeartbeatAt *time.Time `json:"last_heartbeat_at"`
+	Maintenance     bool       `json:"maintenance"`
+	Flapping        bool       `json:"flapping"`
+}
+
+func nodeJSON(n dbsqlc.Node) NodeJSON {
+	return NodeJSON{
+		ID: n.ID, Name: n.Name, Kind: n.Kind, Address: n.Address, Capacity: n.Capacity, Weight: n.Weight,
+		Region: n.Region, Description: n.Description, AdminState: n.AdminState, Health: n.Health,
+		HealthChangedAt: n.HealthChangedAt, Load: n.Used, ReportedLoad: n.ReportedLoad, Enrolled: n.EnrolledAt != nil,
+		AgentVersion: n.AgentVersion, LastHeartbeatAt: n.LastHeartbeatAt, Flapping: n.Flapping,
+		Maintenance: n.MaintenanceUntil != nil && n.MaintenanceUntil.After(time.Now()),
+	}
+}
+
+func (s *Server) apiNodes(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	list, err := s.nodes.ListNodes(r.Context(), dbsqlc.NodeListFilteredParams{Kind: q.Get("kind"), AdminState: q.Get("state"), Health: q.Get("health")})
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	out := make([]NodeJSON, len(list))
+	for i, n := range list {
+		out[i] = nodeJSON(n)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"nodes": out})
+}
+
+func (s *Server) apiNode(w http.ResponseWriter, r *http.Request) {
+	n, err := s.nodes.GetNode(r.Context(), chi.URLParam(r, "name"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, nodeJSON(n))
+}
+
+type nodeAddRequest struct {
+	Name        string `json:"name"`
+	Kind        string `json:"kind"`
+	Address     string `json:"address"`
+	Capacity    int    `json:"capacity"`
+	Weight      int    `json:"weight"`
+	Region      string `json:"region"`
+	Description string `json:"description"`
+}
+
+func (s *Server) apiNodeAdd(w http.ResponseWriter, r *http.Request) {
+	var req nodeAddRequest
+	if err := readJSON(r, &req); err != nil {
+		badJSON(w)
+		return
+	}
+	in := nodes.NodeInput{Name: req.Name, Kind: req.Kind, Address: req.Address, Capacity: itoa(req.Capacity),
+		Region: req.Region, Description: req.Description}
+	if req.Weight != 0 {
+		in.Weight = itoa(req.Weight)
+	}
+	if req.Capacity <= 0 {
+		in.Capacity = "0"
+	}
+	n, err := s.nodes.AddNode(r.Context(), callerFrom(r.Context()), in)
+	if err != nil {
+		var fe nodes.FieldErrors
+		if errors.As(err, &fe) && strings.Contains(fe["name"], "already exists") {
+			writeJSON(w, http.StatusConflict, map[string]string{"error": fe.Error()})
+			return
+		}
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, nodeJSON(n))
+}
+
+func (s *Server) apiNodeState(w http.ResponseWriter, r *http.Request) {
+	state := map[string]string{"enable": nodes.StateEnabled, "drain": nodes.StateDraining, "disable": nodes.StateDisabled}[chi.URLParam(r, "action")]
+	n, mr, err := s.nodes.SetAdminState(r.Context(), callerFrom(r.Context()), chi.URLParam(r, "name"), state)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"node": nodeJSON(n), "moved": mr.Moved, "unplaced": mr.Unplaced, "moved_to": mr.To})
+}
+
+func (s *Server) apiWorkCreate(w http.ResponseWriter, r *http.Request) {
+	var in nodes.WorkInput
+	if err := readJSON(r, &in); err != nil {
+		badJSON(w)
+		return
+	}
+	p, err := s.nodes.PlaceWork(r.Context(), callerFrom(r.Context()), in)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	status := http.StatusCreated
+	if p.State == nodes.WorkUnplaced {
+		status = http.StatusAccepted
+	}
+	writeJSON(w, status, p)
+}
+
+// WorkJSON is a work item as the admin API shows it.
+type WorkJSON struct {
+	ID        int64      `json:"id"`
+	Ref       string     `json:"ref"`
+	Kind      string     `json:"kind"`
+	Cost      int32      `json:"cost"`
+	State     string     `json:"state"`
+	Node      string     `json:"node,omitempty"`
+	Epoch     int64      `json:"epoch"`
+	CreatedAt time.Time  `json:"created_at"`
+	UpdatedAt time.Time  `json:"updated_at"`
+	EndedAt   *time.Time `json:"ended_at,omitempty"`
+}
+
+func (s *Server) apiWorkList(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	rows, err := s.nodes.ListWork(r.Context(), nodes.WorkFilter{Node: q.Get("node"), Kind: q.Get("kind"), State: q.Get("state"), Q: q.Get("q"), Limit: 1000})
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	out := make([]WorkJSON, len(rows))
+	for i, w := range rows {
+		out[i] = WorkJSON{ID: w.ID, Ref: w.Ref, Kind: w.Kind, Cost: w.Cost, State: w.State, Node: w.NodeName, Epoch: w.Epoch,
+			CreatedAt: w.CreatedAt, UpdatedAt: w.UpdatedAt, EndedAt: w.EndedAt}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"work": out})
+}
+
+func (s *Server) apiWorkGet(w http.ResponseWriter, r *http.Request) {
+	wk, err := s.nodes.GetWork(r.Context(), chi.URLParam(r, "ref"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, WorkJSON{ID: wk.ID, Ref: wk.Ref, Kind: wk.Kind, Cost: wk.Cost, State: wk.State, Node: wk.NodeName,
+		Epoch: wk.Epoch, CreatedAt: wk.CreatedAt, UpdatedAt: wk.UpdatedAt, EndedAt: wk.EndedAt})
+}
+
+func (s *Server) apiWorkDelete(w http.ResponseWriter, r *http.Request) {
+	wk, err := s.nodes.EndWork(r.Context(), callerFrom(r.Context()), chi.URLParam(r, "ref"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"ref": wk.Ref, "state": wk.State})
+}

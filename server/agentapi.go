@@ -1,0 +1,209 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/web"
+)
+
+// DefaultHeartbeatInterval is how often agents are told to heartbeat.
+const DefaultHeartbeatInterval = time.Second
+
+// MaxPollWait bounds an assignment long-poll.
+const MaxPollWait = 60 * time.Second
+
+func (s *Server) agentRoutes(r chi.Router) {
+	r.Post("/enroll", s.enroll)
+	r.Group(func(r chi.Router) {
+		r.Use(s.nodeAuth)
+		r.Post("/heartbeat", s.heartbeat)
+		r.Get("/assignments", s.assignments)
+		r.Post("/assignments/{id}/ack", s.ack)
+	})
+}
+
+type nodeAuthKey struct{}
+
+func nodeFrom(ctx context.Context) nodes.NodeAuth {
+	a, _ := ctx.Value(nodeAuthKey{}).(nodes.NodeAuth)
+	return a
+}
+
+func bearer(r *http.Request) string {
+	h := r.Header.Get("Authorization")
+	if t, ok := strings.CutPrefix(h, "Bearer "); ok {
+		return strings.TrimSpace(t)
+	}
+	return ""
+}
+
+// nodeAuth authenticates agents by their bearer credential only: the
+// agent API never looks at cookies. A disabled node gets 403.
+func (s *Server) nodeAuth(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a, err := s.nodes.AuthNode(r.Context(), bearer(r))
+		if err != nil {
+			if !errors.Is(err, nodes.ErrUnauthorized) && !errors.Is(err, nodes.ErrForbidden) {
+				s.log.Error("authenticate agent", "err", err)
+			}
+			writeError(w, err)
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), nodeAuthKey{}, a)))
+	})
+}
+
+type enrollRequest struct {
+	Token   string `json:"token"`
+	Address string `json:"address"`
+	Version string `json:"version"`
+}
+
+type enrollResponse struct {
+	nodes.EnrollResult
+	HeartbeatIntervalMS int64 `json:"heartbeat_interval_ms"`
+}
+
+func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
+	addr := web.ClientAddr(r)
+	if !s.enrolLim.allow(addr) {
+		writeJSON(w, http.StatusTooManyRequests, map[string]string{"error": "too many enrolment attempts; wait a minute"})
+		return
+	}
+	var req enrollRequest
+	if err := readJSON(r, &req); err != nil {
+		badJSON(w)
+		return
+	}
+	res, err := s.nodes.Enroll(r.Context(), nodes.EnrollRequest{Token: req.Token, Address: req.Address, Version: req.Version, RemoteAddr: addr})
+	if err != nil {
+		if !errors.Is(err, nodes.ErrUnauthorized) {
+			s.log.Error("enrol node", "token", nodes.TokenID(req.Token), "err", err)
+			err = nodes.ErrUnauthorized
+		}
+		s.log.Info("enrolment refused", "token", nodes.TokenID(req.Token), "remote", addr)
+		writeError(w, err)
+		return
+	}
+	s.log.Info("node enrolled", "node", res.NodeName, "token", nodes.TokenID(req.Token), "remote", addr)
+	writeJSON(w, http.StatusOK, enrollResponse{EnrollResult: res, HeartbeatIntervalMS: DefaultHeartbeatInterval.Milliseconds()})
+}
+
+type heartbeatRequest struct {
+	Load    int32  `json:"load"`
+	Version string `json:"version"`
+	Running []struct {
+		ID    int64 `json:"id"`
+		Epoch int64 `json:"epoch"`
+	} `json:"running"`
+}
+
+type heartbeatResponse struct {
+	AdminState          string `json:"admin_state"`
+	HeartbeatIntervalMS int64  `json:"heartbeat_interval_ms"`
+	Credential          string `json:"credential,omitempty"`
+}
+
+func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
+	a := nodeFrom(r.Context())
+	var req heartbeatRequest
+	if err := readJSON(r, &req); err != nil {
+		badJSON(w)
+		return
+	}
+	s.hb.Record(a.NodeID, max(req.Load, 0), req.Version)
+	resp := heartbeatResponse{AdminState: a.AdminState, HeartbeatIntervalMS: DefaultHeartbeatInterval.Milliseconds()}
+	if a.RotateRequested {
+		cred, err := s.nodes.RotateCredential(r.Context(), a)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		resp.Credential = cred
+		s.log.Info("node credential rotated", "node", a.Name)
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// assignments answers at once when the node's assignment version is newer
+// than since, else when a notification says it changed, else at wait.
+func (s *Server) assignments(w http.ResponseWriter, r *http.Request) {
+	a := nodeFrom(r.Context())
+	q := r.URL.Query()
+	since, err := strconv.ParseInt(q.Get("since"), 10, 64)
+	if q.Get("since") == "" {
+		since, err = 0, nil
+	}
+	if err != nil || since < 0 {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "since must be a non-negative integer"})
+		return
+	}
+	wait := 30 * time.Second
+	if ws := q.Get("wait"); ws != "" {
+		wait, err = time.ParseDuration(ws)
+		if err != nil || wait < 0 {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "wait must be a duration such as 30s"})
+			return
+		}
+	}
+	wait = min(wait, MaxPollWait)
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for {
+		woken := s.hub.Wait(a.NodeID)
+		v, err := s.nodes.Version(r.Context(), a.NodeID)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		if v > since {
+			break
+		}
+		select {
+		case <-woken:
+			continue
+		case <-timer.C:
+		case <-r.Context().Done():
+			return
+		}
+		break
+	}
+	ds, err := s.nodes.Desired(r.Context(), a.NodeID)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, ds)
+}
+
+type ackRequest struct {
+	State string `json:"state"`
+	Epoch int64  `json:"epoch"`
+}
+
+func (s *Server) ack(w http.ResponseWriter, r *http.Request) {
+	a := nodeFrom(r.Context())
+	id, err := strconv.ParseInt(chi.URLParam(r, "id"), 10, 64)
+	if err != nil {
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no such assignment"})
+		return
+	}
+	var req ackRequest
+	if err := readJSON(r, &req); err != nil {
+		badJSON(w)
+		return
+	}
+	if _, err := s.nodes.Ack(r.Context(), a.NodeID, id, req.Epoch, req.State); err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+}

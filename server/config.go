@@ -1,0 +1,70 @@
+package server
+
+import (
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Config is everything a call manager instance needs. Flags and their
+// environment twins fill it in cmd/callmanager.
+type Config struct {
+	DatabaseURL string // empty: the local Postgres under DataDir
+	DataDir     string
+	Listen      string
+	TLSCert     string
+	TLSKey      string
+	SMTPURL     string
+	AlertFrom   string
+	AlertTo     string
+	// PublicURL is how people reach the portal, for links in emails and
+	// join commands; empty means https://<listen address>.
+	PublicURL string
+	// InstanceID names this instance in the leader lease; empty picks
+	// hostname-pid.
+	InstanceID string
+	// LeaseTTL is how long a leader lease lasts without renewal.
+	LeaseTTL time.Duration
+	// HeartbeatFlush is how often batched heartbeats are written.
+	HeartbeatFlush time.Duration
+	// Version is the build version shown in the portal.
+	Version string
+}
+
+// WithDefaults fills unset fields.
+func (c Config) WithDefaults() Config {
+	if c.DataDir == "" {
+		c.DataDir = ".data"
+	}
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:8443"
+	}
+	if c.InstanceID == "" {
+		host, _ := os.Hostname()
+		c.InstanceID = host + "-" + itoa(os.Getpid())
+	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = 5 * time.Second
+	}
+	if c.HeartbeatFlush == 0 {
+		c.HeartbeatFlush = 250 * time.Millisecond
+	}
+	if c.Version == "" {
+		c.Version = "dev"
+	}
+	c.DataDir = filepath.Clean(c.DataDir)
+	return c
+}
+
+func itoa(i int) string {
+	const digits = "0123456789"
+	if i == 0 {
+		return "0"
+	}
+	var b []byte
+	for i > 0 {
+		b = append([]byte{digits[i%10]}, b...)
+		i /= 10
+	}
+	return string(b)
+}

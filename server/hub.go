@@ -1,0 +1,108 @@
+package server
+
+import (
+	"context"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/callplane/callplane/nodes"
+)
+
+// Hub wakes assignment long-polls when Postgres notifies a change. Every
+// instance LISTENs, so a change committed through any instance wakes the
+// agents polling every instance.
+type Hub struct {
+	mu      sync.Mutex
+	waiters map[int64]chan struct{}
+	log     *slog.Logger
+	ready   chan struct{}
+	once    sync.Once
+}
+
+// NewHub returns an idle hub; Run connects it.
+func NewHub(log *slog.Logger) *Hub {
+	return &Hub{waiters: map[int64]chan struct{}{}, log: log, ready: make(chan struct{})}
+}
+
+// Wait returns a channel closed at the next change for the node. Take it
+// before reading the node's version so no change slips between.
+func (h *Hub) Wait(nodeID int64) <-chan struct{} {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ch, ok := h.waiters[nodeID]
+	if !ok {
+		ch = make(chan struct{})
+		h.waiters[nodeID] = ch
+	}
+	return ch
+}
+
+func (h *Hub) wake(payload string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if payload == "*" || payload == "" {
+		for id, ch := range h.waiters {
+			close(ch)
+			delete(h.waiters, id)
+		}
+		return
+	}
+	for _, part := range strings.Split(payload, ",") {
+		id, err := strconv.ParseInt(part, 10, 64)
+		if err != nil {
+			continue
+		}
+		if ch, ok := h.waiters[id]; ok {
+			close(ch)
+			delete(h.waiters, id)
+		}
+	}
+}
+
+// Ready is closed once the hub first listens.
+func (h *Hub) Ready() <-chan struct{} { return h.ready }
+
+// Run listens until ctx ends, reconnecting with backoff. After a
+// reconnect it wakes every waiter, since notifications may have been missed.
+func (h *Hub) Run(ctx context.Context, connString string) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		err := h.listen(ctx, connString)
+		if ctx.Err() != nil {
+			return
+		}
+		h.log.Warn("assignment listener lost; reconnecting", "err", err, "in", backoff)
+		h.wake("*")
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+func (h *Hub) listen(ctx context.Context, connString string) error {
+	conn, err := pgx.Connect(ctx, connString)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, "LISTEN "+nodes.AssignChannel); err != nil {
+		return err
+	}
+	h.once.Do(func() { close(h.ready) })
+	h.wake("*")
+	for {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
+			return err
+		}
+		h.wake(n.Payload)
+	}
+}

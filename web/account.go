@@ -1,0 +1,246 @@
+package web
+
+import (
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/a-h/templ"
+	"github.com/go-chi/chi/v5"
+
+	"github.com/callplane/callplane/web/auth"
+)
+
+func (h *Handler) setupForm(w http.ResponseWriter, r *http.Request) error {
+	need, err := h.Auth.NeedsSetup(r.Context())
+	if err != nil {
+		return err
+	}
+	if !need {
+		http.Redirect(w, r, "/login", http.StatusSeeOther)
+		return nil
+	}
+	return renderBare(w, r, http.StatusOK, setupPage(setupView{}))
+}
+
+func (h *Handler) setupSubmit(w http.ResponseWriter, r *http.Request) error {
+	if err := r.ParseForm(); err != nil {
+		return errBadRequest
+	}
+	need, err := h.Auth.NeedsSetup(r.Context())
+	if err != nil {
+		return err
+	}
+	if !need {
+		http.Redirect(w, r, "/login", http.StatusSeeOther)
+		return nil
+	}
+	v := setupView{Email: r.PostFormValue("email")}
+	_, err = h.Auth.Setup(r.Context(), r.PostFormValue("code"), v.Email, r.PostFormValue("password"), ClientAddr(r))
+	var fe auth.FieldErrors
+	switch {
+	case errors.As(err, &fe):
+		v.Errors = fe
+		return renderBare(w, r, http.StatusUnprocessableEntity, setupPage(v))
+	case errors.Is(err, auth.ErrBadCredentials):
+		v.Alert = "Those details are not correct."
+		return renderBare(w, r, http.StatusUnauthorized, setupPage(v))
+	case errors.Is(err, auth.ErrSetupDone):
+		http.Redirect(w, r, "/login", http.StatusSeeOther)
+		return nil
+	case err != nil:
+		return err
+	}
+	h.Log.Info("first-run setup complete: owner account created")
+	return renderBare(w, r, http.StatusOK, loginPage(loginView{Email: v.Email, Notice: "Owner account created. Sign in to continue."}))
+}
+
+func (h *Handler) loginForm(w http.ResponseWriter, r *http.Request) error {
+	if need, err := h.Auth.NeedsSetup(r.Context()); err == nil && need {
+		http.Redirect(w, r, "/setup", http.StatusSeeOther)
+		return nil
+	}
+	if _, ok := UserFrom(r.Context()); ok {
+		http.Redirect(w, r, "/", http.StatusSeeOther)
+		return nil
+	}
+	return renderBare(w, r, http.StatusOK, loginPage(loginView{Next: safeNext(r.URL.Query().Get("next"))}))
+}
+
+func (h *Handler) loginSubmit(w http.ResponseWriter, r *http.Request) error {
+	if err := r.ParseForm(); err != nil {
+		return errBadRequest
+	}
+	v := loginView{Email: strings.TrimSpace(r.PostFormValue("email")), Next: safeNext(r.PostFormValue("next")), Errors: map[string]string{}}
+	pw := r.PostFormValue("password")
+	if v.Email == "" {
+		v.Errors["email"] = "enter your email"
+	}
+	if pw == "" {
+		v.Errors["password"] = "enter your password"
+	}
+	if len(v.Errors) > 0 {
+		return renderBare(w, r, http.StatusUnprocessableEntity, loginPage(v))
+	}
+	token, _, err := h.Auth.Login(r.Context(), v.Email, pw, ClientAddr(r), r.UserAgent())
+	switch {
+	case errors.Is(err, auth.ErrBadCredentials):
+		v.Alert = "Those details are not correct."
+		return renderBare(w, r, http.StatusUnauthorized, loginPage(v))
+	case errors.Is(err, auth.ErrThrottled):
+		v.Alert = "Too many failed attempts. Wait a few minutes and try again."
+		return renderBare(w, r, http.StatusTooManyRequests, loginPage(v))
+	case err != nil:
+		return err
+	}
+	// A new session id at every sign-in: end whatever session the browser had.
+	if old, err := r.Cookie(SessionCookie); err == nil && old.Value != "" {
+		u, _ := UserFrom(r.Context())
+		_ = h.Auth.Logout(r.Context(), old.Value, u, ClientAddr(r))
+	}
+	setSessionCookie(w, token, int(h.Auth.AbsoluteTimeout.Seconds()))
+	target := v.Next
+	if target == "" {
+		target = "/"
+	}
+	http.Redirect(w, r, target, http.StatusSeeOther)
+	return nil
+}
+
+func (h *Handler) logout(w http.ResponseWriter, r *http.Request) error {
+	if c, err := r.Cookie(SessionCookie); err == nil {
+		u, _ := UserFrom(r.Context())
+		if err := h.Auth.Logout(r.Context(), c.Value, u, ClientAddr(r)); err != nil {
+			return err
+		}
+	}
+	setSessionCookie(w, "", -1)
+	if isHTMX(r) {
+		w.Header().Set("HX-Redirect", "/login")
+		return nil
+	}
+	http.Redirect(w, r, "/login", http.StatusSeeOther)
+	return nil
+}
+
+func setSessionCookie(w http.ResponseWriter, value string, maxAge int) {
+	http.SetCookie(w, &http.Cookie{
+		Name: SessionCookie, Value: value, Path: "/", MaxAge: maxAge,
+		Secure: true, HttpOnly: true, SameSite: http.SameSiteLaxMode,
+	})
+}
+
+// safeNext keeps only local paths, so a sign-in link cannot send the
+// user to another site.
+func safeNext(next string) string {
+	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.Contains(next, "\\") {
+		return ""
+	}
+	return next
+}
+
+func renderBare(w http.ResponseWriter, r *http.Request, status int, c templ.Component) error {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	return c.Render(r.Context(), w)
+}
+
+func (h *Handler) usersView(r *http.Request) (usersView, error) {
+	users, err := h.Auth.ListUsers(r.Context())
+	me, _ := UserFrom(r.Context())
+	return usersView{Users: users, Me: me, Role: auth.RoleViewer}, err
+}
+
+func (h *Handler) usersPage(w http.ResponseWriter, r *http.Request) error {
+	v, err := h.usersView(r)
+	if err != nil {
+		return err
+	}
+	return h.render(w, r, "Users", "users", usersBody(v))
+}
+
+func (h *Handler) userAdd(w http.ResponseWriter, r *http.Request) error {
+	if err := r.ParseForm(); err != nil {
+		return errBadRequest
+	}
+	me, _ := UserFrom(r.Context())
+	email, role := strings.TrimSpace(r.PostFormValue("email")), r.PostFormValue("role")
+	status := http.StatusOK
+	var fe auth.FieldErrors
+	_, err := h.Auth.AddUser(r.Context(), me.Email, ClientAddr(r), email, r.PostFormValue("password"), role)
+	if err != nil && !errors.As(err, &fe) {
+		return err
+	}
+	v, lerr := h.usersView(r)
+	if lerr != nil {
+		return lerr
+	}
+	if fe != nil {
+		v.Email, v.Role, v.Errors = email, role, fe
+		status = http.StatusUnprocessableEntity
+	} else {
+		v.Notice = "Added " + email + " as " + role + "."
+	}
+	return h.renderStatus(w, r, status, "Users", "users", usersBody(v))
+}
+
+func (h *Handler) userRole(w http.ResponseWriter, r *http.Request) error {
+	id, err := strconv.ParseInt(chi.URLParam(r, "id"), 10, 64)
+	if err != nil {
+		return errNotFound
+	}
+	me, _ := UserFrom(r.Context())
+	return h.userChange(w, r, h.Auth.SetRole(r.Context(), me, ClientAddr(r), id, r.PostFormValue("role")), "Role changed.")
+}
+
+func (h *Handler) userDisable(disabled bool) appHandler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		id, err := strconv.ParseInt(chi.URLParam(r, "id"), 10, 64)
+		if err != nil {
+			return errNotFound
+		}
+		me, _ := UserFrom(r.Context())
+		if id == me.ID {
+			return errors.Join(errBadRequest, errors.New("you cannot disable yourself"))
+		}
+		msg := "User enabled."
+		if disabled {
+			msg = "User disabled; their sessions have ended."
+		}
+		return h.userChange(w, r, h.Auth.SetDisabled(r.Context(), me, ClientAddr(r), id, disabled), msg)
+	}
+}
+
+func (h *Handler) userChange(w http.ResponseWriter, r *http.Request, err error, notice string) error {
+	var fe auth.FieldErrors
+	if err != nil && !errors.As(err, &fe) {
+		return err
+	}
+	v, lerr := h.usersView(r)
+	if lerr != nil {
+		return lerr
+	}
+	status := http.StatusOK
+	if fe != nil {
+		v.Alert = fe.Error()
+		status = http.StatusUnprocessableEntity
+	} else {
+		v.Notice = notice
+	}
+	return h.renderStatus(w, r, status, "Users", "users", usersBody(v))
+}
+
+func (h *Handler) auditPage(w http.ResponseWriter, r *http.Request) error {
+	q := strings.TrimSpace(r.URL.Query().Get("q"))
+	rows, err := h.Nodes.ListAudit(r.Context(), q, 300)
+	if err != nil {
+		return err
+	}
+	v := auditView{Rows: rows, Q: q}
+	if isHTMX(r) {
+		return h.render(w, r, "Audit", "audit", auditTable(v))
+	}
+	return h.render(w, r, "Audit", "audit", auditBody(v))
+}

@@ -1,0 +1,379 @@
+package auth
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/mail"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/callplane/callplane/db"
+	"github.com/callplane/callplane/db/dbsqlc"
+)
+
+// Roles, from most to least powerful.
+const (
+	RoleOwner  = "owner"
+	RoleAdmin  = "admin"
+	RoleViewer = "viewer"
+)
+
+// Roles lists the roles.
+var Roles = []string{RoleOwner, RoleAdmin, RoleViewer}
+
+var (
+	// ErrBadCredentials is the one answer to a wrong setup code, an
+	// unknown user, a disabled user and a wrong password.
+	ErrBadCredentials = errors.New("those details are not correct")
+	// ErrThrottled: too many recent failures for this account or address.
+	ErrThrottled = errors.New("too many failed attempts; wait a few minutes and try again")
+	// ErrSetupDone: an account exists, so first-run setup is closed.
+	ErrSetupDone = errors.New("setup is already complete")
+)
+
+// Throttling limits, over a sliding window.
+const (
+	throttleWindow  = 15 * time.Minute
+	maxFailsAccount = 5
+	maxFailsAddress = 20
+)
+
+// FieldErrors maps a form field to its message.
+type FieldErrors map[string]string
+
+func (e FieldErrors) Error() string {
+	var parts []string
+	for _, f := range []string{"email", "password", "role", "code"} {
+		if m, ok := e[f]; ok {
+			parts = append(parts, f+": "+m)
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+// User is a signed-in account.
+type User struct {
+	ID    int64
+	Email string
+	Role  string
+}
+
+// Can reports whether the user's role includes role.
+func (u User) Can(role string) bool {
+	rank := map[string]int{RoleViewer: 1, RoleAdmin: 2, RoleOwner: 3}
+	return rank[u.Role] >= rank[role]
+}
+
+// Service manages accounts and sessions.
+type Service struct {
+	pool *pgxpool.Pool
+	log  *slog.Logger
+	q    *dbsqlc.Queries
+
+	IdleTimeout     time.Duration
+	AbsoluteTimeout time.Duration
+
+	mu        sync.Mutex
+	setupCode string
+}
+
+// NewService returns an account service.
+func NewService(pool *pgxpool.Pool, log *slog.Logger) *Service {
+	return &Service{pool: pool, log: log, q: db.Q, IdleTimeout: 30 * time.Minute, AbsoluteTimeout: 12 * time.Hour}
+}
+
+// NeedsSetup reports whether no account exists yet.
+func (s *Service) NeedsSetup(ctx context.Context) (bool, error) {
+	n, err := s.q.UserCount(ctx, s.pool)
+	return n == 0, err
+}
+
+// SetupCode returns this instance's one-time setup code, creating it on
+// first use. It is printed in the log while no account exists.
+func (s *Service) SetupCode() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.setupCode == "" {
+		b := make([]byte, 9)
+		_, _ = rand.Read(b)
+		s.setupCode = strings.ToUpper(base64.RawURLEncoding.EncodeToString(b))
+	}
+	return s.setupCode
+}
+
+func (s *Service) audit(ctx context.Context, tx dbsqlc.DBTX, actor, addr, action, target, result, detail string) {
+	if err := s.q.AuditInsert(ctx, tx, dbsqlc.AuditInsertParams{
+		Actor: actor, Action: action, Target: target, Result: result, SourceAddr: addr, Detail: detail,
+	}); err != nil {
+		s.log.Error("write audit row", "action", action, "err", err)
+	}
+}
+
+func validateNew(email, password, role string) (string, FieldErrors) {
+	fe := FieldErrors{}
+	email = strings.TrimSpace(email)
+	if a, err := mail.ParseAddress(email); err != nil || a.Address != email || len(email) > 254 {
+		fe["email"] = "enter a valid email address"
+	}
+	if msg := ValidatePassword(password); msg != "" {
+		fe["password"] = msg
+	}
+	if !slices.Contains(Roles, role) {
+		fe["role"] = "role must be owner, admin or viewer"
+	}
+	return email, fe
+}
+
+// Setup creates the first owner account, guarded by the setup code.
+func (s *Service) Setup(ctx context.Context, code, email, password, addr string) (User, error) {
+	email, fe := validateNew(email, password, RoleOwner)
+	if strings.TrimSpace(code) == "" {
+		fe["code"] = "enter the setup code from the call manager's log"
+	}
+	if len(fe) > 0 {
+		return User{}, fe
+	}
+	want := s.SetupCode()
+	if subtle.ConstantTimeCompare([]byte(strings.ToUpper(strings.TrimSpace(code))), []byte(want)) != 1 {
+		s.audit(ctx, s.pool, email, addr, "setup", email, "error", "wrong setup code")
+		return User{}, ErrBadCredentials
+	}
+	hash, err := HashPassword(password)
+	if err != nil {
+		return User{}, err
+	}
+	var u dbsqlc.User
+	err = db.InTx(ctx, s.pool, func(tx pgx.Tx) error {
+		// Serialise concurrent setups so only one owner is created.
+		if _, err := tx.Exec(ctx, "LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE"); err != nil {
+			return err
+		}
+		n, err := s.q.UserCount(ctx, tx)
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			return ErrSetupDone
+		}
+		if u, err = s.q.UserInsert(ctx, tx, dbsqlc.UserInsertParams{Email: email, PasswordHash: hash, Role: RoleOwner}); err != nil {
+			return err
+		}
+		s.audit(ctx, tx, email, addr, "setup", email, "ok", "first owner account created")
+		return nil
+	})
+	return User{ID: u.ID, Email: u.Email, Role: u.Role}, err
+}
+
+// AddUser creates an account.
+func (s *Service) AddUser(ctx context.Context, actor, addr, email, password, role string) (User, error) {
+	email, fe := validateNew(email, password, role)
+	if len(fe) > 0 {
+		return User{}, fe
+	}
+	hash, err := HashPassword(password)
+	if err != nil {
+		return User{}, err
+	}
+	var u dbsqlc.User
+	err = db.InTx(ctx, s.pool, func(tx pgx.Tx) error {
+		var err error
+		u, err = s.q.UserInsert(ctx, tx, dbsqlc.UserInsertParams{Email: email, PasswordHash: hash, Role: role})
+		if errors.Is(db.Translate(err), db.ErrConflict) {
+			return FieldErrors{"email": "an account with this email already exists"}
+		}
+		if err != nil {
+			return err
+		}
+		s.audit(ctx, tx, actor, addr, "user.add", email, "ok", "role "+role)
+		return nil
+	})
+	return User{ID: u.ID, Email: u.Email, Role: u.Role}, err
+}
+
+// ListUsers lists accounts.
+func (s *Service) ListUsers(ctx context.Context) ([]dbsqlc.User, error) {
+	return s.q.UserList(ctx, s.pool)
+}
+
+// SetRole changes a user's role. The last active owner cannot be demoted.
+func (s *Service) SetRole(ctx context.Context, actor User, addr string, id int64, role string) error {
+	if !slices.Contains(Roles, role) {
+		return FieldErrors{"role": "role must be owner, admin or viewer"}
+	}
+	return db.InTx(ctx, s.pool, func(tx pgx.Tx) error {
+		u, err := s.q.UserGet(ctx, tx, id)
+		if err != nil {
+			return fmt.Errorf("user %d: %w", id, db.Translate(err))
+		}
+		if u.Role == RoleOwner && role != RoleOwner {
+			if err := s.keepAnOwner(ctx, tx); err != nil {
+				return err
+			}
+		}
+		if role == RoleOwner && !actor.Can(RoleOwner) {
+			return FieldErrors{"role": "only an owner can make another owner"}
+		}
+		if _, err := s.q.UserSetRole(ctx, tx, dbsqlc.UserSetRoleParams{ID: id, Role: role}); err != nil {
+			return err
+		}
+		s.audit(ctx, tx, actor.Email, addr, "user.role", u.Email, "ok", u.Role+" -> "+role)
+		return nil
+	})
+}
+
+func (s *Service) keepAnOwner(ctx context.Context, tx pgx.Tx) error {
+	n, err := s.q.UserCountActiveOwners(ctx, tx)
+	if err != nil {
+		return err
+	}
+	if n <= 1 {
+		return FieldErrors{"role": "the last active owner cannot be demoted or disabled"}
+	}
+	return nil
+}
+
+// SetDisabled disables or re-enables a user; disabling ends all of the
+// user's sessions at once.
+func (s *Service) SetDisabled(ctx context.Context, actor User, addr string, id int64, disabled bool) error {
+	return db.InTx(ctx, s.pool, func(tx pgx.Tx) error {
+		u, err := s.q.UserGet(ctx, tx, id)
+		if err != nil {
+			return fmt.Errorf("user %d: %w", id, db.Translate(err))
+		}
+		if disabled && u.Role == RoleOwner && u.DisabledAt == nil {
+			if err := s.keepAnOwner(ctx, tx); err != nil {
+				return err
+			}
+		}
+		if _, err := s.q.UserSetDisabled(ctx, tx, dbsqlc.UserSetDisabledParams{ID: id, Disabled: disabled}); err != nil {
+			return err
+		}
+		action, detail := "user.enable", ""
+		if disabled {
+			action = "user.disable"
+			n, err := s.q.SessionDeleteByUser(ctx, tx, id)
+			if err != nil {
+				return err
+			}
+			detail = fmt.Sprintf("%d sessions ended", n)
+		}
+		s.audit(ctx, tx, actor.Email, addr, action, u.Email, "ok", detail)
+		return nil
+	})
+}
+
+func hashToken(token string) []byte {
+	h := sha256.Sum256([]byte(token))
+	return h[:]
+}
+
+func throttleKeys(email, addr string) []string {
+	return []string{"acct:" + strings.ToLower(strings.TrimSpace(email)), "addr:" + addr}
+}
+
+// Login checks an email and password and starts a new session, returning
+// its cookie token. Unknown users, disabled users and wrong passwords get
+// the same error after the same work.
+func (s *Service) Login(ctx context.Context, email, password, addr, userAgent string) (string, User, error) {
+	keys := throttleKeys(email, addr)
+	counts, err := s.q.LoginFailureCountByKey(ctx, s.pool, dbsqlc.LoginFailureCountByKeyParams{Keys: keys, WindowSeconds: throttleWindow.Seconds()})
+	if err != nil {
+		return "", User{}, err
+	}
+	for _, c := range counts {
+		if (c.Key == keys[0] && c.Failures >= maxFailsAccount) || (c.Key == keys[1] && c.Failures >= maxFailsAddress) {
+			// Do the same work as a real check so timing says nothing.
+			_, _ = CheckPassword(password, dummyHash)
+			s.audit(ctx, s.pool, strings.TrimSpace(email), addr, "login", strings.TrimSpace(email), "throttled", "")
+			return "", User{}, ErrThrottled
+		}
+	}
+	u, err := s.q.UserGetByEmail(ctx, s.pool, strings.TrimSpace(email))
+	ok := false
+	if err == nil {
+		ok, _ = CheckPassword(password, u.PasswordHash)
+		ok = ok && u.DisabledAt == nil
+	} else {
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return "", User{}, err
+		}
+		_, _ = CheckPassword(password, dummyHash)
+	}
+	if !ok {
+		_ = s.q.LoginFailureInsert(ctx, s.pool, keys)
+		s.audit(ctx, s.pool, strings.TrimSpace(email), addr, "login", strings.TrimSpace(email), "error", "bad credentials")
+		return "", User{}, ErrBadCredentials
+	}
+	_ = s.q.LoginFailureClear(ctx, s.pool, keys[0])
+	token, err := s.newSession(ctx, u.ID, addr, userAgent)
+	if err != nil {
+		return "", User{}, err
+	}
+	s.audit(ctx, s.pool, u.Email, addr, "login", u.Email, "ok", "")
+	return token, User{ID: u.ID, Email: u.Email, Role: u.Role}, nil
+}
+
+func (s *Service) newSession(ctx context.Context, userID int64, addr, ua string) (string, error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	token := base64.RawURLEncoding.EncodeToString(b)
+	if len(ua) > 200 {
+		ua = ua[:200]
+	}
+	err := s.q.SessionInsert(ctx, s.pool, dbsqlc.SessionInsertParams{
+		IDHash: hashToken(token), UserID: userID, ExpiresAt: time.Now().Add(s.AbsoluteTimeout), SourceAddr: addr, UserAgent: ua,
+	})
+	return token, err
+}
+
+// Session returns the user of a live session, or ErrBadCredentials.
+// It enforces the idle and absolute timeouts and disabled accounts.
+func (s *Service) Session(ctx context.Context, token string) (User, error) {
+	if token == "" || len(token) > 100 {
+		return User{}, ErrBadCredentials
+	}
+	row, err := s.q.SessionGet(ctx, s.pool, hashToken(token))
+	if err != nil {
+		if errors.Is(err, pgx.ErrNoRows) {
+			return User{}, ErrBadCredentials
+		}
+		return User{}, err
+	}
+	now := time.Now()
+	if row.DisabledAt != nil || now.After(row.ExpiresAt) || now.Sub(row.LastSeenAt) > s.IdleTimeout {
+		_ = s.q.SessionDelete(ctx, s.pool, row.IDHash)
+		return User{}, ErrBadCredentials
+	}
+	if now.Sub(row.LastSeenAt) > time.Minute {
+		_ = s.q.SessionTouch(ctx, s.pool, row.IDHash)
+	}
+	return User{ID: row.UserID, Email: row.Email, Role: row.Role}, nil
+}
+
+// Logout ends a session.
+func (s *Service) Logout(ctx context.Context, token string, u User, addr string) error {
+	if err := s.q.SessionDelete(ctx, s.pool, hashToken(token)); err != nil {
+		return err
+	}
+	s.audit(ctx, s.pool, u.Email, addr, "logout", u.Email, "ok", "")
+	return nil
+}
+
+// Prune deletes expired sessions and old sign-in failures.
+func (s *Service) Prune(ctx context.Context) {
+	_, _ = s.q.SessionDeleteExpired(ctx, s.pool, s.IdleTimeout.Seconds())
+	_ = s.q.LoginFailurePrune(ctx, s.pool)
+}

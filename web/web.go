@@ -1,0 +1,243 @@
+// Package web is the administrator portal: HTMX + templ pages served by
+// the call manager. Handlers hold no business logic: they parse the
+// request, call the cluster domain (nodes) or accounts (web/auth), and
+// render a templ component — the full page on a plain request, the
+// component alone for an htmx request.
+package web
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+
+	"github.com/a-h/templ"
+	"github.com/go-chi/chi/v5"
+
+	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/web/auth"
+	"github.com/callplane/callplane/web/layout"
+)
+
+// SessionCookie names the session cookie. The __Host- prefix makes the
+// browser insist on Secure, Path=/ and no Domain.
+const SessionCookie = "__Host-callplane_session"
+
+// Cluster is what the portal needs to know about the running instance.
+type Cluster interface {
+	// InstanceID names this instance.
+	InstanceID() string
+	// LeaderID names the instance that leads now ("" when none).
+	LeaderID(ctx context.Context) string
+	// JoinServer is the URL agents use to reach the call manager.
+	JoinServer() string
+	// CAPin is the pin of the call manager's certificate.
+	CAPin() string
+}
+
+// Handler serves the portal.
+type Handler struct {
+	Nodes    *nodes.Service
+	Auth     *auth.Service
+	Cluster  Cluster
+	Log      *slog.Logger
+	Version  string
+}
+
+type ctxKey int
+
+const userKey ctxKey = 1
+
+// UserFrom returns the signed-in user of a request, if any.
+func UserFrom(ctx context.Context) (auth.User, bool) {
+	u, ok := ctx.Value(userKey).(auth.User)
+	return u, ok
+}
+
+// appHandler is a portal handler that returns its error for the adapter.
+type appHandler func(w http.ResponseWriter, r *http.Request) error
+
+// wrap adapts an appHandler, rendering its error as a page, or as a
+// partial for htmx requests.
+func (h *Handler) wrap(fn appHandler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if err := fn(w, r); err != nil {
+			h.renderError(w, r, err)
+		}
+	}
+}
+
+func (h *Handler) renderError(w http.ResponseWriter, r *http.Request, err error) {
+	status, msg := StatusOf(err)
+	if status >= 500 {
+		h.Log.Error("portal request failed", "path", r.URL.Path, "err", err)
+	}
+	if isHTMX(r) {
+		// htmx does not swap 4xx/5xx by default; tell it where to put the message.
+		w.Header().Set("HX-Retarget", "#flash")
+		w.Header().Set("HX-Reswap", "innerHTML")
+		w.WriteHeader(status)
+		_ = layout.ErrorPartial(status, msg).Render(r.Context(), w)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.WriteHeader(status)
+	_ = layout.ErrorPage(status, http.StatusText(status), msg).Render(r.Context(), w)
+}
+
+// StatusOf maps an error to its HTTP status and the message a person may
+// see. This is the one place sentinel errors become statuses.
+func StatusOf(err error) (int, string) {
+	var fe nodes.FieldErrors
+	var afe auth.FieldErrors
+	switch {
+	case errors.As(err, &fe):
+		return http.StatusBadRequest, fe.Error()
+	case errors.As(err, &afe):
+		return http.StatusBadRequest, afe.Error()
+	case errors.Is(err, nodes.ErrUnauthorized), errors.Is(err, auth.ErrBadCredentials):
+		return http.StatusUnauthorized, nodes.ErrUnauthorized.Error()
+	case errors.Is(err, nodes.ErrForbidden), errors.Is(err, errForbidden):
+		return http.StatusForbidden, err.Error()
+	case errors.Is(err, nodes.ErrNotFound), errors.Is(err, errNotFound):
+		return http.StatusNotFound, err.Error()
+	case errors.Is(err, nodes.ErrConflict), errors.Is(err, nodes.ErrStaleEpoch), errors.Is(err, nodes.ErrBusy):
+		return http.StatusConflict, err.Error()
+	case errors.Is(err, auth.ErrThrottled):
+		return http.StatusTooManyRequests, err.Error()
+	case errors.Is(err, errBadRequest):
+		return http.StatusBadRequest, err.Error()
+	}
+	return http.StatusInternalServerError, "something went wrong on our side; the error has been logged"
+}
+
+var (
+	errForbidden  = errors.New("your role does not allow this")
+	errNotFound   = errors.New("page not found")
+	errBadRequest = errors.New("bad request")
+)
+
+func isHTMX(r *http.Request) bool { return r.Header.Get("HX-Request") == "true" }
+
+// render writes a component: full is the whole page, part the component
+// htmx swaps.
+func (h *Handler) render(w http.ResponseWriter, r *http.Request, title, active string, part templ.Component) error {
+	return h.renderStatus(w, r, http.StatusOK, title, active, part)
+}
+
+// renderStatus is render with a status, such as 422 for a form with errors.
+func (h *Handler) renderStatus(w http.ResponseWriter, r *http.Request, status int, title, active string, part templ.Component) error {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	if isHTMX(r) {
+		return part.Render(r.Context(), w)
+	}
+	u, _ := UserFrom(r.Context())
+	shell := layout.Shell{Title: title, Active: active, Email: u.Email, Role: u.Role, Version: h.Version}
+	if h.Cluster != nil {
+		shell.Instance = h.Cluster.InstanceID()
+		shell.Leader = h.Cluster.LeaderID(r.Context())
+	}
+	return layout.Page(shell).Render(templ.WithChildren(r.Context(), part), w)
+}
+
+// actor describes the signed-in user for the audit log.
+func actor(r *http.Request) nodes.Actor {
+	u, _ := UserFrom(r.Context())
+	return nodes.Actor{Name: u.Email, Addr: ClientAddr(r)}
+}
+
+// ClientAddr is the request's source address without the port.
+func ClientAddr(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// Routes mounts the portal on r. Every route requires a signed-in user
+// (deny by default) except sign-in, setup and static assets; each
+// state-changing route names the least role allowed.
+func (h *Handler) Routes(r chi.Router) {
+	r.Use(h.loadSession)
+	r.Get("/setup", h.wrap(h.setupForm))
+	r.Post("/setup", h.wrap(h.setupSubmit))
+	r.Get("/login", h.wrap(h.loginForm))
+	r.Post("/login", h.wrap(h.loginSubmit))
+	r.Group(func(r chi.Router) {
+		r.Use(h.requireUser)
+		r.Post("/logout", h.wrap(h.logout))
+		h.viewerRoutes(r)
+		r.Group(func(r chi.Router) {
+			r.Use(requireRole(auth.RoleAdmin, h))
+			h.adminRoutes(r)
+		})
+		r.Group(func(r chi.Router) {
+			r.Use(requireRole(auth.RoleOwner, h))
+			h.ownerRoutes(r)
+		})
+	})
+	r.NotFound(h.wrap(func(w http.ResponseWriter, r *http.Request) error { return errNotFound }))
+}
+
+func (h *Handler) loadSession(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := r.Cookie(SessionCookie)
+		if err == nil && c.Value != "" {
+			if u, err := h.Auth.Session(r.Context(), c.Value); err == nil {
+				r = r.WithContext(context.WithValue(r.Context(), userKey, u))
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (h *Handler) requireUser(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := UserFrom(r.Context()); ok {
+			next.ServeHTTP(w, r)
+			return
+		}
+		target := "/login"
+		if need, err := h.Auth.NeedsSetup(r.Context()); err == nil && need {
+			target = "/setup"
+		}
+		if isHTMX(r) {
+			w.Header().Set("HX-Redirect", target)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		if r.Method == http.MethodGet && !strings.HasPrefix(r.URL.Path, "/api/") {
+			if r.URL.Path != "/" && target == "/login" {
+				target += "?next=" + templ.EscapeString(r.URL.Path)
+			}
+			http.Redirect(w, r, target, http.StatusSeeOther)
+			return
+		}
+		h.renderError(w, r, nodes.ErrUnauthorized)
+	})
+}
+
+func requireRole(role string, h *Handler) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			u, _ := UserFrom(r.Context())
+			if !u.Can(role) {
+				h.renderError(w, r, errForbidden)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
+// canChange reports whether the signed-in user may change the cluster,
+// so pages hide buttons viewers cannot use.
+func canChange(r *http.Request) bool {
+	u, _ := UserFrom(r.Context())
+	return u.Can(auth.RoleAdmin)
+}

@@ -44,6 +44,11 @@ func loadOrCreateCert(cfg Config) (tls.Certificate, error) {
 }
 
 func createSelfSigned(certFile, keyFile, listen string) error {
+	// The data dir stays traversable (0755) because the local Postgres runs
+	// as another user below it; the key's own directory is private.
+	if err := os.MkdirAll(filepath.Dir(filepath.Dir(certFile)), 0o755); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(filepath.Dir(certFile), 0o700); err != nil {
 		return err
 	}

@@ -39,11 +39,11 @@ type Cluster interface {
 
 // Handler serves the portal.
 type Handler struct {
-	Nodes    *nodes.Service
-	Auth     *auth.Service
-	Cluster  Cluster
-	Log      *slog.Logger
-	Version  string
+	Nodes   *nodes.Service
+	Auth    *auth.Service
+	Cluster Cluster
+	Log     *slog.Logger
+	Version string
 }
 
 type ctxKey int

@@ -1,0 +1,235 @@
+// Command callmanager runs a Callplane call manager instance and its
+// administration commands. main only parses flags and the environment
+// into a config and calls run.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/callplane/callplane/server"
+)
+
+var version = "dev"
+
+const usage = `callmanager — the Callplane call manager
+
+Usage:
+  callmanager serve                      run an instance (portal, agent API, health checker)
+  callmanager migrate                    apply pending migrations and exit
+  callmanager user add --email E --role owner|admin|viewer   (password on stdin)
+  callmanager node add --name N --kind K --address A --capacity C [--weight W] [--region R] [--description D]
+  callmanager node list
+  callmanager node enable|drain|disable N
+  callmanager node remove N [--move-work]
+  callmanager token create --node N [--ttl 1h]
+  callmanager apitoken create --name N
+  callmanager version
+
+Settings (flag, environment twin):
+  --database-url   DATABASE_URL         unset: a local Postgres under the data dir
+  --data-dir       CALLPLANE_DATA_DIR   .data
+  --listen         CALLPLANE_LISTEN     127.0.0.1:8443
+  --tls-cert       CALLPLANE_TLS_CERT   self-signed, kept in the data dir
+  --tls-key        CALLPLANE_TLS_KEY
+  --smtp-url       CALLPLANE_SMTP_URL   e.g. smtp://user:pass@host:587
+  --alert-from     CALLPLANE_ALERT_FROM
+  --alert-to       CALLPLANE_ALERT_TO   comma-separated
+  --public-url     CALLPLANE_PUBLIC_URL how people and agents reach this instance
+  --instance-id    CALLPLANE_INSTANCE_ID
+  --log-level      CALLPLANE_LOG_LEVEL  debug|info|warn|error
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		var ue usageError
+		fmt.Fprintln(os.Stderr, "callmanager: "+strings.TrimSpace(firstLine(err.Error())))
+		if errors.As(err, &ue) {
+			os.Exit(2)
+		}
+		os.Exit(1)
+	}
+}
+
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return line
+}
+
+// settings binds the shared settings to a flag set, with environment
+// twins as defaults.
+func settings(fs *flag.FlagSet, cfg *server.Config, logLevel *string) {
+	env := func(name, def string) string {
+		if v, ok := os.LookupEnv(name); ok {
+			return v
+		}
+		return def
+	}
+	fs.StringVar(&cfg.DatabaseURL, "database-url", env("DATABASE_URL", ""), "Postgres URL; unset: a local Postgres under the data dir")
+	fs.StringVar(&cfg.DataDir, "data-dir", env("CALLPLANE_DATA_DIR", ".data"), "data directory")
+	fs.StringVar(&cfg.Listen, "listen", env("CALLPLANE_LISTEN", "127.0.0.1:8443"), "HTTPS listen address")
+	fs.StringVar(&cfg.TLSCert, "tls-cert", env("CALLPLANE_TLS_CERT", ""), "TLS certificate file")
+	fs.StringVar(&cfg.TLSKey, "tls-key", env("CALLPLANE_TLS_KEY", ""), "TLS key file")
+	fs.StringVar(&cfg.SMTPURL, "smtp-url", env("CALLPLANE_SMTP_URL", ""), "SMTP server URL for alerts")
+	fs.StringVar(&cfg.AlertFrom, "alert-from", env("CALLPLANE_ALERT_FROM", ""), "alert sender address")
+	fs.StringVar(&cfg.AlertTo, "alert-to", env("CALLPLANE_ALERT_TO", ""), "comma-separated alert recipients")
+	fs.StringVar(&cfg.PublicURL, "public-url", env("CALLPLANE_PUBLIC_URL", ""), "URL people and agents use to reach this instance")
+	fs.StringVar(&cfg.InstanceID, "instance-id", env("CALLPLANE_INSTANCE_ID", ""), "name of this instance (default host-pid)")
+	fs.StringVar(logLevel, "log-level", env("CALLPLANE_LOG_LEVEL", "info"), "debug|info|warn|error")
+}
+
+func newLogger(w io.Writer, level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, usageError{"--log-level must be debug, info, warn or error"}
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+// run dispatches a command line; tests call it directly.
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stdout, usage)
+		if len(args) == 0 {
+			return usageError{"no command given"}
+		}
+		return nil
+	}
+	cmd, rest := args[0], args[1:]
+	sub := ""
+	if (cmd == "user" || cmd == "node" || cmd == "token" || cmd == "apitoken") && len(rest) > 0 {
+		sub, rest = rest[0], rest[1:]
+	}
+	fs := flag.NewFlagSet("callmanager "+strings.TrimSpace(cmd+" "+sub), flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg server.Config
+	var logLevel string
+	settings(fs, &cfg, &logLevel)
+	cfg.Version = version
+	c := &cli{ctx: ctx, fs: fs, cfg: &cfg, stdin: stdin, stdout: stdout, stderr: stderr, logLevel: &logLevel}
+	switch cmd {
+	case "serve":
+		return c.serve(rest)
+	case "migrate":
+		return c.migrate(rest)
+	case "version":
+		fmt.Fprintln(stdout, "callmanager", version)
+		return nil
+	case "user":
+		if sub == "add" {
+			return c.userAdd(rest)
+		}
+	case "node":
+		switch sub {
+		case "add":
+			return c.nodeAdd(rest)
+		case "list":
+			return c.nodeList(rest)
+		case "enable", "drain", "disable":
+			return c.nodeState(sub, rest)
+		case "remove":
+			return c.nodeRemove(rest)
+		}
+	case "token":
+		if sub == "create" {
+			return c.tokenCreate(rest)
+		}
+	case "apitoken":
+		if sub == "create" {
+			return c.apiTokenCreate(rest)
+		}
+	}
+	return usageError{fmt.Sprintf("unknown command %q; run 'callmanager help'", strings.TrimSpace(cmd+" "+sub))}
+}
+
+type cli struct {
+	ctx            context.Context
+	fs             *flag.FlagSet
+	cfg            *server.Config
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	logLevel       *string
+}
+
+func (c *cli) parse(args []string) error {
+	if err := c.fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageError{err.Error()}
+	}
+	return nil
+}
+
+func (c *cli) serve(args []string) error {
+	if err := c.parse(args); err != nil {
+		return err
+	}
+	if c.fs.NArg() > 0 {
+		return usageError{"serve takes no arguments"}
+	}
+	log, err := newLogger(c.stderr, *c.logLevel)
+	if err != nil {
+		return err
+	}
+	s, err := server.New(c.ctx, *c.cfg, log)
+	if err != nil {
+		return err
+	}
+	return s.Run(c.ctx)
+}
+
+func (c *cli) migrate(args []string) error {
+	if err := c.parse(args); err != nil {
+		return err
+	}
+	log, err := newLogger(c.stderr, *c.logLevel)
+	if err != nil {
+		return err
+	}
+	pool, _, pg, err := server.OpenDatabase(c.ctx, c.cfg.WithDefaults(), log)
+	if err != nil {
+		return err
+	}
+	pool.Close()
+	if pg != nil {
+		pg.Stop()
+	}
+	fmt.Fprintln(c.stdout, "migrations applied")
+	return nil
+}
+
+// withDB opens the database quietly for an administrative command.
+func (c *cli) withDB(fn func(env *server.Admin) error) error {
+	log, err := newLogger(io.Discard, "error")
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, 2*time.Minute)
+	defer cancel()
+	env, err := server.OpenAdmin(ctx, *c.cfg, log)
+	if err != nil {
+		return err
+	}
+	defer env.Close()
+	return fn(env)
+}

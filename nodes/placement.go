@@ -269,7 +269,7 @@ func (s *Service) PlaceWork(ctx context.Context, actor Actor, in WorkInput) (Pla
 			// Under contention the node we would have taken may have
 			// filled between the plan and the lock; if any node still has
 			// room, try again rather than leave the work unplaced.
-			if attempt < 5 {
+			if attempt < 20 {
 				room, err := s.q.NodeRoomForKind(ctx, tx, dbsqlc.NodeRoomForKindParams{Kind: nodeKind, ExcludeID: 0})
 				if err != nil {
 					return err

@@ -85,7 +85,7 @@ func OpenDatabase(ctx context.Context, cfg Config, log *slog.Logger) (*pgxpool.P
 // New prepares an instance: database, certificate, router and listener.
 func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	cfg = cfg.WithDefaults()
-	s := &Server{cfg: cfg, log: log, hub: NewHub(log), enrolLim: newLimiter(10, time.Minute)}
+	s := &Server{cfg: cfg, log: log, hub: NewHub(log), enrolLim: newLimiter(20, time.Minute)}
 	var err error
 	s.cert, err = loadOrCreateCert(cfg)
 	if err != nil {

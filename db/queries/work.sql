@@ -1,4 +1,4 @@
--- WorkPlace places one new work item in one statement: it locks the
+-- WorkPlace places one new work item in one statement: it picks the
 -- least-loaded eligible node (weighted load after adding the cost), bumps
 -- its used counter and inserts the work on it, or inserts it unplaced
 -- when no node has room.
@@ -10,10 +10,13 @@ WITH target AS (
       AND (n.maintenance_until IS NULL OR n.maintenance_until < now())
     ORDER BY ((n.used + @cost::int)::float8 / n.capacity) / n.weight, n.id
     LIMIT 1
-    FOR UPDATE
 ), bumped AS (
-    UPDATE nodes SET used = nodes.used + @cost, assign_version = nextval('assign_version_seq')
-    FROM target WHERE nodes.id = target.id AND nodes.used + @cost <= nodes.capacity
+    -- The conditional UPDATE locks only the chosen row and re-checks the
+    -- room after any concurrent update, so no two placements overfill a
+    -- node and no two lock rows in opposite orders.
+    UPDATE nodes SET used = nodes.used + @cost::int, assign_version = nextval('assign_version_seq')
+    WHERE nodes.id = (SELECT id FROM target) AND nodes.used + @cost::int <= nodes.capacity
+      AND nodes.admin_state = 'enabled' AND nodes.health = 'up'
     RETURNING nodes.id, nodes.name
 )
 INSERT INTO work (ref, kind, cost, state, node_id)
@@ -21,7 +24,7 @@ SELECT @ref::text, @kind::text, @cost::int,
        CASE WHEN (SELECT id FROM bumped) IS NULL THEN 'unplaced' ELSE 'assigned' END,
        (SELECT id FROM bumped)
 RETURNING id, ref, kind, cost, state, node_id, epoch, created_at,
-    (SELECT name FROM bumped)::text AS node_name;
+    coalesce((SELECT name FROM bumped), '')::text AS node_name;
 
 -- name: WorkGetByRef :one
 SELECT w.*, coalesce(n.name, '')::text AS node_name FROM work w LEFT JOIN nodes n ON n.id = w.node_id WHERE w.ref = @ref;

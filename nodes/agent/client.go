@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -39,6 +40,7 @@ func statusOf(err error) int {
 type apiClient struct {
 	base       string
 	hc         *http.Client
+	credMu     sync.Mutex
 	credential string // empty for enrol
 	userAgent  string
 }
@@ -76,6 +78,18 @@ func newAPIClient(server, pin, credential, version string) (*apiClient, error) {
 
 func (c *apiClient) close() { c.hc.CloseIdleConnections() }
 
+func (c *apiClient) getCredential() string {
+	c.credMu.Lock()
+	defer c.credMu.Unlock()
+	return c.credential
+}
+
+func (c *apiClient) setCredential(cred string) {
+	c.credMu.Lock()
+	defer c.credMu.Unlock()
+	c.credential = cred
+}
+
 // do sends one request and decodes a 200 answer into out. Errors are a
 // *statusError for an answer other than 200, a *PinMismatchError for the
 // wrong server, the context's error, or "cannot reach server".
@@ -97,8 +111,8 @@ func (c *apiClient) do(ctx context.Context, method, path string, in, out any) er
 	}
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", c.userAgent)
-	if c.credential != "" {
-		req.Header.Set("Authorization", "Bearer "+c.credential)
+	if cred := c.getCredential(); cred != "" {
+		req.Header.Set("Authorization", "Bearer "+cred)
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
@@ -184,6 +198,9 @@ type heartbeatRequest struct {
 type heartbeatResponse struct {
 	AdminState          string `json:"admin_state"`
 	HeartbeatIntervalMS int64  `json:"heartbeat_interval_ms"`
+	// Credential is set when an administrator rotated the node's
+	// credential: the agent stores it and uses it from then on.
+	Credential string `json:"credential,omitempty"`
 }
 
 // assignment is one unit of work the call manager wants this node to run.

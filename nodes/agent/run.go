@@ -210,6 +210,9 @@ func (a *agent) heartbeatLoop(ctx context.Context) error {
 			}
 			interval = heartbeatInterval(resp.HeartbeatIntervalMS)
 			wait = interval
+			if resp.Credential != "" {
+				a.rotate(resp.Credential)
+			}
 		case ctx.Err() != nil:
 			return nil
 		case status == http.StatusUnauthorized:
@@ -230,6 +233,29 @@ func (a *agent) heartbeatLoop(ctx context.Context) error {
 			return nil
 		}
 	}
+}
+
+// rotate stores a rotated credential in the state dir (atomically) and
+// uses it from the next request. The old one keeps working on the server
+// for a short overlap, so a failed write is retried at the next rotation.
+func (a *agent) rotate(cred string) {
+	if !validCredential(cred) {
+		a.log.Warn("server sent a malformed rotated credential; keeping the current one")
+		return
+	}
+	st := *a.st
+	st.Credential = cred
+	p, err := beginStateWrite(a.opts.StateDir)
+	if err == nil {
+		err = p.commit(&st)
+	}
+	if err != nil {
+		a.log.Error("store rotated credential", "err", err)
+		return
+	}
+	a.st.Credential = cred
+	a.api.setCredential(cred)
+	a.log.Info("node credential rotated", "node", a.st.NodeName)
 }
 
 // heartbeatInterval turns the server's interval into a duration, keeping it

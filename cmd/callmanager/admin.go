@@ -82,31 +82,27 @@ func (c *cli) nodeList(args []string) error {
 	})
 }
 
+// oneName parses a command that takes one node name, before or after its flags.
 func (c *cli) oneName(args []string, what string) (string, error) {
+	var name string
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		name, args = args[0], args[1:]
+	}
 	if err := c.parse(args); err != nil {
 		return "", err
 	}
-	if c.fs.NArg() != 1 {
+	if name == "" && c.fs.NArg() > 0 {
+		name = c.fs.Arg(0)
+		c.fs.Parse(c.fs.Args()[1:])
+	}
+	if name == "" || c.fs.NArg() > 0 {
 		return "", usageError{what + " takes exactly one node name"}
 	}
-	return c.fs.Arg(0), nil
-}
-
-// parseInterleaved lets flags follow the positional name ("remove N --move-work").
-func interleave(args []string) []string {
-	var flags, pos []string
-	for _, a := range args {
-		if strings.HasPrefix(a, "-") {
-			flags = append(flags, a)
-		} else {
-			pos = append(pos, a)
-		}
-	}
-	return append(flags, pos...)
+	return name, nil
 }
 
 func (c *cli) nodeState(action string, args []string) error {
-	name, err := c.oneName(interleave(args), "node "+action)
+	name, err := c.oneName(args, "node "+action)
 	if err != nil {
 		return err
 	}
@@ -126,7 +122,7 @@ func (c *cli) nodeState(action string, args []string) error {
 
 func (c *cli) nodeRemove(args []string) error {
 	move := c.fs.Bool("move-work", false, "move the node's work to other nodes first")
-	name, err := c.oneName(interleave(args), "node remove")
+	name, err := c.oneName(args, "node remove")
 	if err != nil {
 		return err
 	}

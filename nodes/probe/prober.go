@@ -98,7 +98,9 @@ func NewProber(cfg Config) (*Prober, error) {
 		_ = tx.Respond(sip.NewResponseFromRequest(req, sip.StatusForbidden, "Forbidden", nil))
 		tx.TerminateGracefully()
 	})
-	client, err := sipgo.NewClient(ua, sipgo.WithClientLogger(logger))
+	// rport (RFC 3581) asks the node to answer to the address the request came from, so
+	// the probe works through NAT and whatever sent-by the Via carries.
+	client, err := sipgo.NewClient(ua, sipgo.WithClientLogger(logger), sipgo.WithClientNAT())
 	if err != nil {
 		_ = ua.Close()
 		return nil, fmt.Errorf("new prober: sip client: %w", err)

@@ -22,6 +22,8 @@ import (
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/localpg"
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/health"
+	"github.com/callplane/callplane/nodes/outbox"
 	"github.com/callplane/callplane/web"
 	"github.com/callplane/callplane/web/auth"
 )
@@ -43,6 +45,7 @@ type Server struct {
 	handler  http.Handler
 	enrolLim *limiter
 	leader   *Leader
+	settings *health.Store
 
 	// background tasks started by Run; each stops with its context.
 	background []func(ctx context.Context)
@@ -105,6 +108,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		s.close()
 		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
+	s.settings = health.NewStore(s.pool, health.Defaults{SMTPURL: cfg.SMTPURL, AlertFrom: cfg.AlertFrom, AlertTo: cfg.AlertTo}, s.URL(), log)
+	checker := health.NewChecker(s.nodes, s.settings, s.leader, log)
+	mailer := outbox.New(outbox.Config{Pool: s.pool, Store: s.settings, Fence: s.leader, Log: log, PortalURL: s.URL()})
+	s.AddBackground(func(ctx context.Context) { s.leader.WhileLeading(ctx, checker.Run) })
+	s.AddBackground(func(ctx context.Context) { s.leader.WhileLeading(ctx, mailer.Run) })
 	s.handler = s.routes()
 	return s, nil
 }
@@ -189,7 +197,7 @@ func (s *Server) routes() http.Handler {
 		s.agentRoutes(r)
 		s.adminRoutes(r)
 	})
-	portal := &web.Handler{Nodes: s.nodes, Auth: s.auth, Cluster: s, Log: s.log, Version: s.cfg.Version}
+	portal := &web.Handler{Nodes: s.nodes, Auth: s.auth, Cluster: s, Settings: s.settings, Log: s.log, Version: s.cfg.Version}
 	r.Group(portal.Routes)
 	return r
 }

@@ -42,8 +42,10 @@ type Handler struct {
 	Nodes   *nodes.Service
 	Auth    *auth.Service
 	Cluster Cluster
-	Log     *slog.Logger
-	Version string
+	// Settings holds the health and alert settings (/settings).
+	Settings SettingsStore
+	Log      *slog.Logger
+	Version  string
 }
 
 type ctxKey int

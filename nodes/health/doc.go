@@ -1,0 +1,13 @@
+// Package health is Callplane's health checker: on the leader only, it
+// probes every node each interval (an active probe of the service address
+// plus the agent's heartbeat freshness), runs each node through the
+// pending/up/suspect/down state machine with fail and recover thresholds
+// and a flapping guard, and writes every health change in one fenced
+// transaction together with its event, its alert (the outbox row the
+// mailer in nodes/outbox sends) and, under the automatic failover policy,
+// the move of the node's work.
+//
+// It also holds the alert and health settings (Store): typed, validated,
+// defaulted from the command line and overridden by what an administrator
+// saves in the portal.
+package health

@@ -1,0 +1,483 @@
+package health
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/mail"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/callplane/callplane/db"
+	"github.com/callplane/callplane/db/dbsqlc"
+	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/alert"
+)
+
+// Failover policies.
+const (
+	PolicyAuto   = "auto"
+	PolicyManual = "manual"
+)
+
+// Policies lists the failover policies.
+var Policies = []string{PolicyAuto, PolicyManual}
+
+// HeartbeatInterval is the agents' heartbeat interval; the default
+// staleness allows three missed beats.
+const HeartbeatInterval = time.Second
+
+// Setting keys, as stored in the settings table and named in the form.
+const (
+	KeyProbeInterval    = "probe_interval"
+	KeyProbeTimeout     = "probe_timeout"
+	KeyFailThreshold    = "fail_threshold"
+	KeyRecoverThreshold = "recover_threshold"
+	KeyHeartbeatStale   = "heartbeat_stale"
+	KeySIPOKCodes       = "sip_ok_codes"
+	KeyFlapLimit        = "flap_limit"
+	KeyFlapWindow       = "flap_window"
+	KeySMTPURL          = "smtp_url"
+	KeyAlertFrom        = "alert_from"
+	KeyAlertTo          = "alert_to"
+	keyPolicyPrefix     = "policy_"
+)
+
+// PolicyKey is the setting key of a node kind's failover policy.
+func PolicyKey(kind string) string { return keyPolicyPrefix + kind }
+
+// Keys lists every setting key in form order.
+func Keys() []string {
+	keys := []string{KeyProbeInterval, KeyProbeTimeout, KeyFailThreshold, KeyRecoverThreshold,
+		KeyHeartbeatStale, KeySIPOKCodes, KeyFlapLimit, KeyFlapWindow}
+	for _, k := range nodes.Kinds {
+		keys = append(keys, PolicyKey(k))
+	}
+	return append(keys, KeySMTPURL, KeyAlertFrom, KeyAlertTo)
+}
+
+// Settings are the health checker's and the alert mailer's settings.
+type Settings struct {
+	// ProbeInterval is how often every node is probed.
+	ProbeInterval time.Duration
+	// ProbeTimeout bounds each probe; it is shorter than the interval.
+	ProbeTimeout time.Duration
+	// FailThreshold is N: a node is down after N consecutive failures
+	// (suspect from the first).
+	FailThreshold int
+	// RecoverThreshold is M: a down (or pending) node is up after M
+	// consecutive successes.
+	RecoverThreshold int
+	// HeartbeatStale: a node with an enrolled agent whose last heartbeat
+	// is older fails its check, whatever the active probe says.
+	HeartbeatStale time.Duration
+	// SIPOKCodes are the SIP answers that count as healthy; empty means
+	// any 2xx.
+	SIPOKCodes []int
+	// FlapLimit is how many health changes a node may make within
+	// FlapWindow; past it the node is held down and flagged until it is
+	// stable.
+	FlapLimit  int
+	FlapWindow time.Duration
+	// Policy is the failover policy per node kind: auto or manual.
+	Policy map[string]string
+	// SMTPURL (may hold a password: never log it; see SMTPRedacted),
+	// AlertFrom and AlertTo (comma-separated) configure alert emails.
+	SMTPURL   string
+	AlertFrom string
+	AlertTo   string
+}
+
+// Defaults are the settings that come from the command line or the
+// environment, before anything is saved in the portal.
+type Defaults struct {
+	SMTPURL, AlertFrom, AlertTo string
+}
+
+// Builtin returns the built-in settings: detection of a dead node within
+// 3-5 s (three failures one second apart, each probe under 800 ms).
+func Builtin() Settings {
+	return Settings{
+		ProbeInterval:    time.Second,
+		ProbeTimeout:     800 * time.Millisecond,
+		FailThreshold:    3,
+		RecoverThreshold: 2,
+		HeartbeatStale:   3 * HeartbeatInterval,
+		FlapLimit:        6,
+		FlapWindow:       10 * time.Minute,
+		Policy: map[string]string{
+			nodes.KindMedia: PolicyAuto, nodes.KindIVR: PolicyManual, nodes.KindQueue: PolicyManual,
+			nodes.KindMeeting: PolicyManual, nodes.KindIM: PolicyManual,
+		},
+	}
+}
+
+// PolicyFor returns the failover policy of a node kind (manual when
+// unknown, the safe choice).
+func (s Settings) PolicyFor(kind string) string {
+	if p := s.Policy[kind]; p != "" {
+		return p
+	}
+	return PolicyManual
+}
+
+// SMTP returns the parsed SMTP configuration, and false when none is set
+// (alerts then wait in the outbox).
+func (s Settings) SMTP() (alert.SMTP, bool) {
+	if strings.TrimSpace(s.SMTPURL) == "" {
+		return alert.SMTP{}, false
+	}
+	cfg, err := alert.ParseSMTPURL(s.SMTPURL)
+	return cfg, err == nil
+}
+
+// SMTPRedacted is the SMTP URL with its password hidden, for pages and logs.
+func (s Settings) SMTPRedacted() string {
+	if cfg, ok := s.SMTP(); ok {
+		return cfg.Redacted()
+	}
+	return ""
+}
+
+// Recipients returns the parsed alert recipients (nil when none).
+func (s Settings) Recipients() []string {
+	to, err := alert.ParseRecipients(s.AlertTo)
+	if err != nil {
+		return nil
+	}
+	return to
+}
+
+// MailReady reports whether alert emails can be sent: an SMTP server, a
+// sender and at least one recipient.
+func (s Settings) MailReady() bool {
+	_, ok := s.SMTP()
+	return ok && s.AlertFrom != "" && len(s.Recipients()) > 0
+}
+
+// Values returns the settings as the strings stored and shown in the form.
+// The SMTP URL is returned whole: callers that show it use SMTPRedacted.
+func (s Settings) Values() map[string]string {
+	codes := make([]string, len(s.SIPOKCodes))
+	for i, c := range s.SIPOKCodes {
+		codes[i] = strconv.Itoa(c)
+	}
+	v := map[string]string{
+		KeyProbeInterval:    s.ProbeInterval.String(),
+		KeyProbeTimeout:     s.ProbeTimeout.String(),
+		KeyFailThreshold:    strconv.Itoa(s.FailThreshold),
+		KeyRecoverThreshold: strconv.Itoa(s.RecoverThreshold),
+		KeyHeartbeatStale:   s.HeartbeatStale.String(),
+		KeySIPOKCodes:       strings.Join(codes, ","),
+		KeyFlapLimit:        strconv.Itoa(s.FlapLimit),
+		KeyFlapWindow:       s.FlapWindow.String(),
+		KeySMTPURL:          s.SMTPURL,
+		KeyAlertFrom:        s.AlertFrom,
+		KeyAlertTo:          s.AlertTo,
+	}
+	for _, k := range nodes.Kinds {
+		v[PolicyKey(k)] = s.PolicyFor(k)
+	}
+	return v
+}
+
+// Parse reads settings from their string values (a form or the settings
+// table) and validates them. Missing keys are errors. It returns what it
+// could read and a message per bad field.
+func Parse(v map[string]string) (Settings, nodes.FieldErrors) {
+	fe := nodes.FieldErrors{}
+	s := Settings{Policy: map[string]string{}}
+	dur := func(key string, lo, hi time.Duration) time.Duration {
+		raw := strings.TrimSpace(v[key])
+		d, err := time.ParseDuration(raw)
+		if err != nil {
+			// A bare number is taken as milliseconds.
+			if n, nerr := strconv.Atoi(raw); nerr == nil {
+				d, err = time.Duration(n)*time.Millisecond, nil
+			}
+		}
+		switch {
+		case raw == "":
+			fe.Add(key, "enter a duration, such as 1s or 800ms")
+		case err != nil:
+			fe.Add(key, fmt.Sprintf("%q is not a duration; use a value such as 1s or 800ms", raw))
+		case d < lo || d > hi:
+			fe.Add(key, fmt.Sprintf("must be between %s and %s", lo, hi))
+		}
+		return d
+	}
+	num := func(key string, lo, hi int) int {
+		raw := strings.TrimSpace(v[key])
+		n, err := strconv.Atoi(raw)
+		switch {
+		case err != nil:
+			fe.Add(key, "enter a whole number")
+		case n < lo || n > hi:
+			fe.Add(key, fmt.Sprintf("must be between %d and %d", lo, hi))
+		}
+		return n
+	}
+	s.ProbeInterval = dur(KeyProbeInterval, 100*time.Millisecond, time.Hour)
+	s.ProbeTimeout = dur(KeyProbeTimeout, 10*time.Millisecond, time.Hour)
+	if _, bad := fe[KeyProbeTimeout]; !bad && s.ProbeTimeout >= s.ProbeInterval {
+		fe.Add(KeyProbeTimeout, "the probe timeout must be shorter than the probe interval")
+	}
+	s.FailThreshold = num(KeyFailThreshold, 1, 100)
+	s.RecoverThreshold = num(KeyRecoverThreshold, 1, 100)
+	s.HeartbeatStale = dur(KeyHeartbeatStale, 100*time.Millisecond, time.Hour)
+	for item := range strings.SplitSeq(v[KeySIPOKCodes], ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		c, err := strconv.Atoi(item)
+		if err != nil || c < 100 || c > 699 {
+			fe.Add(KeySIPOKCodes, fmt.Sprintf("%q is not a SIP status code (100-699); leave empty for any 2xx", item))
+			continue
+		}
+		if !slices.Contains(s.SIPOKCodes, c) {
+			s.SIPOKCodes = append(s.SIPOKCodes, c)
+		}
+	}
+	s.FlapLimit = num(KeyFlapLimit, 2, 1000)
+	s.FlapWindow = dur(KeyFlapWindow, time.Minute, 24*time.Hour)
+	for _, k := range nodes.Kinds {
+		p := strings.TrimSpace(v[PolicyKey(k)])
+		if !slices.Contains(Policies, p) {
+			fe.Add(PolicyKey(k), "choose auto or manual")
+		}
+		s.Policy[k] = p
+	}
+	s.SMTPURL = strings.TrimSpace(v[KeySMTPURL])
+	s.AlertFrom = strings.TrimSpace(v[KeyAlertFrom])
+	s.AlertTo = strings.TrimSpace(v[KeyAlertTo])
+	if s.SMTPURL != "" {
+		if _, err := alert.ParseSMTPURL(s.SMTPURL); err != nil {
+			// ParseSMTPURL's errors never contain the password.
+			fe.Add(KeySMTPURL, err.Error()+" (want smtp://[user:pass@]host[:port][?tls=none|starttls] or smtps://…)")
+		}
+	}
+	if s.AlertFrom != "" {
+		if _, err := mail.ParseAddress(s.AlertFrom); err != nil {
+			fe.Add(KeyAlertFrom, fmt.Sprintf("%q is not an email address", s.AlertFrom))
+		}
+	} else if s.SMTPURL != "" {
+		fe.Add(KeyAlertFrom, "enter the sender address of alert emails")
+	}
+	if s.AlertTo != "" || s.SMTPURL != "" {
+		if _, err := alert.ParseRecipients(s.AlertTo); err != nil {
+			msg := strings.TrimPrefix(err.Error(), "recipients: ")
+			if s.AlertTo == "" {
+				msg = "enter at least one recipient"
+			}
+			fe.Add(KeyAlertTo, msg)
+		}
+	}
+	return s, fe
+}
+
+// Store loads and saves Settings. Loads are cached briefly, so every
+// instance sees a save within CacheTTL without a query per use.
+type Store struct {
+	pool      *pgxpool.Pool
+	log       *slog.Logger
+	base      map[string]string // built-in values overlaid with Defaults
+	portalURL string
+
+	// CacheTTL is how long a load is reused.
+	CacheTTL time.Duration
+
+	mu       sync.Mutex
+	cached   Settings
+	cachedAt time.Time
+}
+
+// NewStore returns a Store whose unsaved settings come from d. portalURL
+// is the portal's base URL, for links in test emails.
+func NewStore(pool *pgxpool.Pool, d Defaults, portalURL string, log *slog.Logger) *Store {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	base := Builtin().Values()
+	overlay := map[string]string{KeySMTPURL: d.SMTPURL, KeyAlertFrom: d.AlertFrom, KeyAlertTo: d.AlertTo}
+	if _, fe := Parse(merge(base, overlay)); len(fe) > 0 {
+		// Keep the good parts of the command line; say what was wrong
+		// without echoing the SMTP URL, which may hold a password.
+		for k := range fe {
+			log.Warn("alert setting from the command line is invalid and ignored", "setting", k, "problem", fe[k])
+			delete(overlay, k)
+		}
+	}
+	return &Store{pool: pool, log: log, base: merge(base, overlay), portalURL: portalURL, CacheTTL: 2 * time.Second}
+}
+
+func merge(a, b map[string]string) map[string]string {
+	out := maps.Clone(a)
+	maps.Copy(out, b)
+	return out
+}
+
+// Load returns the effective settings: defaults overridden by the rows
+// saved in the portal.
+func (s *Store) Load(ctx context.Context) (Settings, error) {
+	s.mu.Lock()
+	if !s.cachedAt.IsZero() && time.Since(s.cachedAt) < s.CacheTTL {
+		st := s.cached
+		s.mu.Unlock()
+		return st, nil
+	}
+	s.mu.Unlock()
+	st, err := s.load(ctx)
+	if err != nil {
+		return st, err
+	}
+	s.mu.Lock()
+	s.cached, s.cachedAt = st, time.Now()
+	s.mu.Unlock()
+	return st, nil
+}
+
+func (s *Store) load(ctx context.Context) (Settings, error) {
+	rows, err := db.Q.SettingList(ctx, s.pool)
+	if err != nil {
+		return Settings{}, fmt.Errorf("load settings: %w", err)
+	}
+	v := maps.Clone(s.base)
+	for _, r := range rows {
+		if _, known := v[r.Key]; known {
+			v[r.Key] = r.Value
+		}
+	}
+	st, fe := Parse(v)
+	if len(fe) > 0 {
+		// A stored value that no longer validates falls back to its
+		// default rather than stopping the checker.
+		for k := range fe {
+			s.log.Warn("saved setting is invalid; using its default", "setting", k, "problem", fe[k])
+			v[k] = s.base[k]
+		}
+		st, _ = Parse(v)
+	}
+	return st, nil
+}
+
+// Invalidate drops the cached settings so the next Load reads them.
+func (s *Store) Invalidate() {
+	s.mu.Lock()
+	s.cachedAt = time.Time{}
+	s.mu.Unlock()
+}
+
+// Save validates form and stores every setting, with an audit row, in one
+// transaction. When the SMTP URL comes back as shown (with its password
+// redacted) the stored password is kept. Invalid input returns
+// nodes.FieldErrors and saves nothing.
+func (s *Store) Save(ctx context.Context, actor nodes.Actor, form map[string]string) (Settings, error) {
+	cur, err := s.load(ctx)
+	if err != nil {
+		return Settings{}, err
+	}
+	in := maps.Clone(form)
+	if strings.TrimSpace(in[KeySMTPURL]) != "" && strings.TrimSpace(in[KeySMTPURL]) == cur.SMTPRedacted() {
+		in[KeySMTPURL] = cur.SMTPURL
+	}
+	st, fe := Parse(in)
+	if len(fe) > 0 {
+		return st, fe
+	}
+	oldV, newV := cur.Values(), st.Values()
+	var changes []string
+	for _, k := range Keys() {
+		if oldV[k] == newV[k] {
+			continue
+		}
+		if k == KeySMTPURL {
+			changes = append(changes, fmt.Sprintf("%s: %q -> %q", k, cur.SMTPRedacted(), st.SMTPRedacted()))
+			continue
+		}
+		changes = append(changes, fmt.Sprintf("%s: %q -> %q", k, oldV[k], newV[k]))
+	}
+	detail := strings.Join(changes, "; ")
+	if detail == "" {
+		detail = "no change"
+	}
+	err = db.InTx(ctx, s.pool, func(tx pgx.Tx) error {
+		for _, k := range Keys() {
+			if err := db.Q.SettingUpsert(ctx, tx, dbsqlc.SettingUpsertParams{Key: k, Value: newV[k], UpdatedBy: actor.Name}); err != nil {
+				return fmt.Errorf("save setting %s: %w", k, err)
+			}
+		}
+		return db.Q.AuditInsert(ctx, tx, dbsqlc.AuditInsertParams{
+			Actor: actor.Name, Action: "settings.update", Target: "settings", Result: "ok", SourceAddr: actor.Addr, Detail: detail,
+		})
+	})
+	if err != nil {
+		return Settings{}, err
+	}
+	s.Invalidate()
+	return st, nil
+}
+
+// ErrNoSMTP: no SMTP server, sender or recipient is configured.
+var ErrNoSMTP = errors.New("alert email is not configured: set the SMTP URL, the sender and the recipients first")
+
+// TestEmailTimeout bounds the test email, which the portal waits for.
+const TestEmailTimeout = 15 * time.Second
+
+// SendTest sends the test email with the saved settings and returns the
+// SMTP server's reply to the message.
+func (s *Store) SendTest(ctx context.Context) (string, error) {
+	st, err := s.load(ctx)
+	if err != nil {
+		return "", err
+	}
+	cfg, ok := st.SMTP()
+	if !ok || !st.MailReady() {
+		return "", ErrNoSMTP
+	}
+	subject, text := alert.ComposeTest(s.portalURL)
+	return alert.NewSender(cfg, TestEmailTimeout).Send(ctx, alert.Message{
+		From: st.AlertFrom, To: st.Recipients(), Subject: subject, Text: text,
+	})
+}
+
+// OutboxStatus is the state of the alert outbox, for the settings page.
+type OutboxStatus struct {
+	Pending, Sent, Failed int64
+	// RecentFailed are the newest alerts that failed for good, with
+	// their last error; Retrying the pending ones that failed at least once.
+	RecentFailed []dbsqlc.Alert
+	Retrying     []dbsqlc.Alert
+}
+
+// Outbox returns the state of the alert outbox.
+func (s *Store) Outbox(ctx context.Context) (OutboxStatus, error) {
+	var o OutboxStatus
+	counts, err := db.Q.AlertCounts(ctx, s.pool)
+	if err != nil {
+		return o, err
+	}
+	for _, c := range counts {
+		switch c.State {
+		case "pending":
+			o.Pending = c.N
+		case "sent":
+			o.Sent = c.N
+		case "failed":
+			o.Failed = c.N
+		}
+	}
+	if o.RecentFailed, err = db.Q.AlertListFailed(ctx, s.pool, 10); err != nil {
+		return o, err
+	}
+	o.Retrying, err = db.Q.AlertListPendingWithError(ctx, s.pool, 10)
+	return o, err
+}

@@ -1,0 +1,154 @@
+package web
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+
+	"github.com/callplane/callplane/db"
+	"github.com/callplane/callplane/db/dbsqlc"
+	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/alert"
+	"github.com/callplane/callplane/nodes/health"
+)
+
+// SettingsStore is what the settings page needs: the health and alert
+// settings, the test email and the state of the alert outbox
+// (*health.Store implements it).
+type SettingsStore interface {
+	Load(ctx context.Context) (health.Settings, error)
+	// Save validates and stores the form; invalid input returns
+	// nodes.FieldErrors and saves nothing.
+	Save(ctx context.Context, actor nodes.Actor, form map[string]string) (health.Settings, error)
+	// SendTest sends the test email and returns the SMTP server's reply.
+	SendTest(ctx context.Context) (string, error)
+	Outbox(ctx context.Context) (health.OutboxStatus, error)
+}
+
+type settingsView struct {
+	Values    map[string]string // as shown: the SMTP URL redacted
+	Errors    map[string]string
+	CanEdit   bool
+	Notice    string
+	Alert     string
+	MailReady bool
+	Outbox    health.OutboxStatus
+	Instance  string
+	Leader    string
+	Test      testEmailResult
+}
+
+type testEmailResult struct {
+	Done  bool
+	OK    bool
+	Reply string
+}
+
+func (h *Handler) settingsView(r *http.Request, st health.Settings) (settingsView, error) {
+	ctx := r.Context()
+	v := settingsView{Values: st.Values(), Errors: map[string]string{}, CanEdit: canChange(r), MailReady: st.MailReady()}
+	v.Values[health.KeySMTPURL] = st.SMTPRedacted()
+	var err error
+	if v.Outbox, err = h.Settings.Outbox(ctx); err != nil {
+		return v, err
+	}
+	if h.Cluster != nil {
+		v.Instance, v.Leader = h.Cluster.InstanceID(), h.Cluster.LeaderID(ctx)
+	}
+	return v, nil
+}
+
+func (h *Handler) settingsPage(w http.ResponseWriter, r *http.Request) error {
+	st, err := h.Settings.Load(r.Context())
+	if err != nil {
+		return err
+	}
+	v, err := h.settingsView(r, st)
+	if err != nil {
+		return err
+	}
+	if isHTMX(r) {
+		// The page polls its live region: the outbox and the leader.
+		return h.render(w, r, "Settings", "settings", settingsLive(v))
+	}
+	return h.render(w, r, "Settings", "settings", settingsBody(v))
+}
+
+func (h *Handler) settingsSave(w http.ResponseWriter, r *http.Request) error {
+	if err := r.ParseForm(); err != nil {
+		return errBadRequest
+	}
+	form := map[string]string{}
+	for _, k := range health.Keys() {
+		form[k] = r.PostFormValue(k)
+	}
+	ctx := r.Context()
+	st, err := h.Settings.Save(ctx, actor(r), form)
+	var fe nodes.FieldErrors
+	switch {
+	case errors.As(err, &fe):
+		h.Nodes.AuditFailure(ctx, actor(r), "settings.update", "settings", fe)
+		cur, lerr := h.Settings.Load(ctx)
+		if lerr != nil {
+			return lerr
+		}
+		v, verr := h.settingsView(r, cur)
+		if verr != nil {
+			return verr
+		}
+		v.Values = form
+		v.Values[health.KeySMTPURL] = shownSMTPURL(form[health.KeySMTPURL])
+		v.Errors = fe
+		v.Alert = "The settings were not saved: correct the fields marked below."
+		return h.renderStatus(w, r, http.StatusUnprocessableEntity, "Settings", "settings", settingsBody(v))
+	case err != nil:
+		return err
+	}
+	v, err := h.settingsView(r, st)
+	if err != nil {
+		return err
+	}
+	v.Notice = "Settings saved. Every call manager uses them within a few seconds."
+	return h.render(w, r, "Settings", "settings", settingsBody(v))
+}
+
+// shownSMTPURL is what the form shows of a submitted SMTP URL: never a
+// password, even the one the administrator just typed.
+func shownSMTPURL(raw string) string {
+	if cfg, err := alert.ParseSMTPURL(raw); err == nil {
+		return cfg.Redacted()
+	}
+	if strings.Contains(raw, "@") {
+		return ""
+	}
+	return raw
+}
+
+func (h *Handler) settingsTestEmail(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	reply, err := h.Settings.SendTest(ctx)
+	res := testEmailResult{Done: true, OK: err == nil, Reply: reply}
+	a := actor(r)
+	audit := dbsqlc.AuditInsertParams{Actor: a.Name, Action: "settings.test_email", Target: "settings", Result: "ok", SourceAddr: a.Addr, Detail: reply}
+	if err != nil {
+		res.Reply = err.Error()
+		audit.Result, audit.Detail = "error", err.Error()
+	}
+	if aerr := db.Q.AuditInsert(ctx, h.Nodes.Pool(), audit); aerr != nil {
+		return aerr
+	}
+	if isHTMX(r) {
+		return h.render(w, r, "Settings", "settings", testEmailPartial(res))
+	}
+	st, err := h.Settings.Load(ctx)
+	if err != nil {
+		return err
+	}
+	v, err := h.settingsView(r, st)
+	if err != nil {
+		return err
+	}
+	v.Test = res
+	return h.render(w, r, "Settings", "settings", settingsBody(v))
+}

@@ -1,0 +1,122 @@
+package web
+
+import (
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/callplane/callplane/db/dbsqlc"
+	"github.com/callplane/callplane/nodes"
+)
+
+type tokensView struct {
+	Join      []dbsqlc.JoinTokenListRow
+	API       []dbsqlc.ApiToken
+	CanChange bool
+	Now       time.Time
+
+	JoinNotice string
+
+	APIName   string
+	APIErrors nodes.FieldErrors
+	APINotice string
+	NewAPI    *nodes.APIToken
+}
+
+func (h *Handler) tokensView(r *http.Request) (tokensView, error) {
+	v := tokensView{CanChange: canChange(r), Now: time.Now()}
+	var err error
+	if v.Join, err = h.Nodes.ListJoinTokens(r.Context()); err != nil {
+		return v, err
+	}
+	v.API, err = h.Nodes.ListAPITokens(r.Context())
+	return v, err
+}
+
+func (h *Handler) tokensPage(w http.ResponseWriter, r *http.Request) error {
+	v, err := h.tokensView(r)
+	if err != nil {
+		return err
+	}
+	if isHTMX(r) {
+		return h.render(w, r, "Tokens", "tokens", joinTokens(v))
+	}
+	return h.render(w, r, "Tokens", "tokens", tokensBody(v))
+}
+
+func (h *Handler) tokenRevoke(w http.ResponseWriter, r *http.Request) error {
+	id := strings.TrimPrefix(chi.URLParam(r, "id"), nodes.PrefixJoin)
+	if err := h.Nodes.RevokeJoinToken(r.Context(), actor(r), id); err != nil {
+		return err
+	}
+	if !isHTMX(r) {
+		http.Redirect(w, r, "/tokens", http.StatusSeeOther)
+		return nil
+	}
+	v, err := h.tokensView(r)
+	if err != nil {
+		return err
+	}
+	v.JoinNotice = "Join token " + nodes.PrefixJoin + id + " revoked."
+	return h.render(w, r, "Tokens", "tokens", joinTokens(v))
+}
+
+func (h *Handler) apiTokenCreate(w http.ResponseWriter, r *http.Request) error {
+	if err := r.ParseForm(); err != nil {
+		return errBadRequest
+	}
+	name := strings.TrimSpace(r.PostFormValue("name"))
+	tok, err := h.Nodes.CreateAPIToken(r.Context(), actor(r), name)
+	var fe nodes.FieldErrors
+	if err != nil && !errors.As(err, &fe) {
+		return err
+	}
+	v, verr := h.tokensView(r)
+	if verr != nil {
+		return verr
+	}
+	status := http.StatusOK
+	if fe != nil {
+		v.APIName, v.APIErrors = name, fe
+		status = http.StatusUnprocessableEntity
+	} else {
+		v.NewAPI = &tok
+	}
+	if isHTMX(r) {
+		return h.renderStatus(w, r, status, "Tokens", "tokens", apiTokens(v))
+	}
+	return h.renderStatus(w, r, status, "Tokens", "tokens", tokensBody(v))
+}
+
+func (h *Handler) apiTokenRevoke(w http.ResponseWriter, r *http.Request) error {
+	id := strings.TrimPrefix(chi.URLParam(r, "id"), nodes.PrefixAPI)
+	if err := h.Nodes.RevokeAPIToken(r.Context(), actor(r), id); err != nil {
+		return err
+	}
+	if !isHTMX(r) {
+		http.Redirect(w, r, "/tokens", http.StatusSeeOther)
+		return nil
+	}
+	v, err := h.tokensView(r)
+	if err != nil {
+		return err
+	}
+	v.APINotice = "API token " + nodes.PrefixAPI + id + " revoked; scripts using it are refused now."
+	return h.render(w, r, "Tokens", "tokens", apiTokens(v))
+}
+
+// joinTokenState is a join token's state for people.
+func joinTokenState(t dbsqlc.JoinTokenListRow, now time.Time) string {
+	switch {
+	case t.UsedAt != nil:
+		return "used"
+	case t.RevokedAt != nil:
+		return "revoked"
+	case !t.ExpiresAt.After(now):
+		return "expired"
+	}
+	return "active"
+}

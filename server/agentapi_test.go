@@ -66,7 +66,7 @@ func joinToken(t *testing.T, in *servertest.Instance, node string, ttl time.Dura
 
 func TestEnrollTokenCases(t *testing.T) {
 	t.Parallel()
-	in := servertest.Start(t, servertest.Options{})
+	in := servertest.Start(t, servertest.Options{Settings: servertest.NoProbes})
 	in.AddNode(t, "media-1", "media", "127.0.0.1:5060", 100)
 	ctx := context.Background()
 

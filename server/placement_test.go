@@ -21,7 +21,7 @@ var testActor = nodes.Actor{Name: "test", Addr: "local"}
 // cluster starts an instance with n media nodes, all up.
 func cluster(t *testing.T, capacity int, names ...string) *servertest.Instance {
 	t.Helper()
-	in := servertest.Start(t, servertest.Options{})
+	in := servertest.Start(t, servertest.Options{Settings: servertest.NoProbes})
 	for i, n := range names {
 		in.AddNode(t, n, "media", fmt.Sprintf("127.0.0.1:%d", 5060+i), capacity)
 	}

@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/callplane/callplane/db/dbtest"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/server"
@@ -41,13 +43,34 @@ type Options struct {
 	Configure func(*server.Config)
 	// BeforeRun may register background tasks.
 	BeforeRun func(*server.Server)
+	// Settings are stored (as if saved in the portal) before the instance
+	// starts, e.g. {"probe_interval": "1h"} to keep the health checker
+	// away from nodes whose addresses serve nothing.
+	Settings map[string]string
 }
+
+// NoProbes is a Settings value that keeps the health checker idle.
+var NoProbes = map[string]string{"probe_interval": "1h"}
 
 // Start runs an instance until the test ends.
 func Start(t testing.TB, opts Options) *Instance {
 	t.Helper()
 	if opts.DatabaseURL == "" {
 		opts.DatabaseURL = dbtest.URL(t)
+	}
+	if len(opts.Settings) > 0 {
+		ctx := context.Background()
+		conn, err := pgx.Connect(ctx, opts.DatabaseURL)
+		if err != nil {
+			t.Fatalf("store settings: %v", err)
+		}
+		for k, v := range opts.Settings {
+			if _, err := conn.Exec(ctx, `INSERT INTO settings (key, value, updated_by) VALUES ($1, $2, 'test')
+				ON CONFLICT (key) DO UPDATE SET value = excluded.value`, k, v); err != nil {
+				t.Fatalf("store setting %s: %v", k, err)
+			}
+		}
+		conn.Close(ctx)
 	}
 	cfg := server.Config{
 		DatabaseURL: opts.DatabaseURL, DataDir: t.TempDir(), Listen: "127.0.0.1:0",

@@ -157,26 +157,47 @@ func (s *Server) assignments(w http.ResponseWriter, r *http.Request) {
 	wait = min(wait, MaxPollWait)
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
-	for {
-		woken := s.hub.Wait(a.NodeID)
-		v, err := s.nodes.Version(r.Context(), a.NodeID)
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		if v > since {
-			break
-		}
-		select {
-		case <-woken:
-			continue
-		case <-timer.C:
-		case <-r.Context().Done():
-			return
-		}
-		break
+	// Take the wake channel before reading, so no change slips between.
+	woken := s.hub.Wait(a.NodeID)
+	v, err := s.nodes.Version(r.Context(), a.NodeID)
+	if err != nil {
+		writeError(w, err)
+		return
 	}
-	ds, err := s.nodes.Desired(r.Context(), a.NodeID)
+	if v <= since {
+		// Nothing new yet: wait. A wake almost always means a new version,
+		// so read the desired set (one statement) straight away rather
+		// than the version first and the set after.
+		for {
+			select {
+			case <-woken:
+			case <-timer.C:
+				s.answerDesired(w, r, a.NodeID)
+				return
+			case <-s.hub.Closing():
+				// Shutting down: answer now; the agent polls another instance.
+				s.answerDesired(w, r, a.NodeID)
+				return
+			case <-r.Context().Done():
+				return
+			}
+			woken = s.hub.Wait(a.NodeID)
+			ds, err := s.nodes.Desired(r.Context(), a.NodeID)
+			if err != nil {
+				writeError(w, err)
+				return
+			}
+			if ds.Version > since {
+				writeJSON(w, http.StatusOK, ds)
+				return
+			}
+		}
+	}
+	s.answerDesired(w, r, a.NodeID)
+}
+
+func (s *Server) answerDesired(w http.ResponseWriter, r *http.Request, nodeID int64) {
+	ds, err := s.nodes.Desired(r.Context(), nodeID)
 	if err != nil {
 		writeError(w, err)
 		return

@@ -22,11 +22,13 @@ type Hub struct {
 	log     *slog.Logger
 	ready   chan struct{}
 	once    sync.Once
+	closing chan struct{}
+	close   sync.Once
 }
 
 // NewHub returns an idle hub; Run connects it.
 func NewHub(log *slog.Logger) *Hub {
-	return &Hub{waiters: map[int64]chan struct{}{}, log: log, ready: make(chan struct{})}
+	return &Hub{waiters: map[int64]chan struct{}{}, log: log, ready: make(chan struct{}), closing: make(chan struct{})}
 }
 
 // Wait returns a channel closed at the next change for the node. Take it
@@ -63,6 +65,15 @@ func (h *Hub) wake(payload string) {
 		}
 	}
 }
+
+// Close ends every long-poll: Closing is closed and all waiters woken.
+func (h *Hub) Close() {
+	h.close.Do(func() { close(h.closing) })
+	h.wake("*")
+}
+
+// Closing is closed when the instance shuts down.
+func (h *Hub) Closing() <-chan struct{} { return h.closing }
 
 // Ready is closed once the hub first listens.
 func (h *Hub) Ready() <-chan struct{} { return h.ready }

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/agent"
 	"github.com/callplane/callplane/server/servertest"
@@ -348,5 +350,38 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+func TestShutdownAnswersLongPollsAndReleasesLeadership(t *testing.T) {
+	t.Parallel()
+	in := cluster(t, 10, "m1")
+	cred := enrol(t, in, "m1")
+	_, first := api(t, in, "GET", "/api/v1/assignments?since=0&wait=1s", cred, nil)
+	v := int64(first["version"].(float64))
+	got := make(chan int, 1)
+	go func() {
+		r, _ := api(t, in, "GET", fmt.Sprintf("/api/v1/assignments?since=%d&wait=60s", v), cred, nil)
+		got <- r.StatusCode
+	}()
+	waitFor(t, "a leader", func() bool { return in.LeaderID(context.Background()) != "" })
+	time.Sleep(200 * time.Millisecond) // let the poll park
+	in.Stop()
+	select {
+	case code := <-got:
+		if code != http.StatusOK {
+			t.Fatalf("parked long-poll answered %d at shutdown", code)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("parked long-poll was not answered at shutdown")
+	}
+	conn, err := pgx.Connect(context.Background(), in.DBURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var live int
+	if err := conn.QueryRow(context.Background(), "SELECT count(*) FROM leader_lease WHERE expires_at > now()").Scan(&live); err != nil || live != 0 {
+		t.Fatalf("leadership not released at shutdown (%d, %v)", live, err)
 	}
 }

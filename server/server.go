@@ -245,16 +245,17 @@ func (s *Server) Run(ctx context.Context) error {
 	case err = <-errc:
 	case <-ctx.Done():
 	}
+	// Hand leadership over first, so another instance takes over the
+	// checker and mailer while this one drains its requests.
+	stopBG()
+	wg.Wait()
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	// Long-polls hold requests open; wake them so shutdown is quick.
-	s.hub.wake("*")
-	srv.RegisterOnShutdown(func() { s.hub.wake("*") })
+	s.hub.Close()
 	if serr := srv.Shutdown(shutdownCtx); serr != nil {
 		s.log.Warn("graceful shutdown", "err", serr)
 	}
-	stopBG()
-	wg.Wait()
 	s.log.Info("call manager stopped")
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil

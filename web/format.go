@@ -43,3 +43,11 @@ func ago(t *time.Time) string {
 	}
 	return strconv.Itoa(int(d.Hours()/24)) + "d ago"
 }
+
+// plural counts things in words: "1 node", "3 nodes".
+func plural(n int64, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return i64(n) + " " + noun + "s"
+}

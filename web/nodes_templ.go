@@ -1546,7 +1546,7 @@ func nodeLive(v nodeView) templ.Component {
 			return templ_7745c5c3_Err
 		}
 		if len(v.Work) == 0 {
-			templ_7745c5c3_Err = layout.Empty("This node carries no work and has carried none recently.").Render(ctx, templ_7745c5c3_Buffer)
+			templ_7745c5c3_Err = layout.Empty("This node carries no work now.").Render(ctx, templ_7745c5c3_Buffer)
 			if templ_7745c5c3_Err != nil {
 				return templ_7745c5c3_Err
 			}

@@ -1110,7 +1110,7 @@ func nodeLive(v nodeView) templ.Component {
 				return templ_7745c5c3_Err
 			}
 		}
-		templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 93, "</div><div class=\"grid\"><div class=\"card\"><h3>Service</h3><dl class=\"kv\" data-testid=\"node-service\"><dt>Kind</dt><dd>")
+		templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 93, "</div><div class=\"grid grid-wide\"><div class=\"card\"><h3>Service</h3><dl class=\"kv\" data-testid=\"node-service\"><dt>Kind</dt><dd>")
 		if templ_7745c5c3_Err != nil {
 			return templ_7745c5c3_Err
 		}

@@ -98,12 +98,9 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 }
 
 type heartbeatRequest struct {
-	Load    int32  `json:"load"`
-	Version string `json:"version"`
-	Running []struct {
-		ID    int64 `json:"id"`
-		Epoch int64 `json:"epoch"`
-	} `json:"running"`
+	Load    int32           `json:"load"`
+	Version string          `json:"version"`
+	Running []nodes.Running `json:"running"`
 }
 
 type heartbeatResponse struct {
@@ -120,6 +117,7 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.hb.Record(a.NodeID, max(req.Load, 0), req.Version)
+	s.maybeReconcile(r.Context(), a, req.Running)
 	resp := heartbeatResponse{AdminState: a.AdminState, HeartbeatIntervalMS: DefaultHeartbeatInterval.Milliseconds()}
 	if a.RotateRequested {
 		cred, err := s.nodes.RotateCredential(r.Context(), a)

@@ -46,6 +46,7 @@ type Server struct {
 	enrolLim *limiter
 	leader   *Leader
 	settings *health.Store
+	recon    reconciler
 
 	// background tasks started by Run; each stops with its context.
 	background []func(ctx context.Context)

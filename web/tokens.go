@@ -1,11 +1,13 @@
 package web
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"strings"
 	"time"
 
+	"github.com/a-h/templ"
 	"github.com/go-chi/chi/v5"
 
 	"github.com/callplane/callplane/db/dbsqlc"
@@ -48,8 +50,23 @@ func (h *Handler) tokensPage(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (h *Handler) tokenRevoke(w http.ResponseWriter, r *http.Request) error {
-	id := strings.TrimPrefix(chi.URLParam(r, "id"), nodes.PrefixJoin)
-	if err := h.Nodes.RevokeJoinToken(r.Context(), actor(r), id); err != nil {
+	return h.revoke(w, r, nodes.PrefixJoin, h.Nodes.RevokeJoinToken, joinTokens, func(v *tokensView, id string) {
+		v.JoinNotice = "Join token " + id + " revoked."
+	})
+}
+
+func (h *Handler) apiTokenRevoke(w http.ResponseWriter, r *http.Request) error {
+	return h.revoke(w, r, nodes.PrefixAPI, h.Nodes.RevokeAPIToken, apiTokens, func(v *tokensView, id string) {
+		v.APINotice = "API token " + id + " revoked; scripts using it are refused now."
+	})
+}
+
+// revoke revokes a join or API token and shows its table again.
+func (h *Handler) revoke(w http.ResponseWriter, r *http.Request, prefix string,
+	revokeFn func(context.Context, nodes.Actor, string) error,
+	part func(tokensView) templ.Component, notice func(*tokensView, string)) error {
+	id := strings.TrimPrefix(chi.URLParam(r, "id"), prefix)
+	if err := revokeFn(r.Context(), actor(r), id); err != nil {
 		return err
 	}
 	if !isHTMX(r) {
@@ -60,8 +77,8 @@ func (h *Handler) tokenRevoke(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	v.JoinNotice = "Join token " + nodes.PrefixJoin + id + " revoked."
-	return h.render(w, r, "Tokens", "tokens", joinTokens(v))
+	notice(&v, prefix+id)
+	return h.render(w, r, "Tokens", "tokens", part(v))
 }
 
 func (h *Handler) apiTokenCreate(w http.ResponseWriter, r *http.Request) error {
@@ -89,23 +106,6 @@ func (h *Handler) apiTokenCreate(w http.ResponseWriter, r *http.Request) error {
 		return h.renderStatus(w, r, status, "Tokens", "tokens", apiTokens(v))
 	}
 	return h.renderStatus(w, r, status, "Tokens", "tokens", tokensBody(v))
-}
-
-func (h *Handler) apiTokenRevoke(w http.ResponseWriter, r *http.Request) error {
-	id := strings.TrimPrefix(chi.URLParam(r, "id"), nodes.PrefixAPI)
-	if err := h.Nodes.RevokeAPIToken(r.Context(), actor(r), id); err != nil {
-		return err
-	}
-	if !isHTMX(r) {
-		http.Redirect(w, r, "/tokens", http.StatusSeeOther)
-		return nil
-	}
-	v, err := h.tokensView(r)
-	if err != nil {
-		return err
-	}
-	v.APINotice = "API token " + nodes.PrefixAPI + id + " revoked; scripts using it are refused now."
-	return h.render(w, r, "Tokens", "tokens", apiTokens(v))
 }
 
 // joinTokenState is a join token's state for people.

@@ -272,8 +272,8 @@ func (h *Handler) nodeMaintenance(w http.ResponseWriter, r *http.Request) error 
 			notice = "In maintenance until " + fmtTime(t) + ": no alerts and no automatic failover until then."
 		}
 	}
-	var fe nodes.FieldErrors
-	if err != nil && !errors.As(err, &fe) {
+	fe, status, err := formOutcome(err)
+	if err != nil {
 		return err
 	}
 	if fe == nil && !isHTMX(r) {
@@ -284,10 +284,8 @@ func (h *Handler) nodeMaintenance(w http.ResponseWriter, r *http.Request) error 
 	if verr != nil {
 		return verr
 	}
-	status := http.StatusOK
 	if fe != nil {
 		v.MaintUntil, v.MaintReason, v.MaintErrors = until, reason, fe
-		status = http.StatusUnprocessableEntity
 	} else {
 		v.MaintNotice = notice
 	}
@@ -300,18 +298,16 @@ func (h *Handler) nodeMaintenance(w http.ResponseWriter, r *http.Request) error 
 func (h *Handler) nodeRotate(w http.ResponseWriter, r *http.Request) error {
 	name := chi.URLParam(r, "name")
 	err := h.Nodes.RequestRotation(r.Context(), actor(r), name)
-	var fe nodes.FieldErrors
-	if err != nil && !errors.As(err, &fe) {
+	fe, status, err := formOutcome(err)
+	if err != nil {
 		return err
 	}
 	v, verr := h.nodeView(r, name)
 	if verr != nil {
 		return verr
 	}
-	status := http.StatusOK
 	if fe != nil {
 		v.CredErr = fe["node"]
-		status = http.StatusUnprocessableEntity
 	} else {
 		v.CredNotice = "Rotation requested: the agent takes a new credential on its next heartbeat; the old one keeps working for " + nodes.CredentialOverlap.String() + "."
 	}
@@ -334,18 +330,16 @@ func (h *Handler) tokenCreate(w http.ResponseWriter, r *http.Request) error {
 		ttl, _ := time.ParseDuration(ttlStr)
 		jt, err = h.Nodes.CreateJoinToken(r.Context(), actor(r), name, ttl)
 	}
-	var fe nodes.FieldErrors
-	if err != nil && !errors.As(err, &fe) {
+	fe, status, err := formOutcome(err)
+	if err != nil {
 		return err
 	}
 	v, verr := h.nodeView(r, name)
 	if verr != nil {
 		return verr
 	}
-	status := http.StatusOK
 	if fe != nil {
 		v.JoinErr = fe.Error()
-		status = http.StatusUnprocessableEntity
 	} else {
 		v.Join, v.JoinTTL = &jt, ttlStr
 		v.JoinCommand = h.joinCommand(jt.Token)

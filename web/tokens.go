@@ -2,7 +2,6 @@ package web
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"strings"
 	"time"
@@ -87,18 +86,16 @@ func (h *Handler) apiTokenCreate(w http.ResponseWriter, r *http.Request) error {
 	}
 	name := strings.TrimSpace(r.PostFormValue("name"))
 	tok, err := h.Nodes.CreateAPIToken(r.Context(), actor(r), name)
-	var fe nodes.FieldErrors
-	if err != nil && !errors.As(err, &fe) {
+	fe, status, err := formOutcome(err)
+	if err != nil {
 		return err
 	}
 	v, verr := h.tokensView(r)
 	if verr != nil {
 		return verr
 	}
-	status := http.StatusOK
 	if fe != nil {
 		v.APIName, v.APIErrors = name, fe
-		status = http.StatusUnprocessableEntity
 	} else {
 		v.NewAPI = &tok
 	}

@@ -243,3 +243,16 @@ func canChange(r *http.Request) bool {
 	u, _ := UserFrom(r.Context())
 	return u.Can(auth.RoleAdmin)
 }
+
+// formOutcome splits the error of a form's action: field errors are shown
+// on the form with 422; any other error goes to the error page.
+func formOutcome(err error) (nodes.FieldErrors, int, error) {
+	var fe nodes.FieldErrors
+	switch {
+	case err == nil:
+		return nil, http.StatusOK, nil
+	case errors.As(err, &fe):
+		return fe, http.StatusUnprocessableEntity, nil
+	}
+	return nil, 0, err
+}

@@ -7,7 +7,9 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -254,6 +256,7 @@ func (s *Service) PlaceWork(ctx context.Context, actor Actor, in WorkInput) (Pla
 	var p Placement
 	for attempt := 1; ; attempt++ {
 		retry := false
+		var placedOn int64
 		err := s.inTx(ctx, func(tx pgx.Tx) error {
 			row, err := s.q.WorkPlace(ctx, tx, dbsqlc.WorkPlaceParams{Ref: in.Ref, Kind: in.Kind, Cost: int32(in.Cost), NodeKind: nodeKind})
 			if err != nil {
@@ -264,7 +267,8 @@ func (s *Service) PlaceWork(ctx context.Context, actor Actor, in WorkInput) (Pla
 			}
 			p = Placement{ID: row.ID, Ref: row.Ref, Kind: row.Kind, Cost: row.Cost, State: row.State, Node: row.NodeName, Epoch: row.Epoch, Attempts: attempt}
 			if row.NodeID != nil {
-				return s.notify(ctx, tx, *row.NodeID)
+				placedOn = *row.NodeID
+				return nil
 			}
 			// Under contention the node we would have taken may have
 			// filled between the plan and the lock; if any node still has
@@ -288,7 +292,29 @@ func (s *Service) PlaceWork(ctx context.Context, actor Actor, in WorkInput) (Pla
 		if retry {
 			continue
 		}
+		if err == nil && placedOn != 0 {
+			s.notifyCommitted(ctx, placedOn)
+		}
 		return p, err
+	}
+}
+
+// notifyCommitted wakes the long-polls of a node whose assignments a
+// committed transaction changed, with NotifyAsync: one notification in a
+// transaction of its own that does not wait for a WAL flush. The hot
+// per-item paths (placing, ending and acking one item) use it rather than
+// notifying inside their own transaction, because Postgres serializes
+// notifying commits, WAL flush included, on one lock: that capped
+// placement at a few hundred a second. Moves still notify inside their
+// transaction; they are rare and large. Should this process die between
+// the commit and the notification, the agent's long-poll answers at its
+// wait (at most a minute) and sees the change then: nothing is lost.
+func (s *Service) notifyCommitted(ctx context.Context, nodeID int64) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	err := s.q.NotifyAsync(ctx, s.pool, dbsqlc.NotifyAsyncParams{Channel: AssignChannel, Payload: strconv.FormatInt(nodeID, 10)})
+	if err != nil {
+		s.log.Error("notify assignment change", "node_id", nodeID, "err", err)
 	}
 }
 
@@ -297,6 +323,7 @@ var errRetry = errors.New("retry placement")
 // EndWork ends a work item; ending an already ended item is a no-op.
 func (s *Service) EndWork(ctx context.Context, actor Actor, ref string) (dbsqlc.Work, error) {
 	var w dbsqlc.Work
+	var endedOn int64
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		var err error
 		w, err = s.q.WorkGetForUpdate(ctx, tx, ref)
@@ -310,13 +337,14 @@ func (s *Service) EndWork(ctx context.Context, actor Actor, ref string) (dbsqlc.
 			return err
 		}
 		if w.NodeID != nil {
-			if err := s.q.NodeRecountUsed(ctx, tx, []int64{*w.NodeID}); err != nil {
-				return err
-			}
-			return s.notify(ctx, tx, *w.NodeID)
+			endedOn = *w.NodeID
+			return s.q.NodeRecountUsed(ctx, tx, []int64{*w.NodeID})
 		}
 		return nil
 	})
+	if err == nil && endedOn != 0 {
+		s.notifyCommitted(ctx, endedOn)
+	}
 	if err == nil && w.NodeID != nil {
 		s.PlaceUnplaced(ctx, w.Kind, "capacity freed")
 	}
@@ -417,27 +445,24 @@ type DesiredSet struct {
 	Assignments []Assignment `json:"assignments"`
 }
 
-// Desired returns a node's desired set and its version, read in one
-// snapshot so the two agree.
+// Desired returns a node's desired set and its version, read by one
+// statement so the two agree.
 func (s *Service) Desired(ctx context.Context, nodeID int64) (DesiredSet, error) {
-	var ds DesiredSet
-	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		v, err := s.q.NodeVersion(ctx, tx, nodeID)
-		if err != nil {
-			return db.Translate(err)
+	rows, err := s.q.WorkDesiredSetForNode(ctx, s.pool, nodeID)
+	if err != nil {
+		return DesiredSet{}, err
+	}
+	if len(rows) == 0 {
+		return DesiredSet{}, db.Translate(pgx.ErrNoRows)
+	}
+	ds := DesiredSet{Version: rows[0].AssignVersion, Assignments: make([]Assignment, 0, len(rows))}
+	for _, r := range rows {
+		if r.ID == nil {
+			continue // the node has no live work
 		}
-		ds.Version = v.AssignVersion
-		rows, err := s.q.WorkDesiredForNode(ctx, tx, &nodeID)
-		if err != nil {
-			return err
-		}
-		ds.Assignments = make([]Assignment, len(rows))
-		for i, r := range rows {
-			ds.Assignments[i] = Assignment{ID: r.ID, Ref: r.Ref, Kind: r.Kind, Cost: r.Cost, Epoch: r.Epoch, State: r.State}
-		}
-		return nil
-	})
-	return ds, err
+		ds.Assignments = append(ds.Assignments, Assignment{ID: *r.ID, Ref: *r.Ref, Kind: *r.Kind, Cost: *r.Cost, Epoch: *r.Epoch, State: *r.State})
+	}
+	return ds, nil
 }
 
 // Version returns a node's assignment version.
@@ -452,40 +477,53 @@ func (s *Service) Ack(ctx context.Context, nodeID, workID, epoch int64, state st
 	if !slices.Contains([]string{WorkActive, "failed", WorkEnded}, state) {
 		return dbsqlc.Work{}, FieldErrors{"state": "state must be active, failed or ended"}
 	}
+	p := dbsqlc.WorkAckParams{State: state, ID: workID, NodeID: &nodeID, Epoch: epoch}
+	if state == WorkActive {
+		// The common ack, one per assignment: a single conditional UPDATE
+		// is its own transaction, so it needs no BEGIN and COMMIT round
+		// trips (the node's load does not change, nothing to recount).
+		w, err := s.q.WorkAck(ctx, s.pool, p)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return w, s.ackRefused(ctx, s.pool, nodeID, workID, epoch)
+		}
+		return w, err
+	}
 	var w dbsqlc.Work
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		var err error
-		w, err = s.q.WorkAck(ctx, tx, dbsqlc.WorkAckParams{State: state, ID: workID, NodeID: &nodeID, Epoch: epoch})
+		w, err = s.q.WorkAck(ctx, tx, p)
 		if err != nil {
 			if !errors.Is(err, pgx.ErrNoRows) {
 				return err
 			}
-			cur, err := s.q.WorkGetByID(ctx, tx, workID)
-			switch {
-			case errors.Is(err, pgx.ErrNoRows):
-				return fmt.Errorf("assignment %d: %w", workID, ErrNotFound)
-			case err != nil:
-				return err
-			case cur.Epoch != epoch:
-				return fmt.Errorf("assignment %d: %w", workID, ErrStaleEpoch)
-			case cur.NodeID == nil || *cur.NodeID != nodeID:
-				return fmt.Errorf("assignment %d is not on this node: %w", workID, ErrNotFound)
-			default:
-				return fmt.Errorf("assignment %d is %s: %w", workID, cur.State, ErrStaleEpoch)
-			}
+			return s.ackRefused(ctx, tx, nodeID, workID, epoch)
 		}
-		if state == WorkActive {
-			return nil
-		}
-		if err := s.q.NodeRecountUsed(ctx, tx, []int64{nodeID}); err != nil {
-			return err
-		}
-		return s.notify(ctx, tx, nodeID)
+		return s.q.NodeRecountUsed(ctx, tx, []int64{nodeID})
 	})
+	if err == nil {
+		s.notifyCommitted(ctx, nodeID)
+	}
 	if err == nil && state == "failed" {
 		s.PlaceUnplaced(ctx, w.Kind, "agent reported failure")
 	}
 	return w, err
+}
+
+// ackRefused says why an ack matched no live assignment of the node.
+func (s *Service) ackRefused(ctx context.Context, q dbsqlc.DBTX, nodeID, workID, epoch int64) error {
+	cur, err := s.q.WorkGetByID(ctx, q, workID)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return fmt.Errorf("assignment %d: %w", workID, ErrNotFound)
+	case err != nil:
+		return err
+	case cur.Epoch != epoch:
+		return fmt.Errorf("assignment %d: %w", workID, ErrStaleEpoch)
+	case cur.NodeID == nil || *cur.NodeID != nodeID:
+		return fmt.Errorf("assignment %d is not on this node: %w", workID, ErrNotFound)
+	default:
+		return fmt.Errorf("assignment %d is %s: %w", workID, cur.State, ErrStaleEpoch)
+	}
 }
 
 // WorkFilter selects work for lists.

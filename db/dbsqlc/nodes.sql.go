@@ -867,6 +867,27 @@ func (q *Queries) NodeVersion(ctx context.Context, db DBTX, id int64) (NodeVersi
 	return i, err
 }
 
+const notifyAsync = `-- name: NotifyAsync :exec
+SELECT set_config('synchronous_commit', 'off', true), pg_notify($1::text, $2::text)
+`
+
+type NotifyAsyncParams struct {
+	Channel string
+	Payload string
+}
+
+// NotifyAsync sends one notification in a transaction of its own whose
+// commit does not wait for the WAL flush. Postgres serializes every
+// notifying transaction's commit on one database-wide lock, held across
+// that commit's WAL flush; a change committed first (durably) and then
+// announced here keeps the lock for microseconds instead. A notification
+// carries no data to keep: after a crash it is lost either way, and an
+// agent's long-poll then answers at its wait.
+func (q *Queries) NotifyAsync(ctx context.Context, db DBTX, arg NotifyAsyncParams) error {
+	_, err := db.Exec(ctx, notifyAsync, arg.Channel, arg.Payload)
+	return err
+}
+
 const probeResultInsertBatch = `-- name: ProbeResultInsertBatch :exec
 INSERT INTO probe_results (node_id, ok, latency_us, detail)
 SELECT unnest($1::bigint[]), unnest($2::boolean[]), unnest($3::bigint[]), unnest($4::text[])

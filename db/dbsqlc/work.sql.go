@@ -158,6 +158,57 @@ func (q *Queries) WorkDesiredForNode(ctx context.Context, db DBTX, nodeID *int64
 	return items, nil
 }
 
+const workDesiredSetForNode = `-- name: WorkDesiredSetForNode :many
+SELECT n.assign_version, w.id, w.ref, w.kind, w.cost, w.epoch, w.state
+FROM nodes n
+LEFT JOIN work w ON w.node_id = n.id AND w.state IN ('assigned', 'active')
+WHERE n.id = $1
+ORDER BY w.id
+`
+
+type WorkDesiredSetForNodeRow struct {
+	AssignVersion int64
+	ID            *int64
+	Ref           *string
+	Kind          *string
+	Cost          *int32
+	Epoch         *int64
+	State         *string
+}
+
+// WorkDesiredSetForNode reads a node's assignment version and its live
+// work in one statement, so one snapshot covers both without an explicit
+// transaction: one round trip per long-poll answer instead of four. A
+// node without live work yields one row whose work columns are NULL; an
+// unknown node yields none.
+func (q *Queries) WorkDesiredSetForNode(ctx context.Context, db DBTX, nodeID int64) ([]WorkDesiredSetForNodeRow, error) {
+	rows, err := db.Query(ctx, workDesiredSetForNode, nodeID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []WorkDesiredSetForNodeRow{}
+	for rows.Next() {
+		var i WorkDesiredSetForNodeRow
+		if err := rows.Scan(
+			&i.AssignVersion,
+			&i.ID,
+			&i.Ref,
+			&i.Kind,
+			&i.Cost,
+			&i.Epoch,
+			&i.State,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const workEnd = `-- name: WorkEnd :one
 UPDATE work SET state = 'ended', ended_at = now(), updated_at = now(), node_id = node_id
 WHERE id = $1 RETURNING id, ref, kind, cost, state, node_id, epoch, created_at, updated_at, ended_at
@@ -410,12 +461,29 @@ func (q *Queries) WorkNewestOnNode(ctx context.Context, db DBTX, nodeID *int64) 
 }
 
 const workPlace = `-- name: WorkPlace :one
-WITH target AS (
+WITH unlocked AS (
+    -- Concurrent placements would all pick the same least-loaded node and
+    -- queue on its row lock, one commit (one WAL flush) after another. The
+    -- least-loaded node no other placement holds right now is taken
+    -- instead; SKIP LOCKED never waits, so it adds no lock-order risk.
     SELECT n.id FROM nodes n
     WHERE n.kind = $4::text AND n.admin_state = 'enabled' AND n.health = 'up'
       AND n.used + $3::int <= n.capacity
       AND (n.maintenance_until IS NULL OR n.maintenance_until < now())
     ORDER BY ((n.used + $3::int)::float8 / n.capacity) / n.weight, n.id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+), target AS (
+    -- When every node with room is held by another placement, wait for
+    -- the least-loaded one as before rather than leave the work unplaced.
+    SELECT id FROM unlocked
+    UNION ALL
+    (SELECT n.id FROM nodes n
+    WHERE n.kind = $4::text AND n.admin_state = 'enabled' AND n.health = 'up'
+      AND n.used + $3::int <= n.capacity
+      AND (n.maintenance_until IS NULL OR n.maintenance_until < now())
+    ORDER BY ((n.used + $3::int)::float8 / n.capacity) / n.weight, n.id
+    LIMIT 1)
     LIMIT 1
 ), bumped AS (
     -- The conditional UPDATE locks only the chosen row and re-checks the

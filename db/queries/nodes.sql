@@ -118,3 +118,13 @@ SELECT id, name FROM nodes WHERE id = ANY(@ids::bigint[]);
 
 -- name: NodeSetRotateRequested :execrows
 UPDATE nodes SET rotate_requested = @rotate_requested WHERE id = @id;
+
+-- NotifyAsync sends one notification in a transaction of its own whose
+-- commit does not wait for the WAL flush. Postgres serializes every
+-- notifying transaction's commit on one database-wide lock, held across
+-- that commit's WAL flush; a change committed first (durably) and then
+-- announced here keeps the lock for microseconds instead. A notification
+-- carries no data to keep: after a crash it is lost either way, and an
+-- agent's long-poll then answers at its wait.
+-- name: NotifyAsync :exec
+SELECT set_config('synchronous_commit', 'off', true), pg_notify(@channel::text, @payload::text);

@@ -3,12 +3,29 @@
 -- its used counter and inserts the work on it, or inserts it unplaced
 -- when no node has room.
 -- name: WorkPlace :one
-WITH target AS (
+WITH unlocked AS (
+    -- Concurrent placements would all pick the same least-loaded node and
+    -- queue on its row lock, one commit (one WAL flush) after another. The
+    -- least-loaded node no other placement holds right now is taken
+    -- instead; SKIP LOCKED never waits, so it adds no lock-order risk.
     SELECT n.id FROM nodes n
     WHERE n.kind = @node_kind::text AND n.admin_state = 'enabled' AND n.health = 'up'
       AND n.used + @cost::int <= n.capacity
       AND (n.maintenance_until IS NULL OR n.maintenance_until < now())
     ORDER BY ((n.used + @cost::int)::float8 / n.capacity) / n.weight, n.id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+), target AS (
+    -- When every node with room is held by another placement, wait for
+    -- the least-loaded one as before rather than leave the work unplaced.
+    SELECT id FROM unlocked
+    UNION ALL
+    (SELECT n.id FROM nodes n
+    WHERE n.kind = @node_kind::text AND n.admin_state = 'enabled' AND n.health = 'up'
+      AND n.used + @cost::int <= n.capacity
+      AND (n.maintenance_until IS NULL OR n.maintenance_until < now())
+    ORDER BY ((n.used + @cost::int)::float8 / n.capacity) / n.weight, n.id
+    LIMIT 1)
     LIMIT 1
 ), bumped AS (
     -- The conditional UPDATE locks only the chosen row and re-checks the
@@ -58,6 +75,18 @@ SELECT id, cost FROM work WHERE node_id = @node_id AND state IN ('assigned', 'ac
 -- name: WorkDesiredForNode :many
 SELECT id, ref, kind, cost, epoch, state FROM work
 WHERE node_id = @node_id AND state IN ('assigned', 'active') ORDER BY id;
+
+-- WorkDesiredSetForNode reads a node's assignment version and its live
+-- work in one statement, so one snapshot covers both without an explicit
+-- transaction: one round trip per long-poll answer instead of four. A
+-- node without live work yields one row whose work columns are NULL; an
+-- unknown node yields none.
+-- name: WorkDesiredSetForNode :many
+SELECT n.assign_version, w.id, w.ref, w.kind, w.cost, w.epoch, w.state
+FROM nodes n
+LEFT JOIN work w ON w.node_id = n.id AND w.state IN ('assigned', 'active')
+WHERE n.id = @node_id
+ORDER BY w.id;
 
 -- WorkMove applies a computed placement to many work items in one
 -- statement; node_id 0 means unplaced. The epoch grows on every move.

@@ -1,0 +1,314 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// pinnedTLS trusts only the call manager whose public key hashes to pin,
+// as the real node agent does.
+func pinnedTLS(pin string) (*tls.Config, error) {
+	want, err := hex.DecodeString(strings.TrimPrefix(pin, "sha256:"))
+	if err != nil || len(want) != sha256.Size {
+		return nil, fmt.Errorf("bad pin %q", pin)
+	}
+	return &tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		InsecureSkipVerify: true, // replaced by the pin check
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return errors.New("no certificate")
+			}
+			got := sha256.Sum256(cs.PeerCertificates[0].RawSubjectPublicKeyInfo)
+			if subtle.ConstantTimeCompare(got[:], want) != 1 {
+				return errors.New("pin mismatch")
+			}
+			return nil
+		},
+	}, nil
+}
+
+// newClient returns an HTTPS client bound to its own loopback source
+// address (127.1.x.y), as if each agent ran on its own host; enrolment is
+// throttled per source address.
+func newClient(pin string, index int) (*http.Client, error) {
+	tc, err := pinnedTLS(pin)
+	if err != nil {
+		return nil, err
+	}
+	var local net.Addr
+	if index >= 0 {
+		local = &net.TCPAddr{IP: net.IPv4(127, 1, byte(index/200), byte(index%200+1))}
+	}
+	d := &net.Dialer{LocalAddr: local, Timeout: 10 * time.Second}
+	tr := &http.Transport{
+		TLSClientConfig:     tc,
+		ForceAttemptHTTP2:   true,
+		DialContext:         d.DialContext,
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
+	}
+	return &http.Client{Transport: tr, Timeout: 70 * time.Second}, nil
+}
+
+func doJSON(ctx context.Context, hc *http.Client, method, url, bearer string, in, out any) (int, error) {
+	var body io.Reader
+	if in != nil {
+		b, _ := json.Marshal(in)
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, body)
+	if err != nil {
+		return 0, err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+bearer)
+	}
+	res, err := hc.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		return res.StatusCode, err
+	}
+	if res.StatusCode/100 != 2 {
+		return res.StatusCode, fmt.Errorf("%s %s: %d %s", method, url, res.StatusCode, strings.TrimSpace(string(b)))
+	}
+	if out != nil {
+		return res.StatusCode, json.Unmarshal(b, out)
+	}
+	return res.StatusCode, nil
+}
+
+type assignment struct {
+	ID    int64  `json:"id"`
+	Ref   string `json:"ref"`
+	Kind  string `json:"kind"`
+	Cost  int32  `json:"cost"`
+	Epoch int64  `json:"epoch"`
+	State string `json:"state"`
+}
+
+type desiredSet struct {
+	Version     int64        `json:"version"`
+	Assignments []assignment `json:"assignments"`
+}
+
+// recorder notes when assignments first reach an agent and when their acks
+// were answered, by work id.
+type recorder struct {
+	mu       sync.Mutex
+	received map[int64]time.Time
+	acked    map[int64]time.Time
+	nAcked   atomic.Int64
+	errs     atomic.Int64
+	lastErr  atomic.Value
+}
+
+func newRecorder() *recorder {
+	return &recorder{received: map[int64]time.Time{}, acked: map[int64]time.Time{}}
+}
+
+func (r *recorder) reset() {
+	r.mu.Lock()
+	r.received = map[int64]time.Time{}
+	r.acked = map[int64]time.Time{}
+	r.mu.Unlock()
+	r.nAcked.Store(0)
+}
+
+func (r *recorder) err(err error) {
+	r.errs.Add(1)
+	r.lastErr.Store(err.Error())
+}
+
+// simAgent speaks the real agent API: heartbeats once a second, long-polls
+// its desired set, and acks every new assignment as active.
+type simAgent struct {
+	index  int
+	nodeID int64
+	name   string
+	cred   string
+	base   string
+	hc     *http.Client
+	rec    *recorder
+	ack    bool
+	cancel context.CancelFunc
+	done   sync.WaitGroup
+	polls  atomic.Int64
+	beats  atomic.Int64
+
+	mu      sync.Mutex
+	running []runningRef // what this agent runs: its last desired set
+}
+
+type runningRef struct {
+	ID    int64 `json:"id"`
+	Epoch int64 `json:"epoch"`
+}
+
+type enrollResponse struct {
+	NodeID     int64  `json:"node_id"`
+	NodeName   string `json:"node_name"`
+	Credential string `json:"credential"`
+}
+
+func enrollAgent(ctx context.Context, base, pin string, index int, token string, rec *recorder, ack bool) (*simAgent, error) {
+	hc, err := newClient(pin, index)
+	if err != nil {
+		return nil, err
+	}
+	var er enrollResponse
+	if _, err := doJSON(ctx, hc, http.MethodPost, base+"/api/v1/enroll", "", map[string]string{"token": token, "version": "bench"}, &er); err != nil {
+		return nil, fmt.Errorf("enrol: %w", err)
+	}
+	return &simAgent{index: index, nodeID: er.NodeID, name: er.NodeName, cred: er.Credential, base: base, hc: hc, rec: rec, ack: ack}, nil
+}
+
+func (a *simAgent) start(ctx context.Context) {
+	ctx, a.cancel = context.WithCancel(ctx)
+	acks := make(chan assignment, 100000)
+	a.done.Add(3)
+	go func() { defer a.done.Done(); a.heartbeatLoop(ctx) }()
+	go func() { defer a.done.Done(); a.pollLoop(ctx, acks) }()
+	go func() { defer a.done.Done(); a.ackLoop(ctx, acks) }()
+}
+
+// kill stops the agent as if its host died: no goodbye, connections dropped.
+func (a *simAgent) kill() {
+	if a.cancel != nil {
+		a.cancel()
+	}
+	a.done.Wait()
+	a.hc.CloseIdleConnections()
+}
+
+func (a *simAgent) heartbeatLoop(ctx context.Context) {
+	// Spread the agents' beats over the second.
+	first := time.Duration(a.index*7919%1000) * time.Millisecond
+	t := time.NewTimer(first)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		t.Reset(time.Second)
+		var out struct {
+			AdminState string `json:"admin_state"`
+		}
+		a.mu.Lock()
+		running := a.running
+		a.mu.Unlock()
+		if running == nil {
+			running = []runningRef{}
+		}
+		body := map[string]any{"load": len(running), "version": "bench", "running": running}
+		if _, err := doJSON(ctx, a.hc, http.MethodPost, a.base+"/api/v1/heartbeat", a.cred, body, &out); err != nil {
+			if ctx.Err() == nil {
+				a.rec.err(err)
+			}
+			continue
+		}
+		a.beats.Add(1)
+	}
+}
+
+func (a *simAgent) pollLoop(ctx context.Context, acks chan<- assignment) {
+	var since int64
+	seen := map[int64]int64{} // id -> epoch
+	for ctx.Err() == nil {
+		var ds desiredSet
+		_, err := doJSON(ctx, a.hc, http.MethodGet, a.base+"/api/v1/assignments?since="+strconv.FormatInt(since, 10)+"&wait=30s", a.cred, nil, &ds)
+		at := time.Now()
+		if err != nil {
+			if ctx.Err() == nil {
+				a.rec.err(err)
+				time.Sleep(100 * time.Millisecond)
+			}
+			continue
+		}
+		a.polls.Add(1)
+		since = ds.Version
+		next := make(map[int64]int64, len(ds.Assignments))
+		var fresh []assignment
+		for _, as := range ds.Assignments {
+			next[as.ID] = as.Epoch
+			if e, ok := seen[as.ID]; !ok || e != as.Epoch {
+				fresh = append(fresh, as)
+			}
+		}
+		seen = next
+		running := make([]runningRef, 0, len(ds.Assignments))
+		for _, as := range ds.Assignments {
+			running = append(running, runningRef{ID: as.ID, Epoch: as.Epoch})
+		}
+		a.mu.Lock()
+		a.running = running
+		a.mu.Unlock()
+		if len(fresh) == 0 {
+			continue
+		}
+		a.rec.mu.Lock()
+		for _, as := range fresh {
+			if _, ok := a.rec.received[as.ID]; !ok {
+				a.rec.received[as.ID] = at
+			}
+		}
+		a.rec.mu.Unlock()
+		if a.ack {
+			for _, as := range fresh {
+				if as.State == "assigned" {
+					select {
+					case acks <- as:
+					default:
+					}
+				}
+			}
+		}
+	}
+}
+
+func (a *simAgent) ackLoop(ctx context.Context, acks <-chan assignment) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case as := <-acks:
+			url := a.base + "/api/v1/assignments/" + strconv.FormatInt(as.ID, 10) + "/ack"
+			_, err := doJSON(ctx, a.hc, http.MethodPost, url, a.cred, map[string]any{"state": "active", "epoch": as.Epoch}, nil)
+			if err != nil {
+				if ctx.Err() == nil && !strings.Contains(err.Error(), "409") {
+					a.rec.err(err)
+				}
+				continue
+			}
+			at := time.Now()
+			a.rec.nAcked.Add(1)
+			a.rec.mu.Lock()
+			a.rec.acked[as.ID] = at
+			a.rec.mu.Unlock()
+		}
+	}
+}

@@ -1,0 +1,288 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/callplane/callplane/db"
+	"github.com/callplane/callplane/db/dbsqlc"
+	"github.com/callplane/callplane/db/localpg"
+	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/health"
+)
+
+var actor = nodes.Actor{Name: "bench", Addr: "local"}
+
+var agentIndex atomic.Int64
+
+// scene is one call manager process on its own database, with its agents.
+type scene struct {
+	name   string
+	dir    string
+	dbURL  string
+	pool   *pgxpool.Pool
+	svc    *nodes.Service
+	cm     *child
+	rec    *recorder
+	agents map[string]*simAgent
+	mu     sync.Mutex
+}
+
+func newScene(ctx context.Context, pg *localpg.Server, root, name string, settings map[string]string) (*scene, error) {
+	if err := pg.EnsureDatabase(ctx, name); err != nil {
+		return nil, err
+	}
+	sc := &scene{name: name, dir: filepath.Join(root, name), dbURL: pg.URL(name), rec: newRecorder(), agents: map[string]*simAgent{}}
+	var err error
+	if sc.pool, err = db.Open(ctx, sc.dbURL, 24); err != nil {
+		return nil, err
+	}
+	if err := db.Migrate(ctx, sc.pool, quiet); err != nil {
+		return nil, err
+	}
+	sc.svc = nodes.NewService(sc.pool, quiet)
+	if settings != nil {
+		if err := saveSettings(ctx, sc.pool, settings); err != nil {
+			return nil, err
+		}
+	}
+	if sc.cm, err = startChild(ctx, sc.dir, sc.dbURL, name); err != nil {
+		return nil, err
+	}
+	logf("call manager %s (pid %d, pprof %s, log %s)", sc.cm.URL, sc.cm.pid(), sc.cm.Pprof, sc.cm.logPath)
+	hc, _ := newClient(sc.cm.Pin, -1)
+	for i := 0; i < 200; i++ {
+		if _, err = doJSON(ctx, hc, http.MethodGet, sc.cm.URL+"/readyz", "", nil, nil); err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return sc, err
+}
+
+// saveSettings stores health settings as the portal would.
+func saveSettings(ctx context.Context, pool *pgxpool.Pool, kv map[string]string) error {
+	store := health.NewStore(pool, health.Defaults{}, "", quiet)
+	st, err := store.Load(ctx)
+	if err != nil {
+		return err
+	}
+	v := st.Values()
+	for k, x := range kv {
+		v[k] = x
+	}
+	_, err = store.Save(ctx, actor, v)
+	return err
+}
+
+func (sc *scene) close() {
+	sc.mu.Lock()
+	agents := sc.agents
+	sc.agents = map[string]*simAgent{}
+	sc.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, a := range agents {
+		wg.Go(a.kill)
+	}
+	wg.Wait()
+	if sc.cm != nil {
+		sc.cm.stop()
+	}
+	sc.pool.Close()
+}
+
+// parallel runs fn for 0..n-1 on w workers and returns the first error.
+func parallel(n, w int, fn func(i int) error) error {
+	var next atomic.Int64
+	var first atomic.Value
+	var wg sync.WaitGroup
+	for range w {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n || first.Load() != nil {
+					return
+				}
+				if err := fn(i); err != nil {
+					first.CompareAndSwap(nil, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if e := first.Load(); e != nil {
+		return e.(error)
+	}
+	return nil
+}
+
+// addNodes registers n media nodes named prefix-0000…; addr gives each
+// node's SIP probe address.
+func (sc *scene) addNodes(ctx context.Context, prefix string, n, capacity int, addr func(i int) string) ([]string, error) {
+	names := make([]string, n)
+	err := parallel(n, 8, func(i int) error {
+		names[i] = fmt.Sprintf("%s-%04d", prefix, i)
+		_, err := sc.svc.AddNode(ctx, actor, nodes.NodeInput{Name: names[i], Kind: nodes.KindMedia, Address: addr(i),
+			Capacity: strconv.Itoa(capacity), Weight: "100", Region: "bench"})
+		return err
+	})
+	return names, err
+}
+
+// enroll creates a join token per node and enrols an agent with it over
+// the agent API, then starts the agent's loops.
+func (sc *scene) enroll(ctx context.Context, names []string, ack bool) error {
+	return parallel(len(names), 16, func(i int) error {
+		jt, err := sc.svc.CreateJoinToken(ctx, actor, names[i], 0)
+		if err != nil {
+			return err
+		}
+		a, err := enrollAgent(ctx, sc.cm.URL, sc.cm.Pin, int(agentIndex.Add(1)), jt.Token, sc.rec, ack)
+		if err != nil {
+			return fmt.Errorf("node %s: %w", names[i], err)
+		}
+		a.start(context.WithoutCancel(ctx))
+		sc.mu.Lock()
+		sc.agents[names[i]] = a
+		sc.mu.Unlock()
+		return nil
+	})
+}
+
+func (sc *scene) agent(name string) *simAgent {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	return sc.agents[name]
+}
+
+// waitHealth waits until every named node has the health.
+func (sc *scene) waitHealth(ctx context.Context, names []string, h string, limit time.Duration) error {
+	want := map[string]bool{}
+	for _, n := range names {
+		want[n] = true
+	}
+	deadline := time.Now().Add(limit)
+	for {
+		list, err := sc.svc.ListNodes(ctx, dbsqlc.NodeListFilteredParams{})
+		if err != nil {
+			return err
+		}
+		missing := 0
+		for _, n := range list {
+			if want[n.Name] && n.Health != h {
+				missing++
+			}
+		}
+		if missing == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d of %d nodes not %s after %s (call manager log: %s)", missing, len(names), h, limit, sc.cm.logPath)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// dbWrites reads Postgres's WAL counters: records written and WAL syncs
+// (durable commits; read-only transactions do not sync).
+func dbWrites(ctx context.Context, pool *pgxpool.Pool) (records, syncs int64) {
+	// Benchmark-only statistics query, not application SQL.
+	_ = pool.QueryRow(ctx, "SELECT wal_records, wal_sync FROM pg_stat_wal").Scan(&records, &syncs)
+	return
+}
+
+// profile captures a CPU profile of the call manager for d in the
+// background when -profile-dir is set.
+func (sc *scene) profile(ctx context.Context, phase string, d time.Duration) func() {
+	if opt.profileDir == "" {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		url := fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", sc.cm.Pprof, int(d.Seconds()))
+		res, err := http.Get(url)
+		if err != nil {
+			return
+		}
+		defer res.Body.Close()
+		f, err := os.Create(filepath.Join(opt.profileDir, phase+".pprof"))
+		if err != nil {
+			return
+		}
+		defer f.Close()
+		_, _ = io.Copy(f, res.Body)
+	}()
+	return func() { <-done }
+}
+
+// sampleWaits counts what Postgres backends wait on while a phase runs
+// (-waits), to tell lock queues from disk and CPU.
+func (sc *scene) sampleWaits(ctx context.Context, phase string) func() {
+	if !opt.waits {
+		return func() {}
+	}
+	counts := map[string]int{}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+			// Benchmark-only diagnostics query, not application SQL.
+			rows, err := sc.pool.Query(ctx, `SELECT coalesce(wait_event_type,'CPU')||':'||coalesce(wait_event,'running') AS w, count(*)
+				FROM pg_stat_activity WHERE state = 'active' AND backend_type = 'client backend' AND pid <> pg_backend_pid() GROUP BY 1`)
+			if err != nil {
+				continue
+			}
+			for rows.Next() {
+				var w string
+				var n int
+				if rows.Scan(&w, &n) == nil {
+					counts[w] += n
+				}
+			}
+			rows.Close()
+		}
+	}()
+	return func() {
+		close(stop)
+		<-done
+		type kv struct {
+			k string
+			v int
+		}
+		var all []kv
+		for k, v := range counts {
+			all = append(all, kv{k, v})
+		}
+		slices.SortFunc(all, func(a, b kv) int { return b.v - a.v })
+		var parts []string
+		for i, x := range all {
+			if i == 8 {
+				break
+			}
+			parts = append(parts, fmt.Sprintf("%s=%d", x.k, x.v))
+		}
+		logf("%s: postgres backends waiting on (samples): %s", phase, strings.Join(parts, " "))
+	}
+}

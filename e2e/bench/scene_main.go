@@ -1,0 +1,397 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/callplane/callplane/db/localpg"
+	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/health"
+	"github.com/callplane/callplane/nodes/probe"
+	"github.com/callplane/callplane/web/auth"
+)
+
+// sceneMain: 500 agents → long-poll latency (placing the 10,000 calls) →
+// portal with 500 nodes and 10,000 calls → 1,000 agents → heartbeat CPU,
+// DB writes and RSS → placement throughput.
+func sceneMain(ctx context.Context, pg *localpg.Server, root string) error {
+	fmt.Println("== main scene: long-poll, portal, heartbeat, memory, placement")
+	sc, err := newScene(ctx, pg, root, "bench_main", nil)
+	if err != nil {
+		return err
+	}
+	defer sc.close()
+	// One real SIP probe endpoint answers for every healthy node here.
+	ep, err := probe.NewEndpoint(ctx, "media", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	defer ep.Close()
+	addr := func(int) string { return ep.Address() }
+	t0 := time.Now()
+	first, err := sc.addNodes(ctx, "m", opt.portalNodes, 2000, addr)
+	if err != nil {
+		return err
+	}
+	if err := sc.enroll(ctx, first, true); err != nil {
+		return err
+	}
+	if err := sc.waitHealth(ctx, first, nodes.HealthUp, 60*time.Second); err != nil {
+		return err
+	}
+	logf("%d nodes registered, agents enrolled over HTTPS and up in %s", len(first), time.Since(t0).Round(100*time.Millisecond))
+
+	// First a rate the machine sustains with room to spare, then the
+	// target rate; together they place the 10,000 calls.
+	low := min(opt.lpLowRate*4, opt.calls/5)
+	if opt.lpLowRate > 0 && low > 0 {
+		if err := phaseLongPoll(ctx, sc, "lpl", opt.lpLowRate, low); err != nil {
+			return err
+		}
+	}
+	if err := phaseLongPoll(ctx, sc, "lp", opt.lpRate, opt.calls-max(low, 0)); err != nil {
+		return err
+	}
+	if err := phasePortal(ctx, sc, len(first)); err != nil {
+		return err
+	}
+	if more := opt.agents - len(first); more > 0 {
+		t0 = time.Now()
+		second, err := sc.addNodes(ctx, "n", more, 2000, addr)
+		if err != nil {
+			return err
+		}
+		if err := sc.enroll(ctx, second, true); err != nil {
+			return err
+		}
+		if err := sc.waitHealth(ctx, second, nodes.HealthUp, 60*time.Second); err != nil {
+			return err
+		}
+		logf("grown to %d agents in %s", opt.agents, time.Since(t0).Round(100*time.Millisecond))
+	}
+	if err := phaseHeartbeat(ctx, sc); err != nil {
+		return err
+	}
+	return phasePlacement(ctx, sc)
+}
+
+// phaseLongPoll places calls at a steady rate straight into Postgres
+// (nodes.Service.PlaceWork in this process, so the commit instant is known
+// to within the return of COMMIT) and measures when each reaches its agent.
+func phaseLongPoll(ctx context.Context, sc *scene, label string, rate, n int) error {
+	sc.rec.reset()
+	var mu sync.Mutex
+	commits := make(map[int64]time.Time, n)
+	jobs := make(chan int, n)
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for range 32 {
+		wg.Go(func() {
+			for i := range jobs {
+				p, err := sc.svc.PlaceWork(ctx, actor, nodes.WorkInput{Kind: nodes.WorkCall, Ref: fmt.Sprintf("%s-%06d", label, i), Cost: 1})
+				at := time.Now()
+				if err != nil || p.Node == "" {
+					failed.Add(1)
+					continue
+				}
+				mu.Lock()
+				commits[p.ID] = at
+				mu.Unlock()
+			}
+		})
+	}
+	stopProf := sc.profile(ctx, "longpoll-"+label, time.Duration(float64(n)/float64(rate)*float64(time.Second)))
+	stopWaits := sc.sampleWaits(ctx, "long-poll")
+	shares := cpuShares(sc.cm.pid())
+	start := time.Now()
+	// Pace: every 10 ms release the jobs due by then.
+	sent := 0
+	tick := time.NewTicker(10 * time.Millisecond)
+	for sent < n {
+		<-tick.C
+		due := min(n, int(time.Since(start).Seconds()*float64(rate)))
+		for ; sent < due; sent++ {
+			jobs <- sent
+		}
+	}
+	tick.Stop()
+	close(jobs)
+	wg.Wait()
+	elapsed := time.Since(start)
+	logf("long-poll: %s", shares())
+	stopWaits()
+	stopProf()
+	// Wait (bounded) for every committed assignment to reach its agent.
+	deadline := time.Now().Add(15 * time.Second)
+	var lat []time.Duration
+	missing := 0
+	for {
+		lat, missing = lat[:0], 0
+		sc.rec.mu.Lock()
+		for id, c := range commits {
+			r, ok := sc.rec.received[id]
+			if !ok {
+				missing++
+				continue
+			}
+			lat = append(lat, max(r.Sub(c), 0))
+		}
+		sc.rec.mu.Unlock()
+		if missing == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// And for the agents' acks to land, so the calls are active.
+	for time.Now().Before(deadline) && sc.rec.nAcked.Load() < int64(len(commits)) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	achieved := float64(len(commits)) / elapsed.Seconds()
+	logf("long-poll: %d assignments committed at %.0f/s to %d agents; %d not delivered, %d placement errors, %d acked, agent errors %d",
+		len(commits), achieved, opt.portalNodes, missing, failed.Load(), sc.rec.nAcked.Load(), sc.rec.errs.Load())
+	p50, p99 := percentile(lat, 0.50), percentile(lat, 0.99)
+	note := fmt.Sprintf("%d agents, %.0f assignments/s achieved, max %s", opt.portalNodes, achieved, ms(percentile(lat, 1)))
+	name := "long-poll delivery latency"
+	if rate != opt.lpRate {
+		name = fmt.Sprintf("long-poll latency at %d/s", rate)
+	}
+	report(name+" p50", ms(p50), "<= 5 ms", p50 <= 5*time.Millisecond && missing == 0, note)
+	report(name+" p99", ms(p99), "<= 25 ms", p99 <= 25*time.Millisecond && missing == 0, "")
+	return nil
+}
+
+// portalSession signs a user in through the real login form and returns
+// the session cookie.
+func portalSession(ctx context.Context, sc *scene) (*http.Client, string, error) {
+	const email, pw = "bench@example.com", "bench-password-for-the-portal-9"
+	if _, err := auth.NewService(sc.pool, quiet).AddUser(ctx, "bench", "local", email, pw, "admin"); err != nil {
+		return nil, "", err
+	}
+	hc, err := newClient(sc.cm.Pin, -1)
+	if err != nil {
+		return nil, "", err
+	}
+	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	form := url.Values{"email": {email}, "password": {pw}}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, sc.cm.URL+"/login", strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Origin", sc.cm.URL)
+	res, err := hc.Do(req)
+	if err != nil {
+		return nil, "", err
+	}
+	res.Body.Close()
+	for _, c := range res.Cookies() {
+		if c.Name == "__Host-callplane_session" {
+			return hc, c.Name + "=" + c.Value, nil
+		}
+	}
+	return nil, "", fmt.Errorf("login answered %d without a session cookie", res.StatusCode)
+}
+
+func phasePortal(ctx context.Context, sc *scene, nNodes int) error {
+	hc, cookie, err := portalSession(ctx, sc)
+	if err != nil {
+		return err
+	}
+	get := func(htmx bool) (time.Duration, int, error) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, sc.cm.URL+"/nodes", nil)
+		req.Header.Set("Cookie", cookie)
+		if htmx {
+			req.Header.Set("HX-Request", "true")
+		}
+		t := time.Now()
+		res, err := hc.Do(req)
+		if err != nil {
+			return 0, 0, err
+		}
+		b, err := io.ReadAll(res.Body)
+		res.Body.Close()
+		d := time.Since(t)
+		if err == nil && res.StatusCode != 200 {
+			err = fmt.Errorf("GET /nodes: %d", res.StatusCode)
+		}
+		if err == nil && !strings.Contains(string(b), fmt.Sprintf("m-%04d", nNodes-1)) {
+			err = fmt.Errorf("GET /nodes does not list node m-%04d", nNodes-1)
+		}
+		return d, len(b), err
+	}
+	calls := 0
+	if counts, err := sc.svc.WorkCounts(ctx); err == nil {
+		for _, c := range counts {
+			if c.Kind == nodes.WorkCall {
+				calls += int(c.N)
+			}
+		}
+	}
+	for _, htmx := range []bool{false, true} {
+		for range 10 { // warm up
+			if _, _, err := get(htmx); err != nil {
+				return err
+			}
+		}
+		phase := "portal-full"
+		if htmx {
+			phase = "portal-partial"
+		}
+		stopProf := sc.profile(ctx, phase, 5*time.Second)
+		var ds []time.Duration
+		size := 0
+		for range opt.portalReqs {
+			d, n, err := get(htmx)
+			if err != nil {
+				return err
+			}
+			ds = append(ds, d)
+			size = n
+		}
+		stopProf()
+		p99 := percentile(ds, 0.99)
+		note := fmt.Sprintf("%d nodes, %d live calls, %d KB, p50 %s, %d agents beating", nNodes, calls, size/1024, ms(percentile(ds, 0.5)), len(sc.agents))
+		if htmx {
+			report("portal /nodes htmx partial p99", ms(p99), "<= 20 ms", p99 <= 20*time.Millisecond, note)
+		} else {
+			report("portal /nodes full page p99", ms(p99), "<= 50 ms", p99 <= 50*time.Millisecond, note)
+		}
+	}
+	return nil
+}
+
+// phaseHeartbeat measures the call manager's CPU while every agent beats
+// once a second and holds a long-poll open, first with the health checker
+// probing every node each second, then with the checker idle (the
+// heartbeat cost alone), and the Postgres writes the batching leaves.
+func phaseHeartbeat(ctx context.Context, sc *scene) error {
+	pid := sc.cm.pid()
+	live := 0
+	if counts, err := sc.svc.WorkCounts(ctx); err == nil {
+		for _, c := range counts {
+			if c.State == nodes.WorkActive {
+				live += int(c.N)
+			}
+		}
+	}
+	measure := func(phase string) (cpu float64, beats float64, syncs float64, recs float64) {
+		stopProf := sc.profile(ctx, phase, opt.hbWindow)
+		var b0 int64
+		for _, a := range sc.agents {
+			b0 += a.beats.Load()
+		}
+		c0 := procCPU(pid)
+		r0, s0 := dbWrites(ctx, sc.pool)
+		t0 := time.Now()
+		time.Sleep(opt.hbWindow)
+		el := time.Since(t0).Seconds()
+		c1 := procCPU(pid)
+		r1, s1 := dbWrites(ctx, sc.pool)
+		var b1 int64
+		for _, a := range sc.agents {
+			b1 += a.beats.Load()
+		}
+		stopProf()
+		return (c1 - c0).Seconds() / el * 100, float64(b1-b0) / el, float64(s1-s0) / el, float64(r1-r0) / el
+	}
+	var maxRSS int64
+	sample := func() {
+		if rss, _ := procMem(pid); rss > maxRSS {
+			maxRSS = rss
+		}
+	}
+	time.Sleep(3 * time.Second) // let the newest agents settle
+	sample()
+	cpuAll, beatsAll, syncAll, _ := measure("heartbeat-with-checker")
+	sample()
+	logf("with the health checker probing %d nodes at 1 Hz: call manager %.1f%% of one core, %.0f heartbeats/s, %.1f WAL syncs/s",
+		len(sc.agents), cpuAll, beatsAll, syncAll)
+	// Idle the checker (probe interval 1h) to see the heartbeat cost alone.
+	if err := saveSettings(ctx, sc.pool, map[string]string{health.KeyProbeInterval: "1h"}); err != nil {
+		return err
+	}
+	time.Sleep(4 * time.Second)
+	cpu, beats, syncs, recs := measure("heartbeat")
+	sample()
+	_, hwm := procMem(pid)
+	report("heartbeat CPU, 1,000 agents at 1 Hz", fmt.Sprintf("%.1f%% of one core", cpu), "<= 15% of one core", cpu <= 15,
+		fmt.Sprintf("%.0f heartbeats/s and %d idle long-polls; %.1f%% with the health checker probing them all each second", beats, len(sc.agents), cpuAll))
+	report("heartbeat DB writes (batched)", fmt.Sprintf("%.1f WAL syncs/s", syncs), "batched (< 10/s)", syncs < 10,
+		fmt.Sprintf("for %.0f heartbeats/s; %.0f WAL records/s", beats, recs))
+	report("memory RSS, 1,000 agents + 10,000 assignments", fmt.Sprintf("%.0f MB", float64(maxRSS)/1e6), "<= 250 MB", maxRSS <= 250e6,
+		fmt.Sprintf("%d agents, %d active assignments, VmHWM %.0f MB", len(sc.agents), live, float64(hwm)/1e6))
+	return nil
+}
+
+// phasePlacement creates work through the admin API as fast as the
+// clients can and counts it once the agents have acked it.
+func phasePlacement(ctx context.Context, sc *scene) error {
+	sc.rec.reset()
+	tok, err := sc.svc.CreateAPIToken(ctx, actor, "bench")
+	if err != nil {
+		return err
+	}
+	hc, err := newClient(sc.cm.Pin, -1)
+	if err != nil {
+		return err
+	}
+	var created, failed atomic.Int64
+	var lastErr atomic.Value
+	stopProf := sc.profile(ctx, "placement", opt.placeDuration)
+	stopWaits := sc.sampleWaits(ctx, "placement")
+	shares := cpuShares(sc.cm.pid())
+	start := time.Now()
+	deadline := start.Add(opt.placeDuration)
+	var seq atomic.Int64
+	var wg sync.WaitGroup
+	for range opt.placeWorkers {
+		wg.Go(func() {
+			for time.Now().Before(deadline) {
+				ref := fmt.Sprintf("pl-%07d", seq.Add(1))
+				var p nodes.Placement
+				_, err := doJSON(ctx, hc, http.MethodPost, sc.cm.URL+"/api/v1/work", tok.Token, nodes.WorkInput{Kind: nodes.WorkCall, Ref: ref, Cost: 1}, &p)
+				if err != nil || p.Node == "" {
+					failed.Add(1)
+					if err != nil {
+						lastErr.Store(err.Error())
+					}
+					continue
+				}
+				created.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	createdIn := time.Since(start)
+	logf("placement: %s", shares())
+	stopWaits()
+	stopProf()
+	// Wait (bounded) for the acks.
+	limit := time.Now().Add(20 * time.Second)
+	for time.Now().Before(limit) && sc.rec.nAcked.Load() < created.Load() {
+		time.Sleep(50 * time.Millisecond)
+	}
+	var lastAck time.Time
+	sc.rec.mu.Lock()
+	for _, t := range sc.rec.acked {
+		if t.After(lastAck) {
+			lastAck = t
+		}
+	}
+	sc.rec.mu.Unlock()
+	acked := sc.rec.nAcked.Load()
+	span := lastAck.Sub(start)
+	rate := float64(acked) / span.Seconds()
+	if e := lastErr.Load(); e != nil {
+		logf("placement: last error: %s", e)
+	}
+	logf("placement: %d created in %s (%.0f/s at the API), %d acked active by the agents, %d failed",
+		created.Load(), createdIn.Round(time.Millisecond), float64(created.Load())/createdIn.Seconds(), acked, failed.Load())
+	report("placement throughput (created→acked)", fmt.Sprintf("%.0f assignments/s", rate), ">= 6,000/s sustained", rate >= 6000,
+		fmt.Sprintf("%d clients, %s, %d agents acking", opt.placeWorkers, opt.placeDuration, len(sc.agents)))
+	return nil
+}

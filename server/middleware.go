@@ -3,6 +3,7 @@ package server
 import (
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5/middleware"
@@ -36,10 +37,15 @@ func requestLog(log *slog.Logger) func(http.Handler) http.Handler {
 			start := time.Now()
 			ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
 			next.ServeHTTP(ww, r)
+			// Agents call the API every second each: their successful
+			// calls are debug noise; portal changes and all failures are not.
 			level := slog.LevelDebug
-			if ww.Status() >= 500 {
+			switch {
+			case ww.Status() >= 500:
 				level = slog.LevelError
-			} else if ww.Status() >= 400 || r.Method != http.MethodGet {
+			case ww.Status() >= 400:
+				level = slog.LevelInfo
+			case r.Method != http.MethodGet && !strings.HasPrefix(r.URL.Path, "/api/v1/"):
 				level = slog.LevelInfo
 			}
 			log.Log(r.Context(), level, "http request",

@@ -21,7 +21,7 @@ func TestParseValid(t *testing.T) {
 	if len(fe) > 0 {
 		t.Fatalf("valid settings refused: %v", fe)
 	}
-	if s.ProbeInterval != time.Second || s.ProbeTimeout != 800*time.Millisecond || s.FailThreshold != 3 || s.RecoverThreshold != 2 {
+	if s.ProbeInterval != 750*time.Millisecond || s.ProbeTimeout != 500*time.Millisecond || s.FailThreshold != 3 || s.RecoverThreshold != 2 {
 		t.Errorf("timing = %+v", s)
 	}
 	if s.HeartbeatStale != 3*time.Second || s.FlapLimit != 6 || s.FlapWindow != 10*time.Minute {

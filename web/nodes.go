@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -26,17 +27,35 @@ var ttlChoices = []struct{ Value, Label string }{
 	{"15m", "15 minutes"}, {"1h", "1 hour"}, {"24h", "24 hours"}, {"168h", "7 days"},
 }
 
+// nodesPerPage bounds the rows of the live node table: a cluster of
+// hundreds of nodes is read through filters and pages, and a smaller
+// table keeps the every-2s refresh cheap for the browser and the server.
+const nodesPerPage = 100
+
 type nodeFilter struct {
 	Kind, State, Health, Q string
+	Page                   int
 }
 
 func nodeFilterFrom(r *http.Request) nodeFilter {
 	q := r.URL.Query()
+	page, err := strconv.Atoi(q.Get("page"))
+	if err != nil || page < 1 {
+		page = 1
+	}
 	return nodeFilter{
 		Kind: q.Get("kind"), State: q.Get("state"), Health: q.Get("health"),
-		Q: strings.TrimSpace(q.Get("q")),
+		Q: strings.TrimSpace(q.Get("q")), Page: page,
 	}
 }
+
+func (f nodeFilter) withPage(p int) nodeFilter {
+	f.Page = p
+	return f
+}
+
+// filtered reports whether any filter (not the page) is set.
+func (f nodeFilter) filtered() bool { return f.Kind != "" || f.State != "" || f.Health != "" || f.Q != "" }
 
 // query is the filter as a query string, so the live table keeps it.
 func (f nodeFilter) query() string {
@@ -46,14 +65,23 @@ func (f nodeFilter) query() string {
 			v.Set(k, s)
 		}
 	}
+	if f.Page > 1 {
+		v.Set("page", strconv.Itoa(f.Page))
+	}
 	return v.Encode()
 }
 
 type nodesView struct {
-	Nodes     []dbsqlc.Node
+	Nodes     []dbsqlc.Node // this page's rows
+	Total     int
+	Pages     int
 	Filter    nodeFilter
 	CanChange bool
 }
+
+// From and To number the rows shown, from 1.
+func (v nodesView) From() int { return min((v.Filter.Page-1)*nodesPerPage+1, v.Total) }
+func (v nodesView) To() int   { return (v.Filter.Page-1)*nodesPerPage + len(v.Nodes) }
 
 func (h *Handler) nodesPage(w http.ResponseWriter, r *http.Request) error {
 	f := nodeFilterFrom(r)
@@ -61,7 +89,10 @@ func (h *Handler) nodesPage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	v := nodesView{Nodes: list, Filter: f, CanChange: canChange(r)}
+	pages := max((len(list)+nodesPerPage-1)/nodesPerPage, 1)
+	f.Page = min(f.Page, pages)
+	start := (f.Page - 1) * nodesPerPage
+	v := nodesView{Nodes: list[start:min(start+nodesPerPage, len(list))], Total: len(list), Pages: pages, Filter: f, CanChange: canChange(r)}
 	if isHTMX(r) {
 		return h.render(w, r, "Nodes", "nodes", nodesTable(v))
 	}

@@ -38,6 +38,10 @@ type Options struct {
 
 // Server is a running local Postgres.
 type Server struct {
+	// shared is set when another process already runs the cluster (a
+	// "callmanager node add" next to a running "serve"): it is used, not
+	// owned, and Stop leaves it running.
+	shared bool
 	dir    string
 	cmd    *exec.Cmd
 	done   chan struct{}
@@ -104,6 +108,11 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	}
 	if len(filepath.Join(sock, ".s.PGSQL.5432")) > 100 {
 		return nil, fmt.Errorf("local postgres: socket path under %s is too long for a Unix socket; use a shorter --data-dir", sock)
+	}
+	if running := (&Server{dir: dir}); running.ping(ctx) {
+		opts.Log.Info("using the local postgres another process runs", "dir", pgdata)
+		running.shared, running.log = true, opts.Log
+		return running, nil
 	}
 	if _, err := os.Stat(filepath.Join(pgdata, "PG_VERSION")); errors.Is(err, os.ErrNotExist) {
 		opts.Log.Info("initialising local postgres", "dir", pgdata)
@@ -172,6 +181,21 @@ func (s *Server) waitReady(ctx context.Context) error {
 	return errors.New("local postgres did not accept connections within 60s")
 }
 
+// ping reports whether a server answers on the cluster's socket.
+func (s *Server) ping(ctx context.Context) bool {
+	if _, err := os.Stat(filepath.Join(s.dir, "run", ".s.PGSQL.5432")); err != nil {
+		return false
+	}
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	c, err := pgx.Connect(cctx, s.URL("postgres"))
+	if err != nil {
+		return false
+	}
+	c.Close(cctx)
+	return true
+}
+
 // URL returns the connection URL of database name on this server.
 func (s *Server) URL(name string) string {
 	return fmt.Sprintf("postgres://%s@/%s?host=%s&sslmode=disable", User, name, filepath.Join(s.dir, "run"))
@@ -197,7 +221,7 @@ func (s *Server) EnsureDatabase(ctx context.Context, name string) error {
 
 // Stop shuts the server down (fast shutdown) and waits for it to exit.
 func (s *Server) Stop() error {
-	if s == nil || s.cmd.Process == nil {
+	if s == nil || s.shared || s.cmd == nil || s.cmd.Process == nil {
 		return nil
 	}
 	_ = s.cmd.Process.Signal(syscall.SIGINT)

@@ -15,3 +15,13 @@ func (s *Service) ListAudit(ctx context.Context, q string, limit int32) ([]dbsql
 func (s *Service) ListEvents(ctx context.Context, node, q string, limit int32) ([]dbsqlc.Event, error) {
 	return s.q.EventList(ctx, s.pool, dbsqlc.EventListParams{NodeName: node, Q: q, Lim: limit})
 }
+
+// Audit records a successful change made outside the domain's own
+// transactions, such as work placed or ended by a person in the portal.
+// (Work placed by scripts through the API is recorded by its work row and
+// events, not one audit row per call.)
+func (s *Service) Audit(ctx context.Context, actor Actor, action, target, detail string) {
+	if err := s.audit(ctx, s.pool, actor, action, target, detail); err != nil {
+		s.log.Error("write audit row", "action", action, "err", err)
+	}
+}

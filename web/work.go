@@ -134,6 +134,9 @@ func (h *Handler) workCreate(w http.ResponseWriter, r *http.Request) error {
 	case err != nil:
 		return err
 	}
+	if len(fe) == 0 {
+		h.Nodes.Audit(r.Context(), actor(r), "work.place", p.Ref, fmt.Sprintf("kind=%s cost=%d state=%s node=%s", p.Kind, p.Cost, p.State, p.Node))
+	}
 	if len(fe) == 0 && !isHTMX(r) {
 		http.Redirect(w, r, "/work", http.StatusSeeOther)
 		return nil
@@ -168,9 +171,11 @@ func (h *Handler) workEnd(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return errNotFound
 	}
-	if _, err := h.Nodes.EndWork(r.Context(), actor(r), ref); err != nil {
+	wk, err := h.Nodes.EndWork(r.Context(), actor(r), ref)
+	if err != nil {
 		return err
 	}
+	h.Nodes.Audit(r.Context(), actor(r), "work.end", wk.Ref, "kind="+wk.Kind)
 	if !isHTMX(r) {
 		http.Redirect(w, r, "/work", http.StatusSeeOther)
 		return nil

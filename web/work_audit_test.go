@@ -1,0 +1,30 @@
+package web_test
+
+import (
+	"net/http"
+	"net/url"
+	"testing"
+
+	"github.com/callplane/callplane/server/servertest"
+)
+
+func TestWorkChangesInThePortalAreAudited(t *testing.T) {
+	t.Parallel()
+	in := servertest.Start(t, servertest.Options{Settings: servertest.NoProbes})
+	in.AddNode(t, "q1", "queue", "127.0.0.1:5070", 10)
+	if _, err := in.Pool().Exec(t.Context(), "UPDATE nodes SET health = 'up'"); err != nil {
+		t.Fatal(err)
+	}
+	c := in.User(t, "admin@example.com", "admin")
+	if r := in.PostForm(t, c, "/work", url.Values{"kind": {"queue"}, "ref": {"sales"}, "cost": {"2"}}); r.StatusCode != http.StatusSeeOther {
+		t.Fatalf("place: %d", r.StatusCode)
+	}
+	if r := in.PostForm(t, c, "/work/sales/end", nil); r.StatusCode != http.StatusSeeOther {
+		t.Fatalf("end: %d", r.StatusCode)
+	}
+	var n int
+	if err := in.Pool().QueryRow(t.Context(), `SELECT count(*) FROM audit_log WHERE actor = 'admin@example.com'
+		AND target = 'sales' AND action IN ('work.place', 'work.end') AND source_addr = '127.0.0.1'`).Scan(&n); err != nil || n != 2 {
+		t.Fatalf("work audit rows: %d %v", n, err)
+	}
+}

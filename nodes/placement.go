@@ -292,6 +292,12 @@ func (s *Service) PlaceWork(ctx context.Context, actor Actor, in WorkInput) (Pla
 		if retry {
 			continue
 		}
+		if err != nil && attempt < 20 && retryable(err) {
+			// Postgres broke a deadlock (this placement may wait for one
+			// node while holding another its SKIP LOCKED scan locked) and
+			// rolled the transaction back: place it again.
+			continue
+		}
 		if err == nil && placedOn != 0 {
 			s.notifyCommitted(ctx, placedOn)
 		}
@@ -306,16 +312,41 @@ func (s *Service) PlaceWork(ctx context.Context, actor Actor, in WorkInput) (Pla
 // notifying inside their own transaction, because Postgres serializes
 // notifying commits, WAL flush included, on one lock: that capped
 // placement at a few hundred a second. Moves still notify inside their
-// transaction; they are rare and large. Should this process die between
+// transaction; they are rare and large. Batches notify here too, once for
+// all the nodes they touched. Should this process die between
 // the commit and the notification, the agent's long-poll answers at its
 // wait (at most a minute) and sees the change then: nothing is lost.
-func (s *Service) notifyCommitted(ctx context.Context, nodeID int64) {
+func (s *Service) notifyCommitted(ctx context.Context, nodeIDs ...int64) {
+	payload := notifyPayload(nodeIDs)
+	if payload == "" {
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	err := s.q.NotifyAsync(ctx, s.pool, dbsqlc.NotifyAsyncParams{Channel: AssignChannel, Payload: strconv.FormatInt(nodeID, 10)})
+	err := s.q.NotifyAsync(ctx, s.pool, dbsqlc.NotifyAsyncParams{Channel: AssignChannel, Payload: payload})
 	if err != nil {
-		s.log.Error("notify assignment change", "node_id", nodeID, "err", err)
+		s.log.Error("notify assignment change", "node_ids", payload, "err", err)
 	}
+}
+
+// notifyPayload is the payload of one assignment notification for the
+// given nodes, as Service.notify builds it: their ids, comma-separated and
+// without duplicates, or "*" (all nodes) when the list would not fit.
+func notifyPayload(nodeIDs []int64) string {
+	seen := make(map[int64]bool, len(nodeIDs))
+	parts := make([]string, 0, len(nodeIDs))
+	for _, id := range nodeIDs {
+		if id == 0 || seen[id] {
+			continue
+		}
+		seen[id] = true
+		parts = append(parts, strconv.FormatInt(id, 10))
+	}
+	payload := strings.Join(parts, ",")
+	if len(payload) > 7000 {
+		payload = "*"
+	}
+	return payload
 }
 
 var errRetry = errors.New("retry placement")
@@ -360,7 +391,25 @@ func (s *Service) PlaceUnplaced(ctx context.Context, workKind, cause string) int
 		return 0
 	}
 	placed := 0
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
+	var err error
+	for attempt := 1; attempt <= 3; attempt++ {
+		placed = 0
+		if err = s.placeUnplacedOnce(ctx, workKind, nodeKind, cause, &placed); err == nil || !retryable(err) {
+			break
+		}
+	}
+	if err != nil {
+		s.log.Error("place unplaced work", "kind", workKind, "err", err)
+		return 0
+	}
+	return placed
+}
+
+// placeUnplacedOnce is one transaction of PlaceUnplaced.
+func (s *Service) placeUnplacedOnce(ctx context.Context, workKind, nodeKind, cause string, placedOut *int) error {
+	placed := 0
+	defer func() { *placedOut = placed }()
+	return s.inTx(ctx, func(tx pgx.Tx) error {
 		rows, err := s.q.WorkUnplacedForKind(ctx, tx, dbsqlc.WorkUnplacedForKindParams{Kind: workKind, Lim: 50000})
 		if err != nil || len(rows) == 0 {
 			return err
@@ -409,10 +458,6 @@ func (s *Service) PlaceUnplaced(ctx context.Context, workKind, cause string) int
 		msg := fmt.Sprintf("Placed %s that were waiting unplaced (%s); %d still waiting", WorkNoun(workKind, int64(placed)), cause, len(rows)-placed)
 		return s.event(ctx, tx, nil, "placed", "info", "load-balancer", msg)
 	})
-	if err != nil {
-		s.log.Error("place unplaced work", "kind", workKind, "err", err)
-	}
-	return placed
 }
 
 // PlaceAllUnplaced retries every work kind that has waiting work.
@@ -514,9 +559,26 @@ func (s *Service) ackRefused(ctx context.Context, q dbsqlc.DBTX, nodeID, workID,
 	cur, err := s.q.WorkGetByID(ctx, q, workID)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
-		return fmt.Errorf("assignment %d: %w", workID, ErrNotFound)
+		return refusal(nil, nodeID, workID, epoch)
 	case err != nil:
 		return err
+	}
+	return refusal(&workState{Epoch: cur.Epoch, NodeID: cur.NodeID, State: cur.State}, nodeID, workID, epoch)
+}
+
+// workState is what an ack refusal is judged on.
+type workState struct {
+	Epoch  int64
+	NodeID *int64
+	State  string
+}
+
+// refusal says why an ack matched no live assignment of the node, given the
+// work's current row (nil: no such work).
+func refusal(cur *workState, nodeID, workID, epoch int64) error {
+	switch {
+	case cur == nil:
+		return fmt.Errorf("assignment %d: %w", workID, ErrNotFound)
 	case cur.Epoch != epoch:
 		return fmt.Errorf("assignment %d: %w", workID, ErrStaleEpoch)
 	case cur.NodeID == nil || *cur.NodeID != nodeID:

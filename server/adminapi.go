@@ -1,9 +1,12 @@
 package server
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -174,9 +177,21 @@ func (s *Server) apiNodeState(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"node": nodeJSON(n), "moved": mr.Moved, "unplaced": mr.Unplaced, "moved_to": mr.To})
 }
 
+// apiWorkCreate places one work item ({kind, ref, cost}: 201, or 202 when
+// it waits unplaced) or a batch of them (a JSON array of up to
+// nodes.MaxBatch items: 201 with {"placements": [...]} in input order).
 func (s *Server) apiWorkCreate(w http.ResponseWriter, r *http.Request) {
+	var raw json.RawMessage
+	if err := readJSON(r, &raw); err != nil {
+		badJSON(w)
+		return
+	}
+	if b := bytes.TrimLeft(raw, " \t\r\n"); len(b) > 0 && b[0] == '[' {
+		s.apiWorkCreateBatch(w, r, raw)
+		return
+	}
 	var in nodes.WorkInput
-	if err := readJSON(r, &in); err != nil {
+	if err := json.Unmarshal(raw, &in); err != nil {
 		badJSON(w)
 		return
 	}
@@ -190,6 +205,36 @@ func (s *Server) apiWorkCreate(w http.ResponseWriter, r *http.Request) {
 		status = http.StatusAccepted
 	}
 	writeJSON(w, status, p)
+}
+
+func (s *Server) apiWorkCreateBatch(w http.ResponseWriter, r *http.Request, raw json.RawMessage) {
+	var items []nodes.WorkInput
+	if err := json.Unmarshal(raw, &items); err != nil {
+		badJSON(w)
+		return
+	}
+	ps, err := s.nodes.PlaceWorkBatch(r.Context(), callerFrom(r.Context()), items)
+	var bad nodes.BatchItemErrors
+	var dup *nodes.DuplicateRefsError
+	switch {
+	case errors.As(err, &bad):
+		byIndex := make(map[string]string, len(bad))
+		for i, msg := range bad {
+			byIndex[strconv.Itoa(i)] = msg
+		}
+		writeJSON(w, http.StatusBadRequest, map[string]any{"error": bad.Error(), "items": byIndex})
+		return
+	case errors.As(err, &dup):
+		writeJSON(w, http.StatusConflict, map[string]any{"error": dup.Error(), "refs": dup.Refs})
+		return
+	case err != nil:
+		if status, _ := web.StatusOf(err); status == http.StatusInternalServerError {
+			s.log.Error("place work batch", "items", len(items), "err", err)
+		}
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, map[string]any{"placements": ps})
 }
 
 // WorkJSON is a work item as the admin API shows it.

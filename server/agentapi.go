@@ -26,6 +26,7 @@ func (s *Server) agentRoutes(r chi.Router) {
 		r.Use(s.nodeAuth)
 		r.Post("/heartbeat", s.heartbeat)
 		r.Get("/assignments", s.assignments)
+		r.Post("/assignments/ack", s.ackBatch)
 		r.Post("/assignments/{id}/ack", s.ack)
 	})
 }
@@ -225,4 +226,45 @@ func (s *Server) ack(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+}
+
+type ackBatchRequest struct {
+	Acks []nodes.AckInput `json:"acks"`
+}
+
+// ackResult is one entry of a batch ack's answer: ok, or the error (and
+// the status) the single ack would have answered.
+type ackResult struct {
+	ID     int64  `json:"id"`
+	OK     bool   `json:"ok,omitempty"`
+	Error  string `json:"error,omitempty"`
+	Status int    `json:"status,omitempty"`
+}
+
+// ackBatch records many acks of the calling node in one request:
+// {"acks": [{id, epoch, state}, ...]} → {"results": [...]} in input order,
+// 200 even when some acks were refused.
+func (s *Server) ackBatch(w http.ResponseWriter, r *http.Request) {
+	a := nodeFrom(r.Context())
+	var req ackBatchRequest
+	if err := readJSON(r, &req); err != nil {
+		badJSON(w)
+		return
+	}
+	res, err := s.nodes.AckBatch(r.Context(), a.NodeID, req.Acks)
+	if err != nil {
+		if status, _ := web.StatusOf(err); status == http.StatusInternalServerError {
+			s.log.Error("ack batch", "node", a.Name, "acks", len(req.Acks), "err", err)
+		}
+		writeError(w, err)
+		return
+	}
+	out := make([]ackResult, len(res))
+	for i, x := range res {
+		out[i] = ackResult{ID: x.ID, OK: x.Err == nil}
+		if x.Err != nil {
+			out[i].Status, out[i].Error = web.StatusOf(x.Err)
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"results": out})
 }

@@ -49,6 +49,192 @@ func (q *Queries) WorkAck(ctx context.Context, db DBTX, arg WorkAckParams) (Work
 	return i, err
 }
 
+const workAckBatch = `-- name: WorkAckBatch :many
+UPDATE work w SET state = CASE WHEN a.state = 'failed' THEN 'unplaced' ELSE a.state END,
+    node_id = CASE WHEN a.state = 'failed' THEN NULL ELSE w.node_id END,
+    ended_at = CASE WHEN a.state = 'ended' THEN now() ELSE w.ended_at END,
+    updated_at = now()
+FROM (SELECT unnest($2::bigint[]) AS id, unnest($3::bigint[]) AS epoch, unnest($4::text[]) AS state) a
+WHERE w.id = a.id AND w.node_id = $1::bigint AND w.epoch = a.epoch AND w.state IN ('assigned', 'active')
+RETURNING w.id, w.kind, a.state::text AS acked_state
+`
+
+type WorkAckBatchParams struct {
+	NodeID int64
+	Ids    []int64
+	Epochs []int64
+	States []string
+}
+
+type WorkAckBatchRow struct {
+	ID         int64
+	Kind       string
+	AckedState string
+}
+
+// WorkAckBatch applies many acks of one node in one statement, each fenced
+// like WorkAck by its epoch, the node and a live state. It returns the
+// acks that matched.
+func (q *Queries) WorkAckBatch(ctx context.Context, db DBTX, arg WorkAckBatchParams) ([]WorkAckBatchRow, error) {
+	rows, err := db.Query(ctx, workAckBatch,
+		arg.NodeID,
+		arg.Ids,
+		arg.Epochs,
+		arg.States,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []WorkAckBatchRow{}
+	for rows.Next() {
+		var i WorkAckBatchRow
+		if err := rows.Scan(&i.ID, &i.Kind, &i.AckedState); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const workBatchAddUsed = `-- name: WorkBatchAddUsed :exec
+UPDATE nodes n SET used = n.used + d.delta, assign_version = nextval('assign_version_seq')
+FROM (SELECT unnest($1::bigint[]) AS id, unnest($2::int[]) AS delta) d
+WHERE n.id = d.id
+`
+
+type WorkBatchAddUsedParams struct {
+	Ids    []int64
+	Deltas []int32
+}
+
+// WorkBatchAddUsed adds each node's share of a batch to its used counter
+// and bumps its assignment version, in one statement. The nodes are
+// locked by WorkBatchLockNodes in the same transaction, so the counter
+// stays equal to the sum of its live work, as with WorkPlace.
+func (q *Queries) WorkBatchAddUsed(ctx context.Context, db DBTX, arg WorkBatchAddUsedParams) error {
+	_, err := db.Exec(ctx, workBatchAddUsed, arg.Ids, arg.Deltas)
+	return err
+}
+
+const workBatchEligibleNodes = `-- name: WorkBatchEligibleNodes :many
+SELECT id, name, kind, capacity, used FROM nodes
+WHERE kind = ANY($1::text[]) AND admin_state = 'enabled' AND health = 'up'
+  AND (maintenance_until IS NULL OR maintenance_until < now())
+ORDER BY id
+`
+
+type WorkBatchEligibleNodesRow struct {
+	ID       int64
+	Name     string
+	Kind     string
+	Capacity int32
+	Used     int32
+}
+
+// WorkBatchEligibleNodes reads, without locking, the nodes that may take
+// new work of the given node kinds: the plan of a batch placement.
+func (q *Queries) WorkBatchEligibleNodes(ctx context.Context, db DBTX, kinds []string) ([]WorkBatchEligibleNodesRow, error) {
+	rows, err := db.Query(ctx, workBatchEligibleNodes, kinds)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []WorkBatchEligibleNodesRow{}
+	for rows.Next() {
+		var i WorkBatchEligibleNodesRow
+		if err := rows.Scan(
+			&i.ID,
+			&i.Name,
+			&i.Kind,
+			&i.Capacity,
+			&i.Used,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const workBatchLockTargets = `-- name: WorkBatchLockTargets :many
+SELECT id, capacity, used,
+    (admin_state = 'enabled' AND health = 'up' AND (maintenance_until IS NULL OR maintenance_until < now()))::boolean AS eligible
+FROM nodes WHERE id = ANY($1::bigint[])
+ORDER BY id FOR UPDATE
+`
+
+type WorkBatchLockTargetsRow struct {
+	ID       int64
+	Capacity int32
+	Used     int32
+	Eligible bool
+}
+
+// WorkBatchLockTargets locks the nodes a batch plan chose, in id order
+// (the order MoveAway, PlaceUnplaced and concurrent batches lock nodes
+// in), and returns their latest state so the plan can be checked under
+// the locks.
+func (q *Queries) WorkBatchLockTargets(ctx context.Context, db DBTX, ids []int64) ([]WorkBatchLockTargetsRow, error) {
+	rows, err := db.Query(ctx, workBatchLockTargets, ids)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []WorkBatchLockTargetsRow{}
+	for rows.Next() {
+		var i WorkBatchLockTargetsRow
+		if err := rows.Scan(
+			&i.ID,
+			&i.Capacity,
+			&i.Used,
+			&i.Eligible,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const workBatchLockTimeout = `-- name: WorkBatchLockTimeout :exec
+SELECT set_config('lock_timeout', '200ms', true)
+`
+
+// WorkBatchLockTimeout bounds how long a batch placement waits for a node
+// lock in its transaction. A batch may wait for one node while holding
+// others; when that closes a cycle with a writer that locks out of id
+// order (SetAdminState locks its node first, heartbeat flushes lock in any
+// order), the batch gives up well before Postgres's deadlock detector
+// (1 s by default) would pick a victim, and is retried.
+func (q *Queries) WorkBatchLockTimeout(ctx context.Context, db DBTX) error {
+	_, err := db.Exec(ctx, workBatchLockTimeout)
+	return err
+}
+
+const workBatchSerialize = `-- name: WorkBatchSerialize :exec
+SELECT pg_advisory_xact_lock(1885433171, hashtext(k)) FROM (SELECT DISTINCT unnest($1::text[]) AS k ORDER BY 1) s
+`
+
+// WorkBatchSerialize makes batch placements of the same node kinds take
+// turns (a transaction-level advisory lock per node kind, in name order).
+// Batches would otherwise queue on the same node rows and give up at the
+// lock timeout below; waiting here happens before any node is locked, so
+// it cannot close a cycle.
+func (q *Queries) WorkBatchSerialize(ctx context.Context, db DBTX, kinds []string) error {
+	_, err := db.Exec(ctx, workBatchSerialize, kinds)
+	return err
+}
+
 const workCounts = `-- name: WorkCounts :many
 SELECT kind, state, count(*)::bigint AS n, coalesce(sum(cost), 0)::bigint AS cost
 FROM work WHERE state <> 'ended' GROUP BY kind, state ORDER BY kind, state
@@ -254,6 +440,42 @@ func (q *Queries) WorkGetByID(ctx context.Context, db DBTX, id int64) (Work, err
 	return i, err
 }
 
+const workGetByIDs = `-- name: WorkGetByIDs :many
+SELECT id, epoch, node_id, state FROM work WHERE id = ANY($1::bigint[])
+`
+
+type WorkGetByIDsRow struct {
+	ID     int64
+	Epoch  int64
+	NodeID *int64
+	State  string
+}
+
+func (q *Queries) WorkGetByIDs(ctx context.Context, db DBTX, ids []int64) ([]WorkGetByIDsRow, error) {
+	rows, err := db.Query(ctx, workGetByIDs, ids)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []WorkGetByIDsRow{}
+	for rows.Next() {
+		var i WorkGetByIDsRow
+		if err := rows.Scan(
+			&i.ID,
+			&i.Epoch,
+			&i.NodeID,
+			&i.State,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const workGetByRef = `-- name: WorkGetByRef :one
 SELECT w.id, w.ref, w.kind, w.cost, w.state, w.node_id, w.epoch, w.created_at, w.updated_at, w.ended_at, coalesce(n.name, '')::text AS node_name FROM work w LEFT JOIN nodes n ON n.id = w.node_id WHERE w.ref = $1
 `
@@ -311,6 +533,62 @@ func (q *Queries) WorkGetForUpdate(ctx context.Context, db DBTX, ref string) (Wo
 		&i.EndedAt,
 	)
 	return i, err
+}
+
+const workInsertBatch = `-- name: WorkInsertBatch :many
+INSERT INTO work (ref, kind, cost, state, node_id)
+SELECT t.ref, t.kind, t.cost, CASE WHEN t.node_id = 0 THEN 'unplaced' ELSE 'assigned' END, NULLIF(t.node_id, 0)
+FROM (SELECT unnest($1::text[]) AS ref, unnest($2::text[]) AS kind,
+             unnest($3::int[]) AS cost, unnest($4::bigint[]) AS node_id) t
+ON CONFLICT (ref) DO NOTHING
+RETURNING id, ref, state, epoch
+`
+
+type WorkInsertBatchParams struct {
+	Refs    []string
+	Kinds   []string
+	Costs   []int32
+	NodeIds []int64
+}
+
+type WorkInsertBatchRow struct {
+	ID    int64
+	Ref   string
+	State string
+	Epoch int64
+}
+
+// WorkInsertBatch inserts many new work items in one statement; node_id 0
+// means unplaced. A ref that already exists is skipped (and absent from
+// the answer), so the caller can name the conflicts and roll back.
+func (q *Queries) WorkInsertBatch(ctx context.Context, db DBTX, arg WorkInsertBatchParams) ([]WorkInsertBatchRow, error) {
+	rows, err := db.Query(ctx, workInsertBatch,
+		arg.Refs,
+		arg.Kinds,
+		arg.Costs,
+		arg.NodeIds,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []WorkInsertBatchRow{}
+	for rows.Next() {
+		var i WorkInsertBatchRow
+		if err := rows.Scan(
+			&i.ID,
+			&i.Ref,
+			&i.State,
+			&i.Epoch,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }
 
 const workList = `-- name: WorkList :many

@@ -119,3 +119,73 @@ DELETE FROM work WHERE state = 'ended' AND ended_at < now() - interval '1 day';
 
 -- name: WorkNewestOnNode :many
 SELECT id, cost FROM work WHERE node_id = @node_id AND state IN ('assigned', 'active') ORDER BY id DESC FOR UPDATE;
+
+-- WorkBatchEligibleNodes reads, without locking, the nodes that may take
+-- new work of the given node kinds: the plan of a batch placement.
+-- name: WorkBatchEligibleNodes :many
+SELECT id, name, kind, capacity, used FROM nodes
+WHERE kind = ANY(@kinds::text[]) AND admin_state = 'enabled' AND health = 'up'
+  AND (maintenance_until IS NULL OR maintenance_until < now())
+ORDER BY id;
+
+-- WorkBatchLockTargets locks the nodes a batch plan chose, in id order
+-- (the order MoveAway, PlaceUnplaced and concurrent batches lock nodes
+-- in), and returns their latest state so the plan can be checked under
+-- the locks.
+-- name: WorkBatchLockTargets :many
+SELECT id, capacity, used,
+    (admin_state = 'enabled' AND health = 'up' AND (maintenance_until IS NULL OR maintenance_until < now()))::boolean AS eligible
+FROM nodes WHERE id = ANY(@ids::bigint[])
+ORDER BY id FOR UPDATE;
+
+-- WorkBatchSerialize makes batch placements of the same node kinds take
+-- turns (a transaction-level advisory lock per node kind, in name order).
+-- Batches would otherwise queue on the same node rows and give up at the
+-- lock timeout below; waiting here happens before any node is locked, so
+-- it cannot close a cycle.
+-- name: WorkBatchSerialize :exec
+SELECT pg_advisory_xact_lock(1885433171, hashtext(k)) FROM (SELECT DISTINCT unnest(@kinds::text[]) AS k ORDER BY 1) s;
+
+-- WorkBatchLockTimeout bounds how long a batch placement waits for a node
+-- lock in its transaction. A batch may wait for one node while holding
+-- others; when that closes a cycle with a writer that locks out of id
+-- order (SetAdminState locks its node first, heartbeat flushes lock in any
+-- order), the batch gives up well before Postgres's deadlock detector
+-- (1 s by default) would pick a victim, and is retried.
+-- name: WorkBatchLockTimeout :exec
+SELECT set_config('lock_timeout', '200ms', true);
+
+-- WorkInsertBatch inserts many new work items in one statement; node_id 0
+-- means unplaced. A ref that already exists is skipped (and absent from
+-- the answer), so the caller can name the conflicts and roll back.
+-- name: WorkInsertBatch :many
+INSERT INTO work (ref, kind, cost, state, node_id)
+SELECT t.ref, t.kind, t.cost, CASE WHEN t.node_id = 0 THEN 'unplaced' ELSE 'assigned' END, NULLIF(t.node_id, 0)
+FROM (SELECT unnest(@refs::text[]) AS ref, unnest(@kinds::text[]) AS kind,
+             unnest(@costs::int[]) AS cost, unnest(@node_ids::bigint[]) AS node_id) t
+ON CONFLICT (ref) DO NOTHING
+RETURNING id, ref, state, epoch;
+
+-- WorkBatchAddUsed adds each node's share of a batch to its used counter
+-- and bumps its assignment version, in one statement. The nodes are
+-- locked by WorkBatchLockNodes in the same transaction, so the counter
+-- stays equal to the sum of its live work, as with WorkPlace.
+-- name: WorkBatchAddUsed :exec
+UPDATE nodes n SET used = n.used + d.delta, assign_version = nextval('assign_version_seq')
+FROM (SELECT unnest(@ids::bigint[]) AS id, unnest(@deltas::int[]) AS delta) d
+WHERE n.id = d.id;
+
+-- WorkAckBatch applies many acks of one node in one statement, each fenced
+-- like WorkAck by its epoch, the node and a live state. It returns the
+-- acks that matched.
+-- name: WorkAckBatch :many
+UPDATE work w SET state = CASE WHEN a.state = 'failed' THEN 'unplaced' ELSE a.state END,
+    node_id = CASE WHEN a.state = 'failed' THEN NULL ELSE w.node_id END,
+    ended_at = CASE WHEN a.state = 'ended' THEN now() ELSE w.ended_at END,
+    updated_at = now()
+FROM (SELECT unnest(@ids::bigint[]) AS id, unnest(@epochs::bigint[]) AS epoch, unnest(@states::text[]) AS state) a
+WHERE w.id = a.id AND w.node_id = @node_id::bigint AND w.epoch = a.epoch AND w.state IN ('assigned', 'active')
+RETURNING w.id, w.kind, a.state::text AS acked_state;
+
+-- name: WorkGetByIDs :many
+SELECT id, epoch, node_id, state FROM work WHERE id = ANY(@ids::bigint[]);

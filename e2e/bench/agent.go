@@ -185,9 +185,16 @@ func enrollAgent(ctx context.Context, base, pin string, index int, token string,
 	return &simAgent{index: index, nodeID: er.NodeID, name: er.NodeName, cred: er.Credential, base: base, hc: hc, rec: rec, ack: ack}, nil
 }
 
+// singleAcks makes the agents ack every assignment with its own request,
+// as agents did before the batch ack API (the comparison figure). By
+// default an agent acks the new assignments of one delivery like
+// nodeagent: one batch request when there are several, else the single
+// ack.
+var singleAcks atomic.Bool
+
 func (a *simAgent) start(ctx context.Context) {
 	ctx, a.cancel = context.WithCancel(ctx)
-	acks := make(chan assignment, 100000)
+	acks := make(chan []assignment, 100000)
 	a.done.Add(3)
 	go func() { defer a.done.Done(); a.heartbeatLoop(ctx) }()
 	go func() { defer a.done.Done(); a.pollLoop(ctx, acks) }()
@@ -235,7 +242,7 @@ func (a *simAgent) heartbeatLoop(ctx context.Context) {
 	}
 }
 
-func (a *simAgent) pollLoop(ctx context.Context, acks chan<- assignment) {
+func (a *simAgent) pollLoop(ctx context.Context, acks chan<- []assignment) {
 	var since int64
 	seen := map[int64]int64{} // id -> epoch
 	for ctx.Err() == nil {
@@ -278,37 +285,108 @@ func (a *simAgent) pollLoop(ctx context.Context, acks chan<- assignment) {
 		}
 		a.rec.mu.Unlock()
 		if a.ack {
+			var owed []assignment
 			for _, as := range fresh {
 				if as.State == "assigned" {
-					select {
-					case acks <- as:
-					default:
-					}
+					owed = append(owed, as)
+				}
+			}
+			if len(owed) > 0 {
+				select {
+				case acks <- owed:
+				default:
 				}
 			}
 		}
 	}
 }
 
-func (a *simAgent) ackLoop(ctx context.Context, acks <-chan assignment) {
+func (a *simAgent) ackLoop(ctx context.Context, acks <-chan []assignment) {
 	for {
+		var owed []assignment
 		select {
 		case <-ctx.Done():
 			return
-		case as := <-acks:
-			url := a.base + "/api/v1/assignments/" + strconv.FormatInt(as.ID, 10) + "/ack"
-			_, err := doJSON(ctx, a.hc, http.MethodPost, url, a.cred, map[string]any{"state": "active", "epoch": as.Epoch}, nil)
-			if err != nil {
-				if ctx.Err() == nil && !strings.Contains(err.Error(), "409") {
-					a.rec.err(err)
-				}
-				continue
+		case owed = <-acks:
+		}
+		if singleAcks.Load() || len(owed) == 1 {
+			for _, as := range owed {
+				a.ackOne(ctx, as)
 			}
-			at := time.Now()
-			a.rec.nAcked.Add(1)
-			a.rec.mu.Lock()
-			a.rec.acked[as.ID] = at
-			a.rec.mu.Unlock()
+			continue
+		}
+		// Acks owed by deliveries that arrived meanwhile join this batch.
+	more:
+		for len(owed) < 1000 {
+			select {
+			case next := <-acks:
+				owed = append(owed, next...)
+			default:
+				break more
+			}
+		}
+		for len(owed) > 0 {
+			n := min(len(owed), 1000)
+			a.ackBatch(ctx, owed[:n])
+			owed = owed[n:]
 		}
 	}
+}
+
+func (a *simAgent) ackOne(ctx context.Context, as assignment) {
+	url := a.base + "/api/v1/assignments/" + strconv.FormatInt(as.ID, 10) + "/ack"
+	_, err := doJSON(ctx, a.hc, http.MethodPost, url, a.cred, map[string]any{"state": "active", "epoch": as.Epoch}, nil)
+	if err != nil {
+		if ctx.Err() == nil && !strings.Contains(err.Error(), "409") {
+			a.rec.err(err)
+		}
+		return
+	}
+	at := time.Now()
+	a.rec.nAcked.Add(1)
+	a.rec.mu.Lock()
+	a.rec.acked[as.ID] = at
+	a.rec.mu.Unlock()
+}
+
+// ackBatch acks many assignments with one POST /api/v1/assignments/ack.
+func (a *simAgent) ackBatch(ctx context.Context, owed []assignment) {
+	type item struct {
+		ID    int64  `json:"id"`
+		Epoch int64  `json:"epoch"`
+		State string `json:"state"`
+	}
+	body := struct {
+		Acks []item `json:"acks"`
+	}{Acks: make([]item, len(owed))}
+	for i, as := range owed {
+		body.Acks[i] = item{ID: as.ID, Epoch: as.Epoch, State: "active"}
+	}
+	var out struct {
+		Results []struct {
+			ID    int64  `json:"id"`
+			OK    bool   `json:"ok"`
+			Error string `json:"error"`
+		} `json:"results"`
+	}
+	_, err := doJSON(ctx, a.hc, http.MethodPost, a.base+"/api/v1/assignments/ack", a.cred, body, &out)
+	if err != nil {
+		if ctx.Err() == nil {
+			a.rec.err(err)
+		}
+		return
+	}
+	at := time.Now()
+	var n int64
+	a.rec.mu.Lock()
+	for _, r := range out.Results {
+		if r.OK {
+			a.rec.acked[r.ID] = at
+			n++
+		} else if !strings.Contains(r.Error, "stale epoch") {
+			a.rec.lastErr.Store(r.Error)
+		}
+	}
+	a.rec.mu.Unlock()
+	a.rec.nAcked.Add(n)
 }

@@ -21,17 +21,20 @@ import (
 
 type options struct {
 	only string
+	skip string
 	keep bool
 
-	agents        int
-	calls         int
-	portalNodes   int
-	lpRate        int
-	lpLowRate     int
-	placeDuration time.Duration
-	placeWorkers  int
-	hbWindow      time.Duration
-	portalReqs    int
+	agents            int
+	calls             int
+	portalNodes       int
+	lpRate            int
+	lpLowRate         int
+	placeDuration     time.Duration
+	placeWorkers      int
+	placeBatch        int
+	placeBatchWorkers int
+	hbWindow          time.Duration
+	portalReqs        int
 
 	foSmall int
 	foRecv  int
@@ -58,6 +61,7 @@ func main() {
 		return
 	}
 	flag.StringVar(&opt.only, "only", "", "comma-separated scenes to run: main, failover, falsefailover (default all)")
+	flag.StringVar(&opt.skip, "skip", "", "comma-separated phases of the main scene to leave out: portal, heartbeat (with memory); the long-poll and placement phases always run")
 	flag.BoolVar(&opt.keep, "keep", false, "keep the work directory (Postgres, logs, profiles)")
 	flag.IntVar(&opt.agents, "agents", 1000, "agents for the heartbeat and memory figures")
 	flag.IntVar(&opt.calls, "calls", 10000, "active calls for the portal, memory and failover figures")
@@ -65,7 +69,9 @@ func main() {
 	flag.IntVar(&opt.lpRate, "lp-rate", 1000, "assignments per second for the long-poll figure")
 	flag.IntVar(&opt.lpLowRate, "lp-low-rate", 250, "a second, lower long-poll rate measured first for 4 s (0: skip)")
 	flag.DurationVar(&opt.placeDuration, "placement-duration", 10*time.Second, "placement throughput phase length")
-	flag.IntVar(&opt.placeWorkers, "placement-workers", 64, "concurrent POST /api/v1/work clients")
+	flag.IntVar(&opt.placeWorkers, "placement-workers", 64, "concurrent POST /api/v1/work clients for the single-item comparison")
+	flag.IntVar(&opt.placeBatch, "placement-batch", 100, "work items per POST /api/v1/work request for the placement figure")
+	flag.IntVar(&opt.placeBatchWorkers, "placement-batch-workers", 8, "concurrent batch POST /api/v1/work clients for the placement figure")
 	flag.DurationVar(&opt.hbWindow, "hb-window", 20*time.Second, "heartbeat CPU measurement window")
 	flag.IntVar(&opt.portalReqs, "portal-requests", 200, "requests per portal measurement")
 	flag.IntVar(&opt.foSmall, "failover-nodes", 30, "extra small media nodes killed one by one for the detection p99")
@@ -95,6 +101,15 @@ func want(scene string) bool {
 		}
 	}
 	return false
+}
+
+func wantPhase(phase string) bool {
+	for _, s := range strings.Split(opt.skip, ",") {
+		if strings.TrimSpace(s) == phase {
+			return false
+		}
+	}
+	return true
 }
 
 var quiet = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))

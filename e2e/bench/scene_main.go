@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -59,8 +60,10 @@ func sceneMain(ctx context.Context, pg *localpg.Server, root string) error {
 	if err := phaseLongPoll(ctx, sc, "lp", opt.lpRate, opt.calls-max(low, 0)); err != nil {
 		return err
 	}
-	if err := phasePortal(ctx, sc, len(first)); err != nil {
-		return err
+	if wantPhase("portal") {
+		if err := phasePortal(ctx, sc, len(first)); err != nil {
+			return err
+		}
 	}
 	if more := opt.agents - len(first); more > 0 {
 		t0 = time.Now()
@@ -76,8 +79,10 @@ func sceneMain(ctx context.Context, pg *localpg.Server, root string) error {
 		}
 		logf("grown to %d agents in %s", opt.agents, time.Since(t0).Round(100*time.Millisecond))
 	}
-	if err := phaseHeartbeat(ctx, sc); err != nil {
-		return err
+	if wantPhase("heartbeat") {
+		if err := phaseHeartbeat(ctx, sc); err != nil {
+			return err
+		}
 	}
 	return phasePlacement(ctx, sc)
 }
@@ -218,8 +223,9 @@ func phasePortal(ctx context.Context, sc *scene, nNodes int) error {
 		if err == nil && res.StatusCode != 200 {
 			err = fmt.Errorf("GET /nodes: %d", res.StatusCode)
 		}
-		if err == nil && !strings.Contains(string(b), fmt.Sprintf("m-%04d", nNodes-1)) {
-			err = fmt.Errorf("GET /nodes does not list node m-%04d", nNodes-1)
+		// The list pages (100 rows a page): the first page shows m-0000.
+		if err == nil && !strings.Contains(string(b), "m-0000") {
+			err = fmt.Errorf("GET /nodes does not list node m-0000")
 		}
 		return d, len(b), err
 	}
@@ -327,47 +333,105 @@ func phaseHeartbeat(ctx context.Context, sc *scene) error {
 	return nil
 }
 
-// phasePlacement creates work through the admin API as fast as the
-// clients can and counts it once the agents have acked it.
+// phasePlacement measures placement throughput twice: first as before the
+// batch APIs (64 clients each POSTing one item at a time, every agent
+// acking each assignment with its own request), for comparison; then with
+// the batch APIs (a few clients POSTing arrays of items, agents acking the
+// assignments of a delivery in one request), the figure against the target.
 func phasePlacement(ctx context.Context, sc *scene) error {
-	sc.rec.reset()
-	tok, err := sc.svc.CreateAPIToken(ctx, actor, "bench")
+	singleAcks.Store(true)
+	single, err := runPlacement(ctx, sc, "placement-single", opt.placeWorkers, 1)
+	singleAcks.Store(false)
 	if err != nil {
 		return err
+	}
+	reportInfo("placement, single items (old method)", fmt.Sprintf("%.0f assignments/s", single.rate),
+		fmt.Sprintf("%d clients x 1 item, single acks, %s", opt.placeWorkers, opt.placeDuration))
+	batch, err := runPlacement(ctx, sc, "placement", opt.placeBatchWorkers, opt.placeBatch)
+	if err != nil {
+		return err
+	}
+	report("placement throughput (created→acked)", fmt.Sprintf("%.0f assignments/s", batch.rate), ">= 6,000/s sustained", batch.rate >= 6000,
+		fmt.Sprintf("%d clients x %d items per request, batch acks, %s, %d agents; %.1fx the single-item figure",
+			opt.placeBatchWorkers, opt.placeBatch, opt.placeDuration, len(sc.agents), batch.rate/max(single.rate, 1)))
+	return nil
+}
+
+type placementResult struct {
+	rate float64
+}
+
+// runPlacement creates work through the admin API as fast as workers
+// clients can, per items per request (1: the single-object form), and
+// counts it once the agents have acked it.
+func runPlacement(ctx context.Context, sc *scene, label string, workers, per int) (placementResult, error) {
+	sc.rec.reset()
+	tok, err := sc.svc.CreateAPIToken(ctx, actor, "bench-"+label)
+	if err != nil {
+		return placementResult{}, err
 	}
 	hc, err := newClient(sc.cm.Pin, -1)
 	if err != nil {
-		return err
+		return placementResult{}, err
 	}
-	var created, failed atomic.Int64
+	var created, failed, requests atomic.Int64
 	var lastErr atomic.Value
-	stopProf := sc.profile(ctx, "placement", opt.placeDuration)
-	stopWaits := sc.sampleWaits(ctx, "placement")
+	stopProf := sc.profile(ctx, label, opt.placeDuration)
+	stopWaits := sc.sampleWaits(ctx, label)
 	shares := cpuShares(sc.cm.pid())
+	var reqLat latencies
 	start := time.Now()
 	deadline := start.Add(opt.placeDuration)
 	var seq atomic.Int64
 	var wg sync.WaitGroup
-	for range opt.placeWorkers {
+	for range workers {
 		wg.Go(func() {
 			for time.Now().Before(deadline) {
-				ref := fmt.Sprintf("pl-%07d", seq.Add(1))
-				var p nodes.Placement
-				_, err := doJSON(ctx, hc, http.MethodPost, sc.cm.URL+"/api/v1/work", tok.Token, nodes.WorkInput{Kind: nodes.WorkCall, Ref: ref, Cost: 1}, &p)
-				if err != nil || p.Node == "" {
-					failed.Add(1)
-					if err != nil {
-						lastErr.Store(err.Error())
+				t0 := time.Now()
+				if per == 1 {
+					ref := fmt.Sprintf("%s-%08d", label, seq.Add(1))
+					var p nodes.Placement
+					_, err := doJSON(ctx, hc, http.MethodPost, sc.cm.URL+"/api/v1/work", tok.Token, nodes.WorkInput{Kind: nodes.WorkCall, Ref: ref, Cost: 1}, &p)
+					requests.Add(1)
+					reqLat.add(time.Since(t0))
+					if err != nil || p.Node == "" {
+						failed.Add(1)
+						if err != nil {
+							lastErr.Store(err.Error())
+						}
+						continue
 					}
+					created.Add(1)
 					continue
 				}
-				created.Add(1)
+				items := make([]nodes.WorkInput, per)
+				for i := range items {
+					items[i] = nodes.WorkInput{Kind: nodes.WorkCall, Ref: fmt.Sprintf("%s-%08d", label, seq.Add(1)), Cost: 1}
+				}
+				var out struct {
+					Placements []nodes.Placement `json:"placements"`
+				}
+				_, err := doJSON(ctx, hc, http.MethodPost, sc.cm.URL+"/api/v1/work", tok.Token, items, &out)
+				requests.Add(1)
+				reqLat.add(time.Since(t0))
+				if err != nil {
+					failed.Add(int64(per))
+					lastErr.Store(err.Error())
+					continue
+				}
+				for _, p := range out.Placements {
+					if p.Node == "" {
+						failed.Add(1)
+					} else {
+						created.Add(1)
+					}
+				}
 			}
 		})
 	}
 	wg.Wait()
 	createdIn := time.Since(start)
-	logf("placement: %s", shares())
+	logf("%s: %s", label, shares())
 	stopWaits()
 	stopProf()
 	// Wait (bounded) for the acks.
@@ -387,11 +451,37 @@ func phasePlacement(ctx context.Context, sc *scene) error {
 	span := lastAck.Sub(start)
 	rate := float64(acked) / span.Seconds()
 	if e := lastErr.Load(); e != nil {
-		logf("placement: last error: %s", e)
+		logf("%s: last error: %s", label, e)
 	}
-	logf("placement: %d created in %s (%.0f/s at the API), %d acked active by the agents, %d failed",
-		created.Load(), createdIn.Round(time.Millisecond), float64(created.Load())/createdIn.Seconds(), acked, failed.Load())
-	report("placement throughput (created→acked)", fmt.Sprintf("%.0f assignments/s", rate), ">= 6,000/s sustained", rate >= 6000,
-		fmt.Sprintf("%d clients, %s, %d agents acking", opt.placeWorkers, opt.placeDuration, len(sc.agents)))
-	return nil
+	if e := sc.rec.lastErr.Load(); e != nil && sc.rec.errs.Load() > 0 {
+		logf("%s: agent errors %d, last: %s", label, sc.rec.errs.Load(), e)
+	}
+	p50, p99 := reqLat.p(50), reqLat.p(99)
+	logf("%s: %d created in %s (%.0f/s at the API, %d requests, request p50 %s p99 %s), %d acked active by the agents in %s, %d failed",
+		label, created.Load(), createdIn.Round(time.Millisecond), float64(created.Load())/createdIn.Seconds(), requests.Load(),
+		p50.Round(10*time.Microsecond), p99.Round(10*time.Microsecond), acked, span.Round(time.Millisecond), failed.Load())
+	return placementResult{rate: rate}, nil
+}
+
+// latencies collects durations from several goroutines.
+type latencies struct {
+	mu sync.Mutex
+	d  []time.Duration
+}
+
+func (l *latencies) add(d time.Duration) {
+	l.mu.Lock()
+	l.d = append(l.d, d)
+	l.mu.Unlock()
+}
+
+func (l *latencies) p(q float64) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.d) == 0 {
+		return 0
+	}
+	s := slices.Clone(l.d)
+	slices.Sort(s)
+	return s[min(len(s)-1, int(float64(len(s))*q/100))]
 }

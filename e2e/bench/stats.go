@@ -74,6 +74,13 @@ func report(name, value, target string, pass bool, note string) {
 	fmt.Println(f.line())
 }
 
+// reportInfo prints a figure that has no target of its own (a comparison).
+func reportInfo(name, value, note string) {
+	f := figure{name, value, "-", "INFO", note}
+	figures = append(figures, f)
+	fmt.Println(f.line())
+}
+
 func reportPending(name, target, note string) {
 	f := figure{name, "-", target, "PENDING", note}
 	figures = append(figures, f)

@@ -260,3 +260,41 @@ func (c *apiClient) ack(ctx context.Context, id int64, state string, epoch int64
 	path := "/api/v1/assignments/" + strconv.FormatInt(id, 10) + "/ack"
 	return c.do(ctx, http.MethodPost, path, ackRequest{State: state, Epoch: epoch}, nil)
 }
+
+// maxAckBatch bounds the acks of one batch request (the server's limit).
+const maxAckBatch = 1000
+
+type ackBatchItem struct {
+	ID    int64  `json:"id"`
+	Epoch int64  `json:"epoch"`
+	State string `json:"state"`
+}
+
+type ackBatchRequest struct {
+	Acks []ackBatchItem `json:"acks"`
+}
+
+// ackBatchResult is the server's answer for one ack of a batch: ok, or the
+// error and status the single ack would have answered.
+type ackBatchResult struct {
+	ID     int64  `json:"id"`
+	OK     bool   `json:"ok"`
+	Error  string `json:"error"`
+	Status int    `json:"status"`
+}
+
+type ackBatchResponse struct {
+	Results []ackBatchResult `json:"results"`
+}
+
+// ackBatch sends many acks in one request (POST /api/v1/assignments/ack).
+// A server older than the batch API answers 404.
+func (c *apiClient) ackBatch(ctx context.Context, acks []ackBatchItem) ([]ackBatchResult, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var resp ackBatchResponse
+	if err := c.do(ctx, http.MethodPost, "/api/v1/assignments/ack", ackBatchRequest{Acks: acks}, &resp); err != nil {
+		return nil, err
+	}
+	return resp.Results, nil
+}

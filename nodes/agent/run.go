@@ -38,6 +38,10 @@ const (
 	// ackRetryWait shortens the long poll while an ack is outstanding, so
 	// the server resends the set soon and the ack is retried.
 	ackRetryWait = time.Second
+	// batchAckRetry is how long the agent acks one by one after a server
+	// answered that it has no batch ack API (an older call manager), before
+	// it tries the batch API again (the server may have been upgraded).
+	batchAckRetry = 10 * time.Minute
 )
 
 // RunOptions are the inputs of Run. Zero durations take the defaults above;
@@ -84,7 +88,9 @@ func (o RunOptions) withDefaults() RunOptions {
 // idempotently: an assignment new to this process (or back with a new epoch)
 // runs the start hook and is acked active with its epoch, one that left the
 // set runs the stop hook, and one unchanged is left alone, so a duplicate
-// delivery changes nothing. After a restart the server hands back the set
+// delivery changes nothing. The acks of one delivery go in one batch
+// request (POST /api/v1/assignments/ack) once its start hooks have run; a
+// server without the batch API (404) gets them one by one. After a restart the server hands back the set
 // with state "active": the agent runs the start hook once for this process
 // (hooks must therefore be idempotent) and does not ack again. A start hook
 // that fails is acked "failed"; an ack answered 409 (stale epoch) or 404
@@ -179,6 +185,15 @@ type agent struct {
 	// failed, stale epoch, not ours) so a repeated delivery of that same
 	// epoch does not start it again.
 	dead map[int64]int64
+	// noBatchUntil: the server answered 404 to a batch ack; ack one by
+	// one until then.
+	noBatchUntil time.Time
+}
+
+// pendingAck is an ack that applying a desired set owes the server.
+type pendingAck struct {
+	d     assignment
+	state string // active or failed
 }
 
 // report is the heartbeat body: the load and the assignments running here.
@@ -416,11 +431,95 @@ func (a *agent) apply(ctx context.Context, desired []assignment) error {
 	a.mu.Unlock()
 
 	// Stops go first so that freed resources are available to new work.
-	_ = a.each(stops, func(x assignment) error { a.stop(ctx, x, "removed from the desired set"); return nil })
-	if err := a.each(starts, func(x assignment) error { return a.start(ctx, x) }); err != nil {
-		return err
+	_ = each(stops, func(x assignment) error { a.stop(ctx, x, "removed from the desired set"); return nil })
+	// Then the start hooks; the acks they owe are sent together after.
+	var pmu sync.Mutex
+	pending := make([]pendingAck, 0, len(starts)+len(acks))
+	_ = each(starts, func(x assignment) error {
+		if p, ok := a.start(ctx, x); ok {
+			pmu.Lock()
+			pending = append(pending, p)
+			pmu.Unlock()
+		}
+		return nil
+	})
+	for _, d := range acks {
+		pending = append(pending, pendingAck{d: d, state: stateActive})
 	}
-	return a.each(acks, func(x assignment) error { return a.ackActive(ctx, x) })
+	return a.sendAcks(ctx, pending)
+}
+
+// sendAcks sends the acks one delivery owes: several in batch requests,
+// one (or all, to a server without the batch API) one by one. It only
+// returns ErrCredentialRejected.
+func (a *agent) sendAcks(ctx context.Context, pending []pendingAck) error {
+	if len(pending) > 1 && a.batchAcks() {
+		var err error
+		if pending, err = a.sendAckBatches(ctx, pending); err != nil {
+			return err
+		}
+	}
+	return each(pending, func(p pendingAck) error {
+		return a.ackDone(ctx, p, a.api.ack(ctx, p.d.ID, p.state, p.d.Epoch))
+	})
+}
+
+func (a *agent) batchAcks() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return time.Now().After(a.noBatchUntil)
+}
+
+// sendAckBatches sends pending in batch requests of at most maxAckBatch.
+// It returns the acks still to send one by one: those from the first
+// request a server without the batch API refused on.
+func (a *agent) sendAckBatches(ctx context.Context, pending []pendingAck) ([]pendingAck, error) {
+	for len(pending) > 0 {
+		chunk := pending[:min(len(pending), maxAckBatch)]
+		items := make([]ackBatchItem, len(chunk))
+		for i, p := range chunk {
+			items[i] = ackBatchItem{ID: p.d.ID, Epoch: p.d.Epoch, State: p.state}
+		}
+		res, err := a.api.ackBatch(ctx, items)
+		switch status := statusOf(err); {
+		case err == nil:
+		case status == http.StatusNotFound || status == http.StatusMethodNotAllowed:
+			a.mu.Lock()
+			a.noBatchUntil = time.Now().Add(batchAckRetry)
+			a.mu.Unlock()
+			a.log.Info("server has no batch ack API; acking one by one", "acks", len(pending))
+			return pending, nil
+		case status == http.StatusUnauthorized:
+			return nil, ErrCredentialRejected
+		default:
+			// Unacked active work is retried on the next delivery (the
+			// poll is shortened while an ack is outstanding).
+			if ctx.Err() == nil {
+				a.log.Warn("batch ack failed; will retry", "acks", len(chunk), "err", err)
+			}
+			pending = pending[len(chunk):]
+			continue
+		}
+		byID := make(map[int64]ackBatchResult, len(res))
+		for _, r := range res {
+			byID[r.ID] = r
+		}
+		if err := each(chunk, func(p pendingAck) error {
+			r, ok := byID[p.d.ID]
+			switch {
+			case !ok:
+				return a.ackDone(ctx, p, &statusError{Message: "no result for this ack in the batch answer"})
+			case r.OK:
+				return a.ackDone(ctx, p, nil)
+			default:
+				return a.ackDone(ctx, p, &statusError{Status: r.Status, Message: oneLine(r.Error, 200)})
+			}
+		}); err != nil {
+			return nil, err
+		}
+		pending = pending[len(chunk):]
+	}
+	return nil, nil
 }
 
 func (a *agent) isDead(d assignment) bool {
@@ -430,7 +529,7 @@ func (a *agent) isDead(d assignment) bool {
 
 // each runs fn for every item, a few at a time, and returns the first
 // ErrCredentialRejected.
-func (a *agent) each(items []assignment, fn func(assignment) error) error {
+func each[T any](items []T, fn func(T) error) error {
 	if len(items) == 0 {
 		return nil
 	}
@@ -455,7 +554,10 @@ func (a *agent) each(items []assignment, fn func(assignment) error) error {
 // is worse than a shutdown delayed by at most the hook timeout.
 func (a *agent) hookCtx(ctx context.Context) context.Context { return context.WithoutCancel(ctx) }
 
-func (a *agent) start(ctx context.Context, d assignment) error {
+// start runs the start hook of d and returns the ack it owes the server:
+// active, or failed when the hook failed; none for an assignment the
+// server already knows as active.
+func (a *agent) start(ctx context.Context, d assignment) (pendingAck, bool) {
 	log := a.log.With("assignment", d.ID, "ref", d.Ref, "epoch", d.Epoch)
 	if err := runHook(a.hookCtx(ctx), a.log, a.opts.OnAssign, a.opts.HookTimeout, a.st.NodeName, actionStart, d); err != nil {
 		log.Error("start failed; acking failed", "err", err)
@@ -464,15 +566,7 @@ func (a *agent) start(ctx context.Context, d assignment) error {
 		a.dead[d.ID] = d.Epoch
 		a.mu.Unlock()
 		a.kickHeartbeat()
-		if err := a.api.ack(ctx, d.ID, stateFailed, d.Epoch); err != nil {
-			if statusOf(err) == http.StatusUnauthorized {
-				return ErrCredentialRejected
-			}
-			if ctx.Err() == nil {
-				log.Warn("ack failed", "state", stateFailed, "err", err)
-			}
-		}
-		return nil
+		return pendingAck{d: d, state: stateFailed}, true
 	}
 	a.mu.Lock()
 	a.running[d.ID] = &localAssignment{assignment: d, acked: d.State == stateActive}
@@ -480,14 +574,30 @@ func (a *agent) start(ctx context.Context, d assignment) error {
 	a.kickHeartbeat()
 	if d.State == stateActive {
 		log.Info("adopted assignment the server already knows as active")
-		return nil
+		return pendingAck{}, false
 	}
-	return a.ackActive(ctx, d)
+	return pendingAck{d: d, state: stateActive}, true
 }
 
-func (a *agent) ackActive(ctx context.Context, d assignment) error {
+// ackDone acts on the server's answer to one ack, sent alone or in a
+// batch. It only returns ErrCredentialRejected.
+func (a *agent) ackDone(ctx context.Context, p pendingAck, err error) error {
+	if p.state == stateFailed {
+		if err != nil {
+			if statusOf(err) == http.StatusUnauthorized {
+				return ErrCredentialRejected
+			}
+			if ctx.Err() == nil {
+				a.log.Warn("ack failed", "assignment", p.d.ID, "ref", p.d.Ref, "epoch", p.d.Epoch, "state", stateFailed, "err", err)
+			}
+		}
+		return nil
+	}
+	return a.ackActiveDone(ctx, p.d, err)
+}
+
+func (a *agent) ackActiveDone(ctx context.Context, d assignment, err error) error {
 	log := a.log.With("assignment", d.ID, "ref", d.Ref, "epoch", d.Epoch)
-	err := a.api.ack(ctx, d.ID, stateActive, d.Epoch)
 	switch statusOf(err) {
 	case 0:
 		if err == nil {
@@ -539,7 +649,7 @@ func (a *agent) stopAll(ctx context.Context) {
 		all = append(all, l.assignment)
 	}
 	a.mu.Unlock()
-	_ = a.each(all, func(x assignment) error { a.stop(ctx, x, "node disabled or removed"); return nil })
+	_ = each(all, func(x assignment) error { a.stop(ctx, x, "node disabled or removed"); return nil })
 }
 
 // backoff yields jittered exponential delays between MinBackoff and

@@ -49,6 +49,11 @@ type callManager struct {
 	hbStatus   int // answer heartbeats with this status when set
 	pollStatus int // answer polls with this status when set
 	ackStatus  map[int64]int
+	// batchAck serves POST /api/v1/assignments/ack; without it the
+	// stand-in is a server older than the batch API (404).
+	batchAck   bool
+	batchCalls int // batch ack requests, answered 404 or not
+	batchItems int // acks that came in batch requests
 	version    int64
 	set        []assignment
 	changed    chan struct{} // closed when the set changes
@@ -136,25 +141,39 @@ func (cm *callManager) handler() http.Handler {
 		}
 		cm.mu.Lock()
 		defer cm.mu.Unlock()
-		cm.acks = append(cm.acks, ackRecord{ID: id, State: req.State, Epoch: req.Epoch})
-		if st := cm.ackStatus[id]; st != 0 {
-			writeJSON(w, st, map[string]any{"error": "stale epoch"})
+		status, msg := cm.ackLocked(id, req.State, req.Epoch)
+		if status != 200 {
+			writeJSON(w, status, map[string]any{"error": msg})
 			return
 		}
-		for i := range cm.set {
-			if cm.set[i].ID == id {
-				if cm.set[i].Epoch != req.Epoch {
-					writeJSON(w, 409, map[string]any{"error": "stale epoch"})
-					return
-				}
-				if req.State == stateActive {
-					cm.set[i].State = stateActive
-				}
-				writeJSON(w, 200, map[string]any{"ok": true})
-				return
+		writeJSON(w, 200, map[string]any{"ok": true})
+	}))
+	mux.HandleFunc("POST /api/v1/assignments/ack", cm.authed(func(w http.ResponseWriter, r *http.Request) {
+		cm.mu.Lock()
+		cm.batchCalls++
+		enabled := cm.batchAck
+		cm.mu.Unlock()
+		if !enabled {
+			http.NotFound(w, r)
+			return
+		}
+		var req ackBatchRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			writeJSON(w, 400, map[string]any{"error": "malformed JSON"})
+			return
+		}
+		cm.mu.Lock()
+		defer cm.mu.Unlock()
+		cm.batchItems += len(req.Acks)
+		results := make([]map[string]any, len(req.Acks))
+		for i, a := range req.Acks {
+			if status, msg := cm.ackLocked(a.ID, a.State, a.Epoch); status != 200 {
+				results[i] = map[string]any{"id": a.ID, "error": msg, "status": status}
+			} else {
+				results[i] = map[string]any{"id": a.ID, "ok": true}
 			}
 		}
-		writeJSON(w, 404, map[string]any{"error": "not found"})
+		writeJSON(w, 200, map[string]any{"results": results})
 	}))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		cm.mu.Lock()
@@ -162,6 +181,26 @@ func (cm *callManager) handler() http.Handler {
 		cm.mu.Unlock()
 		mux.ServeHTTP(w, r)
 	})
+}
+
+// ackLocked records one ack and says how the call manager answers it.
+func (cm *callManager) ackLocked(id int64, state string, epoch int64) (int, string) {
+	cm.acks = append(cm.acks, ackRecord{ID: id, State: state, Epoch: epoch})
+	if st := cm.ackStatus[id]; st != 0 {
+		return st, "stale epoch"
+	}
+	for i := range cm.set {
+		if cm.set[i].ID == id {
+			if cm.set[i].Epoch != epoch {
+				return 409, "stale epoch"
+			}
+			if state == stateActive {
+				cm.set[i].State = stateActive
+			}
+			return 200, ""
+		}
+	}
+	return 404, "not found"
 }
 
 func (cm *callManager) authed(h http.HandlerFunc) http.HandlerFunc {

@@ -439,25 +439,19 @@ func (s *Service) AckBatch(ctx context.Context, nodeID int64, acks []AckInput) (
 			res[i].Err = refused[res[i].ID]
 		}
 	}
-	changed := false
-	var failedKinds []string
+	// Failed work waits unplaced and ended work frees capacity: either way
+	// waiting work of that kind may fit now.
+	var freedKinds []string
 	for _, m := range matched {
-		switch m.AckedState {
-		case WorkActive:
-		case "failed":
-			changed = true
-			if !slices.Contains(failedKinds, m.Kind) {
-				failedKinds = append(failedKinds, m.Kind)
-			}
-		default:
-			changed = true
+		if m.AckedState != WorkActive && !slices.Contains(freedKinds, m.Kind) {
+			freedKinds = append(freedKinds, m.Kind)
 		}
 	}
-	if changed {
+	if len(freedKinds) > 0 {
 		s.notifyCommitted(ctx, nodeID)
 	}
-	for _, k := range failedKinds {
-		s.PlaceUnplaced(ctx, k, "agent reported failure")
+	for _, k := range freedKinds {
+		s.PlaceUnplaced(ctx, k, "capacity freed or work failed")
 	}
 	return res, nil
 }

@@ -548,8 +548,11 @@ func (s *Service) Ack(ctx context.Context, nodeID, workID, epoch int64, state st
 	if err == nil {
 		s.notifyCommitted(ctx, nodeID)
 	}
-	if err == nil && state == "failed" {
+	switch {
+	case err == nil && state == "failed":
 		s.PlaceUnplaced(ctx, w.Kind, "agent reported failure")
+	case err == nil && state == WorkEnded:
+		s.PlaceUnplaced(ctx, w.Kind, "capacity freed")
 	}
 	return w, err
 }

@@ -411,3 +411,19 @@ func TestHeartbeatReconcilesRunningWork(t *testing.T) {
 		t.Fatal("reconciling another node changed the work")
 	}
 }
+
+func TestEndedAckPlacesWaitingWork(t *testing.T) {
+	t.Parallel()
+	in := cluster(t, 1, "m1")
+	cred := enrol(t, in, "m1")
+	a := place(t, in, "call", "first", 1)
+	if b := place(t, in, "call", "second", 1); b.State != "unplaced" {
+		t.Fatalf("second call: %s", b.State)
+	}
+	if r, _ := api(t, in, "POST", fmt.Sprintf("/api/v1/assignments/%d/ack", a.ID), cred, map[string]any{"state": "ended", "epoch": a.Epoch}); r.StatusCode != 200 {
+		t.Fatalf("ended ack: %d %s", r.StatusCode, r.Body)
+	}
+	if n := count(t, in, "SELECT count(*) FROM work WHERE ref = 'second' AND state = 'assigned'"); n != 1 {
+		t.Fatal("the waiting call was not placed when the first ended")
+	}
+}

@@ -260,12 +260,15 @@ func (q *Queries) NodeHealthChanges(ctx context.Context, db DBTX, arg NodeHealth
 }
 
 const nodeHeartbeatBatch = `-- name: NodeHeartbeatBatch :many
+WITH locked AS (
+    SELECT id FROM nodes WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE
+)
 UPDATE nodes n SET last_heartbeat_at = b.at, reported_load = b.load, agent_version = b.version,
     health = CASE WHEN n.health = 'pending' THEN 'up' ELSE n.health END,
     health_changed_at = CASE WHEN n.health = 'pending' THEN now() ELSE n.health_changed_at END
 FROM (SELECT unnest($1::bigint[]) AS id, unnest($2::timestamptz[]) AS at,
              unnest($3::int[]) AS load, unnest($4::text[]) AS version) b
-WHERE n.id = b.id
+WHERE n.id = b.id AND n.id IN (SELECT id FROM locked)
 RETURNING n.id, (n.health_changed_at = now())::boolean AS became_up
 `
 
@@ -282,7 +285,9 @@ type NodeHeartbeatBatchRow struct {
 }
 
 // NodeHeartbeatBatch writes many heartbeats in one statement; a node's
-// first heartbeat moves it from pending to up.
+// first heartbeat moves it from pending to up. It locks the rows in id
+// order, like every statement that locks several nodes, so it cannot
+// deadlock with a move or a batch placement.
 func (q *Queries) NodeHeartbeatBatch(ctx context.Context, db DBTX, arg NodeHeartbeatBatchParams) ([]NodeHeartbeatBatchRow, error) {
 	rows, err := db.Query(ctx, nodeHeartbeatBatch,
 		arg.Ids,

@@ -48,14 +48,19 @@ UPDATE nodes SET enrolled_at = now(), agent_version = @agent_version,
 WHERE id = @id RETURNING *;
 
 -- NodeHeartbeatBatch writes many heartbeats in one statement; a node's
--- first heartbeat moves it from pending to up.
+-- first heartbeat moves it from pending to up. It locks the rows in id
+-- order, like every statement that locks several nodes, so it cannot
+-- deadlock with a move or a batch placement.
 -- name: NodeHeartbeatBatch :many
+WITH locked AS (
+    SELECT id FROM nodes WHERE id = ANY(@ids::bigint[]) ORDER BY id FOR UPDATE
+)
 UPDATE nodes n SET last_heartbeat_at = b.at, reported_load = b.load, agent_version = b.version,
     health = CASE WHEN n.health = 'pending' THEN 'up' ELSE n.health END,
     health_changed_at = CASE WHEN n.health = 'pending' THEN now() ELSE n.health_changed_at END
 FROM (SELECT unnest(@ids::bigint[]) AS id, unnest(@ats::timestamptz[]) AS at,
              unnest(@loads::int[]) AS load, unnest(@versions::text[]) AS version) b
-WHERE n.id = b.id
+WHERE n.id = b.id AND n.id IN (SELECT id FROM locked)
 RETURNING n.id, (n.health_changed_at = now())::boolean AS became_up;
 
 -- name: NodeKindSummary :many

@@ -59,6 +59,18 @@ func (c *Checker) Run(ctx context.Context, epoch int64) {
 		}
 		c.log.Info("health checker stopped", "epoch", epoch)
 	}()
+	// The first round comes one interval after taking over, as every later
+	// one does: a new leader gives agents a moment to reach it, and an
+	// interval set very long really means no probing.
+	first := Builtin().ProbeInterval
+	if st, err := c.store.Load(ctx); err == nil {
+		first = st.ProbeInterval
+	}
+	select {
+	case <-ctx.Done():
+		return
+	case <-time.After(first):
+	}
 	for ctx.Err() == nil {
 		start := time.Now()
 		interval := Builtin().ProbeInterval

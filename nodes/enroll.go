@@ -140,6 +140,11 @@ func (s *Service) Enroll(ctx context.Context, req EnrollRequest) (EnrollResult, 
 		if err != nil {
 			return err
 		}
+		// Earlier credentials of the node are revoked: make every
+		// instance forget them.
+		if err := s.notifyAccess(ctx, tx, n.ID); err != nil {
+			return err
+		}
 		res = EnrollResult{NodeID: n.ID, NodeName: n.Name, Kind: n.Kind, Credential: cred}
 		actor := Actor{Name: "node:" + n.Name, Addr: req.RemoteAddr}
 		if err := s.audit(ctx, tx, actor, "node.enroll", n.Name, "join token "+PrefixJoin+id+" agent "+n.AgentVersion); err != nil {
@@ -148,6 +153,9 @@ func (s *Service) Enroll(ctx context.Context, req EnrollRequest) (EnrollResult, 
 		return s.event(ctx, tx, &n, "enrol", "info", actor.Name,
 			fmt.Sprintf("Node %s enrolled from %s (agent %s)", n.Name, req.RemoteAddr, n.AgentVersion))
 	})
+	if err == nil {
+		s.creds.dropNodes([]int64{res.NodeID})
+	}
 	return res, err
 }
 
@@ -187,6 +195,12 @@ func (s *Service) AuthNode(ctx context.Context, credential string) (NodeAuth, er
 	if !ok {
 		return NodeAuth{}, ErrUnauthorized
 	}
+	if e, ok := s.creds.get(id); ok {
+		if !secretMatches(secret, e.hash) {
+			return NodeAuth{}, ErrUnauthorized
+		}
+		return e.auth, authState(e.auth)
+	}
 	row, err := s.q.CredentialAuth(ctx, s.pool, id)
 	if err != nil {
 		if errors.Is(err, pgx.ErrNoRows) {
@@ -198,15 +212,31 @@ func (s *Service) AuthNode(ctx context.Context, credential string) (NodeAuth, er
 		return NodeAuth{}, ErrUnauthorized
 	}
 	a := NodeAuth{NodeID: row.NodeID, Name: row.Name, Kind: row.Kind, AdminState: row.AdminState, RotateRequested: row.RotateRequested}
-	if a.AdminState == StateDisabled {
-		return a, ErrForbidden
+	until := time.Now().Add(s.creds.lifetime())
+	if row.ExpiresAt != nil && row.ExpiresAt.Before(until) {
+		until = *row.ExpiresAt
 	}
-	return a, nil
+	s.creds.put(id, credEntry{hash: row.SecretHash, auth: a, validUntil: until})
+	return a, authState(a)
+}
+
+// authState refuses a disabled node with ErrForbidden.
+func authState(a NodeAuth) error {
+	if a.AdminState == StateDisabled {
+		return ErrForbidden
+	}
+	return nil
 }
 
 // RequestRotation asks the node's agent to take a new credential on its
 // next heartbeat; the old one keeps working for CredentialOverlap.
 func (s *Service) RequestRotation(ctx context.Context, actor Actor, nodeName string) error {
+	var rotateID int64
+	defer func() {
+		if rotateID != 0 {
+			s.creds.dropNodes([]int64{rotateID})
+		}
+	}()
 	return s.inTx(ctx, func(tx pgx.Tx) error {
 		n, err := s.q.NodeGetByName(ctx, tx, nodeName)
 		if err != nil {
@@ -218,6 +248,11 @@ func (s *Service) RequestRotation(ctx context.Context, actor Actor, nodeName str
 		if _, err := s.q.NodeSetRotateRequested(ctx, tx, dbsqlc.NodeSetRotateRequestedParams{ID: n.ID, RotateRequested: true}); err != nil {
 			return err
 		}
+		// Every instance must see the request on the agent's next heartbeat.
+		if err := s.notifyAccess(ctx, tx, n.ID); err != nil {
+			return err
+		}
+		rotateID = n.ID
 		return s.audit(ctx, tx, actor, "node.credential.rotate", n.Name, "requested")
 	})
 }
@@ -235,6 +270,7 @@ func (s *Service) RotateCredential(ctx context.Context, a NodeAuth) (string, err
 		}
 		return s.audit(ctx, tx, Actor{Name: "node:" + a.Name}, "node.credential.rotate", a.Name, "issued")
 	})
+	s.creds.dropNodes([]int64{a.NodeID})
 	return cred, err
 }
 

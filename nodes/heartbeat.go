@@ -73,7 +73,16 @@ func (h *Heartbeats) Flush(ctx context.Context) {
 	}
 	rows, err := h.svc.q.NodeHeartbeatBatch(ctx, h.svc.pool, p)
 	if err != nil {
-		h.svc.log.Error("write heartbeats", "nodes", len(batch), "err", err)
+		h.svc.log.Error("write heartbeats; retrying at the next flush", "nodes", len(batch), "err", err)
+		// Keep them for the next flush unless a newer beat arrived, so one
+		// failed write does not make live nodes look silent.
+		h.mu.Lock()
+		for id, b := range batch {
+			if _, newer := h.pending[id]; !newer {
+				h.pending[id] = b
+			}
+		}
+		h.mu.Unlock()
 		return
 	}
 	var up []int64

@@ -273,12 +273,18 @@ func (s *Service) SetAdminState(ctx context.Context, actor Actor, name, state st
 		if err := s.notify(ctx, tx, n.ID); err != nil {
 			return err
 		}
+		if err := s.notifyAccess(ctx, tx, n.ID); err != nil {
+			return err
+		}
 		if state == StateDisabled {
 			mr, err = s.MoveAway(ctx, tx, &n, "node disabled by "+actor.Name, actor)
 			return err
 		}
 		return nil
 	})
+	if err == nil {
+		s.creds.dropNodes([]int64{n.ID})
+	}
 	if err == nil && state == StateEnabled {
 		s.PlaceUnplaced(ctx, WorkKindFor(n.Kind), "node "+n.Name+" enabled")
 	}
@@ -298,6 +304,7 @@ func pastTense(state string) string {
 // Its join tokens and credentials go with it, so its agent is refused.
 func (s *Service) RemoveNode(ctx context.Context, actor Actor, name string, moveWork bool) (MoveResult, error) {
 	var mr MoveResult
+	var removedID int64
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		n, err := s.q.NodeGetByNameForUpdate(ctx, tx, name)
 		if err != nil {
@@ -311,6 +318,15 @@ func (s *Service) RemoveNode(ctx context.Context, actor Actor, name string, move
 				return err
 			}
 		}
+		removedID = n.ID
+		// Wake its agent's long-poll and make every instance forget its
+		// credential: the next call is refused.
+		if err := s.notify(ctx, tx, n.ID); err != nil {
+			return err
+		}
+		if err := s.notifyAccess(ctx, tx, n.ID); err != nil {
+			return err
+		}
 		if err := s.q.NodeDelete(ctx, tx, n.ID); err != nil {
 			return err
 		}
@@ -319,6 +335,9 @@ func (s *Service) RemoveNode(ctx context.Context, actor Actor, name string, move
 		}
 		return s.event(ctx, tx, nil, "node", "warning", actor.Name, fmt.Sprintf("Node %s (%s) removed by %s", n.Name, n.Kind, actor.Name))
 	})
+	if err == nil {
+		s.creds.dropNodes([]int64{removedID})
+	}
 	return mr, err
 }
 

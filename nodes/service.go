@@ -20,11 +20,17 @@ import (
 // Its payload is a comma-separated list of node ids, or "*" for all.
 const AssignChannel = "callplane_assign"
 
+// AccessChannel carries the ids of nodes whose agents' access changed
+// (disabled, removed, re-enrolled, asked to rotate), so every instance
+// forgets its cached credential checks for them at once.
+const AccessChannel = "callplane_access"
+
 // Service is the cluster domain's entry point.
 type Service struct {
-	pool *pgxpool.Pool
-	log  *slog.Logger
-	q    *dbsqlc.Queries
+	pool  *pgxpool.Pool
+	log   *slog.Logger
+	q     *dbsqlc.Queries
+	creds credCache
 }
 
 // NewService returns a Service on pool.
@@ -99,6 +105,12 @@ func (s *Service) notify(ctx context.Context, tx dbsqlc.DBTX, nodeIDs ...int64) 
 // serialization conflict by rolling the transaction back, fn runs again
 // (it re-reads everything it decides on), so an administrator's disable
 // never fails because a placement raced it.
+// notifyAccess tells every instance, when tx commits, that a node's
+// agent access changed.
+func (s *Service) notifyAccess(ctx context.Context, tx dbsqlc.DBTX, nodeID int64) error {
+	return s.q.Notify(ctx, tx, dbsqlc.NotifyParams{Channel: AccessChannel, Payload: strconv.FormatInt(nodeID, 10)})
+}
+
 func (s *Service) inTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
 	for attempt := 1; ; attempt++ {
 		err := db.InTx(ctx, s.pool, fn)

@@ -24,6 +24,10 @@ type Hub struct {
 	once    sync.Once
 	closing chan struct{}
 	close   sync.Once
+	// OnAccess, when set, hears the node ids of every access notification
+	// (nil: all nodes, after a reconnect), so caches of credential checks
+	// stay current on every instance.
+	OnAccess func(ids []int64)
 }
 
 // NewHub returns an idle hub; Run connects it.
@@ -88,6 +92,7 @@ func (h *Hub) Run(ctx context.Context, connString string) {
 			return
 		}
 		h.log.Warn("assignment listener lost; reconnecting", "err", err, "in", backoff)
+		h.access("*")
 		h.wake("*")
 		select {
 		case <-ctx.Done():
@@ -104,16 +109,45 @@ func (h *Hub) listen(ctx context.Context, connString string) error {
 		return err
 	}
 	defer conn.Close(context.Background())
-	if _, err := conn.Exec(ctx, "LISTEN "+nodes.AssignChannel); err != nil {
-		return err
+	for _, ch := range []string{nodes.AssignChannel, nodes.AccessChannel} {
+		if _, err := conn.Exec(ctx, "LISTEN "+ch); err != nil {
+			return err
+		}
 	}
 	h.once.Do(func() { close(h.ready) })
+	// Notifications may have been missed while not listening.
+	h.access("*")
 	h.wake("*")
 	for {
 		n, err := conn.WaitForNotification(ctx)
 		if err != nil {
 			return err
 		}
+		if n.Channel == nodes.AccessChannel {
+			h.access(n.Payload)
+			continue
+		}
 		h.wake(n.Payload)
 	}
+}
+
+func (h *Hub) access(payload string) {
+	if h.OnAccess != nil {
+		h.OnAccess(parseIDs(payload))
+	}
+}
+
+// parseIDs reads a notification payload: node ids, or nil for all.
+func parseIDs(payload string) []int64 {
+	if payload == "*" || payload == "" {
+		return nil
+	}
+	parts := strings.Split(payload, ",")
+	ids := make([]int64, 0, len(parts))
+	for _, p := range parts {
+		if id, err := strconv.ParseInt(p, 10, 64); err == nil {
+			ids = append(ids, id)
+		}
+	}
+	return ids
 }

@@ -336,10 +336,13 @@ func TestCredentialRotation(t *testing.T) {
 	if r, _ := api(t, in, "POST", "/api/v1/heartbeat", before.Credential, map[string]any{}); r.StatusCode != 200 {
 		t.Fatalf("old credential during overlap: %d", r.StatusCode)
 	}
+	// End the overlap behind Callplane's back (no notification): the
+	// cached check is trusted at most CredentialCacheTTL longer.
 	exec(t, in, "UPDATE node_credentials SET expires_at = now() - interval '1 second' WHERE expires_at IS NOT NULL")
-	if r, _ := api(t, in, "POST", "/api/v1/heartbeat", before.Credential, map[string]any{}); r.StatusCode != 401 {
-		t.Fatalf("old credential after overlap: %d", r.StatusCode)
-	}
+	waitFor(t, "the old credential refused after the overlap", func() bool {
+		r, _ := api(t, in, "POST", "/api/v1/heartbeat", before.Credential, map[string]any{})
+		return r.StatusCode == 401
+	})
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -426,4 +429,33 @@ func TestEndedAckPlacesWaitingWork(t *testing.T) {
 	if n := count(t, in, "SELECT count(*) FROM work WHERE ref = 'second' AND state = 'assigned'"); n != 1 {
 		t.Fatal("the waiting call was not placed when the first ended")
 	}
+}
+
+// Access changes made through one instance reach the cached credential
+// checks of another at once.
+func TestDisableThroughOneInstanceRefusesAgentOnAnother(t *testing.T) {
+	t.Parallel()
+	a := cluster(t, 10, "m1")
+	b := servertest.Start(t, servertest.Options{DatabaseURL: a.DBURL, Settings: servertest.NoProbes})
+	cred := enrol(t, a, "m1")
+	// With a cache this long, only the notification can refresh b's view.
+	b.Nodes().SetCredentialCacheTTL(time.Hour)
+	// Warm b's cache with a good check.
+	if r, _ := api(t, b, "POST", "/api/v1/heartbeat", cred, map[string]any{}); r.StatusCode != 200 {
+		t.Fatalf("heartbeat on b: %d", r.StatusCode)
+	}
+	if _, _, err := a.Nodes().SetAdminState(context.Background(), testActor, "m1", nodes.StateDisabled); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "b refuses the disabled node", func() bool {
+		r, _ := api(t, b, "POST", "/api/v1/heartbeat", cred, map[string]any{})
+		return r.StatusCode == http.StatusForbidden
+	})
+	if _, err := a.Nodes().RemoveNode(context.Background(), testActor, "m1", true); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "b refuses the removed node", func() bool {
+		r, _ := api(t, b, "POST", "/api/v1/heartbeat", cred, map[string]any{})
+		return r.StatusCode == http.StatusUnauthorized
+	})
 }

@@ -101,6 +101,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s.nodes = nodes.NewService(s.pool, log)
+	s.hub.OnAccess = s.nodes.ForgetCredentials
 	s.auth = auth.NewService(s.pool, log)
 	s.hb = s.nodes.NewHeartbeats(cfg.HeartbeatFlush)
 	s.leader = NewLeader(s.pool, cfg.InstanceID, cfg.LeaseTTL, log)

@@ -55,7 +55,9 @@ func (f nodeFilter) withPage(p int) nodeFilter {
 }
 
 // filtered reports whether any filter (not the page) is set.
-func (f nodeFilter) filtered() bool { return f.Kind != "" || f.State != "" || f.Health != "" || f.Q != "" }
+func (f nodeFilter) filtered() bool {
+	return f.Kind != "" || f.State != "" || f.Health != "" || f.Q != ""
+}
 
 // query is the filter as a query string, so the live table keeps it.
 func (f nodeFilter) query() string {

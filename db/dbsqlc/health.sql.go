@@ -62,12 +62,15 @@ func (q *Queries) NodeLiveWorkCount(ctx context.Context, db DBTX, nodeID *int64)
 
 const nodeProbeBatch = `-- name: NodeProbeBatch :exec
 
+WITH locked AS (
+    SELECT id FROM nodes WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE
+)
 UPDATE nodes n SET consecutive_fail = b.fail, consecutive_ok = b.ok,
     last_probe_at = now(), last_probe_detail = b.detail, flapping = b.flapping
 FROM (SELECT unnest($1::bigint[]) AS id, unnest($2::text[]) AS health,
              unnest($3::int[]) AS fail, unnest($4::int[]) AS ok,
              unnest($5::text[]) AS detail, unnest($6::boolean[]) AS flapping) b
-WHERE n.id = b.id AND n.health = b.health
+WHERE n.id = b.id AND n.health = b.health AND n.id IN (SELECT id FROM locked)
 `
 
 type NodeProbeBatchParams struct {
@@ -83,6 +86,8 @@ type NodeProbeBatchParams struct {
 // NodeProbeBatch records one probe round for the nodes whose health did not
 // change, in one statement. A node whose health changed under the checker
 // (a first heartbeat, say) is skipped: its row no longer matches health.
+// It locks the rows in id order, like every statement that locks several
+// nodes, so it cannot deadlock with the heartbeat flush or a move.
 func (q *Queries) NodeProbeBatch(ctx context.Context, db DBTX, arg NodeProbeBatchParams) error {
 	_, err := db.Exec(ctx, nodeProbeBatch,
 		arg.Ids,

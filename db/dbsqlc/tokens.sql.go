@@ -104,13 +104,14 @@ func (q *Queries) APITokenTouch(ctx context.Context, db DBTX, id string) error {
 }
 
 const credentialAuth = `-- name: CredentialAuth :one
-SELECT c.secret_hash, n.id AS node_id, n.name, n.kind, n.admin_state, n.rotate_requested
+SELECT c.secret_hash, c.expires_at, n.id AS node_id, n.name, n.kind, n.admin_state, n.rotate_requested
 FROM node_credentials c JOIN nodes n ON n.id = c.node_id
 WHERE c.id = $1 AND c.revoked_at IS NULL AND (c.expires_at IS NULL OR c.expires_at > now())
 `
 
 type CredentialAuthRow struct {
 	SecretHash      []byte
+	ExpiresAt       *time.Time
 	NodeID          int64
 	Name            string
 	Kind            string
@@ -123,6 +124,7 @@ func (q *Queries) CredentialAuth(ctx context.Context, db DBTX, id string) (Crede
 	var i CredentialAuthRow
 	err := row.Scan(
 		&i.SecretHash,
+		&i.ExpiresAt,
 		&i.NodeID,
 		&i.Name,
 		&i.Kind,

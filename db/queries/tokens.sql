@@ -35,7 +35,7 @@ WHERE node_id = @node_id AND id <> @keep_id AND revoked_at IS NULL AND expires_a
 UPDATE node_credentials SET revoked_at = now() WHERE node_id = @node_id AND revoked_at IS NULL;
 
 -- name: CredentialAuth :one
-SELECT c.secret_hash, n.id AS node_id, n.name, n.kind, n.admin_state, n.rotate_requested
+SELECT c.secret_hash, c.expires_at, n.id AS node_id, n.name, n.kind, n.admin_state, n.rotate_requested
 FROM node_credentials c JOIN nodes n ON n.id = c.node_id
 WHERE c.id = @id AND c.revoked_at IS NULL AND (c.expires_at IS NULL OR c.expires_at > now());
 

@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -57,8 +58,9 @@ func newClient(pin string, index int) (*http.Client, error) {
 	}
 	d := &net.Dialer{LocalAddr: local, Timeout: 10 * time.Second}
 	tr := &http.Transport{
-		TLSClientConfig:     tc,
-		ForceAttemptHTTP2:   true,
+		TLSClientConfig: tc,
+		// Like nodeagent: HTTP/1.1 keep-alive (BENCH_H2=1 compares HTTP/2).
+		ForceAttemptHTTP2:   os.Getenv("BENCH_H2") != "",
 		DialContext:         d.DialContext,
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     90 * time.Second,

@@ -26,7 +26,7 @@ import (
 // must answer. Before that, small nodes are killed one by one at random
 // instants to sample the detection time over many kills.
 func sceneFailover(ctx context.Context, pg *localpg.Server, root string) error {
-	fmt.Println("== failover scene: default health settings (probe every 1s, 800ms timeout, down after 3 failures)")
+	fmt.Println("== failover scene: default health settings (probe every 750ms, 500ms timeout, down after 3 failures)")
 	sc, err := newScene(ctx, pg, root, "bench_failover", nil)
 	if err != nil {
 		return err

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
-	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -79,22 +78,7 @@ func (s *Service) Event(ctx context.Context, tx dbsqlc.DBTX, node *dbsqlc.Node, 
 // notify wakes the long-polls of the given nodes when tx commits: one
 // notification per transaction, whatever the number of rows.
 func (s *Service) notify(ctx context.Context, tx dbsqlc.DBTX, nodeIDs ...int64) error {
-	if len(nodeIDs) == 0 {
-		return nil
-	}
-	seen := make(map[int64]bool, len(nodeIDs))
-	parts := make([]string, 0, len(nodeIDs))
-	for _, id := range nodeIDs {
-		if id == 0 || seen[id] {
-			continue
-		}
-		seen[id] = true
-		parts = append(parts, strconv.FormatInt(id, 10))
-	}
-	payload := strings.Join(parts, ",")
-	if len(payload) > 7000 {
-		payload = "*"
-	}
+	payload := notifyPayload(nodeIDs)
 	if payload == "" {
 		return nil
 	}

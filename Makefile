@@ -27,7 +27,7 @@ e2e: ## The browser and multi-process tests (real binaries, Chromium, SMTP sink)
 	$(GO) test -count=1 -timeout 15m -v ./e2e/
 
 demo: build $(BIN)/mailpit ## make run + one agent of each kind, sample work and a mail sink (mailpit)
-	$(GO) run ./e2e/demo
+	$(GO) run ./e2e/demo -version $(VERSION)
 
 MAILPIT_VERSION := v1.33.1
 $(BIN)/mailpit: # the demo's mail sink with a web inbox, built from source once

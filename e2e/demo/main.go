@@ -37,6 +37,7 @@ type config struct {
 	mailSMTP    string // mailpit SMTP
 	dataDir     string
 	binDir      string
+	version     string
 	email       string
 	password    string
 	keepRunning bool
@@ -49,6 +50,7 @@ func main() {
 	flag.StringVar(&cfg.mailSMTP, "mail-smtp", "127.0.0.1:1025", "mailpit SMTP address")
 	flag.StringVar(&cfg.dataDir, "data-dir", ".data/demo", "demo state (removed and recreated at each start)")
 	flag.StringVar(&cfg.binDir, "bin", "bin", "where the binaries are built")
+	flag.StringVar(&cfg.version, "version", "demo", "version stamped into the binaries")
 	flag.StringVar(&cfg.email, "email", "demo@callplane.local", "demo owner account")
 	flag.StringVar(&cfg.password, "password", "", "demo owner password (default: generated)")
 	flag.Parse()
@@ -95,7 +97,7 @@ func (d *demo) run(ctx context.Context) error {
 	}
 
 	d.say("building callmanager and nodeagent into %s", d.cfg.binDir)
-	if err := d.cmd(ctx, nil, "go", "build", "-o", d.cfg.binDir+"/", "./cmd/callmanager", "./cmd/nodeagent"); err != nil {
+	if err := d.cmd(ctx, nil, "go", "build", "-ldflags", "-X main.version="+d.cfg.version, "-o", d.cfg.binDir+"/", "./cmd/callmanager", "./cmd/nodeagent"); err != nil {
 		return err
 	}
 	mailpit := filepath.Join(d.cfg.binDir, "mailpit")

@@ -530,3 +530,43 @@ func TestPausedExLeaderWriteIsIgnored(t *testing.T) {
 		t.Fatalf("leader round wrote %d probe results (%v)", results, err)
 	}
 }
+
+// A node still down with work it should not keep — here because an
+// administrator switched its kind to automatic failover after it failed —
+// has that work moved by the checker's next round.
+func TestStillDownNodeFailsOverWhenPolicyTurnsAuto(t *testing.T) {
+	t.Parallel()
+	env := setupHealth(t)
+	ep1 := probeEndpoint(t, probe.KindQueue, "127.0.0.1:0")
+	ep2 := probeEndpoint(t, probe.KindQueue, "127.0.0.1:0")
+	in := env.start(t, "cm-a")
+	in.AddNode(t, "queue-1", nodes.KindQueue, ep1.Address(), 10)
+	in.AddNode(t, "queue-2", nodes.KindQueue, ep2.Address(), 10)
+	waitHealth(t, env.pool, "queue-1", nodes.HealthUp)
+	waitHealth(t, env.pool, "queue-2", nodes.HealthUp)
+	placeN(t, in, nodes.WorkQueue, "q", 4)
+	stuck := liveWork(t, env.pool, "queue-1")
+	if stuck == 0 {
+		t.Fatal("no queue placed on queue-1")
+	}
+	_ = ep1.Close()
+	waitHealth(t, env.pool, "queue-1", nodes.HealthDown)
+	if got := liveWork(t, env.pool, "queue-1"); got != stuck {
+		t.Fatalf("manual policy moved work: %d left of %d", got, stuck)
+	}
+	store := health.NewStore(env.pool, health.Defaults{}, "https://portal.example", nil)
+	cur, err := store.Load(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := cur.Values()
+	v[health.PolicyKey(nodes.KindQueue)] = health.PolicyAuto
+	if _, err := store.Save(context.Background(), nodes.Actor{Name: "admin@example.com"}, v); err != nil {
+		t.Fatal(err)
+	}
+	waitWithin(t, "queue-1's work moved", 10*time.Second, func() bool { return liveWork(t, env.pool, "queue-1") == 0 })
+	if got := liveWork(t, env.pool, "queue-2"); got != 4 {
+		t.Fatalf("queue-2 carries %d queues; want 4", got)
+	}
+	waitChain(t, env.pool, "queue-1", "health: Node queue-1 is down", "move: Work moved off queue-1 (node still down (automatic failover))")
+}

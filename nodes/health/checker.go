@@ -255,7 +255,47 @@ func (c *Checker) Round(ctx context.Context, epoch int64, st Settings) error {
 	if len(placeAfter) > 0 {
 		c.svc.PlaceAllUnplaced(ctx, "node "+strings.Join(placeAfter, ", ")+" came up")
 	}
+	for _, n := range list {
+		if err := c.sweep(ctx, epoch, st, n); err != nil {
+			if errors.Is(err, nodes.ErrNotLeader) || ctx.Err() != nil {
+				return err
+			}
+			c.log.Error("fail over a node still down", "node", n.Name, "err", err)
+		}
+	}
 	return nil
+}
+
+// failsOver reports whether work on node n, if it is down, moves away
+// automatically: its kind's policy is auto, it is not in maintenance and
+// not disabled (a disabled node's work has moved already).
+func failsOver(st Settings, n *dbsqlc.Node, now time.Time) bool {
+	inMaint := n.MaintenanceUntil != nil && n.MaintenanceUntil.After(now)
+	return st.PolicyFor(n.Kind) == PolicyAuto && !inMaint && n.AdminState != nodes.StateDisabled
+}
+
+// sweep moves the work off a node that is still down and carries work it
+// should not: its maintenance ended while it was down, its kind's policy
+// was switched to auto, or work reached it while it went down. The move
+// happens when the state changes; this catches what changed afterwards.
+func (c *Checker) sweep(ctx context.Context, epoch int64, st Settings, n dbsqlc.Node) error {
+	if n.Health != nodes.HealthDown || n.Used == 0 || !failsOver(st, &n, time.Now()) {
+		return nil
+	}
+	return db.InTx(ctx, c.svc.Pool(), func(tx pgx.Tx) error {
+		if err := c.fence.Fence(ctx, tx, epoch); err != nil {
+			return err
+		}
+		cur, err := db.Q.NodeGetForUpdate(ctx, tx, n.ID)
+		if err != nil {
+			return db.Translate(err)
+		}
+		if cur.Health != nodes.HealthDown || cur.Used == 0 || !failsOver(st, &cur, time.Now()) {
+			return nil
+		}
+		_, err = c.svc.MoveAway(ctx, tx, &cur, "node still down (automatic failover)", nodes.ActorChecker)
+		return err
+	})
 }
 
 type applied struct {

@@ -209,8 +209,13 @@ func (h *Handler) requireUser(next http.Handler) http.Handler {
 			target = "/setup"
 		}
 		if isHTMX(r) {
+			// A live region polling after the session ended (signed out in
+			// another tab, expired, user disabled): send the whole page to
+			// the sign-in form. htmx acts on HX-Redirect in a 2xx answer
+			// without swapping anything; a 401 would also be logged by the
+			// browser as a failed resource.
 			w.Header().Set("HX-Redirect", target)
-			w.WriteHeader(http.StatusUnauthorized)
+			w.WriteHeader(http.StatusNoContent)
 			return
 		}
 		if r.Method == http.MethodGet && !strings.HasPrefix(r.URL.Path, "/api/") {

@@ -28,3 +28,19 @@ func TestWorkChangesInThePortalAreAudited(t *testing.T) {
 		t.Fatalf("work audit rows: %d %v", n, err)
 	}
 }
+
+// A live region that polls after the session ended is sent to sign in.
+func TestHTMXPollAfterSignOutRedirects(t *testing.T) {
+	t.Parallel()
+	in := servertest.Start(t, servertest.Options{Settings: servertest.NoProbes})
+	in.User(t, "someone@example.com", "viewer")
+	anon := in.Client(t)
+	r := in.HTMX(t, anon, "GET", "/nodes", nil)
+	if r.StatusCode != http.StatusNoContent || r.Header.Get("HX-Redirect") != "/login" {
+		t.Fatalf("htmx poll without a session: %d, HX-Redirect %q", r.StatusCode, r.Header.Get("HX-Redirect"))
+	}
+	// A plain request still gets the redirect to the sign-in page.
+	if r := in.Get(t, anon, "/nodes"); r.StatusCode != http.StatusSeeOther {
+		t.Fatalf("plain request without a session: %d", r.StatusCode)
+	}
+}

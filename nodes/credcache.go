@@ -12,7 +12,7 @@ import (
 // notification, on every other instance; the TTL only bounds what a lost
 // notification or a change made behind Callplane's back (raw SQL) can
 // leave stale.
-const CredentialCacheTTL = 2 * time.Second
+const CredentialCacheTTL = 10 * time.Second
 
 // credCache remembers recent successful credential checks, so the
 // heartbeats, long-polls and acks of a thousand agents do not each cost a

@@ -118,7 +118,9 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.hb.Record(a.NodeID, max(req.Load, 0), req.Version)
-	s.maybeReconcile(r.Context(), a, req.Running)
+	if req.Running != nil { // only some heartbeats carry the running set
+		s.maybeReconcile(r.Context(), a, req.Running)
+	}
 	resp := heartbeatResponse{AdminState: a.AdminState, HeartbeatIntervalMS: DefaultHeartbeatInterval.Milliseconds()}
 	if a.RotateRequested {
 		cred, err := s.nodes.RotateCredential(r.Context(), a)

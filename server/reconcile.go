@@ -8,11 +8,11 @@ import (
 	"github.com/callplane/callplane/nodes"
 )
 
-// ReconcileEvery is how often one node's reported running set is compared
-// with its desired set. Comparing every heartbeat would cost a query per
-// heartbeat; drift (a lost ack, a missed delivery) is rare and this bounds
-// how long it lasts.
-const ReconcileEvery = 10 * time.Second
+// ReconcileEvery is how often, at most, one node's reported running set is
+// compared with its desired set. Agents report the set when it changes and
+// every tenth heartbeat; comparing each report would cost a query per
+// change on a busy node, and drift (a lost ack, a missed delivery) is rare.
+const ReconcileEvery = 5 * time.Second
 
 // reconciler remembers when each node was last reconciled.
 type reconciler struct {

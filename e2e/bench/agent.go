@@ -162,6 +162,8 @@ type simAgent struct {
 
 	mu      sync.Mutex
 	running []runningRef // what this agent runs: its last desired set
+	// runningChanged makes the next heartbeat carry the running set.
+	runningChanged bool
 }
 
 type runningRef struct {
@@ -217,6 +219,7 @@ func (a *simAgent) heartbeatLoop(ctx context.Context) {
 	first := time.Duration(a.index*7919%1000) * time.Millisecond
 	t := time.NewTimer(first)
 	defer t.Stop()
+	beat := 0
 	for {
 		select {
 		case <-ctx.Done():
@@ -228,12 +231,19 @@ func (a *simAgent) heartbeatLoop(ctx context.Context) {
 			AdminState string `json:"admin_state"`
 		}
 		a.mu.Lock()
-		running := a.running
+		running, changed := a.running, a.runningChanged
+		a.runningChanged = false
 		a.mu.Unlock()
 		if running == nil {
 			running = []runningRef{}
 		}
-		body := map[string]any{"load": len(running), "version": "bench", "running": running}
+		// Like nodeagent: the running set rides on a beat when it changed
+		// and on every tenth beat.
+		body := map[string]any{"load": len(running), "version": "bench"}
+		if changed || beat%10 == 0 {
+			body["running"] = running
+		}
+		beat++
 		if _, err := doJSON(ctx, a.hc, http.MethodPost, a.base+"/api/v1/heartbeat", a.cred, body, &out); err != nil {
 			if ctx.Err() == nil {
 				a.rec.err(err)
@@ -275,6 +285,7 @@ func (a *simAgent) pollLoop(ctx context.Context, acks chan<- []assignment) {
 		}
 		a.mu.Lock()
 		a.running = running
+		a.runningChanged = true
 		a.mu.Unlock()
 		if len(fresh) == 0 {
 			continue

@@ -195,9 +195,11 @@ type runningRef struct {
 }
 
 type heartbeatRequest struct {
-	Load    int64        `json:"load"`
-	Version string       `json:"version"`
-	Running []runningRef `json:"running"`
+	Load    int64  `json:"load"`
+	Version string `json:"version"`
+	// Running is the set of assignments running here; nil (omitted) when
+	// this heartbeat does not report it, an empty list when nothing runs.
+	Running *[]runningRef `json:"running,omitempty"`
 }
 
 type heartbeatResponse struct {

@@ -32,6 +32,9 @@ const (
 	DefaultMaxBackoff  = 30 * time.Second
 
 	defaultHeartbeat = time.Second
+	// fullReportEvery is how often (in heartbeats) the running set is sent
+	// even when it did not change.
+	fullReportEvery = 10
 	// hookParallelism bounds how many hooks run at once when one desired
 	// set starts or stops many assignments.
 	hookParallelism = 8
@@ -181,6 +184,10 @@ type agent struct {
 
 	mu      sync.Mutex
 	running map[int64]*localAssignment
+	// runningChanged and beats decide when a heartbeat carries the running
+	// set (see report).
+	runningChanged bool
+	beats          int
 	// dead holds, per id, the epoch this process refused or lost (start hook
 	// failed, stale epoch, not ours) so a repeated delivery of that same
 	// epoch does not start it again.
@@ -200,12 +207,23 @@ type pendingAck struct {
 func (a *agent) report() heartbeatRequest {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	req := heartbeatRequest{Version: a.opts.Version, Running: make([]runningRef, 0, len(a.running))}
+	req := heartbeatRequest{Version: a.opts.Version}
 	for _, l := range a.running {
 		req.Load += l.Cost
-		req.Running = append(req.Running, runningRef{ID: l.ID, Epoch: l.Epoch})
 	}
-	slices.SortFunc(req.Running, func(x, y runningRef) int { return int(x.ID - y.ID) })
+	// The running set is what the call manager reconciles against; it is
+	// sent when it changed and on every fullReportEvery-th beat, not each
+	// second, so a thousand agents' heartbeats stay small.
+	a.beats++
+	if a.runningChanged || a.beats%fullReportEvery == 1 {
+		list := make([]runningRef, 0, len(a.running))
+		for _, l := range a.running {
+			list = append(list, runningRef{ID: l.ID, Epoch: l.Epoch})
+		}
+		slices.SortFunc(list, func(x, y runningRef) int { return int(x.ID - y.ID) })
+		req.Running = &list
+		a.runningChanged = false
+	}
 	return req
 }
 
@@ -301,6 +319,9 @@ func (a *agent) sleep(ctx context.Context, d time.Duration, kickable bool) bool 
 }
 
 func (a *agent) kickHeartbeat() {
+	a.mu.Lock()
+	a.runningChanged = true
+	a.mu.Unlock()
 	select {
 	case a.kick <- struct{}{}:
 	default:

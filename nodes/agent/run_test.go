@@ -113,19 +113,22 @@ func (e *runEnv) waitPolls(t *testing.T, n int) {
 	eventually(t, "agent polls again", func() bool { _, p, _, _ := e.cm.snapshot(); return p >= start+n })
 }
 
+// lastHeartbeat is the last heartbeat that reported the running set.
 func (e *runEnv) lastHeartbeat() (heartbeatRequest, bool) {
 	_, _, _, hbs := e.cm.snapshot()
-	if len(hbs) == 0 {
-		return heartbeatRequest{}, false
+	for i := len(hbs) - 1; i >= 0; i-- {
+		if hbs[i].Running != nil {
+			return hbs[i], true
+		}
 	}
-	return hbs[len(hbs)-1], true
+	return heartbeatRequest{}, false
 }
 
 func (e *runEnv) waitRunning(t *testing.T, load int64, running ...runningRef) {
 	t.Helper()
 	eventually(t, "heartbeat reports the running set", func() bool {
 		hb, ok := e.lastHeartbeat()
-		return ok && hb.Load == load && slices.Equal(hb.Running, running) && hb.Version == "9.9.9"
+		return ok && hb.Load == load && slices.Equal(*hb.Running, running) && hb.Version == "9.9.9"
 	})
 }
 

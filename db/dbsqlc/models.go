@@ -120,6 +120,16 @@ type NodeCredential struct {
 	RevokedAt  *time.Time
 }
 
+type NodeEligibility struct {
+	ID       int64
+	Name     string
+	Kind     string
+	Capacity int32
+	Weight   int32
+	Used     int32
+	Eligible bool
+}
+
 type ProbeResult struct {
 	ID        int64
 	NodeID    int64

@@ -59,4 +59,3 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) error {
 
 // Q is the one Queries value; its methods take the pool or a transaction.
 var Q = dbsqlc.New()
-

@@ -24,9 +24,9 @@ const AccessChannel = "callplane_access"
 
 // Service is the cluster domain's entry point.
 type Service struct {
-	pool  *pgxpool.Pool
-	log   *slog.Logger
-	q     *dbsqlc.Queries
+	pool   *pgxpool.Pool
+	log    *slog.Logger
+	q      *dbsqlc.Queries
 	creds  credCache
 	placer placer
 }

@@ -116,23 +116,25 @@ func (s *Service) MoveAway(ctx context.Context, tx pgx.Tx, node *dbsqlc.Node, ca
 	return s.moveOff(ctx, tx, node, items, nil, cause, actor)
 }
 
-// moveExcess moves work off a node whose capacity is now below its load:
-// its newest items, until what stays fits the new capacity.
+// moveExcess moves work off a node whose capacity is now below its load.
+// The oldest work stays as long as it fits the new capacity (an item that
+// does not fit is passed over for younger, smaller ones); the rest moves.
 func (s *Service) moveExcess(ctx context.Context, tx pgx.Tx, node *dbsqlc.Node, cause string, actor Actor) (MoveResult, error) {
 	items, err := s.liveWork(ctx, tx, node.ID)
 	if err != nil {
 		return MoveResult{}, err
 	}
-	var used int32
+	var stays, moves []liveItem
+	var kept int32
 	for _, it := range items {
-		used += it.cost
+		if kept+it.cost <= node.Capacity {
+			kept += it.cost
+			stays = append(stays, it)
+		} else {
+			moves = append(moves, it)
+		}
 	}
-	cut := len(items)
-	for cut > 0 && used > node.Capacity {
-		cut--
-		used -= items[cut].cost
-	}
-	return s.moveOff(ctx, tx, node, items[cut:], items[:cut], cause, actor)
+	return s.moveOff(ctx, tx, node, moves, stays, cause, actor)
 }
 
 // moveOff moves items off node from, within tx: Plan places them on the

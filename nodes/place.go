@@ -147,6 +147,22 @@ func (s *Service) placeNew(ctx context.Context, reqs []placeReq, strict bool) ([
 // with one more. Placements of the same node kinds take turns on an
 // advisory lock, so they rarely invalidate each other's plans.
 func (s *Service) placeNewTx(ctx context.Context, tx pgx.Tx, reqs []placeReq, strict bool, attempt int) ([]placeOutcome, []int64, error) {
+	// Refs that exist already fail before planning, so that they take no
+	// room in the plan. One inserted meanwhile is caught by the insert.
+	refs := make([]string, len(reqs))
+	for i, r := range reqs {
+		refs[i] = r.in.Ref
+	}
+	taken, err := s.q.WorkRefsTaken(ctx, tx, refs)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(taken) > 0 {
+		if strict {
+			return nil, nil, &DuplicateRefsError{Refs: taken}
+		}
+		return s.placeNewTxWithout(ctx, tx, reqs, taken, attempt)
+	}
 	var nodeKinds []string
 	for _, r := range reqs {
 		nk, _ := NodeKindFor(r.in.Kind)
@@ -246,6 +262,33 @@ func (s *Service) placeNewTx(ctx context.Context, tx pgx.Tx, reqs []placeReq, st
 	}
 	if err := s.recordUnplaced(ctx, tx, reqs, out, attempt); err != nil {
 		return nil, nil, err
+	}
+	return out, touched, nil
+}
+
+// placeNewTxWithout places the requests whose refs are not taken and
+// fails the others with ErrConflict.
+func (s *Service) placeNewTxWithout(ctx context.Context, tx pgx.Tx, reqs []placeReq, taken []string, attempt int) ([]placeOutcome, []int64, error) {
+	out := make([]placeOutcome, len(reqs))
+	var rest []placeReq
+	var idx []int
+	for i, r := range reqs {
+		if slices.Contains(taken, r.in.Ref) {
+			out[i].err = fmt.Errorf("work %q: %w", r.in.Ref, ErrConflict)
+			continue
+		}
+		rest = append(rest, r)
+		idx = append(idx, i)
+	}
+	if len(rest) == 0 {
+		return out, nil, nil
+	}
+	placed, touched, err := s.placeNewTx(ctx, tx, rest, false, attempt)
+	if err != nil {
+		return nil, nil, err
+	}
+	for j, i := range idx {
+		out[i] = placed[j]
 	}
 	return out, touched, nil
 }

@@ -595,6 +595,31 @@ func (q *Queries) WorkPruneEnded(ctx context.Context, db DBTX, olderThanSeconds 
 	return result.RowsAffected(), nil
 }
 
+const workRefsTaken = `-- name: WorkRefsTaken :many
+SELECT ref FROM work WHERE ref = ANY($1::text[])
+`
+
+// WorkRefsTaken returns which of the given refs exist already.
+func (q *Queries) WorkRefsTaken(ctx context.Context, db DBTX, refs []string) ([]string, error) {
+	rows, err := db.Query(ctx, workRefsTaken, refs)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []string{}
+	for rows.Next() {
+		var ref string
+		if err := rows.Scan(&ref); err != nil {
+			return nil, err
+		}
+		items = append(items, ref)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const workUnplacedForKind = `-- name: WorkUnplacedForKind :many
 SELECT id, ref, kind, cost FROM work WHERE kind = $1 AND state = 'unplaced' ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED
 `

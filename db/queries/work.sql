@@ -99,3 +99,7 @@ RETURNING w.id, w.kind, a.state::text AS acked_state;
 
 -- name: WorkGetByIDs :many
 SELECT id, epoch, node_id, state FROM work WHERE id = ANY(@ids::bigint[]);
+
+-- WorkRefsTaken returns which of the given refs exist already.
+-- name: WorkRefsTaken :many
+SELECT ref FROM work WHERE ref = ANY(@refs::text[]);

@@ -10,6 +10,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/web"
 )
@@ -86,6 +87,10 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 	}
 	res, err := s.nodes.Enroll(r.Context(), nodes.EnrollRequest{Token: req.Token, Address: req.Address, Version: req.Version, RemoteAddr: addr})
 	if err != nil {
+		if db.Unreachable(err) {
+			writeError(w, err) // 503: come back, the token is still good
+			return
+		}
 		if !errors.Is(err, nodes.ErrUnauthorized) {
 			s.log.Error("enrol node", "token", nodes.TokenID(req.Token), "err", err)
 			err = nodes.ErrUnauthorized

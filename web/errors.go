@@ -1,10 +1,22 @@
 package web
 
 import (
+	"errors"
 	"net/http"
+	"strconv"
+
+	"github.com/callplane/callplane/web/auth"
 
 	"github.com/callplane/callplane/web/layout"
 )
+
+// setRetryAfter tells a throttled client when to come back.
+func setRetryAfter(w http.ResponseWriter, err error) {
+	var te *auth.ThrottledError
+	if errors.As(err, &te) {
+		w.Header().Set("Retry-After", strconv.Itoa(te.RetryAfter()))
+	}
+}
 
 // RetryAfterSeconds is the Retry-After of a 503 answered while the
 // database is unreachable.

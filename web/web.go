@@ -77,6 +77,7 @@ func (h *Handler) renderError(w http.ResponseWriter, r *http.Request, err error)
 	if status >= 500 && !RecordCause(w, err) {
 		h.Log.Error("portal request failed", "path", r.URL.Path, "err", err)
 	}
+	setRetryAfter(w, err)
 	WriteError(w, r, status, msg)
 }
 
@@ -100,6 +101,8 @@ func StatusOf(err error) (int, string) {
 		return http.StatusConflict, err.Error()
 	case errors.Is(err, auth.ErrThrottled):
 		return http.StatusTooManyRequests, err.Error()
+	case errors.Is(err, auth.ErrBusy):
+		return http.StatusServiceUnavailable, err.Error()
 	case errors.Is(err, errBadRequest):
 		return http.StatusBadRequest, err.Error()
 	case db.Unreachable(err):

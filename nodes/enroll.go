@@ -11,8 +11,8 @@ import (
 
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/dbsqlc"
-	"github.com/callplane/callplane/nodes/safetext"
 	"github.com/callplane/callplane/nodes/probe"
+	"github.com/callplane/callplane/nodes/safetext"
 )
 
 // Join token lifetimes.

@@ -178,9 +178,12 @@ func (s *Server) AddBackground(fn func(ctx context.Context)) { s.background = ap
 func (s *Server) routes() http.Handler {
 	r := chi.NewRouter()
 	r.Use(middleware.Recoverer)
+	r.Use(clientAddr(s.cfg.TrustedProxies))
 	r.Use(requestLog(s.log))
 	r.Use(securityHeaders)
 	r.Use(crossOrigin)
+	r.Use(limitBody(s.cfg.BodyTimeout))
+	r.Use(validText)
 	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
@@ -219,7 +222,8 @@ func (s *Server) Run(ctx context.Context) error {
 	srv := &http.Server{
 		Handler:           s.handler,
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{s.cert}, MinVersion: tls.VersionTLS12},
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: HeaderTimeout,
+		MaxHeaderBytes:    64 << 10,
 		IdleTimeout:       120 * time.Second,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
@@ -241,7 +245,8 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.log.Info("call manager listening", "url", s.URL(), "instance", s.cfg.InstanceID, "ca_pin", s.pin)
 	errc := make(chan error, 1)
-	go func() { errc <- srv.ServeTLS(s.ln, "", "") }()
+	ln := newConnLimiter(s.ln, s.cfg.MaxConnsPerClient, s.cfg.TrustedProxies, s.connDropped())
+	go func() { errc <- srv.ServeTLS(ln, "", "") }()
 	var err error
 	select {
 	case err = <-errc:

@@ -20,6 +20,7 @@ type Alert struct {
 	LastError     string
 	SentAt        *time.Time
 	EmailID       string
+	SendingSince  *time.Time
 }
 
 type ApiToken struct {
@@ -78,6 +79,11 @@ type LoginFailure struct {
 	ID  int64
 	Key string
 	At  time.Time
+}
+
+type LoginKnown struct {
+	Key    string
+	LastOk time.Time
 }
 
 type Node struct {

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -51,6 +52,7 @@ const (
 // tests shorten them.
 type RunOptions struct {
 	StateDir    string       // identity written by Join
+	Servers     []string     // when set, replaces (and is stored over) the call managers Join stored
 	ProbeListen string       // when set, serve the node kind's probe endpoint here
 	OnAssign    string       // hook command run with /bin/sh -c on start and stop
 	Version     string       // agent version reported in heartbeats
@@ -113,12 +115,17 @@ func Run(ctx context.Context, opts RunOptions) error {
 	if err != nil {
 		return err
 	}
-	api, err := newAPIClient(st.Server, st.CAPin, st.Credential, opts.Version)
+	log := opts.Logger
+	if len(opts.Servers) > 0 {
+		if err := useServers(opts.StateDir, st, opts.Servers, log); err != nil {
+			return err
+		}
+	}
+	api, err := newAPIClient(st.Servers, st.CAPin, st.Credential, opts.Version, log)
 	if err != nil {
 		return err
 	}
 	defer api.close()
-	log := opts.Logger
 	a := &agent{
 		st:      st,
 		api:     api,
@@ -128,7 +135,7 @@ func Run(ctx context.Context, opts RunOptions) error {
 		running: make(map[int64]*localAssignment),
 		dead:    make(map[int64]int64),
 	}
-	log.Info("node agent starting", "node", st.NodeName, "node_id", st.NodeID, "kind", st.Kind, "server", st.Server)
+	log.Info("node agent starting", "node", st.NodeName, "node_id", st.NodeID, "kind", st.Kind, "servers", strings.Join(st.Servers, ","))
 
 	if opts.ProbeListen != "" {
 		closeProbe, addr, err := startProbe(ctx, st.Kind, opts.ProbeListen)
@@ -166,6 +173,32 @@ func Run(ctx context.Context, opts RunOptions) error {
 		return cause
 	}
 	log.Info("node agent stopped", "node", st.NodeName)
+	return nil
+}
+
+// useServers replaces the stored call manager list with servers (from
+// "nodeagent run --server"), so an operator can point an enrolled agent at
+// a changed set of call managers without a new join token; the state file
+// keeps the new list for the next start.
+func useServers(dir string, st *State, servers []string, log *slog.Logger) error {
+	list, err := ParseServers(servers)
+	if err != nil {
+		return err
+	}
+	if slices.Equal(list, st.Servers) {
+		return nil
+	}
+	next := *st
+	next.Servers = list
+	p, err := beginStateWrite(dir)
+	if err == nil {
+		err = p.commit(&next)
+	}
+	if err != nil {
+		return fmt.Errorf("store the call manager list: %w", err)
+	}
+	log.Info("call manager list changed", "servers", strings.Join(list, ","), "was", strings.Join(st.Servers, ","))
+	*st = next
 	return nil
 }
 
@@ -232,7 +265,7 @@ func (a *agent) heartbeatLoop(ctx context.Context) error {
 	interval := defaultHeartbeat
 	adminState := ""
 	for {
-		resp, err := a.api.heartbeat(ctx, a.report())
+		resp, err := a.api.heartbeat(ctx, a.heartbeatTimeout(interval), a.report())
 		var wait time.Duration
 		switch status := statusOf(err); {
 		case err == nil:
@@ -266,6 +299,20 @@ func (a *agent) heartbeatLoop(ctx context.Context) error {
 			return nil
 		}
 	}
+}
+
+// heartbeatTimeout bounds one heartbeat attempt. With several call
+// managers it is one interval: a server that cannot answer by the next beat
+// is left for another, long before the heartbeat stale time (three
+// intervals by default) makes the node look lost. With one server there is
+// nowhere else to go, so a slow answer gets two intervals, still under the
+// stale time.
+func (a *agent) heartbeatTimeout(interval time.Duration) time.Duration {
+	d := 2 * interval
+	if len(a.api.servers) > 1 {
+		d = interval
+	}
+	return max(d, time.Second)
 }
 
 // rotate stores a rotated credential in the state dir (atomically) and

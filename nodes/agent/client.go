@@ -190,7 +190,7 @@ func failoverWorthy(err error) bool {
 	switch statusOf(err) {
 	case 0:
 		return true // no answer, or a server with the wrong key
-	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+	case http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
 		return true
 	}
 	return false

@@ -101,8 +101,11 @@ func (o RunOptions) withDefaults() RunOptions {
 // that fails is acked "failed"; an ack answered 409 (stale epoch) or 404
 // means the work moved away, so it is stopped and dropped.
 //
-// While the server is unreachable both loops retry with jittered exponential
-// backoff and the node keeps its identity and its running work. A 403 means
+// Requests go to one call manager of the stored list at a time and move to
+// the next when it does not answer (see apiClient). While none answers,
+// both loops retry with jittered exponential backoff (heartbeats never
+// slower than their interval) and the node keeps its identity and its
+// running work; the first heartbeat that gets through again wakes the poll. A 403 means
 // the administrator disabled the node, whose work the server moves away at
 // once: the agent stops what it runs and keeps heartbeating with backoff
 // until the node is enabled again. A 401 stops all work and ends Run.
@@ -132,6 +135,7 @@ func Run(ctx context.Context, opts RunOptions) error {
 		log:     log,
 		opts:    opts,
 		kick:    make(chan struct{}, 1),
+		reached: make(chan struct{}, 1),
 		running: make(map[int64]*localAssignment),
 		dead:    make(map[int64]int64),
 	}
@@ -214,6 +218,9 @@ type agent struct {
 	log  *slog.Logger
 	opts RunOptions
 	kick chan struct{} // asks the heartbeat loop to report a changed running set now
+	// reached tells the poll loop that a heartbeat got through after
+	// failures, so a poll backing off retries at once.
+	reached chan struct{}
 
 	mu      sync.Mutex
 	running map[int64]*localAssignment
@@ -264,12 +271,20 @@ func (a *agent) heartbeatLoop(ctx context.Context) error {
 	bo := a.newBackoff()
 	interval := defaultHeartbeat
 	adminState := ""
+	failing := false
 	for {
 		resp, err := a.api.heartbeat(ctx, a.heartbeatTimeout(interval), a.report())
 		var wait time.Duration
 		switch status := statusOf(err); {
 		case err == nil:
 			bo.reset()
+			if failing {
+				failing = false
+				select {
+				case a.reached <- struct{}{}:
+				default:
+				}
+			}
 			if resp.AdminState != adminState {
 				a.log.Info("admin state", "state", resp.AdminState, "was", adminState)
 				adminState = resp.AdminState
@@ -292,7 +307,12 @@ func (a *agent) heartbeatLoop(ctx context.Context) error {
 				adminState = "disabled"
 			}
 		default:
-			wait = bo.next()
+			// Heartbeats are retried no slower than they are sent: that is
+			// the load the call managers are built for, and a node whose
+			// agent backed off for long after a control-plane blip would
+			// look lost for as long.
+			wait = min(bo.next(), interval)
+			failing = true
 			a.log.Warn("heartbeat failed", "err", err, "retry_in", wait.Round(time.Millisecond))
 		}
 		if !a.sleep(ctx, wait, err == nil) {
@@ -365,6 +385,20 @@ func (a *agent) sleep(ctx context.Context, d time.Duration, kickable bool) bool 
 	return true
 }
 
+// sleepUntilReached waits d, or until a heartbeat gets through after
+// failures, or until ctx ends (false).
+func (a *agent) sleepUntilReached(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+	case <-a.reached:
+	}
+	return true
+}
+
 func (a *agent) kickHeartbeat() {
 	a.mu.Lock()
 	a.runningChanged = true
@@ -422,6 +456,17 @@ func (a *agent) pollLoop(ctx context.Context) error {
 		default:
 			delay = bo.next()
 			a.log.Warn("assignment poll failed", "err", err, "retry_in", delay.Round(time.Millisecond))
+			// A heartbeat getting through again ends the wait: the call
+			// managers are back, and moved work should not wait out a
+			// long backoff.
+			select {
+			case <-a.reached:
+			default:
+			}
+			if !a.sleepUntilReached(ctx, delay) {
+				return nil
+			}
+			continue
 		}
 		if !a.sleep(ctx, delay, false) {
 			return nil

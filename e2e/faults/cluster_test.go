@@ -331,18 +331,21 @@ func (c *cluster) placeCall(ref string) {
 // waitActive waits until every live call is active on a node.
 func (c *cluster) waitActive(timeout time.Duration) {
 	c.t.Helper()
-	harness.Poll(c.t, timeout, "every call active", func() (bool, string) {
-		w, err := c.work()
-		if err != nil {
-			return false, err.Error()
+	harness.Poll(c.t, timeout, "every call active", c.allActive)
+}
+
+// allActive reports whether every live call is active on a node.
+func (c *cluster) allActive() (bool, string) {
+	w, err := c.work()
+	if err != nil {
+		return false, err.Error()
+	}
+	for ref, p := range w {
+		if p.state != "active" {
+			return false, fmt.Sprintf("%s %+v", ref, p)
 		}
-		for ref, p := range w {
-			if p.state != "active" {
-				return false, fmt.Sprintf("%s %+v", ref, p)
-			}
-		}
-		return len(w) > 0, fmt.Sprint(w)
-	})
+	}
+	return len(w) > 0, fmt.Sprint(w)
 }
 
 // conn opens a database connection; on the failover scenario's multi-host

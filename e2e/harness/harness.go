@@ -13,6 +13,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"os"
@@ -45,6 +46,7 @@ type Proc struct {
 	Name    string
 	Cmd     *exec.Cmd
 	LogPath string
+	offset  int64 // where this process's output starts in the log file
 	done    chan struct{}
 	err     error
 }
@@ -59,6 +61,7 @@ func Start(t testing.TB, name, logDir string, env []string, bin string, args ...
 		t.Fatalf("log file for %s: %v", name, err)
 	}
 	defer f.Close()
+	offset, _ := f.Seek(0, io.SeekEnd)
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Env = append(os.Environ(), env...)
@@ -66,7 +69,7 @@ func Start(t testing.TB, name, logDir string, env []string, bin string, args ...
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
-	p := &Proc{Name: name, Cmd: cmd, LogPath: logPath, done: make(chan struct{})}
+	p := &Proc{Name: name, Cmd: cmd, LogPath: logPath, offset: offset, done: make(chan struct{})}
 	go func() { p.err = cmd.Wait(); close(p.done) }()
 	t.Cleanup(func() { p.Stop(10 * time.Second) })
 	return p
@@ -121,10 +124,14 @@ func (p *Proc) Err() error {
 	return p.err
 }
 
-// Log returns everything the process wrote.
+// Log returns everything this process wrote (not what an earlier process
+// of the same name wrote to the log file).
 func (p *Proc) Log() string {
 	b, _ := os.ReadFile(p.LogPath)
-	return string(b)
+	if int64(len(b)) < p.offset {
+		return ""
+	}
+	return string(b[p.offset:])
 }
 
 // Tail returns the last n lines of the log.

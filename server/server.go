@@ -47,6 +47,7 @@ type Server struct {
 	leader   *Leader
 	settings *health.Store
 	recon    reconciler
+	adverts  instanceAdverts
 
 	// background tasks started by Run; each stops with its context.
 	background []func(ctx context.Context)
@@ -115,6 +116,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	mailer := outbox.New(outbox.Config{Pool: s.pool, Store: s.settings, Fence: s.leader, Log: log, PortalURL: s.URL()})
 	s.AddBackground(func(ctx context.Context) { s.leader.WhileLeading(ctx, checker.Run) })
 	s.AddBackground(func(ctx context.Context) { s.leader.WhileLeading(ctx, mailer.Run) })
+	s.AddBackground(func(ctx context.Context) {
+		s.adverts.run(ctx, s.pool, cfg.InstanceID, advert{URL: s.URL(), Pin: s.pin}, log)
+	})
 	s.handler = s.routes()
 	return s, nil
 }
@@ -166,8 +170,9 @@ func (s *Server) InstanceID() string { return s.cfg.InstanceID }
 // LeaderID implements web.Cluster.
 func (s *Server) LeaderID(ctx context.Context) string { return s.leader.Current(ctx) }
 
-// JoinServer implements web.Cluster.
-func (s *Server) JoinServer() string { return s.URL() }
+// JoinServer implements web.Cluster: every call manager's URL,
+// comma-separated (see instances.go).
+func (s *Server) JoinServer() string { return s.adverts.get(s.URL()) }
 
 // CAPin implements web.Cluster.
 func (s *Server) CAPin() string { return s.pin }

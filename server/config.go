@@ -29,6 +29,11 @@ type Config struct {
 	HeartbeatFlush time.Duration
 	// Version is the build version shown in the portal.
 	Version string
+	// SIPListen is host:port of the SIP front door (UDP and TCP); empty
+	// turns it off. SIPPublic is the host:port written into Record-Route
+	// (empty: the bound listen address).
+	SIPListen string
+	SIPPublic string
 }
 
 // WithDefaults fills unset fields.

@@ -38,6 +38,11 @@ type Config struct {
 	MaxConnsPerClient int
 	// BodyTimeout bounds the time a request body may take to arrive.
 	BodyTimeout time.Duration
+	// SIPListen is host:port of the SIP front door (UDP and TCP); empty
+	// turns it off. SIPPublic is the host:port written into Record-Route
+	// (empty: the bound listen address).
+	SIPListen string
+	SIPPublic string
 }
 
 // Edge defaults.

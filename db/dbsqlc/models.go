@@ -162,6 +162,25 @@ type Setting struct {
 	UpdatedBy string
 }
 
+type SipCall struct {
+	Ref        string
+	WorkID     *int64
+	CallID     string
+	FromTag    string
+	ToTag      string
+	FromUri    string
+	ToUri      string
+	NodeID     *int64
+	State      string
+	Cause      string
+	Tries      int32
+	Failovers  []string
+	Instance   string
+	CreatedAt  time.Time
+	AnsweredAt *time.Time
+	EndedAt    *time.Time
+}
+
 type User struct {
 	ID           int64
 	Email        string

@@ -70,10 +70,10 @@ type CallAnswer struct {
 	At    time.Time
 }
 
-// PlaceCall places a call on the least-loaded eligible media node outside
+// PlaceSIPCall places a call on the least-loaded eligible media node outside
 // exclude and records it, in one statement. retry marks a failover try of
 // the same call.
-func (s *Service) PlaceCall(ctx context.Context, id CallIdentity, exclude []int64, retry bool) (CallTarget, error) {
+func (s *Service) PlaceSIPCall(ctx context.Context, id CallIdentity, exclude []int64, retry bool) (CallTarget, error) {
 	if exclude == nil {
 		exclude = []int64{}
 	}
@@ -267,7 +267,7 @@ func (s *Service) CallStats(ctx context.Context, window time.Duration) (CallStat
 func retryStatement(ctx context.Context, fn func() error) error {
 	for attempt := 1; ; attempt++ {
 		err := fn()
-		if err != nil && attempt < 5 && conflicted(err) && ctx.Err() == nil {
+		if err != nil && attempt < 5 && db.Retryable(err) && ctx.Err() == nil {
 			continue
 		}
 		return err

@@ -19,7 +19,7 @@ import (
 
 // Calls is what the front door needs from the cluster domain.
 type Calls interface {
-	PlaceCall(ctx context.Context, id nodes.CallIdentity, exclude []int64, retry bool) (nodes.CallTarget, error)
+	PlaceSIPCall(ctx context.Context, id nodes.CallIdentity, exclude []int64, retry bool) (nodes.CallTarget, error)
 	FailoverCall(ctx context.Context, ref, cause string) (int64, error)
 	EndCall(ctx context.Context, id nodes.CallIdentity, state, cause string, record bool) (int64, bool, error)
 	CallsAnswered(ctx context.Context, answers []nodes.CallAnswer) error

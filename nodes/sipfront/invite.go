@@ -95,7 +95,7 @@ func (c *call) run() {
 	ctx := f.bg
 	var exclude []int64
 	for try := 1; ; try++ {
-		t, err := f.calls.PlaceCall(ctx, c.id, exclude, try > 1)
+		t, err := f.calls.PlaceSIPCall(ctx, c.id, exclude, try > 1)
 		if errors.Is(err, nodes.ErrMergedCall) {
 			f.reply(c.tx, c.req, 482, "Loop Detected")
 			return

@@ -305,7 +305,7 @@ func (s *Service) Login(ctx context.Context, email, password, addr, userAgent st
 		ok, _ = CheckPassword(password, u.PasswordHash)
 		ok = ok && u.DisabledAt == nil
 	} else {
-		if !errors.Is(err, pgx.ErrNoRows) {
+		if !db.IsNotFound(err) {
 			return "", User{}, err
 		}
 		_, _ = CheckPassword(password, dummyHash)
@@ -347,7 +347,7 @@ func (s *Service) Session(ctx context.Context, token string) (User, error) {
 	}
 	row, err := s.q.SessionGet(ctx, s.pool, hashToken(token))
 	if err != nil {
-		if errors.Is(err, pgx.ErrNoRows) {
+		if db.IsNotFound(err) {
 			return User{}, ErrBadCredentials
 		}
 		return User{}, err

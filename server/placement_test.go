@@ -27,7 +27,7 @@ func cluster(t *testing.T, capacity int, names ...string) *servertest.Instance {
 	for i, n := range names {
 		in.AddNode(t, n, "media", fmt.Sprintf("127.0.0.1:%d", 5060+i), capacity)
 	}
-	exec(t, in, "UPDATE nodes SET health = 'up'")
+	exec(t, in, "UPDATE nodes SET health = 'up', enrolled_at = coalesce(enrolled_at, now())")
 	return in
 }
 

@@ -336,6 +336,10 @@ type assignment struct {
 	Cost  int64  `json:"cost"`
 	Epoch int64  `json:"epoch"`
 	State string `json:"state"`
+	// A SIP call's identity, from the front door.
+	CallID string `json:"call_id,omitempty"`
+	From   string `json:"from,omitempty"`
+	To     string `json:"to,omitempty"`
 }
 
 type assignmentsResponse struct {

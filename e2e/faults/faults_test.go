@@ -297,6 +297,7 @@ func downNodes(subject, body string) []string {
 // (stray) but one control-plane notice.
 func classifyEmails(s *run, msgs []smtpMessage) (lost, dup, stray int) {
 	count := map[string]int{}
+	subjects := map[string][]string{}
 	notices := 0
 	for _, m := range msgs {
 		down := downNodes(m.Subject, m.Body)
@@ -304,6 +305,7 @@ func classifyEmails(s *run, msgs []smtpMessage) (lost, dup, stray int) {
 		for _, n := range down {
 			if n == s.v1.name || n == s.v2.name {
 				count[n]++
+				subjects[n] = append(subjects[n], m.Subject)
 			} else {
 				other = true
 			}
@@ -326,6 +328,7 @@ func classifyEmails(s *run, msgs []smtpMessage) (lost, dup, stray int) {
 			lost++
 		case count[n.name] > 1:
 			dup += count[n.name] - 1
+			s.note("%s reported DOWN %d times: %s", n.name, count[n.name], strings.Join(subjects[n.name], " / "))
 		}
 	}
 	return lost, dup, stray

@@ -36,6 +36,7 @@ func (h *Handler) adminRoutes(r chi.Router) {
 	r.Post("/work/{ref}/end", h.wrap(h.workEnd))
 	r.Post("/settings", h.wrap(h.settingsSave))
 	r.Post("/settings/test-email", h.wrap(h.settingsTestEmail))
+	r.Post("/settings/retention", h.wrap(h.retentionSave))
 }
 
 // ownerRoutes manage accounts.

@@ -19,22 +19,6 @@ func (q *Queries) LoginFailureClear(ctx context.Context, db DBTX, key string) er
 	return err
 }
 
-const loginFailureCount = `-- name: LoginFailureCount :one
-SELECT count(*) FROM login_failures WHERE key = ANY($1::text[]) AND at > now() - make_interval(secs => $2::float8)
-`
-
-type LoginFailureCountParams struct {
-	Keys          []string
-	WindowSeconds float64
-}
-
-func (q *Queries) LoginFailureCount(ctx context.Context, db DBTX, arg LoginFailureCountParams) (int64, error) {
-	row := db.QueryRow(ctx, loginFailureCount, arg.Keys, arg.WindowSeconds)
-	var count int64
-	err := row.Scan(&count)
-	return count, err
-}
-
 const loginFailureCountByKey = `-- name: LoginFailureCountByKey :many
 SELECT key, count(*) AS failures FROM login_failures
 WHERE key = ANY($1::text[]) AND at > now() - make_interval(secs => $2::float8)

@@ -23,9 +23,6 @@ DELETE FROM sessions WHERE expires_at < now() OR last_seen_at < now() - make_int
 -- name: LoginFailureInsert :exec
 INSERT INTO login_failures (key) SELECT unnest(@keys::text[]);
 
--- name: LoginFailureCount :one
-SELECT count(*) FROM login_failures WHERE key = ANY(@keys::text[]) AND at > now() - make_interval(secs => @window_seconds::float8);
-
 -- name: LoginFailureCountByKey :many
 SELECT key, count(*) AS failures FROM login_failures
 WHERE key = ANY(@keys::text[]) AND at > now() - make_interval(secs => @window_seconds::float8)

@@ -11,6 +11,7 @@ import (
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes/probe"
+	"github.com/callplane/callplane/nodes/safetext"
 )
 
 // Join token lifetimes.
@@ -132,7 +133,7 @@ func (s *Service) Enroll(ctx context.Context, req EnrollRequest) (EnrollResult, 
 		if req.Address != "" && probe.ValidateAddress(n.Kind, req.Address) == nil {
 			addr = req.Address
 		}
-		if n, err = s.q.NodeEnroll(ctx, tx, dbsqlc.NodeEnrollParams{ID: n.ID, AgentVersion: truncate(req.Version, 64), Address: addr}); err != nil {
+		if n, err = s.q.NodeEnroll(ctx, tx, dbsqlc.NodeEnrollParams{ID: n.ID, AgentVersion: safetext.Sanitize(req.Version, MaxAgentVersion), Address: addr}); err != nil {
 			return err
 		}
 		cred, err := s.issueCredential(ctx, tx, n.ID, 0)
@@ -371,11 +372,4 @@ func (s *Service) RevokeAPIToken(ctx context.Context, actor Actor, id string) er
 // ListAPITokens lists admin API tokens.
 func (s *Service) ListAPITokens(ctx context.Context) ([]dbsqlc.ApiToken, error) {
 	return s.q.APITokenList(ctx, s.pool)
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n]
-	}
-	return s
 }

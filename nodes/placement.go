@@ -97,6 +97,10 @@ type Assignment struct {
 	Cost  int32  `json:"cost"`
 	Epoch int64  `json:"epoch"`
 	State string `json:"state"`
+	// CallID, From and To identify a call set up by the SIP front door.
+	CallID string `json:"call_id,omitempty"`
+	From   string `json:"from,omitempty"`
+	To     string `json:"to,omitempty"`
 }
 
 // DesiredSet is the full set of work a node should run, at a version.
@@ -120,7 +124,11 @@ func (s *Service) Desired(ctx context.Context, nodeID int64) (DesiredSet, error)
 		if r.ID == nil {
 			continue // the node has no live work
 		}
-		ds.Assignments = append(ds.Assignments, Assignment{ID: *r.ID, Ref: *r.Ref, Kind: *r.Kind, Cost: *r.Cost, Epoch: *r.Epoch, State: *r.State})
+		a := Assignment{ID: *r.ID, Ref: *r.Ref, Kind: *r.Kind, Cost: *r.Cost, Epoch: *r.Epoch, State: *r.State}
+		if r.CallID != nil {
+			a.CallID, a.From, a.To = *r.CallID, *r.FromUri, *r.ToUri
+		}
+		ds.Assignments = append(ds.Assignments, a)
 	}
 	return ds, nil
 }

@@ -369,7 +369,7 @@ func TestAgentBatchAcks(t *testing.T) {
 	exec(t, in, "UPDATE nodes SET health = 'pending'")
 	jt := joinToken(t, in, "m1", time.Hour)
 	dir := filepath.Join(t.TempDir(), "agent")
-	if _, err := agent.Join(context.Background(), agent.JoinOptions{Server: in.URL, Token: jt.Token, CAPin: in.Pin(), StateDir: dir, Version: "test"}); err != nil {
+	if _, err := agent.Join(context.Background(), agent.JoinOptions{Servers: []string{in.URL}, Token: jt.Token, CAPin: in.Pin(), StateDir: dir, Version: "test"}); err != nil {
 		t.Fatalf("join: %v", err)
 	}
 	logs := &syncBuffer{}

@@ -279,7 +279,7 @@ func TestAgentJoinsRunsAndIsRefusedWhenRemoved(t *testing.T) {
 	exec(t, in, "UPDATE nodes SET health = 'pending'")
 	jt := joinToken(t, in, "m1", time.Hour)
 	dir := filepath.Join(t.TempDir(), "agent")
-	if _, err := agent.Join(context.Background(), agent.JoinOptions{Server: in.URL, Token: jt.Token, CAPin: in.Pin(), StateDir: dir, Version: "test"}); err != nil {
+	if _, err := agent.Join(context.Background(), agent.JoinOptions{Servers: []string{in.URL}, Token: jt.Token, CAPin: in.Pin(), StateDir: dir, Version: "test"}); err != nil {
 		t.Fatalf("join: %v", err)
 	}
 	hookLog := filepath.Join(t.TempDir(), "hooks.log")
@@ -342,7 +342,7 @@ func TestCredentialRotation(t *testing.T) {
 	in.Nodes().SetCredentialCacheTTL(100 * time.Millisecond)
 	jt := joinToken(t, in, "m1", time.Hour)
 	dir := filepath.Join(t.TempDir(), "agent")
-	if _, err := agent.Join(context.Background(), agent.JoinOptions{Server: in.URL, Token: jt.Token, CAPin: in.Pin(), StateDir: dir}); err != nil {
+	if _, err := agent.Join(context.Background(), agent.JoinOptions{Servers: []string{in.URL}, Token: jt.Token, CAPin: in.Pin(), StateDir: dir}); err != nil {
 		t.Fatal(err)
 	}
 	before, _ := agent.Load(dir)

@@ -20,6 +20,7 @@ type Alert struct {
 	LastError     string
 	SentAt        *time.Time
 	EmailID       string
+	SendingSince  *time.Time
 }
 
 type ApiToken struct {
@@ -78,6 +79,11 @@ type LoginFailure struct {
 	ID  int64
 	Key string
 	At  time.Time
+}
+
+type LoginKnown struct {
+	Key    string
+	LastOk time.Time
 }
 
 type Node struct {
@@ -154,6 +160,25 @@ type Setting struct {
 	Value     string
 	UpdatedAt time.Time
 	UpdatedBy string
+}
+
+type SipCall struct {
+	Ref        string
+	WorkID     *int64
+	CallID     string
+	FromTag    string
+	ToTag      string
+	FromUri    string
+	ToUri      string
+	NodeID     *int64
+	State      string
+	Cause      string
+	Tries      int32
+	Failovers  []string
+	Instance   string
+	CreatedAt  time.Time
+	AnsweredAt *time.Time
+	EndedAt    *time.Time
 }
 
 type User struct {

@@ -210,9 +210,11 @@ func (q *Queries) WorkDesiredForNode(ctx context.Context, db DBTX, nodeID *int64
 }
 
 const workDesiredSetForNode = `-- name: WorkDesiredSetForNode :many
-SELECT n.assign_version, w.id, w.ref, w.kind, w.cost, w.epoch, w.state
+SELECT n.assign_version, w.id, w.ref, w.kind, w.cost, w.epoch, w.state,
+    c.call_id, c.from_uri, c.to_uri
 FROM nodes n
 LEFT JOIN work w ON w.node_id = n.id AND w.state IN ('assigned', 'active')
+LEFT JOIN sip_calls c ON c.ref = w.ref AND w.kind = 'call'
 WHERE n.id = $1
 ORDER BY w.id
 `
@@ -225,6 +227,9 @@ type WorkDesiredSetForNodeRow struct {
 	Cost          *int32
 	Epoch         *int64
 	State         *string
+	CallID        *string
+	FromUri       *string
+	ToUri         *string
 }
 
 // WorkDesiredSetForNode reads a node's assignment version and its live
@@ -232,6 +237,8 @@ type WorkDesiredSetForNodeRow struct {
 // transaction: one round trip per long-poll answer instead of four. A
 // node without live work yields one row whose work columns are NULL; an
 // unknown node yields none.
+// A call placed by the SIP front door carries its Call-ID, From and To,
+// for the agent's hook.
 func (q *Queries) WorkDesiredSetForNode(ctx context.Context, db DBTX, nodeID int64) ([]WorkDesiredSetForNodeRow, error) {
 	rows, err := db.Query(ctx, workDesiredSetForNode, nodeID)
 	if err != nil {
@@ -249,6 +256,9 @@ func (q *Queries) WorkDesiredSetForNode(ctx context.Context, db DBTX, nodeID int
 			&i.Cost,
 			&i.Epoch,
 			&i.State,
+			&i.CallID,
+			&i.FromUri,
+			&i.ToUri,
 		); err != nil {
 			return nil, err
 		}

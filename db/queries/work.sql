@@ -38,10 +38,14 @@ WHERE node_id = @node_id AND state IN ('assigned', 'active') ORDER BY id;
 -- transaction: one round trip per long-poll answer instead of four. A
 -- node without live work yields one row whose work columns are NULL; an
 -- unknown node yields none.
+-- A call placed by the SIP front door carries its Call-ID, From and To,
+-- for the agent's hook.
 -- name: WorkDesiredSetForNode :many
-SELECT n.assign_version, w.id, w.ref, w.kind, w.cost, w.epoch, w.state
+SELECT n.assign_version, w.id, w.ref, w.kind, w.cost, w.epoch, w.state,
+    c.call_id, c.from_uri, c.to_uri
 FROM nodes n
 LEFT JOIN work w ON w.node_id = n.id AND w.state IN ('assigned', 'active')
+LEFT JOIN sip_calls c ON c.ref = w.ref AND w.kind = 'call'
 WHERE n.id = @node_id
 ORDER BY w.id;
 

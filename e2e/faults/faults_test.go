@@ -83,6 +83,10 @@ type run struct {
 	v1, v2  *node // fail during the fault, and after it
 	killed  time.Time
 	cleanup []func()
+	// sampler and mailsAt (emails received when each victim was killed)
+	// tell a victim's own incident from a wrong verdict on it before.
+	sampler *sampler
+	mailsAt map[string]int
 	notes   []string
 }
 
@@ -92,9 +96,14 @@ func (s *run) note(format string, args ...any) {
 }
 
 // failDuring kills v1 (its service and agent) while the fault lasts.
-func (s *run) failDuring() {
+func (s *run) failDuring() { s.kill(s.v1) }
+
+// kill fails n for real, from now on an expected incident.
+func (s *run) kill(n *node) {
 	s.killed = time.Now()
-	s.c.fail(s.v1)
+	s.sampler.exclude(n.name, s.killed)
+	s.mailsAt[n.name] = len(s.c.smtp.Messages())
+	s.c.fail(n)
 }
 
 func runScenario(t *testing.T, sc scenario) {
@@ -129,13 +138,13 @@ func runScenario(t *testing.T, sc scenario) {
 		t.Fatal(err)
 	}
 	sampler := startSampler(c)
+	s.sampler, s.mailsAt = sampler, map[string]int{}
 
 	// The fault, with v1 failing under it.
 	start := time.Now()
 	sc.inject(s)
 	healed := time.Now()
 	t.Logf("fault injected and healed in %v", healed.Sub(start).Round(time.Millisecond))
-	sampler.exclude(s.v1.name, s.v2.name)
 
 	// After the fault: v1 is found down and alerted; one checker runs.
 	detectDuring := waitHealth(s, s.v1, "down", s.killed)
@@ -168,7 +177,7 @@ func runScenario(t *testing.T, sc scenario) {
 	res := result{fault: sc.name, detectDuring: detectDuring, detectAfter: detectAfter, checkers: checkers}
 	res.falseDowns = sampler.falseDowns()
 	res.falseMoves = falseMoves(s, before)
-	res.lost, res.dup, res.stray = classifyEmails(s, c.smtp.Messages()[mails:])
+	res.lost, res.dup, res.stray = classifyEmails(s, c.smtp.Messages(), mails)
 	// From a little before the fault, so the last round before it counts.
 	res.gap = checkerGap(s, dbStart.Add(-3*time.Second))
 	res.notes = s.notes
@@ -188,10 +197,7 @@ func runScenario(t *testing.T, sc scenario) {
 	}
 }
 
-func (s *run) v2Kill() {
-	s.killed = time.Now()
-	s.c.fail(s.v2)
-}
+func (s *run) v2Kill() { s.kill(s.v2) }
 
 // waitHealth waits until n has health h and returns how long after since
 // that was seen; -1 (and a test error) when it was not within 2 minutes.
@@ -306,15 +312,17 @@ func downNodes(subject, body string) []string {
 // classifyEmails counts, for the two nodes that failed, DOWN emails
 // missing (lost) and extra (duplicate), and emails about anything else
 // (stray) but one control-plane notice.
-func classifyEmails(s *run, msgs []smtpMessage) (lost, dup, stray int) {
+func classifyEmails(s *run, msgs []smtpMessage, from int) (lost, dup, stray int) {
 	count := map[string]int{}
 	subjects := map[string][]string{}
 	notices := 0
-	for _, m := range msgs {
+	for i := from; i < len(msgs); i++ {
+		m := msgs[i]
 		down := downNodes(m.Subject, m.Body)
 		other := false
 		for _, n := range down {
-			if n == s.v1.name || n == s.v2.name {
+			// A victim reported down before it was killed was a wrong verdict.
+			if at, killed := s.mailsAt[n]; killed && i >= at {
 				count[n]++
 				subjects[n] = append(subjects[n], m.Subject)
 			} else {
@@ -384,21 +392,21 @@ type sampler struct {
 	c        *cluster
 	mu       sync.Mutex
 	down     map[string]bool
-	excluded map[string]bool
+	excluded map[string]time.Time // from when a node's down is expected
 	done     chan struct{}
 	wg       sync.WaitGroup
 }
 
 func startSampler(c *cluster) *sampler {
-	sm := &sampler{c: c, down: map[string]bool{}, excluded: map[string]bool{}, done: make(chan struct{})}
+	sm := &sampler{c: c, down: map[string]bool{}, excluded: map[string]time.Time{}, done: make(chan struct{})}
 	sm.wg.Go(func() {
 		for {
 			for n, h := range c.health() {
-				if h == "down" {
-					sm.mu.Lock()
+				sm.mu.Lock()
+				if since, ok := sm.excluded[n]; h == "down" && (!ok || time.Now().Before(since)) {
 					sm.down[n] = true
-					sm.mu.Unlock()
 				}
+				sm.mu.Unlock()
 			}
 			select {
 			case <-sm.done:
@@ -410,12 +418,11 @@ func startSampler(c *cluster) *sampler {
 	return sm
 }
 
-func (sm *sampler) exclude(names ...string) {
+// exclude expects n down from since on (it was killed then).
+func (sm *sampler) exclude(n string, since time.Time) {
 	sm.mu.Lock()
 	defer sm.mu.Unlock()
-	for _, n := range names {
-		sm.excluded[n] = true
-	}
+	sm.excluded[n] = since
 }
 
 func (sm *sampler) stop() {
@@ -428,9 +435,7 @@ func (sm *sampler) seen() []string {
 	defer sm.mu.Unlock()
 	var out []string
 	for n := range sm.down {
-		if !sm.excluded[n] {
-			out = append(out, n)
-		}
+		out = append(out, n)
 	}
 	slices.Sort(out)
 	return out

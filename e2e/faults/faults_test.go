@@ -28,6 +28,11 @@ const outage = 6 * time.Second
 // for a busy 2-core machine.
 const detectBound = 2750*time.Millisecond + 7*time.Second
 
+// gapBound is the longest silence of the checker a fault may cause: its
+// outage, then the 5 s lease for another instance to take over (or the
+// leader to renew), with slack for a busy machine.
+func gapBound(sc scenario) time.Duration { return sc.length + 5*time.Second + 10*time.Second }
+
 // scenario is one row of the fault table.
 type scenario struct {
 	name string
@@ -39,6 +44,9 @@ type scenario struct {
 	// inject causes the fault and ends it; it calls s.failDuring() at the
 	// fault's worst moment, so that a real node failure happens under it.
 	inject func(s *run)
+	// length is the longest single outage of the fault: the checker must
+	// resume within it plus the lease (see gapBound).
+	length time.Duration
 	// alert550: the first alert email is refused for good (SMTP 550); it
 	// must show as failed with the server's answer, not count as lost.
 	alert550 bool
@@ -46,16 +54,16 @@ type scenario struct {
 
 func scenarios() []scenario {
 	return []scenario{
-		{name: "Postgres restart -m fast, 6 s down", inject: func(s *run) { s.restartPostgres(false) }},
-		{name: "Postgres restart -m immediate, 6 s down", long: true, inject: func(s *run) { s.restartPostgres(true) }},
-		{name: "Postgres primary -> promoted replica", long: true, database: primaryWithReplica, inject: promoteReplica},
-		{name: "6 s gap agents -> call managers", inject: agentGap},
+		{name: "Postgres restart -m fast, 6 s down", length: outage, inject: func(s *run) { s.restartPostgres(false) }},
+		{name: "Postgres restart -m immediate, 6 s down", long: true, length: outage, inject: func(s *run) { s.restartPostgres(true) }},
+		{name: "Postgres primary -> promoted replica", long: true, length: outage, database: primaryWithReplica, inject: promoteReplica},
+		{name: "6 s gap agents -> call managers", length: outage, inject: agentGap},
 		// A 3.6 s pause (2/3 of the 5 s lease) ends in a race between the
 		// lease renewal and the leader's own expiry check; three pauses
 		// make a wrong outcome of that race all but certain to show.
-		{name: "leader SIGSTOP 3.6 s (x3)", inject: func(s *run) { s.pauseLeader(3600*time.Millisecond, 3) }},
-		{name: "leader SIGSTOP 8 s", long: true, inject: func(s *run) { s.pauseLeader(8*time.Second, 1) }},
-		{name: "leader kill -9", inject: killLeader},
+		{name: "leader SIGSTOP 3.6 s (x3)", length: 3600 * time.Millisecond, inject: func(s *run) { s.pauseLeader(3600*time.Millisecond, 3) }},
+		{name: "leader SIGSTOP 8 s", long: true, length: 8 * time.Second, inject: func(s *run) { s.pauseLeader(8*time.Second, 1) }},
+		{name: "leader kill -9", length: outage, inject: killLeader},
 		{name: "SMTP down", long: true, inject: smtpDown},
 		{name: "SMTP 451 (twice)", long: true, inject: func(s *run) { s.c.smtp.FailNext(451, "4.3.0 try again later", 2); s.failDuring() }},
 		{name: "SMTP 550", long: true, alert550: true, inject: func(s *run) { s.c.smtp.FailNext(550, "5.1.1 mailbox unavailable", 1); s.failDuring() }},
@@ -191,6 +199,9 @@ func runScenario(t *testing.T, sc scenario) {
 	}
 	if res.lost != 0 || res.dup != 0 || res.stray != 0 {
 		t.Errorf("alerts: %d lost, %d duplicate, %d not about a failed node (only a control-plane notice may come)", res.lost, res.dup, res.stray)
+	}
+	if gap := time.Duration(res.gap * float64(time.Second)); gap > gapBound(sc) {
+		t.Errorf("the health checker was silent for %v, want at most %v (outage, then the lease)", gap.Round(100*time.Millisecond), gapBound(sc))
 	}
 	if detectAfter > detectBound {
 		t.Errorf("a node that died after the fault was detected after %v, want within %v", detectAfter, detectBound)

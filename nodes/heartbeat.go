@@ -2,7 +2,6 @@ package nodes
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"time"
 
@@ -71,8 +70,7 @@ func (h *Heartbeats) Flush(ctx context.Context) {
 		p.Loads = append(p.Loads, b.load)
 		p.Versions = append(p.Versions, b.version)
 	}
-	rows, err := h.svc.q.NodeHeartbeatBatch(ctx, h.svc.pool, p)
-	if err != nil {
+	if err := h.svc.q.NodeHeartbeatBatch(ctx, h.svc.pool, p); err != nil {
 		h.svc.log.Error("write heartbeats; retrying at the next flush", "nodes", len(batch), "err", err)
 		// Keep them for the next flush unless a newer beat arrived, so one
 		// failed write does not make live nodes look silent.
@@ -84,24 +82,6 @@ func (h *Heartbeats) Flush(ctx context.Context) {
 		}
 		h.mu.Unlock()
 		return
-	}
-	var up []int64
-	for _, r := range rows {
-		if r.BecameUp {
-			up = append(up, r.ID)
-		}
-	}
-	if len(up) > 0 {
-		named, err := h.svc.q.NodeIDsByName(ctx, h.svc.pool, up)
-		if err == nil {
-			for _, n := range named {
-				node := dbsqlc.Node{ID: n.ID, Name: n.Name}
-				_ = h.svc.event(ctx, h.svc.pool, &node, "health", "info", "node:"+n.Name, fmt.Sprintf("Node %s is up: first heartbeat received", n.Name))
-			}
-		}
-		for _, k := range WorkKinds {
-			h.svc.PlaceUnplaced(ctx, k, "node came up")
-		}
 	}
 	select {
 	case h.flushed <- struct{}{}:

@@ -78,6 +78,8 @@ func (m MoveResult) Summary(workKind string) string {
 type workItem struct {
 	id   int64
 	cost int32
+	// avoid are nodes the item must not go to: its start failed there.
+	avoid []int64
 }
 
 type target struct {
@@ -111,7 +113,7 @@ func spread(items []workItem, targets []*target) []int64 {
 		var best *target
 		bestRoom := 0.0
 		for _, t := range targets {
-			if t.assigned+it.cost > t.free {
+			if t.assigned+it.cost > t.free || slices.Contains(it.avoid, t.id) {
 				continue
 			}
 			room := t.quota - float64(t.assigned)
@@ -426,7 +428,7 @@ func (s *Service) placeUnplacedOnce(ctx context.Context, workKind, nodeKind, cau
 		}
 		items := make([]workItem, len(rows))
 		for i, r := range rows {
-			items[i] = workItem{id: r.ID, cost: r.Cost}
+			items[i] = workItem{id: r.ID, cost: r.Cost, avoid: r.Avoid}
 		}
 		dest := spread(items, targets)
 		var ids, to []int64
@@ -517,8 +519,11 @@ func (s *Service) Version(ctx context.Context, nodeID int64) (int64, error) {
 }
 
 // Ack records what an agent did with an assignment. An ack with a stale
-// epoch, or for work not on the node, changes nothing.
-func (s *Service) Ack(ctx context.Context, nodeID, workID, epoch int64, state string) (dbsqlc.Work, error) {
+// epoch, or for work not on the node, changes nothing. A failed start
+// (state "failed", with the agent's reason in in.Error) makes the item
+// wait unplaced, keeps it off this node and places it elsewhere.
+func (s *Service) Ack(ctx context.Context, nodeID int64, in AckInput) (dbsqlc.Work, error) {
+	workID, epoch, state := in.ID, in.Epoch, in.State
 	if !slices.Contains([]string{WorkActive, "failed", WorkEnded}, state) {
 		return dbsqlc.Work{}, FieldErrors{"state": "state must be active, failed or ended"}
 	}
@@ -542,6 +547,11 @@ func (s *Service) Ack(ctx context.Context, nodeID, workID, epoch int64, state st
 				return err
 			}
 			return s.ackRefused(ctx, tx, nodeID, workID, epoch)
+		}
+		if state == "failed" {
+			if err := s.recordStartFailure(ctx, tx, nodeID, workID, in.Error); err != nil {
+				return err
+			}
 		}
 		return s.q.NodeRecountUsed(ctx, tx, []int64{nodeID})
 	})

@@ -209,6 +209,8 @@ func (s *Server) answerDesired(w http.ResponseWriter, r *http.Request, nodeID in
 type ackRequest struct {
 	State string `json:"state"`
 	Epoch int64  `json:"epoch"`
+	// Error is why a start failed (state "failed").
+	Error string `json:"error"`
 }
 
 func (s *Server) ack(w http.ResponseWriter, r *http.Request) {
@@ -223,7 +225,7 @@ func (s *Server) ack(w http.ResponseWriter, r *http.Request) {
 		badJSON(w)
 		return
 	}
-	if _, err := s.nodes.Ack(r.Context(), a.NodeID, id, req.Epoch, req.State); err != nil {
+	if _, err := s.nodes.Ack(r.Context(), a.NodeID, nodes.AckInput{ID: id, Epoch: req.Epoch, State: req.State, Error: req.Error}); err != nil {
 		writeError(w, err)
 		return
 	}

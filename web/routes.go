@@ -36,6 +36,8 @@ func (h *Handler) adminRoutes(r chi.Router) {
 	r.Post("/work/{ref}/end", h.wrap(h.workEnd))
 	r.Post("/settings", h.wrap(h.settingsSave))
 	r.Post("/settings/test-email", h.wrap(h.settingsTestEmail))
+	r.Post("/settings/disruption/confirm", h.wrap(h.disruptionConfirm))
+	r.Post("/nodes/{name}/hold/clear", h.wrap(h.nodeClearHold))
 }
 
 // ownerRoutes manage accounts.

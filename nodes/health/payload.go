@@ -64,4 +64,3 @@ type CapacityPayload struct {
 	WorkKind string `json:"work_kind"`
 	Unplaced int    `json:"unplaced"`
 }
-

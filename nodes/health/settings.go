@@ -108,6 +108,13 @@ type Settings struct {
 	AlertTo   string
 }
 
+// Optional reports whether a form may leave setting key out, keeping its
+// saved value: the settings added after the first release, which older
+// scripts and forms do not send.
+func Optional(key string) bool {
+	return key == KeyDisruptionShare || key == KeyAgentLostGrace
+}
+
 // StallAfter is how long the health checker may go without completing a
 // round before its leader steps down and the portal warns that nothing
 // watches the nodes: ten probe intervals, and never under 30 s, so a
@@ -417,8 +424,8 @@ func (s *Store) Save(ctx context.Context, actor nodes.Actor, form map[string]str
 	in := maps.Clone(form)
 	// Settings added after a client was written keep their value when the
 	// form does not name them.
-	for _, k := range []string{KeyDisruptionShare, KeyAgentLostGrace} {
-		if _, ok := in[k]; !ok {
+	for _, k := range Keys() {
+		if _, ok := in[k]; !ok && Optional(k) {
 			in[k] = cur.Values()[k]
 		}
 	}

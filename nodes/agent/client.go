@@ -228,6 +228,7 @@ type assignmentsResponse struct {
 type ackRequest struct {
 	State string `json:"state"`
 	Epoch int64  `json:"epoch"`
+	Error string `json:"error,omitempty"` // why a start failed
 }
 
 func (c *apiClient) enroll(ctx context.Context, req enrollRequest) (*enrollResponse, error) {
@@ -261,11 +262,11 @@ func (c *apiClient) assignments(ctx context.Context, since int64, wait time.Dura
 	return &resp, nil
 }
 
-func (c *apiClient) ack(ctx context.Context, id int64, state string, epoch int64) error {
+func (c *apiClient) ack(ctx context.Context, id int64, state string, epoch int64, reason string) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	path := "/api/v1/assignments/" + strconv.FormatInt(id, 10) + "/ack"
-	return c.do(ctx, http.MethodPost, path, ackRequest{State: state, Epoch: epoch}, nil)
+	return c.do(ctx, http.MethodPost, path, ackRequest{State: state, Epoch: epoch, Error: reason}, nil)
 }
 
 // maxAckBatch bounds the acks of one batch request (the server's limit).
@@ -275,6 +276,7 @@ type ackBatchItem struct {
 	ID    int64  `json:"id"`
 	Epoch int64  `json:"epoch"`
 	State string `json:"state"`
+	Error string `json:"error,omitempty"` // why a start failed
 }
 
 type ackBatchRequest struct {

@@ -439,9 +439,14 @@ type DisruptionPayload struct {
 // starts, updates or ends the disruption and reports whether automatic
 // failover (and per-node DOWN alerts) are held: a disruption not yet
 // confirmed by an administrator.
+//
+// A disruption starts when the nodes that began failing within one window
+// (the fail threshold's rounds: the time one node takes to go down) are
+// more than the share; nodes that failed one by one earlier do not start
+// one. It lasts while all the nodes failing now are more than the share.
 func (c *Checker) disruption(ctx context.Context, epoch int64, st Settings, obs []observation) (bool, error) {
 	now := time.Now()
-	var total int
+	var total, fresh int
 	var failing []string
 	for _, o := range obs {
 		if !watched(&o.node, now) {
@@ -450,9 +455,13 @@ func (c *Checker) disruption(ctx context.Context, epoch int64, st Settings, obs 
 		total++
 		if !o.ok {
 			failing = append(failing, o.node.Name)
+			if int(o.node.ConsecutiveFail) < st.FailThreshold {
+				fresh++
+			}
 		}
 	}
-	disrupted := Disrupted(len(failing), total, st.DisruptionShare)
+	starts := Disrupted(fresh, total, st.DisruptionShare)
+	lasts := Disrupted(len(failing), total, st.DisruptionShare)
 	guard := false
 	err := c.inTx(ctx, epoch, func(tx pgx.Tx) error {
 		cur, err := db.Q.DisruptionGet(ctx, tx)
@@ -460,6 +469,7 @@ func (c *Checker) disruption(ctx context.Context, epoch int64, st Settings, obs 
 			return err
 		}
 		active := cur.StartedAt != nil
+		disrupted := starts || (active && lasts)
 		guard = disrupted && cur.ConfirmedAt == nil
 		list := strings.Join(failing, ", ")
 		switch {

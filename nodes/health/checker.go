@@ -194,6 +194,7 @@ type observation struct {
 	node    dbsqlc.Node
 	verdict Verdict
 	ok      bool // verdict.OK, for the state machine
+	probeOK bool // the probe's own outcome, recorded in the probe history
 	latency time.Duration
 	detail  string
 }
@@ -247,7 +248,7 @@ func (c *Checker) check(ctx context.Context, st Settings, list []dbsqlc.Node, tr
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			res := p.Probe(ctx, n.Kind, n.Address)
-			o := observation{node: n, latency: res.Latency}
+			o := observation{node: n, latency: res.Latency, probeOK: res.OK}
 			if res.OK {
 				o.detail = probeName(n.Kind) + " " + res.Detail
 			} else {
@@ -323,7 +324,7 @@ func (c *Checker) Round(ctx context.Context, epoch int64, st Settings) error {
 	for _, o := range obs {
 		n := o.node
 		results.NodeIds = append(results.NodeIds, n.ID)
-		results.Oks = append(results.Oks, o.ok)
+		results.Oks = append(results.Oks, o.probeOK)
 		results.Latencies = append(results.Latencies, o.latency.Microseconds())
 		results.Details = append(results.Details, o.detail)
 		if agentLostChanges(st, o, now) {
@@ -617,7 +618,7 @@ func (c *Checker) sweep(ctx context.Context, epoch int64, st Settings, n dbsqlc.
 		if err != nil || cur.DownAlerted {
 			return err
 		}
-		why := "it is watched again"
+		why := "it is watched again (its maintenance ended, it was enabled, or a disruption cleared)"
 		if cur.MaintenanceUntil != nil && !cur.MaintenanceUntil.After(now) {
 			why = "its maintenance ended at " + cur.MaintenanceUntil.UTC().Format(time.RFC3339)
 		}

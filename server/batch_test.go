@@ -383,7 +383,9 @@ func TestAgentBatchAcks(t *testing.T) {
 		cancel()
 		<-done
 	}()
-	waitFor(t, "first heartbeat", func() bool { return count(t, in, "SELECT count(*) FROM nodes WHERE last_heartbeat_at IS NOT NULL") == 1 })
+	waitFor(t, "first heartbeat", func() bool {
+		return count(t, in, "SELECT count(*) FROM nodes WHERE last_heartbeat_at IS NOT NULL") == 1
+	})
 	exec(t, in, "UPDATE nodes SET health = 'up'")
 	if _, err := in.Nodes().PlaceWorkBatch(context.Background(), testActor, batchOf("ag", 25, 1)); err != nil {
 		t.Fatal(err)

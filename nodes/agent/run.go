@@ -32,10 +32,10 @@ const (
 	DefaultHookAttempts = 3
 	// DefaultHookRetry is the delay before the second try of a failed
 	// start hook; each later delay doubles.
-	DefaultHookRetry = time.Second
-	DefaultPollWait    = 30 * time.Second
-	DefaultMinBackoff  = 500 * time.Millisecond
-	DefaultMaxBackoff  = 30 * time.Second
+	DefaultHookRetry  = time.Second
+	DefaultPollWait   = 30 * time.Second
+	DefaultMinBackoff = 500 * time.Millisecond
+	DefaultMaxBackoff = 30 * time.Second
 
 	defaultHeartbeat = time.Second
 	// fullReportEvery is how often (in heartbeats) the running set is sent
@@ -68,9 +68,9 @@ type RunOptions struct {
 	// doubling, before the start is acked failed with the hook's error.
 	HookAttempts int
 	HookRetry    time.Duration
-	PollWait    time.Duration // long-poll wait asked of the server (default 30s)
-	MinBackoff  time.Duration // first retry delay when the server fails (default 0.5s)
-	MaxBackoff  time.Duration // largest retry delay (default 30s)
+	PollWait     time.Duration // long-poll wait asked of the server (default 30s)
+	MinBackoff   time.Duration // first retry delay when the server fails (default 0.5s)
+	MaxBackoff   time.Duration // largest retry delay (default 30s)
 }
 
 func (o RunOptions) withDefaults() RunOptions {

@@ -95,6 +95,16 @@ func TestStaleHeartbeatWithPassingProbeIsAgentLost(t *testing.T) {
 		t.Fatal("node page does not show agent lost")
 	}
 
+	req, _ := http.NewRequest(http.MethodGet, in.URL+"/api/v1/nodes/media-1", nil)
+	req.Header.Set("Authorization", "Bearer "+in.APIToken(t))
+	var api struct {
+		Health    string `json:"health"`
+		AgentLost bool   `json:"agent_lost"`
+	}
+	if r := in.Do(t, in.Client(t), req); json.Unmarshal([]byte(r.Body), &api) != nil || !api.AgentLost || api.Health != nodes.HealthUp {
+		t.Fatalf("API does not show the node up and agent lost: %s", r.Body)
+	}
+
 	runAgent(t, in, "media-1", agent.RunOptions{}) // a new agent joins
 	waitWithin(t, "agent lost cleared", 30*time.Second, func() bool {
 		return queryInt(t, env.pool, "SELECT count(*) FROM nodes WHERE name = 'media-1' AND agent_lost_since IS NULL") == 1
@@ -475,6 +485,9 @@ func TestFailingStartHookBacksOffAndMovesTheWork(t *testing.T) {
 	viewer := in.User(t, "viewer@example.com", "viewer")
 	if page := in.Get(t, viewer, "/nodes/media-a"); !strings.Contains(page.Body, `data-testid="start-failures"`) || !strings.Contains(page.Body, "exit status 3") {
 		t.Fatal("node page does not show the start failures")
+	}
+	if page := in.Get(t, viewer, "/work"); !strings.Contains(page.Body, `data-testid="work-last-error"`) {
+		t.Fatal("work page does not show why the items failed to start")
 	}
 }
 

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"strings"
 	"time"
-	"unicode"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/callplane/callplane/db/dbsqlc"
+	"github.com/callplane/callplane/nodes/safetext"
 )
 
 // AlertHook is the outbox type of a start hook failure alert.
@@ -37,22 +39,13 @@ type HookPayload struct {
 }
 
 // cleanReason makes an agent's failure reason safe to store and show: one
-// line of printable text, bounded.
+// line of text without control characters, bounded.
 func cleanReason(s string) string {
-	s = strings.Map(func(r rune) rune {
-		if r == '\n' || r == '\r' || r == '\t' {
-			return ' '
-		}
-		if !unicode.IsPrint(r) {
-			return -1
-		}
-		return r
-	}, s)
-	s = strings.TrimSpace(s)
+	s = strings.Join(strings.Fields(safetext.Sanitize(s, maxFailureText)), " ")
 	if s == "" {
 		return "the agent reported that the start failed, without a reason"
 	}
-	return truncate(s, maxFailureText)
+	return s
 }
 
 // recordStartFailure notes, in the ack's transaction, that the agent of
@@ -100,4 +93,17 @@ func (s *Service) recordStartFailure(ctx context.Context, tx dbsqlc.DBTX, nodeID
 // the node page.
 func (s *Service) StartFailures(ctx context.Context, nodeID int64, limit int32) ([]dbsqlc.WorkFailuresOnNodeRow, error) {
 	return s.q.WorkFailuresOnNode(ctx, s.pool, dbsqlc.WorkFailuresOnNodeParams{NodeID: nodeID, Lim: limit})
+}
+
+// WouldStrand reports, inside tx, what moving all of node's work away
+// would leave unplaced: it runs MoveAway, the very code of a disable or an
+// automatic failover, in a savepoint it rolls back, as the portal's
+// preview does. The health checker says so in a manual-failover alert.
+func (s *Service) WouldStrand(ctx context.Context, tx pgx.Tx, node *dbsqlc.Node) (MoveResult, error) {
+	sp, err := tx.Begin(ctx)
+	if err != nil {
+		return MoveResult{}, err
+	}
+	defer func() { _ = sp.Rollback(ctx) }()
+	return s.MoveAway(ctx, sp, node, "preview", ActorPreview)
 }

@@ -72,7 +72,7 @@ func runAgent(t *testing.T, in *servertest.Instance, name string, opts agent.Run
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "agent-"+name)
 	jt := joinToken(t, in, name, time.Hour)
-	if _, err := agent.Join(context.Background(), agent.JoinOptions{Server: in.URL, Token: jt.Token, CAPin: in.Pin(), StateDir: dir, Version: "test"}); err != nil {
+	if _, err := agent.Join(context.Background(), agent.JoinOptions{Servers: []string{in.URL}, Token: jt.Token, CAPin: in.Pin(), StateDir: dir, Version: "test"}); err != nil {
 		t.Fatalf("join %s: %v", name, err)
 	}
 	opts.StateDir, opts.Version = dir, "test"

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/dbsqlc"
@@ -37,11 +36,6 @@ type Leadership interface {
 
 // MaxConcurrentProbes bounds the probes in flight in one round.
 const MaxConcurrentProbes = 64
-
-// conflictRetries is how often a checker transaction that Postgres rolled
-// back to break a deadlock or a serialization conflict runs again, so a
-// race with an administrator's change never drops a round.
-const conflictRetries = 3
 
 // Checker probes every node and applies the health state machine. Run it
 // on the leader only (server.Leader.WhileLeading).
@@ -164,29 +158,17 @@ func (c *Checker) holder() string {
 	return ""
 }
 
-// inTx runs fn in a transaction that first checks the leader fence, and
-// runs it again when Postgres broke a deadlock or a serialization
-// conflict by rolling it back.
+// inTx runs fn in a transaction that first checks the leader fence, under
+// the database retry policy: when Postgres breaks a deadlock or a
+// serialization conflict by rolling it back, it runs again, so a race with
+// an administrator's change never drops a round.
 func (c *Checker) inTx(ctx context.Context, epoch int64, fn func(tx pgx.Tx) error) error {
-	for attempt := 1; ; attempt++ {
-		err := db.InTx(ctx, c.svc.Pool(), func(tx pgx.Tx) error {
-			if err := c.lead.Fence(ctx, tx, epoch); err != nil {
-				return err
-			}
-			return fn(tx)
-		})
-		if err == nil || attempt > conflictRetries || !conflicted(err) {
+	return db.InTxRetry(ctx, c.svc.Pool(), func(tx pgx.Tx) error {
+		if err := c.lead.Fence(ctx, tx, epoch); err != nil {
 			return err
 		}
-		c.log.Info("health checker transaction conflicted; running it again", "attempt", attempt, "err", err)
-	}
-}
-
-// conflicted reports a deadlock or serialization failure Postgres resolved
-// by rolling the transaction back.
-func conflicted(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && (pgErr.Code == "40P01" || pgErr.Code == "40001")
+		return fn(tx)
+	})
 }
 
 // observation is one node's check in a round.
@@ -284,7 +266,7 @@ func (c *Checker) check(ctx context.Context, st Settings, list []dbsqlc.Node, tr
 }
 
 func inMaintenance(n *dbsqlc.Node, now time.Time) bool {
-	return n.MaintenanceUntil != nil && n.MaintenanceUntil.After(now)
+	return nodes.NodeFromRow(*n).InMaintenance(now)
 }
 
 // watched reports whether a node's failures count for the disruption
@@ -583,7 +565,7 @@ func (c *Checker) queueAlert(ctx context.Context, tx pgx.Tx, n *dbsqlc.Node, p A
 // automatically: its kind's policy is auto, it is not in maintenance and
 // not disabled (a disabled node's work has moved already).
 func failsOver(st Settings, n *dbsqlc.Node, now time.Time) bool {
-	return st.PolicyFor(n.Kind) == PolicyAuto && !inMaintenance(n, now) && n.AdminState != nodes.StateDisabled
+	return nodes.NodeFromRow(*n).CanFailOver(st.PolicyFor(n.Kind), now)
 }
 
 // stillDownDue reports whether a node that is down needs the sweep: it is
@@ -661,19 +643,18 @@ func (c *Checker) downOutcome(ctx context.Context, tx pgx.Tx, st Settings, n *db
 	if inMaintenance(n, now) {
 		return fmt.Sprintf("%s stay on the node (maintenance: no automatic failover)", nodes.WorkNoun(wk, live)), false, nil
 	}
-	room, err := db.Q.NodeRoomForKind(ctx, tx, dbsqlc.NodeRoomForKindParams{Kind: n.Kind, ExcludeID: n.ID})
-	if err != nil {
-		return "", false, err
-	}
 	out := fmt.Sprintf("%s stay on the node until an administrator disables it (manual failover)", nodes.WorkNoun(wk, live))
-	if int64(n.Used) <= room.Free {
+	mr, err := c.svc.WouldStrand(ctx, tx, n)
+	switch {
+	case err != nil:
+		return "", false, err
+	case mr.Unplaced == 0:
 		return out, false, nil
-	}
-	if room.Nodes == 0 || room.Free <= 0 {
+	case mr.Moved == 0:
 		return out + fmt.Sprintf("; no other enabled, up %s node has room, so disabling it leaves all %s waiting unplaced", n.Kind, nodes.WorkNoun(wk, live)), true, nil
 	}
-	return out + fmt.Sprintf("; the other %s nodes have room for %d of its %d work units, so disabling it leaves the rest waiting unplaced",
-		n.Kind, room.Free, n.Used), true, nil
+	return out + fmt.Sprintf("; the other %s nodes have room for %s, so disabling it leaves %s waiting unplaced",
+		n.Kind, nodes.WorkNoun(wk, int64(mr.Moved)), nodes.WorkNoun(wk, int64(mr.Unplaced))), true, nil
 }
 
 type applied struct {

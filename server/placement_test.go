@@ -481,8 +481,9 @@ func TestDisableThroughOneInstanceRefusesAgentOnAnother(t *testing.T) {
 	if _, _, err := a.Nodes().SetAdminState(context.Background(), testActor, "m1", nodes.StateDisabled); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "b refuses the disabled node", func() bool {
-		r, _ := api(t, b, "POST", "/api/v1/heartbeat", cred, map[string]any{})
+	// A disabled node keeps heartbeating; it is refused its work.
+	waitFor(t, "b refuses the disabled node its work", func() bool {
+		r, _ := api(t, b, "GET", "/api/v1/assignments?wait=0s", cred, nil)
 		return r.StatusCode == http.StatusForbidden
 	})
 	if _, err := a.Nodes().RemoveNode(context.Background(), testActor, "m1", true); err != nil {

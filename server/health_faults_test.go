@@ -369,7 +369,7 @@ func TestFlapHoldCountsTransitionsAndAdminClearsIt(t *testing.T) {
 	waitWithin(t, "the hold", 10*time.Second, func() bool {
 		return queryInt(t, env.pool, "SELECT count(*) FROM nodes WHERE name = 'media-1' AND flapping AND hold_until > now() + interval '9 minutes'") == 1
 	})
-	ep = probeEndpoint(t, probe.KindMedia, ep.Address())
+	probeEndpoint(t, probe.KindMedia, ep.Address())
 	var since time.Time
 	_ = env.pool.QueryRow(context.Background(), "SELECT now()").Scan(&since)
 	waitWithin(t, "passing probes while held", 20*time.Second, func() bool {

@@ -47,6 +47,9 @@ type CallTarget struct {
 	NodeID   int64
 	NodeName string
 	Address  string
+	// Merged is set by PlaceCalls for a call whose Call-ID and From tag
+	// are live already (ErrMergedCall from PlaceCall).
+	Merged bool
 }
 
 // CallRoute is what an in-dialog request needs: whose tag set the call up
@@ -272,4 +275,137 @@ func retryStatement(ctx context.Context, fn func() error) error {
 		}
 		return err
 	}
+}
+
+// PlaceCalls places a batch of new calls (first tries) in one
+// transaction: the eligible media nodes are locked once, the calls planned
+// over them in Go, and the work items, call rows and node loads written by
+// one statement. Each call gets its target; NodeID 0 means no node had
+// room. A call whose ref exists already (an INVITE sent again after a
+// challenge, or a merged request) is placed on its own with PlaceCall.
+func (s *Service) PlaceCalls(ctx context.Context, ids []CallIdentity, instance string) ([]CallTarget, error) {
+	out := make([]CallTarget, len(ids))
+	var again []int
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		again = again[:0]
+		for i := range out {
+			out[i] = CallTarget{}
+		}
+		cands, err := s.q.SipMediaLockEligible(ctx, tx)
+		if err != nil {
+			return err
+		}
+		plan := planCalls(cands, len(ids))
+		p := dbsqlc.SipCallPlaceBatchParams{Instance: instance}
+		byID := make(map[int64]dbsqlc.SipMediaLockEligibleRow, len(cands))
+		for _, c := range cands {
+			byID[c.ID] = c
+		}
+		for i, id := range ids {
+			if plan[i] == 0 {
+				continue
+			}
+			p.Refs = append(p.Refs, id.Ref)
+			p.NodeIds = append(p.NodeIds, plan[i])
+			p.CallIds = append(p.CallIds, id.CallID)
+			p.FromTags = append(p.FromTags, id.FromTag)
+			p.FromUris = append(p.FromUris, id.FromURI)
+			p.ToUris = append(p.ToUris, id.ToURI)
+		}
+		if len(p.Refs) == 0 {
+			return nil
+		}
+		rows, err := s.q.SipCallPlaceBatch(ctx, tx, p)
+		if err != nil {
+			return err
+		}
+		placed := make(map[string]dbsqlc.SipCallPlaceBatchRow, len(rows))
+		for _, r := range rows {
+			placed[r.Ref] = r
+		}
+		for i, id := range ids {
+			if plan[i] == 0 {
+				continue
+			}
+			r, ok := placed[id.Ref]
+			if !ok {
+				again = append(again, i)
+				continue
+			}
+			delete(placed, id.Ref) // a ref twice in one batch: the second goes again
+			n := byID[r.NodeID]
+			out[i] = CallTarget{WorkID: r.ID, Epoch: r.Epoch, NodeID: r.NodeID, NodeName: n.Name, Address: n.Address}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("place %d calls: %w", len(ids), err)
+	}
+	for _, i := range again {
+		t, err := s.PlaceCall(ctx, ids[i], nil, false)
+		if err != nil && !errors.Is(err, ErrMergedCall) {
+			return nil, err
+		}
+		out[i] = CallTarget{Merged: errors.Is(err, ErrMergedCall)}
+		if err == nil {
+			out[i] = t
+		}
+	}
+	return out, nil
+}
+
+// planCalls spreads n new calls of cost 1 over the candidate nodes: each
+// goes to the node with the lowest weighted load after taking it,
+// ((used + 1) / capacity) / weight, never above capacity, ties to the
+// lowest id (candidates come in id order). It returns the node id per
+// call, 0 when none has room.
+func planCalls(cands []dbsqlc.SipMediaLockEligibleRow, n int) []int64 {
+	used := make([]int32, len(cands))
+	for i, c := range cands {
+		used[i] = c.Used
+	}
+	out := make([]int64, n)
+	for k := range out {
+		best, bestLoad := -1, 0.0
+		for i, c := range cands {
+			if used[i]+1 > c.Capacity || c.Weight <= 0 {
+				continue
+			}
+			load := float64(used[i]+1) / float64(c.Capacity) / float64(c.Weight)
+			if best < 0 || load < bestLoad {
+				best, bestLoad = i, load
+			}
+		}
+		if best >= 0 {
+			used[best]++
+			out[k] = cands[best].ID
+		}
+	}
+	return out
+}
+
+// CallEnd is one call to end in a batch.
+type CallEnd struct {
+	Ref   string
+	State string
+	Cause string
+}
+
+// EndCalls ends many calls in one statement and returns the nodes whose
+// load dropped.
+func (s *Service) EndCalls(ctx context.Context, ends []CallEnd) ([]int64, error) {
+	p := dbsqlc.SipCallEndBatchParams{Refs: make([]string, len(ends)), States: make([]string, len(ends)), Causes: make([]string, len(ends))}
+	for i, e := range ends {
+		p.Refs[i], p.States[i], p.Causes[i] = e.Ref, e.State, e.Cause
+	}
+	var ids []int64
+	err := retryStatement(ctx, func() error {
+		var err error
+		ids, err = s.q.SipCallEndBatch(ctx, s.pool, p)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("end %d calls: %w", len(ends), err)
+	}
+	return ids, nil
 }

@@ -92,6 +92,56 @@ func (q *Queries) SipCallEnd(ctx context.Context, db DBTX, arg SipCallEndParams)
 	return i, err
 }
 
+const sipCallEndBatch = `-- name: SipCallEndBatch :many
+WITH ended AS (
+    UPDATE work SET state = 'ended', ended_at = now(), updated_at = now()
+    WHERE ref = ANY ($1::text[]) AND state IN ('assigned', 'active')
+    RETURNING node_id, cost
+), d AS (
+    SELECT node_id, sum(cost)::int AS cost FROM ended WHERE node_id IS NOT NULL GROUP BY node_id
+), lk AS (
+    SELECT id FROM nodes WHERE id IN (SELECT node_id FROM d) ORDER BY id FOR UPDATE
+), freed AS (
+    UPDATE nodes n SET used = greatest(n.used - d.cost, 0), assign_version = nextval('assign_version_seq')
+    FROM d WHERE n.id = d.node_id AND n.id IN (SELECT id FROM lk)
+    RETURNING n.id
+), closed AS (
+    UPDATE sip_calls c SET state = x.state, cause = x.cause, ended_at = now()
+    FROM (SELECT unnest($1::text[]) AS ref, unnest($2::text[]) AS state, unnest($3::text[]) AS cause) x
+    WHERE c.ref = x.ref AND c.state IN ('setup', 'answered')
+)
+SELECT id FROM freed
+`
+
+type SipCallEndBatchParams struct {
+	Refs   []string
+	States []string
+	Causes []string
+}
+
+// SipCallEndBatch ends many calls in one statement, as SipCallEnd does
+// one: their live work ends, their nodes' load drops, their rows take
+// their final state and cause. It returns the nodes whose load dropped.
+func (q *Queries) SipCallEndBatch(ctx context.Context, db DBTX, arg SipCallEndBatchParams) ([]int64, error) {
+	rows, err := db.Query(ctx, sipCallEndBatch, arg.Refs, arg.States, arg.Causes)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []int64{}
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		items = append(items, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const sipCallFailover = `-- name: SipCallFailover :one
 WITH ended AS (
     UPDATE work SET state = 'ended', ended_at = now(), updated_at = now()
@@ -375,6 +425,85 @@ func (q *Queries) SipCallPlace(ctx context.Context, db DBTX, arg SipCallPlacePar
 	return i, err
 }
 
+const sipCallPlaceBatch = `-- name: SipCallPlaceBatch :many
+WITH w AS (
+    INSERT INTO work (ref, kind, cost, state, node_id)
+    SELECT t.ref, 'call', 1, 'assigned', t.node_id
+    FROM (SELECT unnest($1::text[]) AS ref, unnest($2::bigint[]) AS node_id) t
+    ON CONFLICT (ref) DO NOTHING
+    RETURNING id, ref, node_id, epoch
+), c AS (
+    INSERT INTO sip_calls (ref, work_id, call_id, from_tag, from_uri, to_uri, node_id, state, instance)
+    SELECT w.ref, w.id, t.call_id, t.from_tag, t.from_uri, t.to_uri, w.node_id, 'setup', $3::text
+    FROM w JOIN (SELECT unnest($1::text[]) AS ref, unnest($4::text[]) AS call_id,
+        unnest($5::text[]) AS from_tag, unnest($6::text[]) AS from_uri,
+        unnest($7::text[]) AS to_uri) t ON t.ref = w.ref
+    ON CONFLICT (ref) DO UPDATE SET work_id = excluded.work_id, node_id = excluded.node_id, state = 'setup',
+        call_id = excluded.call_id, from_tag = excluded.from_tag, from_uri = excluded.from_uri, to_uri = excluded.to_uri,
+        instance = excluded.instance, cause = '', to_tag = '', answered_at = NULL, ended_at = NULL,
+        tries = 1, failovers = '{}', created_at = now()
+), u AS (
+    UPDATE nodes n SET used = n.used + d.n, assign_version = nextval('assign_version_seq')
+    FROM (SELECT node_id, count(*)::int AS n FROM w GROUP BY node_id) d
+    WHERE n.id = d.node_id
+)
+SELECT id, ref, node_id::bigint AS node_id, epoch FROM w
+`
+
+type SipCallPlaceBatchParams struct {
+	Refs     []string
+	NodeIds  []int64
+	Instance string
+	CallIds  []string
+	FromTags []string
+	FromUris []string
+	ToUris   []string
+}
+
+type SipCallPlaceBatchRow struct {
+	ID     int64
+	Ref    string
+	NodeID int64
+	Epoch  int64
+}
+
+// SipCallPlaceBatch records a planned batch of calls in one statement:
+// their work items (a ref that exists already is skipped and absent from
+// the answer, for the caller to place one by one), their call rows, and
+// each node's new load.
+func (q *Queries) SipCallPlaceBatch(ctx context.Context, db DBTX, arg SipCallPlaceBatchParams) ([]SipCallPlaceBatchRow, error) {
+	rows, err := db.Query(ctx, sipCallPlaceBatch,
+		arg.Refs,
+		arg.NodeIds,
+		arg.Instance,
+		arg.CallIds,
+		arg.FromTags,
+		arg.FromUris,
+		arg.ToUris,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []SipCallPlaceBatchRow{}
+	for rows.Next() {
+		var i SipCallPlaceBatchRow
+		if err := rows.Scan(
+			&i.ID,
+			&i.Ref,
+			&i.NodeID,
+			&i.Epoch,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const sipCallPrune = `-- name: SipCallPrune :execrows
 DELETE FROM sip_calls WHERE state IN ('ended', 'failed') AND ended_at < now() - interval '1 day'
 `
@@ -454,6 +583,54 @@ func (q *Queries) SipCallsExpire(ctx context.Context, db DBTX, maxSeconds float6
 			return nil, err
 		}
 		items = append(items, node_id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const sipMediaLockEligible = `-- name: SipMediaLockEligible :many
+SELECT id, name, address, capacity, used, weight FROM nodes
+WHERE kind = 'media' AND admin_state = 'enabled' AND health = 'up'
+  AND (maintenance_until IS NULL OR maintenance_until < now())
+ORDER BY id
+FOR UPDATE
+`
+
+type SipMediaLockEligibleRow struct {
+	ID       int64
+	Name     string
+	Address  string
+	Capacity int32
+	Used     int32
+	Weight   int32
+}
+
+// SipMediaLockEligible locks the media nodes that may take new calls, in
+// id order (the order every multi-node writer locks in), for a batch of
+// placements planned under the locks: one lock per node per batch instead
+// of one per call, which is what lets placements keep pace with the calls.
+func (q *Queries) SipMediaLockEligible(ctx context.Context, db DBTX) ([]SipMediaLockEligibleRow, error) {
+	rows, err := db.Query(ctx, sipMediaLockEligible)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []SipMediaLockEligibleRow{}
+	for rows.Next() {
+		var i SipMediaLockEligibleRow
+		if err := rows.Scan(
+			&i.ID,
+			&i.Name,
+			&i.Address,
+			&i.Capacity,
+			&i.Used,
+			&i.Weight,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err

@@ -204,3 +204,65 @@ SELECT kind, cause, count(*)::bigint AS n FROM (
 
 -- name: SipSettings :many
 SELECT key, value FROM settings WHERE key LIKE 'sip\_%' ORDER BY key;
+
+-- SipMediaLockEligible locks the media nodes that may take new calls, in
+-- id order (the order every multi-node writer locks in), for a batch of
+-- placements planned under the locks: one lock per node per batch instead
+-- of one per call, which is what lets placements keep pace with the calls.
+-- name: SipMediaLockEligible :many
+SELECT id, name, address, capacity, used, weight FROM nodes
+WHERE kind = 'media' AND admin_state = 'enabled' AND health = 'up'
+  AND (maintenance_until IS NULL OR maintenance_until < now())
+ORDER BY id
+FOR UPDATE;
+
+-- SipCallPlaceBatch records a planned batch of calls in one statement:
+-- their work items (a ref that exists already is skipped and absent from
+-- the answer, for the caller to place one by one), their call rows, and
+-- each node's new load.
+-- name: SipCallPlaceBatch :many
+WITH w AS (
+    INSERT INTO work (ref, kind, cost, state, node_id)
+    SELECT t.ref, 'call', 1, 'assigned', t.node_id
+    FROM (SELECT unnest(@refs::text[]) AS ref, unnest(@node_ids::bigint[]) AS node_id) t
+    ON CONFLICT (ref) DO NOTHING
+    RETURNING id, ref, node_id, epoch
+), c AS (
+    INSERT INTO sip_calls (ref, work_id, call_id, from_tag, from_uri, to_uri, node_id, state, instance)
+    SELECT w.ref, w.id, t.call_id, t.from_tag, t.from_uri, t.to_uri, w.node_id, 'setup', @instance::text
+    FROM w JOIN (SELECT unnest(@refs::text[]) AS ref, unnest(@call_ids::text[]) AS call_id,
+        unnest(@from_tags::text[]) AS from_tag, unnest(@from_uris::text[]) AS from_uri,
+        unnest(@to_uris::text[]) AS to_uri) t ON t.ref = w.ref
+    ON CONFLICT (ref) DO UPDATE SET work_id = excluded.work_id, node_id = excluded.node_id, state = 'setup',
+        call_id = excluded.call_id, from_tag = excluded.from_tag, from_uri = excluded.from_uri, to_uri = excluded.to_uri,
+        instance = excluded.instance, cause = '', to_tag = '', answered_at = NULL, ended_at = NULL,
+        tries = 1, failovers = '{}', created_at = now()
+), u AS (
+    UPDATE nodes n SET used = n.used + d.n, assign_version = nextval('assign_version_seq')
+    FROM (SELECT node_id, count(*)::int AS n FROM w GROUP BY node_id) d
+    WHERE n.id = d.node_id
+)
+SELECT id, ref, node_id::bigint AS node_id, epoch FROM w;
+
+-- SipCallEndBatch ends many calls in one statement, as SipCallEnd does
+-- one: their live work ends, their nodes' load drops, their rows take
+-- their final state and cause. It returns the nodes whose load dropped.
+-- name: SipCallEndBatch :many
+WITH ended AS (
+    UPDATE work SET state = 'ended', ended_at = now(), updated_at = now()
+    WHERE ref = ANY (@refs::text[]) AND state IN ('assigned', 'active')
+    RETURNING node_id, cost
+), d AS (
+    SELECT node_id, sum(cost)::int AS cost FROM ended WHERE node_id IS NOT NULL GROUP BY node_id
+), lk AS (
+    SELECT id FROM nodes WHERE id IN (SELECT node_id FROM d) ORDER BY id FOR UPDATE
+), freed AS (
+    UPDATE nodes n SET used = greatest(n.used - d.cost, 0), assign_version = nextval('assign_version_seq')
+    FROM d WHERE n.id = d.node_id AND n.id IN (SELECT id FROM lk)
+    RETURNING n.id
+), closed AS (
+    UPDATE sip_calls c SET state = x.state, cause = x.cause, ended_at = now()
+    FROM (SELECT unnest(@refs::text[]) AS ref, unnest(@states::text[]) AS state, unnest(@causes::text[]) AS cause) x
+    WHERE c.ref = x.ref AND c.state IN ('setup', 'answered')
+)
+SELECT id FROM freed;

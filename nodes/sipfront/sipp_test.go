@@ -172,16 +172,16 @@ func TestSippFailoverToTheNextNode(t *testing.T) {
 	if code := calls.wait(t); code != 0 {
 		t.Fatalf("calls failed although one node answers (exit %d):\n%s", code, calls.out.String())
 	}
-	if n := e.count(t, "SELECT count(*) FROM sip_calls WHERE state = 'ended' AND cause = 'bye' AND failovers = '{503,timeout}'"); n != 3 {
-		t.Fatalf("calls that failed over 503 then timeout and completed = %d, want 3", n)
-	}
+	waitFor(t, "3 calls that failed over 503 then timeout and completed", func() bool {
+		return e.count(t, "SELECT count(*) FROM sip_calls WHERE state = 'ended' AND cause = 'bye' AND failovers = '{503,timeout}'") == 3
+	})
 
 	e.exec(t, "UPDATE nodes SET admin_state = 'draining' WHERE name = 'good'")
 	none := startSippCaller(t, e.front.Addr(), 2, 1, 0)
 	if code := none.wait(t); code == 0 {
 		t.Fatalf("calls succeeded with no answering node:\n%s", none.out.String())
 	}
-	if n := e.count(t, "SELECT count(*) FROM sip_calls WHERE state = 'failed' AND cause = 'all tries failed'"); n != 2 {
-		t.Fatalf("calls refused after every try = %d, want 2", n)
-	}
+	waitFor(t, "2 calls refused after every try", func() bool {
+		return e.count(t, "SELECT count(*) FROM sip_calls WHERE state = 'failed' AND cause = 'all tries failed'") == 2
+	})
 }

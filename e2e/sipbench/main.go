@@ -136,6 +136,10 @@ func run(ctx context.Context, o options) error {
 func (b *bench) measure(p *proxy) result {
 	r := result{name: p.name}
 	fmt.Printf("%s at %s\n", p.name, p.addr)
+	// Warm up (connections, plans, caches) before measuring.
+	if _, err := b.sippCallsFor(p.name+"-warmup", p.addr, 50, 3*time.Second); err != nil {
+		fmt.Printf("  warm-up: %v\n", err)
+	}
 	for _, rate := range b.o.rates {
 		cpu0 := p.cpu()
 		s, err := b.sippStep(p.name, p.addr, rate)

@@ -62,11 +62,16 @@ func (b *bench) sippCaller(name, addr string, extra ...string) (string, error) {
 // sippStep places rate calls a second for the step's length, each hung
 // up as soon as it is answered.
 func (b *bench) sippStep(name, addr string, rate int) (step, error) {
+	return b.sippCallsFor(name, addr, rate, b.o.step)
+}
+
+// sippCallsFor places rate calls a second for d.
+func (b *bench) sippCallsFor(name, addr string, rate int, d time.Duration) (step, error) {
 	s := step{rate: rate}
-	calls := rate * int(b.o.step.Seconds())
+	calls := rate * int(d.Seconds())
 	out, err := b.sippCaller(fmt.Sprintf("%s-%d", name, rate), addr, "-r", strconv.Itoa(rate), "-m", strconv.Itoa(calls),
 		"-d", "0", "-l", strconv.Itoa(max(rate*5, 100)), "-trace_rtt", "-rtt_freq", "1",
-		"-timeout", strconv.Itoa(int(b.o.step.Seconds())+120)+"s")
+		"-timeout", strconv.Itoa(int(d.Seconds())+120)+"s")
 	if err != nil {
 		return s, err
 	}

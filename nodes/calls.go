@@ -48,7 +48,7 @@ type CallTarget struct {
 	NodeName string
 	Address  string
 	// Merged is set by PlaceCalls for a call whose Call-ID and From tag
-	// are live already (ErrMergedCall from PlaceCall).
+	// are live already (ErrMergedCall from PlaceSIPCall).
 	Merged bool
 }
 
@@ -73,38 +73,58 @@ type CallAnswer struct {
 	At    time.Time
 }
 
-// PlaceCall places a call on the least-loaded eligible media node outside
-// exclude and records it, in one statement. retry marks a failover try of
-// the same call.
-func (s *Service) PlaceCall(ctx context.Context, id CallIdentity, exclude []int64, retry bool) (CallTarget, error) {
-	if exclude == nil {
-		exclude = []int64{}
-	}
-	p := dbsqlc.SipCallPlaceParams{
-		Ref: id.Ref, CallID: id.CallID, FromTag: id.FromTag, FromUri: id.FromURI, ToUri: id.ToURI,
-		Instance: id.Instance, Exclude: exclude, Retry: retry,
-	}
-	var row dbsqlc.SipCallPlaceRow
-	err := retryStatement(ctx, func() error {
-		var err error
-		row, err = s.q.SipCallPlace(ctx, s.pool, p)
-		return err
+// PlaceSIPCall places one call (a failover try, or a call whose ref
+// exists already) on the media node Plan picks outside exclude, and
+// records it: the eligible nodes are locked, planned over, and the call
+// written in one statement. retry marks a failover try of the same call.
+// NodeID 0 in the answer means no eligible node had room.
+func (s *Service) PlaceSIPCall(ctx context.Context, id CallIdentity, exclude []int64, retry bool) (CallTarget, error) {
+	var t CallTarget
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		t = CallTarget{}
+		cands, err := s.q.SipMediaLockEligible(ctx, tx)
+		if err != nil {
+			return err
+		}
+		to := Plan([]PlanItem{{Cost: 1, Exclude: exclude}}, mediaCandidates(cands))[0]
+		if to == 0 {
+			return nil
+		}
+		row, err := s.q.SipCallPlaceOn(ctx, tx, dbsqlc.SipCallPlaceOnParams{
+			Ref: id.Ref, NodeID: to, CallID: id.CallID, FromTag: id.FromTag, FromUri: id.FromURI, ToUri: id.ToURI,
+			Instance: id.Instance, Retry: retry,
+		})
+		if err != nil {
+			return err
+		}
+		if row.Duplicate || row.WorkID == 0 {
+			// A live call holds the ref: nothing was written (a
+			// duplicate racing us rolls the node's count back with us).
+			t.Merged = true
+			return errMerged
+		}
+		t = CallTarget{WorkID: row.WorkID, Epoch: row.Epoch, NodeID: row.NodeID, NodeName: row.NodeName, Address: row.NodeAddress}
+		return nil
 	})
+	if errors.Is(err, errMerged) {
+		return CallTarget{}, fmt.Errorf("place call %s: %w", id.Ref, ErrMergedCall)
+	}
 	if err != nil {
 		return CallTarget{}, fmt.Errorf("place call %s: %w", id.Ref, err)
 	}
-	if row.Duplicate {
-		return CallTarget{}, fmt.Errorf("place call %s: %w", id.Ref, ErrMergedCall)
+	return t, nil
+}
+
+// errMerged rolls back a placement that met a live call with its ref.
+var errMerged = errors.New("merged call")
+
+// mediaCandidates turns locked media nodes into the planner's candidates.
+func mediaCandidates(rows []dbsqlc.SipMediaLockEligibleRow) []Candidate {
+	out := make([]Candidate, len(rows))
+	for i, r := range rows {
+		out[i] = Candidate{ID: r.ID, Name: r.Name, Capacity: r.Capacity, Used: r.Used, Weight: r.Weight}
 	}
-	if row.NodeID != 0 && row.WorkID == 0 {
-		// A concurrent duplicate took the ref between our check and our
-		// insert: the node's counter was bumped for nothing. Recount it.
-		if err := s.q.NodeRecountUsed(ctx, s.pool, []int64{row.NodeID}); err != nil {
-			s.log.Error("recount node after merged call", "node_id", row.NodeID, "err", err)
-		}
-		return CallTarget{}, fmt.Errorf("place call %s: %w", id.Ref, ErrMergedCall)
-	}
-	return CallTarget{WorkID: row.WorkID, Epoch: row.Epoch, NodeID: row.NodeID, NodeName: row.NodeName, Address: row.NodeAddress}, nil
+	return out
 }
 
 // FailoverCall ends the placement of a try that failed and notes its
@@ -270,7 +290,7 @@ func (s *Service) CallStats(ctx context.Context, window time.Duration) (CallStat
 func retryStatement(ctx context.Context, fn func() error) error {
 	for attempt := 1; ; attempt++ {
 		err := fn()
-		if err != nil && attempt < 5 && conflicted(err) && ctx.Err() == nil {
+		if err != nil && attempt < 5 && db.Retryable(err) && ctx.Err() == nil {
 			continue
 		}
 		return err
@@ -282,7 +302,7 @@ func retryStatement(ctx context.Context, fn func() error) error {
 // over them in Go, and the work items, call rows and node loads written by
 // one statement. Each call gets its target; NodeID 0 means no node had
 // room. A call whose ref exists already (an INVITE sent again after a
-// challenge, or a merged request) is placed on its own with PlaceCall.
+// challenge, or a merged request) is placed on its own with PlaceSIPCall.
 func (s *Service) PlaceCalls(ctx context.Context, ids []CallIdentity, instance string) ([]CallTarget, error) {
 	out := make([]CallTarget, len(ids))
 	var again []int
@@ -295,7 +315,11 @@ func (s *Service) PlaceCalls(ctx context.Context, ids []CallIdentity, instance s
 		if err != nil {
 			return err
 		}
-		plan := planCalls(cands, len(ids))
+		items := make([]PlanItem, len(ids))
+		for i := range items {
+			items[i] = PlanItem{Cost: 1}
+		}
+		plan := Plan(items, mediaCandidates(cands))
 		p := dbsqlc.SipCallPlaceBatchParams{Instance: instance}
 		byID := make(map[int64]dbsqlc.SipMediaLockEligibleRow, len(cands))
 		for _, c := range cands {
@@ -342,7 +366,7 @@ func (s *Service) PlaceCalls(ctx context.Context, ids []CallIdentity, instance s
 		return nil, fmt.Errorf("place %d calls: %w", len(ids), err)
 	}
 	for _, i := range again {
-		t, err := s.PlaceCall(ctx, ids[i], nil, false)
+		t, err := s.PlaceSIPCall(ctx, ids[i], nil, false)
 		if err != nil && !errors.Is(err, ErrMergedCall) {
 			return nil, err
 		}
@@ -352,36 +376,6 @@ func (s *Service) PlaceCalls(ctx context.Context, ids []CallIdentity, instance s
 		}
 	}
 	return out, nil
-}
-
-// planCalls spreads n new calls of cost 1 over the candidate nodes: each
-// goes to the node with the lowest weighted load after taking it,
-// ((used + 1) / capacity) / weight, never above capacity, ties to the
-// lowest id (candidates come in id order). It returns the node id per
-// call, 0 when none has room.
-func planCalls(cands []dbsqlc.SipMediaLockEligibleRow, n int) []int64 {
-	used := make([]int32, len(cands))
-	for i, c := range cands {
-		used[i] = c.Used
-	}
-	out := make([]int64, n)
-	for k := range out {
-		best, bestLoad := -1, 0.0
-		for i, c := range cands {
-			if used[i]+1 > c.Capacity || c.Weight <= 0 {
-				continue
-			}
-			load := float64(used[i]+1) / float64(c.Capacity) / float64(c.Weight)
-			if best < 0 || load < bestLoad {
-				best, bestLoad = i, load
-			}
-		}
-		if best >= 0 {
-			used[best]++
-			out[k] = cands[best].ID
-		}
-	}
-	return out
 }
 
 // CallEnd is one call to end in a batch.

@@ -48,6 +48,7 @@ type Server struct {
 	leader   *Leader
 	settings *health.Store
 	recon    reconciler
+	adverts  instanceAdverts
 	sip      *sipfront.Front
 
 	// background tasks started by Run; each stops with its context.
@@ -117,6 +118,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	mailer := outbox.New(outbox.Config{Pool: s.pool, Store: s.settings, Fence: s.leader, Log: log, PortalURL: s.URL()})
 	s.AddBackground(func(ctx context.Context) { s.leader.WhileLeading(ctx, checker.Run) })
 	s.AddBackground(func(ctx context.Context) { s.leader.WhileLeading(ctx, mailer.Run) })
+	s.AddBackground(func(ctx context.Context) {
+		s.adverts.run(ctx, s.pool, cfg.InstanceID, advert{URL: s.URL(), Pin: s.pin}, log)
+	})
 	if cfg.SIPListen != "" {
 		s.sip, err = sipfront.New(sipfront.Config{Listen: cfg.SIPListen, Public: cfg.SIPPublic, Instance: cfg.InstanceID, Log: log}, s.nodes)
 		if err != nil {
@@ -180,8 +184,9 @@ func (s *Server) InstanceID() string { return s.cfg.InstanceID }
 // LeaderID implements web.Cluster.
 func (s *Server) LeaderID(ctx context.Context) string { return s.leader.Current(ctx) }
 
-// JoinServer implements web.Cluster.
-func (s *Server) JoinServer() string { return s.URL() }
+// JoinServer implements web.Cluster: every call manager's URL,
+// comma-separated (see instances.go).
+func (s *Server) JoinServer() string { return s.adverts.get(s.URL()) }
 
 // CAPin implements web.Cluster.
 func (s *Server) CAPin() string { return s.pin }
@@ -192,9 +197,12 @@ func (s *Server) AddBackground(fn func(ctx context.Context)) { s.background = ap
 func (s *Server) routes() http.Handler {
 	r := chi.NewRouter()
 	r.Use(middleware.Recoverer)
+	r.Use(clientAddr(s.cfg.TrustedProxies))
 	r.Use(requestLog(s.log))
 	r.Use(securityHeaders)
 	r.Use(crossOrigin)
+	r.Use(limitBody(s.cfg.BodyTimeout))
+	r.Use(validText)
 	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
@@ -236,7 +244,8 @@ func (s *Server) Run(ctx context.Context) error {
 	srv := &http.Server{
 		Handler:           s.handler,
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{s.cert}, MinVersion: tls.VersionTLS12},
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: HeaderTimeout,
+		MaxHeaderBytes:    64 << 10,
 		IdleTimeout:       120 * time.Second,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
@@ -258,7 +267,8 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.log.Info("call manager listening", "url", s.URL(), "instance", s.cfg.InstanceID, "ca_pin", s.pin)
 	errc := make(chan error, 1)
-	go func() { errc <- srv.ServeTLS(s.ln, "", "") }()
+	ln := newConnLimiter(s.ln, s.cfg.MaxConnsPerClient, s.cfg.TrustedProxies, s.connDropped())
+	go func() { errc <- srv.ServeTLS(ln, "", "") }()
 	var err error
 	select {
 	case err = <-errc:

@@ -20,6 +20,7 @@ type Alert struct {
 	LastError     string
 	SentAt        *time.Time
 	EmailID       string
+	SendingSince  *time.Time
 }
 
 type ApiToken struct {
@@ -80,6 +81,11 @@ type LoginFailure struct {
 	At  time.Time
 }
 
+type LoginKnown struct {
+	Key    string
+	LastOk time.Time
+}
+
 type Node struct {
 	ID                int64
 	Name              string
@@ -118,6 +124,16 @@ type NodeCredential struct {
 	CreatedAt  time.Time
 	ExpiresAt  *time.Time
 	RevokedAt  *time.Time
+}
+
+type NodeEligibility struct {
+	ID       int64
+	Name     string
+	Kind     string
+	Capacity int32
+	Weight   int32
+	Used     int32
+	Eligible bool
 }
 
 type ProbeResult struct {

@@ -312,119 +312,6 @@ func (q *Queries) SipCallLookup(ctx context.Context, db DBTX, arg SipCallLookupP
 	return i, err
 }
 
-const sipCallPlace = `-- name: SipCallPlace :one
-
-WITH dup AS (
-    SELECT 1 AS x FROM work WHERE ref = $1::text AND state <> 'ended'
-), unlocked AS (
-    SELECT n.id FROM nodes n
-    WHERE n.kind = 'media' AND n.admin_state = 'enabled' AND n.health = 'up'
-      AND n.used + 1 <= n.capacity
-      AND (n.maintenance_until IS NULL OR n.maintenance_until < now())
-      AND n.id <> ALL ($2::bigint[])
-      AND NOT EXISTS (SELECT 1 FROM dup)
-    ORDER BY ((n.used + 1)::float8 / n.capacity) / n.weight, n.id
-    LIMIT 1
-    FOR UPDATE SKIP LOCKED
-), target AS (
-    SELECT id FROM unlocked
-    UNION ALL
-    (SELECT n.id FROM nodes n
-    WHERE n.kind = 'media' AND n.admin_state = 'enabled' AND n.health = 'up'
-      AND n.used + 1 <= n.capacity
-      AND (n.maintenance_until IS NULL OR n.maintenance_until < now())
-      AND n.id <> ALL ($2::bigint[])
-      AND NOT EXISTS (SELECT 1 FROM dup)
-    ORDER BY ((n.used + 1)::float8 / n.capacity) / n.weight, n.id
-    LIMIT 1)
-    LIMIT 1
-), bumped AS (
-    UPDATE nodes SET used = nodes.used + 1, assign_version = nextval('assign_version_seq')
-    WHERE nodes.id = (SELECT id FROM target) AND nodes.used + 1 <= nodes.capacity
-      AND nodes.admin_state = 'enabled' AND nodes.health = 'up'
-    RETURNING nodes.id, nodes.name, nodes.address
-), placed AS (
-    INSERT INTO work (ref, kind, cost, state, node_id)
-    SELECT $1::text, 'call', 1, 'assigned', b.id FROM bumped b
-    ON CONFLICT (ref) DO UPDATE SET state = 'assigned', node_id = excluded.node_id,
-        epoch = work.epoch + 1, updated_at = now(), ended_at = NULL
-    WHERE work.state = 'ended'
-    RETURNING id, node_id, epoch
-), call AS (
-    INSERT INTO sip_calls (ref, work_id, call_id, from_tag, from_uri, to_uri, node_id, state, instance)
-    SELECT $1::text, p.id, $3::text, $4::text, $5::text, $6::text, p.node_id, 'setup', $7::text
-    FROM placed p
-    ON CONFLICT (ref) DO UPDATE SET work_id = excluded.work_id, node_id = excluded.node_id, state = 'setup',
-        call_id = excluded.call_id, from_tag = excluded.from_tag, from_uri = excluded.from_uri, to_uri = excluded.to_uri,
-        instance = excluded.instance, cause = '', to_tag = '', answered_at = NULL, ended_at = NULL,
-        tries = CASE WHEN $8::boolean THEN sip_calls.tries + 1 ELSE 1 END,
-        failovers = CASE WHEN $8::boolean THEN sip_calls.failovers ELSE '{}' END,
-        created_at = CASE WHEN $8::boolean THEN sip_calls.created_at ELSE now() END
-    RETURNING ref
-)
-SELECT coalesce((SELECT id FROM placed), 0)::bigint AS work_id,
-       coalesce((SELECT epoch FROM placed), 0)::bigint AS epoch,
-       coalesce((SELECT id FROM bumped), 0)::bigint AS node_id,
-       coalesce((SELECT name FROM bumped), '')::text AS node_name,
-       coalesce((SELECT address FROM bumped), '')::text AS node_address,
-       EXISTS (SELECT 1 FROM dup) AS duplicate,
-       (SELECT count(*) FROM call)::bigint AS recorded
-`
-
-type SipCallPlaceParams struct {
-	Ref      string
-	Exclude  []int64
-	CallID   string
-	FromTag  string
-	FromUri  string
-	ToUri    string
-	Instance string
-	Retry    bool
-}
-
-type SipCallPlaceRow struct {
-	WorkID      int64
-	Epoch       int64
-	NodeID      int64
-	NodeName    string
-	NodeAddress string
-	Duplicate   bool
-	Recorded    int64
-}
-
-// Queries of the SIP front door (nodes/sipfront through nodes/calls.go).
-// Every call is a durable row; the hot path is one statement per step.
-// SipCallPlace places a call's work item on the least-loaded eligible
-// media node not in @exclude and records the call, in one statement (one
-// round trip, one commit). It places nothing when live work with the same
-// ref exists (a merged request) or no node has room; the caller sees both
-// in the answer. A ref whose work ended (an INVITE sent again after an
-// authentication challenge) is placed again. @retry marks a failover try
-// of the same call: its tries and failovers carry on.
-func (q *Queries) SipCallPlace(ctx context.Context, db DBTX, arg SipCallPlaceParams) (SipCallPlaceRow, error) {
-	row := db.QueryRow(ctx, sipCallPlace,
-		arg.Ref,
-		arg.Exclude,
-		arg.CallID,
-		arg.FromTag,
-		arg.FromUri,
-		arg.ToUri,
-		arg.Instance,
-		arg.Retry,
-	)
-	var i SipCallPlaceRow
-	err := row.Scan(
-		&i.WorkID,
-		&i.Epoch,
-		&i.NodeID,
-		&i.NodeName,
-		&i.NodeAddress,
-		&i.Duplicate,
-		&i.Recorded,
-	)
-	return i, err
-}
-
 const sipCallPlaceBatch = `-- name: SipCallPlaceBatch :many
 WITH w AS (
     INSERT INTO work (ref, kind, cost, state, node_id)
@@ -502,6 +389,96 @@ func (q *Queries) SipCallPlaceBatch(ctx context.Context, db DBTX, arg SipCallPla
 		return nil, err
 	}
 	return items, nil
+}
+
+const sipCallPlaceOn = `-- name: SipCallPlaceOn :one
+
+WITH dup AS (
+    SELECT 1 AS x FROM work WHERE ref = $1::text AND state <> 'ended'
+), bumped AS (
+    UPDATE nodes SET used = nodes.used + 1, assign_version = nextval('assign_version_seq')
+    WHERE nodes.id = $2::bigint AND NOT EXISTS (SELECT 1 FROM dup)
+    RETURNING nodes.id, nodes.name, nodes.address
+), placed AS (
+    INSERT INTO work (ref, kind, cost, state, node_id)
+    SELECT $1::text, 'call', 1, 'assigned', b.id FROM bumped b
+    ON CONFLICT (ref) DO UPDATE SET state = 'assigned', node_id = excluded.node_id,
+        epoch = work.epoch + 1, updated_at = now(), ended_at = NULL
+    WHERE work.state = 'ended'
+    RETURNING id, node_id, epoch
+), call AS (
+    INSERT INTO sip_calls (ref, work_id, call_id, from_tag, from_uri, to_uri, node_id, state, instance)
+    SELECT $1::text, p.id, $3::text, $4::text, $5::text, $6::text, p.node_id, 'setup', $7::text
+    FROM placed p
+    ON CONFLICT (ref) DO UPDATE SET work_id = excluded.work_id, node_id = excluded.node_id, state = 'setup',
+        call_id = excluded.call_id, from_tag = excluded.from_tag, from_uri = excluded.from_uri, to_uri = excluded.to_uri,
+        instance = excluded.instance, cause = '', to_tag = '', answered_at = NULL, ended_at = NULL,
+        tries = CASE WHEN $8::boolean THEN sip_calls.tries + 1 ELSE 1 END,
+        failovers = CASE WHEN $8::boolean THEN sip_calls.failovers ELSE '{}' END,
+        created_at = CASE WHEN $8::boolean THEN sip_calls.created_at ELSE now() END
+    RETURNING ref
+)
+SELECT coalesce((SELECT id FROM placed), 0)::bigint AS work_id,
+       coalesce((SELECT epoch FROM placed), 0)::bigint AS epoch,
+       coalesce((SELECT id FROM bumped), 0)::bigint AS node_id,
+       coalesce((SELECT name FROM bumped), '')::text AS node_name,
+       coalesce((SELECT address FROM bumped), '')::text AS node_address,
+       EXISTS (SELECT 1 FROM dup) AS duplicate,
+       (SELECT count(*) FROM call)::bigint AS recorded
+`
+
+type SipCallPlaceOnParams struct {
+	Ref      string
+	NodeID   int64
+	CallID   string
+	FromTag  string
+	FromUri  string
+	ToUri    string
+	Instance string
+	Retry    bool
+}
+
+type SipCallPlaceOnRow struct {
+	WorkID      int64
+	Epoch       int64
+	NodeID      int64
+	NodeName    string
+	NodeAddress string
+	Duplicate   bool
+	Recorded    int64
+}
+
+// Queries of the SIP front door (nodes/sipfront through nodes/calls.go).
+// Every call is a durable row; the hot path is one statement per step.
+// SipCallPlaceOn places one call's work item on the node the planner
+// chose (its row locked by SipMediaLockEligible in the same transaction)
+// and records the call. It places nothing when live work with the same
+// ref exists (a merged request); the answer says so. A ref whose work
+// ended (an INVITE sent again after an authentication challenge, or the
+// next try of a call whose node failed) is placed again. @retry marks a
+// failover try of the same call: its tries and failovers carry on.
+func (q *Queries) SipCallPlaceOn(ctx context.Context, db DBTX, arg SipCallPlaceOnParams) (SipCallPlaceOnRow, error) {
+	row := db.QueryRow(ctx, sipCallPlaceOn,
+		arg.Ref,
+		arg.NodeID,
+		arg.CallID,
+		arg.FromTag,
+		arg.FromUri,
+		arg.ToUri,
+		arg.Instance,
+		arg.Retry,
+	)
+	var i SipCallPlaceOnRow
+	err := row.Scan(
+		&i.WorkID,
+		&i.Epoch,
+		&i.NodeID,
+		&i.NodeName,
+		&i.NodeAddress,
+		&i.Duplicate,
+		&i.Recorded,
+	)
+	return i, err
 }
 
 const sipCallPrune = `-- name: SipCallPrune :execrows
@@ -591,11 +568,11 @@ func (q *Queries) SipCallsExpire(ctx context.Context, db DBTX, maxSeconds float6
 }
 
 const sipMediaLockEligible = `-- name: SipMediaLockEligible :many
-SELECT id, name, address, capacity, used, weight FROM nodes
-WHERE kind = 'media' AND admin_state = 'enabled' AND health = 'up'
-  AND (maintenance_until IS NULL OR maintenance_until < now())
-ORDER BY id
-FOR UPDATE
+SELECT e.id, e.name, n.address, e.capacity, e.used, e.weight
+FROM node_eligibility e JOIN nodes n ON n.id = e.id
+WHERE e.eligible AND e.kind = 'media'
+ORDER BY e.id
+FOR UPDATE OF n
 `
 
 type SipMediaLockEligibleRow struct {
@@ -607,8 +584,9 @@ type SipMediaLockEligibleRow struct {
 	Weight   int32
 }
 
-// SipMediaLockEligible locks the media nodes that may take new calls, in
-// id order (the order every multi-node writer locks in), for a batch of
+// SipMediaLockEligible locks the media nodes that may take new calls
+// (node_eligibility, the one definition), in id order (the order every
+// multi-node writer locks in), with their service addresses, for
 // placements planned under the locks: one lock per node per batch instead
 // of one per call, which is what lets placements keep pace with the calls.
 func (q *Queries) SipMediaLockEligible(ctx context.Context, db DBTX) ([]SipMediaLockEligibleRow, error) {

@@ -1,42 +1,19 @@
 -- Queries of the SIP front door (nodes/sipfront through nodes/calls.go).
 -- Every call is a durable row; the hot path is one statement per step.
 
--- SipCallPlace places a call's work item on the least-loaded eligible
--- media node not in @exclude and records the call, in one statement (one
--- round trip, one commit). It places nothing when live work with the same
--- ref exists (a merged request) or no node has room; the caller sees both
--- in the answer. A ref whose work ended (an INVITE sent again after an
--- authentication challenge) is placed again. @retry marks a failover try
--- of the same call: its tries and failovers carry on.
--- name: SipCallPlace :one
+-- SipCallPlaceOn places one call's work item on the node the planner
+-- chose (its row locked by SipMediaLockEligible in the same transaction)
+-- and records the call. It places nothing when live work with the same
+-- ref exists (a merged request); the answer says so. A ref whose work
+-- ended (an INVITE sent again after an authentication challenge, or the
+-- next try of a call whose node failed) is placed again. @retry marks a
+-- failover try of the same call: its tries and failovers carry on.
+-- name: SipCallPlaceOn :one
 WITH dup AS (
     SELECT 1 AS x FROM work WHERE ref = @ref::text AND state <> 'ended'
-), unlocked AS (
-    SELECT n.id FROM nodes n
-    WHERE n.kind = 'media' AND n.admin_state = 'enabled' AND n.health = 'up'
-      AND n.used + 1 <= n.capacity
-      AND (n.maintenance_until IS NULL OR n.maintenance_until < now())
-      AND n.id <> ALL (@exclude::bigint[])
-      AND NOT EXISTS (SELECT 1 FROM dup)
-    ORDER BY ((n.used + 1)::float8 / n.capacity) / n.weight, n.id
-    LIMIT 1
-    FOR UPDATE SKIP LOCKED
-), target AS (
-    SELECT id FROM unlocked
-    UNION ALL
-    (SELECT n.id FROM nodes n
-    WHERE n.kind = 'media' AND n.admin_state = 'enabled' AND n.health = 'up'
-      AND n.used + 1 <= n.capacity
-      AND (n.maintenance_until IS NULL OR n.maintenance_until < now())
-      AND n.id <> ALL (@exclude::bigint[])
-      AND NOT EXISTS (SELECT 1 FROM dup)
-    ORDER BY ((n.used + 1)::float8 / n.capacity) / n.weight, n.id
-    LIMIT 1)
-    LIMIT 1
 ), bumped AS (
     UPDATE nodes SET used = nodes.used + 1, assign_version = nextval('assign_version_seq')
-    WHERE nodes.id = (SELECT id FROM target) AND nodes.used + 1 <= nodes.capacity
-      AND nodes.admin_state = 'enabled' AND nodes.health = 'up'
+    WHERE nodes.id = @node_id::bigint AND NOT EXISTS (SELECT 1 FROM dup)
     RETURNING nodes.id, nodes.name, nodes.address
 ), placed AS (
     INSERT INTO work (ref, kind, cost, state, node_id)
@@ -205,16 +182,17 @@ SELECT kind, cause, count(*)::bigint AS n FROM (
 -- name: SipSettings :many
 SELECT key, value FROM settings WHERE key LIKE 'sip\_%' ORDER BY key;
 
--- SipMediaLockEligible locks the media nodes that may take new calls, in
--- id order (the order every multi-node writer locks in), for a batch of
+-- SipMediaLockEligible locks the media nodes that may take new calls
+-- (node_eligibility, the one definition), in id order (the order every
+-- multi-node writer locks in), with their service addresses, for
 -- placements planned under the locks: one lock per node per batch instead
 -- of one per call, which is what lets placements keep pace with the calls.
 -- name: SipMediaLockEligible :many
-SELECT id, name, address, capacity, used, weight FROM nodes
-WHERE kind = 'media' AND admin_state = 'enabled' AND health = 'up'
-  AND (maintenance_until IS NULL OR maintenance_until < now())
-ORDER BY id
-FOR UPDATE;
+SELECT e.id, e.name, n.address, e.capacity, e.used, e.weight
+FROM node_eligibility e JOIN nodes n ON n.id = e.id
+WHERE e.eligible AND e.kind = 'media'
+ORDER BY e.id
+FOR UPDATE OF n;
 
 -- SipCallPlaceBatch records a planned batch of calls in one statement:
 -- their work items (a ref that exists already is skipped and absent from

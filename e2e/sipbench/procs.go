@@ -202,7 +202,7 @@ func (b *bench) startCallplane(ctx context.Context, dbURL string) (*proxy, error
 			return nil, err
 		}
 	}
-	if _, err := pool.Exec(ctx, `UPDATE nodes SET health = 'up'`); err != nil {
+	if _, err := pool.Exec(ctx, `UPDATE nodes SET health = 'up', enrolled_at = now()`); err != nil {
 		return nil, err
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(freeUDP())

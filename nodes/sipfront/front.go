@@ -19,7 +19,7 @@ import (
 
 // Calls is what the front door needs from the cluster domain.
 type Calls interface {
-	PlaceCall(ctx context.Context, id nodes.CallIdentity, exclude []int64, retry bool) (nodes.CallTarget, error)
+	PlaceSIPCall(ctx context.Context, id nodes.CallIdentity, exclude []int64, retry bool) (nodes.CallTarget, error)
 	PlaceCalls(ctx context.Context, ids []nodes.CallIdentity, instance string) ([]nodes.CallTarget, error)
 	EndCalls(ctx context.Context, ends []nodes.CallEnd) ([]int64, error)
 	FailoverCall(ctx context.Context, ref, cause string) (int64, error)

@@ -25,7 +25,7 @@ func TestAgentHookSeesTheCallIdentity(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := filepath.Join(t.TempDir(), "agent")
-	if _, err := agent.Join(context.Background(), agent.JoinOptions{Server: e.in.URL, Token: jt.Token, CAPin: e.in.Pin(), StateDir: dir, Version: "test"}); err != nil {
+	if _, err := agent.Join(context.Background(), agent.JoinOptions{Servers: []string{e.in.URL}, Token: jt.Token, CAPin: e.in.Pin(), StateDir: dir, Version: "test"}); err != nil {
 		t.Fatalf("join: %v", err)
 	}
 	hookLog := filepath.Join(t.TempDir(), "hooks.log")

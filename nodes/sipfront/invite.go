@@ -103,7 +103,7 @@ func (c *call) run() {
 				err = nodes.ErrMergedCall
 			}
 		} else {
-			t, err = f.calls.PlaceCall(ctx, c.id, exclude, true)
+			t, err = f.calls.PlaceSIPCall(ctx, c.id, exclude, true)
 		}
 		if errors.Is(err, nodes.ErrMergedCall) {
 			f.reply(c.tx, c.req, 482, "Loop Detected")

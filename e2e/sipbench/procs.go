@@ -202,9 +202,25 @@ func (b *bench) startCallplane(ctx context.Context, dbURL string) (*proxy, error
 			return nil, err
 		}
 	}
-	if _, err := pool.Exec(ctx, `UPDATE nodes SET health = 'up', enrolled_at = now()`); err != nil {
+	if _, err := pool.Exec(ctx, `UPDATE nodes SET health = 'up', enrolled_at = now(), last_heartbeat_at = now()`); err != nil {
 		return nil, err
 	}
+	// Heartbeats stand in for the agents (an enrolled node whose agent
+	// goes quiet is not trusted), one statement a second.
+	hbCtx, hbStop := context.WithCancel(ctx)
+	b.stops = append(b.stops, hbStop)
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-hbCtx.Done():
+				return
+			case <-t.C:
+				_, _ = pool.Exec(hbCtx, `UPDATE nodes SET last_heartbeat_at = now()`)
+			}
+		}
+	}()
 	addr := "127.0.0.1:" + strconv.Itoa(freeUDP())
 	cmd, err := b.start("callmanager", bin, "serve", "--database-url", dbURL, "--data-dir", filepath.Join(b.dir, "cm"),
 		"--listen", "127.0.0.1:0", "--sip-listen", addr, "--log-level", "warn", "--instance-id", "bench")

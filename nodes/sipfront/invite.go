@@ -67,6 +67,9 @@ func (f *Front) invite(req *sip.Request, tx sip.ServerTransaction) {
 		f.reply(tx, req, 400, "Bad Request: Call-ID, From tag and To are required")
 		return
 	}
+	// 100 Trying at once (RFC 3261 section 16.2), as Kamailio's tm does:
+	// the caller stops retransmitting the INVITE while the call is placed.
+	f.reply(tx, req, 100, "Trying")
 	c := &call{f: f, req: req, tx: tx, cancelled: make(chan struct{}), id: nodes.CallIdentity{
 		Ref: CallRef(callID.Value(), fromTag), CallID: truncate(callID.Value(), maxURILen), FromTag: truncate(fromTag, maxURILen),
 		FromURI: truncate(from.Address.String(), maxURILen), ToURI: truncate(to.Address.String(), maxURILen),

@@ -39,8 +39,8 @@ func main() {
 	rates := flag.String("rates", "100,200,300,400,600,800,1000", "call rates (calls/s) stepped through, in order")
 	flag.DurationVar(&o.step, "step", 10*time.Second, "length of each rate step")
 	flag.IntVar(&o.concurrent, "concurrent", 10000, "calls held at once for the concurrency figure (0: skip)")
-	flag.IntVar(&o.concRate, "concurrent-rate", 400, "call rate while building up the concurrent calls")
-	flag.DurationVar(&o.hold, "hold", 45*time.Second, "how long each of the concurrent calls lasts")
+	flag.IntVar(&o.concRate, "concurrent-rate", 200, "call rate while building up the concurrent calls")
+	flag.DurationVar(&o.hold, "hold", 60*time.Second, "how long each of the concurrent calls lasts")
 	flag.StringVar(&o.only, "only", "", "run one proxy only: callplane or kamailio")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (logs, sipp traces)")
 	flag.Parse()
@@ -131,14 +131,19 @@ func run(ctx context.Context, o options) error {
 	return nil
 }
 
-// measure steps one proxy through the rates, stopping after the first
-// step with a failed call, then holds the concurrent calls.
+// measure holds the concurrent calls through one proxy, then steps it
+// through the rates, stopping after the first step with a failed call.
 func (b *bench) measure(p *proxy) result {
 	r := result{name: p.name}
 	fmt.Printf("%s at %s\n", p.name, p.addr)
 	// Warm up (connections, plans, caches) before measuring.
 	if _, err := b.sippCallsFor(p.name+"-warmup", p.addr, 50, 3*time.Second); err != nil {
 		fmt.Printf("  warm-up: %v\n", err)
+	}
+	// The concurrent calls first, while no failed step has left calls behind.
+	if b.o.concurrent > 0 {
+		r.concurrent = b.holdCalls(p)
+		fmt.Printf("  %d concurrent calls: peak %d live, %d failed\n", b.o.concurrent, r.concurrent.peak, r.concurrent.failed)
 	}
 	for _, rate := range b.o.rates {
 		cpu0 := p.cpu()
@@ -155,10 +160,6 @@ func (b *bench) measure(p *proxy) result {
 			break
 		}
 		r.cleanRate = rate
-	}
-	if b.o.concurrent > 0 {
-		r.concurrent = b.holdCalls(p)
-		fmt.Printf("  %d concurrent calls: peak %d live, %d failed\n", b.o.concurrent, r.concurrent.peak, r.concurrent.failed)
 	}
 	return r
 }

@@ -97,8 +97,9 @@ func (b *bench) sippCallsFor(name, addr string, rate int, d time.Duration) (step
 func (b *bench) holdCalls(p *proxy) conc {
 	var c conc
 	done := make(chan struct{})
-	peakLive := 0
+	peakLive, before := 0, 0
 	if p.live != nil {
+		before = p.live()
 		go func() {
 			t := time.NewTicker(time.Second)
 			defer t.Stop()
@@ -133,7 +134,7 @@ func (b *bench) holdCalls(p *proxy) conc {
 	c.failed = last["FailedCall(C)"] + max(0, n-last["SuccessfulCall(C)"]-last["FailedCall(C)"])
 	if p.live != nil {
 		// The proxy's own count of live calls (durable rows) is the figure.
-		c.peak = peakLive
+		c.peak = peakLive - before
 	}
 	return c
 }

@@ -162,7 +162,7 @@ func (c *cluster) startCallManager(id string) *callManager {
 		"--alert-from", "callplane@faults.callplane.test", "--alert-to", alertTo,
 		"--tls-cert", c.certFile, "--tls-key", c.keyFile,
 		"--public-url", "https://" + proxy.Addr, "--instance-id", id, "--log-level", "info",
-		"--sip-listen", "127.0.0.1:0"} // the default 5060 fits one instance per host
+		"--sip-listen", "127.0.0.1:0"}
 	c.launch(cm)
 	return cm
 }

@@ -62,7 +62,8 @@ func main() {
 type result struct {
 	name       string
 	steps      []step
-	cleanRate  int // highest rate with no failed call
+	cleanRate  int  // highest rate with no failed call
+	base       step // calling a media node directly at 100 calls/s, just before
 	concurrent conc
 }
 
@@ -94,13 +95,7 @@ func run(ctx context.Context, o options) error {
 
 	// Two media nodes for the proxies, a third for the direct baseline.
 	b.media = []string{b.startMedia("media-1"), b.startMedia("media-2")}
-	direct := b.startMedia("media-direct")
-	base, err := b.sippStep("direct", direct, 100)
-	if err != nil {
-		return fmt.Errorf("direct baseline: %w", err)
-	}
-	fmt.Printf("  direct to a media node at 100 calls/s: setup p50 %.2f ms, p99 %.2f ms (%d calls, %d failed)\n",
-		base.p50, base.p99, base.calls, base.failed)
+	b.direct = b.startMedia("media-direct")
 
 	var results []result
 	if o.only == "" || o.only == "callplane" {
@@ -127,7 +122,7 @@ func run(ctx context.Context, o options) error {
 		results = append(results, b.measure(p))
 		p.stop()
 	}
-	report(o, base, results)
+	report(o, results)
 	return nil
 }
 
@@ -136,6 +131,15 @@ func run(ctx context.Context, o options) error {
 func (b *bench) measure(p *proxy) result {
 	r := result{name: p.name}
 	fmt.Printf("%s at %s\n", p.name, p.addr)
+	// The baseline is taken next to each proxy's run: the machine's load
+	// from other work changes from minute to minute.
+	base, err := b.sippStep("direct-before-"+p.name, b.direct, 100)
+	if err != nil {
+		fmt.Printf("  direct baseline: %v\n", err)
+	}
+	r.base = base
+	fmt.Printf("  direct to a media node at 100 calls/s: setup p50 %.2f ms, p99 %.2f ms (%d calls, %d failed)\n",
+		base.p50, base.p99, base.calls, base.failed)
 	// Warm up (connections, plans, caches) before measuring.
 	if _, err := b.sippCallsFor(p.name+"-warmup", p.addr, 50, 3*time.Second); err != nil {
 		fmt.Printf("  warm-up: %v\n", err)
@@ -164,7 +168,7 @@ func (b *bench) measure(p *proxy) result {
 	return r
 }
 
-func report(o options, base step, results []result) {
+func report(o options, results []result) {
 	fmt.Println()
 	fmt.Println("| proxy | highest clean rate (calls/s) | added setup p50 / p99 at 100 calls/s | CPU s per 1,000 calls at 100 calls/s | at the clean rate | concurrent calls held |")
 	fmt.Println("|---|---|---|---|---|---|")
@@ -185,7 +189,7 @@ func report(o options, base step, results []result) {
 			held = fmt.Sprintf("%d of %d (%d failed)", r.concurrent.peak, o.concurrent, r.concurrent.failed)
 		}
 		fmt.Printf("| %s | %d | %.2f / %.2f ms | %.2f | %.2f | %s |\n", r.name, r.cleanRate,
-			at100.p50-base.p50, at100.p99-base.p99, at100.cpuPer1000(), atClean.cpuPer1000(), held)
+			at100.p50-r.base.p50, at100.p99-r.base.p99, at100.cpuPer1000(), atClean.cpuPer1000(), held)
 	}
 	if k := clean["kamailio"]; k > 0 {
 		if c, ok := clean["callplane"]; ok {

@@ -23,11 +23,12 @@ import (
 
 // bench holds the processes of the scene.
 type bench struct {
-	o     options
-	dir   string
-	repo  string
-	media []string // the two media nodes' addresses
-	stops []func()
+	o      options
+	dir    string
+	repo   string
+	media  []string // the two media nodes' addresses
+	direct string   // a third media node, called directly for the baseline
+	stops  []func()
 }
 
 func (b *bench) stopAll() {

@@ -67,7 +67,6 @@ type Front struct {
 	dialogs    dialogCache
 	bg         context.Context // lives as long as Run; calls outlive requests
 	stats      Counters
-	closeOnce  sync.Once
 }
 
 // Counters are this instance's totals since it started.

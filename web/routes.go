@@ -40,6 +40,7 @@ func (h *Handler) adminRoutes(r chi.Router) {
 	r.Post("/settings/test-email", h.wrap(h.settingsTestEmail))
 	r.Post("/settings/disruption/confirm", h.wrap(h.disruptionConfirm))
 	r.Post("/nodes/{name}/hold/clear", h.wrap(h.nodeClearHold))
+	r.Post("/settings/retention", h.wrap(h.retentionSave))
 }
 
 // ownerRoutes manage accounts.

@@ -42,6 +42,7 @@ type settingsView struct {
 	Leader    string
 	Test      testEmailResult
 	Checker   health.Status
+	Retention retentionView
 }
 
 type testEmailResult struct {
@@ -56,6 +57,9 @@ func (h *Handler) settingsView(r *http.Request, st health.Settings) (settingsVie
 	v.Values[health.KeySMTPURL] = st.SMTPRedacted()
 	var err error
 	if v.Outbox, err = h.Settings.Outbox(ctx); err != nil {
+		return v, err
+	}
+	if v.Retention, err = h.retentionView(r); err != nil {
 		return v, err
 	}
 	if h.Cluster != nil {

@@ -56,8 +56,9 @@ type Server struct {
 }
 
 // OpenDatabase connects to cfg.DatabaseURL, or starts the local Postgres
-// under the data dir when it is empty, and applies migrations. The
-// returned stop function closes the pool and stops a local server.
+// under the data dir when it is empty, and applies migrations. It returns
+// the pool, the URL it connected to and the local server it started (nil
+// with a DATABASE_URL); the caller closes the pool and stops the server.
 func OpenDatabase(ctx context.Context, cfg Config, log *slog.Logger) (*pgxpool.Pool, string, *localpg.Server, error) {
 	url := cfg.DatabaseURL
 	var pg *localpg.Server

@@ -731,14 +731,25 @@ func (q *Queries) NodeNamesByID(ctx context.Context, db DBTX, ids []int64) ([]No
 }
 
 const nodePlacementTurn = `-- name: NodePlacementTurn :exec
-SELECT pg_advisory_xact_lock(1885433171, hashtext(k)) FROM (SELECT DISTINCT unnest($1::text[]) AS k ORDER BY 1) s
+WITH turn AS (
+    SELECT count(*) AS n FROM (
+        SELECT pg_advisory_xact_lock(1885433171, hashtext(k))
+        FROM (SELECT DISTINCT unnest($1::text[]) AS k ORDER BY 1) ks) l
+)
+SELECT set_config('lock_timeout', '200ms', true) FROM turn
 `
 
 // NodePlacementTurn makes placements of new work of the same node kinds
 // take turns across instances (a transaction-level advisory lock per
-// node kind, in name order). They would otherwise plan on the same
-// nodes and queue on the same rows; waiting here happens before any node
-// is locked, so it cannot close a cycle.
+// node kind, in name order), then bounds how long the rest of the
+// transaction waits for a row lock, in one round trip. Placements would
+// otherwise plan on the same nodes and queue on the same rows; waiting for
+// the turn happens before any node is locked, so it cannot close a cycle.
+// A placement may then wait for one node while holding others; when that
+// closes a cycle with a writer that locks out of id order (SetAdminState
+// locks its node first), it gives up after 200 ms, well before Postgres's
+// deadlock detector (1 s by default) would pick a victim, and the retry
+// policy runs it again.
 func (q *Queries) NodePlacementTurn(ctx context.Context, db DBTX, kinds []string) error {
 	_, err := db.Exec(ctx, nodePlacementTurn, kinds)
 	return err
@@ -1153,19 +1164,4 @@ func (q *Queries) ProbeResultPrune(ctx context.Context, db DBTX) (int64, error) 
 		return 0, err
 	}
 	return result.RowsAffected(), nil
-}
-
-const txLockTimeout = `-- name: TxLockTimeout :exec
-SELECT set_config('lock_timeout', '200ms', true)
-`
-
-// TxLockTimeout bounds how long the rest of the transaction waits for a
-// row lock. A placement may wait for one node while holding others; when
-// that closes a cycle with a writer that locks out of id order
-// (SetAdminState locks its node first), it gives up well before
-// Postgres's deadlock detector (1 s by default) would pick a victim, and
-// the retry policy runs it again.
-func (q *Queries) TxLockTimeout(ctx context.Context, db DBTX) error {
-	_, err := db.Exec(ctx, txLockTimeout)
-	return err
 }

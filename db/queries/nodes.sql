@@ -148,20 +148,22 @@ WHERE n.id = d.id;
 
 -- NodePlacementTurn makes placements of new work of the same node kinds
 -- take turns across instances (a transaction-level advisory lock per
--- node kind, in name order). They would otherwise plan on the same
--- nodes and queue on the same rows; waiting here happens before any node
--- is locked, so it cannot close a cycle.
+-- node kind, in name order), then bounds how long the rest of the
+-- transaction waits for a row lock, in one round trip. Placements would
+-- otherwise plan on the same nodes and queue on the same rows; waiting for
+-- the turn happens before any node is locked, so it cannot close a cycle.
+-- A placement may then wait for one node while holding others; when that
+-- closes a cycle with a writer that locks out of id order (SetAdminState
+-- locks its node first), it gives up after 200 ms, well before Postgres's
+-- deadlock detector (1 s by default) would pick a victim, and the retry
+-- policy runs it again.
 -- name: NodePlacementTurn :exec
-SELECT pg_advisory_xact_lock(1885433171, hashtext(k)) FROM (SELECT DISTINCT unnest(@kinds::text[]) AS k ORDER BY 1) s;
-
--- TxLockTimeout bounds how long the rest of the transaction waits for a
--- row lock. A placement may wait for one node while holding others; when
--- that closes a cycle with a writer that locks out of id order
--- (SetAdminState locks its node first), it gives up well before
--- Postgres's deadlock detector (1 s by default) would pick a victim, and
--- the retry policy runs it again.
--- name: TxLockTimeout :exec
-SELECT set_config('lock_timeout', '200ms', true);
+WITH turn AS (
+    SELECT count(*) AS n FROM (
+        SELECT pg_advisory_xact_lock(1885433171, hashtext(k))
+        FROM (SELECT DISTINCT unnest(@kinds::text[]) AS k ORDER BY 1) ks) l
+)
+SELECT set_config('lock_timeout', '200ms', true) FROM turn;
 
 -- name: NodeNamesByID :many
 SELECT id, name FROM nodes WHERE id = ANY(@ids::bigint[]);

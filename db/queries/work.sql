@@ -189,3 +189,16 @@ RETURNING w.id, w.kind, a.state::text AS acked_state;
 
 -- name: WorkGetByIDs :many
 SELECT id, epoch, node_id, state FROM work WHERE id = ANY(@ids::bigint[]);
+
+-- WorkUnackedNodes lists the nodes holding assignments not acknowledged
+-- within the bound.
+-- name: WorkUnackedNodes :many
+SELECT DISTINCT node_id::bigint AS node_id FROM work
+WHERE state = 'assigned' AND node_id IS NOT NULL
+  AND updated_at < now() - make_interval(secs => @older_than_seconds::float8);
+
+-- name: WorkUnackedOnNodeForUpdate :many
+SELECT id, cost FROM work
+WHERE state = 'assigned' AND node_id = @node_id
+  AND updated_at < now() - make_interval(secs => @older_than_seconds::float8)
+ORDER BY id FOR UPDATE;

@@ -58,7 +58,9 @@ func TestHostileInputEveryRoute(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Signing out ends the owner's session: last.
-	sort.SliceStable(routes, func(i, j int) bool { return !strings.HasSuffix(routes[i].path, "/logout") && strings.HasSuffix(routes[j].path, "/logout") })
+	sort.SliceStable(routes, func(i, j int) bool {
+		return !strings.HasSuffix(routes[i].path, "/logout") && strings.HasSuffix(routes[j].path, "/logout")
+	})
 	if len(routes) < 40 {
 		t.Fatalf("walked only %d routes", len(routes))
 	}

@@ -6,7 +6,7 @@ BIN := bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: help build run test unit e2e demo bench generate verify clean
+.PHONY: help build run test unit e2e demo bench abuse generate verify clean
 
 help: ## Show the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ $(BIN)/mailpit: # the demo's mail sink with a web inbox, built from source once
 
 bench: ## Load driver against a real call manager and Postgres; prints the figures
 	$(GO) run ./e2e/bench
+
+abuse: ## Hostile clients against a real call manager, follower and agents on loopback; prints a table
+	$(GO) run ./e2e/abuse
 
 generate: ## Regenerate sqlc and templ output
 	$(TOOLS) sqlc generate

@@ -45,6 +45,9 @@ type env struct {
 	token            string // admin API token
 	agents           []*exec.Cmd
 	http             *http.Client
+	// observer watches node health from its own address (127.0.0.9), so
+	// the attacks' connection counts on 127.0.0.1 do not blind it.
+	observer *http.Client
 }
 
 type result struct {
@@ -78,6 +81,9 @@ func run() error {
 	e.http = &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, MaxIdleConnsPerHost: 200}, // loopback, our own instance
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	od := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.9")}}
+	e.observer = &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{DialContext: od.DialContext,
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 	fmt.Println("building callmanager and nodeagent …")
 	build := exec.CommandContext(ctx, "go", "build", "-o", e.bin+"/", "./cmd/callmanager", "./cmd/nodeagent")
 	build.Stdout, build.Stderr = os.Stdout, os.Stderr
@@ -116,7 +122,11 @@ func run() error {
 		r := a.fn(ctx, e)
 		// Let the health checker see what the attack did.
 		time.Sleep(4 * time.Second)
-		r.outages = watch()
+		var suspect int
+		r.outages, suspect = watch()
+		if suspect > 0 {
+			r.note += fmt.Sprintf("; %d node(s) briefly suspect", suspect)
+		}
 		r.attack = a.name
 		r.peakRSS = peakRSS(e.leader.cmd.Process.Pid)
 		results = append(results, r)
@@ -271,7 +281,7 @@ func (e *env) api(method, path, bearer, body string) int {
 func (e *env) notUp() []string {
 	req, _ := http.NewRequest("GET", e.leader.url+"/api/v1/nodes", nil)
 	req.Header.Set("Authorization", "Bearer "+e.token)
-	resp, err := e.http.Do(req)
+	resp, err := e.observer.Do(req)
 	if err != nil {
 		return []string{"(api unreachable)"}
 	}
@@ -284,7 +294,8 @@ func (e *env) notUp() []string {
 	}
 	var bad []string
 	for _, n := range out.Nodes {
-		if n.Health != "up" {
+		// The agents' nodes only: the poison node never serves.
+		if strings.HasPrefix(n.Name, "media-") && n.Health != "up" {
 			bad = append(bad, n.Name+":"+n.Health)
 		}
 	}
@@ -292,19 +303,25 @@ func (e *env) notUp() []string {
 }
 
 // watchOutages polls node health during an attack; the returned function
-// stops it and says how many distinct nodes were seen not up.
-func (e *env) watchOutages(ctx context.Context) func() int {
+// stops it and says how many distinct nodes were seen down, and how many
+// suspect.
+func (e *env) watchOutages(ctx context.Context) func() (int, int) {
 	ctx, cancel := context.WithCancel(ctx)
 	seen := map[string]bool{}
+	suspect := map[string]bool{}
 	var mu sync.Mutex
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		for ctx.Err() == nil {
 			for _, n := range e.notUp() {
-				name, _, _ := strings.Cut(n, ":")
+				name, health, _ := strings.Cut(n, ":")
 				mu.Lock()
-				seen[name] = true
+				if health == "suspect" {
+					suspect[name] = true
+				} else {
+					seen[name] = true
+				}
 				mu.Unlock()
 			}
 			select {
@@ -313,12 +330,12 @@ func (e *env) watchOutages(ctx context.Context) func() int {
 			}
 		}
 	}()
-	return func() int {
+	return func() (int, int) {
 		cancel()
 		<-done
 		mu.Lock()
 		defer mu.Unlock()
-		return len(seen)
+		return len(seen), len(suspect)
 	}
 }
 

@@ -67,13 +67,25 @@ func (s *Service) ReplaceUnacked(ctx context.Context, bound time.Duration) (int,
 }
 
 // moveUnacked moves the unacknowledged items off node with the move every
-// other path uses.
+// other path uses; the node's other work stays.
 func (s *Service) moveUnacked(ctx context.Context, tx pgx.Tx, node *dbsqlc.Node, rows []dbsqlc.WorkUnackedOnNodeForUpdateRow, cause string) (MoveResult, error) {
-	items := make([]workItem, len(rows))
-	for i, r := range rows {
-		items[i] = workItem{id: r.ID, cost: r.Cost}
+	unacked := make(map[int64]bool, len(rows))
+	for _, r := range rows {
+		unacked[r.ID] = true
 	}
-	return s.moveItems(ctx, tx, node, items, cause, ActorAckWatch)
+	live, err := s.liveWork(ctx, tx, node.ID)
+	if err != nil {
+		return MoveResult{}, err
+	}
+	var items, stays []liveItem
+	for _, it := range live {
+		if unacked[it.id] {
+			items = append(items, it)
+		} else {
+			stays = append(stays, it)
+		}
+	}
+	return s.moveOff(ctx, tx, node, items, stays, cause, ActorAckWatch)
 }
 
 // WatchAcks re-places unacknowledged work every interval until ctx ends

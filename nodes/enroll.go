@@ -2,7 +2,6 @@ package nodes
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -109,7 +108,7 @@ func (s *Service) Enroll(ctx context.Context, req EnrollRequest) (EnrollResult, 
 	}
 	row, err := s.q.JoinTokenGet(ctx, s.pool, id)
 	if err != nil {
-		if errors.Is(err, pgx.ErrNoRows) {
+		if db.IsNotFound(err) {
 			return EnrollResult{}, ErrUnauthorized
 		}
 		return EnrollResult{}, err
@@ -121,7 +120,7 @@ func (s *Service) Enroll(ctx context.Context, req EnrollRequest) (EnrollResult, 
 	err = s.inTx(ctx, func(tx pgx.Tx) error {
 		nodeID, err := s.q.JoinTokenConsume(ctx, tx, dbsqlc.JoinTokenConsumeParams{ID: id, SecretHash: row.SecretHash, Addr: req.RemoteAddr})
 		if err != nil {
-			if errors.Is(err, pgx.ErrNoRows) {
+			if db.IsNotFound(err) {
 				return ErrUnauthorized
 			}
 			return err
@@ -204,7 +203,7 @@ func (s *Service) AuthNode(ctx context.Context, credential string) (NodeAuth, er
 	}
 	row, err := s.q.CredentialAuth(ctx, s.pool, id)
 	if err != nil {
-		if errors.Is(err, pgx.ErrNoRows) {
+		if db.IsNotFound(err) {
 			return NodeAuth{}, ErrUnauthorized
 		}
 		return NodeAuth{}, err
@@ -305,7 +304,7 @@ func (s *Service) AuthAPIToken(ctx context.Context, token string) (string, error
 	}
 	row, err := s.q.APITokenGet(ctx, s.pool, id)
 	if err != nil {
-		if errors.Is(err, pgx.ErrNoRows) {
+		if db.IsNotFound(err) {
 			return "", ErrUnauthorized
 		}
 		return "", err

@@ -123,7 +123,7 @@ func (h *Heartbeats) Flush(ctx context.Context) {
 		}
 	}
 	if len(up) > 0 {
-		named, err := h.svc.q.NodeIDsByName(ctx, h.svc.pool, up)
+		named, err := h.svc.q.NodeNamesByID(ctx, h.svc.pool, up)
 		if err == nil {
 			for _, n := range named {
 				node := dbsqlc.Node{ID: n.ID, Name: n.Name}

@@ -43,6 +43,11 @@ type Config struct {
 	// AckTimeout: an assignment not acknowledged within it is placed
 	// again (nodes.DefaultAckTimeout).
 	AckTimeout time.Duration
+	// SIPListen is host:port of the SIP front door (UDP and TCP); empty
+	// turns it off. SIPPublic is the host:port written into Record-Route
+	// (empty: the bound listen address).
+	SIPListen string
+	SIPPublic string
 }
 
 // Edge defaults.

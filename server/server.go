@@ -24,6 +24,7 @@ import (
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/health"
 	"github.com/callplane/callplane/nodes/outbox"
+	"github.com/callplane/callplane/nodes/sipfront"
 	"github.com/callplane/callplane/web"
 	"github.com/callplane/callplane/web/auth"
 )
@@ -47,6 +48,8 @@ type Server struct {
 	leader   *Leader
 	settings *health.Store
 	recon    reconciler
+	adverts  instanceAdverts
+	sip      *sipfront.Front
 
 	// background tasks started by Run; each stops with its context.
 	background []func(ctx context.Context)
@@ -119,6 +122,19 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s.AddBackground(func(ctx context.Context) {
 		s.leader.WhileLeading(ctx, func(ctx context.Context, _ int64) { s.nodes.WatchAcks(ctx, cfg.AckTimeout, cfg.AckTimeout/6) })
 	})
+	s.AddBackground(func(ctx context.Context) { s.leader.WhileLeading(ctx, s.retain) })
+	s.AddBackground(func(ctx context.Context) {
+		s.adverts.run(ctx, s.pool, cfg.InstanceID, advert{URL: s.URL(), Pin: s.pin}, log)
+	})
+	if cfg.SIPListen != "" {
+		s.sip, err = sipfront.New(sipfront.Config{Listen: cfg.SIPListen, Public: cfg.SIPPublic, Instance: cfg.InstanceID, Log: log}, s.nodes)
+		if err != nil {
+			s.ln.Close()
+			s.close()
+			return nil, err
+		}
+		s.AddBackground(s.sip.Run)
+	}
 	s.handler = s.routes()
 	return s, nil
 }
@@ -142,6 +158,9 @@ func (s *Server) URL() string {
 
 // Addr is the bound listen address.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// SIP returns the SIP front door, nil when it is off.
+func (s *Server) SIP() *sipfront.Front { return s.sip }
 
 // Pin is the CA pin agents use with --ca-pin.
 func (s *Server) Pin() string { return s.pin }
@@ -170,8 +189,9 @@ func (s *Server) InstanceID() string { return s.cfg.InstanceID }
 // LeaderID implements web.Cluster.
 func (s *Server) LeaderID(ctx context.Context) string { return s.leader.Current(ctx) }
 
-// JoinServer implements web.Cluster.
-func (s *Server) JoinServer() string { return s.URL() }
+// JoinServer implements web.Cluster: every call manager's URL,
+// comma-separated (see instances.go).
+func (s *Server) JoinServer() string { return s.adverts.get(s.URL()) }
 
 // CAPin implements web.Cluster.
 func (s *Server) CAPin() string { return s.pin }
@@ -207,6 +227,9 @@ func (s *Server) routes() http.Handler {
 		s.adminRoutes(r)
 	})
 	portal := &web.Handler{Nodes: s.nodes, Auth: s.auth, Cluster: s, Settings: s.settings, Log: s.log, Version: s.cfg.Version}
+	if s.sip != nil {
+		portal.SIP = s.sip
+	}
 	r.Group(portal.Routes)
 	return r
 }

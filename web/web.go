@@ -45,8 +45,10 @@ type Handler struct {
 	Cluster Cluster
 	// Settings holds the health and alert settings (/settings).
 	Settings SettingsStore
-	Log      *slog.Logger
-	Version  string
+	// SIP is this instance's SIP front door (nil when it is off).
+	SIP     SIPFront
+	Log     *slog.Logger
+	Version string
 }
 
 type ctxKey int

@@ -50,6 +50,8 @@ Settings (flag, environment twin):
   --log-level      CALLPLANE_LOG_LEVEL  debug|info|warn|error
   --trusted-proxies CALLPLANE_TRUSTED_PROXIES  CIDRs whose X-Forwarded-For is believed; unset: none
   --max-conns-per-client CALLPLANE_MAX_CONNS_PER_CLIENT  256; 0: no cap
+  --sip-listen     CALLPLANE_SIP_LISTEN 127.0.0.1:5060 (SIP front door, UDP and TCP; empty: off)
+  --sip-public     CALLPLANE_SIP_PUBLIC host:port written into Record-Route (default: the listen address)
 `
 
 func main() {
@@ -97,6 +99,8 @@ func settings(fs *flag.FlagSet, cfg *server.Config, logLevel *string) {
 	fs.StringVar(&cfg.AlertTo, "alert-to", env("CALLPLANE_ALERT_TO", ""), "comma-separated alert recipients")
 	fs.StringVar(&cfg.PublicURL, "public-url", env("CALLPLANE_PUBLIC_URL", ""), "URL people and agents use to reach this instance")
 	fs.StringVar(&cfg.InstanceID, "instance-id", env("CALLPLANE_INSTANCE_ID", ""), "name of this instance (default host-pid)")
+	fs.StringVar(&cfg.SIPListen, "sip-listen", env("CALLPLANE_SIP_LISTEN", "127.0.0.1:5060"), "SIP front door address, UDP and TCP (empty: off)")
+	fs.StringVar(&cfg.SIPPublic, "sip-public", env("CALLPLANE_SIP_PUBLIC", ""), "host:port written into Record-Route (default: the listen address)")
 	fs.StringVar(logLevel, "log-level", env("CALLPLANE_LOG_LEVEL", "info"), "debug|info|warn|error")
 }
 

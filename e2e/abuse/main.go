@@ -40,7 +40,7 @@ type instance struct {
 }
 
 type env struct {
-	dir, bin, dbURL string
+	dir, bin, dbURL  string
 	leader, follower *instance
 	token            string // admin API token
 	agents           []*exec.Cmd
@@ -561,4 +561,3 @@ func slowFollower(ctx context.Context, e *env) result {
 	}
 	return c.result(fmt.Sprintf("%d of 40 work items moved", moved))
 }
-

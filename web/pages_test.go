@@ -256,8 +256,8 @@ func TestWorkPage(t *testing.T) {
 	if f := in.HTMX(t, admin, http.MethodGet, "/work?kind=queue&state=assigned", nil); hasTestID(f.Body, "work-call-1") || !strings.Contains(f.Body, `hx-get="/work?kind=queue&amp;state=assigned"`) {
 		t.Errorf("kind/state filter not applied or not kept:\n%s", snippet(f.Body))
 	}
-	// End a ref with a slash in it.
-	r = in.HTMX(t, admin, http.MethodPost, "/work/sales%2Fqueue/end", url.Values{"node": {"q1"}})
+	// End a ref with punctuation in it (refs hold no '/': issue 16).
+	r = in.HTMX(t, admin, http.MethodPost, "/work/sales.queue/end", url.Values{"node": {"q1"}})
 	wantStatus(t, r, http.StatusOK, "end work")
 	if !strings.Contains(r.Body, `id="work-live"`) || !strings.Contains(r.Body, `hx-get="/work?node=q1"`) {
 		t.Fatal("end: want the live region keeping the filters")

@@ -164,7 +164,7 @@ func (e *env) start(ctx context.Context, name string) (*instance, error) {
 	addr := freePort()
 	in := &instance{url: "https://" + addr, log: &bytes.Buffer{}}
 	in.cmd = exec.Command(filepath.Join(e.bin, "callmanager"), "serve", "--database-url", e.dbURL,
-		"--data-dir", filepath.Join(e.dir, "cm1"), "--listen", addr, "--instance-id", name, "--log-level", "warn")
+		"--data-dir", filepath.Join(e.dir, "cm1"), "--listen", addr, "--instance-id", name, "--log-level", "warn", "--sip-listen=")
 	in.cmd.Stderr = in.log
 	if err := in.cmd.Start(); err != nil {
 		return nil, err

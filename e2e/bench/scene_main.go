@@ -29,13 +29,14 @@ func sceneMain(ctx context.Context, pg *localpg.Server, root string) error {
 		return err
 	}
 	defer sc.close()
-	// One real SIP probe endpoint answers for every healthy node here.
-	ep, err := probe.NewEndpoint(ctx, "media", "127.0.0.1:0")
+	// One real SIP probe endpoint answers for every healthy node here,
+	// each node on its own loopback address (two nodes may not share one).
+	ep, err := probe.NewEndpoint(ctx, "media", "0.0.0.0:0")
 	if err != nil {
 		return err
 	}
 	defer ep.Close()
-	addr := func(int) string { return ep.Address() }
+	addr := loopbackAddrs(ep.Address())
 	t0 := time.Now()
 	first, err := sc.addNodes(ctx, "m", opt.portalNodes, 2000, addr)
 	if err != nil {

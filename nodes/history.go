@@ -201,3 +201,10 @@ func (s *Service) WorkPage(ctx context.Context, f WorkFilter, p Page) ([]dbsqlc.
 		AfterID: p.AfterID, Descending: p.Desc, AfterKey: p.AfterKey, Lim: p.limit(),
 	})
 }
+
+// MaxCapacity is the capacity of the largest registered node of a node
+// kind, 0 when there is none.
+func (s *Service) MaxCapacity(ctx context.Context, nodeKind string) (int, error) {
+	c, err := s.q.NodeMaxCapacity(ctx, s.pool, nodeKind)
+	return int(c), err
+}

@@ -143,7 +143,7 @@ func safeNext(next string) string {
 func renderBare(w http.ResponseWriter, r *http.Request, status int, c templ.Component) error {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
+	writeStatus(w, r, status)
 	return c.Render(r.Context(), w)
 }
 
@@ -230,17 +230,4 @@ func (h *Handler) userChange(w http.ResponseWriter, r *http.Request, err error, 
 		v.Notice = notice
 	}
 	return h.renderStatus(w, r, status, "Users", "users", usersBody(v))
-}
-
-func (h *Handler) auditPage(w http.ResponseWriter, r *http.Request) error {
-	q := strings.TrimSpace(r.URL.Query().Get("q"))
-	rows, err := h.Nodes.ListAudit(r.Context(), q, 300)
-	if err != nil {
-		return err
-	}
-	v := auditView{Rows: rows, Q: q}
-	if isHTMX(r) {
-		return h.render(w, r, "Audit", "audit", auditTable(v))
-	}
-	return h.render(w, r, "Audit", "audit", auditBody(v))
 }

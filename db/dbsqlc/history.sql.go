@@ -240,6 +240,19 @@ func (q *Queries) NodeIncidents(ctx context.Context, db DBTX, lim int32) ([]Node
 	return items, nil
 }
 
+const nodeMaxCapacity = `-- name: NodeMaxCapacity :one
+SELECT coalesce(max(capacity), 0)::int AS capacity FROM nodes WHERE kind = $1
+`
+
+// NodeMaxCapacity is the capacity of the largest node of a kind (0 when
+// none is registered): work that costs more can never be placed.
+func (q *Queries) NodeMaxCapacity(ctx context.Context, db DBTX, kind string) (int32, error) {
+	row := db.QueryRow(ctx, nodeMaxCapacity, kind)
+	var capacity int32
+	err := row.Scan(&capacity)
+	return capacity, err
+}
+
 const nodeUptime = `-- name: NodeUptime :one
 WITH h AS (
     SELECT health, at, lead(at, 1, now()) OVER (ORDER BY at, id) AS until

@@ -88,3 +88,8 @@ LEFT JOIN LATERAL (
 WHERE n.health IN ('down', 'suspect') AND n.admin_state <> 'disabled'
 ORDER BY n.health = 'suspect', n.health_changed_at, n.name
 LIMIT @lim;
+
+-- NodeMaxCapacity is the capacity of the largest node of a kind (0 when
+-- none is registered): work that costs more can never be placed.
+-- name: NodeMaxCapacity :one
+SELECT coalesce(max(capacity), 0)::int AS capacity FROM nodes WHERE kind = @kind;

@@ -115,6 +115,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	mailer := outbox.New(outbox.Config{Pool: s.pool, Store: s.settings, Fence: s.leader, Log: log, PortalURL: s.URL()})
 	s.AddBackground(func(ctx context.Context) { s.leader.WhileLeading(ctx, checker.Run) })
 	s.AddBackground(func(ctx context.Context) { s.leader.WhileLeading(ctx, mailer.Run) })
+	// The portal's load and work history: the leader samples once a minute.
+	s.AddBackground(func(ctx context.Context) { s.leader.WhileLeading(ctx, s.nodes.RunSampler) })
 	s.handler = s.routes()
 	return s, nil
 }

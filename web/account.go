@@ -47,8 +47,7 @@ func (h *Handler) setupSubmit(w http.ResponseWriter, r *http.Request) error {
 		v.Alert = "Those details are not correct."
 		return renderBare(w, r, http.StatusUnauthorized, setupPage(v))
 	case errors.Is(err, auth.ErrSetupDone):
-		http.Redirect(w, r, "/login", http.StatusSeeOther)
-		return nil
+		return redirect(w, r, "/login")
 	case err != nil:
 		return err
 	}
@@ -104,8 +103,7 @@ func (h *Handler) loginSubmit(w http.ResponseWriter, r *http.Request) error {
 	if target == "" {
 		target = "/"
 	}
-	http.Redirect(w, r, target, http.StatusSeeOther)
-	return nil
+	return redirect(w, r, target)
 }
 
 func (h *Handler) logout(w http.ResponseWriter, r *http.Request) error {

@@ -27,7 +27,9 @@ func (h *Handler) auditPage(w http.ResponseWriter, r *http.Request) error {
 	}
 	nav.Path, nav.Target = "/audit", "audit"
 	nav.Filters = map[string][]string{"q": {v.Q}, "result": {v.Result}}
-	fetch := func(p nodes.Page) ([]dbsqlc.AuditPageRow, error) { return h.Nodes.AuditPage(r.Context(), v.Q, v.Result, p) }
+	fetch := func(p nodes.Page) ([]dbsqlc.AuditPageRow, error) {
+		return h.Nodes.AuditPage(r.Context(), v.Q, v.Result, p)
+	}
 	if wantsCSV(r) {
 		if _, err := fetch(nodes.Page{Sort: p.Sort, Limit: 1}); err != nil {
 			return errors.Join(errBadRequest, err)

@@ -160,7 +160,9 @@ func (h *Handler) workCreate(w http.ResponseWriter, r *http.Request) error {
 	var p nodes.Placement
 	var err error
 	if len(fe) == 0 {
-		fe = h.neverFits(r, form.Kind, cost)
+		if nf := h.neverFits(r, form.Kind, cost); nf != nil {
+			fe = nf
+		}
 	}
 	if len(fe) == 0 {
 		p, err = h.Nodes.PlaceWork(r.Context(), actor(r), nodes.WorkInput{Kind: form.Kind, Ref: form.Ref, Cost: cost})

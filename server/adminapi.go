@@ -33,14 +33,14 @@ func (s *Server) adminAuth(next http.Handler) http.Handler {
 		if tok := bearer(r); tok != "" {
 			name, err := s.nodes.AuthAPIToken(r.Context(), tok)
 			if err != nil {
-				writeError(w, nodes.ErrUnauthorized)
+				writeError(w, authFailure(err))
 				return
 			}
 			c = adminCaller{actor: nodes.Actor{Name: "api:" + name, Addr: web.ClientAddr(r)}, canWrite: true}
 		} else if ck, err := r.Cookie(web.SessionCookie); err == nil {
 			u, err := s.auth.Session(r.Context(), ck.Value)
 			if err != nil {
-				writeError(w, nodes.ErrUnauthorized)
+				writeError(w, authFailure(err))
 				return
 			}
 			c = adminCaller{actor: nodes.Actor{Name: u.Email, Addr: web.ClientAddr(r)}, canWrite: u.Can(auth.RoleAdmin)}
@@ -143,7 +143,7 @@ type nodeAddRequest struct {
 func (s *Server) apiNodeAdd(w http.ResponseWriter, r *http.Request) {
 	var req nodeAddRequest
 	if err := readJSON(r, &req); err != nil {
-		badJSON(w)
+		badJSON(w, err)
 		return
 	}
 	in := nodes.NodeInput{Name: req.Name, Kind: req.Kind, Address: req.Address, Capacity: itoa(req.Capacity),
@@ -183,7 +183,7 @@ func (s *Server) apiNodeState(w http.ResponseWriter, r *http.Request) {
 func (s *Server) apiWorkCreate(w http.ResponseWriter, r *http.Request) {
 	var raw json.RawMessage
 	if err := readJSON(r, &raw); err != nil {
-		badJSON(w)
+		badJSON(w, err)
 		return
 	}
 	if b := bytes.TrimLeft(raw, " \t\r\n"); len(b) > 0 && b[0] == '[' {
@@ -191,8 +191,8 @@ func (s *Server) apiWorkCreate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var in nodes.WorkInput
-	if err := json.Unmarshal(raw, &in); err != nil {
-		badJSON(w)
+	if err := decodeStrict(raw, &in); err != nil {
+		badJSON(w, err)
 		return
 	}
 	p, err := s.nodes.PlaceWork(r.Context(), callerFrom(r.Context()), in)
@@ -209,8 +209,8 @@ func (s *Server) apiWorkCreate(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) apiWorkCreateBatch(w http.ResponseWriter, r *http.Request, raw json.RawMessage) {
 	var items []nodes.WorkInput
-	if err := json.Unmarshal(raw, &items); err != nil {
-		badJSON(w)
+	if err := decodeStrict(raw, &items); err != nil {
+		badJSON(w, err)
 		return
 	}
 	ps, err := s.nodes.PlaceWorkBatch(r.Context(), callerFrom(r.Context()), items)

@@ -24,6 +24,7 @@ import (
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/health"
 	"github.com/callplane/callplane/nodes/outbox"
+	"github.com/callplane/callplane/nodes/sipfront"
 	"github.com/callplane/callplane/web"
 	"github.com/callplane/callplane/web/auth"
 )
@@ -47,6 +48,8 @@ type Server struct {
 	leader   *Leader
 	settings *health.Store
 	recon    reconciler
+	adverts  instanceAdverts
+	sip      *sipfront.Front
 
 	// background tasks started by Run; each stops with its context.
 	background []func(ctx context.Context)
@@ -117,6 +120,18 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s.AddBackground(func(ctx context.Context) { s.leader.WhileLeading(ctx, mailer.Run) })
 	// The portal's load and work history: the leader samples once a minute.
 	s.AddBackground(func(ctx context.Context) { s.leader.WhileLeading(ctx, s.nodes.RunSampler) })
+	s.AddBackground(func(ctx context.Context) {
+		s.adverts.run(ctx, s.pool, cfg.InstanceID, advert{URL: s.URL(), Pin: s.pin}, log)
+	})
+	if cfg.SIPListen != "" {
+		s.sip, err = sipfront.New(sipfront.Config{Listen: cfg.SIPListen, Public: cfg.SIPPublic, Instance: cfg.InstanceID, Log: log}, s.nodes)
+		if err != nil {
+			s.ln.Close()
+			s.close()
+			return nil, err
+		}
+		s.AddBackground(s.sip.Run)
+	}
 	s.handler = s.routes()
 	return s, nil
 }
@@ -140,6 +155,9 @@ func (s *Server) URL() string {
 
 // Addr is the bound listen address.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// SIP returns the SIP front door, nil when it is off.
+func (s *Server) SIP() *sipfront.Front { return s.sip }
 
 // Pin is the CA pin agents use with --ca-pin.
 func (s *Server) Pin() string { return s.pin }
@@ -168,8 +186,9 @@ func (s *Server) InstanceID() string { return s.cfg.InstanceID }
 // LeaderID implements web.Cluster.
 func (s *Server) LeaderID(ctx context.Context) string { return s.leader.Current(ctx) }
 
-// JoinServer implements web.Cluster.
-func (s *Server) JoinServer() string { return s.URL() }
+// JoinServer implements web.Cluster: every call manager's URL,
+// comma-separated (see instances.go).
+func (s *Server) JoinServer() string { return s.adverts.get(s.URL()) }
 
 // CAPin implements web.Cluster.
 func (s *Server) CAPin() string { return s.pin }
@@ -180,9 +199,12 @@ func (s *Server) AddBackground(fn func(ctx context.Context)) { s.background = ap
 func (s *Server) routes() http.Handler {
 	r := chi.NewRouter()
 	r.Use(middleware.Recoverer)
+	r.Use(clientAddr(s.cfg.TrustedProxies))
 	r.Use(requestLog(s.log))
 	r.Use(securityHeaders)
 	r.Use(crossOrigin)
+	r.Use(limitBody(s.cfg.BodyTimeout))
+	r.Use(validText)
 	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
@@ -202,6 +224,9 @@ func (s *Server) routes() http.Handler {
 		s.adminRoutes(r)
 	})
 	portal := &web.Handler{Nodes: s.nodes, Auth: s.auth, Cluster: s, Settings: s.settings, Log: s.log, Version: s.cfg.Version}
+	if s.sip != nil {
+		portal.SIP = s.sip
+	}
 	r.Group(portal.Routes)
 	return r
 }
@@ -221,7 +246,8 @@ func (s *Server) Run(ctx context.Context) error {
 	srv := &http.Server{
 		Handler:           s.handler,
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{s.cert}, MinVersion: tls.VersionTLS12},
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: HeaderTimeout,
+		MaxHeaderBytes:    64 << 10,
 		IdleTimeout:       120 * time.Second,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
@@ -243,7 +269,8 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.log.Info("call manager listening", "url", s.URL(), "instance", s.cfg.InstanceID, "ca_pin", s.pin)
 	errc := make(chan error, 1)
-	go func() { errc <- srv.ServeTLS(s.ln, "", "") }()
+	ln := newConnLimiter(s.ln, s.cfg.MaxConnsPerClient, s.cfg.TrustedProxies, s.connDropped())
+	go func() { errc <- srv.ServeTLS(ln, "", "") }()
 	var err error
 	select {
 	case err = <-errc:

@@ -10,7 +10,7 @@ import (
 )
 
 const alertClaimDue = `-- name: AlertClaimDue :many
-SELECT id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id FROM alerts WHERE state = 'pending' AND next_attempt_at <= now()
+SELECT id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, sending_since FROM alerts WHERE state = 'pending' AND next_attempt_at <= now()
 ORDER BY id LIMIT 200 FOR UPDATE SKIP LOCKED
 `
 
@@ -35,6 +35,7 @@ func (q *Queries) AlertClaimDue(ctx context.Context, db DBTX) ([]Alert, error) {
 			&i.LastError,
 			&i.SentAt,
 			&i.EmailID,
+			&i.SendingSince,
 		); err != nil {
 			return nil, err
 		}
@@ -91,7 +92,7 @@ func (q *Queries) AlertInsert(ctx context.Context, db DBTX, arg AlertInsertParam
 }
 
 const alertList = `-- name: AlertList :many
-SELECT id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id FROM alerts ORDER BY id DESC LIMIT $1
+SELECT id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, sending_since FROM alerts ORDER BY id DESC LIMIT $1
 `
 
 func (q *Queries) AlertList(ctx context.Context, db DBTX, lim int32) ([]Alert, error) {
@@ -115,6 +116,7 @@ func (q *Queries) AlertList(ctx context.Context, db DBTX, lim int32) ([]Alert, e
 			&i.LastError,
 			&i.SentAt,
 			&i.EmailID,
+			&i.SendingSince,
 		); err != nil {
 			return nil, err
 		}

@@ -2,7 +2,9 @@ package auth
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -57,25 +59,30 @@ func (s *Service) ChangePassword(ctx context.Context, u User, addr, token, curre
 	if len(fe) > 0 {
 		return 0, fe
 	}
-	keys := throttleKeys(u.Email, addr)
-	counts, err := s.q.LoginFailureCountByKey(ctx, s.pool, dbsqlc.LoginFailureCountByKeyParams{Keys: keys[:1], WindowSeconds: throttleWindow.Seconds()})
+	// The check shares the sign-in slowdown of this account and address.
+	ids, err := s.reserve(ctx, []limitKey{{"pair:" + strings.ToLower(u.Email) + "|" + addr, slowPair}})
 	if err != nil {
+		if errors.Is(err, ErrThrottled) {
+			s.audit(ctx, s.pool, u.Email, addr, "user.password", u.Email, "throttled", "")
+		}
 		return 0, err
-	}
-	if len(counts) > 0 && counts[0].Failures >= maxFailsAccount {
-		s.audit(ctx, s.pool, u.Email, addr, "user.password", u.Email, "throttled", "")
-		return 0, ErrThrottled
 	}
 	row, err := s.q.UserGet(ctx, s.pool, u.ID)
 	if err != nil {
+		s.release(ctx, ids)
 		return 0, fmt.Errorf("user %d: %w", u.ID, db.Translate(err))
 	}
-	if ok, _ := CheckPassword(current, row.PasswordHash); !ok {
-		_ = s.q.LoginFailureInsert(ctx, s.pool, keys[:1])
+	ok, err := s.hasher.check(ctx, current, row.PasswordHash)
+	if err != nil {
+		s.release(ctx, ids)
+		return 0, err
+	}
+	if !ok {
 		s.audit(ctx, s.pool, u.Email, addr, "user.password", u.Email, "error", "wrong current password")
 		return 0, FieldErrors{"current": "this is not your current password"}
 	}
-	hash, err := HashPassword(next)
+	s.release(ctx, ids)
+	hash, err := s.hasher.hash(ctx, next)
 	if err != nil {
 		return 0, err
 	}

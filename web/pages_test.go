@@ -17,7 +17,7 @@ func TestViewerSeesNoActions(t *testing.T) {
 	in.AddNode(t, "m1", "media", "127.0.0.1:5060", 10)
 	markUp(t, in, "m1")
 	place(t, in, "call", "c1", 1)
-	if _, err := in.Nodes().CreateJoinToken(context.Background(), actorTest, "m1", 0); err != nil {
+	if _, err := in.Nodes().CreateReplacementToken(context.Background(), actorTest, "m1", 0); err != nil {
 		t.Fatal(err)
 	}
 	in.APIToken(t)

@@ -31,7 +31,7 @@ func (b *browser) shot(name string) {
 	}
 	ctx, cancel := context.WithTimeout(b.ctx, stepTimeout)
 	defer cancel()
-	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(90))
+	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 	if err != nil {
 		b.t.Fatalf("screenshot %s: %v", name, err)
 	}
@@ -92,7 +92,7 @@ func TestPortalViews(t *testing.T) {
 	// Two nodes with real agents: a media node and an IVR node (manual
 	// failover), each carrying work.
 	specs := []*nodeSpec{
-		{name: "media-1", kind: "media", capacity: "20", listen: freeSIP(t)},
+		{name: "media-1", kind: "media", capacity: "200", listen: freeSIP(t)},
 		{name: "ivr-1", kind: "ivr", capacity: "10", listen: freeSIP(t)},
 	}
 	agents := map[string]*agent{}

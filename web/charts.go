@@ -36,6 +36,7 @@ type chart struct {
 	Lines     []polyline
 	Areas     []polyline
 	Bars      []bar
+	Dots      []dot
 	Threshold *hline
 	Legend    []legendItem
 }
@@ -54,6 +55,13 @@ type bar struct {
 	X, Y, W, H float64
 	Class      string
 	Title      string
+}
+
+// dot marks one value of a line, so a line of one or two points shows.
+type dot struct {
+	X, Y  float64
+	Class string
+	Title string
 }
 
 type hline struct {
@@ -221,6 +229,8 @@ func latencyChart(rows []dbsqlc.ProbeResultBucketsRow, timeout time.Duration, no
 		xs = append(xs, x)
 		mean = append(mean, va.y(float64(r.AvgUs)))
 		worstY = append(worstY, va.y(float64(r.MaxUs)))
+		c.Dots = append(c.Dots, dot{X: x, Y: va.y(float64(r.AvgUs)), Class: "s-mean",
+			Title: fmt.Sprintf("%s: mean %s, worst %s", r.Bucket.UTC().Format("15:04"), fmtMs(float64(r.AvgUs)), fmtMs(float64(r.MaxUs)))})
 		if r.Fails > 0 {
 			c.Bars = append(c.Bars, bar{X: x - 2, Y: chartTop, W: 4, H: chartH - chartTop - chartBottom, Class: "s-fail-mark",
 				Title: fmt.Sprintf("%s: %d failed probes", r.Bucket.UTC().Format("15:04"), r.Fails)})

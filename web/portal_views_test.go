@@ -279,10 +279,10 @@ func TestNodeAndDashboardCharts(t *testing.T) {
 	if !hasTestID(r.Body, "chart-threshold") || !strings.Contains(r.Body, "timeout 500 ms") {
 		t.Error("latency chart without the timeout marked")
 	}
-	if got := strings.Count(r.Body, `class="bar s-ok"`); got != 29 {
+	if got := strings.Count(r.Body, `class="cbar s-ok"`); got != 29 {
 		t.Errorf("success chart: %d all-passed minutes, want 29", got)
 	}
-	if got := strings.Count(r.Body, `class="bar s-bad"`); got != 1 {
+	if got := strings.Count(r.Body, `class="cbar s-bad"`); got != 1 {
 		t.Errorf("success chart: %d failed minutes, want 1", got)
 	}
 	if s, _ := servertest.TestID(r.Body, "chart-success-summary"); s != "29 of 30 probes passed in the last hour (96.7 %)." {

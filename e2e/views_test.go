@@ -222,7 +222,12 @@ func TestPortalViews(t *testing.T) {
 	if !strings.Contains(csvURL, "format=csv") || !strings.Contains(csvURL, "sort=cost") {
 		t.Errorf("CSV link %q does not export the view", csvURL)
 	}
-	csvBody := b.eval("fetch csv", `fetch(`+jsString(csvURL)+`).then(r => r.text())`)
+	fctx, fcancel := context.WithTimeout(b.ctx, stepTimeout)
+	csvBody, err := chromedp.Run(fctx, chromedp.Evaluate[string](`fetch(`+jsString(csvURL)+`).then(r => r.text())`, chromedp.EvalAwaitPromise))
+	fcancel()
+	if err != nil {
+		t.Fatalf("fetch the CSV: %v", err)
+	}
 	if lines := strings.Count(strings.TrimSpace(csvBody), "\n"); lines != 60 {
 		t.Errorf("CSV of the work view has %d rows, want 60", lines)
 	}

@@ -197,7 +197,8 @@ func fmtMs(us float64) string {
 	return strconv.Itoa(int(us/1000)) + " ms"
 }
 
-func fmtCount(v float64) string { return strconv.Itoa(int(v + 0.5)) }
+// fmtCount labels a count axis: whole numbers, or one decimal between.
+func fmtCount(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
 
 // probeWindow and probeBucket shape the probe charts: the last hour
 // (probe results are kept for an hour) by the minute.
@@ -303,13 +304,12 @@ const loadWindow = 24 * time.Hour
 
 // loadChart draws a node's load against its capacity over the last day,
 // from the leader's minute samples.
-func loadChart(rows []dbsqlc.LoadSampleListByNodeRow, now time.Time) chart {
+// The node's load now is the chart's last point, so the chart is live
+// between the minute samples.
+func loadChart(rows []dbsqlc.LoadSampleListByNodeRow, n dbsqlc.Node, now time.Time) chart {
 	c := chart{ID: "chart-load", Title: "Load and capacity, last 24 hours",
 		Legend: []legendItem{{"s-used", "placed work (units)"}, {"s-capacity", "capacity"}, {"s-reported", "load the agent reports"}}}
-	if len(rows) == 0 {
-		c.Empty = "No load samples yet: the leader records one a minute."
-		return c
-	}
+	rows = append(rows, dbsqlc.LoadSampleListByNodeRow{At: now, Used: n.Used, Capacity: n.Capacity, Reported: n.ReportedLoad})
 	ta := timeAxis{from: now.Add(-loadWindow), to: now}
 	top := 1.0
 	peak := int32(0)
@@ -330,6 +330,7 @@ func loadChart(rows []dbsqlc.LoadSampleListByNodeRow, now time.Time) chart {
 	area = f1(xs[0]) + "," + f1(base) + " " + area + " " + f1(xs[len(xs)-1]) + "," + f1(base)
 	c.Areas = []polyline{{Class: "s-used", Points: area}}
 	c.Lines = []polyline{{Class: "s-capacity", Points: points(xs, capy)}, {Class: "s-reported", Points: points(xs, rep)}}
+	c.Dots = []dot{{X: xs[len(xs)-1], Y: used[len(used)-1], Class: "s-used-dot", Title: fmt.Sprintf("now: %d of %d units", n.Used, n.Capacity)}}
 	c.YTicks = va.ticks(fmtCount)
 	c.XTicks = ta.ticks()
 	last := rows[len(rows)-1]
@@ -343,17 +344,17 @@ func kindClass(kind string) string { return "s-kind-" + kind }
 
 // kindTrendChart draws the live work items of each work kind over the
 // last day, from the leader's minute samples.
-func kindTrendChart(rows []dbsqlc.KindSample, now time.Time) chart {
+// The live counts now are each line's last point.
+func kindTrendChart(rows []dbsqlc.KindSample, live map[string]workCell, now time.Time) chart {
 	c := chart{ID: "chart-work-trend", Title: "Live work per kind, last 24 hours"}
 	for _, k := range nodes.WorkKinds {
 		c.Legend = append(c.Legend, legendItem{kindClass(k), k})
 	}
-	if len(rows) == 0 {
-		c.Empty = "No work samples yet: the leader records one a minute."
-		return c
+	for _, k := range nodes.WorkKinds {
+		rows = append(rows, dbsqlc.KindSample{At: now, Kind: k, Items: live[k].N, Units: live[k].Cost})
 	}
 	ta := timeAxis{from: now.Add(-loadWindow), to: now}
-	top := 1.0
+	top := 4.0
 	for _, r := range rows {
 		top = max(top, float64(r.Items))
 	}
@@ -368,6 +369,8 @@ func kindTrendChart(rows []dbsqlc.KindSample, now time.Time) chart {
 	for _, k := range nodes.WorkKinds {
 		if s, ok := byKind[k]; ok {
 			c.Lines = append(c.Lines, polyline{Class: kindClass(k), Points: points(s[0], s[1])})
+			last := len(s[0]) - 1
+			c.Dots = append(c.Dots, dot{X: s[0][last], Y: s[1][last], Class: kindClass(k) + "-dot", Title: fmt.Sprintf("%s now: %d", k, live[k].N)})
 		}
 	}
 	c.YTicks = va.ticks(fmtCount)

@@ -49,7 +49,6 @@ func (h *Handler) dashboardView(r *http.Request) (dashboardView, error) {
 	if err != nil {
 		return v, err
 	}
-	v.WorkTrend = kindTrendChart(trend, time.Now())
 	placed, waiting := map[string]workCell{}, map[string]int64{}
 	for _, c := range counts {
 		if c.State == nodes.WorkUnplaced {
@@ -61,6 +60,7 @@ func (h *Handler) dashboardView(r *http.Request) (dashboardView, error) {
 		placed[c.Kind] = pc
 	}
 	v.WorkNow = kindNowChart(placed, waiting)
+	v.WorkTrend = kindTrendChart(trend, placed, time.Now())
 	if h.Cluster != nil {
 		v.Leader, v.Instance = h.Cluster.LeaderID(ctx), h.Cluster.InstanceID()
 	}

@@ -27,6 +27,14 @@ type incident struct {
 // Since is how long the node has been failing.
 func (i incident) Since() string { return since(i.Node.HealthChangedAt) }
 
+// For says it in words: "for 5m", or "just now".
+func (i incident) For() string {
+	if s := i.Since(); s != "just now" {
+		return "for " + s
+	}
+	return "just now"
+}
+
 // Cause is the last probe's verdict.
 func (i incident) Cause() string { return dash(i.Node.LastProbeDetail) }
 

@@ -52,7 +52,7 @@ func (h *Handler) nodeHistory(r *http.Request, v *nodeView) error {
 	if err != nil {
 		return err
 	}
-	v.Load = loadChart(samples, now)
+	v.Load = loadChart(samples, v.Node, now)
 	ups, err := h.Nodes.NodeUptime(ctx, v.Node.ID, 24*time.Hour, 7*24*time.Hour)
 	if err != nil {
 		return err
@@ -75,7 +75,7 @@ func diagnose(n dbsqlc.Node, st health.Settings, items int64, now time.Time) dia
 	}
 	inMaint := n.MaintenanceUntil != nil && n.MaintenanceUntil.After(now)
 	policy := st.PolicyFor(n.Kind)
-	checks := fmt.Sprintf("%d of %d checks failed in a row", n.ConsecutiveFail, st.FailThreshold)
+	checks := fmt.Sprintf("%s failed in a row (down at %d)", plural(int64(n.ConsecutiveFail), "check"), st.FailThreshold)
 	cause := dash(n.LastProbeDetail)
 	hbStale := n.EnrolledAt != nil && n.LastHeartbeatAt != nil && now.Sub(*n.LastHeartbeatAt) > st.HeartbeatStale
 	d := diagnosis{}
@@ -107,7 +107,7 @@ func diagnose(n dbsqlc.Node, st health.Settings, items int64, now time.Time) dia
 			Todo:  []string{"Find why the service comes and goes (network, overload) before trusting it with work."}}
 	case n.Health == nodes.HealthSuspect:
 		d = diagnosis{Level: "warning", Title: "Failing checks: " + cause,
-			Lines: []string{checks + "; it goes down at " + fmt.Sprint(st.FailThreshold) + ".", "It carries " + work + " and takes no new work while suspect."},
+			Lines: []string{checks + ".", "It carries " + work + " and takes no new work while suspect."},
 			Todo:  []string{"Check the service at " + n.Address + " on the node's host."}}
 	case hbStale:
 		d = diagnosis{Level: "warning", Title: "Agent silent: last heartbeat " + ago(n.LastHeartbeatAt),

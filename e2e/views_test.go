@@ -338,6 +338,10 @@ func TestDemoInboxShowsAlert(t *testing.T) {
 	})
 
 	b := newBrowser(t)
+	// MailDev 3.0.0's page asks for an icon its server does not have (a
+	// 404 of MailDev's own, not of Callplane's pages); any other error
+	// still fails the test.
+	b.allow(`status of 404 \(Not Found\) http://127\.0\.0\.1:\d+/maildev-icon\.svg$`)
 	b.open("http://"+web+"/", "body")
 	b.waitText("body", 30*time.Second, "the alert listed in the inbox", func(s string) bool {
 		return strings.Contains(s, "media-9") && strings.Contains(strings.ToLower(s), "down")

@@ -6,7 +6,7 @@ BIN := bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: help build run test unit e2e faults demo bench generate verify clean
+.PHONY: help build run test unit e2e faults demo bench generate verify lint clean
 
 help: ## Show the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,8 +32,17 @@ faults: ## The fault suite: real processes, faults by a TCP fault proxy and sign
 demo: build ## make run + one agent of each kind, sample work and a mail sink with a web inbox (MailDev, npm ci into bin/maildev once)
 	$(GO) run ./e2e/demo -version $(VERSION)
 
+<<<<<<< HEAD
 bench: ## Load driver against a real call manager and Postgres; prints the figures
+=======
+MAILPIT_VERSION := v1.33.1
+$(BIN)/mailpit: # the demo's mail sink with a web inbox, built from source once
+	GOBIN=$(CURDIR)/$(BIN) GOTOOLCHAIN=local $(GO) install github.com/axllent/mailpit@$(MAILPIT_VERSION)
+
+bench: ## Load driver against a real call manager and Postgres, then the SIP scene (sipp, Kamailio); prints the figures
+>>>>>>> main
 	$(GO) run ./e2e/bench
+	$(GO) run ./e2e/sipbench
 
 generate: ## Regenerate sqlc and templ output
 	$(TOOLS) sqlc generate
@@ -47,6 +56,9 @@ verify: ## Fail on unformatted code, vet findings or stale generated code
 	$(TOOLS) templ fmt -fail web
 	$(MAKE) generate
 	git diff --exit-code -- db/dbsqlc web
+
+lint: ## staticcheck (pinned in tools/go.mod) over every package
+	$(TOOLS) staticcheck ./...
 
 clean: ## Remove build output (keeps .data/)
 	rm -rf $(BIN)

@@ -120,6 +120,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s.AddBackground(func(ctx context.Context) { s.leader.WhileLeading(ctx, mailer.Run) })
 	// The portal's load and work history: the leader samples once a minute.
 	s.AddBackground(func(ctx context.Context) { s.leader.WhileLeading(ctx, s.nodes.RunSampler) })
+	s.AddBackground(func(ctx context.Context) { s.leader.WhileLeading(ctx, s.retain) })
 	s.AddBackground(func(ctx context.Context) {
 		s.adverts.run(ctx, s.pool, cfg.InstanceID, advert{URL: s.URL(), Pin: s.pin}, log)
 	})

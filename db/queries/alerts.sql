@@ -27,3 +27,9 @@ SELECT state, count(*)::bigint AS n FROM alerts GROUP BY state;
 -- name: AlertRecentOfType :one
 SELECT count(*) FROM alerts WHERE type = @type AND node_name = @node_name
   AND created_at > now() - make_interval(secs => @window_seconds::float8);
+
+-- AlertPrune deletes alerts that were sent or given up on longer ago than
+-- the given age; pending alerts are never pruned.
+-- name: AlertPrune :execrows
+DELETE FROM alerts WHERE id IN (
+    SELECT id FROM alerts WHERE state <> 'pending' AND created_at < now() - make_interval(secs => @older_than_seconds::float8) LIMIT @lim);

@@ -6,3 +6,7 @@ VALUES (@actor, @action, @target, @result, @source_addr, @detail);
 SELECT * FROM audit_log
 WHERE (@q::text = '' OR actor ILIKE '%' || @q || '%' OR action ILIKE '%' || @q || '%' OR target ILIKE '%' || @q || '%')
 ORDER BY id DESC LIMIT @lim;
+
+-- name: AuditPrune :execrows
+DELETE FROM audit_log WHERE id IN (
+    SELECT id FROM audit_log WHERE at < now() - make_interval(secs => @older_than_seconds::float8) LIMIT @lim);

@@ -12,3 +12,7 @@ ORDER BY id DESC LIMIT @lim;
 -- transaction, with the ids of the nodes whose assignments changed.
 -- name: Notify :exec
 SELECT pg_notify(@channel::text, @payload::text);
+
+-- name: EventPrune :execrows
+DELETE FROM events WHERE id IN (
+    SELECT id FROM events WHERE at < now() - make_interval(secs => @older_than_seconds::float8) LIMIT @lim);

@@ -32,15 +32,14 @@ import (
 )
 
 type config struct {
-	listen      string // call manager, HTTPS
-	mailUI      string // mail sink web inbox
-	mailSMTP    string // mail sink SMTP
-	dataDir     string
-	binDir      string
-	version     string
-	email       string
-	password    string
-	keepRunning bool
+	listen   string // call manager, HTTPS
+	mailUI   string // mail sink web inbox
+	mailSMTP string // mail sink SMTP
+	dataDir  string
+	binDir   string
+	version  string
+	email    string
+	password string
 }
 
 func main() {

@@ -32,15 +32,7 @@ faults: ## The fault suite: real processes, faults by a TCP fault proxy and sign
 demo: build ## make run + one agent of each kind, sample work and a mail sink with a web inbox (MailDev, npm ci into bin/maildev once)
 	$(GO) run ./e2e/demo -version $(VERSION)
 
-<<<<<<< HEAD
-bench: ## Load driver against a real call manager and Postgres; prints the figures
-=======
-MAILPIT_VERSION := v1.33.1
-$(BIN)/mailpit: # the demo's mail sink with a web inbox, built from source once
-	GOBIN=$(CURDIR)/$(BIN) GOTOOLCHAIN=local $(GO) install github.com/axllent/mailpit@$(MAILPIT_VERSION)
-
 bench: ## Load driver against a real call manager and Postgres, then the SIP scene (sipp, Kamailio); prints the figures
->>>>>>> main
 	$(GO) run ./e2e/bench
 	$(GO) run ./e2e/sipbench
 

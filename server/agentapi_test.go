@@ -57,7 +57,10 @@ func exec(t *testing.T, in *servertest.Instance, sql string, args ...any) {
 
 func joinToken(t *testing.T, in *servertest.Instance, node string, ttl time.Duration) nodes.JoinToken {
 	t.Helper()
-	jt, err := in.Nodes().CreateJoinToken(context.Background(), nodes.Actor{Name: "test"}, node, ttl)
+	// Fixtures mark nodes enrolled (so their health counts) before an
+	// agent joins, and some tests enrol a node twice: a replacement token
+	// works for a node either way.
+	jt, err := in.Nodes().CreateReplacementToken(context.Background(), nodes.Actor{Name: "test"}, node, ttl)
 	if err != nil {
 		t.Fatal(err)
 	}

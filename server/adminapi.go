@@ -95,16 +95,29 @@ type NodeJSON struct {
 	LastHeartbeatAt *time.Time `json:"last_heartbeat_at"`
 	Maintenance     bool       `json:"maintenance"`
 	Flapping        bool       `json:"flapping"`
+	// HoldUntil is when a flapping node's hold ends (null: not held).
+	HoldUntil *time.Time `json:"hold_until"`
+	// AgentLost: the service answers its probe but the agent is silent
+	// since AgentLostSince; no work is moved.
+	AgentLost      bool       `json:"agent_lost"`
+	AgentLostSince *time.Time `json:"agent_lost_since"`
+	// LastStartError is the last work start (--on-assign hook) failure.
+	LastStartError string `json:"last_start_error"`
 }
 
 func nodeJSON(n dbsqlc.Node) NodeJSON {
-	return NodeJSON{
+	j := NodeJSON{
 		ID: n.ID, Name: n.Name, Kind: n.Kind, Address: n.Address, Capacity: n.Capacity, Weight: n.Weight,
 		Region: n.Region, Description: n.Description, AdminState: n.AdminState, Health: n.Health,
 		HealthChangedAt: n.HealthChangedAt, Load: n.Used, ReportedLoad: n.ReportedLoad, Enrolled: n.EnrolledAt != nil,
 		AgentVersion: n.AgentVersion, LastHeartbeatAt: n.LastHeartbeatAt, Flapping: n.Flapping,
 		Maintenance: n.MaintenanceUntil != nil && n.MaintenanceUntil.After(time.Now()),
+		AgentLost:   n.AgentLostSince != nil, AgentLostSince: n.AgentLostSince, LastStartError: n.LastHookError,
 	}
+	if n.HoldUntil != nil && n.HoldUntil.After(time.Now()) {
+		j.HoldUntil = n.HoldUntil
+	}
+	return j
 }
 
 func (s *Server) apiNodes(w http.ResponseWriter, r *http.Request) {

@@ -165,6 +165,7 @@ func (h *Handler) renderStatus(w http.ResponseWriter, r *http.Request, status in
 		shell.Instance = h.Cluster.InstanceID()
 		shell.Leader = h.Cluster.LeaderID(r.Context())
 	}
+	shell.Checker = h.checkerShell(r.Context())
 	if v := h.incidentBanner(r); v != nil {
 		shell.Incidents = incidentBanner(*v)
 	}

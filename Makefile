@@ -29,12 +29,8 @@ e2e: ## The browser and multi-process tests (real binaries, Chromium, SMTP sink)
 faults: ## The fault suite: real processes, faults by a TCP fault proxy and signals; prints a table (FAULTS_LONG=1: every scenario)
 	$(GO) test -count=1 -timeout 30m -v -run TestFaults ./e2e/faults/
 
-demo: build $(BIN)/mailpit ## make run + one agent of each kind, sample work and a mail sink (mailpit)
+demo: build ## make run + one agent of each kind, sample work and a mail sink with a web inbox (MailDev, npm ci into bin/maildev once)
 	$(GO) run ./e2e/demo -version $(VERSION)
-
-MAILPIT_VERSION := v1.33.1
-$(BIN)/mailpit: # the demo's mail sink with a web inbox, built from source once
-	GOBIN=$(CURDIR)/$(BIN) GOTOOLCHAIN=local $(GO) install github.com/axllent/mailpit@$(MAILPIT_VERSION)
 
 bench: ## Load driver against a real call manager and Postgres, then the SIP scene (sipp, Kamailio); prints the figures
 	$(GO) run ./e2e/bench

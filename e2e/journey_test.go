@@ -99,9 +99,11 @@ func TestAdminJourney(t *testing.T) {
 	agents := map[string]*agent{}
 	for _, s := range specs {
 		b.open(base+"/nodes/"+s.name, tid("node-page"))
+		b.click(tid("open-join"))
 		b.click(tid("create-join-token"))
 		b.run("join command of "+s.name, waitVisible(tid("join-command")))
 		cmd := b.text(tid("join-command"))
+		b.click(tid("close-join"))
 		agents[s.name] = c.enrol(s.name, cmd, s.listen)
 	}
 

@@ -54,7 +54,9 @@ type cluster struct {
 	dir   string
 	dbURL string
 	smtp  *smtptest.Server
-	cms   []*callManager
+	// smtpURL, when set, is where the instances send alerts instead of smtp.
+	smtpURL string
+	cms     []*callManager
 	// vip fronts the instances; join commands and agents use it.
 	vip               *vip
 	certFile, keyFile string
@@ -80,6 +82,13 @@ const alertTo = "oncall@e2e.callplane.test"
 // first is started (and migrates) alone, then the others.
 func newCluster(t *testing.T, n int) *cluster {
 	t.Helper()
+	return newClusterSMTP(t, n, "")
+}
+
+// newClusterSMTP is newCluster with the instances sending alerts to
+// smtpURL instead of the in-process sink.
+func newClusterSMTP(t *testing.T, n int, smtpURL string) *cluster {
+	t.Helper()
 	requireSetup(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -87,7 +96,7 @@ func newCluster(t *testing.T, n int) *cluster {
 	if err := pg.EnsureDatabase(ctx, name); err != nil {
 		t.Fatalf("create database: %v", err)
 	}
-	c := &cluster{t: t, dir: t.TempDir(), dbURL: pg.URL(name), smtp: smtptest.Start(t), vip: startVIP(t)}
+	c := &cluster{t: t, dir: t.TempDir(), dbURL: pg.URL(name), smtp: smtptest.Start(t), vip: startVIP(t), smtpURL: smtpURL}
 	c.certFile, c.keyFile = writeCert(t, c.dir)
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -124,9 +133,13 @@ func (c *cluster) startCallManager(id string) *callManager {
 	t.Helper()
 	addr := freeTCP(t)
 	dataDir := filepath.Join(c.dir, id)
+	smtpURL := c.smtp.URL()
+	if c.smtpURL != "" {
+		smtpURL = c.smtpURL
+	}
 	p := startProc(t, id, c.dir, filepath.Join(binDir, "callmanager"), "serve",
 		"--listen", addr, "--data-dir", dataDir, "--database-url", c.dbURL,
-		"--smtp-url", c.smtp.URL(), "--alert-from", "callplane@e2e.callplane.test", "--alert-to", alertTo,
+		"--smtp-url", smtpURL, "--alert-from", "callplane@e2e.callplane.test", "--alert-to", alertTo,
 		"--tls-cert", c.certFile, "--tls-key", c.keyFile, "--public-url", c.vipURL(),
 		"--instance-id", id, "--log-level", "info", "--sip-listen", "127.0.0.1:0")
 	c.track(p)
@@ -205,7 +218,9 @@ type agent struct {
 // and returns its arguments with our own state dir.
 func joinArgs(t *testing.T, command, stateDir string) []string {
 	t.Helper()
-	f := strings.Fields(command)
+	// The portal shows the command one flag a line, with shell line
+	// continuations; a shell joins them, and so do we.
+	f := strings.Fields(strings.ReplaceAll(command, "\\", " "))
 	if len(f) < 4 || f[0] != "nodeagent" || f[1] != "join" {
 		t.Fatalf("join command %q does not start with 'nodeagent join'", command)
 	}

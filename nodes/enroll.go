@@ -2,6 +2,7 @@ package nodes
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -31,8 +32,24 @@ type JoinToken struct {
 	ExpiresAt time.Time
 }
 
-// CreateJoinToken creates a one-time join token for a registered node.
+// ErrEnrolled refuses a join token for a node whose agent has enrolled:
+// a token would replace the running agent, which must be asked for.
+var ErrEnrolled = errors.New("the node's agent has already enrolled")
+
+// CreateJoinToken creates a one-time join token for a registered node
+// whose agent has not enrolled yet (FieldErrors{"node"} otherwise).
 func (s *Service) CreateJoinToken(ctx context.Context, actor Actor, nodeName string, ttl time.Duration) (JoinToken, error) {
+	return s.createJoinToken(ctx, actor, nodeName, ttl, false)
+}
+
+// CreateReplacementToken creates a one-time join token for a node whose
+// agent has enrolled: the agent that uses it replaces the running one,
+// whose credential is revoked at that moment.
+func (s *Service) CreateReplacementToken(ctx context.Context, actor Actor, nodeName string, ttl time.Duration) (JoinToken, error) {
+	return s.createJoinToken(ctx, actor, nodeName, ttl, true)
+}
+
+func (s *Service) createJoinToken(ctx context.Context, actor Actor, nodeName string, ttl time.Duration, replace bool) (JoinToken, error) {
 	if ttl == 0 {
 		ttl = DefaultTokenTTL
 	}
@@ -45,6 +62,13 @@ func (s *Service) CreateJoinToken(ctx context.Context, actor Actor, nodeName str
 		if err != nil {
 			return fmt.Errorf("node %q: %w", nodeName, db.Translate(err))
 		}
+		detail := ""
+		if n.EnrolledAt != nil {
+			if !replace {
+				return FieldErrors{"replace": "the agent of " + n.Name + " has already enrolled: a new token would replace it, so say so explicitly (replace the agent)"}
+			}
+			detail = " replaces the enrolled agent"
+		}
 		token, id, hash := newSecretToken(PrefixJoin)
 		jt = JoinToken{ID: id, Token: token, Node: n.Name, ExpiresAt: time.Now().Add(ttl)}
 		if err := s.q.JoinTokenInsert(ctx, tx, dbsqlc.JoinTokenInsertParams{
@@ -52,7 +76,7 @@ func (s *Service) CreateJoinToken(ctx context.Context, actor Actor, nodeName str
 		}); err != nil {
 			return err
 		}
-		return s.audit(ctx, tx, actor, "token.create", n.Name, "token "+PrefixJoin+id+" expires "+jt.ExpiresAt.UTC().Format(time.RFC3339))
+		return s.audit(ctx, tx, actor, "token.create", n.Name, "token "+PrefixJoin+id+" expires "+jt.ExpiresAt.UTC().Format(time.RFC3339)+detail)
 	})
 	return jt, err
 }
@@ -127,6 +151,11 @@ func (s *Service) Enroll(ctx context.Context, req EnrollRequest) (EnrollResult, 
 		}
 		n, err := s.q.NodeGet(ctx, tx, nodeID)
 		if err != nil {
+			return err
+		}
+		// One enrolment per token, and one token per enrolment: the
+		// node's other unused tokens end now.
+		if _, err := s.q.JoinTokenEndForNode(ctx, tx, dbsqlc.JoinTokenEndForNodeParams{NodeID: nodeID, KeepID: id}); err != nil {
 			return err
 		}
 		addr := ""

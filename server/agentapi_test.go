@@ -57,7 +57,10 @@ func exec(t *testing.T, in *servertest.Instance, sql string, args ...any) {
 
 func joinToken(t *testing.T, in *servertest.Instance, node string, ttl time.Duration) nodes.JoinToken {
 	t.Helper()
-	jt, err := in.Nodes().CreateJoinToken(context.Background(), nodes.Actor{Name: "test"}, node, ttl)
+	// Fixtures mark nodes enrolled (so their health counts) before an
+	// agent joins, and some tests enrol a node twice: a replacement token
+	// works for a node either way.
+	jt, err := in.Nodes().CreateReplacementToken(context.Background(), nodes.Actor{Name: "test"}, node, ttl)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,17 +73,23 @@ func TestEnrollTokenCases(t *testing.T) {
 	in.AddNode(t, "media-1", "media", "127.0.0.1:5060", 100)
 	ctx := context.Background()
 
+	// Every token is made before the node enrols: one enrolment ends the
+	// node's other tokens, and a token for an enrolled node must be asked
+	// for as a replacement.
 	valid := joinToken(t, in, "media-1", time.Hour)
 	used := joinToken(t, in, "media-1", time.Hour)
-	if r, _ := api(t, in, "POST", "/api/v1/enroll", "", map[string]string{"token": used.Token}); r.StatusCode != 200 {
-		t.Fatalf("first enrolment: %d %s", r.StatusCode, r.Body)
-	}
 	revoked := joinToken(t, in, "media-1", time.Hour)
 	if err := in.Nodes().RevokeJoinToken(ctx, nodes.Actor{Name: "test"}, revoked.ID); err != nil {
 		t.Fatal(err)
 	}
 	expired := joinToken(t, in, "media-1", time.Hour)
 	exec(t, in, "UPDATE join_tokens SET expires_at = now() - interval '1 second' WHERE id = $1", expired.ID)
+	if r, _ := api(t, in, "POST", "/api/v1/enroll", "", map[string]string{"token": used.Token}); r.StatusCode != 200 {
+		t.Fatalf("first enrolment: %d %s", r.StatusCode, r.Body)
+	}
+	if _, err := in.Nodes().CreateJoinToken(ctx, nodes.Actor{Name: "test"}, "media-1", time.Hour); err == nil {
+		t.Fatal("a plain join token for an enrolled node")
+	}
 	wrongSecret := valid.Token[:len(valid.Token)-4] + "zzzz"
 	if strings.HasSuffix(valid.Token, "zzzz") {
 		wrongSecret = valid.Token[:len(valid.Token)-4] + "aaaa"
@@ -94,6 +103,7 @@ func TestEnrollTokenCases(t *testing.T) {
 		{"expired", expired.Token},
 		{"revoked", revoked.Token},
 		{"already used", used.Token},
+		{"ended by the enrolment", valid.Token},
 		{"empty", ""},
 	}
 	for _, c := range cases {
@@ -116,8 +126,12 @@ func TestEnrollTokenCases(t *testing.T) {
 	if r, _ := api(t, in, "POST", "/api/v1/enroll", "", "{not json"); r.StatusCode != http.StatusBadRequest {
 		t.Fatalf("malformed JSON: %d", r.StatusCode)
 	}
-	// The valid token works once, and the credential is stored hashed.
-	r, m := api(t, in, "POST", "/api/v1/enroll", "", map[string]string{"token": valid.Token, "version": "1.2.3"})
+	// A replacement token works once, and the credential is stored hashed.
+	replacement, err := in.Nodes().CreateReplacementToken(ctx, nodes.Actor{Name: "test"}, "media-1", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, m := api(t, in, "POST", "/api/v1/enroll", "", map[string]string{"token": replacement.Token, "version": "1.2.3"})
 	if r.StatusCode != 200 || m["node_name"] != "media-1" || !strings.HasPrefix(fmt.Sprint(m["credential"]), "cpn_") {
 		t.Fatalf("enrol: %d %s", r.StatusCode, r.Body)
 	}

@@ -123,6 +123,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s.AddBackground(func(ctx context.Context) {
 		s.leader.WhileLeading(ctx, func(ctx context.Context, _ int64) { s.nodes.WatchAcks(ctx, cfg.AckTimeout, cfg.AckTimeout/6) })
 	})
+	// The portal's load and work history: the leader samples once a minute.
+	s.AddBackground(func(ctx context.Context) { s.leader.WhileLeading(ctx, s.nodes.RunSampler) })
 	s.AddBackground(func(ctx context.Context) { s.leader.WhileLeading(ctx, s.retain) })
 	s.AddBackground(func(ctx context.Context) {
 		s.adverts.run(ctx, s.pool, cfg.InstanceID, advert{URL: s.URL(), Pin: s.pin}, log)

@@ -53,8 +53,7 @@ func (h *Handler) setupSubmit(w http.ResponseWriter, r *http.Request) error {
 		setRetryAfter(w, err)
 		return renderBare(w, r, http.StatusTooManyRequests, setupPage(v))
 	case errors.Is(err, auth.ErrSetupDone):
-		http.Redirect(w, r, "/login", http.StatusSeeOther)
-		return nil
+		return redirect(w, r, "/login")
 	case err != nil:
 		return err
 	}
@@ -111,8 +110,7 @@ func (h *Handler) loginSubmit(w http.ResponseWriter, r *http.Request) error {
 	if target == "" {
 		target = "/"
 	}
-	http.Redirect(w, r, target, http.StatusSeeOther)
-	return nil
+	return redirect(w, r, target)
 }
 
 func (h *Handler) logout(w http.ResponseWriter, r *http.Request) error {
@@ -171,7 +169,7 @@ func safeNext(next string) string {
 func renderBare(w http.ResponseWriter, r *http.Request, status int, c templ.Component) error {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
+	writeStatus(w, r, status)
 	return c.Render(r.Context(), w)
 }
 
@@ -258,17 +256,4 @@ func (h *Handler) userChange(w http.ResponseWriter, r *http.Request, err error, 
 		v.Notice = notice
 	}
 	return h.renderStatus(w, r, status, "Users", "users", usersBody(v))
-}
-
-func (h *Handler) auditPage(w http.ResponseWriter, r *http.Request) error {
-	q := strings.TrimSpace(r.URL.Query().Get("q"))
-	rows, err := h.Nodes.ListAudit(r.Context(), q, 300)
-	if err != nil {
-		return err
-	}
-	v := auditView{Rows: rows, Q: q}
-	if isHTMX(r) {
-		return h.render(w, r, "Audit", "audit", auditTable(v))
-	}
-	return h.render(w, r, "Audit", "audit", auditBody(v))
 }

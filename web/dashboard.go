@@ -2,6 +2,7 @@ package web
 
 import (
 	"net/http"
+	"time"
 
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
@@ -17,10 +18,13 @@ type kindCard struct {
 }
 
 type dashboardView struct {
-	Kinds    []kindCard
-	Events   []dbsqlc.Event
-	Leader   string
-	Instance string
+	Kinds     []kindCard
+	Events    []dbsqlc.Event
+	Leader    string
+	Instance  string
+	Incidents incidentsView
+	WorkNow   chart
+	WorkTrend chart
 }
 
 func (h *Handler) dashboardView(r *http.Request) (dashboardView, error) {
@@ -38,6 +42,25 @@ func (h *Handler) dashboardView(r *http.Request) (dashboardView, error) {
 		return dashboardView{}, err
 	}
 	v := dashboardView{Events: events}
+	if v.Incidents, err = h.incidentsView(ctx); err != nil {
+		return v, err
+	}
+	trend, err := h.Nodes.KindHistory(ctx, loadWindow)
+	if err != nil {
+		return v, err
+	}
+	placed, waiting := map[string]workCell{}, map[string]int64{}
+	for _, c := range counts {
+		if c.State == nodes.WorkUnplaced {
+			waiting[c.Kind] += c.N
+			continue
+		}
+		pc := placed[c.Kind]
+		pc.N, pc.Cost = pc.N+c.N, pc.Cost+c.Cost
+		placed[c.Kind] = pc
+	}
+	v.WorkNow = kindNowChart(placed, waiting)
+	v.WorkTrend = kindTrendChart(trend, placed, time.Now())
 	if h.Cluster != nil {
 		v.Leader, v.Instance = h.Cluster.LeaderID(ctx), h.Cluster.InstanceID()
 	}

@@ -46,11 +46,12 @@ func WriteError(w http.ResponseWriter, r *http.Request, status int, msg string) 
 	}
 	w.Header().Set("Cache-Control", "no-store")
 	if isHTMX(r) {
-		// htmx does not swap 4xx/5xx by default; tell it where to put the message.
+		// The message goes to the page's flash area; a 4xx is sent as 200
+		// with the status in a header (see writeStatus).
 		w.Header().Set("HX-Retarget", "#flash")
 		w.Header().Set("HX-Reswap", "innerHTML")
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		w.WriteHeader(status)
+		writeStatus(w, r, status)
 		_ = layout.ErrorPartial(status, msg).Render(r.Context(), w)
 		return
 	}

@@ -1,37 +1,65 @@
 package web
 
 import (
+	"errors"
 	"net/http"
-	"net/url"
 	"strings"
 
 	"github.com/callplane/callplane/db/dbsqlc"
+	"github.com/callplane/callplane/nodes"
 )
 
 type eventsView struct {
 	Events []dbsqlc.Event
-	Q      string
-	Node   string
+	Filter nodes.EventFilter
+	Nav    tableNav
 	Nodes  []string // names for the node filter
+	Err    string
 }
 
-func (v eventsView) query() string {
-	q := url.Values{}
-	if v.Q != "" {
-		q.Set("q", v.Q)
-	}
-	if v.Node != "" {
-		q.Set("node", v.Node)
-	}
-	return q.Encode()
+func eventFilterFrom(r *http.Request) nodes.EventFilter {
+	q := r.URL.Query()
+	return nodes.EventFilter{Q: strings.TrimSpace(q.Get("q")), Node: strings.TrimSpace(q.Get("node")), Severity: q.Get("severity")}
 }
+
+func eventFromPage(e dbsqlc.EventPageRow) dbsqlc.Event {
+	return dbsqlc.Event{ID: e.ID, At: e.At, NodeID: e.NodeID, NodeName: e.NodeName, Type: e.Type, Severity: e.Severity, Message: e.Message, Actor: e.Actor}
+}
+
+func eventCursor(e dbsqlc.EventPageRow) (string, int64) { return e.SortKey, e.ID }
 
 func (h *Handler) eventsPage(w http.ResponseWriter, r *http.Request) error {
-	v := eventsView{Q: strings.TrimSpace(r.URL.Query().Get("q")), Node: strings.TrimSpace(r.URL.Query().Get("node"))}
-	var err error
-	if v.Events, err = h.Nodes.ListEvents(r.Context(), v.Node, v.Q, 300); err != nil {
+	f := eventFilterFrom(r)
+	nav, p, err := pageFrom(r.URL.Query(), nodes.EventSorts)
+	if err != nil {
+		return errors.Join(errBadRequest, err)
+	}
+	nav.Path, nav.Target = "/events", "events"
+	nav.Filters = map[string][]string{"q": {f.Q}, "node": {f.Node}, "severity": {f.Severity}}
+	fetch := func(p nodes.Page) ([]dbsqlc.EventPageRow, error) { return h.Nodes.EventPage(r.Context(), f, p) }
+	if wantsCSV(r) {
+		if _, err := fetch(nodes.Page{Sort: p.Sort, Limit: 1}); err != nil {
+			return errors.Join(errBadRequest, err)
+		}
+		c := startCSV(w, "events", []string{"time", "severity", "node", "type", "message", "actor"})
+		err := exportPages(p, fetch, eventCursor, func(e dbsqlc.EventPageRow) {
+			c.row(csvTime(e.At), e.Severity, e.NodeName, e.Type, e.Message, e.Actor)
+		})
+		return h.endCSV(r, c, err)
+	}
+	v := eventsView{Filter: f}
+	rows, err := fetch(p)
+	var fe nodes.FieldErrors
+	switch {
+	case errors.As(err, &fe):
+		v.Err = fe.Error()
+	case err != nil:
 		return err
 	}
+	for _, e := range trim(&nav, rows, eventCursor) {
+		v.Events = append(v.Events, eventFromPage(e))
+	}
+	v.Nav = nav
 	if isHTMX(r) {
 		return h.render(w, r, "Events", "events", eventsTable(v))
 	}
@@ -43,4 +71,18 @@ func (h *Handler) eventsPage(w http.ResponseWriter, r *http.Request) error {
 		v.Nodes = append(v.Nodes, n.Name)
 	}
 	return h.render(w, r, "Events", "events", eventsBody(v))
+}
+
+// endCSV finishes an export. Once rows are sent the status cannot change,
+// so a failure midway is logged and cuts the file short.
+func (h *Handler) endCSV(r *http.Request, c *csvExport, err error) error {
+	if err == nil {
+		err = c.close()
+	} else {
+		_ = c.close()
+	}
+	if err != nil {
+		h.Log.Error("csv export cut short", "path", r.URL.Path, "err", err)
+	}
+	return nil
 }

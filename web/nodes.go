@@ -187,6 +187,15 @@ type nodeView struct {
 	JoinCommand string
 	JoinTTL     string
 	JoinErr     string
+	JoinReplace bool // the form asked to replace an enrolled agent
+
+	// What is wrong and what to do, and the pictures of the node's
+	// history.
+	Diagnosis diagnosis
+	Latency   chart
+	Success   chart
+	Load      chart
+	Uptime    []nodesUptime
 
 	MaintUntil  string
 	MaintReason string
@@ -219,6 +228,9 @@ func (h *Handler) nodeView(r *http.Request, name string) (nodeView, error) {
 		return v, err
 	}
 	if v.health, err = h.nodeHealthView(ctx, n); err != nil {
+		return v, err
+	}
+	if err := h.nodeHistory(r, &v); err != nil {
 		return v, err
 	}
 	if n.MaintenanceUntil != nil && n.MaintenanceUntil.After(time.Now()) {
@@ -362,11 +374,16 @@ func (h *Handler) tokenCreate(w http.ResponseWriter, r *http.Request) error {
 	name, ttlStr := chi.URLParam(r, "name"), r.PostFormValue("ttl")
 	var jt nodes.JoinToken
 	var err error
+	replace := r.PostFormValue("replace") == "1"
 	if !validTTL(ttlStr) {
 		err = nodes.FieldErrors{"ttl": "choose one of the offered lifetimes"}
 	} else {
 		ttl, _ := time.ParseDuration(ttlStr)
-		jt, err = h.Nodes.CreateJoinToken(r.Context(), actor(r), name, ttl)
+		create := h.Nodes.CreateJoinToken
+		if replace {
+			create = h.Nodes.CreateReplacementToken
+		}
+		jt, err = create(r.Context(), actor(r), name, ttl)
 	}
 	fe, status, err := formOutcome(err)
 	if err != nil {
@@ -376,8 +393,12 @@ func (h *Handler) tokenCreate(w http.ResponseWriter, r *http.Request) error {
 	if verr != nil {
 		return verr
 	}
+	v.JoinReplace = replace
 	if fe != nil {
 		v.JoinErr = fe.Error()
+		if m, ok := fe["replace"]; ok {
+			v.JoinErr = capitalize(m) + "."
+		}
 	} else {
 		v.Join, v.JoinTTL = &jt, ttlStr
 		v.JoinCommand = h.joinCommand(jt.Token)

@@ -556,6 +556,11 @@ func TestJoinTokenShownOnce(t *testing.T) {
 	if !ok {
 		t.Fatalf("no join command:\n%s", snippet(r.Body))
 	}
+	// The command is shown one flag a line, with shell continuations.
+	if !strings.Contains(cmd, " \\\n  --token ") {
+		t.Errorf("join command not broken before its flags: %q", cmd)
+	}
+	cmd = strings.ReplaceAll(cmd, " \\\n  --", " --")
 	for _, want := range []string{"nodeagent join --server " + in.URL, "--token cpj_", "--ca-pin sha256:", "--state-dir /var/lib/callplane-agent"} {
 		if !strings.Contains(cmd, want) {
 			t.Errorf("join command %q lacks %q", cmd, want)

@@ -17,7 +17,7 @@ func TestViewerSeesNoActions(t *testing.T) {
 	in.AddNode(t, "m1", "media", "127.0.0.1:5060", 10)
 	markUp(t, in, "m1")
 	place(t, in, "call", "c1", 1)
-	if _, err := in.Nodes().CreateJoinToken(context.Background(), actorTest, "m1", 0); err != nil {
+	if _, err := in.Nodes().CreateReplacementToken(context.Background(), actorTest, "m1", 0); err != nil {
 		t.Fatal(err)
 	}
 	in.APIToken(t)
@@ -269,12 +269,34 @@ func TestWorkPage(t *testing.T) {
 		t.Fatalf("end missing work: %d", r.StatusCode)
 	}
 	// Work with no room waits unplaced, and the form says so.
+	// It is a warning, not a success.
 	r = in.HTMX(t, admin, http.MethodPost, "/work", url.Values{"kind": {"im"}, "ref": {"shard-1"}, "cost": {"1"}})
-	if msg, _ := servertest.TestID(r.Body, "alert-success"); !strings.Contains(msg, "waits unplaced") {
-		t.Fatalf("unplaced notice %q", msg)
+	if msg, _ := servertest.TestID(r.Body, "alert-warning"); !strings.Contains(msg, "Not placed") || !strings.Contains(msg, "waits unplaced") {
+		t.Fatalf("unplaced warning %q", msg)
+	}
+	if hasTestID(r.Body, "alert-success") {
+		t.Fatal("unplaced work shown as a success")
 	}
 	if !strings.Contains(in.Get(t, admin, "/work").Body, `data-testid="count-im-unplaced"><span class="badge sev-critical">1</span>`) {
 		t.Error("unplaced count not shown")
+	}
+	// Work that costs more than the largest node of its kind can carry
+	// could never be placed: refused, naming the cost, nothing written.
+	in.AddNode(t, "im-small", "im", "127.0.0.1:5222", 10)
+	r = in.HTMX(t, admin, http.MethodPost, "/work", url.Values{"kind": {"im"}, "ref": {"shard-huge"}, "cost": {"500"}})
+	wantStatus(t, r, http.StatusUnprocessableEntity, "work that never fits")
+	if msg, _ := servertest.TestID(r.Body, "error-cost"); !strings.Contains(msg, "largest im node") || !strings.Contains(msg, "capacity 10") {
+		t.Fatalf("never-fits error %q", msg)
+	}
+	if r.Wire != http.StatusOK || r.Header.Get("X-Callplane-Status") != "422" {
+		t.Fatalf("htmx form error sent as %d (X-Callplane-Status %q), want 200 + 422", r.Wire, r.Header.Get("X-Callplane-Status"))
+	}
+	if count(t, in, "SELECT count(*) FROM work WHERE ref = 'shard-huge'") != 0 {
+		t.Fatal("work that never fits was written")
+	}
+	// A plain form post keeps the real status.
+	if r := in.PostForm(t, admin, "/work", url.Values{"kind": {"im"}, "ref": {"shard-huge"}, "cost": {"500"}}); r.StatusCode != http.StatusUnprocessableEntity {
+		t.Fatalf("plain never-fits post: %d", r.StatusCode)
 	}
 }
 

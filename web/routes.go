@@ -16,6 +16,10 @@ func (h *Handler) viewerRoutes(r chi.Router) {
 	r.Get("/events", h.wrap(h.eventsPage))
 	r.Get("/audit", h.wrap(h.auditPage))
 	r.Get("/settings", h.wrap(h.settingsPage))
+	r.Get("/incidents/banner", h.wrap(h.incidentsPart))
+	r.Get("/account", h.wrap(h.accountPage))
+	r.Post("/account/password", h.wrap(h.accountPassword))
+	r.Post("/account/sessions/end-others", h.wrap(h.accountEndOthers))
 }
 
 // adminRoutes change the cluster.

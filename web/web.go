@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/a-h/templ"
@@ -119,7 +120,29 @@ var (
 	errBadRequest = errors.New("bad request")
 )
 
-func isHTMX(r *http.Request) bool { return r.Header.Get("HX-Request") == "true" }
+// isHTMX reports a request htmx made for a part of the page. A history
+// restore (the back button with nothing cached) wants the whole page.
+func isHTMX(r *http.Request) bool {
+	return r.Header.Get("HX-Request") == "true" && r.Header.Get("HX-History-Restore-Request") != "true"
+}
+
+// StatusHeader carries the real status of an htmx answer that is sent
+// as 200.
+const StatusHeader = "X-Callplane-Status"
+
+// writeStatus writes the status of an answer. A deliberate 4xx to htmx
+// (a form with errors, a refused action) is sent as 200 with the status
+// in StatusHeader: the page shows the message it carries, and the
+// browser does not log a failed resource in the console for an outcome
+// the page handles. Plain browser requests and API clients get the real
+// status.
+func writeStatus(w http.ResponseWriter, r *http.Request, status int) {
+	if isHTMX(r) && status >= 400 && status < 500 {
+		w.Header().Set(StatusHeader, strconv.Itoa(status))
+		status = http.StatusOK
+	}
+	w.WriteHeader(status)
+}
 
 // render writes a component: full is the whole page, part the component
 // htmx swaps.
@@ -131,7 +154,8 @@ func (h *Handler) render(w http.ResponseWriter, r *http.Request, title, active s
 func (h *Handler) renderStatus(w http.ResponseWriter, r *http.Request, status int, title, active string, part templ.Component) error {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
+	w.Header().Add("Vary", "HX-Request")
+	writeStatus(w, r, status)
 	if isHTMX(r) {
 		return part.Render(r.Context(), w)
 	}
@@ -142,6 +166,9 @@ func (h *Handler) renderStatus(w http.ResponseWriter, r *http.Request, status in
 		shell.Leader = h.Cluster.LeaderID(r.Context())
 	}
 	shell.Checker = h.checkerShell(r.Context())
+	if v := h.incidentBanner(r); v != nil {
+		shell.Incidents = incidentBanner(*v)
+	}
 	return layout.Page(shell).Render(templ.WithChildren(r.Context(), part), w)
 }
 

@@ -24,14 +24,8 @@ func workFilterFrom(get func(string) string) workFilter {
 	}
 }
 
-func (f workFilter) query() string {
-	v := url.Values{}
-	for k, s := range map[string]string{"q": f.Q, "kind": f.Kind, "state": f.State, "node": f.Node} {
-		if s != "" {
-			v.Set(k, s)
-		}
-	}
-	return v.Encode()
+func (f workFilter) values() url.Values {
+	return url.Values{"q": {f.Q}, "kind": {f.Kind}, "state": {f.State}, "node": {f.Node}}
 }
 
 // workCell is one count of the work grid.
@@ -42,6 +36,7 @@ type workCell struct {
 type workView struct {
 	Filter    workFilter
 	Items     []dbsqlc.WorkListRow
+	Nav       tableNav
 	Counts    map[string]map[string]workCell // kind -> state -> count
 	Nodes     []string
 	CanChange bool
@@ -51,6 +46,7 @@ type workView struct {
 	Form       workForm
 	FormErrors nodes.FieldErrors
 	FormNotice string
+	FormWarn   string
 }
 
 type workForm struct {
@@ -60,9 +56,23 @@ type workForm struct {
 // liveStates are the work states the grid counts.
 var liveStates = []string{nodes.WorkAssigned, nodes.WorkActive, nodes.WorkUnplaced}
 
-func (h *Handler) workView(r *http.Request, f workFilter) (workView, error) {
+func workCursor(w dbsqlc.WorkPageRow) (string, int64) { return w.SortKey, w.ID }
+
+func workFromPage(w dbsqlc.WorkPageRow) dbsqlc.WorkListRow {
+	return dbsqlc.WorkListRow{ID: w.ID, Ref: w.Ref, Kind: w.Kind, Cost: w.Cost, State: w.State, NodeID: w.NodeID,
+		Epoch: w.Epoch, CreatedAt: w.CreatedAt, UpdatedAt: w.UpdatedAt, EndedAt: w.EndedAt, NodeName: w.NodeName}
+}
+
+// workView reads the work page for the filters and table place in q.
+func (h *Handler) workView(r *http.Request, q url.Values) (workView, error) {
 	ctx := r.Context()
+	f := workFilterFrom(q.Get)
 	v := workView{Filter: f, CanChange: canChange(r), Form: workForm{Kind: nodes.WorkCall, Cost: "1"}, Counts: map[string]map[string]workCell{}}
+	nav, p, err := pageFrom(q, nodes.WorkSorts)
+	if err != nil {
+		return v, errors.Join(errBadRequest, err)
+	}
+	nav.Path, nav.Target, nav.Filters = "/work", "work-live", f.values()
 	counts, err := h.Nodes.WorkCounts(ctx)
 	if err != nil {
 		return v, err
@@ -73,7 +83,7 @@ func (h *Handler) workView(r *http.Request, f workFilter) (workView, error) {
 		}
 		v.Counts[c.Kind][c.State] = workCell{N: c.N, Cost: c.Cost}
 	}
-	items, err := h.Nodes.ListWork(ctx, nodes.WorkFilter{Node: f.Node, Kind: f.Kind, State: f.State, Q: f.Q, Limit: 200})
+	items, err := h.Nodes.WorkPage(ctx, nodes.WorkFilter{Node: f.Node, Kind: f.Kind, State: f.State, Q: f.Q}, p)
 	var fe nodes.FieldErrors
 	switch {
 	case errors.As(err, &fe):
@@ -83,7 +93,10 @@ func (h *Handler) workView(r *http.Request, f workFilter) (workView, error) {
 	case err != nil:
 		return v, err
 	}
-	v.Items = items
+	for _, w := range trim(&nav, items, workCursor) {
+		v.Items = append(v.Items, workFromPage(w))
+	}
+	v.Nav = nav
 	all, err := h.Nodes.ListNodes(ctx, dbsqlc.NodeListFilteredParams{})
 	if err != nil {
 		return v, err
@@ -95,7 +108,10 @@ func (h *Handler) workView(r *http.Request, f workFilter) (workView, error) {
 }
 
 func (h *Handler) workPage(w http.ResponseWriter, r *http.Request) error {
-	v, err := h.workView(r, workFilterFrom(r.URL.Query().Get))
+	if wantsCSV(r) {
+		return h.workCSV(w, r)
+	}
+	v, err := h.workView(r, r.URL.Query())
 	if err != nil {
 		return err
 	}
@@ -103,6 +119,32 @@ func (h *Handler) workPage(w http.ResponseWriter, r *http.Request) error {
 		return h.render(w, r, "Work", "work", workLive(v))
 	}
 	return h.render(w, r, "Work", "work", workBody(v))
+}
+
+// workCSV exports every work item of the filters and sort.
+func (h *Handler) workCSV(w http.ResponseWriter, r *http.Request) error {
+	f := workFilterFrom(r.URL.Query().Get)
+	_, p, err := pageFrom(r.URL.Query(), nodes.WorkSorts)
+	if err != nil {
+		return errors.Join(errBadRequest, err)
+	}
+	wf := nodes.WorkFilter{Node: f.Node, Kind: f.Kind, State: f.State, Q: f.Q}
+	fetch := func(p nodes.Page) ([]dbsqlc.WorkPageRow, error) { return h.Nodes.WorkPage(r.Context(), wf, p) }
+	if _, err := fetch(nodes.Page{Sort: p.Sort, Limit: 1}); err != nil {
+		if errors.Is(err, nodes.ErrNotFound) {
+			return errors.Join(errBadRequest, fmt.Errorf("node: no node is named %q", f.Node))
+		}
+		return errors.Join(errBadRequest, err)
+	}
+	c := startCSV(w, "work", []string{"ref", "kind", "cost", "state", "node", "epoch", "created", "updated", "ended"})
+	err = exportPages(p, fetch, workCursor, func(w dbsqlc.WorkPageRow) {
+		ended := ""
+		if w.EndedAt != nil {
+			ended = csvTime(*w.EndedAt)
+		}
+		c.row(w.Ref, w.Kind, i64(int64(w.Cost)), w.State, w.NodeName, i64(w.Epoch), csvTime(w.CreatedAt), csvTime(w.UpdatedAt), ended)
+	})
+	return h.endCSV(r, c, err)
 }
 
 func (h *Handler) workCreate(w http.ResponseWriter, r *http.Request) error {
@@ -117,6 +159,11 @@ func (h *Handler) workCreate(w http.ResponseWriter, r *http.Request) error {
 	}
 	var p nodes.Placement
 	var err error
+	if len(fe) == 0 {
+		if nf := h.neverFits(r, form.Kind, cost); nf != nil {
+			fe = nf
+		}
+	}
 	if len(fe) == 0 {
 		p, err = h.Nodes.PlaceWork(r.Context(), actor(r), nodes.WorkInput{Kind: form.Kind, Ref: form.Ref, Cost: cost})
 	} else {
@@ -141,7 +188,7 @@ func (h *Handler) workCreate(w http.ResponseWriter, r *http.Request) error {
 		http.Redirect(w, r, "/work", http.StatusSeeOther)
 		return nil
 	}
-	v, verr := h.workView(r, workFilter{})
+	v, verr := h.workView(r, url.Values{})
 	if verr != nil {
 		return verr
 	}
@@ -154,7 +201,9 @@ func (h *Handler) workCreate(w http.ResponseWriter, r *http.Request) error {
 		if p.Node != "" {
 			v.FormNotice = fmt.Sprintf("Placed %s %s on %s.", p.Kind, p.Ref, p.Node)
 		} else {
-			v.FormNotice = fmt.Sprintf("No node has room: %s %s waits unplaced and is placed when capacity returns.", p.Kind, p.Ref)
+			// Not a success: the work is recorded but runs nowhere yet.
+			v.FormWarn = fmt.Sprintf("Not placed: no eligible %s node has room for %s %s (cost %d). It waits unplaced and is placed when capacity returns.",
+				nodeKindOf(p.Kind), p.Kind, p.Ref, p.Cost)
 		}
 	}
 	if isHTMX(r) {
@@ -180,8 +229,9 @@ func (h *Handler) workEnd(w http.ResponseWriter, r *http.Request) error {
 		http.Redirect(w, r, "/work", http.StatusSeeOther)
 		return nil
 	}
-	// The end button carries the page's filters, so the list keeps them.
-	v, err := h.workView(r, workFilterFrom(r.PostFormValue))
+	// The end button carries the page's filters and place, so the list
+	// keeps them.
+	v, err := h.workView(r, r.PostForm)
 	if err != nil {
 		return err
 	}
@@ -189,3 +239,23 @@ func (h *Handler) workEnd(w http.ResponseWriter, r *http.Request) error {
 }
 
 func workEndURL(ref string) string { return "/work/" + url.PathEscape(ref) + "/end" }
+
+// neverFits refuses work that costs more than the largest node of its
+// kind could ever carry: it would wait unplaced for ever. With no node of
+// the kind registered yet, the work may wait for one.
+func (h *Handler) neverFits(r *http.Request, workKind string, cost int) nodes.FieldErrors {
+	nk, ok := nodes.NodeKindFor(workKind)
+	if !ok {
+		return nil // ValidateWork names the kind
+	}
+	largest, err := h.Nodes.MaxCapacity(r.Context(), nk)
+	if err != nil || largest == 0 || cost <= largest {
+		return nil
+	}
+	return nodes.FieldErrors{"cost": fmt.Sprintf("cost %d is more than the largest %s node can carry (capacity %d): it could never be placed", cost, nk, largest)}
+}
+
+func nodeKindOf(workKind string) string {
+	nk, _ := nodes.NodeKindFor(workKind)
+	return nk
+}

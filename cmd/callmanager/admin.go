@@ -144,6 +144,7 @@ func (c *cli) tokenCreate(args []string) error {
 	node := c.fs.String("node", "", "node name")
 	ttl := c.fs.Duration("ttl", nodes.DefaultTokenTTL, "token lifetime (max 168h)")
 	stateDir := c.fs.String("state-dir", "/var/lib/callplane-agent", "state dir to put in the join command")
+	replace := c.fs.Bool("replace", false, "the node's agent has enrolled: make a token for a new agent that replaces it")
 	if err := c.parse(args); err != nil {
 		return err
 	}
@@ -151,7 +152,11 @@ func (c *cli) tokenCreate(args []string) error {
 		return usageError{"--node is required"}
 	}
 	return c.withDB(func(env *server.Admin) error {
-		jt, err := env.Nodes.CreateJoinToken(c.ctx, nodes.ActorCLI, *node, *ttl)
+		create := env.Nodes.CreateJoinToken
+		if *replace {
+			create = env.Nodes.CreateReplacementToken
+		}
+		jt, err := create(c.ctx, nodes.ActorCLI, *node, *ttl)
 		if err != nil {
 			return err
 		}

@@ -95,12 +95,29 @@ type JoinToken struct {
 	RevokedAt  *time.Time
 }
 
+type KindSample struct {
+	At      time.Time
+	Kind    string
+	Items   int64
+	Units   int64
+	Waiting int64
+}
+
 type LeaderLease struct {
 	ID         int32
 	Holder     string
 	Epoch      int64
 	ExpiresAt  time.Time
 	AcquiredAt time.Time
+}
+
+type LoadSample struct {
+	NodeID   int64
+	At       time.Time
+	Used     int32
+	Capacity int32
+	Reported int32
+	Eligible bool
 }
 
 type LoginFailure struct {
@@ -168,6 +185,13 @@ type NodeEligibility struct {
 	Weight   int32
 	Used     int32
 	Eligible bool
+}
+
+type NodeHealthHistory struct {
+	ID     int64
+	NodeID int64
+	At     time.Time
+	Health string
 }
 
 type ProbeResult struct {

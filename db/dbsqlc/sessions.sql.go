@@ -174,6 +174,24 @@ func (q *Queries) SessionDeleteExpired(ctx context.Context, db DBTX, idleSeconds
 	return result.RowsAffected(), nil
 }
 
+const sessionDeleteOthers = `-- name: SessionDeleteOthers :execrows
+DELETE FROM sessions WHERE user_id = $1 AND id_hash <> $2
+`
+
+type SessionDeleteOthersParams struct {
+	UserID   int64
+	KeepHash []byte
+}
+
+// SessionDeleteOthers ends every session of a user but the one kept.
+func (q *Queries) SessionDeleteOthers(ctx context.Context, db DBTX, arg SessionDeleteOthersParams) (int64, error) {
+	result, err := db.Exec(ctx, sessionDeleteOthers, arg.UserID, arg.KeepHash)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const sessionGet = `-- name: SessionGet :one
 SELECT s.id_hash, s.user_id, s.created_at, s.last_seen_at, s.expires_at,
        u.email, u.role, u.disabled_at
@@ -230,6 +248,45 @@ func (q *Queries) SessionInsert(ctx context.Context, db DBTX, arg SessionInsertP
 		arg.UserAgent,
 	)
 	return err
+}
+
+const sessionListByUser = `-- name: SessionListByUser :many
+SELECT id_hash, created_at, last_seen_at, source_addr, user_agent FROM sessions
+WHERE user_id = $1 ORDER BY last_seen_at DESC
+`
+
+type SessionListByUserRow struct {
+	IDHash     []byte
+	CreatedAt  time.Time
+	LastSeenAt time.Time
+	SourceAddr string
+	UserAgent  string
+}
+
+func (q *Queries) SessionListByUser(ctx context.Context, db DBTX, userID int64) ([]SessionListByUserRow, error) {
+	rows, err := db.Query(ctx, sessionListByUser, userID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []SessionListByUserRow{}
+	for rows.Next() {
+		var i SessionListByUserRow
+		if err := rows.Scan(
+			&i.IDHash,
+			&i.CreatedAt,
+			&i.LastSeenAt,
+			&i.SourceAddr,
+			&i.UserAgent,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }
 
 const sessionTouch = `-- name: SessionTouch :exec

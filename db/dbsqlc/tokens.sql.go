@@ -197,6 +197,27 @@ func (q *Queries) JoinTokenConsume(ctx context.Context, db DBTX, arg JoinTokenCo
 	return node_id, err
 }
 
+const joinTokenEndForNode = `-- name: JoinTokenEndForNode :execrows
+UPDATE join_tokens SET revoked_at = now()
+WHERE node_id = $1 AND id <> $2 AND used_at IS NULL AND revoked_at IS NULL
+`
+
+type JoinTokenEndForNodeParams struct {
+	NodeID int64
+	KeepID string
+}
+
+// JoinTokenEndForNode ends every other unused token of a node when one
+// enrols it: a join token admits one agent, and a token made before the
+// enrolment must not silently replace the running agent later.
+func (q *Queries) JoinTokenEndForNode(ctx context.Context, db DBTX, arg JoinTokenEndForNodeParams) (int64, error) {
+	result, err := db.Exec(ctx, joinTokenEndForNode, arg.NodeID, arg.KeepID)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const joinTokenGet = `-- name: JoinTokenGet :one
 SELECT id, node_id, secret_hash, created_by, created_at, expires_at, used_at, used_by_addr, revoked_at FROM join_tokens WHERE id = $1
 `

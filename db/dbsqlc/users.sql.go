@@ -152,6 +152,20 @@ func (q *Queries) UserSetDisabled(ctx context.Context, db DBTX, arg UserSetDisab
 	return i, err
 }
 
+const userSetPassword = `-- name: UserSetPassword :exec
+UPDATE users SET password_hash = $1, updated_at = now() WHERE id = $2
+`
+
+type UserSetPasswordParams struct {
+	PasswordHash string
+	ID           int64
+}
+
+func (q *Queries) UserSetPassword(ctx context.Context, db DBTX, arg UserSetPasswordParams) error {
+	_, err := db.Exec(ctx, userSetPassword, arg.PasswordHash, arg.ID)
+	return err
+}
+
 const userSetRole = `-- name: UserSetRole :one
 UPDATE users SET role = $1, updated_at = now() WHERE id = $2 RETURNING id, email, password_hash, role, disabled_at, created_at, updated_at
 `

@@ -53,3 +53,11 @@ DELETE FROM login_failures WHERE at < now() - interval '1 day';
 
 -- name: LoginKnownPrune :exec
 DELETE FROM login_known WHERE last_ok < now() - interval '90 days';
+
+-- SessionDeleteOthers ends every session of a user but the one kept.
+-- name: SessionDeleteOthers :execrows
+DELETE FROM sessions WHERE user_id = @user_id AND id_hash <> @keep_hash;
+
+-- name: SessionListByUser :many
+SELECT id_hash, created_at, last_seen_at, source_addr, user_agent FROM sessions
+WHERE user_id = @user_id ORDER BY last_seen_at DESC;

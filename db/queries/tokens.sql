@@ -53,3 +53,10 @@ SELECT * FROM api_tokens ORDER BY created_at DESC;
 
 -- name: APITokenRevoke :execrows
 UPDATE api_tokens SET revoked_at = now() WHERE id = @id AND revoked_at IS NULL;
+
+-- JoinTokenEndForNode ends every other unused token of a node when one
+-- enrols it: a join token admits one agent, and a token made before the
+-- enrolment must not silently replace the running agent later.
+-- name: JoinTokenEndForNode :execrows
+UPDATE join_tokens SET revoked_at = now()
+WHERE node_id = @node_id AND id <> @keep_id AND used_at IS NULL AND revoked_at IS NULL;

@@ -23,3 +23,6 @@ WHERE id = @id RETURNING *;
 
 -- name: UserCountActiveOwners :one
 SELECT count(*) FROM users WHERE role = 'owner' AND disabled_at IS NULL;
+
+-- name: UserSetPassword :exec
+UPDATE users SET password_hash = @password_hash, updated_at = now() WHERE id = @id;

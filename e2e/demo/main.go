@@ -1,6 +1,6 @@
 // Command demo is "make demo": it builds Callplane, starts a call manager
-// on the embedded default Postgres under .data/demo, a mailpit mail sink
-// with its web inbox, and one node agent of each kind (two media nodes)
+// on the embedded default Postgres under .data/demo, a MailDev mail sink
+// with its web inbox (installed from npm into bin/maildev on first use), and one node agent of each kind (two media nodes)
 // enrolled through real join tokens; it places calls, IVRs, queues,
 // meetings and IM shards through the admin API, prints where to look, and
 // runs until Ctrl-C, which stops everything it started.
@@ -27,14 +27,14 @@ import (
 	"strings"
 	"syscall"
 	"time"
-)
 
-const mailpitVersion = "v1.33.1"
+	"github.com/callplane/callplane/e2e/mailsink"
+)
 
 type config struct {
 	listen   string // call manager, HTTPS
-	mailUI   string // mailpit web inbox
-	mailSMTP string // mailpit SMTP
+	mailUI   string // mail sink web inbox
+	mailSMTP string // mail sink SMTP
 	dataDir  string
 	binDir   string
 	version  string
@@ -45,8 +45,8 @@ type config struct {
 func main() {
 	var cfg config
 	flag.StringVar(&cfg.listen, "listen", "127.0.0.1:8443", "call manager HTTPS address")
-	flag.StringVar(&cfg.mailUI, "mail-ui", "127.0.0.1:8025", "mailpit web inbox address")
-	flag.StringVar(&cfg.mailSMTP, "mail-smtp", "127.0.0.1:1025", "mailpit SMTP address")
+	flag.StringVar(&cfg.mailUI, "mail-ui", "127.0.0.1:8025", "mail sink (MailDev) web inbox address")
+	flag.StringVar(&cfg.mailSMTP, "mail-smtp", "127.0.0.1:1025", "mail sink (MailDev) SMTP address")
 	flag.StringVar(&cfg.dataDir, "data-dir", ".data/demo", "demo state (removed and recreated at each start)")
 	flag.StringVar(&cfg.binDir, "bin", "bin", "where the binaries are built")
 	flag.StringVar(&cfg.version, "version", "demo", "version stamped into the binaries")
@@ -99,13 +99,10 @@ func (d *demo) run(ctx context.Context) error {
 	if err := d.cmd(ctx, nil, "go", "build", "-ldflags", "-X main.version="+d.cfg.version, "-o", d.cfg.binDir+"/", "./cmd/callmanager", "./cmd/nodeagent"); err != nil {
 		return err
 	}
-	mailpit := filepath.Join(d.cfg.binDir, "mailpit")
-	if _, err := os.Stat(mailpit); err != nil {
-		d.say("installing mailpit %s into %s (once)", mailpitVersion, d.cfg.binDir)
-		env := append(os.Environ(), "GOBIN="+d.cfg.binDir, "GOTOOLCHAIN=local")
-		if err := d.cmd(ctx, env, "go", "install", "github.com/axllent/mailpit@"+mailpitVersion); err != nil {
-			return err
-		}
+	d.say("installing the mail sink (MailDev %s) into %s with npm ci (once)", mailsink.Version, filepath.Join(d.cfg.binDir, "maildev"))
+	maildev, err := mailsink.Install(ctx, filepath.Join(d.cfg.binDir, "maildev"))
+	if err != nil {
+		return err
 	}
 
 	// A clean state each run: the demo's database, agents and mailbox.
@@ -122,13 +119,20 @@ func (d *demo) run(ctx context.Context) error {
 		return err
 	}
 
-	d.say("starting mailpit: inbox http://%s, SMTP %s", d.cfg.mailUI, d.cfg.mailSMTP)
-	mp, err := d.start("mailpit", logs, mailpit, "--listen", d.cfg.mailUI, "--smtp", d.cfg.mailSMTP,
-		"--database", filepath.Join(d.cfg.dataDir, "mailpit.db"), "--disable-version-check", "--smtp-disable-rdns")
+	d.say("starting the mail sink: inbox http://%s, SMTP %s", d.cfg.mailUI, d.cfg.mailSMTP)
+	mailDir := filepath.Join(d.cfg.dataDir, "mail")
+	if err := os.MkdirAll(mailDir, 0o755); err != nil {
+		return err
+	}
+	margs, err := mailsink.Args(d.cfg.mailUI, d.cfg.mailSMTP, mailDir)
 	if err != nil {
 		return err
 	}
-	if err := waitHTTP(ctx, mp, "http://"+d.cfg.mailUI+"/readyz", 30*time.Second); err != nil {
+	mp, err := d.start("maildev", logs, maildev, margs...)
+	if err != nil {
+		return err
+	}
+	if err := waitHTTP(ctx, mp, "http://"+d.cfg.mailUI+"/api/healthz", 60*time.Second); err != nil {
 		return err
 	}
 
@@ -237,7 +241,7 @@ func (d *demo) run(ctx context.Context) error {
   Portal       https://%s   (self-signed certificate: accept it in the browser)
   Sign in      %s
   Password     %s
-  Mail inbox   http://%s   (mailpit: node down/recovered alerts land here)
+  Mail inbox   http://%s   (MailDev: node down/recovered alerts land here)
   Logs         %s
   API token    %s   (e.g. curl -k -H "Authorization: Bearer $TOKEN" https://%s/api/v1/nodes)
 
@@ -248,7 +252,7 @@ func (d *demo) run(ctx context.Context) error {
 `, d.cfg.listen, d.cfg.email, d.cfg.password, d.cfg.mailUI, logs, d.token, d.cfg.listen,
 		media1)
 
-	// Run until Ctrl-C, or until the call manager or mailpit dies.
+	// Run until Ctrl-C, or until the call manager or the mail sink dies.
 	select {
 	case <-ctx.Done():
 		fmt.Println()
@@ -257,7 +261,7 @@ func (d *demo) run(ctx context.Context) error {
 	case <-cm.done:
 		return fmt.Errorf("the call manager exited (%v); see %s", cm.err, cm.logPath)
 	case <-mp.done:
-		return fmt.Errorf("mailpit exited (%v); see %s", mp.err, mp.logPath)
+		return fmt.Errorf("the mail sink exited (%v); see %s", mp.err, mp.logPath)
 	}
 }
 
@@ -291,7 +295,7 @@ func (d *demo) start(name, logDir, bin string, args ...string) (*proc, error) {
 }
 
 // stopAll stops the processes in reverse order: agents, call manager,
-// mailpit. Each gets SIGTERM and 20 seconds before SIGKILL.
+// mail sink. Each gets SIGTERM and 20 seconds before SIGKILL.
 func (d *demo) stopAll() {
 	for i := len(d.procs) - 1; i >= 0; i-- {
 		p := d.procs[i]

@@ -6,6 +6,7 @@ package servertest
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -196,13 +197,25 @@ func (in *Instance) HTMX(t testing.TB, c *http.Client, method, path string, form
 	if form != nil {
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	}
-	return in.Do(t, c, req)
+	r := in.Do(t, c, req)
+	// The portal answers a deliberate 4xx to htmx as 200 with the status
+	// in a header (so the browser logs no failed resource); StatusCode is
+	// the outcome, Wire what was sent.
+	if s := r.Header.Get("X-Callplane-Status"); s != "" {
+		if r.Wire != http.StatusOK {
+			t.Fatalf("%s %s: X-Callplane-Status %s on a %d answer", method, path, s, r.Wire)
+		}
+		fmt.Sscan(s, &r.StatusCode)
+	}
+	return r
 }
 
-// Response is an HTTP response with its body read.
+// Response is an HTTP response with its body read. StatusCode is the
+// outcome (see HTMX); Wire is the status sent.
 type Response struct {
 	*http.Response
 	Body string
+	Wire int
 }
 
 // Do sends a request and reads the body.
@@ -214,7 +227,7 @@ func (in *Instance) Do(t testing.TB, c *http.Client, req *http.Request) *Respons
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	return &Response{Response: resp, Body: string(b)}
+	return &Response{Response: resp, Body: string(b), Wire: resp.StatusCode}
 }
 
 // APIToken creates an admin API token.

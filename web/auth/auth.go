@@ -51,7 +51,7 @@ type FieldErrors map[string]string
 
 func (e FieldErrors) Error() string {
 	var parts []string
-	for _, f := range []string{"email", "password", "role", "code"} {
+	for _, f := range []string{"email", "current", "password", "confirm", "role", "code"} {
 		if m, ok := e[f]; ok {
 			parts = append(parts, f+": "+m)
 		}
@@ -121,9 +121,14 @@ func (s *Service) audit(ctx context.Context, tx dbsqlc.DBTX, actor, addr, action
 	}
 }
 
+// NormalizeEmail is the stored form of an e-mail address: trimmed and in
+// lower case, so addresses that differ only in case are one account (a
+// unique index on lower(email) holds it in the database too).
+func NormalizeEmail(email string) string { return strings.ToLower(strings.TrimSpace(email)) }
+
 func validateNew(email, password, role string) (string, FieldErrors) {
 	fe := FieldErrors{}
-	email = strings.TrimSpace(email)
+	email = NormalizeEmail(email)
 	if a, err := mail.ParseAddress(email); err != nil || a.Address != email || len(email) > 254 {
 		fe["email"] = "enter a valid email address"
 	}

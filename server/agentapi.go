@@ -11,6 +11,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/server/metrics"
 	"github.com/callplane/callplane/web"
 )
 
@@ -166,6 +167,8 @@ func (s *Server) assignments(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if v <= since {
+		metrics.LongPollWaiters.Inc()
+		defer metrics.LongPollWaiters.Dec()
 		// Nothing new yet: wait. A wake almost always means a new version,
 		// so read the desired set (one statement) straight away rather
 		// than the version first and the set after.

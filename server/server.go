@@ -47,6 +47,8 @@ type Server struct {
 	leader   *Leader
 	settings *health.Store
 	recon    reconciler
+	// metricsLn serves /metrics without authentication (--metrics-listen).
+	metricsLn net.Listener
 
 	// background tasks started by Run; each stops with its context.
 	background []func(ctx context.Context)
@@ -115,6 +117,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	mailer := outbox.New(outbox.Config{Pool: s.pool, Store: s.settings, Fence: s.leader, Log: log, PortalURL: s.URL()})
 	s.AddBackground(func(ctx context.Context) { s.leader.WhileLeading(ctx, checker.Run) })
 	s.AddBackground(func(ctx context.Context) { s.leader.WhileLeading(ctx, mailer.Run) })
+	if err := s.startOperations(); err != nil {
+		s.close()
+		return nil, err
+	}
 	s.handler = s.routes()
 	return s, nil
 }
@@ -178,6 +184,7 @@ func (s *Server) AddBackground(fn func(ctx context.Context)) { s.background = ap
 func (s *Server) routes() http.Handler {
 	r := chi.NewRouter()
 	r.Use(middleware.Recoverer)
+	r.Use(httpMetrics)
 	r.Use(requestLog(s.log))
 	r.Use(securityHeaders)
 	r.Use(crossOrigin)
@@ -195,9 +202,11 @@ func (s *Server) routes() http.Handler {
 	})
 	static, _ := fs.Sub(assets.FS, ".")
 	r.Handle("/assets/*", http.StripPrefix("/assets/", cacheStatic(http.FileServerFS(static))))
+	r.With(s.metricsAuth).Get("/metrics", s.metricsHandler().ServeHTTP)
 	r.Route("/api/v1", func(r chi.Router) {
 		s.agentRoutes(r)
 		s.adminRoutes(r)
+		s.apiDocRoutes(r)
 	})
 	portal := &web.Handler{Nodes: s.nodes, Auth: s.auth, Cluster: s, Settings: s.settings, Log: s.log, Version: s.cfg.Version}
 	r.Group(portal.Routes)

@@ -20,6 +20,9 @@ type Alert struct {
 	LastError     string
 	SentAt        *time.Time
 	EmailID       string
+	AckedAt       *time.Time
+	AckedBy       string
+	AckNote       string
 }
 
 type ApiToken struct {
@@ -30,6 +33,8 @@ type ApiToken struct {
 	CreatedAt  time.Time
 	LastUsedAt *time.Time
 	RevokedAt  *time.Time
+	Scope      string
+	ExpiresAt  *time.Time
 }
 
 type AuditLog struct {
@@ -78,6 +83,18 @@ type LoginFailure struct {
 	ID  int64
 	Key string
 	At  time.Time
+}
+
+type MaintenanceWindow struct {
+	ID          int64
+	NodeID      int64
+	StartsAt    time.Time
+	EndsAt      time.Time
+	Reason      string
+	CreatedBy   string
+	CreatedAt   time.Time
+	CancelledAt *time.Time
+	CancelledBy string
 }
 
 type Node struct {
@@ -167,4 +184,14 @@ type Work struct {
 	CreatedAt time.Time
 	UpdatedAt time.Time
 	EndedAt   *time.Time
+}
+
+type WorkHistory struct {
+	ID       int64
+	WorkID   int64
+	At       time.Time
+	State    string
+	NodeID   *int64
+	NodeName string
+	Epoch    int64
 }

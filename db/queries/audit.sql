@@ -6,3 +6,18 @@ VALUES (@actor, @action, @target, @result, @source_addr, @detail);
 SELECT * FROM audit_log
 WHERE (@q::text = '' OR actor ILIKE '%' || @q || '%' OR action ILIKE '%' || @q || '%' OR target ILIKE '%' || @q || '%')
 ORDER BY id DESC LIMIT @lim;
+
+-- AuditPage is one page of the audit log for the API: filters, newest
+-- first, after the cursor (the last id of the previous page; 0 for the
+-- first).
+-- name: AuditPage :many
+SELECT * FROM audit_log
+WHERE (@cursor::bigint = 0 OR id < @cursor)
+  AND (@actor::text = '' OR actor = @actor)
+  AND (@action::text = '' OR action = @action OR action LIKE @action || '.%')
+  AND (@target::text = '' OR target = @target)
+  AND (@result::text = '' OR result = @result)
+  AND (@since::timestamptz = '-infinity' OR at >= @since)
+  AND (@until::timestamptz = 'infinity' OR at < @until)
+  AND (@q::text = '' OR detail ILIKE '%' || @q || '%' OR target ILIKE '%' || @q || '%')
+ORDER BY id DESC LIMIT @lim;

@@ -29,6 +29,12 @@ type Change struct {
 	// Maintenance is set when the node was in maintenance, so the change
 	// may be expected.
 	Maintenance bool
+	// Reminder marks a repeated down alert for a node still down that
+	// nobody acknowledged.
+	Reminder bool
+	// AckedBy and AckNote name who acknowledged the node's down alert,
+	// and what they said, on the recovery email.
+	AckedBy, AckNote string
 }
 
 // Labels of changes, as they appear in subjects.
@@ -139,6 +145,9 @@ func composeOne(now time.Time, portalURL string, c Change) (subject, text string
 	if c.Maintenance {
 		subject += " [maintenance]"
 	}
+	if c.Reminder {
+		subject += " [reminder: still down]"
+	}
 
 	var b strings.Builder
 	switch l {
@@ -192,6 +201,12 @@ func details(b *strings.Builder, now time.Time, c Change) {
 	}
 	row("Failover", policyText(c.Kind, c.Policy))
 	row("Work", orDefault(c.WorkOutcome, "nothing reported"))
+	if c.Reminder {
+		row("Reminder", "the node is still down and nobody has acknowledged it; acknowledge it to stop reminders")
+	}
+	if c.AckedBy != "" {
+		row("Acked by", c.AckedBy+": "+c.AckNote)
+	}
 	if c.Maintenance {
 		row("Note", "the node is in maintenance; this change may be expected")
 	}
@@ -245,6 +260,12 @@ func summary(now time.Time, c Change) string {
 	}
 	if c.Reason != "" && label(c) != labelRecovered {
 		s += "; " + c.Reason
+	}
+	if c.AckedBy != "" {
+		s += "; acknowledged by " + c.AckedBy
+	}
+	if c.Reminder {
+		s += " [reminder]"
 	}
 	if c.Maintenance {
 		s += " [maintenance]"

@@ -16,6 +16,7 @@ import (
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/probe"
+	"github.com/callplane/callplane/server/metrics"
 )
 
 // Fencer checks, inside a transaction, that this instance still leads
@@ -177,6 +178,7 @@ func (c *Checker) check(ctx context.Context, st Settings, list []dbsqlc.Node) ([
 
 // Round runs one probe round: probe, record, and apply every change.
 func (c *Checker) Round(ctx context.Context, epoch int64, st Settings) error {
+	metrics.CheckerRounds.Inc()
 	pool := c.svc.Pool()
 	list, err := db.Q.NodeList(ctx, pool)
 	if err != nil {
@@ -424,6 +426,11 @@ func (c *Checker) transition(ctx context.Context, tx pgx.Tx, st Settings, old, n
 		payload.Since = old.HealthChangedAt
 		down := now.Sub(old.HealthChangedAt).Round(time.Second)
 		payload.WorkOutcome = "work waiting unplaced is placed again; moved work stays where it went"
+		if ack, ok, err := c.svc.AckSince(ctx, tx, n.Name, old.HealthChangedAt); err != nil {
+			return err
+		} else if ok {
+			payload.AckedBy, payload.AckNote = ack.By, ack.Note
+		}
 		if err := event("info", fmt.Sprintf("Node %s recovered after %s down: %s", n.Name, down, o.detail)); err != nil {
 			return err
 		}

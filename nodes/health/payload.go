@@ -28,6 +28,9 @@ type AlertPayload struct {
 	Policy      string    `json:"policy"`
 	WorkOutcome string    `json:"work_outcome"`
 	Maintenance bool      `json:"maintenance,omitempty"`
+	Reminder    bool      `json:"reminder,omitempty"`
+	AckedBy     string    `json:"acked_by,omitempty"`
+	AckNote     string    `json:"ack_note,omitempty"`
 }
 
 // Change converts the payload for alert.Compose.
@@ -36,6 +39,7 @@ func (p AlertPayload) Change() alert.Change {
 		Node: p.Node, Kind: p.Kind, Address: p.Address, From: p.From, To: p.To,
 		At: p.At, Since: p.Since, Reason: p.Reason, Policy: p.Policy,
 		WorkOutcome: p.WorkOutcome, Maintenance: p.Maintenance,
+		Reminder: p.Reminder, AckedBy: p.AckedBy, AckNote: p.AckNote,
 	}
 }
 

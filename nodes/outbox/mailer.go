@@ -18,6 +18,7 @@ import (
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/alert"
 	"github.com/callplane/callplane/nodes/health"
+	"github.com/callplane/callplane/server/metrics"
 )
 
 // Defaults of Config.
@@ -222,6 +223,7 @@ func (m *Mailer) Tick(ctx context.Context, epoch int64) (int, error) {
 			}
 		}
 		for _, o := range outcomes {
+			metrics.MailerAttempts.WithLabelValues(attemptResult(o.err)).Inc()
 			switch {
 			case o.err == nil:
 				if err := db.Q.AlertMarkSent(ctx, tx, dbsqlc.AlertMarkSentParams{Ids: o.g.ids(), EmailID: o.g.emailID()}); err != nil {
@@ -335,4 +337,15 @@ func (m *Mailer) compose(rows []dbsqlc.Alert) ([]group, []badAlert) {
 		groups = append([]group{hg}, groups...)
 	}
 	return groups, bad
+}
+
+// attemptResult names a send attempt's outcome for the metrics.
+func attemptResult(err error) string {
+	switch {
+	case err == nil:
+		return "sent"
+	case alert.IsPermanent(err):
+		return "failed"
+	}
+	return "retry"
 }

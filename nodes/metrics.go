@@ -1,0 +1,26 @@
+package nodes
+
+import "github.com/callplane/callplane/server/metrics"
+
+// countPlaced records placements that committed: placed or left waiting.
+func countPlaced(workKind, state, cause string, n int) {
+	if n <= 0 {
+		return
+	}
+	outcome := "placed"
+	if state == WorkUnplaced {
+		outcome = "unplaced"
+	}
+	metrics.Placements.WithLabelValues(workKind, outcome, metrics.Cause(cause)).Add(float64(n))
+}
+
+// countMoved records what a move did, by its cause.
+func countMoved(workKind, cause string, mr MoveResult) {
+	c := metrics.Cause(cause)
+	if mr.Moved > 0 {
+		metrics.Moves.WithLabelValues(workKind, c, "moved").Add(float64(mr.Moved))
+	}
+	if mr.Unplaced > 0 {
+		metrics.Moves.WithLabelValues(workKind, c, "unplaced").Add(float64(mr.Unplaced))
+	}
+}

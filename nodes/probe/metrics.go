@@ -1,0 +1,18 @@
+package probe
+
+import "github.com/callplane/callplane/server/metrics"
+
+// observe records a probe's latency and outcome by node kind.
+func observe(kind string, res Result) {
+	switch kind {
+	case KindMedia, KindIVR, KindQueue, KindMeeting, KindIM:
+	default:
+		kind = "other"
+	}
+	result := "ok"
+	if !res.OK {
+		result = "fail"
+		metrics.ProbeFailures.WithLabelValues(kind).Inc()
+	}
+	metrics.ProbeDuration.WithLabelValues(kind, result).Observe(res.Latency.Seconds())
+}

@@ -92,6 +92,7 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 			err = nodes.ErrUnauthorized
 		}
 		s.log.Info("enrolment refused", "token", nodes.TokenID(req.Token), "remote", addr)
+		s.nodes.AuditFailure(r.Context(), nodes.Actor{Name: "agent", Addr: addr}, "node.enroll", nodes.TokenID(req.Token), err)
 		writeError(w, err)
 		return
 	}

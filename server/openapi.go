@@ -7,6 +7,8 @@ import (
 	"sync"
 
 	"github.com/go-chi/chi/v5"
+
+	"github.com/callplane/callplane/web"
 )
 
 // apiDocRoutes serves the OpenAPI document and answers every other
@@ -288,5 +290,18 @@ func DocumentedRoutes() []string {
 		out[i] = op.method + " /api/v1" + op.path
 	}
 	sort.Strings(out)
+	return out
+}
+
+// apiOperations lists the operations for the portal's API page.
+func apiOperations() []web.APIOperation {
+	out := make([]web.APIOperation, len(apiOps))
+	for i, op := range apiOps {
+		auth := op.auth
+		if auth == "" {
+			auth = "none"
+		}
+		out[i] = web.APIOperation{Method: op.method, Path: "/api/v1" + op.path, Summary: op.summary, Auth: auth}
+	}
 	return out
 }

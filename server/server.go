@@ -208,7 +208,7 @@ func (s *Server) routes() http.Handler {
 		s.adminRoutes(r)
 		s.apiDocRoutes(r)
 	})
-	portal := &web.Handler{Nodes: s.nodes, Auth: s.auth, Cluster: s, Settings: s.settings, Log: s.log, Version: s.cfg.Version}
+	portal := &web.Handler{Nodes: s.nodes, Auth: s.auth, Cluster: s, Settings: s.settings, Log: s.log, Version: s.cfg.Version, API: apiOperations()}
 	r.Group(portal.Routes)
 	return r
 }

@@ -15,6 +15,7 @@ func (h *Handler) viewerRoutes(r chi.Router) {
 	r.Get("/events", h.wrap(h.eventsPage))
 	r.Get("/audit", h.wrap(h.auditPage))
 	r.Get("/settings", h.wrap(h.settingsPage))
+	r.Get("/api", h.wrap(h.apiPage))
 }
 
 // adminRoutes change the cluster.

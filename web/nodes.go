@@ -284,7 +284,6 @@ func (h *Handler) nodeRemove(w http.ResponseWriter, r *http.Request) error {
 	return redirect(w, r, "/nodes")
 }
 
-
 func (h *Handler) nodeRotate(w http.ResponseWriter, r *http.Request) error {
 	name := chi.URLParam(r, "name")
 	err := h.Nodes.RequestRotation(r.Context(), actor(r), name)

@@ -24,3 +24,12 @@ func countMoved(workKind, cause string, mr MoveResult) {
 		metrics.Moves.WithLabelValues(workKind, c, "unplaced").Add(float64(mr.Unplaced))
 	}
 }
+
+// init makes the placement series of every work kind exist from the
+// start, at zero.
+func init() {
+	for _, k := range WorkKinds {
+		metrics.Placements.WithLabelValues(k, "placed", "new")
+		metrics.Placements.WithLabelValues(k, "unplaced", "new")
+	}
+}

@@ -51,19 +51,18 @@ func (q *Queries) MetricsAlerts(ctx context.Context, db DBTX) ([]MetricsAlertsRo
 }
 
 const metricsLeader = `-- name: MetricsLeader :one
-SELECT holder, epoch, expires_at FROM leader_lease WHERE id = 1
+SELECT holder, epoch FROM leader_lease WHERE id = 1
 `
 
 type MetricsLeaderRow struct {
-	Holder    string
-	Epoch     int64
-	ExpiresAt time.Time
+	Holder string
+	Epoch  int64
 }
 
 func (q *Queries) MetricsLeader(ctx context.Context, db DBTX) (MetricsLeaderRow, error) {
 	row := db.QueryRow(ctx, metricsLeader)
 	var i MetricsLeaderRow
-	err := row.Scan(&i.Holder, &i.Epoch, &i.ExpiresAt)
+	err := row.Scan(&i.Holder, &i.Epoch)
 	return i, err
 }
 

@@ -13,4 +13,4 @@ SELECT type, state, count(*)::bigint AS n, coalesce(sum(attempts), 0)::bigint AS
 FROM alerts GROUP BY type, state;
 
 -- name: MetricsLeader :one
-SELECT holder, epoch, expires_at FROM leader_lease WHERE id = 1;
+SELECT holder, epoch FROM leader_lease WHERE id = 1;

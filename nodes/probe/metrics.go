@@ -16,3 +16,13 @@ func observe(kind string, res Result) {
 	}
 	metrics.ProbeDuration.WithLabelValues(kind, result).Observe(res.Latency.Seconds())
 }
+
+// init makes every kind's series exist from the start, at zero, so a
+// rate over them works before the first failure.
+func init() {
+	for _, k := range []string{KindMedia, KindIVR, KindQueue, KindMeeting, KindIM} {
+		metrics.ProbeFailures.WithLabelValues(k)
+		metrics.ProbeDuration.WithLabelValues(k, "ok")
+		metrics.ProbeDuration.WithLabelValues(k, "fail")
+	}
+}

@@ -343,6 +343,29 @@ var (
 	maxTime = time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC)
 )
 
+// EventJSON is an event.
+type EventJSON struct {
+	ID       int64     `json:"id"`
+	At       time.Time `json:"at"`
+	Node     string    `json:"node,omitempty"`
+	Type     string    `json:"type"`
+	Severity string    `json:"severity"`
+	Message  string    `json:"message"`
+	Actor    string    `json:"actor,omitempty"`
+}
+
+// AuditJSON is an audit log row.
+type AuditJSON struct {
+	ID         int64     `json:"id"`
+	At         time.Time `json:"at"`
+	Actor      string    `json:"actor"`
+	Action     string    `json:"action"`
+	Target     string    `json:"target"`
+	Result     string    `json:"result"`
+	SourceAddr string    `json:"source_addr"`
+	Detail     string    `json:"detail"`
+}
+
 func (s *Server) apiEvents(w http.ResponseWriter, r *http.Request) {
 	cursor, limit, since, until, err := pageParams(r)
 	if err != nil {
@@ -356,7 +379,11 @@ func (s *Server) apiEvents(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	page(w, "events", rows, limit, func(e dbsqlc.Event) int64 { return e.ID })
+	out := make([]EventJSON, len(rows))
+	for i, e := range rows {
+		out[i] = EventJSON{ID: e.ID, At: e.At, Node: e.NodeName, Type: e.Type, Severity: e.Severity, Message: e.Message, Actor: e.Actor}
+	}
+	page(w, "events", out, limit, func(e EventJSON) int64 { return e.ID })
 }
 
 func (s *Server) apiAudit(w http.ResponseWriter, r *http.Request) {
@@ -372,7 +399,11 @@ func (s *Server) apiAudit(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	page(w, "audit", rows, limit, func(a dbsqlc.AuditLog) int64 { return a.ID })
+	out := make([]AuditJSON, len(rows))
+	for i, a := range rows {
+		out[i] = AuditJSON{ID: a.ID, At: a.At, Actor: a.Actor, Action: a.Action, Target: a.Target, Result: a.Result, SourceAddr: a.SourceAddr, Detail: a.Detail}
+	}
+	page(w, "audit", out, limit, func(a AuditJSON) int64 { return a.ID })
 }
 
 // AlertJSON is an alert of the outbox.

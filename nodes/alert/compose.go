@@ -43,6 +43,7 @@ const (
 	labelSuspect   = "SUSPECT"
 	labelRecovered = "RECOVERED"
 	labelUp        = "UP"
+	labelStillDown = "STILL DOWN"
 )
 
 // Compose writes the alert email for changes: one change gives a focused
@@ -66,7 +67,7 @@ func composeAt(now time.Time, portalURL string, changes []Change) (subject, text
 
 	sorted := slices.Clone(changes)
 	slices.SortStableFunc(sorted, func(a, b Change) int {
-		if d := labelRank(label(a)) - labelRank(label(b)); d != 0 {
+		if d := labelRank(groupLabel(a)) - labelRank(groupLabel(b)); d != 0 {
 			return d
 		}
 		return strings.Compare(a.Node, b.Node)
@@ -74,7 +75,7 @@ func composeAt(now time.Time, portalURL string, changes []Change) (subject, text
 	var order []string
 	count := map[string]int{}
 	for _, c := range sorted {
-		l := label(c)
+		l := groupLabel(c)
 		if count[l] == 0 {
 			order = append(order, l)
 		}
@@ -97,7 +98,7 @@ func composeAt(now time.Time, portalURL string, changes []Change) (subject, text
 	for _, l := range order {
 		fmt.Fprintf(&b, "%s (%d):\n", l, count[l])
 		for _, c := range sorted {
-			if label(c) != l {
+			if groupLabel(c) != l {
 				continue
 			}
 			fmt.Fprintf(&b, "  - %s (%s) %s, %s\n", c.Node, orUnknown(c.Kind), orNone(c.Address), summary(now, c))
@@ -123,7 +124,7 @@ func composeAt(now time.Time, portalURL string, changes []Change) (subject, text
 
 	b.WriteString("Details\n=======\n")
 	for _, c := range sorted {
-		fmt.Fprintf(&b, "\n%s: %s (%s)\n", label(c), c.Node, orUnknown(c.Kind))
+		fmt.Fprintf(&b, "\n%s: %s (%s)\n", groupLabel(c), c.Node, orUnknown(c.Kind))
 		details(&b, now, c)
 		if todo := whatToDo(portalURL, c); todo != "" {
 			b.WriteString("  What to do:\n")
@@ -376,18 +377,29 @@ func label(c Change) string {
 	return strings.ToUpper(c.To)
 }
 
+// groupLabel is label, with reminders apart ("STILL DOWN"), for the
+// sections and counts of a grouped email.
+func groupLabel(c Change) string {
+	if c.Reminder && label(c) == labelDown {
+		return labelStillDown
+	}
+	return label(c)
+}
+
 func labelRank(l string) int {
 	switch l {
 	case labelDown:
 		return 0
-	case labelSuspect:
+	case labelStillDown:
 		return 1
-	case labelRecovered:
+	case labelSuspect:
 		return 2
-	case labelUp:
+	case labelRecovered:
 		return 3
+	case labelUp:
+		return 4
 	}
-	return 4
+	return 5
 }
 
 // downFor is how long a recovered node was down.

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"regexp"
+	"sort"
 	"strconv"
 	"time"
 
@@ -250,4 +252,24 @@ func (s *Server) serveMetrics(ctx context.Context, ln net.Listener) {
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		s.log.Error("metrics listener", "err", err)
 	}
+}
+
+// MetricNames lists the name of every callplane_ series /metrics may
+// expose, observed yet or not.
+func MetricNames() []string {
+	ch := make(chan *prometheus.Desc, 64)
+	go func() {
+		metrics.Describe(ch)
+		newClusterCollector(nil).Describe(ch)
+		close(ch)
+	}()
+	re := regexp.MustCompile(`fqName: "([^"]+)"`)
+	var out []string
+	for d := range ch {
+		if m := re.FindStringSubmatch(d.String()); m != nil {
+			out = append(out, m[1])
+		}
+	}
+	sort.Strings(out)
+	return out
 }

@@ -2,11 +2,14 @@ package server_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	osexec "os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -143,6 +146,7 @@ func TestMetrics(t *testing.T) {
 	if v := sample(after, "callplane_maintenance_windows", `phase="active"`); v != 1 {
 		t.Errorf("active maintenance windows = %v, want 1", v)
 	}
+	dashboardSeriesExist(t)
 	// No series names a work item.
 	if strings.Contains(after, `"c1"`) {
 		t.Error("a work ref appears in the metrics")
@@ -186,5 +190,40 @@ func TestMetricsListen(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusNotFound {
 		t.Fatalf("the metrics listener serves the API: %d", resp.StatusCode)
+	}
+}
+
+// dashboardSeriesExist checks that every callplane_ series the sample
+// Grafana dashboard queries is one the call manager exposes.
+func dashboardSeriesExist(t *testing.T) {
+	t.Helper()
+	raw, err := os.ReadFile("../assets/grafana/callplane.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	if err := json.Unmarshal(raw, &dash); err != nil {
+		t.Fatalf("dashboard JSON: %v", err)
+	}
+	name := regexp.MustCompile(`callplane_[a-z_]+`)
+	exprs := 0
+	for _, p := range dash.Panels {
+		for _, tg := range p.Targets {
+			exprs++
+			for _, n := range name.FindAllString(tg.Expr, -1) {
+				base := strings.TrimSuffix(n, "_bucket")
+				if !slices.Contains(server.MetricNames(), base) {
+					t.Errorf("dashboard panel %q queries %s, which /metrics does not expose", p.Title, n)
+				}
+			}
+		}
+	}
+	if exprs < 10 {
+		t.Fatalf("dashboard has %d queries", exprs)
 	}
 }

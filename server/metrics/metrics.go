@@ -15,9 +15,20 @@ const Namespace = "callplane"
 // registry of its own and gathers both.
 var Registry = prometheus.NewRegistry()
 
+// instruments are the collectors declared here, for Describe.
+var instruments []prometheus.Collector
+
 func register[C prometheus.Collector](c C) C {
 	Registry.MustRegister(c)
+	instruments = append(instruments, c)
 	return c
+}
+
+// Describe sends the descriptions of every instrument declared here.
+func Describe(ch chan<- *prometheus.Desc) {
+	for _, c := range instruments {
+		c.Describe(ch)
+	}
 }
 
 func init() {

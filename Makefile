@@ -6,7 +6,7 @@ BIN := bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: help build run test unit e2e demo bench generate verify clean
+.PHONY: help build run test unit e2e faults demo bench generate verify clean
 
 help: ## Show the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ unit: ## Only the package tests (no browser suite)
 
 e2e: ## The browser and multi-process tests (real binaries, Chromium, SMTP sink)
 	$(GO) test -count=1 -timeout 15m -v ./e2e/
+
+faults: ## The fault suite: real processes, faults by a TCP fault proxy and signals; prints a table (FAULTS_LONG=1: every scenario)
+	$(GO) test -count=1 -timeout 30m -v -run TestFaults ./e2e/faults/
 
 demo: build $(BIN)/mailpit ## make run + one agent of each kind, sample work and a mail sink (mailpit)
 	$(GO) run ./e2e/demo -version $(VERSION)

@@ -6,12 +6,9 @@ package db
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
@@ -19,29 +16,6 @@ import (
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/migrations"
 )
-
-var (
-	// ErrNotFound is returned when a row does not exist.
-	ErrNotFound = errors.New("not found")
-	// ErrConflict is returned when a unique constraint is violated.
-	ErrConflict = errors.New("already exists")
-)
-
-// Translate maps pgx errors to the sentinel errors above; other errors are
-// returned unchanged.
-func Translate(err error) error {
-	if err == nil {
-		return nil
-	}
-	if errors.Is(err, pgx.ErrNoRows) {
-		return ErrNotFound
-	}
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "23505" {
-		return fmt.Errorf("%w: %s", ErrConflict, pgErr.ConstraintName)
-	}
-	return err
-}
 
 // Open connects to Postgres and checks the connection.
 func Open(ctx context.Context, url string, maxConns int32) (*pgxpool.Pool, error) {
@@ -85,8 +59,3 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) error {
 
 // Q is the one Queries value; its methods take the pool or a transaction.
 var Q = dbsqlc.New()
-
-// InTx runs fn in a transaction, committing when fn returns nil.
-func InTx(ctx context.Context, pool *pgxpool.Pool, fn func(tx pgx.Tx) error) error {
-	return pgx.BeginFunc(ctx, pool, fn)
-}

@@ -207,7 +207,7 @@ func (c *cluster) startCallManager(id string) *callManager {
 		"--listen", addr, "--data-dir", dataDir, "--database-url", c.dbURL,
 		"--smtp-url", c.smtp.URL(), "--alert-from", "callplane@e2e.callplane.test", "--alert-to", alertTo,
 		"--tls-cert", c.certFile, "--tls-key", c.keyFile, "--public-url", c.vipURL(),
-		"--instance-id", id, "--log-level", "info")
+		"--instance-id", id, "--log-level", "info", "--sip-listen", "127.0.0.1:0")
 	c.track(p)
 	cm := &callManager{proc: p, id: id, addr: addr, url: "https://" + addr, dataDir: dataDir}
 	waitReady(t, cm)

@@ -1,30 +1,20 @@
 package nodes
 
 import (
-	"cmp"
 	"context"
-	"errors"
 	"fmt"
-	"math/rand/v2"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/callplane/callplane/db/dbsqlc"
 )
 
 // MaxBatch bounds the items of one batch placement and of one batch ack.
 const MaxBatch = 1000
-
-// batchAttempts bounds how often a batch placement plans again: when its
-// plan no longer holds under the node locks, or a node lock was not
-// granted in time.
-const batchAttempts = 20
 
 // BatchItemErrors maps the index of each invalid item of a batch to what is
 // wrong with it. A batch with any invalid item writes nothing.
@@ -111,246 +101,6 @@ func ValidateWorkBatch(items []WorkInput) error {
 		return &DuplicateRefsError{Refs: dups}
 	}
 	return nil
-}
-
-// PlaceWorkBatch places many new work items in one transaction, set-based.
-// It reads the eligible nodes of the batch's kinds once, spreads the items
-// over them with spread (in proportion to free capacity, never above it;
-// largest items first), then locks only the nodes it chose, once and in
-// id order (batches of the same node kind take turns, on an advisory
-// lock), and checks the plan against their latest state under the
-// locks. All work rows go in with one statement, the used counters with
-// one more, and one notification after the commit wakes every touched
-// node. Items that fit nowhere are unplaced, with one event per work kind
-// and a capacity alert, as in PlaceWork.
-//
-// Every item is validated first; an invalid item (BatchItemErrors) or a
-// ref that repeats or already exists (DuplicateRefsError) fails the whole
-// batch and writes nothing. The placements come back in input order.
-//
-// A plan that no longer holds under the locks (a node filled, was disabled
-// or went down meanwhile), a node lock not granted within the batch's lock
-// timeout, or a deadlock Postgres broke, rolls the transaction back and
-// plans again, a bounded number of times.
-func (s *Service) PlaceWorkBatch(ctx context.Context, actor Actor, items []WorkInput) ([]Placement, error) {
-	if err := ValidateWorkBatch(items); err != nil {
-		return nil, err
-	}
-	var nodeKinds []string
-	for _, in := range items {
-		nk, _ := NodeKindFor(in.Kind)
-		if !slices.Contains(nodeKinds, nk) {
-			nodeKinds = append(nodeKinds, nk)
-		}
-	}
-	for attempt := 1; ; attempt++ {
-		out, touched, err := s.placeBatchOnce(ctx, actor, items, nodeKinds, attempt)
-		if err != nil && attempt < batchAttempts && (errors.Is(err, errRetry) || retryable(err)) {
-			if !errors.Is(err, errRetry) {
-				// Someone else holds what we need: let them finish.
-				t := time.NewTimer(time.Duration(attempt) * time.Duration(1+rand.IntN(4)) * time.Millisecond)
-				select {
-				case <-ctx.Done():
-					t.Stop()
-					return nil, ctx.Err()
-				case <-t.C:
-				}
-			}
-			continue
-		}
-		if err != nil {
-			if errors.Is(err, errRetry) || retryable(err) {
-				return nil, fmt.Errorf("place batch of %d: nodes too busy after %d attempts: %w", len(items), attempt, err)
-			}
-			return nil, err
-		}
-		s.notifyCommitted(ctx, touched...)
-		return out, nil
-	}
-}
-
-func (s *Service) placeBatchOnce(ctx context.Context, actor Actor, items []WorkInput, nodeKinds []string, attempt int) ([]Placement, []int64, error) {
-	out := make([]Placement, len(items))
-	var touched []int64
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		touched = touched[:0]
-		if err := s.q.WorkBatchSerialize(ctx, tx, nodeKinds); err != nil {
-			return err
-		}
-		if err := s.q.WorkBatchLockTimeout(ctx, tx); err != nil {
-			return err
-		}
-		eligible, err := s.q.WorkBatchEligibleNodes(ctx, tx, nodeKinds)
-		if err != nil {
-			return err
-		}
-		byKind := map[string][]*target{}
-		names := map[int64]string{}
-		for _, n := range eligible {
-			names[n.ID] = n.Name
-			if free := n.Capacity - n.Used; free > 0 {
-				byKind[n.Kind] = append(byKind[n.Kind], &target{id: n.ID, name: n.Name, free: free})
-			}
-		}
-		// Spread each node kind's items over its nodes, largest items
-		// first so that big items are not left without room by small ones.
-		dest := make([]int64, len(items))
-		for _, nk := range nodeKinds {
-			var idx []int
-			for i, in := range items {
-				if k, _ := NodeKindFor(in.Kind); k == nk {
-					idx = append(idx, i)
-				}
-			}
-			slices.SortStableFunc(idx, func(a, b int) int { return cmp.Compare(items[b].Cost, items[a].Cost) })
-			wi := make([]workItem, len(idx))
-			for j, i := range idx {
-				wi[j] = workItem{cost: int32(items[i].Cost)}
-			}
-			for j, d := range spread(wi, byKind[nk]) {
-				dest[idx[j]] = d
-			}
-		}
-		delta := map[int64]int32{}
-		for i, in := range items {
-			if dest[i] != 0 {
-				delta[dest[i]] += int32(in.Cost)
-			}
-		}
-		// Lock the chosen nodes and check the plan under the locks.
-		if len(delta) > 0 {
-			up := dbsqlc.WorkBatchAddUsedParams{Ids: make([]int64, 0, len(delta)), Deltas: make([]int32, 0, len(delta))}
-			for id := range delta {
-				up.Ids = append(up.Ids, id)
-			}
-			locked, err := s.q.WorkBatchLockTargets(ctx, tx, up.Ids)
-			if err != nil {
-				return err
-			}
-			if len(locked) != len(delta) {
-				return errRetry // a node was removed meanwhile
-			}
-			up.Ids = up.Ids[:0]
-			for _, n := range locked {
-				if !n.Eligible || n.Used+delta[n.ID] > n.Capacity {
-					return errRetry
-				}
-				up.Ids = append(up.Ids, n.ID)
-				up.Deltas = append(up.Deltas, delta[n.ID])
-			}
-			if err := s.q.WorkBatchAddUsed(ctx, tx, up); err != nil {
-				return err
-			}
-			touched = append(touched, up.Ids...)
-		}
-		p := dbsqlc.WorkInsertBatchParams{
-			Refs: make([]string, len(items)), Kinds: make([]string, len(items)),
-			Costs: make([]int32, len(items)), NodeIds: dest,
-		}
-		for i, in := range items {
-			p.Refs[i], p.Kinds[i], p.Costs[i] = in.Ref, in.Kind, int32(in.Cost)
-		}
-		rows, err := s.q.WorkInsertBatch(ctx, tx, p)
-		if err != nil {
-			return err
-		}
-		if len(rows) != len(items) {
-			// ON CONFLICT skipped refs that exist already: name them and
-			// roll the whole batch back.
-			got := make(map[string]bool, len(rows))
-			for _, r := range rows {
-				got[r.Ref] = true
-			}
-			var dups []string
-			for _, in := range items {
-				if !got[in.Ref] {
-					dups = append(dups, in.Ref)
-				}
-			}
-			return &DuplicateRefsError{Refs: dups}
-		}
-		byRef := make(map[string]dbsqlc.WorkInsertBatchRow, len(rows))
-		for _, r := range rows {
-			byRef[r.Ref] = r
-		}
-		unplaced := map[string][]int{} // work kind -> item indexes
-		for i, in := range items {
-			r := byRef[in.Ref]
-			out[i] = Placement{ID: r.ID, Ref: in.Ref, Kind: in.Kind, Cost: int32(in.Cost), State: r.State,
-				Node: names[dest[i]], Epoch: r.Epoch, Attempts: attempt}
-			if dest[i] == 0 {
-				unplaced[in.Kind] = append(unplaced[in.Kind], i)
-			}
-		}
-		for _, wk := range WorkKinds {
-			idx := unplaced[wk]
-			if len(idx) == 0 {
-				continue
-			}
-			nk, _ := NodeKindFor(wk)
-			// As in PlaceWork: if room appeared since the plan was read
-			// (work ended, a node came up), plan again rather than leave
-			// work waiting needlessly.
-			if attempt < batchAttempts-1 {
-				now, err := s.q.WorkBatchEligibleNodes(ctx, tx, []string{nk})
-				if err != nil {
-					return err
-				}
-				if fitsSomewhere(items, idx, now) {
-					return errRetry
-				}
-			}
-			var cost int
-			refs := make([]string, 0, min(len(idx), 10))
-			for _, i := range idx {
-				cost += items[i].Cost
-				if len(refs) < 10 {
-					refs = append(refs, items[i].Ref)
-				}
-			}
-			list := strings.Join(refs, ", ")
-			if len(idx) > len(refs) {
-				list += fmt.Sprintf(" and %d more", len(idx)-len(refs))
-			}
-			msg := fmt.Sprintf("No %s node has room for %s of a batch of %d (cost %d): they wait unplaced: %s",
-				nk, WorkNoun(wk, int64(len(idx))), len(items), cost, list)
-			if err := s.event(ctx, tx, nil, "unplaced", "critical", actor.Name, msg); err != nil {
-				return err
-			}
-			if err := s.capacityAlert(ctx, tx, wk); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, nil, err
-	}
-	return out, touched, nil
-}
-
-// fitsSomewhere reports whether one of the unplaced items would fit on
-// one of the nodes as they are now (this batch's own placements included).
-func fitsSomewhere(items []WorkInput, idx []int, nodes []dbsqlc.WorkBatchEligibleNodesRow) bool {
-	var most int32
-	for _, n := range nodes {
-		most = max(most, n.Capacity-n.Used)
-	}
-	for _, i := range idx {
-		if int32(items[i].Cost) <= most {
-			return true
-		}
-	}
-	return false
-}
-
-// retryable reports an error after which Postgres rolled the transaction
-// back and running it again may succeed: a node lock not granted within
-// the batch's lock timeout, a deadlock Postgres broke, or a serialization
-// failure.
-func retryable(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && (pgErr.Code == "55P03" || pgErr.Code == "40P01" || pgErr.Code == "40001")
 }
 
 // AckInput is one ack of a batch: an assignment, the epoch the agent saw

@@ -2,7 +2,6 @@ package nodes
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -13,6 +12,7 @@ import (
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes/probe"
+	"github.com/callplane/callplane/nodes/safetext"
 )
 
 // Join token lifetimes.
@@ -109,7 +109,7 @@ func (s *Service) Enroll(ctx context.Context, req EnrollRequest) (EnrollResult, 
 	}
 	row, err := s.q.JoinTokenGet(ctx, s.pool, id)
 	if err != nil {
-		if errors.Is(err, pgx.ErrNoRows) {
+		if db.IsNotFound(err) {
 			return EnrollResult{}, ErrUnauthorized
 		}
 		return EnrollResult{}, err
@@ -121,7 +121,7 @@ func (s *Service) Enroll(ctx context.Context, req EnrollRequest) (EnrollResult, 
 	err = s.inTx(ctx, func(tx pgx.Tx) error {
 		nodeID, err := s.q.JoinTokenConsume(ctx, tx, dbsqlc.JoinTokenConsumeParams{ID: id, SecretHash: row.SecretHash, Addr: req.RemoteAddr})
 		if err != nil {
-			if errors.Is(err, pgx.ErrNoRows) {
+			if db.IsNotFound(err) {
 				return ErrUnauthorized
 			}
 			return err
@@ -134,7 +134,7 @@ func (s *Service) Enroll(ctx context.Context, req EnrollRequest) (EnrollResult, 
 		if req.Address != "" && probe.ValidateAddress(n.Kind, req.Address) == nil {
 			addr = req.Address
 		}
-		if n, err = s.q.NodeEnroll(ctx, tx, dbsqlc.NodeEnrollParams{ID: n.ID, AgentVersion: truncate(req.Version, 64), Address: addr}); err != nil {
+		if n, err = s.q.NodeEnroll(ctx, tx, dbsqlc.NodeEnrollParams{ID: n.ID, AgentVersion: safetext.Sanitize(req.Version, MaxAgentVersion), Address: addr}); err != nil {
 			return err
 		}
 		cred, err := s.issueCredential(ctx, tx, n.ID, 0)
@@ -204,7 +204,7 @@ func (s *Service) AuthNode(ctx context.Context, credential string) (NodeAuth, er
 	}
 	row, err := s.q.CredentialAuth(ctx, s.pool, id)
 	if err != nil {
-		if errors.Is(err, pgx.ErrNoRows) {
+		if db.IsNotFound(err) {
 			return NodeAuth{}, ErrUnauthorized
 		}
 		return NodeAuth{}, err
@@ -367,7 +367,7 @@ func (s *Service) AuthAPIToken(ctx context.Context, token string) (APICaller, er
 	}
 	row, err := s.q.APITokenGet(ctx, s.pool, id)
 	if err != nil {
-		if errors.Is(err, pgx.ErrNoRows) {
+		if db.IsNotFound(err) {
 			return APICaller{}, ErrUnauthorized
 		}
 		return APICaller{}, err
@@ -435,11 +435,4 @@ func (s *Service) RevokeAPIToken(ctx context.Context, actor Actor, id string) er
 // ListAPITokens lists API tokens with their scope, expiry and last use.
 func (s *Service) ListAPITokens(ctx context.Context) ([]dbsqlc.ApiToken, error) {
 	return s.q.APITokenList(ctx, s.pool)
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n]
-	}
-	return s
 }

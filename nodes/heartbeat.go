@@ -6,8 +6,13 @@ import (
 	"sync"
 	"time"
 
+	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/dbsqlc"
+	"github.com/callplane/callplane/nodes/safetext"
 )
+
+// MaxAgentVersion is the most bytes of an agent's version string kept.
+const MaxAgentVersion = 64
 
 type heartbeat struct {
 	at      time.Time
@@ -34,7 +39,7 @@ func (s *Service) NewHeartbeats(every time.Duration) *Heartbeats {
 // Record notes a heartbeat; the next flush writes it.
 func (h *Heartbeats) Record(nodeID int64, load int32, version string) {
 	h.mu.Lock()
-	h.pending[nodeID] = heartbeat{at: time.Now(), load: load, version: truncate(version, 64)}
+	h.pending[nodeID] = heartbeat{at: time.Now(), load: load, version: safetext.Sanitize(version, MaxAgentVersion)}
 	h.mu.Unlock()
 }
 
@@ -55,6 +60,29 @@ func (h *Heartbeats) Run(ctx context.Context) {
 	}
 }
 
+func (h *Heartbeats) write(ctx context.Context, batch map[int64]heartbeat) ([]dbsqlc.NodeHeartbeatBatchRow, error) {
+	p := dbsqlc.NodeHeartbeatBatchParams{}
+	for id, b := range batch {
+		p.Ids = append(p.Ids, id)
+		p.Ats = append(p.Ats, b.at)
+		p.Loads = append(p.Loads, b.load)
+		p.Versions = append(p.Versions, b.version)
+	}
+	return h.svc.q.NodeHeartbeatBatch(ctx, h.svc.pool, p)
+}
+
+// requeue keeps beats for the next flush unless a newer beat arrived, so
+// one failed write does not make live nodes look silent.
+func (h *Heartbeats) requeue(batch map[int64]heartbeat) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for id, b := range batch {
+		if _, newer := h.pending[id]; !newer {
+			h.pending[id] = b
+		}
+	}
+}
+
 // Flush writes the pending heartbeats now.
 func (h *Heartbeats) Flush(ctx context.Context) {
 	h.mu.Lock()
@@ -64,26 +92,29 @@ func (h *Heartbeats) Flush(ctx context.Context) {
 	if len(batch) == 0 {
 		return
 	}
-	p := dbsqlc.NodeHeartbeatBatchParams{}
-	for id, b := range batch {
-		p.Ids = append(p.Ids, id)
-		p.Ats = append(p.Ats, b.at)
-		p.Loads = append(p.Loads, b.load)
-		p.Versions = append(p.Versions, b.version)
-	}
-	rows, err := h.svc.q.NodeHeartbeatBatch(ctx, h.svc.pool, p)
+	rows, err := h.write(ctx, batch)
 	if err != nil {
-		h.svc.log.Error("write heartbeats; retrying at the next flush", "nodes", len(batch), "err", err)
-		// Keep them for the next flush unless a newer beat arrived, so one
-		// failed write does not make live nodes look silent.
-		h.mu.Lock()
+		if db.Unreachable(err) || ctx.Err() != nil {
+			h.svc.log.Error("write heartbeats; retrying at the next flush", "nodes", len(batch), "err", err)
+			h.requeue(batch)
+			return
+		}
+		// The statement failed on its data: write the beats one by one,
+		// so one bad row costs only its own node a beat, never every
+		// node its freshness.
+		h.svc.log.Warn("heartbeat batch refused; writing each node's beat alone", "nodes", len(batch), "err", err)
+		rows = rows[:0]
 		for id, b := range batch {
-			if _, newer := h.pending[id]; !newer {
-				h.pending[id] = b
+			one, err := h.write(ctx, map[int64]heartbeat{id: b})
+			switch {
+			case err == nil:
+				rows = append(rows, one...)
+			case db.Unreachable(err) || ctx.Err() != nil:
+				h.requeue(map[int64]heartbeat{id: b})
+			default:
+				h.svc.log.Error("heartbeat dropped: the database refused it", "node_id", id, "err", err)
 			}
 		}
-		h.mu.Unlock()
-		return
 	}
 	var up []int64
 	for _, r := range rows {
@@ -92,7 +123,7 @@ func (h *Heartbeats) Flush(ctx context.Context) {
 		}
 	}
 	if len(up) > 0 {
-		named, err := h.svc.q.NodeIDsByName(ctx, h.svc.pool, up)
+		named, err := h.svc.q.NodeNamesByID(ctx, h.svc.pool, up)
 		if err == nil {
 			for _, n := range named {
 				node := dbsqlc.Node{ID: n.ID, Name: n.Name}

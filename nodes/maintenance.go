@@ -30,14 +30,6 @@ type MaintenanceInput struct {
 	Reason string
 }
 
-// InMaintenance reports whether a node is in a maintenance window at now:
-// no alerts and no automatic failover. The node row mirrors the window in
-// force (SyncMaintenance), so this is the one Go test of the rule that the
-// SQL eligibility checks as maintenance_until > now().
-func InMaintenance(n *dbsqlc.Node, now time.Time) bool {
-	return n.MaintenanceUntil != nil && n.MaintenanceUntil.After(now)
-}
-
 func validateMaintenance(in MaintenanceInput, now time.Time) (MaintenanceInput, error) {
 	fe := FieldErrors{}
 	in.Reason = strings.TrimSpace(in.Reason)

@@ -1,6 +1,23 @@
 package nodes
 
-import "github.com/callplane/callplane/server/metrics"
+import (
+	"context"
+
+	"github.com/callplane/callplane/server/metrics"
+)
+
+type previewKey struct{}
+
+// asPreview marks ctx as a preview's: the action runs in a transaction
+// that is rolled back, and nothing it does may count in the metrics.
+func asPreview(ctx context.Context) context.Context {
+	return context.WithValue(ctx, previewKey{}, true)
+}
+
+func previewing(ctx context.Context) bool {
+	v, _ := ctx.Value(previewKey{}).(bool)
+	return v
+}
 
 // countPlaced records placements that committed: placed or left waiting.
 func countPlaced(workKind, state, cause string, n int) {

@@ -2,11 +2,8 @@ package nodes
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"regexp"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -16,294 +13,6 @@ import (
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/dbsqlc"
 )
-
-// MaxWorkCost bounds the cost of one work item.
-const MaxWorkCost = 10000
-
-var refRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,199}$`)
-
-// WorkInput is a request to place one work item.
-type WorkInput struct {
-	Kind string `json:"kind"`
-	Ref  string `json:"ref"`
-	Cost int    `json:"cost"`
-}
-
-// Placement is where a work item went.
-type Placement struct {
-	ID       int64  `json:"id"`
-	Ref      string `json:"ref"`
-	Kind     string `json:"kind"`
-	Cost     int32  `json:"cost"`
-	State    string `json:"state"`
-	Node     string `json:"node,omitempty"`
-	Epoch    int64  `json:"epoch"`
-	Attempts int    `json:"-"`
-}
-
-// MoveResult counts what a move did.
-type MoveResult struct {
-	Moved    int
-	Unplaced int
-	To       map[string]int // node name -> items received
-}
-
-// Summary says what a move did in words: "12 calls moved to media-2 (8), media-3 (4); 2 unplaced".
-func (m MoveResult) Summary(workKind string) string {
-	if m.Moved == 0 && m.Unplaced == 0 {
-		return "no work to move"
-	}
-	var b strings.Builder
-	if m.Moved > 0 {
-		names := make([]string, 0, len(m.To))
-		for n := range m.To {
-			names = append(names, n)
-		}
-		sort.Strings(names)
-		parts := make([]string, 0, len(names))
-		for _, n := range names {
-			parts = append(parts, fmt.Sprintf("%s (%d)", n, m.To[n]))
-		}
-		fmt.Fprintf(&b, "%s moved to %s", WorkNoun(workKind, int64(m.Moved)), strings.Join(parts, ", "))
-	}
-	if m.Unplaced > 0 {
-		if b.Len() > 0 {
-			b.WriteString("; ")
-		}
-		fmt.Fprintf(&b, "%s unplaced: no capacity left", WorkNoun(workKind, int64(m.Unplaced)))
-	}
-	return b.String()
-}
-
-type workItem struct {
-	id   int64
-	cost int32
-}
-
-type target struct {
-	id       int64
-	name     string
-	free     int32
-	quota    float64
-	assigned int32
-}
-
-// spread assigns items to targets in proportion to each target's free
-// capacity, never above it. It returns the target id per item (0 when the
-// item fits nowhere).
-func spread(items []workItem, targets []*target) []int64 {
-	var total, free int64
-	for _, it := range items {
-		total += int64(it.cost)
-	}
-	for _, t := range targets {
-		free += int64(t.free)
-	}
-	share := 1.0
-	if free > 0 && total < free {
-		share = float64(total) / float64(free)
-	}
-	for _, t := range targets {
-		t.quota = float64(t.free) * share
-	}
-	out := make([]int64, len(items))
-	for i, it := range items {
-		var best *target
-		bestRoom := 0.0
-		for _, t := range targets {
-			if t.assigned+it.cost > t.free {
-				continue
-			}
-			room := t.quota - float64(t.assigned)
-			if best == nil || room > bestRoom {
-				best, bestRoom = t, room
-			}
-		}
-		if best != nil {
-			best.assigned += it.cost
-			out[i] = best.id
-		}
-	}
-	return out
-}
-
-// MoveAway moves all live work off node within tx, spread over the other
-// enabled, up nodes of its kind; what fits nowhere becomes unplaced. It is
-// set-based: one read, one update, one recount, one notification.
-func (s *Service) MoveAway(ctx context.Context, tx pgx.Tx, node *dbsqlc.Node, cause string, actor Actor) (MoveResult, error) {
-	rows, err := s.q.WorkLiveOnNode(ctx, tx, &node.ID)
-	if err != nil {
-		return MoveResult{}, err
-	}
-	items := make([]workItem, len(rows))
-	for i, r := range rows {
-		items[i] = workItem{id: r.ID, cost: r.Cost}
-	}
-	return s.moveItems(ctx, tx, node, items, cause, actor)
-}
-
-func (s *Service) moveItems(ctx context.Context, tx pgx.Tx, from *dbsqlc.Node, items []workItem, cause string, actor Actor) (MoveResult, error) {
-	mr := MoveResult{To: map[string]int{}}
-	if len(items) == 0 {
-		return mr, nil
-	}
-	kind := from.Kind
-	cands, err := s.q.NodeEligibleForUpdate(ctx, tx, dbsqlc.NodeEligibleForUpdateParams{Kind: kind, ExcludeID: from.ID})
-	if err != nil {
-		return mr, err
-	}
-	targets := make([]*target, 0, len(cands))
-	for _, c := range cands {
-		if free := c.Capacity - c.Used; free > 0 {
-			targets = append(targets, &target{id: c.ID, name: c.Name, free: free})
-		}
-	}
-	dest := spread(items, targets)
-	ids := make([]int64, len(items))
-	touched := []int64{from.ID}
-	names := map[int64]string{}
-	for _, t := range targets {
-		names[t.id] = t.name
-		if t.assigned > 0 {
-			touched = append(touched, t.id)
-		}
-	}
-	for i, it := range items {
-		ids[i] = it.id
-		if dest[i] == 0 {
-			mr.Unplaced++
-		} else {
-			mr.Moved++
-			mr.To[names[dest[i]]]++
-		}
-	}
-	if err := s.q.WorkMove(ctx, tx, dbsqlc.WorkMoveParams{Ids: ids, NodeIds: dest}); err != nil {
-		return mr, fmt.Errorf("move work: %w", err)
-	}
-	if err := s.q.NodeRecountUsed(ctx, tx, touched); err != nil {
-		return mr, err
-	}
-	if err := s.notify(ctx, tx, touched...); err != nil {
-		return mr, err
-	}
-	wk := WorkKindFor(kind)
-	sev := "info"
-	if mr.Unplaced > 0 {
-		sev = "critical"
-	}
-	msg := fmt.Sprintf("Work moved off %s (%s): %s", from.Name, cause, mr.Summary(wk))
-	if err := s.event(ctx, tx, from, "move", sev, actor.Name, msg); err != nil {
-		return mr, err
-	}
-	if mr.Unplaced > 0 {
-		if err := s.capacityAlert(ctx, tx, wk); err != nil {
-			return mr, err
-		}
-	}
-	return mr, nil
-}
-
-// capacityAlert queues one capacity alert per work kind at most every
-// five minutes, so a burst of unplaced work is one email.
-func (s *Service) capacityAlert(ctx context.Context, tx dbsqlc.DBTX, workKind string) error {
-	n, err := s.q.AlertRecentOfType(ctx, tx, dbsqlc.AlertRecentOfTypeParams{Type: "capacity", NodeName: workKind, WindowSeconds: 300})
-	if err != nil || n > 0 {
-		return err
-	}
-	var unplaced int64
-	counts, err := s.q.WorkCounts(ctx, tx)
-	if err != nil {
-		return err
-	}
-	for _, c := range counts {
-		if c.Kind == workKind && c.State == WorkUnplaced {
-			unplaced = c.N
-		}
-	}
-	if unplaced == 0 {
-		unplaced = 1
-	}
-	payload := fmt.Sprintf(`{"work_kind":%q,"unplaced":%d}`, workKind, unplaced)
-	return s.q.AlertInsert(ctx, tx, dbsqlc.AlertInsertParams{Type: "capacity", NodeName: workKind, Payload: []byte(payload)})
-}
-
-// ValidateWork checks a work request.
-func ValidateWork(in WorkInput) FieldErrors {
-	fe := FieldErrors{}
-	if _, ok := NodeKindFor(in.Kind); !ok {
-		fe.Add("kind", "kind must be one of "+strings.Join(WorkKinds, ", "))
-	}
-	if !refRE.MatchString(in.Ref) {
-		fe.Add("ref", "ref must be 1-200 characters: letters, digits and . _ : @ / -")
-	}
-	if in.Cost <= 0 {
-		fe.Add("cost", "cost must be at least 1")
-	} else if in.Cost > MaxWorkCost {
-		fe.Add("cost", fmt.Sprintf("cost must be at most %d", MaxWorkCost))
-	}
-	return fe
-}
-
-// PlaceWork places a new work item on the least-loaded eligible node, or
-// records it unplaced when none has room. Concurrent placements never
-// overfill a node: the chosen node's row is locked and its used counter
-// checked in the same statement.
-func (s *Service) PlaceWork(ctx context.Context, actor Actor, in WorkInput) (Placement, error) {
-	if fe := ValidateWork(in); len(fe) > 0 {
-		return Placement{}, fe
-	}
-	nodeKind, _ := NodeKindFor(in.Kind)
-	var p Placement
-	for attempt := 1; ; attempt++ {
-		retry := false
-		var placedOn int64
-		err := s.inTx(ctx, func(tx pgx.Tx) error {
-			row, err := s.q.WorkPlace(ctx, tx, dbsqlc.WorkPlaceParams{Ref: in.Ref, Kind: in.Kind, Cost: int32(in.Cost), NodeKind: nodeKind})
-			if err != nil {
-				if errors.Is(db.Translate(err), db.ErrConflict) {
-					return fmt.Errorf("work %q: %w", in.Ref, ErrConflict)
-				}
-				return err
-			}
-			p = Placement{ID: row.ID, Ref: row.Ref, Kind: row.Kind, Cost: row.Cost, State: row.State, Node: row.NodeName, Epoch: row.Epoch, Attempts: attempt}
-			if row.NodeID != nil {
-				placedOn = *row.NodeID
-				return nil
-			}
-			// Under contention the node we would have taken may have
-			// filled between the plan and the lock; if any node still has
-			// room, try again rather than leave the work unplaced.
-			if attempt < 20 {
-				room, err := s.q.NodeRoomForKind(ctx, tx, dbsqlc.NodeRoomForKindParams{Kind: nodeKind, ExcludeID: 0})
-				if err != nil {
-					return err
-				}
-				if room.Free >= int64(in.Cost) {
-					retry = true
-					return errRetry
-				}
-			}
-			if err := s.event(ctx, tx, nil, "unplaced", "critical", actor.Name,
-				fmt.Sprintf("No %s node has room for %s %s (cost %d): it waits unplaced", nodeKind, in.Kind, in.Ref, in.Cost)); err != nil {
-				return err
-			}
-			return s.capacityAlert(ctx, tx, in.Kind)
-		})
-		if retry {
-			continue
-		}
-		if err != nil && attempt < 20 && retryable(err) {
-			// Postgres broke a deadlock (this placement may wait for one
-			// node while holding another its SKIP LOCKED scan locked) and
-			// rolled the transaction back: place it again.
-			continue
-		}
-		if err == nil && placedOn != 0 {
-			s.notifyCommitted(ctx, placedOn)
-		}
-		return p, err
-	}
-}
 
 // notifyCommitted wakes the long-polls of a node whose assignments a
 // committed transaction changed, with NotifyAsync: one notification in a
@@ -349,8 +58,6 @@ func notifyPayload(nodeIDs []int64) string {
 	return payload
 }
 
-var errRetry = errors.New("retry placement")
-
 // EndWork ends a work item; ending an already ended item is a no-op.
 func (s *Service) EndWork(ctx context.Context, actor Actor, ref string) (dbsqlc.Work, error) {
 	var w dbsqlc.Work
@@ -382,98 +89,6 @@ func (s *Service) EndWork(ctx context.Context, actor Actor, ref string) (dbsqlc.
 	return w, err
 }
 
-// PlaceUnplaced places waiting work of a kind on nodes with room. It
-// returns how many items it placed; errors are logged, as callers run it
-// after their own change has committed.
-func (s *Service) PlaceUnplaced(ctx context.Context, workKind, cause string) int {
-	nodeKind, ok := NodeKindFor(workKind)
-	if !ok {
-		return 0
-	}
-	placed := 0
-	var err error
-	for attempt := 1; attempt <= 3; attempt++ {
-		placed = 0
-		if err = s.placeUnplacedOnce(ctx, workKind, nodeKind, cause, &placed); err == nil || !retryable(err) {
-			break
-		}
-	}
-	if err != nil {
-		s.log.Error("place unplaced work", "kind", workKind, "err", err)
-		return 0
-	}
-	return placed
-}
-
-// placeUnplacedOnce is one transaction of PlaceUnplaced.
-func (s *Service) placeUnplacedOnce(ctx context.Context, workKind, nodeKind, cause string, placedOut *int) error {
-	placed := 0
-	defer func() { *placedOut = placed }()
-	return s.inTx(ctx, func(tx pgx.Tx) error {
-		rows, err := s.q.WorkUnplacedForKind(ctx, tx, dbsqlc.WorkUnplacedForKindParams{Kind: workKind, Lim: 50000})
-		if err != nil || len(rows) == 0 {
-			return err
-		}
-		cands, err := s.q.NodeEligibleForUpdate(ctx, tx, dbsqlc.NodeEligibleForUpdateParams{Kind: nodeKind, ExcludeID: 0})
-		if err != nil {
-			return err
-		}
-		targets := make([]*target, 0, len(cands))
-		for _, c := range cands {
-			if free := c.Capacity - c.Used; free > 0 {
-				targets = append(targets, &target{id: c.ID, name: c.Name, free: free})
-			}
-		}
-		items := make([]workItem, len(rows))
-		for i, r := range rows {
-			items[i] = workItem{id: r.ID, cost: r.Cost}
-		}
-		dest := spread(items, targets)
-		var ids, to []int64
-		for i, d := range dest {
-			if d != 0 {
-				ids = append(ids, items[i].id)
-				to = append(to, d)
-			}
-		}
-		if len(ids) == 0 {
-			return nil
-		}
-		placed = len(ids)
-		if err := s.q.WorkMove(ctx, tx, dbsqlc.WorkMoveParams{Ids: ids, NodeIds: to}); err != nil {
-			return err
-		}
-		var touched []int64
-		for _, t := range targets {
-			if t.assigned > 0 {
-				touched = append(touched, t.id)
-			}
-		}
-		if err := s.q.NodeRecountUsed(ctx, tx, touched); err != nil {
-			return err
-		}
-		if err := s.notify(ctx, tx, touched...); err != nil {
-			return err
-		}
-		msg := fmt.Sprintf("Placed %s that were waiting unplaced (%s); %d still waiting", WorkNoun(workKind, int64(placed)), cause, len(rows)-placed)
-		return s.event(ctx, tx, nil, "placed", "info", "load-balancer", msg)
-	})
-}
-
-// PlaceAllUnplaced retries every work kind that has waiting work.
-func (s *Service) PlaceAllUnplaced(ctx context.Context, cause string) int {
-	kinds, err := s.q.WorkUnplacedKinds(ctx, s.pool)
-	if err != nil {
-		s.log.Error("list unplaced kinds", "err", err)
-		return 0
-	}
-	n := 0
-	for _, k := range kinds {
-		n += s.PlaceUnplaced(ctx, k, cause)
-	}
-	return n
-}
-
 // Assignment is one item of a node's desired set, as the agent sees it.
 type Assignment struct {
 	ID    int64  `json:"id"`
@@ -482,6 +97,10 @@ type Assignment struct {
 	Cost  int32  `json:"cost"`
 	Epoch int64  `json:"epoch"`
 	State string `json:"state"`
+	// CallID, From and To identify a call set up by the SIP front door.
+	CallID string `json:"call_id,omitempty"`
+	From   string `json:"from,omitempty"`
+	To     string `json:"to,omitempty"`
 }
 
 // DesiredSet is the full set of work a node should run, at a version.
@@ -498,14 +117,18 @@ func (s *Service) Desired(ctx context.Context, nodeID int64) (DesiredSet, error)
 		return DesiredSet{}, err
 	}
 	if len(rows) == 0 {
-		return DesiredSet{}, db.Translate(pgx.ErrNoRows)
+		return DesiredSet{}, fmt.Errorf("node %d: %w", nodeID, db.ErrNotFound)
 	}
 	ds := DesiredSet{Version: rows[0].AssignVersion, Assignments: make([]Assignment, 0, len(rows))}
 	for _, r := range rows {
 		if r.ID == nil {
 			continue // the node has no live work
 		}
-		ds.Assignments = append(ds.Assignments, Assignment{ID: *r.ID, Ref: *r.Ref, Kind: *r.Kind, Cost: *r.Cost, Epoch: *r.Epoch, State: *r.State})
+		a := Assignment{ID: *r.ID, Ref: *r.Ref, Kind: *r.Kind, Cost: *r.Cost, Epoch: *r.Epoch, State: *r.State}
+		if r.CallID != nil {
+			a.CallID, a.From, a.To = *r.CallID, *r.FromUri, *r.ToUri
+		}
+		ds.Assignments = append(ds.Assignments, a)
 	}
 	return ds, nil
 }
@@ -528,7 +151,7 @@ func (s *Service) Ack(ctx context.Context, nodeID, workID, epoch int64, state st
 		// is its own transaction, so it needs no BEGIN and COMMIT round
 		// trips (the node's load does not change, nothing to recount).
 		w, err := s.q.WorkAck(ctx, s.pool, p)
-		if errors.Is(err, pgx.ErrNoRows) {
+		if db.IsNotFound(err) {
 			return w, s.ackRefused(ctx, s.pool, nodeID, workID, epoch)
 		}
 		return w, err
@@ -538,7 +161,7 @@ func (s *Service) Ack(ctx context.Context, nodeID, workID, epoch int64, state st
 		var err error
 		w, err = s.q.WorkAck(ctx, tx, p)
 		if err != nil {
-			if !errors.Is(err, pgx.ErrNoRows) {
+			if !db.IsNotFound(err) {
 				return err
 			}
 			return s.ackRefused(ctx, tx, nodeID, workID, epoch)
@@ -561,7 +184,7 @@ func (s *Service) Ack(ctx context.Context, nodeID, workID, epoch int64, state st
 func (s *Service) ackRefused(ctx context.Context, q dbsqlc.DBTX, nodeID, workID, epoch int64) error {
 	cur, err := s.q.WorkGetByID(ctx, q, workID)
 	switch {
-	case errors.Is(err, pgx.ErrNoRows):
+	case db.IsNotFound(err):
 		return refusal(nil, nodeID, workID, epoch)
 	case err != nil:
 		return err

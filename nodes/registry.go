@@ -140,55 +140,53 @@ func (s *Service) AddNode(ctx context.Context, actor Actor, in NodeInput) (dbsql
 
 // UpdateNode edits a node's address, capacity, weight, region and
 // description. Raising capacity places waiting work; lowering it below the
-// node's load moves the excess away.
+// node's load moves the excess away (newest work first), by Plan.
 func (s *Service) UpdateNode(ctx context.Context, actor Actor, name string, in NodeInput) (dbsqlc.Node, error) {
-	in = trimInput(in)
 	var n dbsqlc.Node
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		old, err := s.q.NodeGetByNameForUpdate(ctx, tx, name)
-		if err != nil {
-			return fmt.Errorf("node %q: %w", name, db.Translate(err))
-		}
-		in.Kind = old.Kind
-		f, fe := Validate(in, true)
-		if err := fe.Err(); err != nil {
-			return err
-		}
-		n, err = s.q.NodeUpdate(ctx, tx, dbsqlc.NodeUpdateParams{
-			ID: old.ID, Address: in.Address, Capacity: f.capacity, Weight: f.weight,
-			Region: in.Region, Description: in.Description, UpdatedBy: actor.Name,
-		})
-		if err != nil {
-			return err
-		}
-		detail := fmt.Sprintf("address=%s capacity=%d->%d weight=%d->%d", n.Address, old.Capacity, n.Capacity, old.Weight, n.Weight)
-		if err := s.audit(ctx, tx, actor, "node.update", n.Name, detail); err != nil {
-			return err
-		}
-		if n.Used > n.Capacity {
-			items, err := s.q.WorkNewestOnNode(ctx, tx, &n.ID)
-			if err != nil {
-				return err
-			}
-			var excess []workItem
-			over := n.Used - n.Capacity
-			for _, it := range items {
-				if over <= 0 {
-					break
-				}
-				excess = append(excess, workItem{id: it.ID, cost: it.Cost})
-				over -= it.Cost
-			}
-			if _, err := s.moveItems(ctx, tx, &n, excess, "capacity lowered", actor); err != nil {
-				return err
-			}
-		}
-		return s.event(ctx, tx, &n, "node", "info", actor.Name, fmt.Sprintf("Node %s edited by %s (capacity %d, weight %d)", n.Name, actor.Name, n.Capacity, n.Weight))
+		var err error
+		n, _, err = s.updateNodeTx(ctx, tx, actor, name, in)
+		return err
 	})
-	if err == nil && n.Capacity > 0 {
+	if err == nil {
 		s.PlaceUnplaced(ctx, WorkKindFor(n.Kind), "capacity raised")
 	}
 	return n, err
+}
+
+// updateNodeTx is UpdateNode's transaction, shared with PreviewChange.
+func (s *Service) updateNodeTx(ctx context.Context, tx pgx.Tx, actor Actor, name string, in NodeInput) (dbsqlc.Node, MoveResult, error) {
+	in = trimInput(in)
+	old, err := s.q.NodeGetByNameForUpdate(ctx, tx, name)
+	if err != nil {
+		return old, MoveResult{}, fmt.Errorf("node %q: %w", name, db.Translate(err))
+	}
+	in.Kind = old.Kind
+	f, fe := Validate(in, true)
+	if err := fe.Err(); err != nil {
+		return old, MoveResult{}, err
+	}
+	n, err := s.q.NodeUpdate(ctx, tx, dbsqlc.NodeUpdateParams{
+		ID: old.ID, Address: in.Address, Capacity: f.capacity, Weight: f.weight,
+		Region: in.Region, Description: in.Description, UpdatedBy: actor.Name,
+	})
+	if err != nil {
+		return n, MoveResult{}, err
+	}
+	detail := fmt.Sprintf("address=%s capacity=%d->%d weight=%d->%d", n.Address, old.Capacity, n.Capacity, old.Weight, n.Weight)
+	if err := s.audit(ctx, tx, actor, "node.update", n.Name, detail); err != nil {
+		return n, MoveResult{}, err
+	}
+	var mr MoveResult
+	if n.Used > n.Capacity {
+		mr, err = s.moveExcess(ctx, tx, &n, "capacity lowered", actor)
+	} else {
+		mr, err = s.staysAll(ctx, tx, n.ID)
+	}
+	if err != nil {
+		return n, mr, err
+	}
+	return n, mr, s.event(ctx, tx, &n, "node", "info", actor.Name, fmt.Sprintf("Node %s edited by %s (capacity %d, weight %d)", n.Name, actor.Name, n.Capacity, n.Weight))
 }
 
 func trimInput(in NodeInput) NodeInput {
@@ -200,44 +198,116 @@ func trimInput(in NodeInput) NodeInput {
 	return in
 }
 
-// Impact describes what an admin state change or removal would do.
-type Impact struct {
-	Node       dbsqlc.Node
-	Target     string // the admin state asked for, or "remove"
-	Carrying   []dbsqlc.WorkCountsByNodeRow
-	Units      int64 // work units (sum of costs) on the node
-	Items      int64
-	FreeOthers int64 // free capacity on the other enabled, up nodes of the kind
-	Others     int32 // how many such nodes
-	Fits       bool  // the others can take all of it
-	MovesWork  bool  // this change moves the node's work now
+// Preview actions.
+const (
+	ActionEnable   = "enable"
+	ActionDrain    = "drain"
+	ActionDisable  = "disable"
+	ActionRemove   = "remove"
+	ActionCapacity = "capacity"
+)
+
+// Action is a change to preview: {"action": "disable"} or
+// {"action": "capacity", "capacity": 40}, as the JSON API takes it.
+type Action struct {
+	Action   string `json:"action"`
+	Capacity int    `json:"capacity,omitempty"`
 }
 
-// PreviewChange returns the impact of setting a node's admin state to
-// target ("enabled", "draining", "disabled" or "remove").
-func (s *Service) PreviewChange(ctx context.Context, name, target string) (Impact, error) {
-	if target != "remove" && !slices.Contains(AdminStates, target) {
-		return Impact{}, FieldErrors{"state": "state must be enabled, draining or disabled"}
+// ActionFor returns the preview action of an admin state ("enabled",
+// "draining", "disabled") or "remove", as the portal names them.
+func ActionFor(target string) Action {
+	switch target {
+	case StateEnabled:
+		return Action{Action: ActionEnable}
+	case StateDraining:
+		return Action{Action: ActionDrain}
+	case StateDisabled:
+		return Action{Action: ActionDisable}
 	}
-	n, err := s.GetNode(ctx, name)
+	return Action{Action: target}
+}
+
+// Impact is the exact preview of an action on a node: the Change (moves
+// per destination node, unplaced, stays) the action would make now,
+// computed by the action's own code in a transaction that is rolled back,
+// and the node's load before it. As JSON it is
+// {"node", "action", "capacity", "moves", "unplaced", "stays"}.
+type Impact struct {
+	Node     dbsqlc.Node                  `json:"-"`
+	NodeName string                       `json:"node"`
+	Action   string                       `json:"action"`
+	Capacity int                          `json:"capacity,omitempty"`
+	Target   string                       `json:"-"` // the portal's name: an admin state, "remove" or "capacity"
+	Carrying []dbsqlc.WorkCountsByNodeRow `json:"-"`
+	Units    int64                        `json:"-"` // work units (sum of costs) on the node
+	Items    int64                        `json:"-"` // work items on the node
+	Change
+}
+
+// Moved counts the items the action moves to other nodes.
+func (im Impact) Moved() int {
+	n := 0
+	for _, items := range im.Moves {
+		n += len(items)
+	}
+	return n
+}
+
+// Fits reports whether every item the action moves finds room.
+func (im Impact) Fits() bool { return len(im.Unplaced) == 0 }
+
+// MovesWork reports whether the action moves any work now.
+func (im Impact) MovesWork() bool { return im.Moved() > 0 || len(im.Unplaced) > 0 }
+
+// PreviewChange returns what action would do to the node's work now. It
+// runs the action's own transaction (SetAdminState, RemoveNode with its
+// work moved, or UpdateNode with the new capacity) and rolls it back, so
+// performing the action right after gives the same Change.
+func (s *Service) PreviewChange(ctx context.Context, name string, a Action) (Impact, error) {
+	target := map[string]string{ActionEnable: StateEnabled, ActionDrain: StateDraining, ActionDisable: StateDisabled,
+		ActionRemove: ActionRemove, ActionCapacity: ActionCapacity}[a.Action]
+	switch {
+	case target == "":
+		return Impact{}, FieldErrors{"action": "action must be one of enable, drain, disable, remove, capacity"}
+	case a.Action == ActionCapacity && (a.Capacity <= 0 || a.Capacity > MaxCapacity):
+		return Impact{}, FieldErrors{"capacity": fmt.Sprintf("capacity must be between 1 and %d", MaxCapacity)}
+	}
+	im := Impact{NodeName: name, Action: a.Action, Target: target}
+	if a.Action == ActionCapacity {
+		im.Capacity = a.Capacity
+	}
+	ctx = asPreview(ctx)
+	err := db.Rollback(ctx, s.pool, func(tx pgx.Tx) error {
+		n, err := s.q.NodeGetByName(ctx, tx, name)
+		if err != nil {
+			return fmt.Errorf("node %q: %w", name, db.Translate(err))
+		}
+		im.Node = n
+		if im.Carrying, err = s.q.WorkCountsByNode(ctx, tx, &n.ID); err != nil {
+			return err
+		}
+		for _, c := range im.Carrying {
+			im.Units += c.Cost
+			im.Items += c.N
+		}
+		var mr MoveResult
+		switch a.Action {
+		case ActionRemove:
+			_, mr, err = s.removeNodeTx(ctx, tx, ActorPreview, name, true)
+		case ActionCapacity:
+			in := NodeInput{Address: n.Address, Capacity: strconv.Itoa(a.Capacity), Weight: strconv.Itoa(int(n.Weight)),
+				Region: n.Region, Description: n.Description}
+			_, mr, err = s.updateNodeTx(ctx, tx, ActorPreview, name, in)
+		default:
+			_, mr, err = s.setAdminStateTx(ctx, tx, ActorPreview, name, target)
+		}
+		im.Change = mr.Change
+		return err
+	})
 	if err != nil {
 		return Impact{}, err
 	}
-	carrying, err := s.q.WorkCountsByNode(ctx, s.pool, &n.ID)
-	if err != nil {
-		return Impact{}, err
-	}
-	room, err := s.q.NodeRoomForKind(ctx, s.pool, dbsqlc.NodeRoomForKindParams{Kind: n.Kind, ExcludeID: n.ID})
-	if err != nil {
-		return Impact{}, err
-	}
-	im := Impact{Node: n, Target: target, Carrying: carrying, FreeOthers: room.Free, Others: room.Nodes}
-	for _, c := range carrying {
-		im.Units += c.Cost
-		im.Items += c.N
-	}
-	im.Fits = im.Units <= room.Free
-	im.MovesWork = (target == StateDisabled || target == "remove") && im.Items > 0
 	return im, nil
 }
 
@@ -245,47 +315,56 @@ func (s *Service) PreviewChange(ctx context.Context, name, target string) (Impac
 // its work to the remaining nodes of its kind in the same transaction;
 // enabling places waiting work.
 func (s *Service) SetAdminState(ctx context.Context, actor Actor, name, state string) (dbsqlc.Node, MoveResult, error) {
-	if !slices.Contains(AdminStates, state) {
-		return dbsqlc.Node{}, MoveResult{}, FieldErrors{"state": "state must be enabled, draining or disabled"}
-	}
 	var n dbsqlc.Node
 	var mr MoveResult
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		old, err := s.q.NodeGetByNameForUpdate(ctx, tx, name)
-		if err != nil {
-			return fmt.Errorf("node %q: %w", name, db.Translate(err))
-		}
-		n, err = s.q.NodeSetAdminState(ctx, tx, dbsqlc.NodeSetAdminStateParams{ID: old.ID, AdminState: state, UpdatedBy: actor.Name})
-		if err != nil {
-			return err
-		}
-		if err := s.audit(ctx, tx, actor, "node."+verb(state), n.Name, old.AdminState+" -> "+state); err != nil {
-			return err
-		}
-		sev := "info"
-		if state == StateDisabled {
-			sev = "warning"
-		}
-		if err := s.event(ctx, tx, &n, "admin", sev, actor.Name, fmt.Sprintf("Node %s %s by %s (was %s)", n.Name, pastTense(state), actor.Name, old.AdminState)); err != nil {
-			return err
-		}
-		if err := s.notify(ctx, tx, n.ID); err != nil {
-			return err
-		}
-		if err := s.notifyAccess(ctx, tx, n.ID); err != nil {
-			return err
-		}
-		if state == StateDisabled {
-			mr, err = s.MoveAway(ctx, tx, &n, "node disabled by "+actor.Name, actor)
-			return err
-		}
-		return nil
+		var err error
+		n, mr, err = s.setAdminStateTx(ctx, tx, actor, name, state)
+		return err
 	})
 	if err == nil {
 		s.creds.dropNodes([]int64{n.ID})
 	}
 	if err == nil && state == StateEnabled {
 		s.PlaceUnplaced(ctx, WorkKindFor(n.Kind), "node "+n.Name+" enabled")
+	}
+	return n, mr, err
+}
+
+// setAdminStateTx is SetAdminState's transaction, shared with PreviewChange.
+func (s *Service) setAdminStateTx(ctx context.Context, tx pgx.Tx, actor Actor, name, state string) (dbsqlc.Node, MoveResult, error) {
+	if !slices.Contains(AdminStates, state) {
+		return dbsqlc.Node{}, MoveResult{}, FieldErrors{"state": "state must be enabled, draining or disabled"}
+	}
+	old, err := s.q.NodeGetByNameForUpdate(ctx, tx, name)
+	if err != nil {
+		return old, MoveResult{}, fmt.Errorf("node %q: %w", name, db.Translate(err))
+	}
+	n, err := s.q.NodeSetAdminState(ctx, tx, dbsqlc.NodeSetAdminStateParams{ID: old.ID, AdminState: state, UpdatedBy: actor.Name})
+	if err != nil {
+		return n, MoveResult{}, err
+	}
+	if err := s.audit(ctx, tx, actor, "node."+verb(state), n.Name, old.AdminState+" -> "+state); err != nil {
+		return n, MoveResult{}, err
+	}
+	sev := "info"
+	if state == StateDisabled {
+		sev = "warning"
+	}
+	if err := s.event(ctx, tx, &n, "admin", sev, actor.Name, fmt.Sprintf("Node %s %s by %s (was %s)", n.Name, pastTense(state), actor.Name, old.AdminState)); err != nil {
+		return n, MoveResult{}, err
+	}
+	if err := s.notify(ctx, tx, n.ID); err != nil {
+		return n, MoveResult{}, err
+	}
+	if err := s.notifyAccess(ctx, tx, n.ID); err != nil {
+		return n, MoveResult{}, err
+	}
+	var mr MoveResult
+	if state == StateDisabled {
+		mr, err = s.MoveAway(ctx, tx, &n, "node disabled by "+actor.Name, actor)
+	} else {
+		mr, err = s.staysAll(ctx, tx, n.ID)
 	}
 	return n, mr, err
 }
@@ -303,39 +382,44 @@ func pastTense(state string) string {
 // Its join tokens and credentials go with it, so its agent is refused.
 func (s *Service) RemoveNode(ctx context.Context, actor Actor, name string, moveWork bool) (MoveResult, error) {
 	var mr MoveResult
-	var removedID int64
+	var n dbsqlc.Node
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		n, err := s.q.NodeGetByNameForUpdate(ctx, tx, name)
-		if err != nil {
-			return fmt.Errorf("node %q: %w", name, db.Translate(err))
-		}
-		if n.Used > 0 {
-			if !moveWork {
-				return fmt.Errorf("remove node %s: %w (%d units); confirm moving it", name, ErrBusy, n.Used)
-			}
-			if mr, err = s.MoveAway(ctx, tx, &n, "node removed by "+actor.Name, actor); err != nil {
-				return err
-			}
-		}
-		removedID = n.ID
-		// Wake its agent's long-poll and make every instance forget its
-		// credential: the next call is refused.
-		if err := s.notify(ctx, tx, n.ID); err != nil {
-			return err
-		}
-		if err := s.notifyAccess(ctx, tx, n.ID); err != nil {
-			return err
-		}
-		if err := s.q.NodeDelete(ctx, tx, n.ID); err != nil {
-			return err
-		}
-		if err := s.audit(ctx, tx, actor, "node.remove", n.Name, fmt.Sprintf("kind=%s moved=%d unplaced=%d", n.Kind, mr.Moved, mr.Unplaced)); err != nil {
-			return err
-		}
-		return s.event(ctx, tx, nil, "node", "warning", actor.Name, fmt.Sprintf("Node %s (%s) removed by %s", n.Name, n.Kind, actor.Name))
+		var err error
+		n, mr, err = s.removeNodeTx(ctx, tx, actor, name, moveWork)
+		return err
 	})
 	if err == nil {
-		s.creds.dropNodes([]int64{removedID})
+		s.creds.dropNodes([]int64{n.ID})
 	}
 	return mr, err
+}
+
+// removeNodeTx is RemoveNode's transaction, shared with PreviewChange.
+func (s *Service) removeNodeTx(ctx context.Context, tx pgx.Tx, actor Actor, name string, moveWork bool) (dbsqlc.Node, MoveResult, error) {
+	n, err := s.q.NodeGetByNameForUpdate(ctx, tx, name)
+	if err != nil {
+		return n, MoveResult{}, fmt.Errorf("node %q: %w", name, db.Translate(err))
+	}
+	if n.Used > 0 && !moveWork {
+		return n, MoveResult{}, fmt.Errorf("remove node %s: %w (%d units); confirm moving it", name, ErrBusy, n.Used)
+	}
+	mr, err := s.MoveAway(ctx, tx, &n, "node removed by "+actor.Name, actor)
+	if err != nil {
+		return n, mr, err
+	}
+	// Wake its agent's long-poll and make every instance forget its
+	// credential: the next call is refused.
+	if err := s.notify(ctx, tx, n.ID); err != nil {
+		return n, mr, err
+	}
+	if err := s.notifyAccess(ctx, tx, n.ID); err != nil {
+		return n, mr, err
+	}
+	if err := s.q.NodeDelete(ctx, tx, n.ID); err != nil {
+		return n, mr, err
+	}
+	if err := s.audit(ctx, tx, actor, "node.remove", n.Name, fmt.Sprintf("kind=%s moved=%d unplaced=%d", n.Kind, mr.Moved, mr.Unplaced)); err != nil {
+		return n, mr, err
+	}
+	return n, mr, s.event(ctx, tx, nil, "node", "warning", actor.Name, fmt.Sprintf("Node %s (%s) removed by %s", n.Name, n.Kind, actor.Name))
 }

@@ -2,13 +2,11 @@ package nodes
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/callplane/callplane/db"
@@ -26,10 +24,11 @@ const AccessChannel = "callplane_access"
 
 // Service is the cluster domain's entry point.
 type Service struct {
-	pool  *pgxpool.Pool
-	log   *slog.Logger
-	q     *dbsqlc.Queries
-	creds credCache
+	pool   *pgxpool.Pool
+	log    *slog.Logger
+	q      *dbsqlc.Queries
+	creds  credCache
+	placer placer
 }
 
 // NewService returns a Service on pool.
@@ -85,31 +84,19 @@ func (s *Service) notify(ctx context.Context, tx dbsqlc.DBTX, nodeIDs ...int64) 
 	return s.q.Notify(ctx, tx, dbsqlc.NotifyParams{Channel: AssignChannel, Payload: payload})
 }
 
-// inTx runs fn in a transaction. When Postgres breaks a deadlock or a
-// serialization conflict by rolling the transaction back, fn runs again
-// (it re-reads everything it decides on), so an administrator's disable
-// never fails because a placement raced it.
 // notifyAccess tells every instance, when tx commits, that a node's
 // agent access changed.
 func (s *Service) notifyAccess(ctx context.Context, tx dbsqlc.DBTX, nodeID int64) error {
 	return s.q.Notify(ctx, tx, dbsqlc.NotifyParams{Channel: AccessChannel, Payload: strconv.FormatInt(nodeID, 10)})
 }
 
+// inTx runs fn in a transaction under the one retry policy (db.InTxRetry):
+// when Postgres breaks a deadlock or a serialization conflict by rolling
+// the transaction back, fn runs again (it re-reads everything it decides
+// on), so an administrator's disable never fails because a placement
+// raced it.
 func (s *Service) inTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
-	for attempt := 1; ; attempt++ {
-		err := db.InTx(ctx, s.pool, fn)
-		if err != nil && attempt < 5 && conflicted(err) {
-			continue
-		}
-		return err
-	}
-}
-
-// conflicted reports a deadlock or serialization failure Postgres resolved
-// by rolling the transaction back.
-func conflicted(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && (pgErr.Code == "40P01" || pgErr.Code == "40001")
+	return db.InTxRetry(ctx, s.pool, fn)
 }
 
 // GetNode returns a node by name.

@@ -2,7 +2,6 @@ package nodes
 
 import (
 	"fmt"
-	"time"
 )
 
 // Node kinds.
@@ -98,16 +97,6 @@ type Actor struct {
 var (
 	ActorCLI     = Actor{Name: "cli", Addr: "local"}
 	ActorChecker = Actor{Name: "health-checker", Addr: "local"}
+	// ActorPreview makes the changes a preview rolls back.
+	ActorPreview = Actor{Name: "preview", Addr: "local"}
 )
-
-// Ago formats a time for people relative to now.
-func Ago(t time.Time) string {
-	if t.IsZero() {
-		return "never"
-	}
-	d := time.Since(t).Round(time.Second)
-	if d < 0 {
-		d = 0
-	}
-	return d.String() + " ago"
-}

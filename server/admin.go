@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"log/slog"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -12,7 +13,8 @@ import (
 )
 
 // Admin is what the administrative commands need: the services on the
-// database, and the certificate pin and URL for join commands.
+// database, and the certificate pin and URLs (comma-separated) for join
+// commands.
 type Admin struct {
 	Nodes *nodes.Service
 	Auth  *auth.Service
@@ -38,7 +40,13 @@ func OpenAdmin(ctx context.Context, cfg Config, log *slog.Logger) (*Admin, error
 	if url == "" {
 		url = "https://" + cfg.Listen
 	}
-	return &Admin{Nodes: nodes.NewService(pool, log), Auth: auth.NewService(pool, log), Pin: Pin(cert.Leaf), URL: url, pool: pool, pg: pg}, nil
+	pin := Pin(cert.Leaf)
+	// Join commands name every call manager the running instances
+	// advertise (instances.go), this configuration's URL first.
+	if urls, err := joinServers(ctx, pool, advert{URL: url, Pin: pin}); err == nil {
+		url = strings.Join(urls, ",")
+	}
+	return &Admin{Nodes: nodes.NewService(pool, log), Auth: auth.NewService(pool, log), Pin: pin, URL: url, pool: pool, pg: pg}, nil
 }
 
 // Close releases the database.

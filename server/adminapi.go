@@ -37,14 +37,14 @@ func (s *Server) adminAuth(next http.Handler) http.Handler {
 		if tok := bearer(r); tok != "" {
 			ac, err := s.nodes.AuthAPIToken(r.Context(), tok)
 			if err != nil {
-				writeError(w, nodes.ErrUnauthorized)
+				writeError(w, authFailure(err))
 				return
 			}
 			c = adminCaller{actor: nodes.Actor{Name: "api:" + ac.Name, Addr: web.ClientAddr(r)}, canWrite: ac.CanWrite()}
 		} else if ck, err := r.Cookie(web.SessionCookie); err == nil {
 			u, err := s.auth.Session(r.Context(), ck.Value)
 			if err != nil {
-				writeError(w, nodes.ErrUnauthorized)
+				writeError(w, authFailure(err))
 				return
 			}
 			c = adminCaller{actor: nodes.Actor{Name: u.Email, Addr: web.ClientAddr(r)}, canWrite: u.Can(auth.RoleAdmin), owner: u.Can(auth.RoleOwner), user: u}
@@ -92,6 +92,7 @@ func (s *Server) adminRoutes(r chi.Router) {
 		r.Patch("/nodes/{name}", s.apiNodeEdit)
 		r.Delete("/nodes/{name}", s.apiNodeRemove)
 		r.Post("/nodes/{name}/{action:enable|drain|disable}", s.apiNodeState)
+		r.Post("/nodes/{name}/preview", s.apiNodePreview)
 		r.Get("/nodes/{name}/probes", s.apiNodeProbes)
 		r.Post("/nodes/{name}/rotate", s.apiNodeRotate)
 		r.Get("/nodes/{name}/maintenance", s.apiMaintenanceList)
@@ -152,7 +153,7 @@ func nodeJSON(n dbsqlc.Node) NodeJSON {
 		Region: n.Region, Description: n.Description, AdminState: n.AdminState, Health: n.Health,
 		HealthChangedAt: n.HealthChangedAt, Load: n.Used, ReportedLoad: n.ReportedLoad, Enrolled: n.EnrolledAt != nil,
 		AgentVersion: n.AgentVersion, LastHeartbeatAt: n.LastHeartbeatAt, Flapping: n.Flapping,
-		Maintenance: nodes.InMaintenance(&n, time.Now()), MaintenanceUntil: maintUntil(n),
+		Maintenance: nodes.NodeFromRow(n).InMaintenance(time.Now()), MaintenanceUntil: maintUntil(n),
 	}
 }
 
@@ -192,7 +193,7 @@ type nodeAddRequest struct {
 func (s *Server) apiNodeAdd(w http.ResponseWriter, r *http.Request) {
 	var req nodeAddRequest
 	if err := readJSON(r, &req); err != nil {
-		badJSON(w)
+		badJSON(w, err)
 		return
 	}
 	in := nodes.NodeInput{Name: req.Name, Kind: req.Kind, Address: req.Address, Capacity: itoa(req.Capacity),
@@ -232,7 +233,7 @@ func (s *Server) apiNodeState(w http.ResponseWriter, r *http.Request) {
 func (s *Server) apiWorkCreate(w http.ResponseWriter, r *http.Request) {
 	var raw json.RawMessage
 	if err := readJSON(r, &raw); err != nil {
-		badJSON(w)
+		badJSON(w, err)
 		return
 	}
 	if b := bytes.TrimLeft(raw, " \t\r\n"); len(b) > 0 && b[0] == '[' {
@@ -240,8 +241,8 @@ func (s *Server) apiWorkCreate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var in nodes.WorkInput
-	if err := json.Unmarshal(raw, &in); err != nil {
-		badJSON(w)
+	if err := decodeStrict(raw, &in); err != nil {
+		badJSON(w, err)
 		return
 	}
 	p, err := s.nodes.PlaceWork(r.Context(), callerFrom(r.Context()), in)
@@ -258,8 +259,8 @@ func (s *Server) apiWorkCreate(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) apiWorkCreateBatch(w http.ResponseWriter, r *http.Request, raw json.RawMessage) {
 	var items []nodes.WorkInput
-	if err := json.Unmarshal(raw, &items); err != nil {
-		badJSON(w)
+	if err := decodeStrict(raw, &items); err != nil {
+		badJSON(w, err)
 		return
 	}
 	ps, err := s.nodes.PlaceWorkBatch(r.Context(), callerFrom(r.Context()), items)

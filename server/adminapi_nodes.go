@@ -13,7 +13,7 @@ import (
 )
 
 func maintUntil(n dbsqlc.Node) *time.Time {
-	if nodes.InMaintenance(&n, time.Now()) {
+	if nodes.NodeFromRow(n).InMaintenance(time.Now()) {
 		return n.MaintenanceUntil
 	}
 	return nil
@@ -34,7 +34,7 @@ type nodeEditRequest struct {
 func (s *Server) apiNodeEdit(w http.ResponseWriter, r *http.Request) {
 	var req nodeEditRequest
 	if err := readJSON(r, &req); err != nil {
-		badJSON(w)
+		badJSON(w, err)
 		return
 	}
 	name := chi.URLParam(r, "name")
@@ -59,6 +59,18 @@ func (s *Server) apiNodeEdit(w http.ResponseWriter, r *http.Request) {
 	}
 	if req.Description != nil {
 		in.Description = *req.Description
+	}
+	if req.Capacity != nil && *req.Capacity > 0 && int32(*req.Capacity) < n.Used && !req.Confirm {
+		im, err := s.nodes.PreviewChange(r.Context(), name, nodes.Action{Action: nodes.ActionCapacity, Capacity: *req.Capacity})
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusConflict, map[string]any{
+			"error":   "capacity " + strconv.Itoa(*req.Capacity) + " is below the node's load: the preview shows what would move; repeat with \"confirm\": true",
+			"preview": im,
+		})
+		return
 	}
 	n, err = s.nodes.UpdateNode(r.Context(), callerFrom(r.Context()), name, in)
 	if err != nil {
@@ -88,6 +100,36 @@ func (s *Server) apiNodeRemove(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"removed": name, "moved": mr.Moved, "unplaced": mr.Unplaced, "moved_to": mr.To})
+}
+
+// previewRequest is {"action": "disable"|"drain"|"remove"|"capacity",
+// "capacity": N}.
+type previewRequest struct {
+	Action   string `json:"action"`
+	Capacity int    `json:"capacity"`
+}
+
+// apiNodePreview answers what an action would do to the node's work:
+// {"moves": {"<node>": items}, "unplaced": items, "stays": items},
+// computed by the action's own code in a transaction rolled back.
+func (s *Server) apiNodePreview(w http.ResponseWriter, r *http.Request) {
+	var req previewRequest
+	if err := readJSON(r, &req); err != nil {
+		badJSON(w, err)
+		return
+	}
+	switch req.Action {
+	case nodes.ActionDisable, nodes.ActionDrain, nodes.ActionRemove, nodes.ActionCapacity:
+	default:
+		writeError(w, nodes.FieldErrors{"action": "action must be disable, drain, remove or capacity"})
+		return
+	}
+	im, err := s.nodes.PreviewChange(r.Context(), chi.URLParam(r, "name"), nodes.Action{Action: req.Action, Capacity: req.Capacity})
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, im)
 }
 
 // ProbeJSON is one probe result.

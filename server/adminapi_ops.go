@@ -77,7 +77,7 @@ type maintenanceRequest struct {
 func (s *Server) apiMaintenanceAdd(w http.ResponseWriter, r *http.Request) {
 	var req maintenanceRequest
 	if err := readJSON(r, &req); err != nil {
-		badJSON(w)
+		badJSON(w, err)
 		return
 	}
 	in := nodes.MaintenanceInput{Reason: req.Reason}
@@ -169,7 +169,7 @@ type joinTokenRequest struct {
 func (s *Server) apiJoinTokenCreate(w http.ResponseWriter, r *http.Request) {
 	var req joinTokenRequest
 	if err := readJSON(r, &req); err != nil {
-		badJSON(w)
+		badJSON(w, err)
 		return
 	}
 	var ttl time.Duration
@@ -243,7 +243,7 @@ type apiTokenRequest struct {
 func (s *Server) apiAPITokenCreate(w http.ResponseWriter, r *http.Request) {
 	var req apiTokenRequest
 	if err := readJSON(r, &req); err != nil {
-		badJSON(w)
+		badJSON(w, err)
 		return
 	}
 	in := nodes.APITokenInput{Name: req.Name, Scope: req.Scope}
@@ -456,7 +456,7 @@ func (s *Server) apiAlertAck(w http.ResponseWriter, r *http.Request) {
 		Note string `json:"note"`
 	}
 	if err := readJSON(r, &req); err != nil {
-		badJSON(w)
+		badJSON(w, err)
 		return
 	}
 	a, err := s.nodes.AckAlert(r.Context(), callerFrom(r.Context()), id, req.Note)
@@ -546,7 +546,7 @@ func (s *Server) apiUserAdd(w http.ResponseWriter, r *http.Request) {
 		Role     string `json:"role"`
 	}
 	if err := readJSON(r, &req); err != nil {
-		badJSON(w)
+		badJSON(w, err)
 		return
 	}
 	c := callerOf(r)
@@ -569,7 +569,7 @@ func (s *Server) apiUserEdit(w http.ResponseWriter, r *http.Request) {
 		Disabled *bool   `json:"disabled"`
 	}
 	if err := readJSON(r, &req); err != nil {
-		badJSON(w)
+		badJSON(w, err)
 		return
 	}
 	if req.Role == nil && req.Disabled == nil {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/server/metrics"
 	"github.com/callplane/callplane/web"
@@ -82,11 +83,15 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 	}
 	var req enrollRequest
 	if err := readJSON(r, &req); err != nil {
-		badJSON(w)
+		badJSON(w, err)
 		return
 	}
 	res, err := s.nodes.Enroll(r.Context(), nodes.EnrollRequest{Token: req.Token, Address: req.Address, Version: req.Version, RemoteAddr: addr})
 	if err != nil {
+		if db.Unreachable(err) {
+			writeError(w, err) // 503: come back, the token is still good
+			return
+		}
 		if !errors.Is(err, nodes.ErrUnauthorized) {
 			s.log.Error("enrol node", "token", nodes.TokenID(req.Token), "err", err)
 			err = nodes.ErrUnauthorized
@@ -116,7 +121,7 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
 	a := nodeFrom(r.Context())
 	var req heartbeatRequest
 	if err := readJSON(r, &req); err != nil {
-		badJSON(w)
+		badJSON(w, err)
 		return
 	}
 	s.hb.Record(a.NodeID, max(req.Load, 0), req.Version)
@@ -224,7 +229,7 @@ func (s *Server) ack(w http.ResponseWriter, r *http.Request) {
 	}
 	var req ackRequest
 	if err := readJSON(r, &req); err != nil {
-		badJSON(w)
+		badJSON(w, err)
 		return
 	}
 	if _, err := s.nodes.Ack(r.Context(), a.NodeID, id, req.Epoch, req.State); err != nil {
@@ -254,7 +259,7 @@ func (s *Server) ackBatch(w http.ResponseWriter, r *http.Request) {
 	a := nodeFrom(r.Context())
 	var req ackBatchRequest
 	if err := readJSON(r, &req); err != nil {
-		badJSON(w)
+		badJSON(w, err)
 		return
 	}
 	res, err := s.nodes.AckBatch(r.Context(), a.NodeID, req.Acks)

@@ -73,7 +73,7 @@ func TestBatchPlacementSpreadsEvenly(t *testing.T) {
 	for _, n := range []string{"m4", "m5", "m6"} {
 		in.AddNode(t, n, "media", "127.0.0.1:5070", 100)
 	}
-	exec(t, in, "UPDATE nodes SET health = 'up'")
+	exec(t, in, "UPDATE nodes SET health = 'up', enrolled_at = coalesce(enrolled_at, now())")
 	if r, _ := api(t, in, "POST", "/api/v1/work", tok, batchOf("s", 30, 1)); r.StatusCode != http.StatusCreated {
 		t.Fatalf("small batch: %d %s", r.StatusCode, r.Body)
 	}
@@ -128,7 +128,7 @@ func TestBatchPlacementMixedCostsAndKinds(t *testing.T) {
 	t.Parallel()
 	in := cluster(t, 10, "m1", "m2")
 	in.AddNode(t, "q1", "queue", "127.0.0.1:5080", 5)
-	exec(t, in, "UPDATE nodes SET health = 'up'")
+	exec(t, in, "UPDATE nodes SET health = 'up', enrolled_at = coalesce(enrolled_at, now())")
 	items := []nodes.WorkInput{
 		{Kind: "call", Ref: "c1", Cost: 1}, {Kind: "queue", Ref: "q-a", Cost: 3},
 		{Kind: "call", Ref: "c2", Cost: 1}, {Kind: "call", Ref: "big", Cost: 9},
@@ -214,7 +214,7 @@ func TestBatchPlacementConcurrentWithSinglesAndDisable(t *testing.T) {
 	t.Parallel()
 	in := cluster(t, 150, "m1", "m2", "m3", "m4")
 	in.AddNode(t, "i1", "ivr", "127.0.0.1:5090", 40)
-	exec(t, in, "UPDATE nodes SET health = 'up'")
+	exec(t, in, "UPDATE nodes SET health = 'up', enrolled_at = coalesce(enrolled_at, now())")
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -369,7 +369,7 @@ func TestAgentBatchAcks(t *testing.T) {
 	exec(t, in, "UPDATE nodes SET health = 'pending'")
 	jt := joinToken(t, in, "m1", time.Hour)
 	dir := filepath.Join(t.TempDir(), "agent")
-	if _, err := agent.Join(context.Background(), agent.JoinOptions{Server: in.URL, Token: jt.Token, CAPin: in.Pin(), StateDir: dir, Version: "test"}); err != nil {
+	if _, err := agent.Join(context.Background(), agent.JoinOptions{Servers: []string{in.URL}, Token: jt.Token, CAPin: in.Pin(), StateDir: dir, Version: "test"}); err != nil {
 		t.Fatalf("join: %v", err)
 	}
 	logs := &syncBuffer{}

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -33,7 +34,28 @@ type Config struct {
 	MetricsListen string
 	// Version is the build version shown in the portal.
 	Version string
+	// TrustedProxies are the peers whose X-Forwarded-For names the client
+	// (--trusted-proxies); from anyone else it is ignored.
+	TrustedProxies []netip.Prefix
+	// MaxConnsPerClient caps the open connections of one client address
+	// (0: DefaultMaxConnsPerClient; negative: no cap).
+	MaxConnsPerClient int
+	// BodyTimeout bounds the time a request body may take to arrive.
+	BodyTimeout time.Duration
+	// SIPListen is host:port of the SIP front door (UDP and TCP); empty
+	// turns it off. SIPPublic is the host:port written into Record-Route
+	// (empty: the bound listen address).
+	SIPListen string
+	SIPPublic string
 }
+
+// Edge defaults.
+const (
+	DefaultMaxConnsPerClient = 256
+	DefaultBodyTimeout       = 10 * time.Second
+	// HeaderTimeout bounds the time request headers may take to arrive.
+	HeaderTimeout = 10 * time.Second
+)
 
 // WithDefaults fills unset fields.
 func (c Config) WithDefaults() Config {
@@ -52,6 +74,12 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.HeartbeatFlush == 0 {
 		c.HeartbeatFlush = 250 * time.Millisecond
+	}
+	if c.MaxConnsPerClient == 0 {
+		c.MaxConnsPerClient = DefaultMaxConnsPerClient
+	}
+	if c.BodyTimeout <= 0 {
+		c.BodyTimeout = DefaultBodyTimeout
 	}
 	if c.Version == "" {
 		c.Version = "dev"

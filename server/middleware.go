@@ -31,11 +31,13 @@ func securityHeaders(next http.Handler) http.Handler {
 
 // requestLog logs one line per request. It logs the path but never the
 // query string, headers or body, where tokens and credentials travel.
+// Every 5xx is logged at error level with its cause, which handlers hand
+// over through web.RecordCause.
 func requestLog(log *slog.Logger) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			start := time.Now()
-			ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+			ww := &loggedWriter{WrapResponseWriter: middleware.NewWrapResponseWriter(w, r.ProtoMajor)}
 			next.ServeHTTP(ww, r)
 			// Agents call the API every second each: their successful
 			// calls are debug noise; portal changes and all failures are not.
@@ -48,13 +50,32 @@ func requestLog(log *slog.Logger) func(http.Handler) http.Handler {
 			case r.Method != http.MethodGet && !strings.HasPrefix(r.URL.Path, "/api/v1/"):
 				level = slog.LevelInfo
 			}
-			log.Log(r.Context(), level, "http request",
-				"method", r.Method, "path", r.URL.Path, "status", ww.Status(),
+			attrs := []any{"method", r.Method, "path", r.URL.Path, "status", ww.Status(),
 				"bytes", ww.BytesWritten(), "duration", time.Since(start).Round(time.Microsecond),
-				"remote", r.RemoteAddr)
+				"remote", r.RemoteAddr}
+			if ww.Status() >= 500 {
+				cause := "no cause recorded"
+				if ww.cause != nil {
+					cause = ww.cause.Error()
+				}
+				attrs = append(attrs, "err", cause)
+			}
+			log.Log(r.Context(), level, "http request", attrs...)
 		})
 	}
 }
+
+// loggedWriter carries a handler's error to the request log.
+type loggedWriter struct {
+	middleware.WrapResponseWriter
+	cause error
+}
+
+// RecordCause implements the interface web.RecordCause looks for.
+func (w *loggedWriter) RecordCause(err error) { w.cause = err }
+
+// Unwrap lets http.ResponseController reach the connection.
+func (w *loggedWriter) Unwrap() http.ResponseWriter { return w.WrapResponseWriter.Unwrap() }
 
 // crossOrigin refuses cross-origin state-changing browser requests with 403.
 func crossOrigin(next http.Handler) http.Handler {

@@ -27,7 +27,7 @@ func cluster(t *testing.T, capacity int, names ...string) *servertest.Instance {
 	for i, n := range names {
 		in.AddNode(t, n, "media", fmt.Sprintf("127.0.0.1:%d", 5060+i), capacity)
 	}
-	exec(t, in, "UPDATE nodes SET health = 'up'")
+	exec(t, in, "UPDATE nodes SET health = 'up', enrolled_at = coalesce(enrolled_at, now())")
 	return in
 }
 
@@ -254,7 +254,7 @@ func TestAgentJoinsRunsAndIsRefusedWhenRemoved(t *testing.T) {
 	exec(t, in, "UPDATE nodes SET health = 'pending'")
 	jt := joinToken(t, in, "m1", time.Hour)
 	dir := filepath.Join(t.TempDir(), "agent")
-	if _, err := agent.Join(context.Background(), agent.JoinOptions{Server: in.URL, Token: jt.Token, CAPin: in.Pin(), StateDir: dir, Version: "test"}); err != nil {
+	if _, err := agent.Join(context.Background(), agent.JoinOptions{Servers: []string{in.URL}, Token: jt.Token, CAPin: in.Pin(), StateDir: dir, Version: "test"}); err != nil {
 		t.Fatalf("join: %v", err)
 	}
 	hookLog := filepath.Join(t.TempDir(), "hooks.log")
@@ -317,7 +317,7 @@ func TestCredentialRotation(t *testing.T) {
 	in.Nodes().SetCredentialCacheTTL(100 * time.Millisecond)
 	jt := joinToken(t, in, "m1", time.Hour)
 	dir := filepath.Join(t.TempDir(), "agent")
-	if _, err := agent.Join(context.Background(), agent.JoinOptions{Server: in.URL, Token: jt.Token, CAPin: in.Pin(), StateDir: dir}); err != nil {
+	if _, err := agent.Join(context.Background(), agent.JoinOptions{Servers: []string{in.URL}, Token: jt.Token, CAPin: in.Pin(), StateDir: dir}); err != nil {
 		t.Fatal(err)
 	}
 	before, _ := agent.Load(dir)

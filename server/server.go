@@ -24,6 +24,7 @@ import (
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/health"
 	"github.com/callplane/callplane/nodes/outbox"
+	"github.com/callplane/callplane/nodes/sipfront"
 	"github.com/callplane/callplane/web"
 	"github.com/callplane/callplane/web/auth"
 )
@@ -49,6 +50,8 @@ type Server struct {
 	recon    reconciler
 	// metricsLn serves /metrics without authentication (--metrics-listen).
 	metricsLn net.Listener
+	adverts   instanceAdverts
+	sip       *sipfront.Front
 
 	// background tasks started by Run; each stops with its context.
 	background []func(ctx context.Context)
@@ -117,7 +120,20 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	mailer := outbox.New(outbox.Config{Pool: s.pool, Store: s.settings, Fence: s.leader, Log: log, PortalURL: s.URL()})
 	s.AddBackground(func(ctx context.Context) { s.leader.WhileLeading(ctx, checker.Run) })
 	s.AddBackground(func(ctx context.Context) { s.leader.WhileLeading(ctx, mailer.Run) })
+	s.AddBackground(func(ctx context.Context) {
+		s.adverts.run(ctx, s.pool, cfg.InstanceID, advert{URL: s.URL(), Pin: s.pin}, log)
+	})
+	if cfg.SIPListen != "" {
+		s.sip, err = sipfront.New(sipfront.Config{Listen: cfg.SIPListen, Public: cfg.SIPPublic, Instance: cfg.InstanceID, Log: log}, s.nodes)
+		if err != nil {
+			s.ln.Close()
+			s.close()
+			return nil, err
+		}
+		s.AddBackground(s.sip.Run)
+	}
 	if err := s.startOperations(); err != nil {
+		s.ln.Close()
 		s.close()
 		return nil, err
 	}
@@ -144,6 +160,9 @@ func (s *Server) URL() string {
 
 // Addr is the bound listen address.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// SIP returns the SIP front door, nil when it is off.
+func (s *Server) SIP() *sipfront.Front { return s.sip }
 
 // Pin is the CA pin agents use with --ca-pin.
 func (s *Server) Pin() string { return s.pin }
@@ -172,8 +191,9 @@ func (s *Server) InstanceID() string { return s.cfg.InstanceID }
 // LeaderID implements web.Cluster.
 func (s *Server) LeaderID(ctx context.Context) string { return s.leader.Current(ctx) }
 
-// JoinServer implements web.Cluster.
-func (s *Server) JoinServer() string { return s.URL() }
+// JoinServer implements web.Cluster: every call manager's URL,
+// comma-separated (see instances.go).
+func (s *Server) JoinServer() string { return s.adverts.get(s.URL()) }
 
 // CAPin implements web.Cluster.
 func (s *Server) CAPin() string { return s.pin }
@@ -184,10 +204,13 @@ func (s *Server) AddBackground(fn func(ctx context.Context)) { s.background = ap
 func (s *Server) routes() http.Handler {
 	r := chi.NewRouter()
 	r.Use(middleware.Recoverer)
+	r.Use(clientAddr(s.cfg.TrustedProxies))
 	r.Use(httpMetrics)
 	r.Use(requestLog(s.log))
 	r.Use(securityHeaders)
 	r.Use(crossOrigin)
+	r.Use(limitBody(s.cfg.BodyTimeout))
+	r.Use(validText)
 	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
@@ -209,6 +232,9 @@ func (s *Server) routes() http.Handler {
 		s.apiDocRoutes(r)
 	})
 	portal := &web.Handler{Nodes: s.nodes, Auth: s.auth, Cluster: s, Settings: s.settings, Log: s.log, Version: s.cfg.Version, API: apiOperations()}
+	if s.sip != nil {
+		portal.SIP = s.sip
+	}
 	r.Group(portal.Routes)
 	return r
 }
@@ -228,7 +254,8 @@ func (s *Server) Run(ctx context.Context) error {
 	srv := &http.Server{
 		Handler:           s.handler,
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{s.cert}, MinVersion: tls.VersionTLS12},
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: HeaderTimeout,
+		MaxHeaderBytes:    64 << 10,
 		IdleTimeout:       120 * time.Second,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
@@ -250,7 +277,8 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.log.Info("call manager listening", "url", s.URL(), "instance", s.cfg.InstanceID, "ca_pin", s.pin)
 	errc := make(chan error, 1)
-	go func() { errc <- srv.ServeTLS(s.ln, "", "") }()
+	ln := newConnLimiter(s.ln, s.cfg.MaxConnsPerClient, s.cfg.TrustedProxies, s.connDropped())
+	go func() { errc <- srv.ServeTLS(ln, "", "") }()
 	var err error
 	select {
 	case err = <-errc:

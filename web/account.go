@@ -3,8 +3,10 @@ package web
 import (
 	"errors"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
+	"unicode"
 
 	"github.com/a-h/templ"
 	"github.com/go-chi/chi/v5"
@@ -46,6 +48,10 @@ func (h *Handler) setupSubmit(w http.ResponseWriter, r *http.Request) error {
 	case errors.Is(err, auth.ErrBadCredentials):
 		v.Alert = "Those details are not correct."
 		return renderBare(w, r, http.StatusUnauthorized, setupPage(v))
+	case errors.Is(err, auth.ErrThrottled):
+		v.Alert = "Too many attempts. " + retryHint(err)
+		setRetryAfter(w, err)
+		return renderBare(w, r, http.StatusTooManyRequests, setupPage(v))
 	case errors.Is(err, auth.ErrSetupDone):
 		http.Redirect(w, r, "/login", http.StatusSeeOther)
 		return nil
@@ -89,7 +95,8 @@ func (h *Handler) loginSubmit(w http.ResponseWriter, r *http.Request) error {
 		v.Alert = "Those details are not correct."
 		return renderBare(w, r, http.StatusUnauthorized, loginPage(v))
 	case errors.Is(err, auth.ErrThrottled):
-		v.Alert = "Too many failed attempts. Wait a few minutes and try again."
+		v.Alert = "Too many sign-in attempts. " + retryHint(err)
+		setRetryAfter(w, err)
 		return renderBare(w, r, http.StatusTooManyRequests, loginPage(v))
 	case err != nil:
 		return err
@@ -131,10 +138,31 @@ func setSessionCookie(w http.ResponseWriter, value string, maxAge int) {
 	})
 }
 
-// safeNext keeps only local paths, so a sign-in link cannot send the
-// user to another site.
+// retryHint says when a throttled client may try again.
+func retryHint(err error) string {
+	var te *auth.ThrottledError
+	if errors.As(err, &te) {
+		return "Try again in " + strconv.Itoa(te.RetryAfter()) + " seconds."
+	}
+	return "Wait a few minutes and try again."
+}
+
+// safeNext keeps only same-site paths, so a sign-in link cannot send the
+// user to another site: an absolute path of printable characters, not
+// "//host" or "/\host" (which browsers read as another host), with no
+// whitespace or control character (browsers drop tabs and newlines, so
+// "/\t/evil.example" would become "//evil.example").
 func safeNext(next string) string {
-	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.Contains(next, "\\") {
+	if !strings.HasPrefix(next, "/") || len(next) > 2000 {
+		return ""
+	}
+	for _, r := range next {
+		if r == '\\' || unicode.IsSpace(r) || unicode.IsControl(r) || !unicode.IsPrint(r) {
+			return ""
+		}
+	}
+	u, err := url.Parse(next)
+	if err != nil || strings.HasPrefix(next, "//") || u.Scheme != "" || u.Host != "" || u.User != nil || !strings.HasPrefix(u.Path, "/") {
 		return ""
 	}
 	return next

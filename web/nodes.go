@@ -243,7 +243,7 @@ type impactView struct {
 
 func (h *Handler) nodePreview(w http.ResponseWriter, r *http.Request) error {
 	name, target := chi.URLParam(r, "name"), r.URL.Query().Get("state")
-	im, err := h.Nodes.PreviewChange(r.Context(), name, target)
+	im, err := h.Nodes.PreviewChange(r.Context(), name, nodes.ActionFor(target))
 	if err != nil {
 		return err
 	}
@@ -414,7 +414,8 @@ func addressHint(kind string) string {
 	}
 }
 
-// impactSentence says in words what a previewed change will do.
+// impactSentence says in words what a previewed change will do. The
+// counts are exact: the preview ran the change's own code.
 func impactSentence(im nodes.Impact) string {
 	wk := nodes.WorkKindFor(im.Node.Kind)
 	switch im.Target {
@@ -433,26 +434,22 @@ func impactSentence(im nodes.Impact) string {
 	if im.Target == "remove" {
 		prefix = "The node is deleted with its join tokens and credentials, so its agent is refused. "
 	}
-	if im.Items == 0 {
+	if !im.MovesWork() {
 		return prefix + "It carries no work, so nothing moves."
 	}
-	others := fmt.Sprintf("%d other %s node", im.Others, im.Node.Kind)
-	if im.Others != 1 {
-		others += "s"
+	moved, unplaced := int64(im.Moved()), int64(len(im.Unplaced))
+	if moved == 0 {
+		return prefix + fmt.Sprintf("Does not fit: no other enabled, up %s node has room, so all %s will wait unplaced.", im.Node.Kind, nodes.WorkNoun(wk, unplaced))
 	}
-	if im.Fits {
-		return prefix + fmt.Sprintf("%s will move to %s.", capitalize(nodes.WorkNoun(wk, im.Items)), others)
+	dest := fmt.Sprintf("%d other %s node", len(im.Moves), im.Node.Kind)
+	if len(im.Moves) != 1 {
+		dest += "s"
 	}
-	if im.Others == 0 || im.FreeOthers <= 0 {
-		return prefix + fmt.Sprintf("Does not fit: no other enabled, up %s node has room, so all %s will wait unplaced.", im.Node.Kind, nodes.WorkNoun(wk, im.Items))
+	if im.Fits() {
+		return prefix + fmt.Sprintf("%s will move to %s.", capitalize(nodes.WorkNoun(wk, moved)), dest)
 	}
-	short := im.Units - im.FreeOthers
-	if im.Units == im.Items { // every item costs one unit: the count is exact
-		return prefix + fmt.Sprintf("Does not fit: %s will move to %s and %d will wait unplaced.",
-			capitalize(nodes.WorkNoun(wk, im.Items-short)), others, short)
-	}
-	return prefix + fmt.Sprintf("Does not fit: %d of %d work units have room on %s; the rest (at least %d units) will wait unplaced.",
-		im.FreeOthers, im.Units, others, short)
+	return prefix + fmt.Sprintf("Does not fit: %s will move to %s and %d will wait unplaced.",
+		capitalize(nodes.WorkNoun(wk, moved)), dest, unplaced)
 }
 
 func maintActive(n dbsqlc.Node) bool {

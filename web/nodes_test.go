@@ -66,7 +66,7 @@ func exec(t *testing.T, in *servertest.Instance, sql string, args ...any) {
 
 func markUp(t *testing.T, in *servertest.Instance, names ...string) {
 	t.Helper()
-	exec(t, in, "UPDATE nodes SET health = 'up', health_changed_at = now() WHERE name = ANY($1)", names)
+	exec(t, in, "UPDATE nodes SET health = 'up', health_changed_at = now(), enrolled_at = coalesce(enrolled_at, now()) WHERE name = ANY($1)", names)
 }
 
 func place(t *testing.T, in *servertest.Instance, kind, ref string, cost int) nodes.Placement {
@@ -315,8 +315,13 @@ func TestImpactPreviewAndDisableMovesWork(t *testing.T) {
 	if c, _ := servertest.TestID(r.Body, "impact-carrying"); !strings.Contains(c, "4 calls") {
 		t.Errorf("impact carrying %q", c)
 	}
-	if c, _ := servertest.TestID(r.Body, "impact-room"); !strings.Contains(c, "20 free units on 2 other enabled, up media nodes") {
+	if c, _ := servertest.TestID(r.Body, "impact-room"); !strings.Contains(c, "2 to m2, 2 to m3") {
 		t.Errorf("impact room %q", c)
+	}
+	for _, d := range []string{"impact-move-m2", "impact-move-m3"} {
+		if !hasTestID(r.Body, d) {
+			t.Errorf("preview lacks the row %s", d)
+		}
 	}
 	if !strings.Contains(r.Body, "4 calls will move to 2 other media nodes") {
 		t.Errorf("impact summary wrong:\n%s", snippet(r.Body))

@@ -12,6 +12,7 @@ func (h *Handler) viewerRoutes(r chi.Router) {
 	r.Get("/nodes/{name}", h.wrap(h.nodePage))
 	r.Get("/tokens", h.wrap(h.tokensPage))
 	r.Get("/work", h.wrap(h.workPage))
+	r.Get("/calls", h.wrap(h.callsPage))
 	r.Get("/events", h.wrap(h.eventsPage))
 	r.Get("/audit", h.wrap(h.auditPage))
 	r.Get("/settings", h.wrap(h.settingsPage))
@@ -35,6 +36,7 @@ func (h *Handler) adminRoutes(r chi.Router) {
 	r.Post("/apitokens/{id}/revoke", h.wrap(h.apiTokenRevoke))
 	r.Post("/work", h.wrap(h.workCreate))
 	r.Post("/work/{ref}/end", h.wrap(h.workEnd))
+	r.Post("/calls/settings", h.wrap(h.callsSettingsSave))
 	r.Post("/settings", h.wrap(h.settingsSave))
 	r.Post("/settings/test-email", h.wrap(h.settingsTestEmail))
 }

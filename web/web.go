@@ -16,6 +16,7 @@ import (
 	"github.com/a-h/templ"
 	"github.com/go-chi/chi/v5"
 
+	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/web/auth"
 	"github.com/callplane/callplane/web/layout"
@@ -44,8 +45,10 @@ type Handler struct {
 	Cluster Cluster
 	// Settings holds the health and alert settings (/settings).
 	Settings SettingsStore
-	Log      *slog.Logger
-	Version  string
+	// SIP is this instance's SIP front door (nil when it is off).
+	SIP     SIPFront
+	Log     *slog.Logger
+	Version string
 	// API lists the admin and agent API operations for the API page.
 	API []APIOperation
 }
@@ -75,20 +78,11 @@ func (h *Handler) wrap(fn appHandler) http.HandlerFunc {
 
 func (h *Handler) renderError(w http.ResponseWriter, r *http.Request, err error) {
 	status, msg := StatusOf(err)
-	if status >= 500 {
+	if status >= 500 && !RecordCause(w, err) {
 		h.Log.Error("portal request failed", "path", r.URL.Path, "err", err)
 	}
-	if isHTMX(r) {
-		// htmx does not swap 4xx/5xx by default; tell it where to put the message.
-		w.Header().Set("HX-Retarget", "#flash")
-		w.Header().Set("HX-Reswap", "innerHTML")
-		w.WriteHeader(status)
-		_ = layout.ErrorPartial(status, msg).Render(r.Context(), w)
-		return
-	}
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.WriteHeader(status)
-	_ = layout.ErrorPage(status, http.StatusText(status), msg).Render(r.Context(), w)
+	setRetryAfter(w, err)
+	WriteError(w, r, status, msg)
 }
 
 // StatusOf maps an error to its HTTP status and the message a person may
@@ -111,8 +105,12 @@ func StatusOf(err error) (int, string) {
 		return http.StatusConflict, err.Error()
 	case errors.Is(err, auth.ErrThrottled):
 		return http.StatusTooManyRequests, err.Error()
+	case errors.Is(err, auth.ErrBusy):
+		return http.StatusServiceUnavailable, err.Error()
 	case errors.Is(err, errBadRequest):
 		return http.StatusBadRequest, err.Error()
+	case db.Unreachable(err):
+		return http.StatusServiceUnavailable, msgUnavailable
 	}
 	return http.StatusInternalServerError, "something went wrong on our side; the error has been logged"
 }
@@ -192,8 +190,15 @@ func (h *Handler) loadSession(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, err := r.Cookie(SessionCookie)
 		if err == nil && c.Value != "" {
-			if u, err := h.Auth.Session(r.Context(), c.Value); err == nil {
+			u, err := h.Auth.Session(r.Context(), c.Value)
+			switch {
+			case err == nil:
 				r = r.WithContext(context.WithValue(r.Context(), userKey, u))
+			case !errors.Is(err, auth.ErrBadCredentials):
+				// The session could not be checked (database down): say
+				// so, rather than send a signed-in user to the sign-in form.
+				h.renderError(w, r, err)
+				return
 			}
 		}
 		next.ServeHTTP(w, r)

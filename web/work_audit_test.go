@@ -12,7 +12,7 @@ func TestWorkChangesInThePortalAreAudited(t *testing.T) {
 	t.Parallel()
 	in := servertest.Start(t, servertest.Options{Settings: servertest.NoProbes})
 	in.AddNode(t, "q1", "queue", "127.0.0.1:5070", 10)
-	if _, err := in.Pool().Exec(t.Context(), "UPDATE nodes SET health = 'up'"); err != nil {
+	if _, err := in.Pool().Exec(t.Context(), "UPDATE nodes SET health = 'up', enrolled_at = coalesce(enrolled_at, now())"); err != nil {
 		t.Fatal(err)
 	}
 	c := in.User(t, "admin@example.com", "admin")

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -54,6 +55,10 @@ Settings (flag, environment twin):
   --public-url     CALLPLANE_PUBLIC_URL how people and agents reach this instance
   --instance-id    CALLPLANE_INSTANCE_ID
   --log-level      CALLPLANE_LOG_LEVEL  debug|info|warn|error
+  --trusted-proxies CALLPLANE_TRUSTED_PROXIES  CIDRs whose X-Forwarded-For is believed; unset: none
+  --max-conns-per-client CALLPLANE_MAX_CONNS_PER_CLIENT  256; 0: no cap
+  --sip-listen     CALLPLANE_SIP_LISTEN 127.0.0.1:5060 (SIP front door, UDP and TCP; empty: off)
+  --sip-public     CALLPLANE_SIP_PUBLIC host:port written into Record-Route (default: the listen address)
   --metrics-listen CALLPLANE_METRICS_LISTEN  unset; e.g. 127.0.0.1:9464 serves /metrics without a token
 `
 
@@ -102,8 +107,40 @@ func settings(fs *flag.FlagSet, cfg *server.Config, logLevel *string) {
 	fs.StringVar(&cfg.AlertTo, "alert-to", env("CALLPLANE_ALERT_TO", ""), "comma-separated alert recipients")
 	fs.StringVar(&cfg.PublicURL, "public-url", env("CALLPLANE_PUBLIC_URL", ""), "URL people and agents use to reach this instance")
 	fs.StringVar(&cfg.InstanceID, "instance-id", env("CALLPLANE_INSTANCE_ID", ""), "name of this instance (default host-pid)")
+	fs.StringVar(&cfg.SIPListen, "sip-listen", env("CALLPLANE_SIP_LISTEN", "127.0.0.1:5060"), "SIP front door address, UDP and TCP (empty: off)")
+	fs.StringVar(&cfg.SIPPublic, "sip-public", env("CALLPLANE_SIP_PUBLIC", ""), "host:port written into Record-Route (default: the listen address)")
 	fs.StringVar(&cfg.MetricsListen, "metrics-listen", env("CALLPLANE_METRICS_LISTEN", ""), "address serving /metrics over plain HTTP without a token (unset: off)")
 	fs.StringVar(logLevel, "log-level", env("CALLPLANE_LOG_LEVEL", "info"), "debug|info|warn|error")
+}
+
+// edgeSettings binds the settings of the HTTP edge: which peers may name
+// the client in X-Forwarded-For, and how many connections one client
+// address may hold open. A bad value in the environment is an error.
+func edgeSettings(fs *flag.FlagSet, cfg *server.Config) error {
+	fs.Func("trusted-proxies", "comma-separated CIDRs of reverse proxies whose X-Forwarded-For is believed", func(v string) error {
+		p, err := server.ParseTrustedProxies(v)
+		cfg.TrustedProxies = p
+		return err
+	})
+	fs.Func("max-conns-per-client", "open connections one client address may hold (default 256); 0: no cap", func(v string) error {
+		n, err := strconv.Atoi(v)
+		switch {
+		case err != nil || n < 0:
+			return errors.New("max-conns-per-client must be a whole number, 0 for no cap")
+		case n == 0:
+			n = -1
+		}
+		cfg.MaxConnsPerClient = n
+		return nil
+	})
+	for flagName, envName := range map[string]string{"trusted-proxies": "CALLPLANE_TRUSTED_PROXIES", "max-conns-per-client": "CALLPLANE_MAX_CONNS_PER_CLIENT"} {
+		if v, ok := os.LookupEnv(envName); ok {
+			if err := fs.Set(flagName, v); err != nil {
+				return fmt.Errorf("%s: %w", envName, err)
+			}
+		}
+	}
+	return nil
 }
 
 func newLogger(w io.Writer, level string) (*slog.Logger, error) {
@@ -133,6 +170,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	var cfg server.Config
 	var logLevel string
 	settings(fs, &cfg, &logLevel)
+	if err := edgeSettings(fs, &cfg); err != nil {
+		return usageError{err.Error()}
+	}
 	cfg.Version = version
 	c := &cli{ctx: ctx, fs: fs, cfg: &cfg, stdin: stdin, stdout: stdout, stderr: stderr, logLevel: &logLevel}
 	switch cmd {
@@ -159,6 +199,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			return c.nodeRemove(rest)
 		case "edit":
 			return c.nodeEdit(rest)
+		case "preview":
+			return c.nodePreview(rest)
 		}
 	case "maintenance":
 		switch sub {

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"encoding/json"
 	"flag"
 	"fmt"
+	"sort"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -49,6 +51,53 @@ func (c *cli) nodeEdit(args []string) error {
 			return err
 		}
 		fmt.Fprintf(c.stdout, "node %s: address %s, capacity %d, weight %d, load %d\n", n.Name, n.Address, n.Capacity, n.Weight, n.Used)
+		return nil
+	})
+}
+
+// nodePreview prints what an action would do to a node's work, computed
+// by the action's own code: the moves per destination, what would wait
+// unplaced and what stays.
+func (c *cli) nodePreview(args []string) error {
+	action := c.fs.String("action", "", "disable, drain, remove or capacity")
+	capacity := c.fs.Int("capacity", 0, "the new capacity, for --action capacity")
+	asJSON := c.fs.Bool("json", false, "print the preview as JSON")
+	name, err := c.oneName(args, "node preview")
+	if err != nil {
+		return err
+	}
+	switch *action {
+	case nodes.ActionDisable, nodes.ActionDrain, nodes.ActionRemove, nodes.ActionCapacity:
+	default:
+		return usageError{"--action must be disable, drain, remove or capacity"}
+	}
+	return c.withDB(func(env *server.Admin) error {
+		im, err := env.Nodes.PreviewChange(c.ctx, name, nodes.Action{Action: *action, Capacity: *capacity})
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			enc := json.NewEncoder(c.stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(im)
+		}
+		units := func(items []nodes.ChangeItem) (n int64) {
+			for _, it := range items {
+				n += int64(it.Cost)
+			}
+			return n
+		}
+		dests := make([]string, 0, len(im.Moves))
+		for d := range im.Moves {
+			dests = append(dests, d)
+		}
+		sort.Strings(dests)
+		fmt.Fprintf(c.stdout, "%s %s: %d items (%d units) on the node\n", *action, name, im.Items, im.Units)
+		for _, d := range dests {
+			fmt.Fprintf(c.stdout, "  move to %s: %d items (%d units)\n", d, len(im.Moves[d]), units(im.Moves[d]))
+		}
+		fmt.Fprintf(c.stdout, "  unplaced: %d items (%d units)\n", len(im.Unplaced), units(im.Unplaced))
+		fmt.Fprintf(c.stdout, "  stays: %d items (%d units)\n", len(im.Stays), units(im.Stays))
 		return nil
 	})
 }

@@ -26,8 +26,8 @@ var version = "0.1.0"
 const usage = `nodeagent — Callplane node agent
 
 Usage:
-  nodeagent join --server URL --token T --ca-pin sha256:HEX --state-dir DIR [--address A]
-  nodeagent run --state-dir DIR [--probe-listen ADDR] [--on-assign CMD] [--log-level L]
+  nodeagent join --server URL [--server URL2 ...] --token T --ca-pin sha256:HEX --state-dir DIR [--address A]
+  nodeagent run --state-dir DIR [--server URL ...] [--probe-listen ADDR] [--on-assign CMD] [--log-level L]
   nodeagent version
 
 Commands:
@@ -37,6 +37,11 @@ Commands:
            (SIGTERM/SIGINT); with --probe-listen also serve the node kind's
            probe endpoint
   version  print the agent version
+
+--server names a call manager; give every instance of the cluster (repeat
+the flag, or separate the URLs with commas) and the agent moves to the next
+one when the current one stops answering, so no virtual IP is needed. join
+stores the list in the state dir; --server given to run replaces it there.
 
 Every flag has an environment twin: NODEAGENT_SERVER, NODEAGENT_TOKEN,
 NODEAGENT_CA_PIN, NODEAGENT_STATE_DIR, NODEAGENT_ADDRESS, NODEAGENT_PROBE_LISTEN,
@@ -123,19 +128,20 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	case "version":
 		finish = func() {}
 	case "join":
-		server := fs.String("server", env("NODEAGENT_SERVER"), "call manager URL, https://HOST:PORT (env NODEAGENT_SERVER)")
+		servers := serverFlag(fs, env)
 		token := fs.String("token", env("NODEAGENT_TOKEN"), "one-time join token cpj_… (env NODEAGENT_TOKEN)")
 		pin := fs.String("ca-pin", env("NODEAGENT_CA_PIN"), "sha256:HEX of the server's public key (env NODEAGENT_CA_PIN)")
 		address := fs.String("address", env("NODEAGENT_ADDRESS"), "service address to report; empty keeps the registered one (env NODEAGENT_ADDRESS)")
 		finish = func() {
-			cfg.Join = agent.JoinOptions{Server: *server, Token: *token, CAPin: *pin, StateDir: *stateDir, Address: *address, Version: version}
+			cfg.Join = agent.JoinOptions{Servers: servers.list(), Token: *token, CAPin: *pin, StateDir: *stateDir, Address: *address, Version: version}
 		}
 		required = []string{"server", "token", "ca-pin", "state-dir"}
 	case "run":
 		probeListen := fs.String("probe-listen", env("NODEAGENT_PROBE_LISTEN"), "serve the node kind's probe endpoint on ADDR (env NODEAGENT_PROBE_LISTEN)")
 		onAssign := fs.String("on-assign", env("NODEAGENT_ON_ASSIGN"), "command run with /bin/sh -c on each assignment start and stop (env NODEAGENT_ON_ASSIGN)")
+		servers := serverFlag(fs, env)
 		finish = func() {
-			cfg.Run = agent.RunOptions{StateDir: *stateDir, ProbeListen: *probeListen, OnAssign: *onAssign, Version: version}
+			cfg.Run = agent.RunOptions{StateDir: *stateDir, Servers: servers.list(), ProbeListen: *probeListen, OnAssign: *onAssign, Version: version}
 		}
 		required = []string{"state-dir"}
 	default:
@@ -163,6 +169,50 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		return cfg, fmt.Errorf("%s: invalid --log-level %q (want debug, info, warn or error)", cfg.Command, *logLevel)
 	}
 	return cfg, nil
+}
+
+// serversValue is the repeatable --server flag. Its environment twin is
+// the default; the first --server on the command line replaces it.
+type serversValue struct {
+	vals []string
+	set  bool
+}
+
+func serverFlag(fs *flag.FlagSet, env func(string) string) *serversValue {
+	v := &serversValue{}
+	if e := env("NODEAGENT_SERVER"); e != "" {
+		v.vals = []string{e}
+	}
+	fs.Var(v, "server", "call manager URL https://HOST:PORT; repeat it or separate URLs with commas to name every instance (env NODEAGENT_SERVER)")
+	return v
+}
+
+func (v *serversValue) String() string {
+	if v == nil {
+		return ""
+	}
+	return strings.Join(v.vals, ",")
+}
+
+func (v *serversValue) Set(s string) error {
+	if !v.set {
+		v.vals, v.set = nil, true
+	}
+	v.vals = append(v.vals, s)
+	return nil
+}
+
+// list is the URLs given, nil when none.
+func (v *serversValue) list() []string {
+	var out []string
+	for _, s := range v.vals {
+		for _, u := range strings.Split(s, ",") {
+			if u = strings.TrimSpace(u); u != "" {
+				out = append(out, u)
+			}
+		}
+	}
+	return out
 }
 
 func envOr(getenv func(string) string, name, def string) string {

@@ -14,6 +14,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -51,15 +53,15 @@ func TestParseConfig(t *testing.T) {
 	}{
 		{name: "join flags", args: []string{"join", "--server", "https://cm:8443", "--token", testToken, "--ca-pin", pin, "--state-dir", "/s", "--address", "10.0.0.1:5060"},
 			check: func(t *testing.T, cfg Config) {
-				want := agent.JoinOptions{Server: "https://cm:8443", Token: testToken, CAPin: pin, StateDir: "/s", Address: "10.0.0.1:5060", Version: version}
-				if cfg.Command != "join" || cfg.Join != want {
+				want := agent.JoinOptions{Servers: []string{"https://cm:8443"}, Token: testToken, CAPin: pin, StateDir: "/s", Address: "10.0.0.1:5060", Version: version}
+				if cfg.Command != "join" || !reflect.DeepEqual(cfg.Join, want) {
 					t.Fatalf("cfg.Join = %+v", cfg.Join)
 				}
 			}},
 		{name: "join env twins", args: []string{"join"},
 			env: map[string]string{"NODEAGENT_SERVER": "https://env:1", "NODEAGENT_TOKEN": testToken, "NODEAGENT_CA_PIN": pin, "NODEAGENT_STATE_DIR": "/env"},
 			check: func(t *testing.T, cfg Config) {
-				if cfg.Join.Server != "https://env:1" || cfg.Join.StateDir != "/env" || cfg.Join.Token != testToken || cfg.Join.CAPin != pin {
+				if !slices.Equal(cfg.Join.Servers, []string{"https://env:1"}) || cfg.Join.StateDir != "/env" || cfg.Join.Token != testToken || cfg.Join.CAPin != pin {
 					t.Fatalf("cfg.Join = %+v", cfg.Join)
 				}
 			}},
@@ -72,7 +74,7 @@ func TestParseConfig(t *testing.T) {
 		{name: "run flags", args: []string{"run", "--state-dir", "/s", "--probe-listen", "127.0.0.1:5060", "--on-assign", "echo hi", "--log-level", "debug"},
 			check: func(t *testing.T, cfg Config) {
 				want := agent.RunOptions{StateDir: "/s", ProbeListen: "127.0.0.1:5060", OnAssign: "echo hi", Version: version}
-				if cfg.Command != "run" || cfg.Run != want || cfg.LogLevel != slog.LevelDebug {
+				if cfg.Command != "run" || !reflect.DeepEqual(cfg.Run, want) || cfg.LogLevel != slog.LevelDebug {
 					t.Fatalf("cfg = %+v", cfg)
 				}
 			}},

@@ -12,7 +12,7 @@ import (
 
 const alertAck = `-- name: AlertAck :one
 UPDATE alerts SET acked_at = now(), acked_by = $1, ack_note = $2
-WHERE id = $3 RETURNING id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, acked_at, acked_by, ack_note
+WHERE id = $3 RETURNING id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, sending_since, acked_at, acked_by, ack_note
 `
 
 type AlertAckParams struct {
@@ -36,6 +36,7 @@ func (q *Queries) AlertAck(ctx context.Context, db DBTX, arg AlertAckParams) (Al
 		&i.LastError,
 		&i.SentAt,
 		&i.EmailID,
+		&i.SendingSince,
 		&i.AckedAt,
 		&i.AckedBy,
 		&i.AckNote,
@@ -71,7 +72,7 @@ func (q *Queries) AlertAckSince(ctx context.Context, db DBTX, arg AlertAckSinceP
 }
 
 const alertClaimDue = `-- name: AlertClaimDue :many
-SELECT id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, acked_at, acked_by, ack_note FROM alerts WHERE state = 'pending' AND next_attempt_at <= now()
+SELECT id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, sending_since, acked_at, acked_by, ack_note FROM alerts WHERE state = 'pending' AND next_attempt_at <= now()
 ORDER BY id LIMIT 200 FOR UPDATE SKIP LOCKED
 `
 
@@ -96,6 +97,7 @@ func (q *Queries) AlertClaimDue(ctx context.Context, db DBTX) ([]Alert, error) {
 			&i.LastError,
 			&i.SentAt,
 			&i.EmailID,
+			&i.SendingSince,
 			&i.AckedAt,
 			&i.AckedBy,
 			&i.AckNote,
@@ -140,7 +142,7 @@ func (q *Queries) AlertCounts(ctx context.Context, db DBTX) ([]AlertCountsRow, e
 }
 
 const alertGetForUpdate = `-- name: AlertGetForUpdate :one
-SELECT id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, acked_at, acked_by, ack_note FROM alerts WHERE id = $1 FOR UPDATE
+SELECT id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, sending_since, acked_at, acked_by, ack_note FROM alerts WHERE id = $1 FOR UPDATE
 `
 
 func (q *Queries) AlertGetForUpdate(ctx context.Context, db DBTX, id int64) (Alert, error) {
@@ -158,6 +160,7 @@ func (q *Queries) AlertGetForUpdate(ctx context.Context, db DBTX, id int64) (Ale
 		&i.LastError,
 		&i.SentAt,
 		&i.EmailID,
+		&i.SendingSince,
 		&i.AckedAt,
 		&i.AckedBy,
 		&i.AckNote,
@@ -181,7 +184,7 @@ func (q *Queries) AlertInsert(ctx context.Context, db DBTX, arg AlertInsertParam
 }
 
 const alertLastDown = `-- name: AlertLastDown :one
-SELECT id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, acked_at, acked_by, ack_note FROM alerts
+SELECT id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, sending_since, acked_at, acked_by, ack_note FROM alerts
 WHERE type = 'health' AND node_name = $1 AND created_at >= $2
   AND payload->>'to' = 'down'
 ORDER BY id DESC LIMIT 1
@@ -209,6 +212,7 @@ func (q *Queries) AlertLastDown(ctx context.Context, db DBTX, arg AlertLastDownP
 		&i.LastError,
 		&i.SentAt,
 		&i.EmailID,
+		&i.SendingSince,
 		&i.AckedAt,
 		&i.AckedBy,
 		&i.AckNote,
@@ -217,7 +221,7 @@ func (q *Queries) AlertLastDown(ctx context.Context, db DBTX, arg AlertLastDownP
 }
 
 const alertList = `-- name: AlertList :many
-SELECT id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, acked_at, acked_by, ack_note FROM alerts ORDER BY id DESC LIMIT $1
+SELECT id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, sending_since, acked_at, acked_by, ack_note FROM alerts ORDER BY id DESC LIMIT $1
 `
 
 func (q *Queries) AlertList(ctx context.Context, db DBTX, lim int32) ([]Alert, error) {
@@ -241,6 +245,7 @@ func (q *Queries) AlertList(ctx context.Context, db DBTX, lim int32) ([]Alert, e
 			&i.LastError,
 			&i.SentAt,
 			&i.EmailID,
+			&i.SendingSince,
 			&i.AckedAt,
 			&i.AckedBy,
 			&i.AckNote,
@@ -303,7 +308,7 @@ func (q *Queries) AlertMarkSent(ctx context.Context, db DBTX, arg AlertMarkSentP
 }
 
 const alertPage = `-- name: AlertPage :many
-SELECT id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, acked_at, acked_by, ack_note FROM alerts
+SELECT id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, sending_since, acked_at, acked_by, ack_note FROM alerts
 WHERE ($1::bigint = 0 OR id < $1)
   AND ($2::text = '' OR node_name = $2)
   AND ($3::text = '' OR state = $3)
@@ -346,6 +351,7 @@ func (q *Queries) AlertPage(ctx context.Context, db DBTX, arg AlertPageParams) (
 			&i.LastError,
 			&i.SentAt,
 			&i.EmailID,
+			&i.SendingSince,
 			&i.AckedAt,
 			&i.AckedBy,
 			&i.AckNote,

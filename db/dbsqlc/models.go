@@ -20,6 +20,7 @@ type Alert struct {
 	LastError     string
 	SentAt        *time.Time
 	EmailID       string
+	SendingSince  *time.Time
 	AckedAt       *time.Time
 	AckedBy       string
 	AckNote       string
@@ -85,6 +86,11 @@ type LoginFailure struct {
 	At  time.Time
 }
 
+type LoginKnown struct {
+	Key    string
+	LastOk time.Time
+}
+
 type MaintenanceWindow struct {
 	ID          int64
 	NodeID      int64
@@ -137,6 +143,16 @@ type NodeCredential struct {
 	RevokedAt  *time.Time
 }
 
+type NodeEligibility struct {
+	ID       int64
+	Name     string
+	Kind     string
+	Capacity int32
+	Weight   int32
+	Used     int32
+	Eligible bool
+}
+
 type ProbeResult struct {
 	ID        int64
 	NodeID    int64
@@ -161,6 +177,25 @@ type Setting struct {
 	Value     string
 	UpdatedAt time.Time
 	UpdatedBy string
+}
+
+type SipCall struct {
+	Ref        string
+	WorkID     *int64
+	CallID     string
+	FromTag    string
+	ToTag      string
+	FromUri    string
+	ToUri      string
+	NodeID     *int64
+	State      string
+	Cause      string
+	Tries      int32
+	Failovers  []string
+	Instance   string
+	CreatedAt  time.Time
+	AnsweredAt *time.Time
+	EndedAt    *time.Time
 }
 
 type User struct {

@@ -10,6 +10,26 @@ import (
 	"time"
 )
 
+const nodeAddUsed = `-- name: NodeAddUsed :exec
+UPDATE nodes n SET used = n.used + d.delta, assign_version = nextval('assign_version_seq')
+FROM (SELECT unnest($1::bigint[]) AS id, unnest($2::int[]) AS delta) d
+WHERE n.id = d.id
+`
+
+type NodeAddUsedParams struct {
+	Ids    []int64
+	Deltas []int32
+}
+
+// NodeAddUsed adds each node's share of a placement to its used counter
+// and bumps its assignment version, in one statement. The nodes are
+// locked by NodeLockForPlacement in the same transaction, so the counter
+// stays equal to the sum of its live work.
+func (q *Queries) NodeAddUsed(ctx context.Context, db DBTX, arg NodeAddUsedParams) error {
+	_, err := db.Exec(ctx, nodeAddUsed, arg.Ids, arg.Deltas)
+	return err
+}
+
 const nodeBumpVersion = `-- name: NodeBumpVersion :exec
 UPDATE nodes SET assign_version = nextval('assign_version_seq') WHERE id = ANY($1::bigint[])
 `
@@ -19,47 +39,37 @@ func (q *Queries) NodeBumpVersion(ctx context.Context, db DBTX, ids []int64) err
 	return err
 }
 
-const nodeDelete = `-- name: NodeDelete :exec
-DELETE FROM nodes WHERE id = $1
+const nodeCandidates = `-- name: NodeCandidates :many
+SELECT id, name, kind, capacity, used, weight FROM node_eligibility
+WHERE eligible AND kind = ANY($1::text[])
+ORDER BY id
 `
 
-func (q *Queries) NodeDelete(ctx context.Context, db DBTX, id int64) error {
-	_, err := db.Exec(ctx, nodeDelete, id)
-	return err
-}
-
-const nodeEligibleForUpdate = `-- name: NodeEligibleForUpdate :many
-SELECT id, name, capacity, used, weight FROM nodes
-WHERE kind = $1 AND admin_state = 'enabled' AND health = 'up' AND id <> $2
-  AND (maintenance_until IS NULL OR maintenance_until < now())
-ORDER BY id FOR UPDATE
-`
-
-type NodeEligibleForUpdateParams struct {
-	Kind      string
-	ExcludeID int64
-}
-
-type NodeEligibleForUpdateRow struct {
+type NodeCandidatesRow struct {
 	ID       int64
 	Name     string
+	Kind     string
 	Capacity int32
 	Used     int32
 	Weight   int32
 }
 
-func (q *Queries) NodeEligibleForUpdate(ctx context.Context, db DBTX, arg NodeEligibleForUpdateParams) ([]NodeEligibleForUpdateRow, error) {
-	rows, err := db.Query(ctx, nodeEligibleForUpdate, arg.Kind, arg.ExcludeID)
+// NodeCandidates reads, without locking, the nodes that may take new work
+// of the given kinds (node_eligibility, migration 00004): what a
+// placement of new work plans on.
+func (q *Queries) NodeCandidates(ctx context.Context, db DBTX, kinds []string) ([]NodeCandidatesRow, error) {
+	rows, err := db.Query(ctx, nodeCandidates, kinds)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	items := []NodeEligibleForUpdateRow{}
+	items := []NodeCandidatesRow{}
 	for rows.Next() {
-		var i NodeEligibleForUpdateRow
+		var i NodeCandidatesRow
 		if err := rows.Scan(
 			&i.ID,
 			&i.Name,
+			&i.Kind,
 			&i.Capacity,
 			&i.Used,
 			&i.Weight,
@@ -72,6 +82,64 @@ func (q *Queries) NodeEligibleForUpdate(ctx context.Context, db DBTX, arg NodeEl
 		return nil, err
 	}
 	return items, nil
+}
+
+const nodeCandidatesForUpdate = `-- name: NodeCandidatesForUpdate :many
+SELECT id, name, kind, capacity, used, weight FROM node_eligibility
+WHERE eligible AND kind = $1::text AND id <> $2::bigint
+ORDER BY id FOR UPDATE
+`
+
+type NodeCandidatesForUpdateParams struct {
+	Kind      string
+	ExcludeID int64
+}
+
+type NodeCandidatesForUpdateRow struct {
+	ID       int64
+	Name     string
+	Kind     string
+	Capacity int32
+	Used     int32
+	Weight   int32
+}
+
+// NodeCandidatesForUpdate locks, in id order, the nodes of a kind that may
+// take work, but one: what a move or the placing of waiting work plans on.
+func (q *Queries) NodeCandidatesForUpdate(ctx context.Context, db DBTX, arg NodeCandidatesForUpdateParams) ([]NodeCandidatesForUpdateRow, error) {
+	rows, err := db.Query(ctx, nodeCandidatesForUpdate, arg.Kind, arg.ExcludeID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []NodeCandidatesForUpdateRow{}
+	for rows.Next() {
+		var i NodeCandidatesForUpdateRow
+		if err := rows.Scan(
+			&i.ID,
+			&i.Name,
+			&i.Kind,
+			&i.Capacity,
+			&i.Used,
+			&i.Weight,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const nodeDelete = `-- name: NodeDelete :exec
+DELETE FROM nodes WHERE id = $1
+`
+
+func (q *Queries) NodeDelete(ctx context.Context, db DBTX, id int64) error {
+	_, err := db.Exec(ctx, nodeDelete, id)
+	return err
 }
 
 const nodeEnroll = `-- name: NodeEnroll :one
@@ -303,35 +371,6 @@ func (q *Queries) NodeHeartbeatBatch(ctx context.Context, db DBTX, arg NodeHeart
 	for rows.Next() {
 		var i NodeHeartbeatBatchRow
 		if err := rows.Scan(&i.ID, &i.BecameUp); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
-}
-
-const nodeIDsByName = `-- name: NodeIDsByName :many
-SELECT id, name FROM nodes WHERE id = ANY($1::bigint[])
-`
-
-type NodeIDsByNameRow struct {
-	ID   int64
-	Name string
-}
-
-func (q *Queries) NodeIDsByName(ctx context.Context, db DBTX, ids []int64) ([]NodeIDsByNameRow, error) {
-	rows, err := db.Query(ctx, nodeIDsByName, ids)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	items := []NodeIDsByNameRow{}
-	for rows.Next() {
-		var i NodeIDsByNameRow
-		if err := rows.Scan(&i.ID, &i.Name); err != nil {
 			return nil, err
 		}
 		items = append(items, i)
@@ -582,6 +621,90 @@ func (q *Queries) NodeListFiltered(ctx context.Context, db DBTX, arg NodeListFil
 	return items, nil
 }
 
+const nodeLockForPlacement = `-- name: NodeLockForPlacement :many
+SELECT id, capacity, used, eligible FROM node_eligibility
+WHERE id = ANY($1::bigint[])
+ORDER BY id FOR UPDATE
+`
+
+type NodeLockForPlacementRow struct {
+	ID       int64
+	Capacity int32
+	Used     int32
+	Eligible bool
+}
+
+// NodeLockForPlacement locks the nodes a placement plan chose, in id
+// order (the order every statement that locks several nodes takes), and
+// returns their latest state so the plan is checked under the locks.
+func (q *Queries) NodeLockForPlacement(ctx context.Context, db DBTX, ids []int64) ([]NodeLockForPlacementRow, error) {
+	rows, err := db.Query(ctx, nodeLockForPlacement, ids)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []NodeLockForPlacementRow{}
+	for rows.Next() {
+		var i NodeLockForPlacementRow
+		if err := rows.Scan(
+			&i.ID,
+			&i.Capacity,
+			&i.Used,
+			&i.Eligible,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const nodeNamesByID = `-- name: NodeNamesByID :many
+SELECT id, name FROM nodes WHERE id = ANY($1::bigint[])
+`
+
+type NodeNamesByIDRow struct {
+	ID   int64
+	Name string
+}
+
+func (q *Queries) NodeNamesByID(ctx context.Context, db DBTX, ids []int64) ([]NodeNamesByIDRow, error) {
+	rows, err := db.Query(ctx, nodeNamesByID, ids)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []NodeNamesByIDRow{}
+	for rows.Next() {
+		var i NodeNamesByIDRow
+		if err := rows.Scan(&i.ID, &i.Name); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const nodePlacementTurn = `-- name: NodePlacementTurn :exec
+SELECT pg_advisory_xact_lock(1885433171, hashtext(k)) FROM (SELECT DISTINCT unnest($1::text[]) AS k ORDER BY 1) s
+`
+
+// NodePlacementTurn makes placements of new work of the same node kinds
+// take turns across instances (a transaction-level advisory lock per
+// node kind, in name order). They would otherwise plan on the same
+// nodes and queue on the same rows; waiting here happens before any node
+// is locked, so it cannot close a cycle.
+func (q *Queries) NodePlacementTurn(ctx context.Context, db DBTX, kinds []string) error {
+	_, err := db.Exec(ctx, nodePlacementTurn, kinds)
+	return err
+}
+
 const nodeRecountUsed = `-- name: NodeRecountUsed :exec
 UPDATE nodes n SET used = coalesce((SELECT sum(w.cost) FROM work w
     WHERE w.node_id = n.id AND w.state IN ('assigned', 'active')), 0),
@@ -592,30 +715,6 @@ WHERE n.id = ANY($1::bigint[])
 func (q *Queries) NodeRecountUsed(ctx context.Context, db DBTX, ids []int64) error {
 	_, err := db.Exec(ctx, nodeRecountUsed, ids)
 	return err
-}
-
-const nodeRoomForKind = `-- name: NodeRoomForKind :one
-SELECT coalesce(sum(capacity - used), 0)::bigint AS free, count(*)::int AS nodes
-FROM nodes
-WHERE kind = $1 AND admin_state = 'enabled' AND health = 'up' AND id <> $2
-  AND (maintenance_until IS NULL OR maintenance_until < now())
-`
-
-type NodeRoomForKindParams struct {
-	Kind      string
-	ExcludeID int64
-}
-
-type NodeRoomForKindRow struct {
-	Free  int64
-	Nodes int32
-}
-
-func (q *Queries) NodeRoomForKind(ctx context.Context, db DBTX, arg NodeRoomForKindParams) (NodeRoomForKindRow, error) {
-	row := db.QueryRow(ctx, nodeRoomForKind, arg.Kind, arg.ExcludeID)
-	var i NodeRoomForKindRow
-	err := row.Scan(&i.Free, &i.Nodes)
-	return i, err
 }
 
 const nodeSetAdminState = `-- name: NodeSetAdminState :one
@@ -961,4 +1060,19 @@ func (q *Queries) ProbeResultPrune(ctx context.Context, db DBTX) (int64, error) 
 		return 0, err
 	}
 	return result.RowsAffected(), nil
+}
+
+const txLockTimeout = `-- name: TxLockTimeout :exec
+SELECT set_config('lock_timeout', '200ms', true)
+`
+
+// TxLockTimeout bounds how long the rest of the transaction waits for a
+// row lock. A placement may wait for one node while holding others; when
+// that closes a cycle with a writer that locks out of id order
+// (SetAdminState locks its node first), it gives up well before
+// Postgres's deadlock detector (1 s by default) would pick a victim, and
+// the retry policy runs it again.
+func (q *Queries) TxLockTimeout(ctx context.Context, db DBTX) error {
+	_, err := db.Exec(ctx, txLockTimeout)
+	return err
 }

@@ -27,7 +27,7 @@ func (q *Queries) AlertDueAge(ctx context.Context, db DBTX) (float64, error) {
 }
 
 const alertListFailed = `-- name: AlertListFailed :many
-SELECT id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, acked_at, acked_by, ack_note FROM alerts WHERE state = 'failed' ORDER BY id DESC LIMIT $1
+SELECT id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, sending_since, acked_at, acked_by, ack_note FROM alerts WHERE state = 'failed' ORDER BY id DESC LIMIT $1
 `
 
 func (q *Queries) AlertListFailed(ctx context.Context, db DBTX, lim int32) ([]Alert, error) {
@@ -51,6 +51,7 @@ func (q *Queries) AlertListFailed(ctx context.Context, db DBTX, lim int32) ([]Al
 			&i.LastError,
 			&i.SentAt,
 			&i.EmailID,
+			&i.SendingSince,
 			&i.AckedAt,
 			&i.AckedBy,
 			&i.AckNote,
@@ -66,7 +67,7 @@ func (q *Queries) AlertListFailed(ctx context.Context, db DBTX, lim int32) ([]Al
 }
 
 const alertListPendingWithError = `-- name: AlertListPendingWithError :many
-SELECT id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, acked_at, acked_by, ack_note FROM alerts WHERE state = 'pending' AND last_error <> '' ORDER BY id DESC LIMIT $1
+SELECT id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, sending_since, acked_at, acked_by, ack_note FROM alerts WHERE state = 'pending' AND last_error <> '' ORDER BY id DESC LIMIT $1
 `
 
 func (q *Queries) AlertListPendingWithError(ctx context.Context, db DBTX, lim int32) ([]Alert, error) {
@@ -90,6 +91,7 @@ func (q *Queries) AlertListPendingWithError(ctx context.Context, db DBTX, lim in
 			&i.LastError,
 			&i.SentAt,
 			&i.EmailID,
+			&i.SendingSince,
 			&i.AckedAt,
 			&i.AckedBy,
 			&i.AckNote,

@@ -10,6 +10,53 @@ import (
 	"time"
 )
 
+const loginAttemptDelete = `-- name: LoginAttemptDelete :exec
+DELETE FROM login_failures WHERE id = ANY($1::bigint[])
+`
+
+func (q *Queries) LoginAttemptDelete(ctx context.Context, db DBTX, ids []int64) error {
+	_, err := db.Exec(ctx, loginAttemptDelete, ids)
+	return err
+}
+
+const loginAttemptInsert = `-- name: LoginAttemptInsert :many
+INSERT INTO login_failures (key) SELECT unnest($1::text[]) RETURNING id
+`
+
+// LoginAttemptInsert records an attempt as a failure before the password
+// is checked; a success deletes the rows again.
+func (q *Queries) LoginAttemptInsert(ctx context.Context, db DBTX, keys []string) ([]int64, error) {
+	rows, err := db.Query(ctx, loginAttemptInsert, keys)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []int64{}
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		items = append(items, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const loginAttemptLock = `-- name: LoginAttemptLock :exec
+SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM (SELECT unnest($1::text[]) AS k ORDER BY 1) ks
+`
+
+// LoginAttemptLock serialises sign-in attempts on the same keys (in key
+// order, so two attempts never wait on each other crosswise) until the
+// transaction ends: counting and recording an attempt is then one step.
+func (q *Queries) LoginAttemptLock(ctx context.Context, db DBTX, keys []string) error {
+	_, err := db.Exec(ctx, loginAttemptLock, keys)
+	return err
+}
+
 const loginFailureClear = `-- name: LoginFailureClear :exec
 DELETE FROM login_failures WHERE key = $1
 `
@@ -19,48 +66,42 @@ func (q *Queries) LoginFailureClear(ctx context.Context, db DBTX, key string) er
 	return err
 }
 
-const loginFailureCount = `-- name: LoginFailureCount :one
-SELECT count(*) FROM login_failures WHERE key = ANY($1::text[]) AND at > now() - make_interval(secs => $2::float8)
+const loginFailurePrune = `-- name: LoginFailurePrune :exec
+DELETE FROM login_failures WHERE at < now() - interval '1 day'
 `
 
-type LoginFailureCountParams struct {
-	Keys          []string
-	WindowSeconds float64
+func (q *Queries) LoginFailurePrune(ctx context.Context, db DBTX) error {
+	_, err := db.Exec(ctx, loginFailurePrune)
+	return err
 }
 
-func (q *Queries) LoginFailureCount(ctx context.Context, db DBTX, arg LoginFailureCountParams) (int64, error) {
-	row := db.QueryRow(ctx, loginFailureCount, arg.Keys, arg.WindowSeconds)
-	var count int64
-	err := row.Scan(&count)
-	return count, err
-}
-
-const loginFailureCountByKey = `-- name: LoginFailureCountByKey :many
-SELECT key, count(*) AS failures FROM login_failures
+const loginFailureStats = `-- name: LoginFailureStats :many
+SELECT key, count(*)::int AS failures, extract(epoch FROM now() - max(at))::float8 AS since_last FROM login_failures
 WHERE key = ANY($1::text[]) AND at > now() - make_interval(secs => $2::float8)
 GROUP BY key
 `
 
-type LoginFailureCountByKeyParams struct {
+type LoginFailureStatsParams struct {
 	Keys          []string
 	WindowSeconds float64
 }
 
-type LoginFailureCountByKeyRow struct {
-	Key      string
-	Failures int64
+type LoginFailureStatsRow struct {
+	Key       string
+	Failures  int32
+	SinceLast float64
 }
 
-func (q *Queries) LoginFailureCountByKey(ctx context.Context, db DBTX, arg LoginFailureCountByKeyParams) ([]LoginFailureCountByKeyRow, error) {
-	rows, err := db.Query(ctx, loginFailureCountByKey, arg.Keys, arg.WindowSeconds)
+func (q *Queries) LoginFailureStats(ctx context.Context, db DBTX, arg LoginFailureStatsParams) ([]LoginFailureStatsRow, error) {
+	rows, err := db.Query(ctx, loginFailureStats, arg.Keys, arg.WindowSeconds)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	items := []LoginFailureCountByKeyRow{}
+	items := []LoginFailureStatsRow{}
 	for rows.Next() {
-		var i LoginFailureCountByKeyRow
-		if err := rows.Scan(&i.Key, &i.Failures); err != nil {
+		var i LoginFailureStatsRow
+		if err := rows.Scan(&i.Key, &i.Failures, &i.SinceLast); err != nil {
 			return nil, err
 		}
 		items = append(items, i)
@@ -71,21 +112,32 @@ func (q *Queries) LoginFailureCountByKey(ctx context.Context, db DBTX, arg Login
 	return items, nil
 }
 
-const loginFailureInsert = `-- name: LoginFailureInsert :exec
-INSERT INTO login_failures (key) SELECT unnest($1::text[])
+const loginKnownCheck = `-- name: LoginKnownCheck :one
+SELECT EXISTS (SELECT 1 FROM login_known WHERE key = $1 AND last_ok > now() - interval '90 days')
 `
 
-func (q *Queries) LoginFailureInsert(ctx context.Context, db DBTX, keys []string) error {
-	_, err := db.Exec(ctx, loginFailureInsert, keys)
+func (q *Queries) LoginKnownCheck(ctx context.Context, db DBTX, key string) (bool, error) {
+	row := db.QueryRow(ctx, loginKnownCheck, key)
+	var exists bool
+	err := row.Scan(&exists)
+	return exists, err
+}
+
+const loginKnownPrune = `-- name: LoginKnownPrune :exec
+DELETE FROM login_known WHERE last_ok < now() - interval '90 days'
+`
+
+func (q *Queries) LoginKnownPrune(ctx context.Context, db DBTX) error {
+	_, err := db.Exec(ctx, loginKnownPrune)
 	return err
 }
 
-const loginFailurePrune = `-- name: LoginFailurePrune :exec
-DELETE FROM login_failures WHERE at < now() - interval '1 day'
+const loginKnownUpsert = `-- name: LoginKnownUpsert :exec
+INSERT INTO login_known (key) VALUES ($1) ON CONFLICT (key) DO UPDATE SET last_ok = now()
 `
 
-func (q *Queries) LoginFailurePrune(ctx context.Context, db DBTX) error {
-	_, err := db.Exec(ctx, loginFailurePrune)
+func (q *Queries) LoginKnownUpsert(ctx context.Context, db DBTX, key string) error {
+	_, err := db.Exec(ctx, loginKnownUpsert, key)
 	return err
 }
 

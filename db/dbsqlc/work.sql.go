@@ -100,141 +100,6 @@ func (q *Queries) WorkAckBatch(ctx context.Context, db DBTX, arg WorkAckBatchPar
 	return items, nil
 }
 
-const workBatchAddUsed = `-- name: WorkBatchAddUsed :exec
-UPDATE nodes n SET used = n.used + d.delta, assign_version = nextval('assign_version_seq')
-FROM (SELECT unnest($1::bigint[]) AS id, unnest($2::int[]) AS delta) d
-WHERE n.id = d.id
-`
-
-type WorkBatchAddUsedParams struct {
-	Ids    []int64
-	Deltas []int32
-}
-
-// WorkBatchAddUsed adds each node's share of a batch to its used counter
-// and bumps its assignment version, in one statement. The nodes are
-// locked by WorkBatchLockNodes in the same transaction, so the counter
-// stays equal to the sum of its live work, as with WorkPlace.
-func (q *Queries) WorkBatchAddUsed(ctx context.Context, db DBTX, arg WorkBatchAddUsedParams) error {
-	_, err := db.Exec(ctx, workBatchAddUsed, arg.Ids, arg.Deltas)
-	return err
-}
-
-const workBatchEligibleNodes = `-- name: WorkBatchEligibleNodes :many
-SELECT id, name, kind, capacity, used FROM nodes
-WHERE kind = ANY($1::text[]) AND admin_state = 'enabled' AND health = 'up'
-  AND (maintenance_until IS NULL OR maintenance_until < now())
-ORDER BY id
-`
-
-type WorkBatchEligibleNodesRow struct {
-	ID       int64
-	Name     string
-	Kind     string
-	Capacity int32
-	Used     int32
-}
-
-// WorkBatchEligibleNodes reads, without locking, the nodes that may take
-// new work of the given node kinds: the plan of a batch placement.
-func (q *Queries) WorkBatchEligibleNodes(ctx context.Context, db DBTX, kinds []string) ([]WorkBatchEligibleNodesRow, error) {
-	rows, err := db.Query(ctx, workBatchEligibleNodes, kinds)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	items := []WorkBatchEligibleNodesRow{}
-	for rows.Next() {
-		var i WorkBatchEligibleNodesRow
-		if err := rows.Scan(
-			&i.ID,
-			&i.Name,
-			&i.Kind,
-			&i.Capacity,
-			&i.Used,
-		); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
-}
-
-const workBatchLockTargets = `-- name: WorkBatchLockTargets :many
-SELECT id, capacity, used,
-    (admin_state = 'enabled' AND health = 'up' AND (maintenance_until IS NULL OR maintenance_until < now()))::boolean AS eligible
-FROM nodes WHERE id = ANY($1::bigint[])
-ORDER BY id FOR UPDATE
-`
-
-type WorkBatchLockTargetsRow struct {
-	ID       int64
-	Capacity int32
-	Used     int32
-	Eligible bool
-}
-
-// WorkBatchLockTargets locks the nodes a batch plan chose, in id order
-// (the order MoveAway, PlaceUnplaced and concurrent batches lock nodes
-// in), and returns their latest state so the plan can be checked under
-// the locks.
-func (q *Queries) WorkBatchLockTargets(ctx context.Context, db DBTX, ids []int64) ([]WorkBatchLockTargetsRow, error) {
-	rows, err := db.Query(ctx, workBatchLockTargets, ids)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	items := []WorkBatchLockTargetsRow{}
-	for rows.Next() {
-		var i WorkBatchLockTargetsRow
-		if err := rows.Scan(
-			&i.ID,
-			&i.Capacity,
-			&i.Used,
-			&i.Eligible,
-		); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
-}
-
-const workBatchLockTimeout = `-- name: WorkBatchLockTimeout :exec
-SELECT set_config('lock_timeout', '200ms', true)
-`
-
-// WorkBatchLockTimeout bounds how long a batch placement waits for a node
-// lock in its transaction. A batch may wait for one node while holding
-// others; when that closes a cycle with a writer that locks out of id
-// order (SetAdminState locks its node first, heartbeat flushes lock in any
-// order), the batch gives up well before Postgres's deadlock detector
-// (1 s by default) would pick a victim, and is retried.
-func (q *Queries) WorkBatchLockTimeout(ctx context.Context, db DBTX) error {
-	_, err := db.Exec(ctx, workBatchLockTimeout)
-	return err
-}
-
-const workBatchSerialize = `-- name: WorkBatchSerialize :exec
-SELECT pg_advisory_xact_lock(1885433171, hashtext(k)) FROM (SELECT DISTINCT unnest($1::text[]) AS k ORDER BY 1) s
-`
-
-// WorkBatchSerialize makes batch placements of the same node kinds take
-// turns (a transaction-level advisory lock per node kind, in name order).
-// Batches would otherwise queue on the same node rows and give up at the
-// lock timeout below; waiting here happens before any node is locked, so
-// it cannot close a cycle.
-func (q *Queries) WorkBatchSerialize(ctx context.Context, db DBTX, kinds []string) error {
-	_, err := db.Exec(ctx, workBatchSerialize, kinds)
-	return err
-}
-
 const workCounts = `-- name: WorkCounts :many
 SELECT kind, state, count(*)::bigint AS n, coalesce(sum(cost), 0)::bigint AS cost
 FROM work WHERE state <> 'ended' GROUP BY kind, state ORDER BY kind, state
@@ -345,9 +210,11 @@ func (q *Queries) WorkDesiredForNode(ctx context.Context, db DBTX, nodeID *int64
 }
 
 const workDesiredSetForNode = `-- name: WorkDesiredSetForNode :many
-SELECT n.assign_version, w.id, w.ref, w.kind, w.cost, w.epoch, w.state
+SELECT n.assign_version, w.id, w.ref, w.kind, w.cost, w.epoch, w.state,
+    c.call_id, c.from_uri, c.to_uri
 FROM nodes n
 LEFT JOIN work w ON w.node_id = n.id AND w.state IN ('assigned', 'active')
+LEFT JOIN sip_calls c ON c.ref = w.ref AND w.kind = 'call'
 WHERE n.id = $1
 ORDER BY w.id
 `
@@ -360,6 +227,9 @@ type WorkDesiredSetForNodeRow struct {
 	Cost          *int32
 	Epoch         *int64
 	State         *string
+	CallID        *string
+	FromUri       *string
+	ToUri         *string
 }
 
 // WorkDesiredSetForNode reads a node's assignment version and its live
@@ -367,6 +237,8 @@ type WorkDesiredSetForNodeRow struct {
 // transaction: one round trip per long-poll answer instead of four. A
 // node without live work yields one row whose work columns are NULL; an
 // unknown node yields none.
+// A call placed by the SIP front door carries its Call-ID, From and To,
+// for the agent's hook.
 func (q *Queries) WorkDesiredSetForNode(ctx context.Context, db DBTX, nodeID int64) ([]WorkDesiredSetForNodeRow, error) {
 	rows, err := db.Query(ctx, workDesiredSetForNode, nodeID)
 	if err != nil {
@@ -384,6 +256,9 @@ func (q *Queries) WorkDesiredSetForNode(ctx context.Context, db DBTX, nodeID int
 			&i.Cost,
 			&i.Epoch,
 			&i.State,
+			&i.CallID,
+			&i.FromUri,
+			&i.ToUri,
 		); err != nil {
 			return nil, err
 		}
@@ -661,14 +536,18 @@ func (q *Queries) WorkList(ctx context.Context, db DBTX, arg WorkListParams) ([]
 }
 
 const workLiveOnNode = `-- name: WorkLiveOnNode :many
-SELECT id, cost FROM work WHERE node_id = $1 AND state IN ('assigned', 'active') ORDER BY id FOR UPDATE
+SELECT id, ref, kind, cost FROM work WHERE node_id = $1 AND state IN ('assigned', 'active') ORDER BY id FOR UPDATE
 `
 
 type WorkLiveOnNodeRow struct {
 	ID   int64
+	Ref  string
+	Kind string
 	Cost int32
 }
 
+// WorkLiveOnNode locks a node's live work, oldest first: what a move
+// off the node plans on.
 func (q *Queries) WorkLiveOnNode(ctx context.Context, db DBTX, nodeID *int64) ([]WorkLiveOnNodeRow, error) {
 	rows, err := db.Query(ctx, workLiveOnNode, nodeID)
 	if err != nil {
@@ -678,7 +557,12 @@ func (q *Queries) WorkLiveOnNode(ctx context.Context, db DBTX, nodeID *int64) ([
 	items := []WorkLiveOnNodeRow{}
 	for rows.Next() {
 		var i WorkLiveOnNodeRow
-		if err := rows.Scan(&i.ID, &i.Cost); err != nil {
+		if err := rows.Scan(
+			&i.ID,
+			&i.Ref,
+			&i.Kind,
+			&i.Cost,
+		); err != nil {
 			return nil, err
 		}
 		items = append(items, i)
@@ -709,28 +593,36 @@ func (q *Queries) WorkMove(ctx context.Context, db DBTX, arg WorkMoveParams) err
 	return err
 }
 
-const workNewestOnNode = `-- name: WorkNewestOnNode :many
-SELECT id, cost FROM work WHERE node_id = $1 AND state IN ('assigned', 'active') ORDER BY id DESC FOR UPDATE
+const workPruneEnded = `-- name: WorkPruneEnded :execrows
+DELETE FROM work WHERE state = 'ended' AND ended_at < now() - make_interval(secs => $1::float8)
 `
 
-type WorkNewestOnNodeRow struct {
-	ID   int64
-	Cost int32
+func (q *Queries) WorkPruneEnded(ctx context.Context, db DBTX, olderThanSeconds float64) (int64, error) {
+	result, err := db.Exec(ctx, workPruneEnded, olderThanSeconds)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
 }
 
-func (q *Queries) WorkNewestOnNode(ctx context.Context, db DBTX, nodeID *int64) ([]WorkNewestOnNodeRow, error) {
-	rows, err := db.Query(ctx, workNewestOnNode, nodeID)
+const workRefsTaken = `-- name: WorkRefsTaken :many
+SELECT ref FROM work WHERE ref = ANY($1::text[])
+`
+
+// WorkRefsTaken returns which of the given refs exist already.
+func (q *Queries) WorkRefsTaken(ctx context.Context, db DBTX, refs []string) ([]string, error) {
+	rows, err := db.Query(ctx, workRefsTaken, refs)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	items := []WorkNewestOnNodeRow{}
+	items := []string{}
 	for rows.Next() {
-		var i WorkNewestOnNodeRow
-		if err := rows.Scan(&i.ID, &i.Cost); err != nil {
+		var ref string
+		if err := rows.Scan(&ref); err != nil {
 			return nil, err
 		}
-		items = append(items, i)
+		items = append(items, ref)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err
@@ -738,107 +630,8 @@ func (q *Queries) WorkNewestOnNode(ctx context.Context, db DBTX, nodeID *int64) 
 	return items, nil
 }
 
-const workPlace = `-- name: WorkPlace :one
-WITH unlocked AS (
-    -- Concurrent placements would all pick the same least-loaded node and
-    -- queue on its row lock, one commit (one WAL flush) after another. The
-    -- least-loaded node no other placement holds right now is taken
-    -- instead; SKIP LOCKED never waits, so it adds no lock-order risk.
-    SELECT n.id FROM nodes n
-    WHERE n.kind = $4::text AND n.admin_state = 'enabled' AND n.health = 'up'
-      AND n.used + $3::int <= n.capacity
-      AND (n.maintenance_until IS NULL OR n.maintenance_until < now())
-    ORDER BY ((n.used + $3::int)::float8 / n.capacity) / n.weight, n.id
-    LIMIT 1
-    FOR UPDATE SKIP LOCKED
-), target AS (
-    -- When every node with room is held by another placement, wait for
-    -- the least-loaded one as before rather than leave the work unplaced.
-    SELECT id FROM unlocked
-    UNION ALL
-    (SELECT n.id FROM nodes n
-    WHERE n.kind = $4::text AND n.admin_state = 'enabled' AND n.health = 'up'
-      AND n.used + $3::int <= n.capacity
-      AND (n.maintenance_until IS NULL OR n.maintenance_until < now())
-    ORDER BY ((n.used + $3::int)::float8 / n.capacity) / n.weight, n.id
-    LIMIT 1)
-    LIMIT 1
-), bumped AS (
-    -- The conditional UPDATE locks only the chosen row and re-checks the
-    -- room after any concurrent update, so no two placements overfill a
-    -- node and no two lock rows in opposite orders.
-    UPDATE nodes SET used = nodes.used + $3::int, assign_version = nextval('assign_version_seq')
-    WHERE nodes.id = (SELECT id FROM target) AND nodes.used + $3::int <= nodes.capacity
-      AND nodes.admin_state = 'enabled' AND nodes.health = 'up'
-    RETURNING nodes.id, nodes.name
-)
-INSERT INTO work (ref, kind, cost, state, node_id)
-SELECT $1::text, $2::text, $3::int,
-       CASE WHEN (SELECT id FROM bumped) IS NULL THEN 'unplaced' ELSE 'assigned' END,
-       (SELECT id FROM bumped)
-RETURNING id, ref, kind, cost, state, node_id, epoch, created_at,
-    coalesce((SELECT name FROM bumped), '')::text AS node_name
-`
-
-type WorkPlaceParams struct {
-	Ref      string
-	Kind     string
-	Cost     int32
-	NodeKind string
-}
-
-type WorkPlaceRow struct {
-	ID        int64
-	Ref       string
-	Kind      string
-	Cost      int32
-	State     string
-	NodeID    *int64
-	Epoch     int64
-	CreatedAt time.Time
-	NodeName  string
-}
-
-// WorkPlace places one new work item in one statement: it picks the
-// least-loaded eligible node (weighted load after adding the cost), bumps
-// its used counter and inserts the work on it, or inserts it unplaced
-// when no node has room.
-func (q *Queries) WorkPlace(ctx context.Context, db DBTX, arg WorkPlaceParams) (WorkPlaceRow, error) {
-	row := db.QueryRow(ctx, workPlace,
-		arg.Ref,
-		arg.Kind,
-		arg.Cost,
-		arg.NodeKind,
-	)
-	var i WorkPlaceRow
-	err := row.Scan(
-		&i.ID,
-		&i.Ref,
-		&i.Kind,
-		&i.Cost,
-		&i.State,
-		&i.NodeID,
-		&i.Epoch,
-		&i.CreatedAt,
-		&i.NodeName,
-	)
-	return i, err
-}
-
-const workPruneEnded = `-- name: WorkPruneEnded :execrows
-DELETE FROM work WHERE state = 'ended' AND ended_at < now() - interval '1 day'
-`
-
-func (q *Queries) WorkPruneEnded(ctx context.Context, db DBTX) (int64, error) {
-	result, err := db.Exec(ctx, workPruneEnded)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
-}
-
 const workUnplacedForKind = `-- name: WorkUnplacedForKind :many
-SELECT id, cost FROM work WHERE kind = $1 AND state = 'unplaced' ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED
+SELECT id, ref, kind, cost FROM work WHERE kind = $1 AND state = 'unplaced' ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED
 `
 
 type WorkUnplacedForKindParams struct {
@@ -848,6 +641,8 @@ type WorkUnplacedForKindParams struct {
 
 type WorkUnplacedForKindRow struct {
 	ID   int64
+	Ref  string
+	Kind string
 	Cost int32
 }
 
@@ -860,7 +655,12 @@ func (q *Queries) WorkUnplacedForKind(ctx context.Context, db DBTX, arg WorkUnpl
 	items := []WorkUnplacedForKindRow{}
 	for rows.Next() {
 		var i WorkUnplacedForKindRow
-		if err := rows.Scan(&i.ID, &i.Cost); err != nil {
+		if err := rows.Scan(
+			&i.ID,
+			&i.Ref,
+			&i.Kind,
+			&i.Cost,
+		); err != nil {
 			return nil, err
 		}
 		items = append(items, i)

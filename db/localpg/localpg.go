@@ -235,6 +235,51 @@ func (s *Server) Stop() error {
 	return nil
 }
 
+// StopImmediate shuts the server down as "pg_ctl stop -m immediate" does
+// (SIGQUIT: no checkpoint; the next start recovers from the WAL), as a
+// crash would, and waits for it to exit. The fault tests use it.
+func (s *Server) StopImmediate() error {
+	if s == nil || s.shared || s.cmd == nil || s.cmd.Process == nil {
+		return nil
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGQUIT)
+	<-s.done
+	s.log.Info("local postgres stopped (immediate)")
+	return nil
+}
+
+// BaseBackup makes dir a streaming replica of the running server s: it
+// copies the cluster with pg_basebackup (as the postgres user when root)
+// into dir/pgdata with a standby.signal and the primary's connection
+// settings, so Start(Options{Dir: dir}) runs it as a hot standby that
+// follows s until promoted (SELECT pg_promote()).
+func BaseBackup(ctx context.Context, s *Server, dir string) error {
+	bin, err := FindBinaries()
+	if err != nil {
+		return err
+	}
+	dir, err = filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	cred, err := credential(dir)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	if err := chown(dir, cred); err != nil {
+		return err
+	}
+	out, err := run(ctx, cred, filepath.Join(bin, "pg_basebackup"), "-D", filepath.Join(dir, "pgdata"),
+		"-h", filepath.Join(s.dir, "run"), "-U", User, "-X", "stream", "-R", "--checkpoint=fast")
+	if err != nil {
+		return fmt.Errorf("pg_basebackup: %w: %s", err, lastLine(out))
+	}
+	return nil
+}
+
 // credential returns the identity to run Postgres as: the postgres user
 // when running as root (initdb refuses root), else the current user.
 func credential(dir string) (*syscall.Credential, error) {

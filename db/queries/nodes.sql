@@ -75,12 +75,6 @@ SELECT kind,
     coalesce(sum(used), 0)::bigint AS used
 FROM nodes GROUP BY kind;
 
--- name: NodeRoomForKind :one
-SELECT coalesce(sum(capacity - used), 0)::bigint AS free, count(*)::int AS nodes
-FROM nodes
-WHERE kind = @kind AND admin_state = 'enabled' AND health = 'up' AND id <> @exclude_id
-  AND (maintenance_until IS NULL OR maintenance_until < now());
-
 -- name: NodeVersion :one
 SELECT assign_version, admin_state FROM nodes WHERE id = @id;
 
@@ -112,13 +106,56 @@ DELETE FROM probe_results WHERE at < now() - interval '1 hour';
 -- name: NodeHealthChanges :one
 SELECT count(*) FROM events WHERE node_id = @node_id AND type = 'health' AND at > now() - make_interval(secs => @window_seconds::float8);
 
--- name: NodeEligibleForUpdate :many
-SELECT id, name, capacity, used, weight FROM nodes
-WHERE kind = @kind AND admin_state = 'enabled' AND health = 'up' AND id <> @exclude_id
-  AND (maintenance_until IS NULL OR maintenance_until < now())
+-- NodeCandidates reads, without locking, the nodes that may take new work
+-- of the given kinds (node_eligibility, migration 00004): what a
+-- placement of new work plans on.
+-- name: NodeCandidates :many
+SELECT id, name, kind, capacity, used, weight FROM node_eligibility
+WHERE eligible AND kind = ANY(@kinds::text[])
+ORDER BY id;
+
+-- NodeCandidatesForUpdate locks, in id order, the nodes of a kind that may
+-- take work, but one: what a move or the placing of waiting work plans on.
+-- name: NodeCandidatesForUpdate :many
+SELECT id, name, kind, capacity, used, weight FROM node_eligibility
+WHERE eligible AND kind = @kind::text AND id <> @exclude_id::bigint
 ORDER BY id FOR UPDATE;
 
--- name: NodeIDsByName :many
+-- NodeLockForPlacement locks the nodes a placement plan chose, in id
+-- order (the order every statement that locks several nodes takes), and
+-- returns their latest state so the plan is checked under the locks.
+-- name: NodeLockForPlacement :many
+SELECT id, capacity, used, eligible FROM node_eligibility
+WHERE id = ANY(@ids::bigint[])
+ORDER BY id FOR UPDATE;
+
+-- NodeAddUsed adds each node's share of a placement to its used counter
+-- and bumps its assignment version, in one statement. The nodes are
+-- locked by NodeLockForPlacement in the same transaction, so the counter
+-- stays equal to the sum of its live work.
+-- name: NodeAddUsed :exec
+UPDATE nodes n SET used = n.used + d.delta, assign_version = nextval('assign_version_seq')
+FROM (SELECT unnest(@ids::bigint[]) AS id, unnest(@deltas::int[]) AS delta) d
+WHERE n.id = d.id;
+
+-- NodePlacementTurn makes placements of new work of the same node kinds
+-- take turns across instances (a transaction-level advisory lock per
+-- node kind, in name order). They would otherwise plan on the same
+-- nodes and queue on the same rows; waiting here happens before any node
+-- is locked, so it cannot close a cycle.
+-- name: NodePlacementTurn :exec
+SELECT pg_advisory_xact_lock(1885433171, hashtext(k)) FROM (SELECT DISTINCT unnest(@kinds::text[]) AS k ORDER BY 1) s;
+
+-- TxLockTimeout bounds how long the rest of the transaction waits for a
+-- row lock. A placement may wait for one node while holding others; when
+-- that closes a cycle with a writer that locks out of id order
+-- (SetAdminState locks its node first), it gives up well before
+-- Postgres's deadlock detector (1 s by default) would pick a victim, and
+-- the retry policy runs it again.
+-- name: TxLockTimeout :exec
+SELECT set_config('lock_timeout', '200ms', true);
+
+-- name: NodeNamesByID :many
 SELECT id, name FROM nodes WHERE id = ANY(@ids::bigint[]);
 
 -- name: NodeSetRotateRequested :execrows

@@ -20,19 +20,36 @@ DELETE FROM sessions WHERE user_id = @user_id;
 -- name: SessionDeleteExpired :execrows
 DELETE FROM sessions WHERE expires_at < now() OR last_seen_at < now() - make_interval(secs => @idle_seconds::float8);
 
--- name: LoginFailureInsert :exec
-INSERT INTO login_failures (key) SELECT unnest(@keys::text[]);
+-- LoginAttemptLock serialises sign-in attempts on the same keys (in key
+-- order, so two attempts never wait on each other crosswise) until the
+-- transaction ends: counting and recording an attempt is then one step.
+-- name: LoginAttemptLock :exec
+SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM (SELECT unnest(@keys::text[]) AS k ORDER BY 1) ks;
 
--- name: LoginFailureCount :one
-SELECT count(*) FROM login_failures WHERE key = ANY(@keys::text[]) AND at > now() - make_interval(secs => @window_seconds::float8);
-
--- name: LoginFailureCountByKey :many
-SELECT key, count(*) AS failures FROM login_failures
+-- name: LoginFailureStats :many
+SELECT key, count(*)::int AS failures, extract(epoch FROM now() - max(at))::float8 AS since_last FROM login_failures
 WHERE key = ANY(@keys::text[]) AND at > now() - make_interval(secs => @window_seconds::float8)
 GROUP BY key;
+
+-- LoginAttemptInsert records an attempt as a failure before the password
+-- is checked; a success deletes the rows again.
+-- name: LoginAttemptInsert :many
+INSERT INTO login_failures (key) SELECT unnest(@keys::text[]) RETURNING id;
+
+-- name: LoginAttemptDelete :exec
+DELETE FROM login_failures WHERE id = ANY(@ids::bigint[]);
+
+-- name: LoginKnownUpsert :exec
+INSERT INTO login_known (key) VALUES (@key) ON CONFLICT (key) DO UPDATE SET last_ok = now();
+
+-- name: LoginKnownCheck :one
+SELECT EXISTS (SELECT 1 FROM login_known WHERE key = @key AND last_ok > now() - interval '90 days');
 
 -- name: LoginFailureClear :exec
 DELETE FROM login_failures WHERE key = @key;
 
 -- name: LoginFailurePrune :exec
 DELETE FROM login_failures WHERE at < now() - interval '1 day';
+
+-- name: LoginKnownPrune :exec
+DELETE FROM login_known WHERE last_ok < now() - interval '90 days';

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -36,23 +37,42 @@ func statusOf(err error) int {
 	return 0
 }
 
-// apiClient speaks the agent API of one call manager over pinned TLS.
+// apiClient speaks the agent API of the call managers over pinned TLS.
+//
+// It knows every call manager of the cluster (the --server URLs) and talks
+// to one at a time, the current one, so that no virtual IP or load
+// balancer is needed in front of them. A request the current server does
+// not answer in time (no connection, a timeout, a reset, or 502/503/504)
+// moves the client to the next server and is retried there at once; each
+// server is tried at most once per request. A request in flight on a
+// server another request has just given up on is abandoned and retried on
+// the new current server, so a paused instance holds neither the
+// heartbeat nor the long poll. The client stays on the server that answers
+// and does not go back to the first one by itself.
 type apiClient struct {
-	base       string
+	servers    []string
 	hc         *http.Client
 	credMu     sync.Mutex
 	credential string // empty for enrol
 	userAgent  string
+	log        *slog.Logger
+
+	curMu    sync.Mutex
+	cur      int           // index of the current server
+	switched chan struct{} // closed when cur changes
 }
 
-func newAPIClient(server, pin, credential, version string) (*apiClient, error) {
-	base, err := parseServerURL(server)
+func newAPIClient(servers []string, pin, credential, version string, log *slog.Logger) (*apiClient, error) {
+	servers, err := ParseServers(servers)
 	if err != nil {
 		return nil, err
 	}
 	tlsConf, err := pinnedTLSConfig(pin)
 	if err != nil {
 		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
 	tr := &http.Transport{
 		Proxy:               http.ProxyFromEnvironment,
@@ -69,7 +89,7 @@ func newAPIClient(server, pin, credential, version string) (*apiClient, error) {
 		IdleConnTimeout:     90 * time.Second,
 	}
 	return &apiClient{
-		base: base,
+		servers: servers,
 		hc: &http.Client{
 			Transport: tr,
 			// A redirect could lead the token or credential off the pinned
@@ -78,6 +98,8 @@ func newAPIClient(server, pin, credential, version string) (*apiClient, error) {
 		},
 		credential: credential,
 		userAgent:  "callplane-nodeagent/" + version,
+		log:        log,
+		switched:   make(chan struct{}),
 	}, nil
 }
 
@@ -95,23 +117,110 @@ func (c *apiClient) setCredential(cred string) {
 	c.credential = cred
 }
 
-// do sends one request and decodes a 200 answer into out. Errors are a
-// *statusError for an answer other than 200, a *PinMismatchError for the
-// wrong server, the context's error, or "cannot reach server".
-func (c *apiClient) do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
+// current returns the current server, its index, and a channel closed when
+// the client moves away from it.
+func (c *apiClient) current() (int, string, <-chan struct{}) {
+	c.curMu.Lock()
+	defer c.curMu.Unlock()
+	return c.cur, c.servers[c.cur], c.switched
+}
+
+// currentServer is the server requests go to now.
+func (c *apiClient) currentServer() string {
+	_, base, _ := c.current()
+	return base
+}
+
+// failover moves to the server after from, unless another request already
+// moved the client on.
+func (c *apiClient) failover(from int, why error) {
+	if len(c.servers) < 2 {
+		return
+	}
+	c.curMu.Lock()
+	defer c.curMu.Unlock()
+	if c.cur != from {
+		return
+	}
+	c.cur = (from + 1) % len(c.servers)
+	close(c.switched)
+	c.switched = make(chan struct{})
+	c.log.Warn("call manager not answering; moving to the next one",
+		"from", c.servers[from], "to", c.servers[c.cur], "reason", why)
+}
+
+// errSwitched ends a request that another request gave up on the same
+// server for; it is retried on the new current server.
+var errSwitched = errors.New("moved to another call manager")
+
+// do sends one request and decodes a 200 answer into out, moving through
+// the servers as the type comment says. perTry bounds each attempt. Errors
+// are a *statusError for an answer other than 200, a *PinMismatchError for
+// the wrong server, the context's error, or "cannot reach server".
+func (c *apiClient) do(ctx context.Context, perTry time.Duration, method, path string, in, out any) error {
+	var body []byte
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
 			return fmt.Errorf("encode request: %w", err)
 		}
-		body = bytes.NewReader(b)
+		body = b
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	var err error
+	for tries := 0; tries < len(c.servers); {
+		idx, base, switched := c.current()
+		err = c.once(ctx, perTry, switched, base, method, path, body, out)
+		switch {
+		case err == nil || ctx.Err() != nil:
+			return err
+		case errors.Is(err, errSwitched):
+			continue // not this server's fault: retry on the new one
+		case !failoverWorthy(err):
+			return err
+		}
+		c.failover(idx, err)
+		tries++
+	}
+	return err
+}
+
+// failoverWorthy reports an error after which another call manager may
+// well answer: none came, or this one cannot serve now.
+func failoverWorthy(err error) bool {
+	switch statusOf(err) {
+	case 0:
+		return true // no answer, or a server with the wrong key
+	case http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return true
+	}
+	return false
+}
+
+// once is one attempt against base, ended early when the client moves away
+// from base (errSwitched).
+func (c *apiClient) once(ctx context.Context, perTry time.Duration, switched <-chan struct{}, base, method, path string, body []byte, out any) error {
+	tctx, cancel := context.WithTimeoutCause(ctx, perTry, errTryTimeout)
+	defer cancel()
+	tctx, cancelSwitch := context.WithCancelCause(tctx)
+	defer cancelSwitch(nil)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		select {
+		case <-switched:
+			cancelSwitch(errSwitched)
+		case <-stop:
+		}
+	}()
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(tctx, method, base+path, rd)
 	if err != nil {
 		return fmt.Errorf("build request: %w", err)
 	}
-	if in != nil {
+	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	req.Header.Set("Accept", "application/json")
@@ -121,14 +230,14 @@ func (c *apiClient) do(ctx context.Context, method, path string, in, out any) er
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return c.transportError(ctx, err)
+		return c.transportError(ctx, tctx, base, err)
 	}
 	defer resp.Body.Close()
 	// A desired set of many thousand assignments fits in 16 MiB; more is a
 	// broken or hostile server.
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
-		return c.transportError(ctx, err)
+		return c.transportError(ctx, tctx, base, err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		msg := http.StatusText(resp.StatusCode)
@@ -148,7 +257,10 @@ func (c *apiClient) do(ctx context.Context, method, path string, in, out any) er
 	return nil
 }
 
-func (c *apiClient) transportError(ctx context.Context, err error) error {
+// errTryTimeout is the cause of an attempt that took longer than its bound.
+var errTryTimeout = errors.New("no answer in time")
+
+func (c *apiClient) transportError(ctx, tctx context.Context, base string, err error) error {
 	var pe *PinMismatchError
 	if errors.As(err, &pe) {
 		return pe
@@ -156,11 +268,17 @@ func (c *apiClient) transportError(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		err = ue.Err // the URL is said once, below
+	if cause := context.Cause(tctx); errors.Is(cause, errSwitched) {
+		return errSwitched
+	} else if cause != nil {
+		err = cause
+	} else {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // the URL is said once, below
+		}
 	}
-	return fmt.Errorf("cannot reach server %s: %w", c.base, err)
+	return fmt.Errorf("cannot reach server %s: %w", base, err)
 }
 
 // oneLine shortens s to one line of at most n bytes, so a server's error
@@ -218,6 +336,10 @@ type assignment struct {
 	Cost  int64  `json:"cost"`
 	Epoch int64  `json:"epoch"`
 	State string `json:"state"`
+	// A SIP call's identity, from the front door.
+	CallID string `json:"call_id,omitempty"`
+	From   string `json:"from,omitempty"`
+	To     string `json:"to,omitempty"`
 }
 
 type assignmentsResponse struct {
@@ -230,19 +352,24 @@ type ackRequest struct {
 	Epoch int64  `json:"epoch"`
 }
 
+// enrollTimeout bounds one enrol attempt.
+const enrollTimeout = 30 * time.Second
+
 func (c *apiClient) enroll(ctx context.Context, req enrollRequest) (*enrollResponse, error) {
 	var resp enrollResponse
-	if err := c.do(ctx, http.MethodPost, "/api/v1/enroll", req, &resp); err != nil {
+	if err := c.do(ctx, enrollTimeout, http.MethodPost, "/api/v1/enroll", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
 }
 
-func (c *apiClient) heartbeat(ctx context.Context, req heartbeatRequest) (*heartbeatResponse, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
+// heartbeat reports to the current server. A server that does not answer
+// within timeout (one heartbeat interval, well under the stale time after
+// which the checker stops trusting the node's heartbeats) is left for the
+// next one, so one paused or dead instance never makes a node look lost.
+func (c *apiClient) heartbeat(ctx context.Context, timeout time.Duration, req heartbeatRequest) (*heartbeatResponse, error) {
 	var resp heartbeatResponse
-	if err := c.do(ctx, http.MethodPost, "/api/v1/heartbeat", req, &resp); err != nil {
+	if err := c.do(ctx, timeout, http.MethodPost, "/api/v1/heartbeat", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -251,21 +378,20 @@ func (c *apiClient) heartbeat(ctx context.Context, req heartbeatRequest) (*heart
 // assignments long-polls the desired set. The request may take up to wait
 // plus a margin for the server and the network.
 func (c *apiClient) assignments(ctx context.Context, since int64, wait time.Duration) (*assignmentsResponse, error) {
-	ctx, cancel := context.WithTimeout(ctx, wait+15*time.Second)
-	defer cancel()
 	q := url.Values{"since": {strconv.FormatInt(since, 10)}, "wait": {wait.String()}}
 	var resp assignmentsResponse
-	if err := c.do(ctx, http.MethodGet, "/api/v1/assignments?"+q.Encode(), nil, &resp); err != nil {
+	if err := c.do(ctx, wait+15*time.Second, http.MethodGet, "/api/v1/assignments?"+q.Encode(), nil, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
 }
 
+// ackTimeout bounds one ack attempt.
+const ackTimeout = 10 * time.Second
+
 func (c *apiClient) ack(ctx context.Context, id int64, state string, epoch int64) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
 	path := "/api/v1/assignments/" + strconv.FormatInt(id, 10) + "/ack"
-	return c.do(ctx, http.MethodPost, path, ackRequest{State: state, Epoch: epoch}, nil)
+	return c.do(ctx, ackTimeout, http.MethodPost, path, ackRequest{State: state, Epoch: epoch}, nil)
 }
 
 // maxAckBatch bounds the acks of one batch request (the server's limit).
@@ -297,10 +423,8 @@ type ackBatchResponse struct {
 // ackBatch sends many acks in one request (POST /api/v1/assignments/ack).
 // A server older than the batch API answers 404.
 func (c *apiClient) ackBatch(ctx context.Context, acks []ackBatchItem) ([]ackBatchResult, error) {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
 	var resp ackBatchResponse
-	if err := c.do(ctx, http.MethodPost, "/api/v1/assignments/ack", ackBatchRequest{Acks: acks}, &resp); err != nil {
+	if err := c.do(ctx, 30*time.Second, http.MethodPost, "/api/v1/assignments/ack", ackBatchRequest{Acks: acks}, &resp); err != nil {
 		return nil, err
 	}
 	return resp.Results, nil

@@ -41,6 +41,9 @@ func runHook(ctx context.Context, log *slog.Logger, command string, timeout time
 		"CALLPLANE_COST="+strconv.FormatInt(a.Cost, 10),
 		"CALLPLANE_EPOCH="+strconv.FormatInt(a.Epoch, 10),
 		"CALLPLANE_NODE="+node,
+		"CALLPLANE_CALL_ID="+a.CallID,
+		"CALLPLANE_FROM="+a.From,
+		"CALLPLANE_TO="+a.To,
 	)
 	out := &lineLogger{log: log.With("hook", action, "assignment", a.ID, "ref", a.Ref), limit: hookOutputLimit}
 	cmd.Stdout, cmd.Stderr = out, out

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 )
 
@@ -16,17 +17,18 @@ var ErrJoinRefused = errors.New("join refused by server")
 
 // JoinOptions are the inputs of Join.
 type JoinOptions struct {
-	Server   string // call manager base URL, https://HOST:PORT
-	Token    string // one-time join token, cpj_<id>.<secret>
-	CAPin    string // sha256:HEX of the server's public key
-	StateDir string // where the identity is stored
-	Address  string // the node's service address to report; empty keeps the registered one
-	Version  string // agent version reported to the server
+	Servers  []string // every call manager's base URL, https://HOST:PORT
+	Token    string   // one-time join token, cpj_<id>.<secret>
+	CAPin    string   // sha256:HEX of the server's public key
+	StateDir string   // where the identity is stored
+	Address  string   // the node's service address to report; empty keeps the registered one
+	Version  string   // agent version reported to the server
 	Logger   *slog.Logger
 }
 
-// Join enrols this node with the call manager and stores the returned
-// identity in opts.StateDir/state.json (mode 0600, directory 0700).
+// Join enrols this node with the first call manager of opts.Servers that
+// answers and stores the returned identity, with every server URL, in
+// opts.StateDir/state.json (mode 0600, directory 0700).
 //
 // Everything that can be checked locally is checked before the token leaves
 // the machine: the token and pin formats, the server URL, and that the state
@@ -45,11 +47,11 @@ func Join(ctx context.Context, opts JoinOptions) (*State, error) {
 	if err := ValidatePin(opts.CAPin); err != nil {
 		return nil, err
 	}
-	server, err := parseServerURL(opts.Server)
+	servers, err := ParseServers(opts.Servers)
 	if err != nil {
 		return nil, err
 	}
-	api, err := newAPIClient(server, opts.CAPin, "", opts.Version)
+	api, err := newAPIClient(servers, opts.CAPin, "", opts.Version, log)
 	if err != nil {
 		return nil, err
 	}
@@ -64,7 +66,7 @@ func Join(ctx context.Context, opts JoinOptions) (*State, error) {
 		return nil, err
 	}
 
-	log.Info("enrolling", "server", server, "token_id", TokenID(opts.Token))
+	log.Info("enrolling", "servers", strings.Join(servers, ","), "token_id", TokenID(opts.Token))
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	resp, err := api.enroll(ctx, enrollRequest{Token: opts.Token, Address: opts.Address, Version: opts.Version})
@@ -76,7 +78,7 @@ func Join(ctx context.Context, opts JoinOptions) (*State, error) {
 		NodeID:     resp.NodeID,
 		NodeName:   resp.NodeName,
 		Kind:       resp.Kind,
-		Server:     server,
+		Servers:    servers,
 		CAPin:      opts.CAPin,
 		Credential: resp.Credential,
 		JoinedAt:   time.Now().UTC().Truncate(time.Second),

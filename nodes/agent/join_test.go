@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -80,7 +81,7 @@ func TestPinOf(t *testing.T) {
 func joinedDir(t *testing.T, server, pin string) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "state")
-	if _, err := Join(t.Context(), JoinOptions{Server: server, Token: testToken, CAPin: pin, StateDir: dir, Version: "test"}); err != nil {
+	if _, err := Join(t.Context(), JoinOptions{Servers: []string{server}, Token: testToken, CAPin: pin, StateDir: dir, Version: "test"}); err != nil {
 		t.Fatalf("first join: %v", err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("keep me"), 0o640); err != nil {
@@ -136,7 +137,7 @@ func TestJoinWritesState(t *testing.T) {
 	srv, pin := startTLS(t, cm.handler(), nil, nil)
 	dir := filepath.Join(t.TempDir(), "nested", "state")
 
-	st, err := Join(t.Context(), JoinOptions{Server: srv.URL + "/", Token: testToken, CAPin: pin, StateDir: dir,
+	st, err := Join(t.Context(), JoinOptions{Servers: []string{srv.URL + "/"}, Token: testToken, CAPin: pin, StateDir: dir,
 		Address: "10.0.0.5:5060", Version: "1.2.3"})
 	if err != nil {
 		t.Fatalf("Join: %v", err)
@@ -172,7 +173,7 @@ func TestJoinWritesState(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Load: %v", err)
 	}
-	if *loaded != *st {
+	if !reflect.DeepEqual(loaded, st) {
 		t.Fatalf("Load = %+v, want %+v", loaded, st)
 	}
 	raw, _ := os.ReadFile(filepath.Join(dir, StateFileName))
@@ -191,7 +192,7 @@ func TestJoinPinMismatch(t *testing.T) {
 	wantPin := PinOf(newCert(t).Leaf) // the key the operator expects
 	dir := filepath.Join(t.TempDir(), "state")
 
-	_, err := Join(t.Context(), JoinOptions{Server: srv.URL, Token: testToken, CAPin: wantPin, StateDir: dir})
+	_, err := Join(t.Context(), JoinOptions{Servers: []string{srv.URL}, Token: testToken, CAPin: wantPin, StateDir: dir})
 	var pe *PinMismatchError
 	if !errors.As(err, &pe) {
 		t.Fatalf("Join error = %v, want a pin mismatch", err)
@@ -208,7 +209,7 @@ func TestJoinPinMismatch(t *testing.T) {
 	}
 
 	// The matching pin proceeds over the same server.
-	if _, err := Join(t.Context(), JoinOptions{Server: srv.URL, Token: testToken, CAPin: gotPin, StateDir: dir}); err != nil {
+	if _, err := Join(t.Context(), JoinOptions{Servers: []string{srv.URL}, Token: testToken, CAPin: gotPin, StateDir: dir}); err != nil {
 		t.Fatalf("Join with the right pin: %v", err)
 	}
 	if requests, _, _, _ := cm.snapshot(); requests != 1 {
@@ -234,19 +235,19 @@ func TestJoinFailureLeavesStateDirUnchanged(t *testing.T) {
 		opts  JoinOptions
 		check func(error) bool
 	}{
-		{"refused token", JoinOptions{Server: srv.URL, Token: wrongToken, CAPin: pin},
+		{"refused token", JoinOptions{Servers: []string{srv.URL}, Token: wrongToken, CAPin: pin},
 			func(err error) bool {
 				return errors.Is(err, ErrJoinRefused) && strings.Contains(err.Error(), "invalid or expired join token")
 			}},
-		{"wrong pin", JoinOptions{Server: srv.URL, Token: testToken, CAPin: otherPin},
+		{"wrong pin", JoinOptions{Servers: []string{srv.URL}, Token: testToken, CAPin: otherPin},
 			func(err error) bool { var pe *PinMismatchError; return errors.As(err, &pe) }},
-		{"unreachable", JoinOptions{Server: deadURL, Token: testToken, CAPin: pin},
+		{"unreachable", JoinOptions{Servers: []string{deadURL}, Token: testToken, CAPin: pin},
 			func(err error) bool { return strings.Contains(err.Error(), "cannot reach server "+deadURL) }},
-		{"malformed token", JoinOptions{Server: srv.URL, Token: "cpj_short.x", CAPin: pin},
+		{"malformed token", JoinOptions{Servers: []string{srv.URL}, Token: "cpj_short.x", CAPin: pin},
 			func(err error) bool { return strings.Contains(err.Error(), "malformed join token") }},
-		{"malformed pin", JoinOptions{Server: srv.URL, Token: testToken, CAPin: "sha256:zz"},
+		{"malformed pin", JoinOptions{Servers: []string{srv.URL}, Token: testToken, CAPin: "sha256:zz"},
 			func(err error) bool { return strings.Contains(err.Error(), "invalid --ca-pin") }},
-		{"plain http", JoinOptions{Server: "http://127.0.0.1:1", Token: testToken, CAPin: pin},
+		{"plain http", JoinOptions{Servers: []string{"http://127.0.0.1:1"}, Token: testToken, CAPin: pin},
 			func(err error) bool { return strings.Contains(err.Error(), "want https://") }},
 	}
 	for _, tt := range tests {
@@ -282,7 +283,7 @@ func TestJoinUnwritableStateDirSpendsNoToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = os.Chmod(dir, 0o700) })
-	_, err := Join(t.Context(), JoinOptions{Server: srv.URL, Token: testToken, CAPin: pin, StateDir: dir})
+	_, err := Join(t.Context(), JoinOptions{Servers: []string{srv.URL}, Token: testToken, CAPin: pin, StateDir: dir})
 	if err == nil || !strings.Contains(err.Error(), "not writable") {
 		t.Fatalf("Join error = %v", err)
 	}
@@ -299,7 +300,7 @@ func TestJoinStateDirIsAFile(t *testing.T) {
 	if err := os.WriteFile(file, []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Join(t.Context(), JoinOptions{Server: srv.URL, Token: testToken, CAPin: pin, StateDir: file}); err == nil {
+	if _, err := Join(t.Context(), JoinOptions{Servers: []string{srv.URL}, Token: testToken, CAPin: pin, StateDir: file}); err == nil {
 		t.Fatal("Join into a file succeeded")
 	}
 	if requests, _, _, _ := cm.snapshot(); requests != 0 {

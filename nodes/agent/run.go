@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -51,6 +52,7 @@ const (
 // tests shorten them.
 type RunOptions struct {
 	StateDir    string       // identity written by Join
+	Servers     []string     // when set, replaces (and is stored over) the call managers Join stored
 	ProbeListen string       // when set, serve the node kind's probe endpoint here
 	OnAssign    string       // hook command run with /bin/sh -c on start and stop
 	Version     string       // agent version reported in heartbeats
@@ -99,8 +101,11 @@ func (o RunOptions) withDefaults() RunOptions {
 // that fails is acked "failed"; an ack answered 409 (stale epoch) or 404
 // means the work moved away, so it is stopped and dropped.
 //
-// While the server is unreachable both loops retry with jittered exponential
-// backoff and the node keeps its identity and its running work. A 403 means
+// Requests go to one call manager of the stored list at a time and move to
+// the next when it does not answer (see apiClient). While none answers,
+// both loops retry with jittered exponential backoff (heartbeats never
+// slower than their interval) and the node keeps its identity and its
+// running work; the first heartbeat that gets through again wakes the poll. A 403 means
 // the administrator disabled the node, whose work the server moves away at
 // once: the agent stops what it runs and keeps heartbeating with backoff
 // until the node is enabled again. A 401 stops all work and ends Run.
@@ -113,22 +118,28 @@ func Run(ctx context.Context, opts RunOptions) error {
 	if err != nil {
 		return err
 	}
-	api, err := newAPIClient(st.Server, st.CAPin, st.Credential, opts.Version)
+	log := opts.Logger
+	if len(opts.Servers) > 0 {
+		if err := useServers(opts.StateDir, st, opts.Servers, log); err != nil {
+			return err
+		}
+	}
+	api, err := newAPIClient(st.Servers, st.CAPin, st.Credential, opts.Version, log)
 	if err != nil {
 		return err
 	}
 	defer api.close()
-	log := opts.Logger
 	a := &agent{
 		st:      st,
 		api:     api,
 		log:     log,
 		opts:    opts,
 		kick:    make(chan struct{}, 1),
+		reached: make(chan struct{}, 1),
 		running: make(map[int64]*localAssignment),
 		dead:    make(map[int64]int64),
 	}
-	log.Info("node agent starting", "node", st.NodeName, "node_id", st.NodeID, "kind", st.Kind, "server", st.Server)
+	log.Info("node agent starting", "node", st.NodeName, "node_id", st.NodeID, "kind", st.Kind, "servers", strings.Join(st.Servers, ","))
 
 	if opts.ProbeListen != "" {
 		closeProbe, addr, err := startProbe(ctx, st.Kind, opts.ProbeListen)
@@ -169,6 +180,32 @@ func Run(ctx context.Context, opts RunOptions) error {
 	return nil
 }
 
+// useServers replaces the stored call manager list with servers (from
+// "nodeagent run --server"), so an operator can point an enrolled agent at
+// a changed set of call managers without a new join token; the state file
+// keeps the new list for the next start.
+func useServers(dir string, st *State, servers []string, log *slog.Logger) error {
+	list, err := ParseServers(servers)
+	if err != nil {
+		return err
+	}
+	if slices.Equal(list, st.Servers) {
+		return nil
+	}
+	next := *st
+	next.Servers = list
+	p, err := beginStateWrite(dir)
+	if err == nil {
+		err = p.commit(&next)
+	}
+	if err != nil {
+		return fmt.Errorf("store the call manager list: %w", err)
+	}
+	log.Info("call manager list changed", "servers", strings.Join(list, ","), "was", strings.Join(st.Servers, ","))
+	*st = next
+	return nil
+}
+
 // localAssignment is an assignment this process has started.
 type localAssignment struct {
 	assignment
@@ -181,6 +218,9 @@ type agent struct {
 	log  *slog.Logger
 	opts RunOptions
 	kick chan struct{} // asks the heartbeat loop to report a changed running set now
+	// reached tells the poll loop that a heartbeat got through after
+	// failures, so a poll backing off retries at once.
+	reached chan struct{}
 
 	mu      sync.Mutex
 	running map[int64]*localAssignment
@@ -231,12 +271,20 @@ func (a *agent) heartbeatLoop(ctx context.Context) error {
 	bo := a.newBackoff()
 	interval := defaultHeartbeat
 	adminState := ""
+	failing := false
 	for {
-		resp, err := a.api.heartbeat(ctx, a.report())
+		resp, err := a.api.heartbeat(ctx, a.heartbeatTimeout(interval), a.report())
 		var wait time.Duration
 		switch status := statusOf(err); {
 		case err == nil:
 			bo.reset()
+			if failing {
+				failing = false
+				select {
+				case a.reached <- struct{}{}:
+				default:
+				}
+			}
 			if resp.AdminState != adminState {
 				a.log.Info("admin state", "state", resp.AdminState, "was", adminState)
 				adminState = resp.AdminState
@@ -259,13 +307,32 @@ func (a *agent) heartbeatLoop(ctx context.Context) error {
 				adminState = "disabled"
 			}
 		default:
-			wait = bo.next()
+			// Heartbeats are retried no slower than they are sent: that is
+			// the load the call managers are built for, and a node whose
+			// agent backed off for long after a control-plane blip would
+			// look lost for as long.
+			wait = min(bo.next(), interval)
+			failing = true
 			a.log.Warn("heartbeat failed", "err", err, "retry_in", wait.Round(time.Millisecond))
 		}
 		if !a.sleep(ctx, wait, err == nil) {
 			return nil
 		}
 	}
+}
+
+// heartbeatTimeout bounds one heartbeat attempt. With several call
+// managers it is one interval: a server that cannot answer by the next beat
+// is left for another, long before the heartbeat stale time (three
+// intervals by default) makes the node look lost. With one server there is
+// nowhere else to go, so a slow answer gets two intervals, still under the
+// stale time.
+func (a *agent) heartbeatTimeout(interval time.Duration) time.Duration {
+	d := 2 * interval
+	if len(a.api.servers) > 1 {
+		d = interval
+	}
+	return max(d, time.Second)
 }
 
 // rotate stores a rotated credential in the state dir (atomically) and
@@ -314,6 +381,20 @@ func (a *agent) sleep(ctx context.Context, d time.Duration, kickable bool) bool 
 		return false
 	case <-t.C:
 	case <-kick:
+	}
+	return true
+}
+
+// sleepUntilReached waits d, or until a heartbeat gets through after
+// failures, or until ctx ends (false).
+func (a *agent) sleepUntilReached(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+	case <-a.reached:
 	}
 	return true
 }
@@ -375,6 +456,17 @@ func (a *agent) pollLoop(ctx context.Context) error {
 		default:
 			delay = bo.next()
 			a.log.Warn("assignment poll failed", "err", err, "retry_in", delay.Round(time.Millisecond))
+			// A heartbeat getting through again ends the wait: the call
+			// managers are back, and moved work should not wait out a
+			// long backoff.
+			select {
+			case <-a.reached:
+			default:
+			}
+			if !a.sleepUntilReached(ctx, delay) {
+				return nil
+			}
+			continue
 		}
 		if !a.sleep(ctx, delay, false) {
 			return nil

@@ -37,7 +37,7 @@ func setup(t *testing.T, tweak func(*RunOptions)) *runEnv {
 	cm := newCallManager()
 	srv, pin := startTLS(t, cm.handler(), nil, nil)
 	dir := t.TempDir()
-	if _, err := Join(t.Context(), JoinOptions{Server: srv.URL, Token: testToken, CAPin: pin, StateDir: dir}); err != nil {
+	if _, err := Join(t.Context(), JoinOptions{Servers: []string{srv.URL}, Token: testToken, CAPin: pin, StateDir: dir}); err != nil {
 		t.Fatalf("Join: %v", err)
 	}
 	hookLog := filepath.Join(t.TempDir(), "hook.log")
@@ -392,11 +392,11 @@ func TestRunBacksOffWhileServerDown(t *testing.T) {
 	cert := newCert(t)
 	joinSrv, pin := startTLS(t, cm.handler(), &cert, nil)
 	dir := t.TempDir()
-	if _, err := Join(t.Context(), JoinOptions{Server: joinSrv.URL, Token: testToken, CAPin: pin, StateDir: dir}); err != nil {
+	if _, err := Join(t.Context(), JoinOptions{Servers: []string{joinSrv.URL}, Token: testToken, CAPin: pin, StateDir: dir}); err != nil {
 		t.Fatal(err)
 	}
 	st, _ := Load(dir)
-	st.Server = "https://" + addr
+	st.Servers = []string{"https://" + addr}
 	p, _ := beginStateWrite(dir)
 	if err := p.commit(st); err != nil {
 		t.Fatal(err)

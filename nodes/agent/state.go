@@ -25,13 +25,18 @@ var ErrNotJoined = errors.New("not joined: run nodeagent join")
 var nodeKinds = map[string]bool{"media": true, "ivr": true, "queue": true, "meeting": true, "im": true}
 
 // State is the node identity that join stores and run uses: who the node is,
-// which server it belongs to, how that server is recognised, and the node's
-// credential. The file holding it is readable by its owner only.
+// which call managers it belongs to, how they are recognised, and the
+// node's credential. The file holding it is readable by its owner only.
 type State struct {
-	NodeID     int64     `json:"node_id"`
-	NodeName   string    `json:"node_name"`
-	Kind       string    `json:"kind"`
-	Server     string    `json:"server"`
+	NodeID   int64  `json:"node_id"`
+	NodeName string `json:"node_name"`
+	Kind     string `json:"kind"`
+	// Servers are the URLs of every call manager of the cluster, in the
+	// order the agent tries them.
+	Servers []string `json:"servers"`
+	// Server is the first of Servers, written for agents older than the
+	// list; a file without "servers" is read from it.
+	Server     string    `json:"server,omitempty"`
 	CAPin      string    `json:"ca_pin"`
 	Credential string    `json:"credential"`
 	JoinedAt   time.Time `json:"joined_at,omitzero"`
@@ -43,7 +48,7 @@ func (s *State) LogValue() slog.Value {
 		slog.Int64("node_id", s.NodeID),
 		slog.String("node_name", s.NodeName),
 		slog.String("kind", s.Kind),
-		slog.String("server", s.Server),
+		slog.String("servers", strings.Join(s.Servers, ",")),
 	)
 }
 
@@ -66,19 +71,26 @@ func Load(dir string) (*State, error) {
 	if err := json.Unmarshal(data, &st); err != nil {
 		return nil, fmt.Errorf("corrupt state file %s (re-join to recreate it): %v", path, err)
 	}
+	if len(st.Servers) == 0 && st.Server != "" {
+		st.Servers = []string{st.Server} // written by an agent older than the list
+	}
 	if err := st.validate(); err != nil {
 		return nil, fmt.Errorf("invalid state file %s (re-join to recreate it): %w", path, err)
 	}
 	return &st, nil
 }
 
+// validate checks s and normalises its server list.
 func (s *State) validate() error {
+	if len(s.Servers) == 0 && s.Server != "" {
+		s.Servers = []string{s.Server}
+	}
 	var missing []string
 	if s.NodeID <= 0 {
 		missing = append(missing, "node_id")
 	}
 	for _, f := range []struct{ name, v string }{
-		{"node_name", s.NodeName}, {"kind", s.Kind}, {"server", s.Server},
+		{"node_name", s.NodeName}, {"kind", s.Kind}, {"servers", strings.Join(s.Servers, "")},
 		{"ca_pin", s.CAPin}, {"credential", s.Credential},
 	} {
 		if f.v == "" {
@@ -91,9 +103,11 @@ func (s *State) validate() error {
 	if !nodeKinds[s.Kind] {
 		return fmt.Errorf("unknown node kind %q", s.Kind)
 	}
-	if _, err := parseServerURL(s.Server); err != nil {
+	servers, err := ParseServers(s.Servers)
+	if err != nil {
 		return err
 	}
+	s.Servers, s.Server = servers, servers[0]
 	if err := ValidatePin(s.CAPin); err != nil {
 		return errors.New("malformed ca_pin")
 	}
@@ -125,6 +139,34 @@ func parseServerURL(server string) (string, error) {
 		return "", fmt.Errorf("invalid server URL %q: want https://HOST:PORT", server)
 	}
 	return strings.TrimRight(u.String(), "/"), nil
+}
+
+// ParseServers checks a list of call manager URLs as given to --server
+// (each entry may itself be a comma-separated list) and returns them
+// normalised, without duplicates, in the order given.
+func ParseServers(list []string) ([]string, error) {
+	var out []string
+	seen := map[string]bool{}
+	for _, entry := range list {
+		for _, raw := range strings.Split(entry, ",") {
+			raw = strings.TrimSpace(raw)
+			if raw == "" {
+				continue
+			}
+			u, err := parseServerURL(raw)
+			if err != nil {
+				return nil, err
+			}
+			if !seen[u] {
+				seen[u] = true
+				out = append(out, u)
+			}
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no server URL given: want https://HOST:PORT")
+	}
+	return out, nil
 }
 
 // pendingState is a state file being written: the temporary file exists

@@ -20,6 +20,7 @@ import (
 
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/dbsqlc"
+	"github.com/callplane/callplane/nodes/safetext"
 )
 
 // Roles, from most to least powerful.
@@ -42,12 +43,8 @@ var (
 	ErrSetupDone = errors.New("setup is already complete")
 )
 
-// Throttling limits, over a sliding window.
-const (
-	throttleWindow  = 15 * time.Minute
-	maxFailsAccount = 5
-	maxFailsAddress = 20
-)
+// throttleWindow is how long a failed attempt counts (throttle.go).
+const throttleWindow = 15 * time.Minute
 
 // FieldErrors maps a form field to its message.
 type FieldErrors map[string]string
@@ -86,11 +83,15 @@ type Service struct {
 
 	mu        sync.Mutex
 	setupCode string
+
+	budget *budget
+	hasher *hasher
 }
 
 // NewService returns an account service.
 func NewService(pool *pgxpool.Pool, log *slog.Logger) *Service {
-	return &Service{pool: pool, log: log, q: db.Q, IdleTimeout: 30 * time.Minute, AbsoluteTimeout: 12 * time.Hour}
+	return &Service{pool: pool, log: log, q: db.Q, IdleTimeout: 30 * time.Minute, AbsoluteTimeout: 12 * time.Hour,
+		budget: newBudget(BudgetBurst, BudgetEvery), hasher: newHasher(HashWorkers(), HashWait)}
 }
 
 // NeedsSetup reports whether no account exists yet.
@@ -144,12 +145,21 @@ func (s *Service) Setup(ctx context.Context, code, email, password, addr string)
 	if len(fe) > 0 {
 		return User{}, fe
 	}
+	// Setup-code guesses are throttled per address like sign-ins.
+	ids, err := s.reserve(ctx, []limitKey{{"setup:" + addr, slowSetup}})
+	if err != nil {
+		if errors.Is(err, ErrThrottled) {
+			s.audit(ctx, s.pool, email, addr, "setup", email, "throttled", "")
+		}
+		return User{}, err
+	}
 	want := s.SetupCode()
 	if subtle.ConstantTimeCompare([]byte(strings.ToUpper(strings.TrimSpace(code))), []byte(want)) != 1 {
 		s.audit(ctx, s.pool, email, addr, "setup", email, "error", "wrong setup code")
 		return User{}, ErrBadCredentials
 	}
-	hash, err := HashPassword(password)
+	s.release(ctx, ids)
+	hash, err := s.hasher.hash(ctx, password)
 	if err != nil {
 		return User{}, err
 	}
@@ -181,7 +191,7 @@ func (s *Service) AddUser(ctx context.Context, actor, addr, email, password, rol
 	if len(fe) > 0 {
 		return User{}, fe
 	}
-	hash, err := HashPassword(password)
+	hash, err := s.hasher.hash(ctx, password)
 	if err != nil {
 		return User{}, err
 	}
@@ -278,44 +288,60 @@ func hashToken(token string) []byte {
 	return h[:]
 }
 
-func throttleKeys(email, addr string) []string {
-	return []string{"acct:" + strings.ToLower(strings.TrimSpace(email)), "addr:" + addr}
-}
-
 // Login checks an email and password and starts a new session, returning
 // its cookie token. Unknown users, disabled users and wrong passwords get
-// the same error after the same work.
+// the same error after the same work. Throttled attempts (ErrThrottled,
+// with the wait) and attempts that find no free hasher (ErrBusy) do no
+// password work at all.
 func (s *Service) Login(ctx context.Context, email, password, addr, userAgent string) (string, User, error) {
-	keys := throttleKeys(email, addr)
-	counts, err := s.q.LoginFailureCountByKey(ctx, s.pool, dbsqlc.LoginFailureCountByKeyParams{Keys: keys, WindowSeconds: throttleWindow.Seconds()})
+	email = strings.TrimSpace(email)
+	acct := strings.ToLower(email)
+	refuse := func(err error, detail string) (string, User, error) {
+		s.audit(ctx, s.pool, email, addr, "login", email, "throttled", detail)
+		return "", User{}, err
+	}
+	if ok, wait := s.budget.take(addr, time.Now()); !ok {
+		return refuse(&ThrottledError{Wait: wait}, "client over its sign-in budget")
+	}
+	keys := []limitKey{{"pair:" + acct + "|" + addr, slowPair}, {"addr:" + addr, slowAddress}}
+	known, err := s.q.LoginKnownCheck(ctx, s.pool, "known:"+acct+"|"+addr)
 	if err != nil {
 		return "", User{}, err
 	}
-	for _, c := range counts {
-		if (c.Key == keys[0] && c.Failures >= maxFailsAccount) || (c.Key == keys[1] && c.Failures >= maxFailsAddress) {
-			// Do the same work as a real check so timing says nothing.
-			_, _ = CheckPassword(password, dummyHash)
-			s.audit(ctx, s.pool, strings.TrimSpace(email), addr, "login", strings.TrimSpace(email), "throttled", "")
-			return "", User{}, ErrThrottled
-		}
+	if !known {
+		keys = append(keys, limitKey{"acct:" + acct, slowAccount})
 	}
-	u, err := s.q.UserGetByEmail(ctx, s.pool, strings.TrimSpace(email))
-	ok := false
-	if err == nil {
-		ok, _ = CheckPassword(password, u.PasswordHash)
-		ok = ok && u.DisabledAt == nil
-	} else {
-		if !errors.Is(err, pgx.ErrNoRows) {
-			return "", User{}, err
+	ids, err := s.reserve(ctx, keys)
+	if err != nil {
+		if errors.Is(err, ErrThrottled) {
+			return refuse(err, "sign-in slowdown")
 		}
-		_, _ = CheckPassword(password, dummyHash)
+		return "", User{}, err
+	}
+	u, err := s.q.UserGetByEmail(ctx, s.pool, email)
+	ok := false
+	switch {
+	case err == nil:
+		ok, err = s.hasher.check(ctx, password, u.PasswordHash)
+		ok = ok && u.DisabledAt == nil
+	case errors.Is(err, pgx.ErrNoRows):
+		// Do the same work as a real check so timing says nothing.
+		_, err = s.hasher.check(ctx, password, dummyHash)
+	}
+	if err != nil {
+		// Not checked (no hasher, database gone): not a failed guess.
+		s.release(ctx, ids)
+		return "", User{}, err
 	}
 	if !ok {
-		_ = s.q.LoginFailureInsert(ctx, s.pool, keys)
-		s.audit(ctx, s.pool, strings.TrimSpace(email), addr, "login", strings.TrimSpace(email), "error", "bad credentials")
+		s.audit(ctx, s.pool, email, addr, "login", email, "error", "bad credentials")
 		return "", User{}, ErrBadCredentials
 	}
-	_ = s.q.LoginFailureClear(ctx, s.pool, keys[0])
+	s.release(ctx, ids)
+	_ = s.q.LoginFailureClear(ctx, s.pool, keys[0].key)
+	if err := s.q.LoginKnownUpsert(ctx, s.pool, "known:"+acct+"|"+addr); err != nil {
+		s.log.Error("remember sign-in address", "err", err)
+	}
 	token, err := s.newSession(ctx, u.ID, addr, userAgent)
 	if err != nil {
 		return "", User{}, err
@@ -330,9 +356,7 @@ func (s *Service) newSession(ctx context.Context, userID int64, addr, ua string)
 		return "", err
 	}
 	token := base64.RawURLEncoding.EncodeToString(b)
-	if len(ua) > 200 {
-		ua = ua[:200]
-	}
+	ua = safetext.Sanitize(ua, 200)
 	err := s.q.SessionInsert(ctx, s.pool, dbsqlc.SessionInsertParams{
 		IDHash: hashToken(token), UserID: userID, ExpiresAt: time.Now().Add(s.AbsoluteTimeout), SourceAddr: addr, UserAgent: ua,
 	})
@@ -376,4 +400,6 @@ func (s *Service) Logout(ctx context.Context, token string, u User, addr string)
 func (s *Service) Prune(ctx context.Context) {
 	_, _ = s.q.SessionDeleteExpired(ctx, s.pool, s.IdleTimeout.Seconds())
 	_ = s.q.LoginFailurePrune(ctx, s.pool)
+	_ = s.q.LoginKnownPrune(ctx, s.pool)
+	s.budget.prune(time.Now())
 }

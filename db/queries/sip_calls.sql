@@ -1,0 +1,206 @@
+-- Queries of the SIP front door (nodes/sipfront through nodes/calls.go).
+-- Every call is a durable row; the hot path is one statement per step.
+
+-- SipCallPlace places a call's work item on the least-loaded eligible
+-- media node not in @exclude and records the call, in one statement (one
+-- round trip, one commit). It places nothing when live work with the same
+-- ref exists (a merged request) or no node has room; the caller sees both
+-- in the answer. A ref whose work ended (an INVITE sent again after an
+-- authentication challenge) is placed again. @retry marks a failover try
+-- of the same call: its tries and failovers carry on.
+-- name: SipCallPlace :one
+WITH dup AS (
+    SELECT 1 AS x FROM work WHERE ref = @ref::text AND state <> 'ended'
+), unlocked AS (
+    SELECT n.id FROM nodes n
+    WHERE n.kind = 'media' AND n.admin_state = 'enabled' AND n.health = 'up'
+      AND n.used + 1 <= n.capacity
+      AND (n.maintenance_until IS NULL OR n.maintenance_until < now())
+      AND n.id <> ALL (@exclude::bigint[])
+      AND NOT EXISTS (SELECT 1 FROM dup)
+    ORDER BY ((n.used + 1)::float8 / n.capacity) / n.weight, n.id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+), target AS (
+    SELECT id FROM unlocked
+    UNION ALL
+    (SELECT n.id FROM nodes n
+    WHERE n.kind = 'media' AND n.admin_state = 'enabled' AND n.health = 'up'
+      AND n.used + 1 <= n.capacity
+      AND (n.maintenance_until IS NULL OR n.maintenance_until < now())
+      AND n.id <> ALL (@exclude::bigint[])
+      AND NOT EXISTS (SELECT 1 FROM dup)
+    ORDER BY ((n.used + 1)::float8 / n.capacity) / n.weight, n.id
+    LIMIT 1)
+    LIMIT 1
+), bumped AS (
+    UPDATE nodes SET used = nodes.used + 1, assign_version = nextval('assign_version_seq')
+    WHERE nodes.id = (SELECT id FROM target) AND nodes.used + 1 <= nodes.capacity
+      AND nodes.admin_state = 'enabled' AND nodes.health = 'up'
+    RETURNING nodes.id, nodes.name, nodes.address
+), placed AS (
+    INSERT INTO work (ref, kind, cost, state, node_id)
+    SELECT @ref::text, 'call', 1, 'assigned', b.id FROM bumped b
+    ON CONFLICT (ref) DO UPDATE SET state = 'assigned', node_id = excluded.node_id,
+        epoch = work.epoch + 1, updated_at = now(), ended_at = NULL
+    WHERE work.state = 'ended'
+    RETURNING id, node_id, epoch
+), call AS (
+    INSERT INTO sip_calls (ref, work_id, call_id, from_tag, from_uri, to_uri, node_id, state, instance)
+    SELECT @ref::text, p.id, @call_id::text, @from_tag::text, @from_uri::text, @to_uri::text, p.node_id, 'setup', @instance::text
+    FROM placed p
+    ON CONFLICT (ref) DO UPDATE SET work_id = excluded.work_id, node_id = excluded.node_id, state = 'setup',
+        call_id = excluded.call_id, from_tag = excluded.from_tag, from_uri = excluded.from_uri, to_uri = excluded.to_uri,
+        instance = excluded.instance, cause = '', to_tag = '', answered_at = NULL, ended_at = NULL,
+        tries = CASE WHEN @retry::boolean THEN sip_calls.tries + 1 ELSE 1 END,
+        failovers = CASE WHEN @retry::boolean THEN sip_calls.failovers ELSE '{}' END,
+        created_at = CASE WHEN @retry::boolean THEN sip_calls.created_at ELSE now() END
+    RETURNING ref
+)
+SELECT coalesce((SELECT id FROM placed), 0)::bigint AS work_id,
+       coalesce((SELECT epoch FROM placed), 0)::bigint AS epoch,
+       coalesce((SELECT id FROM bumped), 0)::bigint AS node_id,
+       coalesce((SELECT name FROM bumped), '')::text AS node_name,
+       coalesce((SELECT address FROM bumped), '')::text AS node_address,
+       EXISTS (SELECT 1 FROM dup) AS duplicate,
+       (SELECT count(*) FROM call)::bigint AS recorded;
+
+-- SipCallFailover ends the placement of a try that failed (the node
+-- answered 408 or 5xx, timed out or could not be reached) and notes why,
+-- so the next try can place the call elsewhere.
+-- name: SipCallFailover :one
+WITH ended AS (
+    UPDATE work SET state = 'ended', ended_at = now(), updated_at = now()
+    WHERE ref = @ref::text AND state IN ('assigned', 'active')
+    RETURNING id, node_id, cost
+), freed AS (
+    UPDATE nodes n SET used = greatest(n.used - e.cost, 0), assign_version = nextval('assign_version_seq')
+    FROM ended e WHERE n.id = e.node_id
+    RETURNING n.id
+), noted AS (
+    UPDATE sip_calls SET failovers = array_append(failovers, @cause::text)
+    WHERE ref = @ref::text
+    RETURNING ref
+)
+SELECT coalesce((SELECT id FROM freed), 0)::bigint AS node_id, (SELECT count(*) FROM noted)::bigint AS noted;
+
+-- SipCallEnd ends a call and its work in one statement: the work item (if
+-- still live) ends and its node's load drops, the call row takes its final
+-- state and cause. With @record, a call that has no row yet (refused before
+-- any node was tried) is recorded failed.
+-- name: SipCallEnd :one
+WITH ended AS (
+    UPDATE work SET state = 'ended', ended_at = now(), updated_at = now()
+    WHERE ref = @ref::text AND state IN ('assigned', 'active')
+    RETURNING id, node_id, cost
+), freed AS (
+    UPDATE nodes n SET used = greatest(n.used - e.cost, 0), assign_version = nextval('assign_version_seq')
+    FROM ended e WHERE n.id = e.node_id
+    RETURNING n.id
+), closed AS (
+    UPDATE sip_calls SET state = @state::text, cause = @cause::text, ended_at = now()
+    WHERE ref = @ref::text AND state IN ('setup', 'answered')
+    RETURNING ref
+), recorded AS (
+    INSERT INTO sip_calls (ref, call_id, from_tag, from_uri, to_uri, state, cause, tries, instance, ended_at)
+    SELECT @ref::text, @call_id::text, @from_tag::text, @from_uri::text, @to_uri::text, @state::text, @cause::text, 0, @instance::text, now()
+    WHERE @record::boolean
+    ON CONFLICT (ref) DO NOTHING
+    RETURNING ref
+)
+SELECT coalesce((SELECT id FROM freed), 0)::bigint AS node_id,
+       ((SELECT count(*) FROM closed) + (SELECT count(*) FROM recorded))::bigint AS ended;
+
+-- SipCallAnswered marks many calls answered in one statement (the front
+-- door groups them): their To tag completes the dialog's identity.
+-- name: SipCallAnswered :exec
+UPDATE sip_calls c SET state = 'answered', answered_at = a.at, to_tag = a.to_tag
+FROM (SELECT unnest(@refs::text[]) AS ref, unnest(@to_tags::text[]) AS to_tag,
+             unnest(@ats::timestamptz[]) AS at) a
+WHERE c.ref = a.ref AND c.state = 'setup';
+
+-- SipCallLookup finds the dialog of an in-dialog request by the refs its
+-- two tags derive, with the node its work runs on now (it may have moved).
+-- name: SipCallLookup :one
+SELECT c.ref, c.from_tag, c.state, coalesce(w.state, '')::text AS work_state,
+       coalesce(n.name, '')::text AS node_name, coalesce(n.address, '')::text AS node_address
+FROM sip_calls c
+LEFT JOIN work w ON w.id = c.work_id
+LEFT JOIN nodes n ON n.id = w.node_id
+WHERE c.ref = ANY (@refs::text[]) AND c.call_id = @call_id::text
+ORDER BY (c.state IN ('setup', 'answered')) DESC
+LIMIT 1;
+
+-- SipCallsExpire ends, in bulk, live calls older than the maximum call
+-- duration (calls that never saw a BYE). It returns the nodes whose load
+-- must be recounted.
+-- name: SipCallsExpire :many
+WITH old AS (
+    SELECT ref FROM sip_calls
+    WHERE state IN ('setup', 'answered') AND created_at < now() - make_interval(secs => @max_seconds::float8)
+    ORDER BY created_at LIMIT 5000
+    FOR UPDATE SKIP LOCKED
+), closed AS (
+    UPDATE sip_calls c SET state = 'ended', cause = 'max duration', ended_at = now()
+    FROM old WHERE c.ref = old.ref
+    RETURNING c.ref
+), ended AS (
+    UPDATE work w SET state = 'ended', ended_at = now(), updated_at = now()
+    FROM closed WHERE w.ref = closed.ref AND w.state IN ('assigned', 'active')
+    RETURNING w.node_id
+)
+SELECT DISTINCT coalesce(node_id, 0)::bigint AS node_id FROM ended;
+
+-- SipCallPrune forgets calls that ended more than a day ago, as work is.
+-- name: SipCallPrune :execrows
+DELETE FROM sip_calls WHERE state IN ('ended', 'failed') AND ended_at < now() - interval '1 day';
+
+-- SipNodeTimedOut counts a node that let a call setup time out as a
+-- failed probe, the way the health checker records one: a probe result
+-- and one more consecutive failure, which the checker's next round judges
+-- against its threshold.
+-- name: SipNodeTimedOut :exec
+WITH res AS (
+    INSERT INTO probe_results (node_id, ok, latency_us, detail)
+    VALUES (@node_id::bigint, false, @latency_us::bigint, @detail::text)
+)
+UPDATE nodes SET consecutive_fail = consecutive_fail + 1, consecutive_ok = 0,
+    last_probe_at = now(), last_probe_detail = @detail::text
+WHERE id = @node_id::bigint AND health IN ('up', 'suspect');
+
+-- SipCallLiveByNode counts the live calls on each media node.
+-- name: SipCallLiveByNode :many
+SELECT n.name, n.address, n.capacity, n.weight, n.health, n.admin_state,
+       (n.maintenance_until IS NOT NULL AND n.maintenance_until > now())::boolean AS in_maintenance,
+       count(w.id)::bigint AS calls
+FROM nodes n
+LEFT JOIN work w ON w.node_id = n.id AND w.kind = 'call' AND w.state IN ('assigned', 'active')
+WHERE n.kind = 'media'
+GROUP BY n.id ORDER BY n.name;
+
+-- SipCallRecent counts calls set up over the last @seconds, and how many
+-- of them failed, were answered and failed over.
+-- name: SipCallRecent :one
+SELECT count(*)::bigint AS calls,
+       count(*) FILTER (WHERE state = 'failed')::bigint AS failed,
+       count(*) FILTER (WHERE answered_at IS NOT NULL)::bigint AS answered,
+       coalesce(sum(cardinality(failovers)), 0)::bigint AS failovers,
+       count(*) FILTER (WHERE state IN ('setup', 'answered'))::bigint AS live
+FROM sip_calls WHERE created_at > now() - make_interval(secs => @seconds::float8);
+
+-- SipCallFailureCauses counts, over the last @seconds, the causes of
+-- failed calls and of failed tries that went over to another node.
+-- name: SipCallFailureCauses :many
+SELECT kind, cause, count(*)::bigint AS n FROM (
+    SELECT 'call'::text AS kind, cause FROM sip_calls
+    WHERE state = 'failed' AND created_at > now() - make_interval(secs => @seconds::float8)
+    UNION ALL
+    SELECT 'try'::text AS kind, unnest(failovers) AS cause FROM sip_calls
+    WHERE cardinality(failovers) > 0 AND created_at > now() - make_interval(secs => @seconds::float8)
+    UNION ALL
+    SELECT 'ended'::text AS kind, cause FROM sip_calls
+    WHERE state = 'ended' AND cause = 'max duration' AND ended_at > now() - make_interval(secs => @seconds::float8)
+) c GROUP BY kind, cause ORDER BY kind, n DESC, cause;
+
+-- name: SipSettings :many
+SELECT key, value FROM settings WHERE key LIKE 'sip\_%' ORDER BY key;

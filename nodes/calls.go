@@ -1,0 +1,275 @@
+package nodes
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/callplane/callplane/db"
+	"github.com/callplane/callplane/db/dbsqlc"
+)
+
+// The SIP front door's view of the cluster: calls as work items of kind
+// "call" with a sip_calls row each. Every step of a call is one statement
+// (one round trip, one commit), because every call setup is durable and
+// the front door must keep pace with a dedicated SIP proxy.
+
+// Call states and the causes the front door records.
+const (
+	CallSetup    = "setup"
+	CallAnswered = "answered"
+	CallEnded    = "ended"
+	CallFailed   = "failed"
+)
+
+// ErrMergedCall is returned when a call with the same Call-ID and From
+// tag is still being set up or running: the request is a duplicate.
+var ErrMergedCall = errors.New("a call with this Call-ID and From tag is already live")
+
+// CallIdentity names a call: its work ref and its dialog's identity.
+type CallIdentity struct {
+	Ref      string
+	CallID   string
+	FromTag  string
+	FromURI  string
+	ToURI    string
+	Instance string // the call manager instance that set it up
+}
+
+// CallTarget is where a call was placed; NodeID 0 means no eligible node
+// had room.
+type CallTarget struct {
+	WorkID   int64
+	Epoch    int64
+	NodeID   int64
+	NodeName string
+	Address  string
+}
+
+// CallRoute is what an in-dialog request needs: whose tag set the call up
+// and which node runs it now.
+type CallRoute struct {
+	Ref         string
+	FromTag     string
+	State       string
+	WorkState   string
+	NodeName    string
+	NodeAddress string
+}
+
+// Live reports whether the call is still set up or running.
+func (r CallRoute) Live() bool { return r.State == CallSetup || r.State == CallAnswered }
+
+// CallAnswer is a call that got its 2xx, with the callee's tag.
+type CallAnswer struct {
+	Ref   string
+	ToTag string
+	At    time.Time
+}
+
+// PlaceSIPCall places a call on the least-loaded eligible media node outside
+// exclude and records it, in one statement. retry marks a failover try of
+// the same call.
+func (s *Service) PlaceSIPCall(ctx context.Context, id CallIdentity, exclude []int64, retry bool) (CallTarget, error) {
+	if exclude == nil {
+		exclude = []int64{}
+	}
+	p := dbsqlc.SipCallPlaceParams{
+		Ref: id.Ref, CallID: id.CallID, FromTag: id.FromTag, FromUri: id.FromURI, ToUri: id.ToURI,
+		Instance: id.Instance, Exclude: exclude, Retry: retry,
+	}
+	var row dbsqlc.SipCallPlaceRow
+	err := retryStatement(ctx, func() error {
+		var err error
+		row, err = s.q.SipCallPlace(ctx, s.pool, p)
+		return err
+	})
+	if err != nil {
+		return CallTarget{}, fmt.Errorf("place call %s: %w", id.Ref, err)
+	}
+	if row.Duplicate {
+		return CallTarget{}, fmt.Errorf("place call %s: %w", id.Ref, ErrMergedCall)
+	}
+	if row.NodeID != 0 && row.WorkID == 0 {
+		// A concurrent duplicate took the ref between our check and our
+		// insert: the node's counter was bumped for nothing. Recount it.
+		if err := s.q.NodeRecountUsed(ctx, s.pool, []int64{row.NodeID}); err != nil {
+			s.log.Error("recount node after merged call", "node_id", row.NodeID, "err", err)
+		}
+		return CallTarget{}, fmt.Errorf("place call %s: %w", id.Ref, ErrMergedCall)
+	}
+	return CallTarget{WorkID: row.WorkID, Epoch: row.Epoch, NodeID: row.NodeID, NodeName: row.NodeName, Address: row.NodeAddress}, nil
+}
+
+// FailoverCall ends the placement of a try that failed and notes its
+// cause. It returns the node the work was on (0 if none).
+func (s *Service) FailoverCall(ctx context.Context, ref, cause string) (int64, error) {
+	var row dbsqlc.SipCallFailoverRow
+	err := retryStatement(ctx, func() error {
+		var err error
+		row, err = s.q.SipCallFailover(ctx, s.pool, dbsqlc.SipCallFailoverParams{Ref: ref, Cause: cause})
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("fail over call %s: %w", ref, err)
+	}
+	return row.NodeID, nil
+}
+
+// EndCall ends a call and its work: state is CallEnded or CallFailed.
+// With record, a call that never got a row (refused before any node was
+// tried) is recorded. It returns the node whose load dropped (0 if none)
+// and whether this call ended now (false: it had ended already).
+func (s *Service) EndCall(ctx context.Context, id CallIdentity, state, cause string, record bool) (int64, bool, error) {
+	p := dbsqlc.SipCallEndParams{
+		Ref: id.Ref, State: state, Cause: cause, CallID: id.CallID, FromTag: id.FromTag,
+		FromUri: id.FromURI, ToUri: id.ToURI, Instance: id.Instance, Record: record,
+	}
+	var row dbsqlc.SipCallEndRow
+	err := retryStatement(ctx, func() error {
+		var err error
+		row, err = s.q.SipCallEnd(ctx, s.pool, p)
+		return err
+	})
+	if err != nil {
+		return 0, false, fmt.Errorf("end call %s: %w", id.Ref, err)
+	}
+	return row.NodeID, row.Ended > 0, nil
+}
+
+// CallsAnswered marks calls answered, many in one statement.
+func (s *Service) CallsAnswered(ctx context.Context, answers []CallAnswer) error {
+	p := dbsqlc.SipCallAnsweredParams{
+		Refs: make([]string, len(answers)), ToTags: make([]string, len(answers)), Ats: make([]time.Time, len(answers)),
+	}
+	for i, a := range answers {
+		p.Refs[i], p.ToTags[i], p.Ats[i] = a.Ref, a.ToTag, a.At
+	}
+	return retryStatement(ctx, func() error { return s.q.SipCallAnswered(ctx, s.pool, p) })
+}
+
+// LookupCall finds the call an in-dialog request belongs to by the refs
+// its tags derive. A call not found is ErrNotFound.
+func (s *Service) LookupCall(ctx context.Context, callID string, refs []string) (CallRoute, error) {
+	row, err := s.q.SipCallLookup(ctx, s.pool, dbsqlc.SipCallLookupParams{Refs: refs, CallID: callID})
+	if err != nil {
+		return CallRoute{}, db.Translate(err)
+	}
+	return CallRoute{Ref: row.Ref, FromTag: row.FromTag, State: row.State, WorkState: row.WorkState,
+		NodeName: row.NodeName, NodeAddress: row.NodeAddress}, nil
+}
+
+// ExpireCalls ends the calls older than maxAge (they never saw a BYE) and
+// returns how many ended.
+func (s *Service) ExpireCalls(ctx context.Context, maxAge time.Duration) (int, error) {
+	var touched []int64
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		ids, err := s.q.SipCallsExpire(ctx, tx, maxAge.Seconds())
+		if err != nil {
+			return err
+		}
+		touched = touched[:0]
+		for _, id := range ids {
+			if id != 0 {
+				touched = append(touched, id)
+			}
+		}
+		if len(touched) == 0 {
+			return nil
+		}
+		if err := s.q.NodeRecountUsed(ctx, tx, touched); err != nil {
+			return err
+		}
+		return s.event(ctx, tx, nil, "call", "warning", "sip-front-door",
+			fmt.Sprintf("Calls on %d media node(s) ended at the maximum call duration (%s) without a BYE", len(touched), maxAge))
+	})
+	if err != nil {
+		return 0, fmt.Errorf("expire calls: %w", err)
+	}
+	s.notifyCommitted(ctx, touched...)
+	return len(touched), nil
+}
+
+// PruneCalls forgets calls that ended more than a day ago.
+func (s *Service) PruneCalls(ctx context.Context) (int64, error) {
+	return s.q.SipCallPrune(ctx, s.pool)
+}
+
+// CallNodeTimedOut counts a node that let a call setup time out as a
+// failed probe.
+func (s *Service) CallNodeTimedOut(ctx context.Context, nodeID int64, took time.Duration, detail string) error {
+	return retryStatement(ctx, func() error {
+		return s.q.SipNodeTimedOut(ctx, s.pool, dbsqlc.SipNodeTimedOutParams{NodeID: nodeID, LatencyUs: took.Microseconds(), Detail: detail})
+	})
+}
+
+// NotifyNodes wakes the assignment long-polls of nodes whose calls changed
+// in committed statements, with one notification for all of them.
+func (s *Service) NotifyNodes(ctx context.Context, nodeIDs ...int64) {
+	s.notifyCommitted(ctx, nodeIDs...)
+}
+
+// CallSettings returns the stored sip_* settings.
+func (s *Service) CallSettings(ctx context.Context) (map[string]string, error) {
+	rows, err := s.q.SipSettings(ctx, s.pool)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]string, len(rows))
+	for _, r := range rows {
+		out[r.Key] = r.Value
+	}
+	return out, nil
+}
+
+// SaveCallSettings stores sip_* settings (already validated by the
+// caller) and audits the change, in one transaction.
+func (s *Service) SaveCallSettings(ctx context.Context, actor Actor, values map[string]string) error {
+	return s.inTx(ctx, func(tx pgx.Tx) error {
+		for k, v := range values {
+			if err := s.q.SettingUpsert(ctx, tx, dbsqlc.SettingUpsertParams{Key: k, Value: v, UpdatedBy: actor.Name}); err != nil {
+				return err
+			}
+		}
+		return s.audit(ctx, tx, actor, "sip.settings", "sip", fmt.Sprint(values))
+	})
+}
+
+// CallStats is what the portal's Calls view shows.
+type CallStats struct {
+	Nodes    []dbsqlc.SipCallLiveByNodeRow
+	Recent   dbsqlc.SipCallRecentRow // over the last minute
+	Causes   []dbsqlc.SipCallFailureCausesRow
+	Window   time.Duration // of Causes
+	RateSpan time.Duration // of Recent
+}
+
+// CallStats reads the live calls per media node, the recent call rate and
+// the failure causes of the last window.
+func (s *Service) CallStats(ctx context.Context, window time.Duration) (CallStats, error) {
+	st := CallStats{Window: window, RateSpan: time.Minute}
+	var err error
+	if st.Nodes, err = s.q.SipCallLiveByNode(ctx, s.pool); err != nil {
+		return st, err
+	}
+	if st.Recent, err = s.q.SipCallRecent(ctx, s.pool, st.RateSpan.Seconds()); err != nil {
+		return st, err
+	}
+	st.Causes, err = s.q.SipCallFailureCauses(ctx, s.pool, window.Seconds())
+	return st, err
+}
+
+// retryStatement runs a single-statement write again when Postgres broke
+// a deadlock or serialization conflict by rolling it back.
+func retryStatement(ctx context.Context, fn func() error) error {
+	for attempt := 1; ; attempt++ {
+		err := fn()
+		if err != nil && attempt < 5 && db.Retryable(err) && ctx.Err() == nil {
+			continue
+		}
+		return err
+	}
+}

@@ -1,0 +1,507 @@
+package nodes
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/callplane/callplane/db"
+	"github.com/callplane/callplane/db/dbsqlc"
+)
+
+// MaxWorkCost bounds the cost of one work item.
+const MaxWorkCost = 10000
+
+var refRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,199}$`)
+
+// WorkInput is a request to place one work item.
+type WorkInput struct {
+	Kind string `json:"kind"`
+	Ref  string `json:"ref"`
+	Cost int    `json:"cost"`
+	// Exclude lists node IDs the item must not be placed on (see
+	// PlaceCall). It is not part of the public JSON.
+	Exclude []int64 `json:"-"`
+}
+
+// Placement is where a work item went.
+type Placement struct {
+	ID       int64  `json:"id"`
+	Ref      string `json:"ref"`
+	Kind     string `json:"kind"`
+	Cost     int32  `json:"cost"`
+	State    string `json:"state"`
+	Node     string `json:"node,omitempty"`
+	NodeID   int64  `json:"-"`
+	Epoch    int64  `json:"epoch"`
+	Attempts int    `json:"-"`
+}
+
+// ValidateWork checks a work request.
+func ValidateWork(in WorkInput) FieldErrors {
+	fe := FieldErrors{}
+	if _, ok := NodeKindFor(in.Kind); !ok {
+		fe.Add("kind", "kind must be one of "+strings.Join(WorkKinds, ", "))
+	}
+	if !refRE.MatchString(in.Ref) {
+		fe.Add("ref", "ref must be 1-200 characters: letters, digits and . _ : @ / -")
+	}
+	if in.Cost <= 0 {
+		fe.Add("cost", "cost must be at least 1")
+	} else if in.Cost > MaxWorkCost {
+		fe.Add("cost", fmt.Sprintf("cost must be at most %d", MaxWorkCost))
+	}
+	return fe
+}
+
+// PlaceWork places a new work item on the eligible node Plan picks, or
+// records it unplaced (with an event and a capacity alert) when none has
+// room. Concurrent calls are committed together: while one placement
+// transaction runs, the calls that arrive queue up and go in the next one
+// (group commit), so a burst of single placements costs a few
+// transactions, not one each. An existing ref is ErrConflict.
+func (s *Service) PlaceWork(ctx context.Context, actor Actor, in WorkInput) (Placement, error) {
+	if fe := ValidateWork(in); len(fe) > 0 {
+		return Placement{}, fe
+	}
+	p, err := s.placer.place(ctx, s, placeReq{in: in, actor: actor})
+	if err == nil {
+		countPlaced(p.Kind, p.State, "new", 1)
+	}
+	return p, err
+}
+
+// PlaceCall places a new call (work kind "call") of the given cost on a
+// media node, never on one of the nodes in exclude: the SIP front door
+// calls it again, with the nodes that already failed the INVITE
+// excluded, to pick the next node. ref must be new (ErrConflict
+// otherwise). When no other node has room the call is recorded unplaced
+// (State "unplaced", NodeID 0) and raises a capacity alert.
+func (s *Service) PlaceCall(ctx context.Context, actor Actor, ref string, cost int, exclude []int64) (Placement, error) {
+	return s.PlaceWork(ctx, actor, WorkInput{Kind: WorkCall, Ref: ref, Cost: cost, Exclude: exclude})
+}
+
+// PlaceWorkBatch places many new work items in one transaction. Every
+// item is validated first; an invalid item (BatchItemErrors) or a ref that
+// repeats or already exists (DuplicateRefsError) fails the whole batch
+// and writes nothing. The placements come back in input order.
+func (s *Service) PlaceWorkBatch(ctx context.Context, actor Actor, items []WorkInput) ([]Placement, error) {
+	if err := ValidateWorkBatch(items); err != nil {
+		return nil, err
+	}
+	reqs := make([]placeReq, len(items))
+	for i, in := range items {
+		reqs[i] = placeReq{in: in, actor: actor}
+	}
+	res, touched, err := s.placeNew(ctx, reqs, true)
+	if err != nil {
+		return nil, err
+	}
+	s.notifyCommitted(ctx, touched...)
+	out := make([]Placement, len(res))
+	for i, r := range res {
+		out[i] = r.p
+		countPlaced(r.p.Kind, r.p.State, "new", 1)
+	}
+	return out, nil
+}
+
+// placeReq is one new item to place, with who asked.
+type placeReq struct {
+	in    WorkInput
+	actor Actor
+}
+
+// placeOutcome is what became of one placeReq.
+type placeOutcome struct {
+	p   Placement
+	err error
+}
+
+// placeNew places reqs under the retry policy, in one transaction. With
+// strict, a ref that already exists fails (and rolls back) the whole
+// set; without, only that item fails, with ErrConflict. It returns the
+// nodes whose assignments changed, for notifyCommitted.
+func (s *Service) placeNew(ctx context.Context, reqs []placeReq, strict bool) ([]placeOutcome, []int64, error) {
+	var out []placeOutcome
+	var touched []int64
+	err := db.Retry(ctx, func(attempt int) error {
+		return db.InTx(ctx, s.pool, func(tx pgx.Tx) error {
+			var err error
+			out, touched, err = s.placeNewTx(ctx, tx, reqs, strict, attempt)
+			return err
+		})
+	})
+	if err != nil && db.Retryable(err) {
+		return nil, nil, fmt.Errorf("place %d work items: nodes too busy: %w", len(reqs), err)
+	}
+	return out, touched, err
+}
+
+// placeNewTx is one attempt of placeNew. It reads the eligible nodes of
+// the items' kinds without locking them and plans with Plan; then it
+// locks only the nodes it chose, once and in id order, and checks the
+// plan against their latest state (db.ErrRetry when it no longer
+// holds). All work rows go in with one statement and the used counters
+// with one more. Placements of the same node kinds take turns on an
+// advisory lock, so they rarely invalidate each other's plans.
+func (s *Service) placeNewTx(ctx context.Context, tx pgx.Tx, reqs []placeReq, strict bool, attempt int) ([]placeOutcome, []int64, error) {
+	// Refs that exist already fail before planning, so that they take no
+	// room in the plan. One inserted meanwhile is caught by the insert.
+	refs := make([]string, len(reqs))
+	for i, r := range reqs {
+		refs[i] = r.in.Ref
+	}
+	taken, err := s.q.WorkRefsTaken(ctx, tx, refs)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(taken) > 0 {
+		if strict {
+			return nil, nil, &DuplicateRefsError{Refs: taken}
+		}
+		return s.placeNewTxWithout(ctx, tx, reqs, taken, attempt)
+	}
+	var nodeKinds []string
+	for _, r := range reqs {
+		nk, _ := NodeKindFor(r.in.Kind)
+		if !slices.Contains(nodeKinds, nk) {
+			nodeKinds = append(nodeKinds, nk)
+		}
+	}
+	if err := s.q.NodePlacementTurn(ctx, tx, nodeKinds); err != nil {
+		return nil, nil, err
+	}
+	if err := s.q.TxLockTimeout(ctx, tx); err != nil {
+		return nil, nil, err
+	}
+	rows, err := s.q.NodeCandidates(ctx, tx, nodeKinds)
+	if err != nil {
+		return nil, nil, err
+	}
+	cands, names := candidatesByKind(rows)
+	dest := planByKind(reqs, cands)
+
+	// Lock the chosen nodes and check the plan under the locks.
+	delta := map[int64]int32{}
+	for i, r := range reqs {
+		if dest[i] != 0 {
+			delta[dest[i]] += int32(r.in.Cost)
+		}
+	}
+	if len(delta) > 0 {
+		ids := make([]int64, 0, len(delta))
+		for id := range delta {
+			ids = append(ids, id)
+		}
+		locked, err := s.q.NodeLockForPlacement(ctx, tx, ids)
+		if err != nil {
+			return nil, nil, err
+		}
+		if len(locked) != len(delta) {
+			return nil, nil, db.ErrRetry // a node was removed meanwhile
+		}
+		for _, n := range locked {
+			if !n.Eligible || n.Used+delta[n.ID] > n.Capacity {
+				return nil, nil, db.ErrRetry
+			}
+		}
+	}
+
+	p := dbsqlc.WorkInsertBatchParams{
+		Refs: make([]string, len(reqs)), Kinds: make([]string, len(reqs)),
+		Costs: make([]int32, len(reqs)), NodeIds: dest,
+	}
+	for i, r := range reqs {
+		p.Refs[i], p.Kinds[i], p.Costs[i] = r.in.Ref, r.in.Kind, int32(r.in.Cost)
+	}
+	inserted, err := s.q.WorkInsertBatch(ctx, tx, p)
+	if err != nil {
+		return nil, nil, err
+	}
+	byRef := make(map[string]dbsqlc.WorkInsertBatchRow, len(inserted))
+	for _, r := range inserted {
+		byRef[r.Ref] = r
+	}
+	out := make([]placeOutcome, len(reqs))
+	var dups []string
+	for i, r := range reqs {
+		row, ok := byRef[r.in.Ref]
+		if !ok {
+			// ON CONFLICT skipped a ref that exists already.
+			dups = append(dups, r.in.Ref)
+			out[i].err = fmt.Errorf("work %q: %w", r.in.Ref, ErrConflict)
+			if dest[i] != 0 {
+				delta[dest[i]] -= int32(r.in.Cost)
+				dest[i] = 0
+			}
+			continue
+		}
+		out[i].p = Placement{ID: row.ID, Ref: r.in.Ref, Kind: r.in.Kind, Cost: int32(r.in.Cost), State: row.State,
+			Node: names[dest[i]], NodeID: dest[i], Epoch: row.Epoch, Attempts: attempt}
+	}
+	if strict && len(dups) > 0 {
+		return nil, nil, &DuplicateRefsError{Refs: dups}
+	}
+	var touched []int64
+	if len(delta) > 0 {
+		up := dbsqlc.NodeAddUsedParams{}
+		for id, d := range delta {
+			if d > 0 {
+				up.Ids = append(up.Ids, id)
+				up.Deltas = append(up.Deltas, d)
+			}
+		}
+		if len(up.Ids) > 0 {
+			if err := s.q.NodeAddUsed(ctx, tx, up); err != nil {
+				return nil, nil, err
+			}
+		}
+		touched = up.Ids
+	}
+	if err := s.recordUnplaced(ctx, tx, reqs, out, attempt); err != nil {
+		return nil, nil, err
+	}
+	return out, touched, nil
+}
+
+// placeNewTxWithout places the requests whose refs are not taken and
+// fails the others with ErrConflict.
+func (s *Service) placeNewTxWithout(ctx context.Context, tx pgx.Tx, reqs []placeReq, taken []string, attempt int) ([]placeOutcome, []int64, error) {
+	out := make([]placeOutcome, len(reqs))
+	var rest []placeReq
+	var idx []int
+	for i, r := range reqs {
+		if slices.Contains(taken, r.in.Ref) {
+			out[i].err = fmt.Errorf("work %q: %w", r.in.Ref, ErrConflict)
+			continue
+		}
+		rest = append(rest, r)
+		idx = append(idx, i)
+	}
+	if len(rest) == 0 {
+		return out, nil, nil
+	}
+	placed, touched, err := s.placeNewTx(ctx, tx, rest, false, attempt)
+	if err != nil {
+		return nil, nil, err
+	}
+	for j, i := range idx {
+		out[i] = placed[j]
+	}
+	return out, touched, nil
+}
+
+// candidatesByKind groups candidate rows by node kind and names them.
+func candidatesByKind(rows []dbsqlc.NodeCandidatesRow) (map[string][]Candidate, map[int64]string) {
+	cands := map[string][]Candidate{}
+	names := make(map[int64]string, len(rows))
+	for _, n := range rows {
+		names[n.ID] = n.Name
+		cands[n.Kind] = append(cands[n.Kind], Candidate{ID: n.ID, Name: n.Name, Capacity: n.Capacity, Used: n.Used, Weight: n.Weight})
+	}
+	return cands, names
+}
+
+// planByKind runs Plan once per node kind over that kind's items and
+// candidates, and returns the node per request (0: unplaced).
+func planByKind(reqs []placeReq, cands map[string][]Candidate) []int64 {
+	dest := make([]int64, len(reqs))
+	byKind := map[string][]int{}
+	for i, r := range reqs {
+		nk, _ := NodeKindFor(r.in.Kind)
+		byKind[nk] = append(byKind[nk], i)
+	}
+	for nk, idx := range byKind {
+		items := make([]PlanItem, len(idx))
+		for j, i := range idx {
+			items[j] = PlanItem{Cost: int32(reqs[i].in.Cost), Exclude: reqs[i].in.Exclude}
+		}
+		for j, d := range Plan(items, cands[nk]) {
+			dest[idx[j]] = d
+		}
+	}
+	return dest
+}
+
+// recordUnplaced writes, for the items that fit nowhere, one event per
+// work kind and actor and a capacity alert. Should room have appeared
+// since the plan was read (work ended, a node came up), it asks for the
+// transaction to run again (db.ErrRetry) rather than leave work waiting
+// needlessly, while attempts remain.
+func (s *Service) recordUnplaced(ctx context.Context, tx pgx.Tx, reqs []placeReq, out []placeOutcome, attempt int) error {
+	type group struct {
+		kind  string
+		actor string
+	}
+	var order []group
+	byGroup := map[group][]int{}
+	for i, o := range out {
+		if o.err != nil || o.p.State != WorkUnplaced {
+			continue
+		}
+		g := group{reqs[i].in.Kind, reqs[i].actor.Name}
+		if _, ok := byGroup[g]; !ok {
+			order = append(order, g)
+		}
+		byGroup[g] = append(byGroup[g], i)
+	}
+	if len(order) == 0 {
+		return nil
+	}
+	if attempt < db.TxAttempts-1 {
+		var kinds []string
+		var waiting []placeReq
+		for _, g := range order {
+			nk, _ := NodeKindFor(g.kind)
+			kinds = append(kinds, nk)
+			for _, i := range byGroup[g] {
+				waiting = append(waiting, reqs[i])
+			}
+		}
+		now, err := s.q.NodeCandidates(ctx, tx, kinds)
+		if err != nil {
+			return err
+		}
+		cands, _ := candidatesByKind(now)
+		if slices.ContainsFunc(planByKind(waiting, cands), func(d int64) bool { return d != 0 }) {
+			return db.ErrRetry
+		}
+	}
+	alerted := map[string]bool{}
+	for _, g := range order {
+		idx := byGroup[g]
+		nk, _ := NodeKindFor(g.kind)
+		var msg string
+		if len(idx) == 1 {
+			in := reqs[idx[0]].in
+			msg = fmt.Sprintf("No %s node has room for %s %s (cost %d): it waits unplaced", nk, in.Kind, in.Ref, in.Cost)
+		} else {
+			var cost int
+			refs := make([]string, 0, min(len(idx), 10))
+			for _, i := range idx {
+				cost += reqs[i].in.Cost
+				if len(refs) < 10 {
+					refs = append(refs, reqs[i].in.Ref)
+				}
+			}
+			list := strings.Join(refs, ", ")
+			if len(idx) > len(refs) {
+				list += fmt.Sprintf(" and %d more", len(idx)-len(refs))
+			}
+			msg = fmt.Sprintf("No %s node has room for %s (cost %d): they wait unplaced: %s",
+				nk, WorkNoun(g.kind, int64(len(idx))), cost, list)
+		}
+		if err := s.event(ctx, tx, nil, "unplaced", "critical", g.actor, msg); err != nil {
+			return err
+		}
+		if !alerted[g.kind] {
+			alerted[g.kind] = true
+			if err := s.capacityAlert(ctx, tx, g.kind); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// placer commits concurrent single placements together. The first caller
+// to find it idle becomes the flusher: it takes everything queued (at most
+// MaxBatch items) into one transaction, hands each caller its outcome,
+// and, if more arrived meanwhile, leaves a goroutine to flush them so
+// that its own caller is not held up by others' work.
+type placer struct {
+	mu      sync.Mutex
+	pending []*placeWaiter
+	busy    bool
+}
+
+type placeWaiter struct {
+	req  placeReq
+	done chan placeOutcome
+}
+
+// placeTimeout bounds one group placement transaction, retries included.
+// It is detached from the callers' contexts: a caller that gives up does
+// not fail the placements of the others in its group.
+const placeTimeout = time.Minute
+
+func (pl *placer) place(ctx context.Context, s *Service, req placeReq) (Placement, error) {
+	w := &placeWaiter{req: req, done: make(chan placeOutcome, 1)}
+	pl.mu.Lock()
+	pl.pending = append(pl.pending, w)
+	lead := !pl.busy
+	pl.busy = true
+	pl.mu.Unlock()
+	if lead {
+		pl.flush(s, w)
+	}
+	select {
+	case o := <-w.done:
+		return o.p, o.err
+	case <-ctx.Done():
+		// The placement still completes; its outcome is in the database.
+		return Placement{}, ctx.Err()
+	}
+}
+
+// flush places queued requests, group by group, until until's outcome is
+// known (nil: until the queue is empty); then it hands what is left to a
+// goroutine.
+func (pl *placer) flush(s *Service, until *placeWaiter) {
+	for {
+		pl.mu.Lock()
+		if len(pl.pending) == 0 {
+			pl.busy = false
+			pl.mu.Unlock()
+			return
+		}
+		if until != nil && len(until.done) > 0 {
+			pl.mu.Unlock()
+			go pl.flush(s, nil)
+			return
+		}
+		n := min(len(pl.pending), MaxBatch)
+		group := slices.Clone(pl.pending[:n])
+		pl.pending = slices.Delete(pl.pending, 0, n)
+		pl.mu.Unlock()
+		s.placeGroup(group)
+	}
+}
+
+// placeGroup places one group of single placements in one transaction.
+// A ref that repeats within the group goes to its first caller; the
+// others get ErrConflict, as they would one after the other.
+func (s *Service) placeGroup(group []*placeWaiter) {
+	ctx, cancel := context.WithTimeout(context.Background(), placeTimeout)
+	defer cancel()
+	seen := make(map[string]bool, len(group))
+	reqs := make([]placeReq, 0, len(group))
+	waiters := make([]*placeWaiter, 0, len(group))
+	for _, w := range group {
+		if seen[w.req.in.Ref] {
+			w.done <- placeOutcome{err: fmt.Errorf("work %q: %w", w.req.in.Ref, ErrConflict)}
+			continue
+		}
+		seen[w.req.in.Ref] = true
+		reqs = append(reqs, w.req)
+		waiters = append(waiters, w)
+	}
+	out, touched, err := s.placeNew(ctx, reqs, false)
+	if err == nil {
+		s.notifyCommitted(ctx, touched...)
+	}
+	for i, w := range waiters {
+		if err != nil {
+			w.done <- placeOutcome{err: err}
+			continue
+		}
+		w.done <- out[i]
+	}
+}

@@ -1,0 +1,136 @@
+package sipfront
+
+import (
+	"errors"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+
+	"github.com/callplane/callplane/nodes"
+)
+
+// routes registers one dispatcher for every method.
+func (f *Front) routes() {
+	for _, m := range []sip.RequestMethod{sip.INVITE, sip.ACK, sip.BYE, sip.CANCEL, sip.OPTIONS, sip.REGISTER,
+		sip.UPDATE, sip.INFO, sip.PRACK, sip.REFER, sip.NOTIFY, sip.MESSAGE, sip.SUBSCRIBE, sip.PUBLISH} {
+		f.srv.OnRequest(m, f.dispatch)
+	}
+	f.srv.OnNoRoute(f.dispatch)
+}
+
+// dispatch sends requests with a To tag down the dialog's route and
+// handles the others: an INVITE starts a call, OPTIONS is answered here
+// (trunks probe the front door with it), the rest get 405.
+func (f *Front) dispatch(req *sip.Request, tx sip.ServerTransaction) {
+	if to := req.To(); to != nil && to.Params != nil && to.Params.Has("tag") {
+		f.inDialog(req, tx)
+		return
+	}
+	switch req.Method {
+	case sip.INVITE:
+		f.invite(req, tx)
+	case sip.OPTIONS:
+		f.reply(tx, req, 200, "OK", sip.NewHeader("Allow", allowed), sip.NewHeader("Accept", "application/sdp"))
+	case sip.ACK:
+		// An ACK outside any dialog or transaction: nothing to do.
+	case sip.CANCEL:
+		f.reply(tx, req, 481, "Call/Transaction Does Not Exist")
+	default:
+		f.reply(tx, req, 405, "Method Not Allowed", sip.NewHeader("Allow", allowed))
+	}
+}
+
+// inDialog routes a request inside an established dialog. The dialog's
+// row says which side set the call up and which node runs it now: a
+// request from the caller goes to that node (the work may have moved
+// since the INVITE), a request from the node goes on along its route set
+// toward the caller. A BYE that completes ends the call's work.
+func (f *Front) inDialog(req *sip.Request, tx sip.ServerTransaction) {
+	f.stats.InDialog.Add(1)
+	if f.tooManyHops(req, tx) {
+		return
+	}
+	callID := req.CallID()
+	fromTag, _ := req.From().Params.Get("tag")
+	toTag, _ := req.To().Params.Get("tag")
+	if callID == nil {
+		f.reply(tx, req, 400, "Bad Request: Call-ID is required")
+		return
+	}
+	route, err := f.calls.LookupCall(f.bg, callID.Value(), []string{CallRef(callID.Value(), fromTag), CallRef(callID.Value(), toTag)})
+	if err != nil {
+		if !errors.Is(err, nodes.ErrNotFound) {
+			f.log.Error("look up SIP dialog", "err", err)
+			f.unavailable(tx, req)
+			return
+		}
+		f.reply(tx, req, 481, "Call/Transaction Does Not Exist")
+		return
+	}
+	fwd := req.Clone()
+	var next hop
+	if fromTag == route.FromTag {
+		if !route.Live() || route.NodeAddress == "" {
+			f.reply(tx, req, 481, "Call/Transaction Does Not Exist")
+			return
+		}
+		if next, err = nodeHop(route.NodeAddress); err != nil {
+			f.unavailable(tx, req)
+			return
+		}
+	} else {
+		f.popOwnRoutes(fwd)
+		if r := fwd.Route(); r != nil {
+			next = uriHop(r.Address)
+		} else {
+			next = uriHop(fwd.Recipient)
+		}
+	}
+	f.prepareForward(fwd, next, req.Transport(), false)
+	if req.IsAck() {
+		if err := f.client.WriteRequest(fwd, sipgo.ClientRequestAddVia); err != nil {
+			f.log.Debug("forward ACK", "err", err)
+		}
+		return
+	}
+	final := f.forward(req, tx, fwd)
+	if req.Method == sip.BYE && final != 401 && final != 407 {
+		// The dialog is over whatever the BYE's answer (RFC 3261 section
+		// 15.1.1): a 2xx, or a node that no longer knows the call.
+		nodeID, _, err := f.calls.EndCall(f.bg, nodes.CallIdentity{Ref: route.Ref}, nodes.CallEnded, "bye", false)
+		if err != nil {
+			f.log.Error("end SIP call on BYE", "ref", route.Ref, "err", err)
+		}
+		f.writer.notify(nodeID)
+	}
+}
+
+// forward runs a client transaction for an in-dialog request and relays
+// its responses. It returns the final status code sent back (408 when
+// the next hop never answered).
+func (f *Front) forward(req *sip.Request, tx sip.ServerTransaction, fwd *sip.Request) int {
+	clTx, err := f.client.TransactionRequest(f.bg, fwd, sipgo.ClientRequestAddVia)
+	if err != nil {
+		f.reply(tx, req, 503, "Service Unavailable")
+		return 503
+	}
+	defer clTx.Terminate()
+	for {
+		select {
+		case res, ok := <-clTx.Responses():
+			if !ok {
+				continue
+			}
+			if res.StatusCode == 100 {
+				continue
+			}
+			f.relay(tx, req, res)
+			if !res.IsProvisional() {
+				return int(res.StatusCode)
+			}
+		case <-clTx.Done():
+			f.reply(tx, req, 408, "Request Timeout")
+			return 408
+		}
+	}
+}

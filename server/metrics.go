@@ -29,6 +29,7 @@ type clusterCollector struct {
 	up, nodes, capacity, used, reported, hbAge, maint, flapping   *prometheus.Desc
 	work, workCost, alerts, alertAttempts, alertsAcked            *prometheus.Desc
 	leaderEpoch, isLeader, lastRound, maintWindows, scrapeSeconds *prometheus.Desc
+	sipInvites, sipCalls, sipFailovers, sipInDialog               *prometheus.Desc
 }
 
 func newClusterCollector(s *Server) *clusterCollector {
@@ -55,13 +56,17 @@ func newClusterCollector(s *Server) *clusterCollector {
 		lastRound:     d("checker_last_round_timestamp_seconds", "When the health checker last probed any node (Unix time)."),
 		maintWindows:  d("maintenance_windows", "Maintenance windows by phase (active, scheduled).", "phase"),
 		scrapeSeconds: d("scrape_database_seconds", "Time spent reading the database for this scrape."),
+		sipInvites:    d("sip_invites_total", "Initial INVITEs the SIP front door of this instance received."),
+		sipCalls:      d("sip_calls_total", "Calls through the SIP front door of this instance by setup outcome (answered, failed).", "outcome"),
+		sipFailovers:  d("sip_failovers_total", "INVITE tries the SIP front door sent on to the next node."),
+		sipInDialog:   d("sip_in_dialog_requests_total", "In-dialog requests the SIP front door routed."),
 	}
 }
 
 func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.up, c.nodes, c.capacity, c.used, c.reported, c.hbAge, c.maint, c.flapping,
 		c.work, c.workCost, c.alerts, c.alertAttempts, c.alertsAcked, c.leaderEpoch, c.isLeader, c.lastRound,
-		c.maintWindows, c.scrapeSeconds} {
+		c.maintWindows, c.scrapeSeconds, c.sipInvites, c.sipCalls, c.sipFailovers, c.sipInDialog} {
 		ch <- d
 	}
 }
@@ -75,6 +80,17 @@ func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 		isLeader = 1
 	}
 	gauge(c.isLeader, isLeader)
+	if c.s.sip != nil {
+		st := c.s.sip.Stats()
+		counter := func(d *prometheus.Desc, v int64, labels ...string) {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+		}
+		counter(c.sipInvites, st.Invites.Load())
+		counter(c.sipCalls, st.Answered.Load(), "answered")
+		counter(c.sipCalls, st.Failed.Load(), "failed")
+		counter(c.sipFailovers, st.Failovers.Load())
+		counter(c.sipInDialog, st.InDialog.Load())
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	start := time.Now()

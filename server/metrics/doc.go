@@ -7,6 +7,7 @@
 //
 // Labels are bounded: kinds, states, causes and outcomes from fixed sets,
 // route patterns rather than paths, node names at most; never a work ref.
-// A package that wants its own series (the SIP front door, say) declares
-// them here, next to the others, and increments them.
+// A package that wants its own series declares them here, next to the
+// others, and increments them. (The SIP front door keeps its own
+// counters; the server's collector exposes them as callplane_sip_*.)
 package metrics

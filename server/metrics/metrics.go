@@ -93,19 +93,6 @@ var (
 		Namespace: Namespace, Name: "longpoll_waiters",
 		Help: "Agent assignment long-polls waiting on this instance.",
 	}))
-
-	// SIPCalls counts calls through the SIP front door by outcome
-	// (answered, busy, failed, no_node, cancelled, ...), and SIPSetup
-	// observes the time from INVITE to the final answer.
-	SIPCalls = register(prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: Namespace, Name: "sip_calls_total",
-		Help: "Calls through the SIP front door by setup outcome.",
-	}, []string{"outcome"}))
-	SIPSetup = register(prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Namespace: Namespace, Name: "sip_setup_seconds",
-		Help:    "Time from an initial INVITE to its final answer, by outcome.",
-		Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
-	}, []string{"outcome"}))
 )
 
 // Cause maps a free-text move or placement cause ("node disabled by

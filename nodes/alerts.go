@@ -106,3 +106,20 @@ func (s *Service) AckSince(ctx context.Context, q dbsqlc.DBTX, nodeName string, 
 	}
 	return Ack{By: row.AckedBy, Note: row.AckNote, At: *row.AckedAt}, true, nil
 }
+
+// DownAlert returns the newest down alert (or reminder) queued since the
+// node went down, or nil when the node is not down or none was queued
+// (a disabled node or one in maintenance raises none).
+func (s *Service) DownAlert(ctx context.Context, n dbsqlc.Node) (*dbsqlc.Alert, error) {
+	if n.Health != HealthDown {
+		return nil, nil
+	}
+	a, err := s.q.AlertLastDown(ctx, s.pool, dbsqlc.AlertLastDownParams{NodeName: n.Name, Since: n.HealthChangedAt})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &a, nil
+}

@@ -31,3 +31,36 @@ func TestAPIPage(t *testing.T) {
 		t.Fatalf("logout audit rows naming the actor: %d", n)
 	}
 }
+
+// TestNodeAckForm: an administrator acknowledges a down node's alert on
+// its page, with a note.
+func TestNodeAckForm(t *testing.T) {
+	t.Parallel()
+	in := start(t)
+	admin := in.User(t, "admin@example.com", "admin")
+	in.AddNode(t, "m1", "media", "127.0.0.1:5060", 10)
+	page := in.Get(t, admin, "/nodes/m1")
+	if !hasTestID(page.Body, "ack-none") {
+		t.Fatal("an up node offers an acknowledgement")
+	}
+	if _, err := in.Pool().Exec(t.Context(), `UPDATE nodes SET health = 'down', health_changed_at = now() - interval '1 minute' WHERE name = 'm1'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := in.Pool().Exec(t.Context(), `INSERT INTO alerts (type, node_name, payload) VALUES ('health', 'm1', '{"node":"m1","from":"suspect","to":"down"}')`); err != nil {
+		t.Fatal(err)
+	}
+	if page = in.Get(t, admin, "/nodes/m1"); !hasTestID(page.Body, "ack-form") {
+		t.Fatal("no acknowledgement form for a down node")
+	}
+	r := in.HTMX(t, admin, http.MethodPost, "/nodes/m1/ack", url.Values{"note": {""}})
+	if r.StatusCode != http.StatusUnprocessableEntity || !hasTestID(r.Body, "error-note") {
+		t.Fatalf("ack without a note: %d", r.StatusCode)
+	}
+	r = in.HTMX(t, admin, http.MethodPost, "/nodes/m1/ack", url.Values{"note": {"replacing the PSU"}})
+	if r.StatusCode != http.StatusOK || !hasTestID(r.Body, "ack-done") || !strings.Contains(r.Body, "replacing the PSU") {
+		t.Fatalf("ack: %d", r.StatusCode)
+	}
+	if n := count(t, in, "SELECT count(*) FROM alerts WHERE acked_by = 'admin@example.com' AND ack_note = 'replacing the PSU'"); n != 1 {
+		t.Fatalf("acknowledged alerts: %d", n)
+	}
+}

@@ -192,6 +192,12 @@ type nodeView struct {
 	MaintUntil  string
 	MaintReason string
 	Windows     []dbsqlc.MaintenanceWindow
+	// DownAlert is the node's down alert while it is down, for the
+	// acknowledgement form.
+	DownAlert *dbsqlc.Alert
+	AckNote   string
+	AckErrors nodes.FieldErrors
+	AckNotice string
 	MaintErrors nodes.FieldErrors
 	MaintNotice string
 
@@ -219,6 +225,9 @@ func (h *Handler) nodeView(r *http.Request, name string) (nodeView, error) {
 		return v, err
 	}
 	if v.Windows, err = h.Nodes.ListMaintenance(ctx, n.Name, false); err != nil {
+		return v, err
+	}
+	if v.DownAlert, err = h.Nodes.DownAlert(ctx, n); err != nil {
 		return v, err
 	}
 	return v, nil

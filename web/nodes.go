@@ -194,10 +194,10 @@ type nodeView struct {
 	Windows     []dbsqlc.MaintenanceWindow
 	// DownAlert is the node's down alert while it is down, for the
 	// acknowledgement form.
-	DownAlert *dbsqlc.Alert
-	AckNote   string
-	AckErrors nodes.FieldErrors
-	AckNotice string
+	DownAlert   *dbsqlc.Alert
+	AckNote     string
+	AckErrors   nodes.FieldErrors
+	AckNotice   string
 	MaintErrors nodes.FieldErrors
 	MaintNotice string
 

@@ -6,7 +6,7 @@ BIN := bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: help build run test unit e2e faults demo bench generate verify clean
+.PHONY: help build run test unit e2e faults demo bench generate verify lint clean
 
 help: ## Show the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ verify: ## Fail on unformatted code, vet findings or stale generated code
 	$(TOOLS) templ fmt -fail web
 	$(MAKE) generate
 	git diff --exit-code -- db/dbsqlc web
+
+lint: ## staticcheck (pinned in tools/go.mod) over every package
+	$(TOOLS) staticcheck ./...
 
 clean: ## Remove build output (keeps .data/)
 	rm -rf $(BIN)

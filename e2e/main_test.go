@@ -4,13 +4,13 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"testing"
 	"time"
 
 	"github.com/callplane/callplane/db/localpg"
+	"github.com/callplane/callplane/e2e/harness"
 )
 
 // The binaries and the Postgres server are shared by every test of the
@@ -54,18 +54,13 @@ func runMain(m *testing.M) int {
 
 // buildBinaries builds the real programs once, as a user would.
 func buildBinaries(dir string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
 	root, err := filepath.Abs("..")
 	if err != nil {
 		return err
 	}
 	start := time.Now()
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", dir+string(filepath.Separator), "./cmd/callmanager", "./cmd/nodeagent")
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "GOTOOLCHAIN=local")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build the binaries: %v\n%s", err, out)
+	if err := harness.BuildBinaries(root, dir); err != nil {
+		return err
 	}
 	fmt.Fprintf(os.Stderr, "e2e: built callmanager and nodeagent in %v (%s)\n", time.Since(start).Round(time.Millisecond), runtime.Version())
 	return nil

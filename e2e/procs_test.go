@@ -8,9 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -18,112 +16,36 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/callplane/callplane/e2e/harness"
 	"github.com/callplane/callplane/nodes/alert/smtptest"
 )
 
-// proc is a child process in its own process group, its output in a log
-// file, stopped (SIGTERM, then SIGKILL) when the test ends.
+// proc is a child process run by e2e/harness (own process group, output
+// in a log file, stopped when the test ends), with this package's names.
 type proc struct {
-	name    string
-	cmd     *exec.Cmd
-	logPath string
-	done    chan struct{}
-	err     error
+	*harness.Proc
+	name string
 }
 
 func startProc(t *testing.T, name, logDir, bin string, args ...string) *proc {
 	t.Helper()
-	logPath := filepath.Join(logDir, name+".log")
-	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		t.Fatalf("log file for %s: %v", name, err)
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		t.Fatalf("start %s: %v", name, err)
-	}
-	f.Close()
-	p := &proc{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
-	go func() { p.err = cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() { p.stop(10 * time.Second) })
-	return p
+	return &proc{Proc: harness.Start(t, name, logDir, nil, bin, args...), name: name}
 }
 
-// stop sends SIGTERM to the process group and waits up to grace before
-// SIGKILL. It reports whether the process ended on SIGTERM.
-func (p *proc) stop(grace time.Duration) bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-	}
-	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
-	select {
-	case <-p.done:
-		return true
-	case <-time.After(grace):
-	}
-	p.kill()
-	return false
-}
+func (p *proc) stop(grace time.Duration) bool { return p.Stop(grace) }
+func (p *proc) kill()                         { p.Kill() }
+func (p *proc) exited() bool                  { return p.Exited() }
+func (p *proc) log() string                   { return p.Log() }
+func (p *proc) tail(n int) string             { return p.Tail(n) }
 
-// kill ends the process group at once, as a crash would.
-func (p *proc) kill() {
-	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-	}
-}
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-func (p *proc) log() string {
-	b, _ := os.ReadFile(p.logPath)
-	return string(b)
-}
-
-// tail returns the last n lines of the log.
-func (p *proc) tail(n int) string {
-	lines := strings.Split(strings.TrimRight(p.log(), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
-// waitLog polls the log until re matches, for at most timeout.
 func (p *proc) waitLog(t *testing.T, re *regexp.Regexp, timeout time.Duration) []string {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		if m := re.FindStringSubmatch(p.log()); m != nil {
-			return m
-		}
-		if p.exited() {
-			t.Fatalf("%s exited (%v) before its log matched %s:\n%s", p.name, p.err, re, p.tail(40))
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: log did not match %s within %v:\n%s", p.name, re, timeout, p.tail(40))
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return p.WaitLog(t, re, timeout)
 }
 
 // cluster is one test's Callplane: call manager instances sharing a fresh
@@ -232,7 +154,7 @@ func waitReady(t *testing.T, cm *callManager) {
 	t.Helper()
 	poll(t, 60*time.Second, cm.id+" ready", func() (bool, string) {
 		if cm.exited() {
-			t.Fatalf("%s exited during start (%v):\n%s", cm.id, cm.err, cm.tail(40))
+			t.Fatalf("%s exited during start (%v):\n%s", cm.id, cm.Err(), cm.tail(40))
 		}
 		resp, err := insecure.Get(cm.url + "/readyz")
 		if err != nil {
@@ -247,52 +169,11 @@ func waitReady(t *testing.T, cm *callManager) {
 // with the last state cond described.
 func poll(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	last := ""
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		last = state
-		if time.Now().After(deadline) {
-			t.Fatalf("waited %v for %s; last: %s", timeout, what, last)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	harness.Poll(t, timeout, what, cond)
 }
 
-// freeTCP returns a loopback address whose TCP port was free a moment ago.
-func freeTCP(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("free port: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-// freeSIP returns a loopback address free for both UDP and TCP, as a SIP
-// probe endpoint listens on both.
-func freeSIP(t *testing.T) string {
-	t.Helper()
-	for range 50 {
-		u, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("free udp port: %v", err)
-		}
-		addr := u.LocalAddr().String()
-		l, err := net.Listen("tcp", addr)
-		u.Close()
-		if err == nil {
-			l.Close()
-			return addr
-		}
-	}
-	t.Fatal("no loopback port free for both UDP and TCP")
-	return ""
-}
+func freeTCP(t *testing.T) string { return harness.FreeTCP(t) }
+func freeSIP(t *testing.T) string { return harness.FreeSIP(t) }
 
 // cli runs a callmanager administration command against the cluster's
 // database and returns its stdout.

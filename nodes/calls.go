@@ -70,22 +70,34 @@ type CallAnswer struct {
 	At    time.Time
 }
 
-// PlaceSIPCall places a call on the least-loaded eligible media node outside
-// exclude and records it, in one statement. retry marks a failover try of
-// the same call.
+// PlaceSIPCall places a call on the media node Plan picks among the
+// eligible ones outside exclude, and records it, in one statement after
+// one read of the candidates. Should the chosen node fill or leave before
+// the statement locks it, it plans again (the db retry policy). retry
+// marks a failover try of the same call.
 func (s *Service) PlaceSIPCall(ctx context.Context, id CallIdentity, exclude []int64, retry bool) (CallTarget, error) {
 	if exclude == nil {
 		exclude = []int64{}
 	}
 	p := dbsqlc.SipCallPlaceParams{
 		Ref: id.Ref, CallID: id.CallID, FromTag: id.FromTag, FromUri: id.FromURI, ToUri: id.ToURI,
-		Instance: id.Instance, Exclude: exclude, Retry: retry,
+		Instance: id.Instance, Retry: retry,
 	}
 	var row dbsqlc.SipCallPlaceRow
-	err := retryStatement(ctx, func() error {
-		var err error
-		row, err = s.q.SipCallPlace(ctx, s.pool, p)
-		return err
+	err := db.Retry(ctx, func(int) error {
+		rows, err := s.q.NodeCandidates(ctx, s.pool, []string{KindMedia})
+		if err != nil {
+			return err
+		}
+		cands, _ := candidatesByKind(rows)
+		p.NodeID = Plan([]PlanItem{{Cost: 1, Exclude: exclude}}, cands[KindMedia])[0]
+		if row, err = s.q.SipCallPlace(ctx, s.pool, p); err != nil {
+			return err
+		}
+		if p.NodeID != 0 && row.NodeID == 0 && !row.Duplicate {
+			return db.ErrRetry // the node filled or left meanwhile
+		}
+		return nil
 	})
 	if err != nil {
 		return CallTarget{}, fmt.Errorf("place call %s: %w", id.Ref, err)

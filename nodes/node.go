@@ -67,11 +67,6 @@ func (n Node) CanFailOver(policy string, now time.Time) bool {
 	return policy == "auto" && !n.InMaintenance(now) && n.AdminState != StateDisabled
 }
 
-// candidate is the node as the planner sees it.
-func (n Node) candidate() Candidate {
-	return Candidate{ID: n.ID, Name: n.Name, Capacity: n.Capacity, Used: n.Used, Weight: n.Weight}
-}
-
 // Work is a work item: a call, IVR, queue, meeting or IM shard.
 type Work struct {
 	ID        int64      `json:"id"`

@@ -230,7 +230,7 @@ func TestAdminAPI(t *testing.T) {
 		t.Fatalf("events: %d", n)
 	}
 	// Registration through the API shares the validation.
-	r, m = api(t, in, "POST", "/api/v1/nodes", tok, map[string]any{"name": "m1", "kind": "media", "address": "127.0.0.1:5062", "capacity": 5})
+	r, _ = api(t, in, "POST", "/api/v1/nodes", tok, map[string]any{"name": "m1", "kind": "media", "address": "127.0.0.1:5062", "capacity": 5})
 	if r.StatusCode != http.StatusConflict {
 		t.Fatalf("duplicate: %d %s", r.StatusCode, r.Body)
 	}

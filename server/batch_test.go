@@ -340,7 +340,7 @@ func TestBatchAck(t *testing.T) {
 		t.Fatal("ending and failing work did not bump the node's version")
 	}
 	// Only active acks: one statement, fenced the same way.
-	r, m = api(t, in, "POST", "/api/v1/assignments/ack", cred, map[string]any{"acks": []map[string]any{
+	r, _ = api(t, in, "POST", "/api/v1/assignments/ack", cred, map[string]any{"acks": []map[string]any{
 		{"id": d.ID, "epoch": d.Epoch, "state": "active"}, {"id": e.ID, "epoch": e.Epoch, "state": "active"}}})
 	if r.StatusCode != 200 || !strings.Contains(r.Body, `{"id":`+fmt.Sprint(d.ID)+`,"ok":true}`) || !strings.Contains(r.Body, `"status":404`) {
 		t.Fatalf("active-only batch: %d %s", r.StatusCode, r.Body)

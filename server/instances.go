@@ -23,8 +23,11 @@ import (
 // updated_at says when the instance was last seen.
 const (
 	instanceKeyPrefix = "instance:"
-	// advertiseEvery is how often a running instance refreshes its advert.
+	// advertiseEvery is how often a running instance refreshes its advert;
+	// it reads the others' every refreshEvery, so a new instance shows in
+	// join commands within seconds.
 	advertiseEvery = 30 * time.Second
+	refreshEvery   = 5 * time.Second
 	// advertKept is how long an advert counts after its instance was last
 	// seen: long enough that an instance down for maintenance is still
 	// listed, short enough that a removed one leaves join commands soon.
@@ -92,11 +95,18 @@ type instanceAdverts struct {
 
 // run advertises this instance and refreshes the join URLs until ctx ends.
 func (ia *instanceAdverts) run(ctx context.Context, pool *pgxpool.Pool, id string, self advert, log *slog.Logger) {
-	t := time.NewTicker(advertiseEvery)
+	t := time.NewTicker(refreshEvery)
 	defer t.Stop()
+	var advertised time.Time
 	for {
-		if err := advertise(ctx, pool, id, self); err != nil && ctx.Err() == nil {
-			log.Warn("advertise this instance for join commands", "err", err)
+		if time.Since(advertised) >= advertiseEvery {
+			if err := advertise(ctx, pool, id, self); err != nil {
+				if ctx.Err() == nil {
+					log.Warn("advertise this instance for join commands", "err", err)
+				}
+			} else {
+				advertised = time.Now()
+			}
 		}
 		if urls, err := joinServers(ctx, pool, self); err == nil {
 			ia.mu.Lock()

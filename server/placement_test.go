@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -187,19 +188,43 @@ func TestLongPollWakesOnChangeAndStaleAcks(t *testing.T) {
 	type result struct {
 		body map[string]any
 		at   time.Time
+		err  error
 	}
+	// The poll waits the longest the server allows. Only the notification
+	// can answer it early: without it, it answers at its wait, with the
+	// new version too. So the test asks for the answer within half the
+	// wait of the change, a bound no busy machine comes near and a
+	// missing notification cannot meet.
+	const wait = 60 * time.Second
 	done := make(chan result, 1)
 	go func() {
-		_, m := api(t, in, "GET", fmt.Sprintf("/api/v1/assignments?since=%d&wait=20s", v), cred, nil)
-		done <- result{m, time.Now()}
+		// Not api(): its client gives up after 30 s, and a test goroutine
+		// must not call t.Fatal.
+		c := in.Client(t)
+		c.Timeout = 2 * wait
+		req, _ := http.NewRequest("GET", in.URL+fmt.Sprintf("/api/v1/assignments?since=%d&wait=%s", v, wait), nil)
+		req.Header.Set("Authorization", "Bearer "+cred)
+		var m map[string]any
+		resp, err := c.Do(req)
+		if err == nil {
+			err = json.NewDecoder(resp.Body).Decode(&m)
+			resp.Body.Close()
+		}
+		done <- result{m, time.Now(), err}
 	}()
 	time.Sleep(200 * time.Millisecond) // let the poll park
 	exec(t, in, "UPDATE nodes SET admin_state = 'draining' WHERE name = 'm2'")
 	placedAt := time.Now()
 	p := place(t, in, "call", "wake-me", 1)
 	res := <-done
+	if res.err != nil {
+		t.Fatalf("long-poll: %v", res.err)
+	}
 	if !res.at.After(placedAt) {
 		t.Fatal("long-poll answered before the change")
+	}
+	if took := res.at.Sub(placedAt); took > wait/2 {
+		t.Fatalf("long-poll answered %s after the change, near its wait of %s: the change did not wake it", took.Round(time.Millisecond), wait)
 	}
 	as := res.body["assignments"].([]any)
 	if int64(res.body["version"].(float64)) <= v || len(as) != 1 || as[0].(map[string]any)["ref"] != "wake-me" {

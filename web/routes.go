@@ -40,6 +40,7 @@ func (h *Handler) adminRoutes(r chi.Router) {
 	r.Post("/calls/settings", h.wrap(h.callsSettingsSave))
 	r.Post("/settings", h.wrap(h.settingsSave))
 	r.Post("/settings/test-email", h.wrap(h.settingsTestEmail))
+	r.Post("/settings/retention", h.wrap(h.retentionSave))
 }
 
 // ownerRoutes manage accounts.

@@ -37,6 +37,7 @@ type settingsView struct {
 	Instance  string
 	Leader    string
 	Test      testEmailResult
+	Retention retentionView
 }
 
 type testEmailResult struct {
@@ -51,6 +52,9 @@ func (h *Handler) settingsView(r *http.Request, st health.Settings) (settingsVie
 	v.Values[health.KeySMTPURL] = st.SMTPRedacted()
 	var err error
 	if v.Outbox, err = h.Settings.Outbox(ctx); err != nil {
+		return v, err
+	}
+	if v.Retention, err = h.retentionView(r); err != nil {
 		return v, err
 	}
 	if h.Cluster != nil {

@@ -58,6 +58,19 @@ func TestParseConfig(t *testing.T) {
 					t.Fatalf("cfg.Join = %+v", cfg.Join)
 				}
 			}},
+		{name: "join several servers", args: []string{"join", "--server", "https://a:8443,https://b:8443", "--server", "https://c:8443", "--token", testToken, "--ca-pin", pin, "--state-dir", "/s"},
+			env: map[string]string{"NODEAGENT_SERVER": "https://env:1"},
+			check: func(t *testing.T, cfg Config) {
+				if !slices.Equal(cfg.Join.Servers, []string{"https://a:8443", "https://b:8443", "https://c:8443"}) {
+					t.Fatalf("servers = %q, want the three flags' URLs (the flag replaces its env twin)", cfg.Join.Servers)
+				}
+			}},
+		{name: "run servers", args: []string{"run", "--state-dir", "/s", "--server", "https://a:8443", "--server", "https://b:8443"},
+			check: func(t *testing.T, cfg Config) {
+				if !slices.Equal(cfg.Run.Servers, []string{"https://a:8443", "https://b:8443"}) {
+					t.Fatalf("servers = %q", cfg.Run.Servers)
+				}
+			}},
 		{name: "join env twins", args: []string{"join"},
 			env: map[string]string{"NODEAGENT_SERVER": "https://env:1", "NODEAGENT_TOKEN": testToken, "NODEAGENT_CA_PIN": pin, "NODEAGENT_STATE_DIR": "/env"},
 			check: func(t *testing.T, cfg Config) {

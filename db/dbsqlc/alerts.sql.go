@@ -366,6 +366,26 @@ func (q *Queries) AlertPage(ctx context.Context, db DBTX, arg AlertPageParams) (
 	return items, nil
 }
 
+const alertPrune = `-- name: AlertPrune :execrows
+DELETE FROM alerts WHERE id IN (
+    SELECT id FROM alerts WHERE state <> 'pending' AND created_at < now() - make_interval(secs => $1::float8) LIMIT $2)
+`
+
+type AlertPruneParams struct {
+	OlderThanSeconds float64
+	Lim              int32
+}
+
+// AlertPrune deletes alerts that were sent or given up on longer ago than
+// the given age; pending alerts are never pruned.
+func (q *Queries) AlertPrune(ctx context.Context, db DBTX, arg AlertPruneParams) (int64, error) {
+	result, err := db.Exec(ctx, alertPrune, arg.OlderThanSeconds, arg.Lim)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const alertRecentOfType = `-- name: AlertRecentOfType :one
 SELECT count(*) FROM alerts WHERE type = $1 AND node_name = $2
   AND created_at > now() - make_interval(secs => $3::float8)

@@ -142,3 +142,21 @@ func (q *Queries) AuditPage(ctx context.Context, db DBTX, arg AuditPageParams) (
 	}
 	return items, nil
 }
+
+const auditPrune = `-- name: AuditPrune :execrows
+DELETE FROM audit_log WHERE id IN (
+    SELECT id FROM audit_log WHERE at < now() - make_interval(secs => $1::float8) LIMIT $2)
+`
+
+type AuditPruneParams struct {
+	OlderThanSeconds float64
+	Lim              int32
+}
+
+func (q *Queries) AuditPrune(ctx context.Context, db DBTX, arg AuditPruneParams) (int64, error) {
+	result, err := db.Exec(ctx, auditPrune, arg.OlderThanSeconds, arg.Lim)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}

@@ -144,6 +144,24 @@ func (q *Queries) EventPage(ctx context.Context, db DBTX, arg EventPageParams) (
 	return items, nil
 }
 
+const eventPrune = `-- name: EventPrune :execrows
+DELETE FROM events WHERE id IN (
+    SELECT id FROM events WHERE at < now() - make_interval(secs => $1::float8) LIMIT $2)
+`
+
+type EventPruneParams struct {
+	OlderThanSeconds float64
+	Lim              int32
+}
+
+func (q *Queries) EventPrune(ctx context.Context, db DBTX, arg EventPruneParams) (int64, error) {
+	result, err := db.Exec(ctx, eventPrune, arg.OlderThanSeconds, arg.Lim)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const notify = `-- name: Notify :exec
 SELECT pg_notify($1::text, $2::text)
 `

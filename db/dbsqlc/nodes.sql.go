@@ -1051,9 +1051,13 @@ func (q *Queries) ProbeResultList(ctx context.Context, db DBTX, arg ProbeResultL
 }
 
 const probeResultPrune = `-- name: ProbeResultPrune :execrows
-DELETE FROM probe_results WHERE at < now() - interval '1 hour'
+DELETE FROM probe_results WHERE at < now() - coalesce(
+    (SELECT value::interval FROM settings WHERE key = 'retention_probes'), interval '1 hour')
 `
 
+// ProbeResultPrune deletes probe results older than the retention
+// setting retention_probes (a duration, default 1 hour), so the checker's
+// own pruning and the leader's retention pass agree.
 func (q *Queries) ProbeResultPrune(ctx context.Context, db DBTX) (int64, error) {
 	result, err := db.Exec(ctx, probeResultPrune)
 	if err != nil {

@@ -594,11 +594,20 @@ func (q *Queries) WorkMove(ctx context.Context, db DBTX, arg WorkMoveParams) err
 }
 
 const workPruneEnded = `-- name: WorkPruneEnded :execrows
-DELETE FROM work WHERE state = 'ended' AND ended_at < now() - make_interval(secs => $1::float8)
+DELETE FROM work WHERE id IN (
+    SELECT id FROM work WHERE state = 'ended' AND ended_at < now() - make_interval(secs => $1::float8)
+    LIMIT $2)
 `
 
-func (q *Queries) WorkPruneEnded(ctx context.Context, db DBTX, olderThanSeconds float64) (int64, error) {
-	result, err := db.Exec(ctx, workPruneEnded, olderThanSeconds)
+type WorkPruneEndedParams struct {
+	OlderThanSeconds float64
+	Lim              int32
+}
+
+// WorkPruneEnded deletes up to lim work items that ended longer ago than
+// the given age (retention; the leader runs it in batches).
+func (q *Queries) WorkPruneEnded(ctx context.Context, db DBTX, arg WorkPruneEndedParams) (int64, error) {
+	result, err := db.Exec(ctx, workPruneEnded, arg.OlderThanSeconds, arg.Lim)
 	if err != nil {
 		return 0, err
 	}

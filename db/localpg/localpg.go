@@ -258,6 +258,11 @@ func BaseBackup(ctx context.Context, s *Server, dir string) error {
 	if err != nil {
 		return err
 	}
+	// PATH may hold links to only some of the server's programs; the
+	// server's own directory has them all.
+	if real, err := filepath.EvalSymlinks(filepath.Join(bin, "initdb")); err == nil {
+		bin = filepath.Dir(real)
+	}
 	dir, err = filepath.Abs(dir)
 	if err != nil {
 		return err

@@ -79,3 +79,9 @@ WHERE n.health = 'down' AND n.admin_state <> 'disabled'
                     AND x.acked_at IS NOT NULL)
   AND a.created_at < now() - make_interval(secs => @every_seconds::float8)
 ORDER BY n.id;
+
+-- AlertPrune deletes alerts that were sent or given up on longer ago than
+-- the given age; pending alerts are never pruned.
+-- name: AlertPrune :execrows
+DELETE FROM alerts WHERE id IN (
+    SELECT id FROM alerts WHERE state <> 'pending' AND created_at < now() - make_interval(secs => @older_than_seconds::float8) LIMIT @lim);

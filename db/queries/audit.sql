@@ -21,3 +21,7 @@ WHERE (@cursor::bigint = 0 OR id < @cursor)
   AND (@until::timestamptz = 'infinity' OR at < @until)
   AND (@q::text = '' OR detail ILIKE '%' || @q || '%' OR target ILIKE '%' || @q || '%')
 ORDER BY id DESC LIMIT @lim;
+
+-- name: AuditPrune :execrows
+DELETE FROM audit_log WHERE id IN (
+    SELECT id FROM audit_log WHERE at < now() - make_interval(secs => @older_than_seconds::float8) LIMIT @lim);

@@ -26,3 +26,7 @@ WHERE (@cursor::bigint = 0 OR id < @cursor)
   AND (@until::timestamptz = 'infinity' OR at < @until)
   AND (@q::text = '' OR message ILIKE '%' || @q || '%')
 ORDER BY id DESC LIMIT @lim;
+
+-- name: EventPrune :execrows
+DELETE FROM events WHERE id IN (
+    SELECT id FROM events WHERE at < now() - make_interval(secs => @older_than_seconds::float8) LIMIT @lim);

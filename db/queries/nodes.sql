@@ -100,8 +100,12 @@ SELECT unnest(@node_ids::bigint[]), unnest(@oks::boolean[]), unnest(@latencies::
 -- name: ProbeResultList :many
 SELECT * FROM probe_results WHERE node_id = @node_id ORDER BY at DESC LIMIT @lim;
 
+-- ProbeResultPrune deletes probe results older than the retention
+-- setting retention_probes (a duration, default 1 hour), so the checker's
+-- own pruning and the leader's retention pass agree.
 -- name: ProbeResultPrune :execrows
-DELETE FROM probe_results WHERE at < now() - interval '1 hour';
+DELETE FROM probe_results WHERE at < now() - coalesce(
+    (SELECT value::interval FROM settings WHERE key = 'retention_probes'), interval '1 hour');
 
 -- name: NodeHealthChanges :one
 SELECT count(*) FROM events WHERE node_id = @node_id AND type = 'health' AND at > now() - make_interval(secs => @window_seconds::float8);

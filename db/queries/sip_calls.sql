@@ -1,42 +1,26 @@
 -- Queries of the SIP front door (nodes/sipfront through nodes/calls.go).
 -- Every call is a durable row; the hot path is one statement per step.
 
--- SipCallPlace places a call's work item on the least-loaded eligible
--- media node not in @exclude and records the call, in one statement (one
--- round trip, one commit). It places nothing when live work with the same
--- ref exists (a merged request) or no node has room; the caller sees both
--- in the answer. A ref whose work ended (an INVITE sent again after an
--- authentication challenge) is placed again. @retry marks a failover try
--- of the same call: its tries and failovers carry on.
+-- SipCallPlace places a call's work item on @node_id, the media node
+-- nodes.Plan chose, and records the call, in one statement (one round
+-- trip, one commit). The node is locked and checked again (eligible, room
+-- for one more); when it no longer qualifies nothing is placed and the
+-- caller plans again. It places nothing when live work with the same ref
+-- exists (a merged request) or @node_id is 0 (no node has room); the
+-- caller sees both in the answer. A ref whose work ended (an INVITE sent
+-- again after an authentication challenge) is placed again. @retry marks
+-- a failover try of the same call: its tries and failovers carry on.
 -- name: SipCallPlace :one
 WITH dup AS (
     SELECT 1 AS x FROM work WHERE ref = @ref::text AND state <> 'ended'
-), unlocked AS (
-    SELECT n.id FROM nodes n
-    WHERE n.kind = 'media' AND n.admin_state = 'enabled' AND n.health = 'up'
-      AND n.used + 1 <= n.capacity
-      AND (n.maintenance_until IS NULL OR n.maintenance_until < now())
-      AND n.id <> ALL (@exclude::bigint[])
-      AND NOT EXISTS (SELECT 1 FROM dup)
-    ORDER BY ((n.used + 1)::float8 / n.capacity) / n.weight, n.id
-    LIMIT 1
-    FOR UPDATE SKIP LOCKED
 ), target AS (
-    SELECT id FROM unlocked
-    UNION ALL
-    (SELECT n.id FROM nodes n
-    WHERE n.kind = 'media' AND n.admin_state = 'enabled' AND n.health = 'up'
-      AND n.used + 1 <= n.capacity
-      AND (n.maintenance_until IS NULL OR n.maintenance_until < now())
-      AND n.id <> ALL (@exclude::bigint[])
+    SELECT e.id FROM node_eligibility e
+    WHERE e.id = @node_id::bigint AND e.eligible AND e.kind = 'media' AND e.used + 1 <= e.capacity
       AND NOT EXISTS (SELECT 1 FROM dup)
-    ORDER BY ((n.used + 1)::float8 / n.capacity) / n.weight, n.id
-    LIMIT 1)
-    LIMIT 1
+    FOR UPDATE
 ), bumped AS (
     UPDATE nodes SET used = nodes.used + 1, assign_version = nextval('assign_version_seq')
     WHERE nodes.id = (SELECT id FROM target) AND nodes.used + 1 <= nodes.capacity
-      AND nodes.admin_state = 'enabled' AND nodes.health = 'up'
     RETURNING nodes.id, nodes.name, nodes.address
 ), placed AS (
     INSERT INTO work (ref, kind, cost, state, node_id)

@@ -75,8 +75,12 @@ RETURNING *;
 -- name: WorkGetByID :one
 SELECT * FROM work WHERE id = @id;
 
+-- WorkPruneEnded deletes up to lim work items that ended longer ago than
+-- the given age (retention; the leader runs it in batches).
 -- name: WorkPruneEnded :execrows
-DELETE FROM work WHERE state = 'ended' AND ended_at < now() - make_interval(secs => @older_than_seconds::float8);
+DELETE FROM work WHERE id IN (
+    SELECT id FROM work WHERE state = 'ended' AND ended_at < now() - make_interval(secs => @older_than_seconds::float8)
+    LIMIT @lim);
 
 -- WorkInsertBatch inserts many new work items in one statement; node_id 0
 -- means unplaced. A ref that already exists is skipped (and absent from

@@ -243,11 +243,15 @@ func sceneFalseFailover(ctx context.Context, pg *localpg.Server, root string) er
 		}
 		all = append(all, names)
 	}
+	// A node that is slow to come up on a busy machine is a figure, not
+	// the end of the run: the scene runs with what is up and says so.
+	var slow []string
 	for k, sc := range scenes {
 		if err := sc.waitHealth(ctx, all[k], nodes.HealthUp, 60*time.Second); err != nil {
-			return err
+			slow = append(slow, err.Error())
 		}
 	}
+	report("false failover: nodes up before the run", fmt.Sprintf("%d clusters late", len(slow)), "all up within 60 s", len(slow) == 0, strings.Join(slow, "; "))
 	time.Sleep(2 * opt.ffInterval)
 	start := time.Now()
 	logf("all %d nodes up; running %s", opt.ffClusters*opt.ffNodes, opt.ffDuration)

@@ -81,12 +81,6 @@ func reportInfo(name, value, note string) {
 	fmt.Println(f.line())
 }
 
-func reportPending(name, target, note string) {
-	f := figure{name, "-", target, "PENDING", note}
-	figures = append(figures, f)
-	fmt.Println(f.line())
-}
-
 func (f figure) line() string {
 	s := fmt.Sprintf("%-44s %-28s target %-22s %s", f.Name, f.Value, f.Target, f.Verdict)
 	if f.Note != "" {

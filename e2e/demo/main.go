@@ -32,15 +32,14 @@ import (
 const mailpitVersion = "v1.33.1"
 
 type config struct {
-	listen      string // call manager, HTTPS
-	mailUI      string // mailpit web inbox
-	mailSMTP    string // mailpit SMTP
-	dataDir     string
-	binDir      string
-	version     string
-	email       string
-	password    string
-	keepRunning bool
+	listen   string // call manager, HTTPS
+	mailUI   string // mailpit web inbox
+	mailSMTP string // mailpit SMTP
+	dataDir  string
+	binDir   string
+	version  string
+	email    string
+	password string
 }
 
 func main() {

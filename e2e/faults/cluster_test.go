@@ -161,7 +161,8 @@ func (c *cluster) startCallManager(id string) *callManager {
 		"--smtp-url", "smtp://" + c.smtpProxy.Addr + "?tls=none",
 		"--alert-from", "callplane@faults.callplane.test", "--alert-to", alertTo,
 		"--tls-cert", c.certFile, "--tls-key", c.keyFile,
-		"--public-url", "https://" + proxy.Addr, "--instance-id", id, "--log-level", "info"}
+		"--public-url", "https://" + proxy.Addr, "--instance-id", id, "--log-level", "info",
+		"--sip-listen", "127.0.0.1:0"}
 	c.launch(cm)
 	return cm
 }

@@ -107,7 +107,7 @@ func (h *haCluster) runAgent(t *testing.T, servers string) (stateDir string, log
 	if _, err := agent.Join(ctx, agent.JoinOptions{Servers: []string{servers}, Token: jt.Token, CAPin: h.a.Pin(), StateDir: stateDir, Version: "test"}); err != nil {
 		t.Fatalf("join: %v", err)
 	}
-	h.exec(t, "UPDATE nodes SET health = 'up'")
+	h.exec(t, "UPDATE nodes SET health = 'up', enrolled_at = coalesce(enrolled_at, now())")
 	logs = &syncBuffer{}
 	rctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)

@@ -6,7 +6,8 @@
 // operator reads at 3 a.m. (Compose, ComposeCapacity, ComposeTest). It does
 // not touch the database: the Postgres outbox that decides what to send, when
 // to retry and when to give up lives elsewhere and calls this package. The
-// classifiers IsPermanent and IsTemporary tell it which of the two to do.
+// classifier IsPermanent tells it which of the two to do: give up on a
+// permanent failure, retry every other one with backoff.
 //
 // Messages are built and handed over with github.com/go-mail/mail/v2, but the
 // SMTP conversation is driven here on net/smtp instead of through mail.Dialer,

@@ -93,7 +93,8 @@ func NewSender(cfg SMTP, timeout time.Duration) *Sender {
 // Send delivers m and returns the server's final reply to the message
 // (for example "250 2.0.0 OK: queued as 3F2A1"), which the portal shows
 // after a test email. The whole exchange is bounded by the Sender's timeout
-// and by ctx. Classify a failure with IsPermanent and IsTemporary.
+// and by ctx. Classify a failure with IsPermanent: every other failure (4xx
+// replies, refused connections, timeouts) is retried with backoff.
 //
 // Once the server has accepted the message, a failure to say goodbye
 // (QUIT) is ignored: the message is on its way and reporting an error
@@ -362,13 +363,6 @@ func IsPermanent(err error) bool {
 		return code >= 500 && code <= 599
 	}
 	return false
-}
-
-// IsTemporary reports whether err may go away by itself and the message
-// should be retried with backoff: 4xx replies, refused connections,
-// timeouts, and every error that is not known to be permanent.
-func IsTemporary(err error) bool {
-	return err != nil && !IsPermanent(err)
 }
 
 // replyCode finds the SMTP reply code in err's chain, looking through

@@ -119,8 +119,8 @@ func TestSendClassifiesFailures(t *testing.T) {
 		if got := alert.IsPermanent(err); got != tt.permanent {
 			t.Errorf("code %d: IsPermanent(%v) = %v", tt.code, err, got)
 		}
-		if got := alert.IsTemporary(err); got == tt.permanent {
-			t.Errorf("code %d: IsTemporary(%v) = %v", tt.code, err, got)
+		if got := err != nil && !alert.IsPermanent(err); got == tt.permanent {
+			t.Errorf("code %d: temporary(%v) = %v", tt.code, err, got)
 		}
 		if !strings.Contains(err.Error(), "no thanks") {
 			t.Errorf("code %d: error %q does not carry the server's reply", tt.code, err)
@@ -147,8 +147,8 @@ func TestSendServerDown(t *testing.T) {
 	if time.Since(start) > 2*time.Second {
 		t.Errorf("Send took %v, longer than its timeout", time.Since(start))
 	}
-	if !alert.IsTemporary(err) || alert.IsPermanent(err) {
-		t.Errorf("connection refused: IsTemporary=%v IsPermanent=%v (%v)", alert.IsTemporary(err), alert.IsPermanent(err), err)
+	if err == nil || alert.IsPermanent(err) {
+		t.Errorf("connection refused: IsPermanent=%v (%v)", alert.IsPermanent(err), err)
 	}
 	sink.Restart()
 	if _, err := s.Send(context.Background(), testMessage()); err != nil {
@@ -183,7 +183,7 @@ func TestSendSilentServerTimesOut(t *testing.T) {
 	if took := time.Since(start); took > 2*time.Second {
 		t.Errorf("Send took %v with a 300ms timeout", took)
 	}
-	if err == nil || !alert.IsTemporary(err) {
+	if err == nil || alert.IsPermanent(err) {
 		t.Fatalf("Send = %v, want a temporary error", err)
 	}
 	if !errors.Is(err, context.DeadlineExceeded) {
@@ -243,10 +243,10 @@ func TestSendInvalidMessage(t *testing.T) {
 
 func TestClassifyNil(t *testing.T) {
 	t.Parallel()
-	if alert.IsPermanent(nil) || alert.IsTemporary(nil) {
+	if alert.IsPermanent(nil) {
 		t.Error("nil error classified")
 	}
-	if !alert.IsTemporary(errors.New("something odd")) {
+	if alert.IsPermanent(errors.New("something odd")) {
 		t.Error("unknown error not temporary")
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net"
-	"sync"
 )
 
 // probeTCP connects to the im node's host:port and hangs up.
@@ -24,7 +23,6 @@ func (p *Prober) probeTCP(ctx context.Context, address string) Result {
 // tcpEndpoint accepts TCP connections and closes them at once: a connect is the probe.
 type tcpEndpoint struct {
 	ln net.Listener
-	wg sync.WaitGroup
 }
 
 func newTCPEndpoint(listen string) (*tcpEndpoint, error) {

@@ -36,8 +36,9 @@ MAILPIT_VERSION := v1.33.1
 $(BIN)/mailpit: # the demo's mail sink with a web inbox, built from source once
 	GOBIN=$(CURDIR)/$(BIN) GOTOOLCHAIN=local $(GO) install github.com/axllent/mailpit@$(MAILPIT_VERSION)
 
-bench: ## Load driver against a real call manager and Postgres; prints the figures
+bench: ## Load driver against a real call manager and Postgres, then the SIP scene (sipp, Kamailio); prints the figures
 	$(GO) run ./e2e/bench
+	$(GO) run ./e2e/sipbench
 
 generate: ## Regenerate sqlc and templ output
 	$(TOOLS) sqlc generate

@@ -109,6 +109,8 @@ type AckInput struct {
 	ID    int64  `json:"id"`
 	Epoch int64  `json:"epoch"`
 	State string `json:"state"`
+	// Error is why a start failed (state "failed"), as the agent saw it.
+	Error string `json:"error,omitempty"`
 }
 
 // AckResult is the outcome of one ack of a batch: Err is nil when the ack
@@ -137,6 +139,7 @@ func (s *Service) AckBatch(ctx context.Context, nodeID int64, acks []AckInput) (
 	var p dbsqlc.WorkAckBatchParams
 	p.NodeID = nodeID
 	seen := make(map[int64]bool, len(acks))
+	reasons := map[int64]string{}
 	recount := false
 	for i, a := range acks {
 		res[i].ID = a.ID
@@ -150,6 +153,9 @@ func (s *Service) AckBatch(ctx context.Context, nodeID int64, acks []AckInput) (
 			p.Ids = append(p.Ids, a.ID)
 			p.Epochs = append(p.Epochs, a.Epoch)
 			p.States = append(p.States, a.State)
+			if a.State == "failed" {
+				reasons[a.ID] = a.Error
+			}
 			recount = recount || a.State != WorkActive
 		}
 	}
@@ -166,10 +172,17 @@ func (s *Service) AckBatch(ctx context.Context, nodeID int64, acks []AckInput) (
 		if refused, err = s.ackBatchRefusals(ctx, q, nodeID, p, matched); err != nil {
 			return err
 		}
+		recountNode := false
 		for _, m := range matched {
-			if m.AckedState != WorkActive {
-				return s.q.NodeRecountUsed(ctx, q, []int64{nodeID})
+			if m.AckedState == "failed" {
+				if err := s.recordStartFailure(ctx, q, nodeID, m.ID, reasons[m.ID]); err != nil {
+					return err
+				}
 			}
+			recountNode = recountNode || m.AckedState != WorkActive
+		}
+		if recountNode {
+			return s.q.NodeRecountUsed(ctx, q, []int64{nodeID})
 		}
 		return nil
 	}

@@ -47,6 +47,9 @@ type CallTarget struct {
 	NodeID   int64
 	NodeName string
 	Address  string
+	// Merged is set by PlaceCalls for a call whose Call-ID and From tag
+	// are live already (ErrMergedCall from PlaceSIPCall).
+	Merged bool
 }
 
 // CallRoute is what an in-dialog request needs: whose tag set the call up
@@ -70,50 +73,58 @@ type CallAnswer struct {
 	At    time.Time
 }
 
-// PlaceSIPCall places a call on the media node Plan picks among the
-// eligible ones outside exclude, and records it, in one statement after
-// one read of the candidates. Should the chosen node fill or leave before
-// the statement locks it, it plans again (the db retry policy). retry
-// marks a failover try of the same call.
+// PlaceSIPCall places one call (a failover try, or a call whose ref
+// exists already) on the media node Plan picks outside exclude, and
+// records it: the eligible nodes are locked, planned over, and the call
+// written in one statement. retry marks a failover try of the same call.
+// NodeID 0 in the answer means no eligible node had room.
 func (s *Service) PlaceSIPCall(ctx context.Context, id CallIdentity, exclude []int64, retry bool) (CallTarget, error) {
-	if exclude == nil {
-		exclude = []int64{}
-	}
-	p := dbsqlc.SipCallPlaceParams{
-		Ref: id.Ref, CallID: id.CallID, FromTag: id.FromTag, FromUri: id.FromURI, ToUri: id.ToURI,
-		Instance: id.Instance, Retry: retry,
-	}
-	var row dbsqlc.SipCallPlaceRow
-	err := db.Retry(ctx, func(int) error {
-		rows, err := s.q.NodeCandidates(ctx, s.pool, []string{KindMedia})
+	var t CallTarget
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		t = CallTarget{}
+		cands, err := s.q.SipMediaLockEligible(ctx, tx)
 		if err != nil {
 			return err
 		}
-		cands, _ := candidatesByKind(rows)
-		p.NodeID = Plan([]PlanItem{{Cost: 1, Exclude: exclude}}, cands[KindMedia])[0]
-		if row, err = s.q.SipCallPlace(ctx, s.pool, p); err != nil {
+		to := Plan([]PlanItem{{Cost: 1, Exclude: exclude}}, mediaCandidates(cands))[0]
+		if to == 0 {
+			return nil
+		}
+		row, err := s.q.SipCallPlaceOn(ctx, tx, dbsqlc.SipCallPlaceOnParams{
+			Ref: id.Ref, NodeID: to, CallID: id.CallID, FromTag: id.FromTag, FromUri: id.FromURI, ToUri: id.ToURI,
+			Instance: id.Instance, Retry: retry,
+		})
+		if err != nil {
 			return err
 		}
-		if p.NodeID != 0 && row.NodeID == 0 && !row.Duplicate {
-			return db.ErrRetry // the node filled or left meanwhile
+		if row.Duplicate || row.WorkID == 0 {
+			// A live call holds the ref: nothing was written (a
+			// duplicate racing us rolls the node's count back with us).
+			t.Merged = true
+			return errMerged
 		}
+		t = CallTarget{WorkID: row.WorkID, Epoch: row.Epoch, NodeID: row.NodeID, NodeName: row.NodeName, Address: row.NodeAddress}
 		return nil
 	})
+	if errors.Is(err, errMerged) {
+		return CallTarget{}, fmt.Errorf("place call %s: %w", id.Ref, ErrMergedCall)
+	}
 	if err != nil {
 		return CallTarget{}, fmt.Errorf("place call %s: %w", id.Ref, err)
 	}
-	if row.Duplicate {
-		return CallTarget{}, fmt.Errorf("place call %s: %w", id.Ref, ErrMergedCall)
+	return t, nil
+}
+
+// errMerged rolls back a placement that met a live call with its ref.
+var errMerged = errors.New("merged call")
+
+// mediaCandidates turns locked media nodes into the planner's candidates.
+func mediaCandidates(rows []dbsqlc.SipMediaLockEligibleRow) []Candidate {
+	out := make([]Candidate, len(rows))
+	for i, r := range rows {
+		out[i] = Candidate{ID: r.ID, Name: r.Name, Capacity: r.Capacity, Used: r.Used, Weight: r.Weight}
 	}
-	if row.NodeID != 0 && row.WorkID == 0 {
-		// A concurrent duplicate took the ref between our check and our
-		// insert: the node's counter was bumped for nothing. Recount it.
-		if err := s.q.NodeRecountUsed(ctx, s.pool, []int64{row.NodeID}); err != nil {
-			s.log.Error("recount node after merged call", "node_id", row.NodeID, "err", err)
-		}
-		return CallTarget{}, fmt.Errorf("place call %s: %w", id.Ref, ErrMergedCall)
-	}
-	return CallTarget{WorkID: row.WorkID, Epoch: row.Epoch, NodeID: row.NodeID, NodeName: row.NodeName, Address: row.NodeAddress}, nil
+	return out
 }
 
 // FailoverCall ends the placement of a try that failed and notes its
@@ -284,4 +295,111 @@ func retryStatement(ctx context.Context, fn func() error) error {
 		}
 		return err
 	}
+}
+
+// PlaceCalls places a batch of new calls (first tries) in one
+// transaction: the eligible media nodes are locked once, the calls planned
+// over them in Go, and the work items, call rows and node loads written by
+// one statement. Each call gets its target; NodeID 0 means no node had
+// room. A call whose ref exists already (an INVITE sent again after a
+// challenge, or a merged request) is placed on its own with PlaceSIPCall.
+func (s *Service) PlaceCalls(ctx context.Context, ids []CallIdentity, instance string) ([]CallTarget, error) {
+	out := make([]CallTarget, len(ids))
+	var again []int
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		again = again[:0]
+		for i := range out {
+			out[i] = CallTarget{}
+		}
+		cands, err := s.q.SipMediaLockEligible(ctx, tx)
+		if err != nil {
+			return err
+		}
+		items := make([]PlanItem, len(ids))
+		for i := range items {
+			items[i] = PlanItem{Cost: 1}
+		}
+		plan := Plan(items, mediaCandidates(cands))
+		p := dbsqlc.SipCallPlaceBatchParams{Instance: instance}
+		byID := make(map[int64]dbsqlc.SipMediaLockEligibleRow, len(cands))
+		for _, c := range cands {
+			byID[c.ID] = c
+		}
+		for i, id := range ids {
+			if plan[i] == 0 {
+				continue
+			}
+			p.Refs = append(p.Refs, id.Ref)
+			p.NodeIds = append(p.NodeIds, plan[i])
+			p.CallIds = append(p.CallIds, id.CallID)
+			p.FromTags = append(p.FromTags, id.FromTag)
+			p.FromUris = append(p.FromUris, id.FromURI)
+			p.ToUris = append(p.ToUris, id.ToURI)
+		}
+		if len(p.Refs) == 0 {
+			return nil
+		}
+		rows, err := s.q.SipCallPlaceBatch(ctx, tx, p)
+		if err != nil {
+			return err
+		}
+		placed := make(map[string]dbsqlc.SipCallPlaceBatchRow, len(rows))
+		for _, r := range rows {
+			placed[r.Ref] = r
+		}
+		for i, id := range ids {
+			if plan[i] == 0 {
+				continue
+			}
+			r, ok := placed[id.Ref]
+			if !ok {
+				again = append(again, i)
+				continue
+			}
+			delete(placed, id.Ref) // a ref twice in one batch: the second goes again
+			n := byID[r.NodeID]
+			out[i] = CallTarget{WorkID: r.ID, Epoch: r.Epoch, NodeID: r.NodeID, NodeName: n.Name, Address: n.Address}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("place %d calls: %w", len(ids), err)
+	}
+	for _, i := range again {
+		t, err := s.PlaceSIPCall(ctx, ids[i], nil, false)
+		if err != nil && !errors.Is(err, ErrMergedCall) {
+			return nil, err
+		}
+		out[i] = CallTarget{Merged: errors.Is(err, ErrMergedCall)}
+		if err == nil {
+			out[i] = t
+		}
+	}
+	return out, nil
+}
+
+// CallEnd is one call to end in a batch.
+type CallEnd struct {
+	Ref   string
+	State string
+	Cause string
+}
+
+// EndCalls ends many calls in one statement and returns the nodes whose
+// load dropped.
+func (s *Service) EndCalls(ctx context.Context, ends []CallEnd) ([]int64, error) {
+	p := dbsqlc.SipCallEndBatchParams{Refs: make([]string, len(ends)), States: make([]string, len(ends)), Causes: make([]string, len(ends))}
+	for i, e := range ends {
+		p.Refs[i], p.States[i], p.Causes[i] = e.Ref, e.State, e.Cause
+	}
+	var ids []int64
+	err := retryStatement(ctx, func() error {
+		var err error
+		ids, err = s.q.SipCallEndBatch(ctx, s.pool, p)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("end %d calls: %w", len(ends), err)
+	}
+	return ids, nil
 }

@@ -131,8 +131,16 @@ func (s *Service) Enroll(ctx context.Context, req EnrollRequest) (EnrollResult, 
 			return err
 		}
 		addr := ""
-		if req.Address != "" && probe.ValidateAddress(n.Kind, req.Address) == nil {
-			addr = req.Address
+		if req.Address != "" && req.Address != n.Address && probe.ValidateAddress(n.Kind, req.Address) == nil {
+			// An address another node has is ignored: the node keeps the
+			// one it was registered with.
+			owner, err := s.addressOwner(ctx, tx, n.ID, n.Kind, req.Address)
+			if err != nil {
+				return err
+			}
+			if owner == "" {
+				addr = req.Address
+			}
 		}
 		if n, err = s.q.NodeEnroll(ctx, tx, dbsqlc.NodeEnrollParams{ID: n.ID, AgentVersion: safetext.Sanitize(req.Version, MaxAgentVersion), Address: addr}); err != nil {
 			return err

@@ -2,7 +2,6 @@ package nodes
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"time"
 
@@ -60,7 +59,7 @@ func (h *Heartbeats) Run(ctx context.Context) {
 	}
 }
 
-func (h *Heartbeats) write(ctx context.Context, batch map[int64]heartbeat) ([]dbsqlc.NodeHeartbeatBatchRow, error) {
+func (h *Heartbeats) write(ctx context.Context, batch map[int64]heartbeat) error {
 	p := dbsqlc.NodeHeartbeatBatchParams{}
 	for id, b := range batch {
 		p.Ids = append(p.Ids, id)
@@ -92,8 +91,9 @@ func (h *Heartbeats) Flush(ctx context.Context) {
 	if len(batch) == 0 {
 		return
 	}
-	rows, err := h.write(ctx, batch)
-	if err != nil {
+	// A heartbeat never changes health: the checker brings a node up
+	// when its probe and its agent agree.
+	if err := h.write(ctx, batch); err != nil {
 		if db.Unreachable(err) || ctx.Err() != nil {
 			h.svc.log.Error("write heartbeats; retrying at the next flush", "nodes", len(batch), "err", err)
 			h.requeue(batch)
@@ -103,35 +103,14 @@ func (h *Heartbeats) Flush(ctx context.Context) {
 		// so one bad row costs only its own node a beat, never every
 		// node its freshness.
 		h.svc.log.Warn("heartbeat batch refused; writing each node's beat alone", "nodes", len(batch), "err", err)
-		rows = rows[:0]
 		for id, b := range batch {
-			one, err := h.write(ctx, map[int64]heartbeat{id: b})
-			switch {
+			switch err := h.write(ctx, map[int64]heartbeat{id: b}); {
 			case err == nil:
-				rows = append(rows, one...)
 			case db.Unreachable(err) || ctx.Err() != nil:
 				h.requeue(map[int64]heartbeat{id: b})
 			default:
 				h.svc.log.Error("heartbeat dropped: the database refused it", "node_id", id, "err", err)
 			}
-		}
-	}
-	var up []int64
-	for _, r := range rows {
-		if r.BecameUp {
-			up = append(up, r.ID)
-		}
-	}
-	if len(up) > 0 {
-		named, err := h.svc.q.NodeNamesByID(ctx, h.svc.pool, up)
-		if err == nil {
-			for _, n := range named {
-				node := dbsqlc.Node{ID: n.ID, Name: n.Name}
-				_ = h.svc.event(ctx, h.svc.pool, &node, "health", "info", "node:"+n.Name, fmt.Sprintf("Node %s is up: first heartbeat received", n.Name))
-			}
-		}
-		for _, k := range WorkKinds {
-			h.svc.PlaceUnplaced(ctx, k, "node came up")
 		}
 	}
 	select {

@@ -281,7 +281,8 @@ func (s *Service) placeUnplacedTx(ctx context.Context, tx pgx.Tx, workKind, node
 	cands, _ := forUpdateCandidates(crows)
 	items := make([]PlanItem, len(rows))
 	for i, r := range rows {
-		items[i] = PlanItem{Cost: r.Cost}
+		// Avoid the nodes whose agent failed to start the item lately.
+		items[i] = PlanItem{Cost: r.Cost, Exclude: r.Avoid}
 	}
 	var ids, to, touched []int64
 	for i, d := range Plan(items, cands) {

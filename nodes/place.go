@@ -152,21 +152,22 @@ func (s *Service) placeNew(ctx context.Context, reqs []placeReq, strict bool) ([
 // with one more. Placements of the same node kinds take turns on an
 // advisory lock, so they rarely invalidate each other's plans.
 func (s *Service) placeNewTx(ctx context.Context, tx pgx.Tx, reqs []placeReq, strict bool, attempt int) ([]placeOutcome, []int64, error) {
-	// Refs that exist already fail before planning, so that they take no
-	// room in the plan. One inserted meanwhile is caught by the insert.
-	refs := make([]string, len(reqs))
-	for i, r := range reqs {
-		refs[i] = r.in.Ref
-	}
-	taken, err := s.q.WorkRefsTaken(ctx, tx, refs)
-	if err != nil {
-		return nil, nil, err
-	}
-	if len(taken) > 0 {
-		if strict {
-			return nil, nil, &DuplicateRefsError{Refs: taken}
+	// Without strict, refs that exist already fail before planning, so
+	// that they take no room in the plan (one inserted meanwhile is caught
+	// by the insert). With strict, the insert finds them and the whole set
+	// rolls back: no need for the extra round trip.
+	if !strict {
+		refs := make([]string, len(reqs))
+		for i, r := range reqs {
+			refs[i] = r.in.Ref
 		}
-		return s.placeNewTxWithout(ctx, tx, reqs, taken, attempt)
+		taken, err := s.q.WorkRefsTaken(ctx, tx, refs)
+		if err != nil {
+			return nil, nil, err
+		}
+		if len(taken) > 0 {
+			return s.placeNewTxWithout(ctx, tx, reqs, taken, attempt)
+		}
 	}
 	var nodeKinds []string
 	for _, r := range reqs {
@@ -176,9 +177,6 @@ func (s *Service) placeNewTx(ctx context.Context, tx pgx.Tx, reqs []placeReq, st
 		}
 	}
 	if err := s.q.NodePlacementTurn(ctx, tx, nodeKinds); err != nil {
-		return nil, nil, err
-	}
-	if err := s.q.TxLockTimeout(ctx, tx); err != nil {
 		return nil, nil, err
 	}
 	rows, err := s.q.NodeCandidates(ctx, tx, nodeKinds)

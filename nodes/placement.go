@@ -140,8 +140,11 @@ func (s *Service) Version(ctx context.Context, nodeID int64) (int64, error) {
 }
 
 // Ack records what an agent did with an assignment. An ack with a stale
-// epoch, or for work not on the node, changes nothing.
-func (s *Service) Ack(ctx context.Context, nodeID, workID, epoch int64, state string) (dbsqlc.Work, error) {
+// epoch, or for work not on the node, changes nothing. A failed start
+// (state "failed", with the agent's reason in in.Error) makes the item
+// wait unplaced, keeps it off this node and places it elsewhere.
+func (s *Service) Ack(ctx context.Context, nodeID int64, in AckInput) (dbsqlc.Work, error) {
+	workID, epoch, state := in.ID, in.Epoch, in.State
 	if !slices.Contains([]string{WorkActive, "failed", WorkEnded}, state) {
 		return dbsqlc.Work{}, FieldErrors{"state": "state must be active, failed or ended"}
 	}
@@ -165,6 +168,11 @@ func (s *Service) Ack(ctx context.Context, nodeID, workID, epoch int64, state st
 				return err
 			}
 			return s.ackRefused(ctx, tx, nodeID, workID, epoch)
+		}
+		if state == "failed" {
+			if err := s.recordStartFailure(ctx, tx, nodeID, workID, in.Error); err != nil {
+				return err
+			}
 		}
 		return s.q.NodeRecountUsed(ctx, tx, []int64{nodeID})
 	})

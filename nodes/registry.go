@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -118,7 +119,13 @@ func (s *Service) AddNode(ctx context.Context, actor Actor, in NodeInput) (dbsql
 	}
 	var n dbsqlc.Node
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		var err error
+		owner, err := s.addressOwner(ctx, tx, 0, in.Kind, in.Address)
+		if err != nil {
+			return err
+		}
+		if owner != "" {
+			return addressInUse(owner, in.Kind, in.Address)
+		}
 		n, err = s.q.NodeInsert(ctx, tx, dbsqlc.NodeInsertParams{
 			Name: in.Name, Kind: in.Kind, Address: in.Address, Capacity: f.capacity, Weight: f.weight,
 			Region: in.Region, Description: in.Description, UpdatedBy: actor.Name,
@@ -165,6 +172,15 @@ func (s *Service) updateNodeTx(ctx context.Context, tx pgx.Tx, actor Actor, name
 	f, fe := Validate(in, true)
 	if err := fe.Err(); err != nil {
 		return old, MoveResult{}, err
+	}
+	if in.Address != old.Address {
+		owner, err := s.addressOwner(ctx, tx, old.ID, old.Kind, in.Address)
+		if err != nil {
+			return old, MoveResult{}, err
+		}
+		if owner != "" {
+			return old, MoveResult{}, addressInUse(owner, old.Kind, in.Address)
+		}
 	}
 	n, err := s.q.NodeUpdate(ctx, tx, dbsqlc.NodeUpdateParams{
 		ID: old.ID, Address: in.Address, Capacity: f.capacity, Weight: f.weight,
@@ -422,4 +438,42 @@ func (s *Service) removeNodeTx(ctx context.Context, tx pgx.Tx, actor Actor, name
 		return n, mr, err
 	}
 	return n, mr, s.event(ctx, tx, nil, "node", "warning", actor.Name, fmt.Sprintf("Node %s (%s) removed by %s", n.Name, n.Kind, actor.Name))
+}
+
+// ClearHold ends a flapping node's hold at an administrator's word: the
+// node comes up again as soon as its checks pass, and its count of
+// up/down transitions starts afresh.
+func (s *Service) ClearHold(ctx context.Context, actor Actor, name string) (dbsqlc.Node, error) {
+	var n dbsqlc.Node
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		old, err := s.q.NodeGetByNameForUpdate(ctx, tx, name)
+		if err != nil {
+			return fmt.Errorf("node %q: %w", name, db.Translate(err))
+		}
+		if !old.Flapping && old.HoldUntil == nil {
+			return FieldErrors{"node": fmt.Sprintf("node %s is not held", name)}
+		}
+		if n, err = s.q.NodeClearHold(ctx, tx, dbsqlc.NodeClearHoldParams{ID: old.ID, UpdatedBy: actor.Name}); err != nil {
+			return err
+		}
+		if err := s.q.TransitionDeleteForNode(ctx, tx, old.ID); err != nil {
+			return err
+		}
+		until := "unknown"
+		if old.HoldUntil != nil {
+			until = old.HoldUntil.UTC().Format(time.RFC3339)
+		}
+		if err := s.audit(ctx, tx, actor, "node.hold.clear", n.Name, "flap hold until "+until+" cleared"); err != nil {
+			return err
+		}
+		return s.event(ctx, tx, &n, "health", "info", actor.Name,
+			fmt.Sprintf("Node %s: flap hold (until %s) cleared by %s; it comes up once its checks pass", n.Name, until, actor.Name))
+	})
+	if err != nil {
+		var fe FieldErrors
+		if errors.As(err, &fe) {
+			s.AuditFailure(ctx, actor, "node.hold.clear", name, err)
+		}
+	}
+	return n, err
 }

@@ -126,35 +126,49 @@ func (s *Server) adminRoutes(r chi.Router) {
 
 // NodeJSON is a node as the admin API shows it.
 type NodeJSON struct {
-	ID               int64      `json:"id"`
-	Name             string     `json:"name"`
-	Kind             string     `json:"kind"`
-	Address          string     `json:"address"`
-	Capacity         int32      `json:"capacity"`
-	Weight           int32      `json:"weight"`
-	Region           string     `json:"region"`
-	Description      string     `json:"description"`
-	AdminState       string     `json:"admin_state"`
-	Health           string     `json:"health"`
-	HealthChangedAt  time.Time  `json:"health_changed_at"`
-	Load             int32      `json:"load"`
-	ReportedLoad     int32      `json:"reported_load"`
-	Enrolled         bool       `json:"enrolled"`
-	AgentVersion     string     `json:"agent_version"`
-	LastHeartbeatAt  *time.Time `json:"last_heartbeat_at"`
-	Maintenance      bool       `json:"maintenance"`
+	ID              int64      `json:"id"`
+	Name            string     `json:"name"`
+	Kind            string     `json:"kind"`
+	Address         string     `json:"address"`
+	Capacity        int32      `json:"capacity"`
+	Weight          int32      `json:"weight"`
+	Region          string     `json:"region"`
+	Description     string     `json:"description"`
+	AdminState      string     `json:"admin_state"`
+	Health          string     `json:"health"`
+	HealthChangedAt time.Time  `json:"health_changed_at"`
+	Load            int32      `json:"load"`
+	ReportedLoad    int32      `json:"reported_load"`
+	Enrolled        bool       `json:"enrolled"`
+	AgentVersion    string     `json:"agent_version"`
+	LastHeartbeatAt *time.Time `json:"last_heartbeat_at"`
+	Maintenance     bool       `json:"maintenance"`
+	// MaintenanceUntil is when the maintenance window in force ends.
 	MaintenanceUntil *time.Time `json:"maintenance_until,omitempty"`
 	Flapping         bool       `json:"flapping"`
+	// HoldUntil is when a flapping node's hold ends (null: not held).
+	HoldUntil *time.Time `json:"hold_until"`
+	// AgentLost: the service answers its probe but the agent is silent
+	// since AgentLostSince; no work is moved.
+	AgentLost      bool       `json:"agent_lost"`
+	AgentLostSince *time.Time `json:"agent_lost_since"`
+	// LastStartError is the last work start (--on-assign hook) failure.
+	LastStartError string `json:"last_start_error"`
 }
 
 func nodeJSON(n dbsqlc.Node) NodeJSON {
-	return NodeJSON{
+	j := NodeJSON{
 		ID: n.ID, Name: n.Name, Kind: n.Kind, Address: n.Address, Capacity: n.Capacity, Weight: n.Weight,
 		Region: n.Region, Description: n.Description, AdminState: n.AdminState, Health: n.Health,
 		HealthChangedAt: n.HealthChangedAt, Load: n.Used, ReportedLoad: n.ReportedLoad, Enrolled: n.EnrolledAt != nil,
 		AgentVersion: n.AgentVersion, LastHeartbeatAt: n.LastHeartbeatAt, Flapping: n.Flapping,
 		Maintenance: nodes.NodeFromRow(n).InMaintenance(time.Now()), MaintenanceUntil: maintUntil(n),
+		AgentLost: n.AgentLostSince != nil, AgentLostSince: n.AgentLostSince, LastStartError: n.LastHookError,
 	}
+	if n.HoldUntil != nil && n.HoldUntil.After(time.Now()) {
+		j.HoldUntil = n.HoldUntil
+	}
+	return j
 }
 
 func (s *Server) apiNodes(w http.ResponseWriter, r *http.Request) {

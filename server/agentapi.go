@@ -24,9 +24,11 @@ const MaxPollWait = 60 * time.Second
 
 func (s *Server) agentRoutes(r chi.Router) {
 	r.Post("/enroll", s.enroll)
+	// A disabled node keeps heartbeating, so its real health shows and
+	// enabling it is no false recovery; it gets no work (403 below).
+	r.With(s.nodeAuthAllowDisabled).Post("/heartbeat", s.heartbeat)
 	r.Group(func(r chi.Router) {
 		r.Use(s.nodeAuth)
-		r.Post("/heartbeat", s.heartbeat)
 		r.Get("/assignments", s.assignments)
 		r.Post("/assignments/ack", s.ackBatch)
 		r.Post("/assignments/{id}/ack", s.ack)
@@ -50,9 +52,18 @@ func bearer(r *http.Request) string {
 
 // nodeAuth authenticates agents by their bearer credential only: the
 // agent API never looks at cookies. A disabled node gets 403.
-func (s *Server) nodeAuth(next http.Handler) http.Handler {
+func (s *Server) nodeAuth(next http.Handler) http.Handler { return s.authNode(next, false) }
+
+// nodeAuthAllowDisabled is nodeAuth that lets a disabled node through
+// (heartbeats); a bad credential is still 401.
+func (s *Server) nodeAuthAllowDisabled(next http.Handler) http.Handler { return s.authNode(next, true) }
+
+func (s *Server) authNode(next http.Handler, allowDisabled bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		a, err := s.nodes.AuthNode(r.Context(), bearer(r))
+		if allowDisabled && errors.Is(err, nodes.ErrForbidden) && a.NodeID != 0 {
+			err = nil
+		}
 		if err != nil {
 			if !errors.Is(err, nodes.ErrUnauthorized) && !errors.Is(err, nodes.ErrForbidden) {
 				s.log.Error("authenticate agent", "err", err)
@@ -125,7 +136,7 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.hb.Record(a.NodeID, max(req.Load, 0), req.Version)
-	if req.Running != nil { // only some heartbeats carry the running set
+	if req.Running != nil && a.AdminState != nodes.StateDisabled { // only some heartbeats carry the running set
 		s.maybeReconcile(r.Context(), a, req.Running)
 	}
 	resp := heartbeatResponse{AdminState: a.AdminState, HeartbeatIntervalMS: DefaultHeartbeatInterval.Milliseconds()}
@@ -218,6 +229,8 @@ func (s *Server) answerDesired(w http.ResponseWriter, r *http.Request, nodeID in
 type ackRequest struct {
 	State string `json:"state"`
 	Epoch int64  `json:"epoch"`
+	// Error is why a start failed (state "failed").
+	Error string `json:"error"`
 }
 
 func (s *Server) ack(w http.ResponseWriter, r *http.Request) {
@@ -232,7 +245,7 @@ func (s *Server) ack(w http.ResponseWriter, r *http.Request) {
 		badJSON(w, err)
 		return
 	}
-	if _, err := s.nodes.Ack(r.Context(), a.NodeID, id, req.Epoch, req.State); err != nil {
+	if _, err := s.nodes.Ack(r.Context(), a.NodeID, nodes.AckInput{ID: id, Epoch: req.Epoch, State: req.State, Error: req.Error}); err != nil {
 		writeError(w, err)
 		return
 	}

@@ -70,8 +70,8 @@ func TestBatchPlacementSpreadsEvenly(t *testing.T) {
 	}
 	// A smaller batch on fresh nodes spreads evenly too.
 	exec(t, in, "UPDATE nodes SET admin_state = 'draining'")
-	for _, n := range []string{"m4", "m5", "m6"} {
-		in.AddNode(t, n, "media", "127.0.0.1:5070", 100)
+	for i, n := range []string{"m4", "m5", "m6"} {
+		in.AddNode(t, n, "media", fmt.Sprintf("127.0.0.1:%d", 5070+i), 100)
 	}
 	exec(t, in, "UPDATE nodes SET health = 'up', enrolled_at = coalesce(enrolled_at, now())")
 	if r, _ := api(t, in, "POST", "/api/v1/work", tok, batchOf("s", 30, 1)); r.StatusCode != http.StatusCreated {
@@ -383,7 +383,10 @@ func TestAgentBatchAcks(t *testing.T) {
 		cancel()
 		<-done
 	}()
-	waitFor(t, "node up", func() bool { return count(t, in, "SELECT count(*) FROM nodes WHERE health = 'up'") == 1 })
+	waitFor(t, "first heartbeat", func() bool {
+		return count(t, in, "SELECT count(*) FROM nodes WHERE last_heartbeat_at IS NOT NULL") == 1
+	})
+	exec(t, in, "UPDATE nodes SET health = 'up'")
 	if _, err := in.Nodes().PlaceWorkBatch(context.Background(), testActor, batchOf("ag", 25, 1)); err != nil {
 		t.Fatal(err)
 	}

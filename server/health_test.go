@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/dbtest"
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/agent"
 	"github.com/callplane/callplane/nodes/alert/smtptest"
 	"github.com/callplane/callplane/nodes/health"
 	"github.com/callplane/callplane/nodes/probe"
@@ -61,6 +63,37 @@ func setupHealth(t *testing.T) *healthEnv {
 func (env *healthEnv) start(t *testing.T, id string) *servertest.Instance {
 	t.Helper()
 	return servertest.Start(t, servertest.Options{DatabaseURL: env.dbURL, InstanceID: id})
+}
+
+// runAgent enrols a real agent for node name against instance in and runs
+// it (heartbeats, long-polls, acks) until the test ends or stop is called.
+// A node comes up only when its probe and its agent agree.
+func runAgent(t *testing.T, in *servertest.Instance, name string, opts agent.RunOptions) (stop func()) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "agent-"+name)
+	jt := joinToken(t, in, name, time.Hour)
+	if _, err := agent.Join(context.Background(), agent.JoinOptions{Servers: []string{in.URL}, Token: jt.Token, CAPin: in.Pin(), StateDir: dir, Version: "test"}); err != nil {
+		t.Fatalf("join %s: %v", name, err)
+	}
+	opts.StateDir, opts.Version = dir, "test"
+	if opts.PollWait == 0 {
+		opts.PollWait = 2 * time.Second
+	}
+	opts.MinBackoff, opts.MaxBackoff = 50*time.Millisecond, 200*time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- agent.Run(ctx, opts) }()
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(stop)
+	return stop
+}
+
+// addNodes registers nodes on probe endpoints, each with a running agent.
+func addNode(t *testing.T, in *servertest.Instance, name, kind, address string, capacity int) (stopAgent func()) {
+	t.Helper()
+	in.AddNode(t, name, kind, address, capacity)
+	return runAgent(t, in, name, agent.RunOptions{})
 }
 
 func probeEndpoint(t *testing.T, kind, listen string) *probe.Endpoint {
@@ -207,8 +240,8 @@ func TestMediaNodeDownFailsOverAndRecovers(t *testing.T) {
 	ep1 := probeEndpoint(t, probe.KindMedia, "127.0.0.1:0")
 	ep2 := probeEndpoint(t, probe.KindMedia, "127.0.0.1:0")
 	in := env.start(t, "cm-a")
-	in.AddNode(t, "media-1", nodes.KindMedia, ep1.Address(), 20)
-	in.AddNode(t, "media-2", nodes.KindMedia, ep2.Address(), 20)
+	addNode(t, in, "media-1", nodes.KindMedia, ep1.Address(), 20)
+	addNode(t, in, "media-2", nodes.KindMedia, ep2.Address(), 20)
 	waitHealth(t, env.pool, "media-1", nodes.HealthUp)
 	waitHealth(t, env.pool, "media-2", nodes.HealthUp)
 
@@ -260,8 +293,8 @@ func TestIVRManualFailoverWaitsForAdmin(t *testing.T) {
 	ep1 := probeEndpoint(t, probe.KindIVR, "127.0.0.1:0")
 	ep2 := probeEndpoint(t, probe.KindIVR, "127.0.0.1:0")
 	in := env.start(t, "cm-a")
-	in.AddNode(t, "ivr-1", nodes.KindIVR, ep1.Address(), 10)
-	in.AddNode(t, "ivr-2", nodes.KindIVR, ep2.Address(), 10)
+	addNode(t, in, "ivr-1", nodes.KindIVR, ep1.Address(), 10)
+	addNode(t, in, "ivr-2", nodes.KindIVR, ep2.Address(), 10)
 	waitHealth(t, env.pool, "ivr-1", nodes.HealthUp)
 	waitHealth(t, env.pool, "ivr-2", nodes.HealthUp)
 	placeN(t, in, nodes.WorkIVR, "ivr", 4)
@@ -303,8 +336,8 @@ func TestMeetingAndIMNodesComeUp(t *testing.T) {
 	meet := probeEndpoint(t, probe.KindMeeting, "127.0.0.1:0")
 	im := probeEndpoint(t, probe.KindIM, "127.0.0.1:0")
 	in := env.start(t, "cm-a")
-	in.AddNode(t, "meet-1", nodes.KindMeeting, meet.Address(), 5)
-	in.AddNode(t, "im-1", nodes.KindIM, im.Address(), 5)
+	addNode(t, in, "meet-1", nodes.KindMeeting, meet.Address(), 5)
+	addNode(t, in, "im-1", nodes.KindIM, im.Address(), 5)
 	waitHealth(t, env.pool, "meet-1", nodes.HealthUp)
 	waitHealth(t, env.pool, "im-1", nodes.HealthUp)
 	var detail string
@@ -359,7 +392,7 @@ func TestAlertsSurviveSMTPOutageAndErrors(t *testing.T) {
 	for i := range 3 {
 		ep := probeEndpoint(t, probe.KindQueue, "127.0.0.1:0")
 		eps = append(eps, ep)
-		in.AddNode(t, fmt.Sprintf("queue-%d", i), nodes.KindQueue, ep.Address(), 5)
+		addNode(t, in, fmt.Sprintf("queue-%d", i), nodes.KindQueue, ep.Address(), 5)
 	}
 	for i := range 3 {
 		waitHealth(t, env.pool, fmt.Sprintf("queue-%d", i), nodes.HealthUp)
@@ -436,6 +469,8 @@ func TestTwoInstancesOneLeaderOneEmail(t *testing.T) {
 	if bLeads {
 		leader, other = b, a
 	}
+	// The agent talks to the instance that stays.
+	runAgent(t, other, "media-1", agent.RunOptions{})
 	waitHealth(t, env.pool, "media-1", nodes.HealthUp)
 	_ = ep.Close()
 	waitHealth(t, env.pool, "media-1", nodes.HealthDown)
@@ -540,8 +575,8 @@ func TestStillDownNodeFailsOverWhenPolicyTurnsAuto(t *testing.T) {
 	ep1 := probeEndpoint(t, probe.KindQueue, "127.0.0.1:0")
 	ep2 := probeEndpoint(t, probe.KindQueue, "127.0.0.1:0")
 	in := env.start(t, "cm-a")
-	in.AddNode(t, "queue-1", nodes.KindQueue, ep1.Address(), 10)
-	in.AddNode(t, "queue-2", nodes.KindQueue, ep2.Address(), 10)
+	addNode(t, in, "queue-1", nodes.KindQueue, ep1.Address(), 10)
+	addNode(t, in, "queue-2", nodes.KindQueue, ep2.Address(), 10)
 	waitHealth(t, env.pool, "queue-1", nodes.HealthUp)
 	waitHealth(t, env.pool, "queue-2", nodes.HealthUp)
 	placeN(t, in, nodes.WorkQueue, "q", 4)

@@ -58,17 +58,48 @@ func (l *Leader) Changed() <-chan struct{} {
 	return l.changed
 }
 
+// set records the outcome of an acquire or renew (epoch 0: not leading)
+// and signals a change when the epoch differs or when this instance had
+// stopped trusting its lease (a renew came late: the process was paused,
+// the database was slow) and now holds it again with the same epoch, so
+// WhileLeading restarts what it stopped.
 func (l *Leader) set(epoch int64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	now := time.Now()
+	lapsed := l.epoch != 0 && now.Sub(l.renewed) > l.ttl*2/3
 	if epoch != 0 {
-		l.renewed = time.Now()
+		l.renewed = now
 	}
-	if l.epoch != epoch {
+	if l.epoch != epoch || (lapsed && epoch != 0) {
+		if lapsed && l.epoch == epoch {
+			l.log.Warn("leadership regained after a late lease renewal; restarting leader tasks", "epoch", epoch)
+		}
 		l.epoch = epoch
 		close(l.changed)
 		l.changed = make(chan struct{})
 	}
+}
+
+// StepDown gives up leadership held with epoch: it releases the lease so
+// another instance (or this one, afresh) takes over at once, and stops
+// this instance's leader tasks. The health checker calls it when it has
+// not completed a round for too long, so a stuck leader never keeps the
+// lease while nothing watches the nodes.
+func (l *Leader) StepDown(epoch int64, reason string) {
+	l.mu.Lock()
+	current := l.epoch
+	l.mu.Unlock()
+	if current != epoch || epoch == 0 {
+		return
+	}
+	l.log.Error("stepping down as leader", "epoch", epoch, "reason", reason)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := db.Q.LeaderRelease(ctx, l.pool, dbsqlc.LeaderReleaseParams{Holder: l.id, Epoch: epoch}); err != nil {
+		l.log.Warn("release leader lease; it expires on its own", "epoch", epoch, "err", err)
+	}
+	l.set(0)
 }
 
 // Current names the instance whose lease is live, or "".

@@ -294,9 +294,15 @@ func TestAgentJoinsRunsAndIsRefusedWhenRemoved(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := run(ctx)
-	waitFor(t, "node up after first heartbeat", func() bool {
-		return count(t, in, "SELECT count(*) FROM nodes WHERE name = 'm1' AND health = 'up' AND agent_version = 'test'") == 1
+	waitFor(t, "first heartbeat", func() bool {
+		return count(t, in, "SELECT count(*) FROM nodes WHERE name = 'm1' AND last_heartbeat_at IS NOT NULL AND agent_version = 'test'") == 1
 	})
+	// A heartbeat alone never brings a node up (the checker, idle here,
+	// waits for its probe to agree).
+	if n := count(t, in, "SELECT count(*) FROM nodes WHERE name = 'm1' AND health = 'pending'"); n != 1 {
+		t.Fatal("a heartbeat brought the node up without a probe")
+	}
+	exec(t, in, "UPDATE nodes SET health = 'up'")
 	p := place(t, in, "call", "call-x", 1)
 	waitFor(t, "assignment active", func() bool {
 		return count(t, in, "SELECT count(*) FROM work WHERE id = $1 AND state = 'active'", p.ID) == 1
@@ -475,8 +481,9 @@ func TestDisableThroughOneInstanceRefusesAgentOnAnother(t *testing.T) {
 	if _, _, err := a.Nodes().SetAdminState(context.Background(), testActor, "m1", nodes.StateDisabled); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "b refuses the disabled node", func() bool {
-		r, _ := api(t, b, "POST", "/api/v1/heartbeat", cred, map[string]any{})
+	// A disabled node keeps heartbeating; it is refused its work.
+	waitFor(t, "b refuses the disabled node its work", func() bool {
+		r, _ := api(t, b, "GET", "/api/v1/assignments?wait=0s", cred, nil)
 		return r.StatusCode == http.StatusForbidden
 	})
 	if _, err := a.Nodes().RemoveNode(context.Background(), testActor, "m1", true); err != nil {

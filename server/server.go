@@ -58,8 +58,9 @@ type Server struct {
 }
 
 // OpenDatabase connects to cfg.DatabaseURL, or starts the local Postgres
-// under the data dir when it is empty, and applies migrations. The
-// returned stop function closes the pool and stops a local server.
+// under the data dir when it is empty, and applies migrations. It returns
+// the pool, the URL it connected to and the local server it started (nil
+// with a DATABASE_URL); the caller closes the pool and stops the server.
 func OpenDatabase(ctx context.Context, cfg Config, log *slog.Logger) (*pgxpool.Pool, string, *localpg.Server, error) {
 	url := cfg.DatabaseURL
 	var pg *localpg.Server
@@ -222,7 +223,7 @@ func (s *Server) routes() http.Handler {
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "database unreachable"})
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+		writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "checker": s.checkerReport(ctx)})
 	})
 	static, _ := fs.Sub(assets.FS, ".")
 	r.Handle("/assets/*", http.StripPrefix("/assets/", cacheStatic(http.FileServerFS(static))))
@@ -319,4 +320,27 @@ func (s *Server) housekeeping(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+// checkerReport is /readyz's view of the health checker: which instance
+// ran its last round, when, and whether it is stalled. This instance is
+// ready to serve either way; a monitor alerts on "stalled".
+func (s *Server) checkerReport(ctx context.Context) map[string]any {
+	st, err := s.settings.Status(ctx)
+	if err != nil {
+		return map[string]any{"error": "checker status unavailable"}
+	}
+	out := map[string]any{
+		"leader": st.Holder, "epoch": st.Epoch, "stalled": st.Stalled, "stall_after_s": st.StallAfter.Seconds(),
+		"last_round_at": nil, "last_round_age_s": nil, "nodes": st.Nodes, "round_ms": st.RoundTook.Milliseconds(),
+		"disruption": st.Disruption.Active && st.Disruption.ConfirmedAt == nil,
+	}
+	if st.RoundAt != nil {
+		out["last_round_at"] = st.RoundAt.UTC().Format(time.RFC3339Nano)
+		out["last_round_age_s"] = st.LastRoundAge().Seconds()
+	}
+	if _, leads := s.leader.Epoch(); leads {
+		out["this_instance_leads"] = true
+	}
+	return out
 }

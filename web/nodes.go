@@ -203,6 +203,8 @@ type nodeView struct {
 
 	CredNotice string
 	CredErr    string
+
+	health nodeHealthView
 }
 
 func (h *Handler) nodeView(r *http.Request, name string) (nodeView, error) {
@@ -222,6 +224,9 @@ func (h *Handler) nodeView(r *http.Request, name string) (nodeView, error) {
 		return v, err
 	}
 	if v.Events, err = h.Nodes.ListEvents(ctx, n.Name, "", 20); err != nil {
+		return v, err
+	}
+	if v.health, err = h.nodeHealthView(ctx, n); err != nil {
 		return v, err
 	}
 	if v.Windows, err = h.Nodes.ListMaintenance(ctx, n.Name, false); err != nil {

@@ -2,6 +2,7 @@ package web_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -199,6 +200,8 @@ func TestRegisterNodeValidation(t *testing.T) {
 		{"capacity abc", nodeForm("n1", "media", "127.0.0.1:5061", "abc", ""), "capacity"},
 		{"weight 0", nodeForm("n1", "media", "127.0.0.1:5061", "10", "0"), "weight"},
 		{"weight 5000", nodeForm("n1", "media", "127.0.0.1:5061", "10", "5000"), "weight"},
+		{"address of another node", nodeForm("n1", "media", "127.0.0.1:5060", "10", ""), "address"},
+		{"another node's socket spelled as a SIP URI", nodeForm("n1", "ivr", "sip:127.0.0.1:5060;transport=udp", "10", ""), "address"},
 	}
 	for _, tc := range cases {
 		r := in.PostForm(t, admin, "/nodes", tc.form)
@@ -220,6 +223,9 @@ func TestRegisterNodeValidation(t *testing.T) {
 	}
 	if msg, _ := servertest.TestID(in.PostForm(t, admin, "/nodes", cases[5].form).Body, "error-address"); !strings.Contains(msg, "URL") {
 		t.Errorf("meeting address message %q does not say what a meeting address is", msg)
+	}
+	if msg, _ := servertest.TestID(in.PostForm(t, admin, "/nodes", cases[len(cases)-1].form).Body, "error-address"); !strings.Contains(msg, "node dup already uses") {
+		t.Errorf("shared address message %q does not name the node using it", msg)
 	}
 	// Over htmx the form alone comes back, still 422.
 	r := in.HTMX(t, admin, http.MethodPost, "/nodes", cases[7].form)
@@ -284,8 +290,8 @@ func TestImpactPreviewAndDisableMovesWork(t *testing.T) {
 	t.Parallel()
 	in := start(t)
 	admin := in.User(t, "admin@example.com", "admin")
-	for _, n := range []string{"m1", "m2", "m3"} {
-		in.AddNode(t, n, "media", "127.0.0.1:5060", 10)
+	for i, n := range []string{"m1", "m2", "m3"} {
+		in.AddNode(t, n, "media", fmt.Sprintf("127.0.0.1:%d", 5060+i), 10)
 	}
 	markUp(t, in, "m1")
 	for _, ref := range []string{"c1", "c2", "c3", "c4"} {

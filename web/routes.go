@@ -40,6 +40,8 @@ func (h *Handler) adminRoutes(r chi.Router) {
 	r.Post("/calls/settings", h.wrap(h.callsSettingsSave))
 	r.Post("/settings", h.wrap(h.settingsSave))
 	r.Post("/settings/test-email", h.wrap(h.settingsTestEmail))
+	r.Post("/settings/disruption/confirm", h.wrap(h.disruptionConfirm))
+	r.Post("/nodes/{name}/hold/clear", h.wrap(h.nodeClearHold))
 	r.Post("/settings/retention", h.wrap(h.retentionSave))
 }
 

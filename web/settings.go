@@ -24,6 +24,10 @@ type SettingsStore interface {
 	// SendTest sends the test email and returns the SMTP server's reply.
 	SendTest(ctx context.Context) (string, error)
 	Outbox(ctx context.Context) (health.OutboxStatus, error)
+	// Status is the health checker's last round and the disruption guard.
+	Status(ctx context.Context) (health.Status, error)
+	// ConfirmDisruption lets failover proceed during a disruption.
+	ConfirmDisruption(ctx context.Context, actor nodes.Actor) (health.Disruption, error)
 }
 
 type settingsView struct {
@@ -37,6 +41,7 @@ type settingsView struct {
 	Instance  string
 	Leader    string
 	Test      testEmailResult
+	Checker   health.Status
 	Retention retentionView
 }
 
@@ -59,6 +64,9 @@ func (h *Handler) settingsView(r *http.Request, st health.Settings) (settingsVie
 	}
 	if h.Cluster != nil {
 		v.Instance, v.Leader = h.Cluster.InstanceID(), h.Cluster.LeaderID(ctx)
+	}
+	if v.Checker, err = h.Settings.Status(ctx); err != nil {
+		return v, err
 	}
 	return v, nil
 }
@@ -85,7 +93,10 @@ func (h *Handler) settingsSave(w http.ResponseWriter, r *http.Request) error {
 	}
 	form := map[string]string{}
 	for _, k := range health.Keys() {
-		form[k] = r.PostFormValue(k)
+		// A setting the form does not name keeps its value (Save).
+		if _, named := r.PostForm[k]; named || !health.Optional(k) {
+			form[k] = r.PostFormValue(k)
+		}
 	}
 	ctx := r.Context()
 	st, err := h.Settings.Save(ctx, actor(r), form)

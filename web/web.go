@@ -143,6 +143,7 @@ func (h *Handler) renderStatus(w http.ResponseWriter, r *http.Request, status in
 		shell.Instance = h.Cluster.InstanceID()
 		shell.Leader = h.Cluster.LeaderID(r.Context())
 	}
+	shell.Checker = h.checkerShell(r.Context())
 	return layout.Page(shell).Render(templ.WithChildren(r.Context(), part), w)
 }
 

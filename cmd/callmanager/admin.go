@@ -157,6 +157,14 @@ func (c *cli) tokenCreate(args []string) error {
 		}
 		fmt.Fprintln(c.stdout, server.JoinCommand(env.URL, jt.Token, env.Pin, *stateDir))
 		fmt.Fprintf(c.stderr, "join token %s%s for node %s expires %s; it works once\n", nodes.PrefixJoin, jt.ID, jt.Node, jt.ExpiresAt.UTC().Format(time.RFC3339))
+		// stdout stays the one join command scripts run; people read how
+		// to start the agent after it here.
+		n, err := env.Nodes.GetNode(c.ctx, *node)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(c.stderr, "then start the agent (leave out --probe-listen when the node's own server answers on %s):\n  %s\n",
+			n.Address, nodes.RunCommand(n.Kind, n.Address, *stateDir))
 		return nil
 	})
 }

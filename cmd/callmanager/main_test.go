@@ -17,6 +17,8 @@ func TestMain(m *testing.M) { os.Exit(dbtest.Main(m)) }
 type cliEnv struct {
 	t    *testing.T
 	args []string
+	// stderr is what the last command wrote there.
+	stderr string
 }
 
 func newCLI(t *testing.T) *cliEnv {
@@ -31,6 +33,7 @@ func (c *cliEnv) run(stdin string, args ...string) (string, error) {
 	full := append([]string{}, args...)
 	full = append(full, c.args...)
 	err := run(context.Background(), full, strings.NewReader(stdin), &out, &errb)
+	c.stderr = errb.String()
 	return out.String(), err
 }
 
@@ -48,6 +51,7 @@ func TestNodeCommands(t *testing.T) {
 		{"--name", "y", "--kind", "meeting", "--address", "not a url", "--capacity", "5"},
 		{"--name", "z", "--kind", "im", "--address", "10.0.0.7:5222", "--capacity", "0"},
 		{"--name", "w", "--kind", "im", "--address", "10.0.0.7:5222", "--capacity", "5", "--weight", "5000"},
+		{"--name", "v", "--kind", "ivr", "--address", "sip:10.0.0.5:5060", "--capacity", "5"}, // media-1's socket
 	} {
 		_, err := c.run("", append([]string{"node", "add"}, bad...)...)
 		if err == nil || strings.Contains(err.Error(), "\n") {
@@ -70,6 +74,10 @@ func TestNodeCommands(t *testing.T) {
 	out, err = c.run("", "token", "create", "--node", "media-1", "--ttl", "30m")
 	if err != nil || !regexp.MustCompile(`^nodeagent join --server https://127.0.0.1:9443 --token cpj_[a-z0-9]{8}\.[a-z0-9]{36} --ca-pin sha256:[0-9a-f]{64} --state-dir \S+\n$`).MatchString(out) {
 		t.Fatalf("token create: %q %v", out, err)
+	}
+	// People are told how to start the agent after joining.
+	if !strings.Contains(c.stderr, "nodeagent run --state-dir /var/lib/callplane-agent --probe-listen 10.0.0.5:5060") {
+		t.Fatalf("token create does not show the run command:\n%s", c.stderr)
 	}
 	if _, err := c.run("", "token", "create", "--node", "media-1", "--ttl", "200h"); err == nil {
 		t.Fatal("a token over 7 days was accepted")

@@ -7,10 +7,197 @@ package dbsqlc
 
 import (
 	"context"
+	"time"
 )
 
+const checkerRound = `-- name: CheckerRound :exec
+UPDATE checker_status SET holder = $1, epoch = $2, round_at = now(),
+    round_ms = $3, nodes = $4
+WHERE id = 1
+`
+
+type CheckerRoundParams struct {
+	Holder  string
+	Epoch   int64
+	RoundMs int32
+	Nodes   int32
+}
+
+// CheckerRound records a completed round; it runs inside the round's fenced
+// transaction.
+func (q *Queries) CheckerRound(ctx context.Context, db DBTX, arg CheckerRoundParams) error {
+	_, err := db.Exec(ctx, checkerRound,
+		arg.Holder,
+		arg.Epoch,
+		arg.RoundMs,
+		arg.Nodes,
+	)
+	return err
+}
+
+const checkerStart = `-- name: CheckerStart :exec
+UPDATE checker_status SET holder = $1, epoch = $2, started_at = now() WHERE id = 1
+`
+
+type CheckerStartParams struct {
+	Holder string
+	Epoch  int64
+}
+
+func (q *Queries) CheckerStart(ctx context.Context, db DBTX, arg CheckerStartParams) error {
+	_, err := db.Exec(ctx, checkerStart, arg.Holder, arg.Epoch)
+	return err
+}
+
+const checkerStatusGet = `-- name: CheckerStatusGet :one
+SELECT c.id, c.holder, c.epoch, c.started_at, c.round_at, c.round_ms, c.nodes, now()::timestamptz AS db_now FROM checker_status c WHERE id = 1
+`
+
+type CheckerStatusGetRow struct {
+	ID        int32
+	Holder    string
+	Epoch     int64
+	StartedAt *time.Time
+	RoundAt   *time.Time
+	RoundMs   int32
+	Nodes     int32
+	DbNow     time.Time
+}
+
+func (q *Queries) CheckerStatusGet(ctx context.Context, db DBTX) (CheckerStatusGetRow, error) {
+	row := db.QueryRow(ctx, checkerStatusGet)
+	var i CheckerStatusGetRow
+	err := row.Scan(
+		&i.ID,
+		&i.Holder,
+		&i.Epoch,
+		&i.StartedAt,
+		&i.RoundAt,
+		&i.RoundMs,
+		&i.Nodes,
+		&i.DbNow,
+	)
+	return i, err
+}
+
+const disruptionConfirm = `-- name: DisruptionConfirm :one
+UPDATE health_disruption SET confirmed_at = now(), confirmed_by = $1
+WHERE id = 1 AND started_at IS NOT NULL AND confirmed_at IS NULL
+RETURNING id, started_at, failing, total, nodes, confirmed_at, confirmed_by
+`
+
+func (q *Queries) DisruptionConfirm(ctx context.Context, db DBTX, confirmedBy string) (HealthDisruption, error) {
+	row := db.QueryRow(ctx, disruptionConfirm, confirmedBy)
+	var i HealthDisruption
+	err := row.Scan(
+		&i.ID,
+		&i.StartedAt,
+		&i.Failing,
+		&i.Total,
+		&i.Nodes,
+		&i.ConfirmedAt,
+		&i.ConfirmedBy,
+	)
+	return i, err
+}
+
+const disruptionGet = `-- name: DisruptionGet :one
+SELECT id, started_at, failing, total, nodes, confirmed_at, confirmed_by FROM health_disruption WHERE id = 1
+`
+
+func (q *Queries) DisruptionGet(ctx context.Context, db DBTX) (HealthDisruption, error) {
+	row := db.QueryRow(ctx, disruptionGet)
+	var i HealthDisruption
+	err := row.Scan(
+		&i.ID,
+		&i.StartedAt,
+		&i.Failing,
+		&i.Total,
+		&i.Nodes,
+		&i.ConfirmedAt,
+		&i.ConfirmedBy,
+	)
+	return i, err
+}
+
+const disruptionSet = `-- name: DisruptionSet :exec
+UPDATE health_disruption SET started_at = $1, failing = $2, total = $3, nodes = $4,
+    confirmed_at = CASE WHEN $1::timestamptz IS NULL THEN NULL ELSE confirmed_at END,
+    confirmed_by = CASE WHEN $1::timestamptz IS NULL THEN '' ELSE confirmed_by END
+WHERE id = 1
+`
+
+type DisruptionSetParams struct {
+	StartedAt *time.Time
+	Failing   int32
+	Total     int32
+	Nodes     string
+}
+
+func (q *Queries) DisruptionSet(ctx context.Context, db DBTX, arg DisruptionSetParams) error {
+	_, err := db.Exec(ctx, disruptionSet,
+		arg.StartedAt,
+		arg.Failing,
+		arg.Total,
+		arg.Nodes,
+	)
+	return err
+}
+
+const nodeClearHold = `-- name: NodeClearHold :one
+UPDATE nodes SET flapping = false, hold_until = NULL, updated_at = now(), updated_by = $1
+WHERE id = $2 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at
+`
+
+type NodeClearHoldParams struct {
+	UpdatedBy string
+	ID        int64
+}
+
+func (q *Queries) NodeClearHold(ctx context.Context, db DBTX, arg NodeClearHoldParams) (Node, error) {
+	row := db.QueryRow(ctx, nodeClearHold, arg.UpdatedBy, arg.ID)
+	var i Node
+	err := row.Scan(
+		&i.ID,
+		&i.Name,
+		&i.Kind,
+		&i.Address,
+		&i.Capacity,
+		&i.Weight,
+		&i.Region,
+		&i.Description,
+		&i.AdminState,
+		&i.Health,
+		&i.HealthChangedAt,
+		&i.ConsecutiveFail,
+		&i.ConsecutiveOk,
+		&i.LastProbeAt,
+		&i.LastProbeDetail,
+		&i.Flapping,
+		&i.MaintenanceUntil,
+		&i.MaintenanceReason,
+		&i.Used,
+		&i.AssignVersion,
+		&i.EnrolledAt,
+		&i.AgentVersion,
+		&i.LastHeartbeatAt,
+		&i.ReportedLoad,
+		&i.RotateRequested,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+		&i.UpdatedBy,
+		&i.AgentLostSince,
+		&i.AgentLostAlerted,
+		&i.DownAlerted,
+		&i.HoldUntil,
+		&i.LastHookError,
+		&i.LastHookErrorAt,
+	)
+	return i, err
+}
+
 const nodeGetForUpdate = `-- name: NodeGetForUpdate :one
-SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by FROM nodes WHERE id = $1 FOR UPDATE
+SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at FROM nodes WHERE id = $1 FOR UPDATE
 `
 
 func (q *Queries) NodeGetForUpdate(ctx context.Context, db DBTX, id int64) (Node, error) {
@@ -45,6 +232,12 @@ func (q *Queries) NodeGetForUpdate(ctx context.Context, db DBTX, id int64) (Node
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.UpdatedBy,
+		&i.AgentLostSince,
+		&i.AgentLostAlerted,
+		&i.DownAlerted,
+		&i.HoldUntil,
+		&i.LastHookError,
+		&i.LastHookErrorAt,
 	)
 	return i, err
 }
@@ -98,4 +291,87 @@ func (q *Queries) NodeProbeBatch(ctx context.Context, db DBTX, arg NodeProbeBatc
 		arg.Flappings,
 	)
 	return err
+}
+
+const nodeSetAgentLost = `-- name: NodeSetAgentLost :exec
+UPDATE nodes SET agent_lost_since = $1, agent_lost_alerted = $2 WHERE id = $3
+`
+
+type NodeSetAgentLostParams struct {
+	AgentLostSince   *time.Time
+	AgentLostAlerted bool
+	ID               int64
+}
+
+func (q *Queries) NodeSetAgentLost(ctx context.Context, db DBTX, arg NodeSetAgentLostParams) error {
+	_, err := db.Exec(ctx, nodeSetAgentLost, arg.AgentLostSince, arg.AgentLostAlerted, arg.ID)
+	return err
+}
+
+const nodeSetDownAlerted = `-- name: NodeSetDownAlerted :exec
+UPDATE nodes SET down_alerted = $1 WHERE id = $2
+`
+
+type NodeSetDownAlertedParams struct {
+	DownAlerted bool
+	ID          int64
+}
+
+func (q *Queries) NodeSetDownAlerted(ctx context.Context, db DBTX, arg NodeSetDownAlertedParams) error {
+	_, err := db.Exec(ctx, nodeSetDownAlerted, arg.DownAlerted, arg.ID)
+	return err
+}
+
+const transitionCount = `-- name: TransitionCount :one
+SELECT count(*)::int FROM health_transitions
+WHERE node_id = $1 AND at > now() - make_interval(secs => $2::float8)
+`
+
+type TransitionCountParams struct {
+	NodeID        int64
+	WindowSeconds float64
+}
+
+// TransitionCount counts a node's up<->down transitions within the window.
+func (q *Queries) TransitionCount(ctx context.Context, db DBTX, arg TransitionCountParams) (int32, error) {
+	row := db.QueryRow(ctx, transitionCount, arg.NodeID, arg.WindowSeconds)
+	var column_1 int32
+	err := row.Scan(&column_1)
+	return column_1, err
+}
+
+const transitionDeleteForNode = `-- name: TransitionDeleteForNode :exec
+DELETE FROM health_transitions WHERE node_id = $1
+`
+
+func (q *Queries) TransitionDeleteForNode(ctx context.Context, db DBTX, nodeID int64) error {
+	_, err := db.Exec(ctx, transitionDeleteForNode, nodeID)
+	return err
+}
+
+const transitionInsert = `-- name: TransitionInsert :exec
+INSERT INTO health_transitions (node_id, from_health, to_health) VALUES ($1, $2, $3)
+`
+
+type TransitionInsertParams struct {
+	NodeID     int64
+	FromHealth string
+	ToHealth   string
+}
+
+func (q *Queries) TransitionInsert(ctx context.Context, db DBTX, arg TransitionInsertParams) error {
+	_, err := db.Exec(ctx, transitionInsert, arg.NodeID, arg.FromHealth, arg.ToHealth)
+	return err
+}
+
+const transitionPrune = `-- name: TransitionPrune :execrows
+DELETE FROM health_transitions WHERE at < now() - interval '1 day'
+`
+
+func (q *Queries) TransitionPrune(ctx context.Context, db DBTX) (int64, error) {
+	result, err := db.Exec(ctx, transitionPrune)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
 }

@@ -49,6 +49,16 @@ type AuditLog struct {
 	Detail     string
 }
 
+type CheckerStatus struct {
+	ID        int32
+	Holder    string
+	Epoch     int64
+	StartedAt *time.Time
+	RoundAt   *time.Time
+	RoundMs   int32
+	Nodes     int32
+}
+
 type Event struct {
 	ID       int64
 	At       time.Time
@@ -58,6 +68,24 @@ type Event struct {
 	Severity string
 	Message  string
 	Actor    string
+}
+
+type HealthDisruption struct {
+	ID          int32
+	StartedAt   *time.Time
+	Failing     int32
+	Total       int32
+	Nodes       string
+	ConfirmedAt *time.Time
+	ConfirmedBy string
+}
+
+type HealthTransition struct {
+	ID         int64
+	NodeID     int64
+	At         time.Time
+	FromHealth string
+	ToHealth   string
 }
 
 type JoinToken struct {
@@ -132,6 +160,12 @@ type Node struct {
 	CreatedAt         time.Time
 	UpdatedAt         time.Time
 	UpdatedBy         string
+	AgentLostSince    *time.Time
+	AgentLostAlerted  bool
+	DownAlerted       bool
+	HoldUntil         *time.Time
+	LastHookError     string
+	LastHookErrorAt   *time.Time
 }
 
 type NodeCredential struct {
@@ -219,6 +253,15 @@ type Work struct {
 	CreatedAt time.Time
 	UpdatedAt time.Time
 	EndedAt   *time.Time
+	LastError string
+}
+
+type WorkFailure struct {
+	WorkID    int64
+	NodeID    int64
+	Failures  int32
+	LastError string
+	LastAt    time.Time
 }
 
 type WorkHistory struct {

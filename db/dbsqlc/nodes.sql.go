@@ -30,6 +30,42 @@ func (q *Queries) NodeAddUsed(ctx context.Context, db DBTX, arg NodeAddUsedParam
 	return err
 }
 
+const nodeAddresses = `-- name: NodeAddresses :many
+SELECT id, name, kind, address FROM nodes ORDER BY id
+`
+
+type NodeAddressesRow struct {
+	ID      int64
+	Name    string
+	Kind    string
+	Address string
+}
+
+func (q *Queries) NodeAddresses(ctx context.Context, db DBTX) ([]NodeAddressesRow, error) {
+	rows, err := db.Query(ctx, nodeAddresses)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []NodeAddressesRow{}
+	for rows.Next() {
+		var i NodeAddressesRow
+		if err := rows.Scan(
+			&i.ID,
+			&i.Name,
+			&i.Kind,
+			&i.Address,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const nodeBumpVersion = `-- name: NodeBumpVersion :exec
 UPDATE nodes SET assign_version = nextval('assign_version_seq') WHERE id = ANY($1::bigint[])
 `
@@ -146,7 +182,7 @@ const nodeEnroll = `-- name: NodeEnroll :one
 UPDATE nodes SET enrolled_at = now(), agent_version = $1,
     address = CASE WHEN $2::text = '' THEN address ELSE $2 END,
     updated_at = now()
-WHERE id = $3 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by
+WHERE id = $3 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at
 `
 
 type NodeEnrollParams struct {
@@ -187,12 +223,18 @@ func (q *Queries) NodeEnroll(ctx context.Context, db DBTX, arg NodeEnrollParams)
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.UpdatedBy,
+		&i.AgentLostSince,
+		&i.AgentLostAlerted,
+		&i.DownAlerted,
+		&i.HoldUntil,
+		&i.LastHookError,
+		&i.LastHookErrorAt,
 	)
 	return i, err
 }
 
 const nodeGet = `-- name: NodeGet :one
-SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by FROM nodes WHERE id = $1
+SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at FROM nodes WHERE id = $1
 `
 
 func (q *Queries) NodeGet(ctx context.Context, db DBTX, id int64) (Node, error) {
@@ -227,12 +269,18 @@ func (q *Queries) NodeGet(ctx context.Context, db DBTX, id int64) (Node, error) 
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.UpdatedBy,
+		&i.AgentLostSince,
+		&i.AgentLostAlerted,
+		&i.DownAlerted,
+		&i.HoldUntil,
+		&i.LastHookError,
+		&i.LastHookErrorAt,
 	)
 	return i, err
 }
 
 const nodeGetByName = `-- name: NodeGetByName :one
-SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by FROM nodes WHERE name = $1
+SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at FROM nodes WHERE name = $1
 `
 
 func (q *Queries) NodeGetByName(ctx context.Context, db DBTX, name string) (Node, error) {
@@ -267,12 +315,18 @@ func (q *Queries) NodeGetByName(ctx context.Context, db DBTX, name string) (Node
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.UpdatedBy,
+		&i.AgentLostSince,
+		&i.AgentLostAlerted,
+		&i.DownAlerted,
+		&i.HoldUntil,
+		&i.LastHookError,
+		&i.LastHookErrorAt,
 	)
 	return i, err
 }
 
 const nodeGetByNameForUpdate = `-- name: NodeGetByNameForUpdate :one
-SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by FROM nodes WHERE name = $1 FOR UPDATE
+SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at FROM nodes WHERE name = $1 FOR UPDATE
 `
 
 func (q *Queries) NodeGetByNameForUpdate(ctx context.Context, db DBTX, name string) (Node, error) {
@@ -307,37 +361,24 @@ func (q *Queries) NodeGetByNameForUpdate(ctx context.Context, db DBTX, name stri
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.UpdatedBy,
+		&i.AgentLostSince,
+		&i.AgentLostAlerted,
+		&i.DownAlerted,
+		&i.HoldUntil,
+		&i.LastHookError,
+		&i.LastHookErrorAt,
 	)
 	return i, err
 }
 
-const nodeHealthChanges = `-- name: NodeHealthChanges :one
-SELECT count(*) FROM events WHERE node_id = $1 AND type = 'health' AND at > now() - make_interval(secs => $2::float8)
-`
-
-type NodeHealthChangesParams struct {
-	NodeID        *int64
-	WindowSeconds float64
-}
-
-func (q *Queries) NodeHealthChanges(ctx context.Context, db DBTX, arg NodeHealthChangesParams) (int64, error) {
-	row := db.QueryRow(ctx, nodeHealthChanges, arg.NodeID, arg.WindowSeconds)
-	var count int64
-	err := row.Scan(&count)
-	return count, err
-}
-
-const nodeHeartbeatBatch = `-- name: NodeHeartbeatBatch :many
+const nodeHeartbeatBatch = `-- name: NodeHeartbeatBatch :exec
 WITH locked AS (
     SELECT id FROM nodes WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE
 )
-UPDATE nodes n SET last_heartbeat_at = b.at, reported_load = b.load, agent_version = b.version,
-    health = CASE WHEN n.health = 'pending' THEN 'up' ELSE n.health END,
-    health_changed_at = CASE WHEN n.health = 'pending' THEN now() ELSE n.health_changed_at END
+UPDATE nodes n SET last_heartbeat_at = b.at, reported_load = b.load, agent_version = b.version
 FROM (SELECT unnest($1::bigint[]) AS id, unnest($2::timestamptz[]) AS at,
              unnest($3::int[]) AS load, unnest($4::text[]) AS version) b
 WHERE n.id = b.id AND n.id IN (SELECT id FROM locked)
-RETURNING n.id, (n.health_changed_at = now())::boolean AS became_up
 `
 
 type NodeHeartbeatBatchParams struct {
@@ -347,44 +388,24 @@ type NodeHeartbeatBatchParams struct {
 	Versions []string
 }
 
-type NodeHeartbeatBatchRow struct {
-	ID       int64
-	BecameUp bool
-}
-
-// NodeHeartbeatBatch writes many heartbeats in one statement; a node's
-// first heartbeat moves it from pending to up. It locks the rows in id
-// order, like every statement that locks several nodes, so it cannot
-// deadlock with a move or a batch placement.
-func (q *Queries) NodeHeartbeatBatch(ctx context.Context, db DBTX, arg NodeHeartbeatBatchParams) ([]NodeHeartbeatBatchRow, error) {
-	rows, err := db.Query(ctx, nodeHeartbeatBatch,
+// NodeHeartbeatBatch writes many heartbeats in one statement. A heartbeat
+// never changes health: a node is up only when the checker's probe agrees.
+// It locks the rows in id order, like every statement that locks several
+// nodes, so it cannot deadlock with a move or a batch placement.
+func (q *Queries) NodeHeartbeatBatch(ctx context.Context, db DBTX, arg NodeHeartbeatBatchParams) error {
+	_, err := db.Exec(ctx, nodeHeartbeatBatch,
 		arg.Ids,
 		arg.Ats,
 		arg.Loads,
 		arg.Versions,
 	)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	items := []NodeHeartbeatBatchRow{}
-	for rows.Next() {
-		var i NodeHeartbeatBatchRow
-		if err := rows.Scan(&i.ID, &i.BecameUp); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
+	return err
 }
 
 const nodeInsert = `-- name: NodeInsert :one
 INSERT INTO nodes (name, kind, address, capacity, weight, region, description, admin_state, updated_by)
 VALUES ($1, $2, $3, $4, $5, $6, $7, 'enabled', $8)
-RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by
+RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at
 `
 
 type NodeInsertParams struct {
@@ -439,6 +460,12 @@ func (q *Queries) NodeInsert(ctx context.Context, db DBTX, arg NodeInsertParams)
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.UpdatedBy,
+		&i.AgentLostSince,
+		&i.AgentLostAlerted,
+		&i.DownAlerted,
+		&i.HoldUntil,
+		&i.LastHookError,
+		&i.LastHookErrorAt,
 	)
 	return i, err
 }
@@ -499,7 +526,7 @@ func (q *Queries) NodeKindSummary(ctx context.Context, db DBTX) ([]NodeKindSumma
 }
 
 const nodeList = `-- name: NodeList :many
-SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by FROM nodes ORDER BY kind, name
+SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at FROM nodes ORDER BY kind, name
 `
 
 func (q *Queries) NodeList(ctx context.Context, db DBTX) ([]Node, error) {
@@ -540,6 +567,12 @@ func (q *Queries) NodeList(ctx context.Context, db DBTX) ([]Node, error) {
 			&i.CreatedAt,
 			&i.UpdatedAt,
 			&i.UpdatedBy,
+			&i.AgentLostSince,
+			&i.AgentLostAlerted,
+			&i.DownAlerted,
+			&i.HoldUntil,
+			&i.LastHookError,
+			&i.LastHookErrorAt,
 		); err != nil {
 			return nil, err
 		}
@@ -552,7 +585,7 @@ func (q *Queries) NodeList(ctx context.Context, db DBTX) ([]Node, error) {
 }
 
 const nodeListFiltered = `-- name: NodeListFiltered :many
-SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by FROM nodes
+SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at FROM nodes
 WHERE ($1::text = '' OR kind = $1)
   AND ($2::text = '' OR admin_state = $2)
   AND ($3::text = '' OR health = $3)
@@ -610,6 +643,12 @@ func (q *Queries) NodeListFiltered(ctx context.Context, db DBTX, arg NodeListFil
 			&i.CreatedAt,
 			&i.UpdatedAt,
 			&i.UpdatedBy,
+			&i.AgentLostSince,
+			&i.AgentLostAlerted,
+			&i.DownAlerted,
+			&i.HoldUntil,
+			&i.LastHookError,
+			&i.LastHookErrorAt,
 		); err != nil {
 			return nil, err
 		}
@@ -692,14 +731,25 @@ func (q *Queries) NodeNamesByID(ctx context.Context, db DBTX, ids []int64) ([]No
 }
 
 const nodePlacementTurn = `-- name: NodePlacementTurn :exec
-SELECT pg_advisory_xact_lock(1885433171, hashtext(k)) FROM (SELECT DISTINCT unnest($1::text[]) AS k ORDER BY 1) s
+WITH turn AS (
+    SELECT count(*) AS n FROM (
+        SELECT pg_advisory_xact_lock(1885433171, hashtext(k))
+        FROM (SELECT DISTINCT unnest($1::text[]) AS k ORDER BY 1) ks) l
+)
+SELECT set_config('lock_timeout', '200ms', true) FROM turn
 `
 
 // NodePlacementTurn makes placements of new work of the same node kinds
 // take turns across instances (a transaction-level advisory lock per
-// node kind, in name order). They would otherwise plan on the same
-// nodes and queue on the same rows; waiting here happens before any node
-// is locked, so it cannot close a cycle.
+// node kind, in name order), then bounds how long the rest of the
+// transaction waits for a row lock, in one round trip. Placements would
+// otherwise plan on the same nodes and queue on the same rows; waiting for
+// the turn happens before any node is locked, so it cannot close a cycle.
+// A placement may then wait for one node while holding others; when that
+// closes a cycle with a writer that locks out of id order (SetAdminState
+// locks its node first), it gives up after 200 ms, well before Postgres's
+// deadlock detector (1 s by default) would pick a victim, and the retry
+// policy runs it again.
 func (q *Queries) NodePlacementTurn(ctx context.Context, db DBTX, kinds []string) error {
 	_, err := db.Exec(ctx, nodePlacementTurn, kinds)
 	return err
@@ -717,10 +767,19 @@ func (q *Queries) NodeRecountUsed(ctx context.Context, db DBTX, ids []int64) err
 	return err
 }
 
+const nodeRegistryLock = `-- name: NodeRegistryLock :exec
+SELECT pg_advisory_xact_lock(4711001)
+`
+
+func (q *Queries) NodeRegistryLock(ctx context.Context, db DBTX) error {
+	_, err := db.Exec(ctx, nodeRegistryLock)
+	return err
+}
+
 const nodeSetAdminState = `-- name: NodeSetAdminState :one
 UPDATE nodes SET admin_state = $1, updated_at = now(), updated_by = $2,
     assign_version = nextval('assign_version_seq')
-WHERE id = $3 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by
+WHERE id = $3 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at
 `
 
 type NodeSetAdminStateParams struct {
@@ -761,6 +820,12 @@ func (q *Queries) NodeSetAdminState(ctx context.Context, db DBTX, arg NodeSetAdm
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.UpdatedBy,
+		&i.AgentLostSince,
+		&i.AgentLostAlerted,
+		&i.DownAlerted,
+		&i.HoldUntil,
+		&i.LastHookError,
+		&i.LastHookErrorAt,
 	)
 	return i, err
 }
@@ -768,8 +833,9 @@ func (q *Queries) NodeSetAdminState(ctx context.Context, db DBTX, arg NodeSetAdm
 const nodeSetHealth = `-- name: NodeSetHealth :one
 UPDATE nodes SET health = $1, health_changed_at = CASE WHEN health <> $1 THEN now() ELSE health_changed_at END,
     consecutive_fail = $2, consecutive_ok = $3,
-    last_probe_at = now(), last_probe_detail = $4, flapping = $5
-WHERE id = $6 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by
+    last_probe_at = now(), last_probe_detail = $4, flapping = $5,
+    hold_until = $6
+WHERE id = $7 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at
 `
 
 type NodeSetHealthParams struct {
@@ -778,6 +844,7 @@ type NodeSetHealthParams struct {
 	ConsecutiveOk   int32
 	LastProbeDetail string
 	Flapping        bool
+	HoldUntil       *time.Time
 	ID              int64
 }
 
@@ -788,6 +855,7 @@ func (q *Queries) NodeSetHealth(ctx context.Context, db DBTX, arg NodeSetHealthP
 		arg.ConsecutiveOk,
 		arg.LastProbeDetail,
 		arg.Flapping,
+		arg.HoldUntil,
 		arg.ID,
 	)
 	var i Node
@@ -820,14 +888,34 @@ func (q *Queries) NodeSetHealth(ctx context.Context, db DBTX, arg NodeSetHealthP
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.UpdatedBy,
+		&i.AgentLostSince,
+		&i.AgentLostAlerted,
+		&i.DownAlerted,
+		&i.HoldUntil,
+		&i.LastHookError,
+		&i.LastHookErrorAt,
 	)
 	return i, err
+}
+
+const nodeSetHookError = `-- name: NodeSetHookError :exec
+UPDATE nodes SET last_hook_error = $1, last_hook_error_at = now() WHERE id = $2
+`
+
+type NodeSetHookErrorParams struct {
+	LastHookError string
+	ID            int64
+}
+
+func (q *Queries) NodeSetHookError(ctx context.Context, db DBTX, arg NodeSetHookErrorParams) error {
+	_, err := db.Exec(ctx, nodeSetHookError, arg.LastHookError, arg.ID)
+	return err
 }
 
 const nodeSetMaintenance = `-- name: NodeSetMaintenance :one
 UPDATE nodes SET maintenance_until = $1, maintenance_reason = $2,
     updated_at = now(), updated_by = $3
-WHERE id = $4 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by
+WHERE id = $4 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at
 `
 
 type NodeSetMaintenanceParams struct {
@@ -874,6 +962,12 @@ func (q *Queries) NodeSetMaintenance(ctx context.Context, db DBTX, arg NodeSetMa
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.UpdatedBy,
+		&i.AgentLostSince,
+		&i.AgentLostAlerted,
+		&i.DownAlerted,
+		&i.HoldUntil,
+		&i.LastHookError,
+		&i.LastHookErrorAt,
 	)
 	return i, err
 }
@@ -898,7 +992,7 @@ func (q *Queries) NodeSetRotateRequested(ctx context.Context, db DBTX, arg NodeS
 const nodeUpdate = `-- name: NodeUpdate :one
 UPDATE nodes SET address = $1, capacity = $2, weight = $3,
     region = $4, description = $5, updated_at = now(), updated_by = $6
-WHERE id = $7 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by
+WHERE id = $7 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at
 `
 
 type NodeUpdateParams struct {
@@ -951,6 +1045,12 @@ func (q *Queries) NodeUpdate(ctx context.Context, db DBTX, arg NodeUpdateParams)
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.UpdatedBy,
+		&i.AgentLostSince,
+		&i.AgentLostAlerted,
+		&i.DownAlerted,
+		&i.HoldUntil,
+		&i.LastHookError,
+		&i.LastHookErrorAt,
 	)
 	return i, err
 }
@@ -1064,19 +1164,4 @@ func (q *Queries) ProbeResultPrune(ctx context.Context, db DBTX) (int64, error) 
 		return 0, err
 	}
 	return result.RowsAffected(), nil
-}
-
-const txLockTimeout = `-- name: TxLockTimeout :exec
-SELECT set_config('lock_timeout', '200ms', true)
-`
-
-// TxLockTimeout bounds how long the rest of the transaction waits for a
-// row lock. A placement may wait for one node while holding others; when
-// that closes a cycle with a writer that locks out of id order
-// (SetAdminState locks its node first), it gives up well before
-// Postgres's deadlock detector (1 s by default) would pick a victim, and
-// the retry policy runs it again.
-func (q *Queries) TxLockTimeout(ctx context.Context, db DBTX) error {
-	_, err := db.Exec(ctx, txLockTimeout)
-	return err
 }

@@ -92,6 +92,56 @@ func (q *Queries) SipCallEnd(ctx context.Context, db DBTX, arg SipCallEndParams)
 	return i, err
 }
 
+const sipCallEndBatch = `-- name: SipCallEndBatch :many
+WITH ended AS (
+    UPDATE work SET state = 'ended', ended_at = now(), updated_at = now()
+    WHERE ref = ANY ($1::text[]) AND state IN ('assigned', 'active')
+    RETURNING node_id, cost
+), d AS (
+    SELECT node_id, sum(cost)::int AS cost FROM ended WHERE node_id IS NOT NULL GROUP BY node_id
+), lk AS (
+    SELECT id FROM nodes WHERE id IN (SELECT node_id FROM d) ORDER BY id FOR UPDATE
+), freed AS (
+    UPDATE nodes n SET used = greatest(n.used - d.cost, 0), assign_version = nextval('assign_version_seq')
+    FROM d WHERE n.id = d.node_id AND n.id IN (SELECT id FROM lk)
+    RETURNING n.id
+), closed AS (
+    UPDATE sip_calls c SET state = x.state, cause = x.cause, ended_at = now()
+    FROM (SELECT unnest($1::text[]) AS ref, unnest($2::text[]) AS state, unnest($3::text[]) AS cause) x
+    WHERE c.ref = x.ref AND c.state IN ('setup', 'answered')
+)
+SELECT id FROM freed
+`
+
+type SipCallEndBatchParams struct {
+	Refs   []string
+	States []string
+	Causes []string
+}
+
+// SipCallEndBatch ends many calls in one statement, as SipCallEnd does
+// one: their live work ends, their nodes' load drops, their rows take
+// their final state and cause. It returns the nodes whose load dropped.
+func (q *Queries) SipCallEndBatch(ctx context.Context, db DBTX, arg SipCallEndBatchParams) ([]int64, error) {
+	rows, err := db.Query(ctx, sipCallEndBatch, arg.Refs, arg.States, arg.Causes)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []int64{}
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		items = append(items, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const sipCallFailover = `-- name: SipCallFailover :one
 WITH ended AS (
     UPDATE work SET state = 'ended', ended_at = now(), updated_at = now()
@@ -262,18 +312,92 @@ func (q *Queries) SipCallLookup(ctx context.Context, db DBTX, arg SipCallLookupP
 	return i, err
 }
 
-const sipCallPlace = `-- name: SipCallPlace :one
+const sipCallPlaceBatch = `-- name: SipCallPlaceBatch :many
+WITH w AS (
+    INSERT INTO work (ref, kind, cost, state, node_id)
+    SELECT t.ref, 'call', 1, 'assigned', t.node_id
+    FROM (SELECT unnest($1::text[]) AS ref, unnest($2::bigint[]) AS node_id) t
+    ON CONFLICT (ref) DO NOTHING
+    RETURNING id, ref, node_id, epoch
+), c AS (
+    INSERT INTO sip_calls (ref, work_id, call_id, from_tag, from_uri, to_uri, node_id, state, instance)
+    SELECT w.ref, w.id, t.call_id, t.from_tag, t.from_uri, t.to_uri, w.node_id, 'setup', $3::text
+    FROM w JOIN (SELECT unnest($1::text[]) AS ref, unnest($4::text[]) AS call_id,
+        unnest($5::text[]) AS from_tag, unnest($6::text[]) AS from_uri,
+        unnest($7::text[]) AS to_uri) t ON t.ref = w.ref
+    ON CONFLICT (ref) DO UPDATE SET work_id = excluded.work_id, node_id = excluded.node_id, state = 'setup',
+        call_id = excluded.call_id, from_tag = excluded.from_tag, from_uri = excluded.from_uri, to_uri = excluded.to_uri,
+        instance = excluded.instance, cause = '', to_tag = '', answered_at = NULL, ended_at = NULL,
+        tries = 1, failovers = '{}', created_at = now()
+), u AS (
+    UPDATE nodes n SET used = n.used + d.n, assign_version = nextval('assign_version_seq')
+    FROM (SELECT node_id, count(*)::int AS n FROM w GROUP BY node_id) d
+    WHERE n.id = d.node_id
+)
+SELECT id, ref, node_id::bigint AS node_id, epoch FROM w
+`
+
+type SipCallPlaceBatchParams struct {
+	Refs     []string
+	NodeIds  []int64
+	Instance string
+	CallIds  []string
+	FromTags []string
+	FromUris []string
+	ToUris   []string
+}
+
+type SipCallPlaceBatchRow struct {
+	ID     int64
+	Ref    string
+	NodeID int64
+	Epoch  int64
+}
+
+// SipCallPlaceBatch records a planned batch of calls in one statement:
+// their work items (a ref that exists already is skipped and absent from
+// the answer, for the caller to place one by one), their call rows, and
+// each node's new load.
+func (q *Queries) SipCallPlaceBatch(ctx context.Context, db DBTX, arg SipCallPlaceBatchParams) ([]SipCallPlaceBatchRow, error) {
+	rows, err := db.Query(ctx, sipCallPlaceBatch,
+		arg.Refs,
+		arg.NodeIds,
+		arg.Instance,
+		arg.CallIds,
+		arg.FromTags,
+		arg.FromUris,
+		arg.ToUris,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []SipCallPlaceBatchRow{}
+	for rows.Next() {
+		var i SipCallPlaceBatchRow
+		if err := rows.Scan(
+			&i.ID,
+			&i.Ref,
+			&i.NodeID,
+			&i.Epoch,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const sipCallPlaceOn = `-- name: SipCallPlaceOn :one
 
 WITH dup AS (
     SELECT 1 AS x FROM work WHERE ref = $1::text AND state <> 'ended'
-), target AS (
-    SELECT e.id FROM node_eligibility e
-    WHERE e.id = $2::bigint AND e.eligible AND e.kind = 'media' AND e.used + 1 <= e.capacity
-      AND NOT EXISTS (SELECT 1 FROM dup)
-    FOR UPDATE
 ), bumped AS (
     UPDATE nodes SET used = nodes.used + 1, assign_version = nextval('assign_version_seq')
-    WHERE nodes.id = (SELECT id FROM target) AND nodes.used + 1 <= nodes.capacity
+    WHERE nodes.id = $2::bigint AND NOT EXISTS (SELECT 1 FROM dup)
     RETURNING nodes.id, nodes.name, nodes.address
 ), placed AS (
     INSERT INTO work (ref, kind, cost, state, node_id)
@@ -303,7 +427,7 @@ SELECT coalesce((SELECT id FROM placed), 0)::bigint AS work_id,
        (SELECT count(*) FROM call)::bigint AS recorded
 `
 
-type SipCallPlaceParams struct {
+type SipCallPlaceOnParams struct {
 	Ref      string
 	NodeID   int64
 	CallID   string
@@ -314,7 +438,7 @@ type SipCallPlaceParams struct {
 	Retry    bool
 }
 
-type SipCallPlaceRow struct {
+type SipCallPlaceOnRow struct {
 	WorkID      int64
 	Epoch       int64
 	NodeID      int64
@@ -326,17 +450,15 @@ type SipCallPlaceRow struct {
 
 // Queries of the SIP front door (nodes/sipfront through nodes/calls.go).
 // Every call is a durable row; the hot path is one statement per step.
-// SipCallPlace places a call's work item on @node_id, the media node
-// nodes.Plan chose, and records the call, in one statement (one round
-// trip, one commit). The node is locked and checked again (eligible, room
-// for one more); when it no longer qualifies nothing is placed and the
-// caller plans again. It places nothing when live work with the same ref
-// exists (a merged request) or @node_id is 0 (no node has room); the
-// caller sees both in the answer. A ref whose work ended (an INVITE sent
-// again after an authentication challenge) is placed again. @retry marks
-// a failover try of the same call: its tries and failovers carry on.
-func (q *Queries) SipCallPlace(ctx context.Context, db DBTX, arg SipCallPlaceParams) (SipCallPlaceRow, error) {
-	row := db.QueryRow(ctx, sipCallPlace,
+// SipCallPlaceOn places one call's work item on the node the planner
+// chose (its row locked by SipMediaLockEligible in the same transaction)
+// and records the call. It places nothing when live work with the same
+// ref exists (a merged request); the answer says so. A ref whose work
+// ended (an INVITE sent again after an authentication challenge, or the
+// next try of a call whose node failed) is placed again. @retry marks a
+// failover try of the same call: its tries and failovers carry on.
+func (q *Queries) SipCallPlaceOn(ctx context.Context, db DBTX, arg SipCallPlaceOnParams) (SipCallPlaceOnRow, error) {
+	row := db.QueryRow(ctx, sipCallPlaceOn,
 		arg.Ref,
 		arg.NodeID,
 		arg.CallID,
@@ -346,7 +468,7 @@ func (q *Queries) SipCallPlace(ctx context.Context, db DBTX, arg SipCallPlacePar
 		arg.Instance,
 		arg.Retry,
 	)
-	var i SipCallPlaceRow
+	var i SipCallPlaceOnRow
 	err := row.Scan(
 		&i.WorkID,
 		&i.Epoch,
@@ -438,6 +560,55 @@ func (q *Queries) SipCallsExpire(ctx context.Context, db DBTX, maxSeconds float6
 			return nil, err
 		}
 		items = append(items, node_id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const sipMediaLockEligible = `-- name: SipMediaLockEligible :many
+SELECT e.id, e.name, n.address, e.capacity, e.used, e.weight
+FROM node_eligibility e JOIN nodes n ON n.id = e.id
+WHERE e.eligible AND e.kind = 'media'
+ORDER BY e.id
+FOR UPDATE OF n
+`
+
+type SipMediaLockEligibleRow struct {
+	ID       int64
+	Name     string
+	Address  string
+	Capacity int32
+	Used     int32
+	Weight   int32
+}
+
+// SipMediaLockEligible locks the media nodes that may take new calls
+// (node_eligibility, the one definition), in id order (the order every
+// multi-node writer locks in), with their service addresses, for
+// placements planned under the locks: one lock per node per batch instead
+// of one per call, which is what lets placements keep pace with the calls.
+func (q *Queries) SipMediaLockEligible(ctx context.Context, db DBTX) ([]SipMediaLockEligibleRow, error) {
+	rows, err := db.Query(ctx, sipMediaLockEligible)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []SipMediaLockEligibleRow{}
+	for rows.Next() {
+		var i SipMediaLockEligibleRow
+		if err := rows.Scan(
+			&i.ID,
+			&i.Name,
+			&i.Address,
+			&i.Capacity,
+			&i.Used,
+			&i.Weight,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err

@@ -16,7 +16,7 @@ UPDATE work SET state = CASE WHEN $1::text = 'failed' THEN 'unplaced' ELSE $1 EN
     ended_at = CASE WHEN $1::text = 'ended' THEN now() ELSE ended_at END,
     updated_at = now()
 WHERE id = $2 AND node_id = $3 AND epoch = $4 AND state IN ('assigned', 'active')
-RETURNING id, ref, kind, cost, state, node_id, epoch, created_at, updated_at, ended_at
+RETURNING id, ref, kind, cost, state, node_id, epoch, created_at, updated_at, ended_at, last_error
 `
 
 type WorkAckParams struct {
@@ -45,6 +45,7 @@ func (q *Queries) WorkAck(ctx context.Context, db DBTX, arg WorkAckParams) (Work
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.EndedAt,
+		&i.LastError,
 	)
 	return i, err
 }
@@ -272,7 +273,7 @@ func (q *Queries) WorkDesiredSetForNode(ctx context.Context, db DBTX, nodeID int
 
 const workEnd = `-- name: WorkEnd :one
 UPDATE work SET state = 'ended', ended_at = now(), updated_at = now(), node_id = node_id
-WHERE id = $1 RETURNING id, ref, kind, cost, state, node_id, epoch, created_at, updated_at, ended_at
+WHERE id = $1 RETURNING id, ref, kind, cost, state, node_id, epoch, created_at, updated_at, ended_at, last_error
 `
 
 func (q *Queries) WorkEnd(ctx context.Context, db DBTX, id int64) (Work, error) {
@@ -289,12 +290,81 @@ func (q *Queries) WorkEnd(ctx context.Context, db DBTX, id int64) (Work, error) 
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.EndedAt,
+		&i.LastError,
 	)
 	return i, err
 }
 
+const workFailureRecord = `-- name: WorkFailureRecord :one
+INSERT INTO work_failures (work_id, node_id, failures, last_error, last_at)
+VALUES ($1, $2, 1, $3, now())
+ON CONFLICT (work_id, node_id) DO UPDATE SET failures = work_failures.failures + 1,
+    last_error = excluded.last_error, last_at = now()
+RETURNING failures
+`
+
+type WorkFailureRecordParams struct {
+	WorkID    int64
+	NodeID    int64
+	LastError string
+}
+
+func (q *Queries) WorkFailureRecord(ctx context.Context, db DBTX, arg WorkFailureRecordParams) (int32, error) {
+	row := db.QueryRow(ctx, workFailureRecord, arg.WorkID, arg.NodeID, arg.LastError)
+	var failures int32
+	err := row.Scan(&failures)
+	return failures, err
+}
+
+const workFailuresOnNode = `-- name: WorkFailuresOnNode :many
+SELECT f.failures, f.last_error, f.last_at, w.ref, w.kind, w.state
+FROM work_failures f JOIN work w ON w.id = f.work_id
+WHERE f.node_id = $1 ORDER BY f.last_at DESC LIMIT $2
+`
+
+type WorkFailuresOnNodeParams struct {
+	NodeID int64
+	Lim    int32
+}
+
+type WorkFailuresOnNodeRow struct {
+	Failures  int32
+	LastError string
+	LastAt    time.Time
+	Ref       string
+	Kind      string
+	State     string
+}
+
+func (q *Queries) WorkFailuresOnNode(ctx context.Context, db DBTX, arg WorkFailuresOnNodeParams) ([]WorkFailuresOnNodeRow, error) {
+	rows, err := db.Query(ctx, workFailuresOnNode, arg.NodeID, arg.Lim)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []WorkFailuresOnNodeRow{}
+	for rows.Next() {
+		var i WorkFailuresOnNodeRow
+		if err := rows.Scan(
+			&i.Failures,
+			&i.LastError,
+			&i.LastAt,
+			&i.Ref,
+			&i.Kind,
+			&i.State,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const workGetByID = `-- name: WorkGetByID :one
-SELECT id, ref, kind, cost, state, node_id, epoch, created_at, updated_at, ended_at FROM work WHERE id = $1
+SELECT id, ref, kind, cost, state, node_id, epoch, created_at, updated_at, ended_at, last_error FROM work WHERE id = $1
 `
 
 func (q *Queries) WorkGetByID(ctx context.Context, db DBTX, id int64) (Work, error) {
@@ -311,6 +381,7 @@ func (q *Queries) WorkGetByID(ctx context.Context, db DBTX, id int64) (Work, err
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.EndedAt,
+		&i.LastError,
 	)
 	return i, err
 }
@@ -352,7 +423,7 @@ func (q *Queries) WorkGetByIDs(ctx context.Context, db DBTX, ids []int64) ([]Wor
 }
 
 const workGetByRef = `-- name: WorkGetByRef :one
-SELECT w.id, w.ref, w.kind, w.cost, w.state, w.node_id, w.epoch, w.created_at, w.updated_at, w.ended_at, coalesce(n.name, '')::text AS node_name FROM work w LEFT JOIN nodes n ON n.id = w.node_id WHERE w.ref = $1
+SELECT w.id, w.ref, w.kind, w.cost, w.state, w.node_id, w.epoch, w.created_at, w.updated_at, w.ended_at, w.last_error, coalesce(n.name, '')::text AS node_name FROM work w LEFT JOIN nodes n ON n.id = w.node_id WHERE w.ref = $1
 `
 
 type WorkGetByRefRow struct {
@@ -366,6 +437,7 @@ type WorkGetByRefRow struct {
 	CreatedAt time.Time
 	UpdatedAt time.Time
 	EndedAt   *time.Time
+	LastError string
 	NodeName  string
 }
 
@@ -383,13 +455,14 @@ func (q *Queries) WorkGetByRef(ctx context.Context, db DBTX, ref string) (WorkGe
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.EndedAt,
+		&i.LastError,
 		&i.NodeName,
 	)
 	return i, err
 }
 
 const workGetForUpdate = `-- name: WorkGetForUpdate :one
-SELECT id, ref, kind, cost, state, node_id, epoch, created_at, updated_at, ended_at FROM work WHERE ref = $1 FOR UPDATE
+SELECT id, ref, kind, cost, state, node_id, epoch, created_at, updated_at, ended_at, last_error FROM work WHERE ref = $1 FOR UPDATE
 `
 
 func (q *Queries) WorkGetForUpdate(ctx context.Context, db DBTX, ref string) (Work, error) {
@@ -406,6 +479,7 @@ func (q *Queries) WorkGetForUpdate(ctx context.Context, db DBTX, ref string) (Wo
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.EndedAt,
+		&i.LastError,
 	)
 	return i, err
 }
@@ -467,7 +541,7 @@ func (q *Queries) WorkInsertBatch(ctx context.Context, db DBTX, arg WorkInsertBa
 }
 
 const workList = `-- name: WorkList :many
-SELECT w.id, w.ref, w.kind, w.cost, w.state, w.node_id, w.epoch, w.created_at, w.updated_at, w.ended_at, coalesce(n.name, '')::text AS node_name FROM work w LEFT JOIN nodes n ON n.id = w.node_id
+SELECT w.id, w.ref, w.kind, w.cost, w.state, w.node_id, w.epoch, w.created_at, w.updated_at, w.ended_at, w.last_error, coalesce(n.name, '')::text AS node_name FROM work w LEFT JOIN nodes n ON n.id = w.node_id
 WHERE ($1::bigint = 0 OR w.node_id = $1)
   AND ($2::text = '' OR w.kind = $2)
   AND ($3::text = '' OR w.state = $3)
@@ -494,6 +568,7 @@ type WorkListRow struct {
 	CreatedAt time.Time
 	UpdatedAt time.Time
 	EndedAt   *time.Time
+	LastError string
 	NodeName  string
 }
 
@@ -523,6 +598,7 @@ func (q *Queries) WorkList(ctx context.Context, db DBTX, arg WorkListParams) ([]
 			&i.CreatedAt,
 			&i.UpdatedAt,
 			&i.EndedAt,
+			&i.LastError,
 			&i.NodeName,
 		); err != nil {
 			return nil, err
@@ -639,8 +715,25 @@ func (q *Queries) WorkRefsTaken(ctx context.Context, db DBTX, refs []string) ([]
 	return items, nil
 }
 
+const workSetLastError = `-- name: WorkSetLastError :exec
+UPDATE work SET last_error = $1 WHERE id = $2
+`
+
+type WorkSetLastErrorParams struct {
+	LastError string
+	ID        int64
+}
+
+func (q *Queries) WorkSetLastError(ctx context.Context, db DBTX, arg WorkSetLastErrorParams) error {
+	_, err := db.Exec(ctx, workSetLastError, arg.LastError, arg.ID)
+	return err
+}
+
 const workUnplacedForKind = `-- name: WorkUnplacedForKind :many
-SELECT id, ref, kind, cost FROM work WHERE kind = $1 AND state = 'unplaced' ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED
+SELECT w.id, w.ref, w.kind, w.cost,
+    coalesce((SELECT array_agg(f.node_id) FROM work_failures f
+              WHERE f.work_id = w.id AND f.last_at > now() - interval '1 hour'), '{}')::bigint[] AS avoid
+FROM work w WHERE w.kind = $1 AND w.state = 'unplaced' ORDER BY w.id LIMIT $2 FOR UPDATE SKIP LOCKED
 `
 
 type WorkUnplacedForKindParams struct {
@@ -649,12 +742,15 @@ type WorkUnplacedForKindParams struct {
 }
 
 type WorkUnplacedForKindRow struct {
-	ID   int64
-	Ref  string
-	Kind string
-	Cost int32
+	ID    int64
+	Ref   string
+	Kind  string
+	Cost  int32
+	Avoid []int64
 }
 
+// WorkUnplacedForKind returns waiting work with the nodes each item must
+// avoid: those whose start hook failed it within the last hour.
 func (q *Queries) WorkUnplacedForKind(ctx context.Context, db DBTX, arg WorkUnplacedForKindParams) ([]WorkUnplacedForKindRow, error) {
 	rows, err := db.Query(ctx, workUnplacedForKind, arg.Kind, arg.Lim)
 	if err != nil {
@@ -669,6 +765,7 @@ func (q *Queries) WorkUnplacedForKind(ctx context.Context, db DBTX, arg WorkUnpl
 			&i.Ref,
 			&i.Kind,
 			&i.Cost,
+			&i.Avoid,
 		); err != nil {
 			return nil, err
 		}

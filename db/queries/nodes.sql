@@ -47,21 +47,18 @@ UPDATE nodes SET enrolled_at = now(), agent_version = @agent_version,
     updated_at = now()
 WHERE id = @id RETURNING *;
 
--- NodeHeartbeatBatch writes many heartbeats in one statement; a node's
--- first heartbeat moves it from pending to up. It locks the rows in id
--- order, like every statement that locks several nodes, so it cannot
--- deadlock with a move or a batch placement.
--- name: NodeHeartbeatBatch :many
+-- NodeHeartbeatBatch writes many heartbeats in one statement. A heartbeat
+-- never changes health: a node is up only when the checker's probe agrees.
+-- It locks the rows in id order, like every statement that locks several
+-- nodes, so it cannot deadlock with a move or a batch placement.
+-- name: NodeHeartbeatBatch :exec
 WITH locked AS (
     SELECT id FROM nodes WHERE id = ANY(@ids::bigint[]) ORDER BY id FOR UPDATE
 )
-UPDATE nodes n SET last_heartbeat_at = b.at, reported_load = b.load, agent_version = b.version,
-    health = CASE WHEN n.health = 'pending' THEN 'up' ELSE n.health END,
-    health_changed_at = CASE WHEN n.health = 'pending' THEN now() ELSE n.health_changed_at END
+UPDATE nodes n SET last_heartbeat_at = b.at, reported_load = b.load, agent_version = b.version
 FROM (SELECT unnest(@ids::bigint[]) AS id, unnest(@ats::timestamptz[]) AS at,
              unnest(@loads::int[]) AS load, unnest(@versions::text[]) AS version) b
-WHERE n.id = b.id AND n.id IN (SELECT id FROM locked)
-RETURNING n.id, (n.health_changed_at = now())::boolean AS became_up;
+WHERE n.id = b.id AND n.id IN (SELECT id FROM locked);
 
 -- name: NodeKindSummary :many
 SELECT kind,
@@ -90,7 +87,8 @@ UPDATE nodes SET assign_version = nextval('assign_version_seq') WHERE id = ANY(@
 -- name: NodeSetHealth :one
 UPDATE nodes SET health = @health, health_changed_at = CASE WHEN health <> @health THEN now() ELSE health_changed_at END,
     consecutive_fail = @consecutive_fail, consecutive_ok = @consecutive_ok,
-    last_probe_at = now(), last_probe_detail = @last_probe_detail, flapping = @flapping
+    last_probe_at = now(), last_probe_detail = @last_probe_detail, flapping = @flapping,
+    hold_until = @hold_until
 WHERE id = @id RETURNING *;
 
 -- name: ProbeResultInsertBatch :exec
@@ -107,8 +105,14 @@ SELECT * FROM probe_results WHERE node_id = @node_id ORDER BY at DESC LIMIT @lim
 DELETE FROM probe_results WHERE at < now() - coalesce(
     (SELECT value::interval FROM settings WHERE key = 'retention_probes'), interval '1 hour');
 
--- name: NodeHealthChanges :one
-SELECT count(*) FROM events WHERE node_id = @node_id AND type = 'health' AND at > now() - make_interval(secs => @window_seconds::float8);
+-- name: NodeAddresses :many
+SELECT id, name, kind, address FROM nodes ORDER BY id;
+
+-- name: NodeRegistryLock :exec
+SELECT pg_advisory_xact_lock(4711001);
+
+-- name: NodeSetHookError :exec
+UPDATE nodes SET last_hook_error = @last_hook_error, last_hook_error_at = now() WHERE id = @id;
 
 -- NodeCandidates reads, without locking, the nodes that may take new work
 -- of the given kinds (node_eligibility, migration 00004): what a
@@ -144,20 +148,22 @@ WHERE n.id = d.id;
 
 -- NodePlacementTurn makes placements of new work of the same node kinds
 -- take turns across instances (a transaction-level advisory lock per
--- node kind, in name order). They would otherwise plan on the same
--- nodes and queue on the same rows; waiting here happens before any node
--- is locked, so it cannot close a cycle.
+-- node kind, in name order), then bounds how long the rest of the
+-- transaction waits for a row lock, in one round trip. Placements would
+-- otherwise plan on the same nodes and queue on the same rows; waiting for
+-- the turn happens before any node is locked, so it cannot close a cycle.
+-- A placement may then wait for one node while holding others; when that
+-- closes a cycle with a writer that locks out of id order (SetAdminState
+-- locks its node first), it gives up after 200 ms, well before Postgres's
+-- deadlock detector (1 s by default) would pick a victim, and the retry
+-- policy runs it again.
 -- name: NodePlacementTurn :exec
-SELECT pg_advisory_xact_lock(1885433171, hashtext(k)) FROM (SELECT DISTINCT unnest(@kinds::text[]) AS k ORDER BY 1) s;
-
--- TxLockTimeout bounds how long the rest of the transaction waits for a
--- row lock. A placement may wait for one node while holding others; when
--- that closes a cycle with a writer that locks out of id order
--- (SetAdminState locks its node first), it gives up well before
--- Postgres's deadlock detector (1 s by default) would pick a victim, and
--- the retry policy runs it again.
--- name: TxLockTimeout :exec
-SELECT set_config('lock_timeout', '200ms', true);
+WITH turn AS (
+    SELECT count(*) AS n FROM (
+        SELECT pg_advisory_xact_lock(1885433171, hashtext(k))
+        FROM (SELECT DISTINCT unnest(@kinds::text[]) AS k ORDER BY 1) ks) l
+)
+SELECT set_config('lock_timeout', '200ms', true) FROM turn;
 
 -- name: NodeNamesByID :many
 SELECT id, name FROM nodes WHERE id = ANY(@ids::bigint[]);

@@ -1,26 +1,19 @@
 -- Queries of the SIP front door (nodes/sipfront through nodes/calls.go).
 -- Every call is a durable row; the hot path is one statement per step.
 
--- SipCallPlace places a call's work item on @node_id, the media node
--- nodes.Plan chose, and records the call, in one statement (one round
--- trip, one commit). The node is locked and checked again (eligible, room
--- for one more); when it no longer qualifies nothing is placed and the
--- caller plans again. It places nothing when live work with the same ref
--- exists (a merged request) or @node_id is 0 (no node has room); the
--- caller sees both in the answer. A ref whose work ended (an INVITE sent
--- again after an authentication challenge) is placed again. @retry marks
--- a failover try of the same call: its tries and failovers carry on.
--- name: SipCallPlace :one
+-- SipCallPlaceOn places one call's work item on the node the planner
+-- chose (its row locked by SipMediaLockEligible in the same transaction)
+-- and records the call. It places nothing when live work with the same
+-- ref exists (a merged request); the answer says so. A ref whose work
+-- ended (an INVITE sent again after an authentication challenge, or the
+-- next try of a call whose node failed) is placed again. @retry marks a
+-- failover try of the same call: its tries and failovers carry on.
+-- name: SipCallPlaceOn :one
 WITH dup AS (
     SELECT 1 AS x FROM work WHERE ref = @ref::text AND state <> 'ended'
-), target AS (
-    SELECT e.id FROM node_eligibility e
-    WHERE e.id = @node_id::bigint AND e.eligible AND e.kind = 'media' AND e.used + 1 <= e.capacity
-      AND NOT EXISTS (SELECT 1 FROM dup)
-    FOR UPDATE
 ), bumped AS (
     UPDATE nodes SET used = nodes.used + 1, assign_version = nextval('assign_version_seq')
-    WHERE nodes.id = (SELECT id FROM target) AND nodes.used + 1 <= nodes.capacity
+    WHERE nodes.id = @node_id::bigint AND NOT EXISTS (SELECT 1 FROM dup)
     RETURNING nodes.id, nodes.name, nodes.address
 ), placed AS (
     INSERT INTO work (ref, kind, cost, state, node_id)
@@ -188,3 +181,66 @@ SELECT kind, cause, count(*)::bigint AS n FROM (
 
 -- name: SipSettings :many
 SELECT key, value FROM settings WHERE key LIKE 'sip\_%' ORDER BY key;
+
+-- SipMediaLockEligible locks the media nodes that may take new calls
+-- (node_eligibility, the one definition), in id order (the order every
+-- multi-node writer locks in), with their service addresses, for
+-- placements planned under the locks: one lock per node per batch instead
+-- of one per call, which is what lets placements keep pace with the calls.
+-- name: SipMediaLockEligible :many
+SELECT e.id, e.name, n.address, e.capacity, e.used, e.weight
+FROM node_eligibility e JOIN nodes n ON n.id = e.id
+WHERE e.eligible AND e.kind = 'media'
+ORDER BY e.id
+FOR UPDATE OF n;
+
+-- SipCallPlaceBatch records a planned batch of calls in one statement:
+-- their work items (a ref that exists already is skipped and absent from
+-- the answer, for the caller to place one by one), their call rows, and
+-- each node's new load.
+-- name: SipCallPlaceBatch :many
+WITH w AS (
+    INSERT INTO work (ref, kind, cost, state, node_id)
+    SELECT t.ref, 'call', 1, 'assigned', t.node_id
+    FROM (SELECT unnest(@refs::text[]) AS ref, unnest(@node_ids::bigint[]) AS node_id) t
+    ON CONFLICT (ref) DO NOTHING
+    RETURNING id, ref, node_id, epoch
+), c AS (
+    INSERT INTO sip_calls (ref, work_id, call_id, from_tag, from_uri, to_uri, node_id, state, instance)
+    SELECT w.ref, w.id, t.call_id, t.from_tag, t.from_uri, t.to_uri, w.node_id, 'setup', @instance::text
+    FROM w JOIN (SELECT unnest(@refs::text[]) AS ref, unnest(@call_ids::text[]) AS call_id,
+        unnest(@from_tags::text[]) AS from_tag, unnest(@from_uris::text[]) AS from_uri,
+        unnest(@to_uris::text[]) AS to_uri) t ON t.ref = w.ref
+    ON CONFLICT (ref) DO UPDATE SET work_id = excluded.work_id, node_id = excluded.node_id, state = 'setup',
+        call_id = excluded.call_id, from_tag = excluded.from_tag, from_uri = excluded.from_uri, to_uri = excluded.to_uri,
+        instance = excluded.instance, cause = '', to_tag = '', answered_at = NULL, ended_at = NULL,
+        tries = 1, failovers = '{}', created_at = now()
+), u AS (
+    UPDATE nodes n SET used = n.used + d.n, assign_version = nextval('assign_version_seq')
+    FROM (SELECT node_id, count(*)::int AS n FROM w GROUP BY node_id) d
+    WHERE n.id = d.node_id
+)
+SELECT id, ref, node_id::bigint AS node_id, epoch FROM w;
+
+-- SipCallEndBatch ends many calls in one statement, as SipCallEnd does
+-- one: their live work ends, their nodes' load drops, their rows take
+-- their final state and cause. It returns the nodes whose load dropped.
+-- name: SipCallEndBatch :many
+WITH ended AS (
+    UPDATE work SET state = 'ended', ended_at = now(), updated_at = now()
+    WHERE ref = ANY (@refs::text[]) AND state IN ('assigned', 'active')
+    RETURNING node_id, cost
+), d AS (
+    SELECT node_id, sum(cost)::int AS cost FROM ended WHERE node_id IS NOT NULL GROUP BY node_id
+), lk AS (
+    SELECT id FROM nodes WHERE id IN (SELECT node_id FROM d) ORDER BY id FOR UPDATE
+), freed AS (
+    UPDATE nodes n SET used = greatest(n.used - d.cost, 0), assign_version = nextval('assign_version_seq')
+    FROM d WHERE n.id = d.node_id AND n.id IN (SELECT id FROM lk)
+    RETURNING n.id
+), closed AS (
+    UPDATE sip_calls c SET state = x.state, cause = x.cause, ended_at = now()
+    FROM (SELECT unnest(@refs::text[]) AS ref, unnest(@states::text[]) AS state, unnest(@causes::text[]) AS cause) x
+    WHERE c.ref = x.ref AND c.state IN ('setup', 'answered')
+)
+SELECT id FROM freed;

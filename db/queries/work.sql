@@ -58,8 +58,13 @@ UPDATE work w SET node_id = NULLIF(m.node_id, 0),
 FROM (SELECT unnest(@ids::bigint[]) AS id, unnest(@node_ids::bigint[]) AS node_id) m
 WHERE w.id = m.id;
 
+-- WorkUnplacedForKind returns waiting work with the nodes each item must
+-- avoid: those whose start hook failed it within the last hour.
 -- name: WorkUnplacedForKind :many
-SELECT id, ref, kind, cost FROM work WHERE kind = @kind AND state = 'unplaced' ORDER BY id LIMIT @lim FOR UPDATE SKIP LOCKED;
+SELECT w.id, w.ref, w.kind, w.cost,
+    coalesce((SELECT array_agg(f.node_id) FROM work_failures f
+              WHERE f.work_id = w.id AND f.last_at > now() - interval '1 hour'), '{}')::bigint[] AS avoid
+FROM work w WHERE w.kind = @kind AND w.state = 'unplaced' ORDER BY w.id LIMIT @lim FOR UPDATE SKIP LOCKED;
 
 -- name: WorkUnplacedKinds :many
 SELECT DISTINCT kind FROM work WHERE state = 'unplaced';
@@ -107,6 +112,21 @@ RETURNING w.id, w.kind, a.state::text AS acked_state;
 
 -- name: WorkGetByIDs :many
 SELECT id, epoch, node_id, state FROM work WHERE id = ANY(@ids::bigint[]);
+
+-- name: WorkFailureRecord :one
+INSERT INTO work_failures (work_id, node_id, failures, last_error, last_at)
+VALUES (@work_id, @node_id, 1, @last_error, now())
+ON CONFLICT (work_id, node_id) DO UPDATE SET failures = work_failures.failures + 1,
+    last_error = excluded.last_error, last_at = now()
+RETURNING failures;
+
+-- name: WorkSetLastError :exec
+UPDATE work SET last_error = @last_error WHERE id = @id;
+
+-- name: WorkFailuresOnNode :many
+SELECT f.failures, f.last_error, f.last_at, w.ref, w.kind, w.state
+FROM work_failures f JOIN work w ON w.id = f.work_id
+WHERE f.node_id = @node_id ORDER BY f.last_at DESC LIMIT @lim;
 
 -- WorkRefsTaken returns which of the given refs exist already.
 -- name: WorkRefsTaken :many

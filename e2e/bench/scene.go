@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -127,6 +128,14 @@ func parallel(n, w int, fn func(i int) error) error {
 		return e.(error)
 	}
 	return nil
+}
+
+// loopbackAddrs gives node i its own loopback address (127.1.x.y) on the
+// port of an endpoint listening on every address, so many nodes share one
+// endpoint without sharing a service address, which Callplane refuses.
+func loopbackAddrs(endpoint string) func(i int) string {
+	_, port, _ := net.SplitHostPort(endpoint)
+	return func(i int) string { return fmt.Sprintf("127.1.%d.%d:%s", i/250, i%250+1, port) }
 }
 
 // addNodes registers n media nodes named prefix-0000…; addr gives each

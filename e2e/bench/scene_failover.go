@@ -60,12 +60,12 @@ func sceneFailover(ctx context.Context, pg *localpg.Server, root string) error {
 	}
 	logf("%d calls placed on %s in %s", opt.calls, victim[0], time.Since(t0).Round(100*time.Millisecond))
 
-	healthy, err := probe.NewEndpoint(ctx, "media", "127.0.0.1:0")
+	healthy, err := probe.NewEndpoint(ctx, "media", "0.0.0.0:0")
 	if err != nil {
 		return err
 	}
 	defer healthy.Close()
-	recv, err := sc.addNodes(ctx, "recv", opt.foRecv, opt.calls, func(int) string { return healthy.Address() })
+	recv, err := sc.addNodes(ctx, "recv", opt.foRecv, opt.calls, loopbackAddrs(healthy.Address()))
 	if err != nil {
 		return err
 	}

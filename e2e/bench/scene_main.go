@@ -29,13 +29,14 @@ func sceneMain(ctx context.Context, pg *localpg.Server, root string) error {
 		return err
 	}
 	defer sc.close()
-	// One real SIP probe endpoint answers for every healthy node here.
-	ep, err := probe.NewEndpoint(ctx, "media", "127.0.0.1:0")
+	// One real SIP probe endpoint answers for every healthy node here,
+	// each node on its own loopback address (two nodes may not share one).
+	ep, err := probe.NewEndpoint(ctx, "media", "0.0.0.0:0")
 	if err != nil {
 		return err
 	}
 	defer ep.Close()
-	addr := func(int) string { return ep.Address() }
+	addr := loopbackAddrs(ep.Address())
 	t0 := time.Now()
 	first, err := sc.addNodes(ctx, "m", opt.portalNodes, 2000, addr)
 	if err != nil {
@@ -84,7 +85,7 @@ func sceneMain(ctx context.Context, pg *localpg.Server, root string) error {
 			return err
 		}
 	}
-	return phasePlacement(ctx, sc)
+	return phasePlacement(ctx, sc, pg)
 }
 
 // phaseLongPoll places calls at a steady rate straight into Postgres
@@ -344,7 +345,7 @@ func phaseHeartbeat(ctx context.Context, sc *scene) error {
 // acking each assignment with its own request), for comparison; then with
 // the batch APIs (a few clients POSTing arrays of items, agents acking the
 // assignments of a delivery in one request), the figure against the target.
-func phasePlacement(ctx context.Context, sc *scene) error {
+func phasePlacement(ctx context.Context, sc *scene, pg *localpg.Server) error {
 	singleAcks.Store(true)
 	single, err := runPlacement(ctx, sc, "placement-single", opt.placeWorkers, 1)
 	singleAcks.Store(false)
@@ -360,6 +361,18 @@ func phasePlacement(ctx context.Context, sc *scene) error {
 	report("placement throughput (created→acked)", fmt.Sprintf("%.0f assignments/s", batch.rate), ">= 6,000/s sustained", batch.rate >= 6000,
 		fmt.Sprintf("%d clients x %d items per request, batch acks, %s, %d agents; %.1fx the single-item figure",
 			opt.placeBatchWorkers, opt.placeBatch, opt.placeDuration, len(sc.agents), batch.rate/max(single.rate, 1)))
+
+	// The peer, same run, same Postgres: absolute figures on a shared
+	// machine swing 2x between runs, their ratio much less.
+	jobs := max(1000, int(batch.rate*opt.placeDuration.Seconds()))
+	riverRate, err := runRiverPeer(ctx, pg, sc.dir, jobs)
+	if err != nil {
+		report("placement / River", "not measured", ">= 1.0x", false, err.Error())
+		return nil
+	}
+	reportInfo("River peer (created→completed)", fmt.Sprintf("%.0f jobs/s", riverRate),
+		fmt.Sprintf("River v0.51.2 riverpgxv5, %d jobs, 8 clients x batches of 100, 100 workers in another process", jobs))
+	report("placement / River", fmt.Sprintf("%.2fx", batch.rate/riverRate), ">= 1.0x", batch.rate >= riverRate, "")
 	return nil
 }
 

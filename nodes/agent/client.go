@@ -350,6 +350,7 @@ type assignmentsResponse struct {
 type ackRequest struct {
 	State string `json:"state"`
 	Epoch int64  `json:"epoch"`
+	Error string `json:"error,omitempty"` // why a start failed
 }
 
 // enrollTimeout bounds one enrol attempt.
@@ -389,9 +390,9 @@ func (c *apiClient) assignments(ctx context.Context, since int64, wait time.Dura
 // ackTimeout bounds one ack attempt.
 const ackTimeout = 10 * time.Second
 
-func (c *apiClient) ack(ctx context.Context, id int64, state string, epoch int64) error {
+func (c *apiClient) ack(ctx context.Context, id int64, state string, epoch int64, reason string) error {
 	path := "/api/v1/assignments/" + strconv.FormatInt(id, 10) + "/ack"
-	return c.do(ctx, ackTimeout, http.MethodPost, path, ackRequest{State: state, Epoch: epoch}, nil)
+	return c.do(ctx, ackTimeout, http.MethodPost, path, ackRequest{State: state, Epoch: epoch, Error: reason}, nil)
 }
 
 // maxAckBatch bounds the acks of one batch request (the server's limit).
@@ -401,6 +402,7 @@ type ackBatchItem struct {
 	ID    int64  `json:"id"`
 	Epoch int64  `json:"epoch"`
 	State string `json:"state"`
+	Error string `json:"error,omitempty"` // why a start failed
 }
 
 type ackBatchRequest struct {

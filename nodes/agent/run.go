@@ -28,9 +28,15 @@ const (
 // Defaults of RunOptions.
 const (
 	DefaultHookTimeout = 10 * time.Second
-	DefaultPollWait    = 30 * time.Second
-	DefaultMinBackoff  = 500 * time.Millisecond
-	DefaultMaxBackoff  = 30 * time.Second
+	// DefaultHookAttempts is how often a start hook is tried for one
+	// assignment before the agent reports the start failed.
+	DefaultHookAttempts = 3
+	// DefaultHookRetry is the delay before the second try of a failed
+	// start hook; each later delay doubles.
+	DefaultHookRetry  = time.Second
+	DefaultPollWait   = 30 * time.Second
+	DefaultMinBackoff = 500 * time.Millisecond
+	DefaultMaxBackoff = 30 * time.Second
 
 	defaultHeartbeat = time.Second
 	// fullReportEvery is how often (in heartbeats) the running set is sent
@@ -59,9 +65,14 @@ type RunOptions struct {
 	Logger      *slog.Logger // nil discards logs
 
 	HookTimeout time.Duration // bound of one hook run (default 10s)
-	PollWait    time.Duration // long-poll wait asked of the server (default 30s)
-	MinBackoff  time.Duration // first retry delay when the server fails (default 0.5s)
-	MaxBackoff  time.Duration // largest retry delay (default 30s)
+	// HookAttempts and HookRetry: a failing start hook is tried
+	// HookAttempts times (default 3), HookRetry (default 1s) apart and
+	// doubling, before the start is acked failed with the hook's error.
+	HookAttempts int
+	HookRetry    time.Duration
+	PollWait     time.Duration // long-poll wait asked of the server (default 30s)
+	MinBackoff   time.Duration // first retry delay when the server fails (default 0.5s)
+	MaxBackoff   time.Duration // largest retry delay (default 30s)
 }
 
 func (o RunOptions) withDefaults() RunOptions {
@@ -70,6 +81,12 @@ func (o RunOptions) withDefaults() RunOptions {
 	}
 	if o.HookTimeout <= 0 {
 		o.HookTimeout = DefaultHookTimeout
+	}
+	if o.HookAttempts <= 0 {
+		o.HookAttempts = DefaultHookAttempts
+	}
+	if o.HookRetry <= 0 {
+		o.HookRetry = DefaultHookRetry
 	}
 	if o.PollWait <= 0 {
 		o.PollWait = DefaultPollWait
@@ -239,8 +256,9 @@ type agent struct {
 
 // pendingAck is an ack that applying a desired set owes the server.
 type pendingAck struct {
-	d     assignment
-	state string // active or failed
+	d      assignment
+	state  string // active or failed
+	reason string // why the start failed
 }
 
 // report is the heartbeat body: the load and the assignments running here.
@@ -573,7 +591,7 @@ func (a *agent) sendAcks(ctx context.Context, pending []pendingAck) error {
 		}
 	}
 	return each(pending, func(p pendingAck) error {
-		return a.ackDone(ctx, p, a.api.ack(ctx, p.d.ID, p.state, p.d.Epoch))
+		return a.ackDone(ctx, p, a.api.ack(ctx, p.d.ID, p.state, p.d.Epoch, p.reason))
 	})
 }
 
@@ -591,7 +609,7 @@ func (a *agent) sendAckBatches(ctx context.Context, pending []pendingAck) ([]pen
 		chunk := pending[:min(len(pending), maxAckBatch)]
 		items := make([]ackBatchItem, len(chunk))
 		for i, p := range chunk {
-			items[i] = ackBatchItem{ID: p.d.ID, Epoch: p.d.Epoch, State: p.state}
+			items[i] = ackBatchItem{ID: p.d.ID, Epoch: p.d.Epoch, State: p.state, Error: p.reason}
 		}
 		res, err := a.api.ackBatch(ctx, items)
 		switch status := statusOf(err); {
@@ -672,14 +690,14 @@ func (a *agent) hookCtx(ctx context.Context) context.Context { return context.Wi
 // server already knows as active.
 func (a *agent) start(ctx context.Context, d assignment) (pendingAck, bool) {
 	log := a.log.With("assignment", d.ID, "ref", d.Ref, "epoch", d.Epoch)
-	if err := runHook(a.hookCtx(ctx), a.log, a.opts.OnAssign, a.opts.HookTimeout, a.st.NodeName, actionStart, d); err != nil {
-		log.Error("start failed; acking failed", "err", err)
+	if err := a.startWithRetry(ctx, log, d); err != nil {
+		log.Error("start failed; acking failed so the server places it elsewhere", "err", err, "attempts", a.opts.HookAttempts)
 		a.mu.Lock()
 		delete(a.running, d.ID)
 		a.dead[d.ID] = d.Epoch
 		a.mu.Unlock()
 		a.kickHeartbeat()
-		return pendingAck{d: d, state: stateFailed}, true
+		return pendingAck{d: d, state: stateFailed, reason: oneLine(err.Error(), 400)}, true
 	}
 	a.mu.Lock()
 	a.running[d.ID] = &localAssignment{assignment: d, acked: d.State == stateActive}
@@ -690,6 +708,28 @@ func (a *agent) start(ctx context.Context, d assignment) (pendingAck, bool) {
 		return pendingAck{}, false
 	}
 	return pendingAck{d: d, state: stateActive}, true
+}
+
+// startWithRetry runs the start hook of d up to HookAttempts times, with
+// exponential backoff between tries, and returns the last error. A hook
+// that fails for good thus costs the node a few seconds, not a hot loop:
+// the server keeps the item off this node once the start is acked failed.
+func (a *agent) startWithRetry(ctx context.Context, log *slog.Logger, d assignment) error {
+	delay := a.opts.HookRetry
+	var err error
+	for attempt := 1; ; attempt++ {
+		if err = runHook(a.hookCtx(ctx), a.log, a.opts.OnAssign, a.opts.HookTimeout, a.st.NodeName, actionStart, d); err == nil {
+			return nil
+		}
+		if attempt >= a.opts.HookAttempts {
+			return err
+		}
+		log.Warn("start hook failed; retrying", "err", err, "attempt", attempt, "retry_in", delay)
+		if !a.sleep(ctx, delay, false) {
+			return err
+		}
+		delay *= 2
+	}
 }
 
 // ackDone acts on the server's answer to one ack, sent alone or in a

@@ -49,6 +49,7 @@ func setup(t *testing.T, tweak func(*RunOptions)) *runEnv {
 		Version:     "9.9.9",
 		Logger:      slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		HookTimeout: 5 * time.Second,
+		HookRetry:   10 * time.Millisecond,
 		PollWait:    200 * time.Millisecond,
 		MinBackoff:  10 * time.Millisecond,
 		MaxBackoff:  50 * time.Millisecond,
@@ -254,15 +255,23 @@ func TestRunHookFailureAcksFailed(t *testing.T) {
 		return slices.Equal(acks, []ackRecord{{50, stateFailed, 4}})
 	})
 	e.waitRunning(t, 0)
+	// Tried DefaultHookAttempts times with backoff, then acked failed with
+	// the hook's error, which the server shows and alerts on.
+	if got := e.hookLines(t); len(got) != DefaultHookAttempts {
+		t.Fatalf("hook runs = %q, want %d", got, DefaultHookAttempts)
+	}
+	if reason := e.cm.ackError(50); !strings.Contains(reason, "hook start failed") {
+		t.Fatalf("failed ack reason %q", reason)
+	}
 	// Redelivered at the same epoch it is not retried; at a new epoch it is.
 	e.cm.setDesired(bad)
 	e.waitPolls(t, 2)
-	if got := e.hookLines(t); len(got) != 1 {
-		t.Fatalf("hook runs = %q, want one", got)
+	if got := e.hookLines(t); len(got) != DefaultHookAttempts {
+		t.Fatalf("hook runs = %q after a redelivery, want %d", got, DefaultHookAttempts)
 	}
 	bad.Epoch = 5
 	e.cm.setDesired(bad)
-	eventually(t, "retry at new epoch", func() bool { return len(e.hookLines(t)) == 2 })
+	eventually(t, "retry at new epoch", func() bool { return len(e.hookLines(t)) == 2*DefaultHookAttempts })
 }
 
 func TestRunHookTimeout(t *testing.T) {

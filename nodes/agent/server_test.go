@@ -49,6 +49,7 @@ type callManager struct {
 	hbStatus   int // answer heartbeats with this status when set
 	pollStatus int // answer polls with this status when set
 	ackStatus  map[int64]int
+	ackErrors  map[int64]string // the reason of each failed ack
 	// batchAck serves POST /api/v1/assignments/ack; without it the
 	// stand-in is a server older than the batch API (404).
 	batchAck   bool
@@ -141,6 +142,7 @@ func (cm *callManager) handler() http.Handler {
 		}
 		cm.mu.Lock()
 		defer cm.mu.Unlock()
+		cm.noteError(id, req.Error)
 		status, msg := cm.ackLocked(id, req.State, req.Epoch)
 		if status != 200 {
 			writeJSON(w, status, map[string]any{"error": msg})
@@ -167,6 +169,7 @@ func (cm *callManager) handler() http.Handler {
 		cm.batchItems += len(req.Acks)
 		results := make([]map[string]any, len(req.Acks))
 		for i, a := range req.Acks {
+			cm.noteError(a.ID, a.Error)
 			if status, msg := cm.ackLocked(a.ID, a.State, a.Epoch); status != 200 {
 				results[i] = map[string]any{"id": a.ID, "error": msg, "status": status}
 			} else {
@@ -181,6 +184,24 @@ func (cm *callManager) handler() http.Handler {
 		cm.mu.Unlock()
 		mux.ServeHTTP(w, r)
 	})
+}
+
+// noteError records why an ack reported a failed start (mu held).
+func (cm *callManager) noteError(id int64, reason string) {
+	if reason == "" {
+		return
+	}
+	if cm.ackErrors == nil {
+		cm.ackErrors = map[int64]string{}
+	}
+	cm.ackErrors[id] = reason
+}
+
+// ackError returns the reason the agent gave for a failed start.
+func (cm *callManager) ackError(id int64) string {
+	cm.mu.Lock()
+	defer cm.mu.Unlock()
+	return cm.ackErrors[id]
 }
 
 // ackLocked records one ack and says how the call manager answers it.

@@ -35,6 +35,9 @@ type Change struct {
 	// AckedBy and AckNote name who acknowledged the node's down alert,
 	// and what they said, on the recovery email.
 	AckedBy, AckNote string
+	// NoRoom: under manual failover, the other nodes lack the room to take
+	// the node's work, so disabling it leaves work waiting unplaced.
+	NoRoom bool
 }
 
 // Labels of changes, as they appear in subjects.
@@ -44,6 +47,8 @@ const (
 	labelRecovered = "RECOVERED"
 	labelUp        = "UP"
 	labelStillDown = "STILL DOWN"
+	labelAgentLost = "AGENT LOST"
+	labelAgentBack = "AGENT BACK"
 )
 
 // Compose writes the alert email for changes: one change gives a focused
@@ -107,15 +112,22 @@ func composeAt(now time.Time, portalURL string, changes []Change) (subject, text
 	}
 
 	var manual []Change
+	noRoom := false
 	for _, c := range sorted {
 		if label(c) == labelDown && c.Policy == "manual" {
 			manual = append(manual, c)
+			noRoom = noRoom || c.NoRoom
 		}
 	}
 	if len(manual) > 0 {
 		b.WriteString("ACTION NEEDED (manual failover): the work of these nodes stays on them\n")
 		b.WriteString("until you disable them. Open each node page and disable the node, so its\n")
-		b.WriteString("work moves to the remaining active nodes:\n")
+		if noRoom {
+			b.WriteString("work moves to the remaining active nodes as far as they have room (the rest\n")
+			b.WriteString("waits unplaced until capacity returns; see Work for each node):\n")
+		} else {
+			b.WriteString("work moves to the remaining active nodes:\n")
+		}
 		for _, c := range manual {
 			fmt.Fprintf(&b, "  - %s: %s\n", c.Node, nodeURL(portalURL, c.Node))
 		}
@@ -160,6 +172,11 @@ func composeOne(now time.Time, portalURL string, c Change) (subject, text string
 		} else {
 			fmt.Fprintf(&b, "Node %s (%s) has RECOVERED.\n\n", c.Node, orUnknown(c.Kind))
 		}
+	case labelAgentLost:
+		fmt.Fprintf(&b, "The agent of node %s (%s) is LOST: it has not heartbeated since %s,\nbut the node's service still answers its probe, so nothing was failed over.\n\n",
+			c.Node, orUnknown(c.Kind), stamp(now, c.Since))
+	case labelAgentBack:
+		fmt.Fprintf(&b, "The agent of node %s (%s) is heartbeating again.\n\n", c.Node, orUnknown(c.Kind))
 	default:
 		fmt.Fprintf(&b, "Node %s (%s) is now %s.\n\n", c.Node, orUnknown(c.Kind), strings.ToLower(l))
 	}
@@ -221,6 +238,13 @@ func whatToDo(portalURL string, c Change) string {
 	case labelDown:
 		switch c.Policy {
 		case "manual":
+			if c.NoRoom {
+				return fmt.Sprintf("  Failover for %s nodes is manual: the node's work stays on it until you act.\n"+
+					"  The remaining active %s nodes do not have room for all of it: if you disable\n"+
+					"  the node at %s, the work that does not fit waits unplaced\n"+
+					"  until capacity returns (add or enable a node, or raise a capacity).\n"+
+					"  Enable it again once it is repaired.\n", orUnknown(c.Kind), orUnknown(c.Kind), page)
+			}
 			return fmt.Sprintf("  Failover for %s nodes is manual: the node's work stays on it until you act.\n"+
 				"  Open %s and disable the node;\n"+
 				"  its work then moves to the remaining active %s nodes.\n"+
@@ -234,6 +258,10 @@ func whatToDo(portalURL string, c Change) string {
 		}
 	case labelSuspect:
 		return fmt.Sprintf("  The node is failing checks but is not down yet. Watch it: %s\n", page)
+	case labelAgentLost:
+		return fmt.Sprintf("  Check the nodeagent process on the node and its path to the call managers.\n"+
+			"  Until the agent is back the node's work is not moved, but new work placed on\n"+
+			"  it is not started and no changes reach it: %s\n", page)
 	case labelRecovered:
 		if c.Policy == "manual" {
 			return fmt.Sprintf("  If you disabled the node while it was down, its work stays where it was\n"+
@@ -371,6 +399,10 @@ func label(c Change) string {
 		return labelRecovered
 	case c.To == "up":
 		return labelUp
+	case c.To == "agent lost":
+		return labelAgentLost
+	case c.To == "agent back":
+		return labelAgentBack
 	case c.To == "":
 		return "CHANGED"
 	}
@@ -396,10 +428,14 @@ func labelRank(l string) int {
 		return 2
 	case labelRecovered:
 		return 3
-	case labelUp:
+	case labelAgentLost:
 		return 4
+	case labelAgentBack:
+		return 5
+	case labelUp:
+		return 6
 	}
-	return 5
+	return 7
 }
 
 // downFor is how long a recovered node was down.

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -26,6 +27,14 @@ type Fencer interface {
 	Fence(ctx context.Context, tx pgx.Tx, epoch int64) error
 }
 
+// Leadership is what the checker needs of the leader elector: the fence of
+// its writes, and a way to give up a lease it can no longer serve.
+type Leadership interface {
+	Fencer
+	// StepDown releases leadership held with epoch.
+	StepDown(epoch int64, reason string)
+}
+
 // MaxConcurrentProbes bounds the probes in flight in one round.
 const MaxConcurrentProbes = 64
 
@@ -34,39 +43,65 @@ const MaxConcurrentProbes = 64
 type Checker struct {
 	svc   *nodes.Service
 	store *Store
-	fence Fencer
+	lead  Leadership
 	log   *slog.Logger
 
 	prober    *probe.Prober
 	proberKey string
 	lastPrune time.Time
+	// trustSince is when this instance last began leading with the
+	// database reachable; zero while it is not. Heartbeat staleness
+	// counts only HeartbeatStale after it.
+	trustSince time.Time
+	// progress is the unix time (ns) of the checker's start or last
+	// completed round, read by the stall watchdog.
+	progress atomic.Int64
 }
 
 // NewChecker returns a Checker.
-func NewChecker(svc *nodes.Service, store *Store, fence Fencer, log *slog.Logger) *Checker {
+func NewChecker(svc *nodes.Service, store *Store, lead Leadership, log *slog.Logger) *Checker {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Checker{svc: svc, store: store, fence: fence, log: log}
+	return &Checker{svc: svc, store: store, lead: lead, log: log}
 }
 
 // Run probes every interval until ctx ends (leadership lost or shutdown).
+// A watchdog steps the leader down when no round completes within the
+// settings' StallAfter, so a stuck checker never holds the lease.
 func (c *Checker) Run(ctx context.Context, epoch int64) {
 	c.log.Info("health checker started", "epoch", epoch)
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
 	defer func() {
+		cancel()
+		wg.Wait()
 		if c.prober != nil {
 			_ = c.prober.Close()
 			c.prober, c.proberKey = nil, ""
 		}
 		c.log.Info("health checker stopped", "epoch", epoch)
 	}()
+	c.trustSince = time.Now()
+	c.progress.Store(time.Now().UnixNano())
+	first := Builtin().ProbeInterval
+	st, err := c.store.Load(ctx)
+	if err == nil {
+		first = st.ProbeInterval
+	} else {
+		st = Builtin()
+	}
+	stall := &atomic.Int64{}
+	stall.Store(int64(st.StallAfter()))
+	wg.Go(func() { c.watchdog(ctx, epoch, stall) })
+	if err := c.inTx(ctx, epoch, func(tx pgx.Tx) error {
+		return db.Q.CheckerStart(ctx, tx, dbsqlc.CheckerStartParams{Holder: c.holder(), Epoch: epoch})
+	}); err != nil && ctx.Err() == nil {
+		c.log.Warn("record health checker start", "err", err)
+	}
 	// The first round comes one interval after taking over, as every later
 	// one does: a new leader gives agents a moment to reach it, and an
 	// interval set very long really means no probing.
-	first := Builtin().ProbeInterval
-	if st, err := c.store.Load(ctx); err == nil {
-		first = st.ProbeInterval
-	}
 	select {
 	case <-ctx.Done():
 		return
@@ -78,6 +113,7 @@ func (c *Checker) Run(ctx context.Context, epoch int64) {
 		st, err := c.store.Load(ctx)
 		if err == nil {
 			interval = st.ProbeInterval
+			stall.Store(int64(st.StallAfter()))
 			if err = c.Round(ctx, epoch, st); errors.Is(err, nodes.ErrNotLeader) {
 				c.log.Warn("health checker: no longer the leader", "epoch", epoch)
 				return
@@ -96,10 +132,52 @@ func (c *Checker) Run(ctx context.Context, epoch int64) {
 	}
 }
 
+// watchdog steps the leader down when no round has completed for the
+// stall bound (nanoseconds in stall).
+func (c *Checker) watchdog(ctx context.Context, epoch int64, stall *atomic.Int64) {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		idle := time.Since(time.Unix(0, c.progress.Load()))
+		if bound := time.Duration(stall.Load()); idle > bound {
+			c.lead.StepDown(epoch, fmt.Sprintf("the health checker completed no round for %s (bound %s)", idle.Round(time.Second), bound))
+			return
+		}
+	}
+}
+
+// holder names this instance in the checker status row.
+func (c *Checker) holder() string {
+	if l, ok := c.lead.(interface{ ID() string }); ok {
+		return l.ID()
+	}
+	return ""
+}
+
+// inTx runs fn in a transaction that first checks the leader fence, under
+// the database retry policy: when Postgres breaks a deadlock or a
+// serialization conflict by rolling it back, it runs again, so a race with
+// an administrator's change never drops a round.
+func (c *Checker) inTx(ctx context.Context, epoch int64, fn func(tx pgx.Tx) error) error {
+	return db.InTxRetry(ctx, c.svc.Pool(), func(tx pgx.Tx) error {
+		if err := c.lead.Fence(ctx, tx, epoch); err != nil {
+			return err
+		}
+		return fn(tx)
+	})
+}
+
 // observation is one node's check in a round.
 type observation struct {
 	node    dbsqlc.Node
-	ok      bool
+	verdict Verdict
+	ok      bool // verdict.OK, for the state machine
+	probeOK bool // the probe's own outcome, recorded in the probe history
 	latency time.Duration
 	detail  string
 }
@@ -138,8 +216,8 @@ func (c *Checker) proberFor(st Settings) (*probe.Prober, error) {
 }
 
 // check probes every node concurrently, each probe under its own timeout,
-// and combines the probe with heartbeat freshness.
-func (c *Checker) check(ctx context.Context, st Settings, list []dbsqlc.Node) ([]observation, error) {
+// and judges each probe together with the agent's heartbeat.
+func (c *Checker) check(ctx context.Context, st Settings, list []dbsqlc.Node, trusted bool) ([]observation, error) {
 	p, err := c.proberFor(st)
 	if err != nil {
 		return nil, err
@@ -153,20 +231,32 @@ func (c *Checker) check(ctx context.Context, st Settings, list []dbsqlc.Node) ([
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			res := p.Probe(ctx, n.Kind, n.Address)
-			o := observation{node: n, ok: res.OK, latency: res.Latency}
+			o := observation{node: n, latency: res.Latency, probeOK: res.OK}
 			if res.OK {
 				o.detail = probeName(n.Kind) + " " + res.Detail
 			} else {
 				o.detail = probeName(n.Kind) + ": " + res.Detail
 			}
-			if n.EnrolledAt != nil {
-				switch {
-				case n.LastHeartbeatAt == nil:
-					o.ok = false
-					o.detail += "; no heartbeat since the agent enrolled"
-				case now.Sub(*n.LastHeartbeatAt) > st.HeartbeatStale:
-					o.ok = false
-					o.detail += fmt.Sprintf("; heartbeat %s old (stale after %s)", now.Sub(*n.LastHeartbeatAt).Round(100*time.Millisecond), st.HeartbeatStale)
+			in := Observation{Health: n.Health, Enrolled: n.EnrolledAt != nil, ProbeOK: res.OK, Trusted: trusted}
+			switch {
+			case n.LastHeartbeatAt == nil:
+				in.Heartbeat = HeartbeatNone
+			case now.Sub(*n.LastHeartbeatAt) > st.HeartbeatStale:
+				in.Heartbeat = HeartbeatStale
+			default:
+				in.Heartbeat = HeartbeatFresh
+			}
+			o.verdict = Judge(in)
+			o.ok = o.verdict.OK
+			switch {
+			case !in.Enrolled && n.Health == nodes.HealthPending:
+				o.detail += "; no agent has enrolled (create a join token and run nodeagent join)"
+			case in.Heartbeat == HeartbeatNone && in.Enrolled:
+				o.detail += "; no heartbeat since the agent enrolled"
+			case in.Heartbeat == HeartbeatStale:
+				o.detail += fmt.Sprintf("; heartbeat %s old (stale after %s)", now.Sub(*n.LastHeartbeatAt).Round(100*time.Millisecond), st.HeartbeatStale)
+				if !trusted {
+					o.detail += ", not counted: this checker took over or the database came back less than the stale time ago"
 				}
 			}
 			obs[i] = o
@@ -176,34 +266,58 @@ func (c *Checker) check(ctx context.Context, st Settings, list []dbsqlc.Node) ([
 	return obs, ctx.Err()
 }
 
-// Round runs one probe round: probe, record, and apply every change.
+func inMaintenance(n *dbsqlc.Node, now time.Time) bool {
+	return nodes.NodeFromRow(*n).InMaintenance(now)
+}
+
+// watched reports whether a node's failures count for the disruption
+// guard and raise alerts: it has been up, is not disabled and not in
+// maintenance.
+func watched(n *dbsqlc.Node, now time.Time) bool {
+	return n.Health != nodes.HealthPending && n.AdminState != nodes.StateDisabled && !inMaintenance(n, now)
+}
+
+// Round runs one probe round: probe, record, and apply every change. It
+// ends by recording the completed round in checker_status.
 func (c *Checker) Round(ctx context.Context, epoch int64, st Settings) error {
 	metrics.CheckerRounds.Inc()
+	start := time.Now()
 	pool := c.svc.Pool()
 	list, err := db.Q.NodeList(ctx, pool)
 	if err != nil {
+		c.trustSince = time.Time{}
 		return fmt.Errorf("list nodes: %w", err)
 	}
-	if len(list) == 0 {
-		return nil
+	if c.trustSince.IsZero() {
+		c.trustSince = start
 	}
-	obs, err := c.check(ctx, st, list)
+	trusted := time.Since(c.trustSince) >= st.HeartbeatStale
+	obs, err := c.check(ctx, st, list, trusted)
 	if err != nil {
 		return err
+	}
+	guard, err := c.disruption(ctx, epoch, st, obs)
+	if err != nil {
+		return c.failed(err)
 	}
 	th := Thresholds{Fail: st.FailThreshold, Recover: st.RecoverThreshold}
 	results := dbsqlc.ProbeResultInsertBatchParams{}
 	batch := dbsqlc.NodeProbeBatchParams{}
-	var changes []observation
+	var changes, lost []observation
+	now := time.Now()
 	for _, o := range obs {
 		n := o.node
 		results.NodeIds = append(results.NodeIds, n.ID)
-		results.Oks = append(results.Oks, o.ok)
+		results.Oks = append(results.Oks, o.probeOK)
 		results.Latencies = append(results.Latencies, o.latency.Microseconds())
 		results.Details = append(results.Details, o.detail)
+		if agentLostChanges(st, o, now) {
+			lost = append(lost, o)
+		}
 		cur := State{Health: n.Health, Fail: int(n.ConsecutiveFail), OK: int(n.ConsecutiveOk)}
-		next := Step(cur, o.ok, th, false)
-		if next.Health != cur.Health || n.Flapping {
+		held := n.HoldUntil != nil && n.HoldUntil.After(now)
+		next := Step(cur, o.ok, th, held)
+		if next.Health != cur.Health || n.Flapping != held {
 			changes = append(changes, o)
 			continue
 		}
@@ -212,13 +326,10 @@ func (c *Checker) Round(ctx context.Context, epoch int64, st Settings) error {
 		batch.Fails = append(batch.Fails, int32(next.Fail))
 		batch.Oks = append(batch.Oks, int32(next.OK))
 		batch.Details = append(batch.Details, o.detail)
-		batch.Flappings = append(batch.Flappings, false)
+		batch.Flappings = append(batch.Flappings, n.Flapping)
 	}
 	prune := time.Since(c.lastPrune) > time.Minute
-	err = db.InTx(ctx, pool, func(tx pgx.Tx) error {
-		if err := c.fence.Fence(ctx, tx, epoch); err != nil {
-			return err
-		}
+	err = c.inTx(ctx, epoch, func(tx pgx.Tx) error {
 		if err := db.Q.ProbeResultInsertBatch(ctx, tx, results); err != nil {
 			return fmt.Errorf("record probe results: %w", err)
 		}
@@ -231,18 +342,29 @@ func (c *Checker) Round(ctx context.Context, epoch int64, st Settings) error {
 			if _, err := db.Q.ProbeResultPrune(ctx, tx); err != nil {
 				return fmt.Errorf("prune probe results: %w", err)
 			}
+			if _, err := db.Q.TransitionPrune(ctx, tx); err != nil {
+				return fmt.Errorf("prune health transitions: %w", err)
+			}
 		}
 		return nil
 	})
 	if err != nil {
-		return err
+		return c.failed(err)
 	}
 	if prune {
 		c.lastPrune = time.Now()
 	}
+	for _, o := range lost {
+		if err := c.agentLost(ctx, epoch, st, o); err != nil {
+			if errors.Is(err, nodes.ErrNotLeader) || ctx.Err() != nil {
+				return err
+			}
+			c.log.Error("record agent lost", "node", o.node.Name, "err", err)
+		}
+	}
 	var placeAfter []string
 	for _, o := range changes {
-		ch, err := c.apply(ctx, epoch, st, th, o)
+		ch, err := c.apply(ctx, epoch, st, th, guard, o)
 		if err != nil {
 			if errors.Is(err, nodes.ErrNotLeader) || ctx.Err() != nil {
 				return err
@@ -257,126 +379,376 @@ func (c *Checker) Round(ctx context.Context, epoch int64, st Settings) error {
 	if len(placeAfter) > 0 {
 		c.svc.PlaceAllUnplaced(ctx, "node "+strings.Join(placeAfter, ", ")+" came up")
 	}
-	for _, n := range list {
-		if err := c.sweep(ctx, epoch, st, n); err != nil {
-			if errors.Is(err, nodes.ErrNotLeader) || ctx.Err() != nil {
-				return err
+	if !guard {
+		for _, o := range obs {
+			if err := c.sweep(ctx, epoch, st, o.node); err != nil {
+				if errors.Is(err, nodes.ErrNotLeader) || ctx.Err() != nil {
+					return err
+				}
+				c.log.Error("alert or fail over a node still down", "node", o.node.Name, "err", err)
 			}
-			c.log.Error("fail over a node still down", "node", n.Name, "err", err)
 		}
 	}
+	err = c.inTx(ctx, epoch, func(tx pgx.Tx) error {
+		return db.Q.CheckerRound(ctx, tx, dbsqlc.CheckerRoundParams{
+			Holder: c.holder(), Epoch: epoch, RoundMs: int32(time.Since(start).Milliseconds()), Nodes: int32(len(list)),
+		})
+	})
+	if err != nil {
+		return c.failed(err)
+	}
+	c.progress.Store(time.Now().UnixNano())
 	return nil
+}
+
+// failed notes a round that could not write: the database may be
+// unreachable, so heartbeat staleness is not trusted again until it has
+// been reachable for the stale time.
+func (c *Checker) failed(err error) error {
+	if !errors.Is(err, nodes.ErrNotLeader) {
+		c.trustSince = time.Time{}
+	}
+	return err
+}
+
+// DisruptionPayload is the payload of a disruption alert.
+type DisruptionPayload struct {
+	Failing int       `json:"failing"`
+	Total   int       `json:"total"`
+	Share   int       `json:"share"`
+	Nodes   []string  `json:"nodes"`
+	At      time.Time `json:"at"`
+}
+
+// disruption applies the disruption guard to a round's observations: it
+// starts, updates or ends the disruption and reports whether automatic
+// failover (and per-node DOWN alerts) are held: a disruption not yet
+// confirmed by an administrator.
+//
+// A disruption starts when the nodes that began failing within one window
+// (the fail threshold's rounds: the time one node takes to go down) are
+// more than the share; nodes that failed one by one earlier do not start
+// one. It lasts while all the nodes failing now are more than the share.
+func (c *Checker) disruption(ctx context.Context, epoch int64, st Settings, obs []observation) (bool, error) {
+	now := time.Now()
+	var total, fresh int
+	var failing []string
+	for _, o := range obs {
+		if !watched(&o.node, now) {
+			continue
+		}
+		total++
+		if !o.ok {
+			failing = append(failing, o.node.Name)
+			if int(o.node.ConsecutiveFail) < st.FailThreshold {
+				fresh++
+			}
+		}
+	}
+	starts := Disrupted(fresh, total, st.DisruptionShare)
+	lasts := Disrupted(len(failing), total, st.DisruptionShare)
+	guard := false
+	err := c.inTx(ctx, epoch, func(tx pgx.Tx) error {
+		cur, err := db.Q.DisruptionGet(ctx, tx)
+		if err != nil {
+			return err
+		}
+		active := cur.StartedAt != nil
+		disrupted := starts || (active && lasts)
+		guard = disrupted && cur.ConfirmedAt == nil
+		list := strings.Join(failing, ", ")
+		switch {
+		case disrupted && !active:
+			if err := db.Q.DisruptionSet(ctx, tx, dbsqlc.DisruptionSetParams{StartedAt: &now, Failing: int32(len(failing)), Total: int32(total), Nodes: list}); err != nil {
+				return err
+			}
+			msg := fmt.Sprintf("Disruption: %d of %d nodes failed their checks at once (more than %d%%): %s. "+
+				"The checker's own network or the control plane is the likelier fault, so automatic failover and per-node alerts are held "+
+				"until it clears or an administrator confirms on the settings page", len(failing), total, st.DisruptionShare, list)
+			if err := c.svc.Event(ctx, tx, nil, "health", "critical", nodes.ActorChecker.Name, msg); err != nil {
+				return err
+			}
+			body, err := json.Marshal(DisruptionPayload{Failing: len(failing), Total: total, Share: st.DisruptionShare, Nodes: failing, At: now})
+			if err != nil {
+				return err
+			}
+			return db.Q.AlertInsert(ctx, tx, dbsqlc.AlertInsertParams{Type: AlertDisruption, Payload: body})
+		case disrupted:
+			return db.Q.DisruptionSet(ctx, tx, dbsqlc.DisruptionSetParams{StartedAt: cur.StartedAt, Failing: int32(len(failing)), Total: int32(total), Nodes: list})
+		case active:
+			if err := db.Q.DisruptionSet(ctx, tx, dbsqlc.DisruptionSetParams{}); err != nil {
+				return err
+			}
+			msg := fmt.Sprintf("Disruption over after %s: %d of %d nodes failing now; automatic failover and alerts resume for nodes still down",
+				now.Sub(*cur.StartedAt).Round(time.Second), len(failing), total)
+			return c.svc.Event(ctx, tx, nil, "health", "info", nodes.ActorChecker.Name, msg)
+		}
+		return nil
+	})
+	return guard, err
+}
+
+// agentLostChanges reports whether a node's agent-lost flag must be
+// written this round: set, cleared, or due to be mailed.
+func agentLostChanges(st Settings, o observation, now time.Time) bool {
+	n := o.node
+	switch {
+	case o.verdict.AgentLost && n.AgentLostSince == nil:
+		return true
+	case o.verdict.AgentLost:
+		return !n.AgentLostAlerted && now.Sub(*n.AgentLostSince) >= st.AgentLostGrace && watched(&n, now)
+	case n.AgentLostSince != nil:
+		// Cleared only by a fresh heartbeat: a node whose probe fails
+		// now is failing, which says nothing new about its agent.
+		return n.LastHeartbeatAt != nil && now.Sub(*n.LastHeartbeatAt) <= st.HeartbeatStale
+	}
+	return false
+}
+
+// agentLost sets, mails or clears a node's agent-lost flag. Agent lost
+// moves no work and changes no health: the service answers its probe.
+func (c *Checker) agentLost(ctx context.Context, epoch int64, st Settings, o observation) error {
+	return c.inTx(ctx, epoch, func(tx pgx.Tx) error {
+		n, err := db.Q.NodeGetForUpdate(ctx, tx, o.node.ID)
+		if err != nil {
+			return db.Translate(err)
+		}
+		now := time.Now()
+		if !agentLostChanges(st, observation{node: n, verdict: o.verdict}, now) {
+			return nil
+		}
+		payload := AlertPayload{Node: n.Name, Kind: n.Kind, Address: n.Address, From: n.Health, At: now,
+			Reason: o.detail, Policy: st.PolicyFor(n.Kind), WorkOutcome: "no work moved: the node's service answers its probe"}
+		switch {
+		case o.verdict.AgentLost && n.AgentLostSince == nil:
+			if err := db.Q.NodeSetAgentLost(ctx, tx, dbsqlc.NodeSetAgentLostParams{ID: n.ID, AgentLostSince: &now}); err != nil {
+				return err
+			}
+			msg := fmt.Sprintf("Node %s: agent lost: %s; its service answers, so it stays %s and keeps its work (mailed if it lasts %s)",
+				n.Name, o.detail, n.Health, st.AgentLostGrace)
+			return c.svc.Event(ctx, tx, &n, "health", "warning", nodes.ActorChecker.Name, msg)
+		case o.verdict.AgentLost:
+			if err := db.Q.NodeSetAgentLost(ctx, tx, dbsqlc.NodeSetAgentLostParams{ID: n.ID, AgentLostSince: n.AgentLostSince, AgentLostAlerted: true}); err != nil {
+				return err
+			}
+			payload.To, payload.Since = ToAgentLost, *n.AgentLostSince
+			return c.queueAlert(ctx, tx, &n, payload, "agent lost")
+		default:
+			if err := db.Q.NodeSetAgentLost(ctx, tx, dbsqlc.NodeSetAgentLostParams{ID: n.ID}); err != nil {
+				return err
+			}
+			msg := fmt.Sprintf("Node %s: agent heartbeating again after %s lost", n.Name, now.Sub(*n.AgentLostSince).Round(time.Second))
+			if err := c.svc.Event(ctx, tx, &n, "health", "info", nodes.ActorChecker.Name, msg); err != nil {
+				return err
+			}
+			if !n.AgentLostAlerted {
+				return nil
+			}
+			payload.To, payload.Since, payload.WorkOutcome = ToAgentBack, *n.AgentLostSince, "nothing moved"
+			return c.queueAlert(ctx, tx, &n, payload, "agent back")
+		}
+	})
+}
+
+// queueAlert puts a health alert in the outbox and records that it did.
+func (c *Checker) queueAlert(ctx context.Context, tx pgx.Tx, n *dbsqlc.Node, p AlertPayload, what string) error {
+	body, err := json.Marshal(p)
+	if err != nil {
+		return err
+	}
+	if err := db.Q.AlertInsert(ctx, tx, dbsqlc.AlertInsertParams{Type: AlertHealth, NodeName: n.Name, Payload: body}); err != nil {
+		return fmt.Errorf("queue alert: %w", err)
+	}
+	return c.svc.Event(ctx, tx, n, "alert", "info", nodes.ActorChecker.Name,
+		fmt.Sprintf("Alert email queued: node %s %s (%s)", n.Name, what, p.WorkOutcome))
 }
 
 // failsOver reports whether work on node n, if it is down, moves away
 // automatically: its kind's policy is auto, it is not in maintenance and
 // not disabled (a disabled node's work has moved already).
 func failsOver(st Settings, n *dbsqlc.Node, now time.Time) bool {
-	inMaint := n.MaintenanceUntil != nil && n.MaintenanceUntil.After(now)
-	return st.PolicyFor(n.Kind) == PolicyAuto && !inMaint && n.AdminState != nodes.StateDisabled
+	return nodes.NodeFromRow(*n).CanFailOver(st.PolicyFor(n.Kind), now)
 }
 
-// sweep moves the work off a node that is still down and carries work it
-// should not: its maintenance ended while it was down, its kind's policy
-// was switched to auto, or work reached it while it went down. The move
-// happens when the state changes; this catches what changed afterwards.
+// stillDownDue reports whether a node that is down needs the sweep: it is
+// watched again (maintenance ended, enabled, a disruption cleared) and
+// either was never mailed for this outage or carries work that automatic
+// failover should move.
+func stillDownDue(st Settings, n *dbsqlc.Node, now time.Time) bool {
+	if n.Health != nodes.HealthDown || !watched(n, now) {
+		return false
+	}
+	return !n.DownAlerted || (n.Used > 0 && failsOver(st, n, now))
+}
+
+// sweep handles a node that is still down but was not dealt with when it
+// went down: its maintenance ended, it was enabled, a disruption held
+// failover, or its kind's policy turned auto. It sends the DOWN email
+// then (once per outage) and moves its work under automatic failover.
 func (c *Checker) sweep(ctx context.Context, epoch int64, st Settings, n dbsqlc.Node) error {
-	if n.Health != nodes.HealthDown || n.Used == 0 || !failsOver(st, &n, time.Now()) {
+	if !stillDownDue(st, &n, time.Now()) {
 		return nil
 	}
-	return db.InTx(ctx, c.svc.Pool(), func(tx pgx.Tx) error {
-		if err := c.fence.Fence(ctx, tx, epoch); err != nil {
-			return err
-		}
+	return c.inTx(ctx, epoch, func(tx pgx.Tx) error {
 		cur, err := db.Q.NodeGetForUpdate(ctx, tx, n.ID)
 		if err != nil {
 			return db.Translate(err)
 		}
-		if cur.Health != nodes.HealthDown || cur.Used == 0 || !failsOver(st, &cur, time.Now()) {
+		now := time.Now()
+		if !stillDownDue(st, &cur, now) {
 			return nil
 		}
-		_, err = c.svc.MoveAway(ctx, tx, &cur, "node still down (automatic failover)", nodes.ActorChecker)
-		return err
+		outcome, noRoom, err := c.downOutcome(ctx, tx, st, &cur, "node still down (automatic failover)")
+		if err != nil || cur.DownAlerted {
+			return err
+		}
+		why := "it is watched again (its maintenance ended, it was enabled, or a disruption cleared)"
+		if cur.MaintenanceUntil != nil && !cur.MaintenanceUntil.After(now) {
+			why = "its maintenance ended at " + cur.MaintenanceUntil.UTC().Format(time.RFC3339)
+		}
+		if err := c.svc.Event(ctx, tx, &cur, "health", "critical", nodes.ActorChecker.Name,
+			fmt.Sprintf("Node %s is still down now that %s: %s", cur.Name, why, cur.LastProbeDetail)); err != nil {
+			return err
+		}
+		if err := db.Q.NodeSetDownAlerted(ctx, tx, dbsqlc.NodeSetDownAlertedParams{ID: cur.ID, DownAlerted: true}); err != nil {
+			return err
+		}
+		return c.queueAlert(ctx, tx, &cur, AlertPayload{
+			Node: cur.Name, Kind: cur.Kind, Address: cur.Address, From: nodes.HealthDown, To: nodes.HealthDown,
+			At: cur.HealthChangedAt, Reason: fmt.Sprintf("still down now that %s: %s", why, cur.LastProbeDetail),
+			Policy: st.PolicyFor(cur.Kind), WorkOutcome: outcome, NoRoom: noRoom,
+		}, "down")
 	})
+}
+
+// downOutcome applies the failover policy to a node that is down, inside
+// tx: under auto it moves the work away; otherwise it says what stays,
+// and whether the other nodes lack the room to take it (noRoom), as the
+// portal's disable preview does.
+func (c *Checker) downOutcome(ctx context.Context, tx pgx.Tx, st Settings, n *dbsqlc.Node, cause string) (string, bool, error) {
+	wk := nodes.WorkKindFor(n.Kind)
+	now := time.Now()
+	if n.AdminState == nodes.StateDisabled {
+		return "the node is disabled; its work was already moved", false, nil
+	}
+	if failsOver(st, n, now) {
+		mr, err := c.svc.MoveAway(ctx, tx, n, cause, nodes.ActorChecker)
+		if err != nil {
+			return "", false, fmt.Errorf("fail over %s: %w", n.Name, err)
+		}
+		return mr.Summary(wk), false, nil
+	}
+	live, err := db.Q.NodeLiveWorkCount(ctx, tx, &n.ID)
+	if err != nil || live == 0 {
+		return "no work was on the node", false, err
+	}
+	if inMaintenance(n, now) {
+		return fmt.Sprintf("%s stay on the node (maintenance: no automatic failover)", nodes.WorkNoun(wk, live)), false, nil
+	}
+	out := fmt.Sprintf("%s stay on the node until an administrator disables it (manual failover)", nodes.WorkNoun(wk, live))
+	mr, err := c.svc.WouldStrand(ctx, tx, n)
+	switch {
+	case err != nil:
+		return "", false, err
+	case mr.Unplaced == 0:
+		return out, false, nil
+	case mr.Moved == 0:
+		return out + fmt.Sprintf("; no other enabled, up %s node has room, so disabling it leaves all %s waiting unplaced", n.Kind, nodes.WorkNoun(wk, live)), true, nil
+	}
+	return out + fmt.Sprintf("; the other %s nodes have room for %s, so disabling it leaves %s waiting unplaced",
+		n.Kind, nodes.WorkNoun(wk, int64(mr.Moved)), nodes.WorkNoun(wk, int64(mr.Unplaced))), true, nil
 }
 
 type applied struct {
 	cameUp bool
 }
 
-// apply writes one node's health change in one transaction that starts
-// with the leader fence: the new state, its event, the alert in the
-// outbox and, under automatic failover, the move of the node's work. The
-// node row is locked and the state machine applied again to it, so a
-// concurrent change (a first heartbeat) is not overwritten.
-func (c *Checker) apply(ctx context.Context, epoch int64, st Settings, th Thresholds, o observation) (applied, error) {
+// apply writes one node's health change in one fenced transaction: the
+// new state, its event, the flap record and hold, the alert in the outbox
+// and, under automatic failover, the move of the node's work. The node
+// row is locked and the state machine applied again to it, so a
+// concurrent change is not overwritten. guard holds failover and DOWN
+// alerts during an unconfirmed disruption.
+func (c *Checker) apply(ctx context.Context, epoch int64, st Settings, th Thresholds, guard bool, o observation) (applied, error) {
 	var out applied
-	err := db.InTx(ctx, c.svc.Pool(), func(tx pgx.Tx) error {
-		if err := c.fence.Fence(ctx, tx, epoch); err != nil {
-			return err
-		}
+	err := c.inTx(ctx, epoch, func(tx pgx.Tx) error {
+		out = applied{}
 		n, err := db.Q.NodeGetForUpdate(ctx, tx, o.node.ID)
 		if err != nil {
 			return db.Translate(err)
 		}
+		now := time.Now()
 		cur := State{Health: n.Health, Fail: int(n.ConsecutiveFail), OK: int(n.ConsecutiveOk)}
-		held := false
-		if n.Health != nodes.HealthPending {
-			changes, err := db.Q.NodeHealthChanges(ctx, tx, dbsqlc.NodeHealthChangesParams{NodeID: &n.ID, WindowSeconds: st.FlapWindow.Seconds()})
+		held := n.HoldUntil != nil && n.HoldUntil.After(now)
+		next := Step(cur, o.ok, th, held)
+		holdUntil := n.HoldUntil
+		if !held {
+			holdUntil = nil
+		}
+		startHold := false
+		if Flaps(cur.Health, next.Health) && !guard {
+			if err := db.Q.TransitionInsert(ctx, tx, dbsqlc.TransitionInsertParams{NodeID: n.ID, FromHealth: cur.Health, ToHealth: next.Health}); err != nil {
+				return err
+			}
+			count, err := db.Q.TransitionCount(ctx, tx, dbsqlc.TransitionCountParams{NodeID: n.ID, WindowSeconds: st.FlapWindow.Seconds()})
 			if err != nil {
 				return err
 			}
-			held = int(changes) >= st.FlapLimit
+			if int(count) >= st.FlapLimit && !held {
+				held, startHold = true, true
+				until := now.Add(st.FlapWindow)
+				holdUntil = &until
+				next = Step(cur, o.ok, th, true)
+			}
 		}
-		next := Step(cur, o.ok, th, held)
-		flapping := held && next.Health != nodes.HealthUp
 		updated, err := db.Q.NodeSetHealth(ctx, tx, dbsqlc.NodeSetHealthParams{
 			ID: n.ID, Health: next.Health, ConsecutiveFail: int32(next.Fail), ConsecutiveOk: int32(next.OK),
-			LastProbeDetail: o.detail, Flapping: flapping,
+			LastProbeDetail: o.detail, Flapping: held, HoldUntil: holdUntil,
 		})
 		if err != nil {
 			return err
 		}
-		if flapping && !n.Flapping {
-			msg := fmt.Sprintf("Node %s is flapping (%d health changes within %s): held down and flagged until it is stable",
-				n.Name, st.FlapLimit, st.FlapWindow)
+		switch {
+		case startHold:
+			msg := fmt.Sprintf("Node %s is flapping (%d up/down changes within %s): held down until %s unless an administrator clears the hold",
+				n.Name, st.FlapLimit, st.FlapWindow, holdUntil.UTC().Format(time.RFC3339))
 			if err := c.svc.Event(ctx, tx, &n, "health", "warning", nodes.ActorChecker.Name, msg); err != nil {
 				return err
 			}
-		} else if !flapping && n.Flapping {
+		case !held && n.Flapping:
 			if err := c.svc.Event(ctx, tx, &n, "health", "info", nodes.ActorChecker.Name,
-				fmt.Sprintf("Node %s is stable again: no longer flagged as flapping", n.Name)); err != nil {
+				fmt.Sprintf("Node %s: flap hold ended; it comes up again once its checks pass", n.Name)); err != nil {
 				return err
 			}
 		}
 		if next.Health == cur.Health {
 			return nil
 		}
-		return c.transition(ctx, tx, st, &n, &updated, cur, next, o, &out)
+		return c.transition(ctx, tx, st, guard, &n, &updated, cur, next, o, &out)
 	})
 	return out, err
 }
 
-func (c *Checker) transition(ctx context.Context, tx pgx.Tx, st Settings, old, n *dbsqlc.Node, cur, next State, o observation, out *applied) error {
+func (c *Checker) transition(ctx context.Context, tx pgx.Tx, st Settings, guard bool, old, n *dbsqlc.Node, cur, next State, o observation, out *applied) error {
 	now := time.Now()
-	inMaint := n.MaintenanceUntil != nil && n.MaintenanceUntil.After(now)
+	inMaint := inMaintenance(n, now)
 	disabled := n.AdminState == nodes.StateDisabled
-	policy := st.PolicyFor(n.Kind)
 	quiet := ""
 	switch {
 	case disabled:
 		quiet = " (node disabled: no alert, no failover)"
 	case inMaint:
 		quiet = " (in maintenance: no alert, no failover)"
+	case guard && next.Health == nodes.HealthDown:
+		quiet = " (disruption: automatic failover and the alert are held)"
 	}
 	event := func(sev, msg string) error {
 		return c.svc.Event(ctx, tx, n, "health", sev, nodes.ActorChecker.Name, msg+quiet)
 	}
 	payload := AlertPayload{
 		Node: n.Name, Kind: n.Kind, Address: n.Address, From: cur.Health, To: next.Health,
-		At: now, Reason: o.detail, Policy: policy, Maintenance: inMaint,
+		At: now, Reason: o.detail, Policy: st.PolicyFor(n.Kind), Maintenance: inMaint,
 	}
-	sendAlert := !disabled && !inMaint
 
 	switch {
 	case next.Health == nodes.HealthSuspect:
@@ -386,46 +758,37 @@ func (c *Checker) transition(ctx context.Context, tx pgx.Tx, st Settings, old, n
 		if err := event("critical", fmt.Sprintf("Node %s is down after %d consecutive failed checks: %s", n.Name, next.Fail, o.detail)); err != nil {
 			return err
 		}
-		if cur.Health == nodes.HealthPending {
-			sendAlert = false
+		if disabled || inMaint || guard || cur.Health == nodes.HealthPending {
+			return nil
 		}
-		wk := nodes.WorkKindFor(n.Kind)
-		switch {
-		case disabled:
-			payload.WorkOutcome = "the node is disabled; its work was already moved"
-		case policy == PolicyAuto && !inMaint:
-			mr, err := c.svc.MoveAway(ctx, tx, n, "node down (automatic failover)", nodes.ActorChecker)
-			if err != nil {
-				return fmt.Errorf("fail over %s: %w", n.Name, err)
-			}
-			payload.WorkOutcome = mr.Summary(wk)
-		default:
-			live, err := db.Q.NodeLiveWorkCount(ctx, tx, &n.ID)
-			if err != nil {
-				return err
-			}
-			switch {
-			case live == 0:
-				payload.WorkOutcome = "no work was on the node"
-			case inMaint:
-				payload.WorkOutcome = fmt.Sprintf("%s stay on the node (maintenance: no automatic failover)", nodes.WorkNoun(wk, live))
-			default:
-				payload.WorkOutcome = fmt.Sprintf("%s stay on the node until an administrator disables it (manual failover)", nodes.WorkNoun(wk, live))
-			}
+		outcome, noRoom, err := c.downOutcome(ctx, tx, st, n, "node down (automatic failover)")
+		if err != nil {
+			return err
 		}
+		payload.WorkOutcome, payload.NoRoom = outcome, noRoom
+		if err := db.Q.NodeSetDownAlerted(ctx, tx, dbsqlc.NodeSetDownAlertedParams{ID: n.ID, DownAlerted: true}); err != nil {
+			return err
+		}
+		return c.queueAlert(ctx, tx, n, payload, "down")
 
 	case next.Health == nodes.HealthUp:
 		out.cameUp = true
 		switch cur.Health {
 		case nodes.HealthPending:
-			return event("info", fmt.Sprintf("Node %s is up: %d checks passed (%s)", n.Name, next.OK, o.detail))
+			return event("info", fmt.Sprintf("Node %s is up: probe and agent agree after %d checks (%s)", n.Name, next.OK, o.detail))
 		case nodes.HealthSuspect:
 			return event("info", fmt.Sprintf("Node %s is up again after %d failed checks: %s", n.Name, cur.Fail, o.detail))
 		}
 		// Recovery from down: old.HealthChangedAt is when it went down.
-		payload.Since = old.HealthChangedAt
 		down := now.Sub(old.HealthChangedAt).Round(time.Second)
-		payload.WorkOutcome = "work waiting unplaced is placed again; moved work stays where it went"
+		if !old.DownAlerted {
+			// Nobody was told it was down (disabled, maintenance, a
+			// disruption): its recovery is no news either.
+			return event("info", fmt.Sprintf("Node %s recovered after %s down: %s (no DOWN email was sent, so no recovery email)", n.Name, down, o.detail))
+		}
+		if err := db.Q.NodeSetDownAlerted(ctx, tx, dbsqlc.NodeSetDownAlertedParams{ID: n.ID, DownAlerted: false}); err != nil {
+			return err
+		}
 		if ack, ok, err := c.svc.AckSince(ctx, tx, n.Name, old.HealthChangedAt); err != nil {
 			return err
 		} else if ok {
@@ -434,23 +797,9 @@ func (c *Checker) transition(ctx context.Context, tx pgx.Tx, st Settings, old, n
 		if err := event("info", fmt.Sprintf("Node %s recovered after %s down: %s", n.Name, down, o.detail)); err != nil {
 			return err
 		}
-	default:
-		return nil
+		payload.Since = old.HealthChangedAt
+		payload.WorkOutcome = "work waiting unplaced is placed again; moved work stays where it went"
+		return c.queueAlert(ctx, tx, n, payload, "recovery")
 	}
-	if !sendAlert {
-		return nil
-	}
-	body, err := json.Marshal(payload)
-	if err != nil {
-		return err
-	}
-	if err := db.Q.AlertInsert(ctx, tx, dbsqlc.AlertInsertParams{Type: AlertHealth, NodeName: n.Name, Payload: body}); err != nil {
-		return fmt.Errorf("queue alert: %w", err)
-	}
-	what := "down"
-	if next.Health == nodes.HealthUp {
-		what = "recovery"
-	}
-	return c.svc.Event(ctx, tx, n, "alert", "info", nodes.ActorChecker.Name,
-		fmt.Sprintf("Alert email queued: node %s %s (%s)", n.Name, what, payload.WorkOutcome))
+	return nil
 }

@@ -4,14 +4,24 @@ import (
 	"encoding/json"
 	"time"
 
+	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/alert"
 )
 
 // Alert types in the outbox. Capacity alerts are queued by the nodes
 // package (payload {"work_kind", "unplaced"}).
 const (
-	AlertHealth   = "health"
-	AlertCapacity = "capacity"
+	AlertHealth     = "health"
+	AlertCapacity   = "capacity"
+	AlertDisruption = "disruption"
+	AlertHook       = nodes.AlertHook
+)
+
+// Pseudo health states of agent alerts (AlertPayload.To): the service
+// answers its probe but its agent went quiet, or came back.
+const (
+	ToAgentLost = "agent lost"
+	ToAgentBack = "agent back"
 )
 
 // AlertPayload is the JSON payload of a health alert in the outbox: all
@@ -31,6 +41,9 @@ type AlertPayload struct {
 	Reminder    bool      `json:"reminder,omitempty"`
 	AckedBy     string    `json:"acked_by,omitempty"`
 	AckNote     string    `json:"ack_note,omitempty"`
+	// NoRoom: manual failover, and the other nodes lack the room to take
+	// the node's work if it is disabled.
+	NoRoom bool `json:"no_room,omitempty"`
 }
 
 // Change converts the payload for alert.Compose.
@@ -38,7 +51,7 @@ func (p AlertPayload) Change() alert.Change {
 	return alert.Change{
 		Node: p.Node, Kind: p.Kind, Address: p.Address, From: p.From, To: p.To,
 		At: p.At, Since: p.Since, Reason: p.Reason, Policy: p.Policy,
-		WorkOutcome: p.WorkOutcome, Maintenance: p.Maintenance,
+		WorkOutcome: p.WorkOutcome, Maintenance: p.Maintenance, NoRoom: p.NoRoom,
 		Reminder: p.Reminder, AckedBy: p.AckedBy, AckNote: p.AckNote,
 	}
 }

@@ -45,6 +45,8 @@ const (
 	KeySIPOKCodes       = "sip_ok_codes"
 	KeyFlapLimit        = "flap_limit"
 	KeyFlapWindow       = "flap_window"
+	KeyDisruptionShare  = "disruption_share"
+	KeyAgentLostGrace   = "agent_lost_grace"
 	KeySMTPURL          = "smtp_url"
 	KeyAlertFrom        = "alert_from"
 	KeyAlertTo          = "alert_to"
@@ -58,7 +60,7 @@ func PolicyKey(kind string) string { return keyPolicyPrefix + kind }
 // Keys lists every setting key in form order.
 func Keys() []string {
 	keys := []string{KeyProbeInterval, KeyProbeTimeout, KeyFailThreshold, KeyRecoverThreshold,
-		KeyHeartbeatStale, KeySIPOKCodes, KeyFlapLimit, KeyFlapWindow}
+		KeyHeartbeatStale, KeySIPOKCodes, KeyFlapLimit, KeyFlapWindow, KeyDisruptionShare, KeyAgentLostGrace}
 	for _, k := range nodes.Kinds {
 		keys = append(keys, PolicyKey(k))
 	}
@@ -77,17 +79,27 @@ type Settings struct {
 	// RecoverThreshold is M: a down (or pending) node is up after M
 	// consecutive successes.
 	RecoverThreshold int
-	// HeartbeatStale: a node with an enrolled agent whose last heartbeat
-	// is older fails its check, whatever the active probe says.
+	// HeartbeatStale: an agent whose last heartbeat is older is silent. A
+	// silent agent keeps a pending node from coming up and flags an up
+	// node "agent lost"; it never fails a node whose probe passes.
+	// Staleness counts only once this instance has led, with the database
+	// reachable, for HeartbeatStale.
 	HeartbeatStale time.Duration
 	// SIPOKCodes are the SIP answers that count as healthy; empty means
 	// any 2xx.
 	SIPOKCodes []int
-	// FlapLimit is how many health changes a node may make within
-	// FlapWindow; past it the node is held down and flagged until it is
-	// stable.
+	// FlapLimit is how many up<->down transitions a node may make within
+	// FlapWindow; at the limit the node is held down for FlapWindow.
 	FlapLimit  int
 	FlapWindow time.Duration
+	// DisruptionShare is the percentage of watched nodes that must fail in
+	// one round (at least MinDisruptionNodes of them) for the checker to
+	// call it a disruption: one alert, no automatic failover until it
+	// clears or an administrator confirms. 100 turns the guard off.
+	DisruptionShare int
+	// AgentLostGrace is how long a node stays agent lost before it is
+	// mailed (grouped).
+	AgentLostGrace time.Duration
 	// Policy is the failover policy per node kind: auto or manual.
 	Policy map[string]string
 	// SMTPURL (may hold a password: never log it; see SMTPRedacted),
@@ -98,6 +110,21 @@ type Settings struct {
 	// AlertReminder repeats the down alert of a node that stays down,
 	// until an administrator acknowledges it or it recovers; 0 is off.
 	AlertReminder time.Duration
+}
+
+// Optional reports whether a form may leave setting key out, keeping its
+// saved value: the settings added after the first release, which older
+// scripts and forms do not send.
+func Optional(key string) bool {
+	return key == KeyDisruptionShare || key == KeyAgentLostGrace
+}
+
+// StallAfter is how long the health checker may go without completing a
+// round before its leader steps down and the portal warns that nothing
+// watches the nodes: ten probe intervals, and never under 30 s, so a
+// slow round over many nodes or a short database outage is no stall.
+func (s Settings) StallAfter() time.Duration {
+	return max(10*s.ProbeInterval, 30*time.Second)
 }
 
 // Defaults are the settings that come from the command line or the
@@ -120,6 +147,8 @@ func Builtin() Settings {
 		HeartbeatStale:   3 * HeartbeatInterval,
 		FlapLimit:        6,
 		FlapWindow:       10 * time.Minute,
+		DisruptionShare:  50,
+		AgentLostGrace:   time.Minute,
 		Policy: map[string]string{
 			nodes.KindMedia: PolicyAuto, nodes.KindIVR: PolicyManual, nodes.KindQueue: PolicyManual,
 			nodes.KindMeeting: PolicyManual, nodes.KindIM: PolicyManual,
@@ -186,6 +215,8 @@ func (s Settings) Values() map[string]string {
 		KeySIPOKCodes:       strings.Join(codes, ","),
 		KeyFlapLimit:        strconv.Itoa(s.FlapLimit),
 		KeyFlapWindow:       s.FlapWindow.String(),
+		KeyDisruptionShare:  strconv.Itoa(s.DisruptionShare),
+		KeyAgentLostGrace:   s.AgentLostGrace.String(),
 		KeySMTPURL:          s.SMTPURL,
 		KeyAlertFrom:        s.AlertFrom,
 		KeyAlertTo:          s.AlertTo,
@@ -257,6 +288,8 @@ func Parse(v map[string]string) (Settings, nodes.FieldErrors) {
 	}
 	s.FlapLimit = num(KeyFlapLimit, 2, 1000)
 	s.FlapWindow = dur(KeyFlapWindow, time.Minute, 24*time.Hour)
+	s.DisruptionShare = num(KeyDisruptionShare, 1, 100)
+	s.AgentLostGrace = dur(KeyAgentLostGrace, 0, 24*time.Hour)
 	for _, k := range nodes.Kinds {
 		p := strings.TrimSpace(v[PolicyKey(k)])
 		if !slices.Contains(Policies, p) {
@@ -400,6 +433,13 @@ func (s *Store) Save(ctx context.Context, actor nodes.Actor, form map[string]str
 		return Settings{}, err
 	}
 	in := maps.Clone(form)
+	// Settings added after a client was written keep their value when the
+	// form does not name them.
+	for _, k := range Keys() {
+		if _, ok := in[k]; !ok && Optional(k) {
+			in[k] = cur.Values()[k]
+		}
+	}
 	if strings.TrimSpace(in[KeySMTPURL]) != "" && strings.TrimSpace(in[KeySMTPURL]) == cur.SMTPRedacted() {
 		in[KeySMTPURL] = cur.SMTPURL
 	}

@@ -62,3 +62,96 @@ func TestDefaultDetection(t *testing.T) {
 		t.Fatalf("default detection between %s and %s; want within 3 s and not so quick that one lost packet fails a node", best, worst)
 	}
 }
+
+func TestJudge(t *testing.T) {
+	t.Parallel()
+	const (
+		pending = nodes.HealthPending
+		up      = nodes.HealthUp
+		suspect = nodes.HealthSuspect
+		down    = nodes.HealthDown
+	)
+	tests := []struct {
+		name string
+		o    Observation
+		want Verdict
+	}{
+		{"never enrolled stays failing however good the probe", Observation{pending, false, true, HeartbeatNone, true}, Verdict{}},
+		{"enrolled, no heartbeat yet", Observation{pending, true, true, HeartbeatNone, true}, Verdict{}},
+		{"heartbeat without a probe is not up", Observation{pending, true, false, HeartbeatFresh, true}, Verdict{}},
+		{"probe and heartbeat agree", Observation{pending, true, true, HeartbeatFresh, true}, Verdict{OK: true}},
+		{"pending, stale heartbeat in the grace", Observation{pending, true, true, HeartbeatStale, false}, Verdict{}},
+		{"up: probe passes, heartbeat fresh", Observation{up, true, true, HeartbeatFresh, true}, Verdict{OK: true}},
+		{"up: stale heartbeat, probe passes: agent lost", Observation{up, true, true, HeartbeatStale, true}, Verdict{OK: true, AgentLost: true}},
+		{"up: stale heartbeat in the grace: nothing", Observation{up, true, true, HeartbeatStale, false}, Verdict{OK: true}},
+		{"suspect: stale heartbeat, probe passes: agent lost", Observation{suspect, true, true, HeartbeatStale, true}, Verdict{OK: true, AgentLost: true}},
+		{"up: probe fails, heartbeat fresh: failing", Observation{up, true, false, HeartbeatFresh, true}, Verdict{}},
+		{"up: both fail", Observation{up, true, false, HeartbeatStale, true}, Verdict{}},
+		{"up without an agent (registered before enrolment existed)", Observation{up, false, true, HeartbeatNone, true}, Verdict{OK: true}},
+		{"down: probe passes, heartbeat fresh", Observation{down, true, true, HeartbeatFresh, true}, Verdict{OK: true}},
+		{"down: probe passes, agent silent: stays down", Observation{down, true, true, HeartbeatStale, true}, Verdict{}},
+		{"down: probe passes, staleness not trusted yet", Observation{down, true, true, HeartbeatStale, false}, Verdict{OK: true}},
+		{"down: no agent, probe passes", Observation{down, false, true, HeartbeatNone, true}, Verdict{OK: true}},
+		{"down: probe fails", Observation{down, true, false, HeartbeatFresh, true}, Verdict{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Judge(tt.o); got != tt.want {
+				t.Errorf("Judge(%+v) = %+v; want %+v", tt.o, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestDisrupted(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		failing, total, share int
+		want                  bool
+	}{
+		{0, 10, 50, false},
+		{2, 2, 50, false},  // two nodes are never a disruption
+		{2, 3, 50, false},  // below three
+		{3, 3, 50, true},   // all of three
+		{3, 6, 50, false},  // exactly half is not more than half
+		{4, 6, 50, true},   // more than half
+		{5, 10, 50, false}, // half
+		{6, 10, 50, true},
+		{3, 10, 25, true},
+		{10, 10, 100, false}, // 100 %: never
+		{11, 20, 50, true},
+	}
+	for _, tt := range tests {
+		if got := Disrupted(tt.failing, tt.total, tt.share); got != tt.want {
+			t.Errorf("Disrupted(%d of %d, %d%%) = %v; want %v", tt.failing, tt.total, tt.share, got, tt.want)
+		}
+	}
+}
+
+func TestFlaps(t *testing.T) {
+	t.Parallel()
+	const (
+		pending = nodes.HealthPending
+		up      = nodes.HealthUp
+		suspect = nodes.HealthSuspect
+		down    = nodes.HealthDown
+	)
+	tests := []struct {
+		from, to string
+		want     bool
+	}{
+		{up, down, true},
+		{suspect, down, true},
+		{down, up, true},
+		{up, suspect, false},
+		{suspect, up, false},
+		{pending, up, false},
+		{down, suspect, false},
+		{pending, down, false},
+	}
+	for _, tt := range tests {
+		if got := Flaps(tt.from, tt.to); got != tt.want {
+			t.Errorf("Flaps(%s -> %s) = %v; want %v", tt.from, tt.to, got, tt.want)
+		}
+	}
+}

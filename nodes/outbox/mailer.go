@@ -328,6 +328,24 @@ func (m *Mailer) compose(rows []dbsqlc.Alert) ([]group, []badAlert) {
 			}
 			subject, text := alert.ComposeCapacity(kind, p.Unplaced, m.cfg.PortalURL)
 			groups = append(groups, group{rows: []dbsqlc.Alert{r}, subject: subject, text: text})
+		case health.AlertDisruption:
+			var p health.DisruptionPayload
+			if err := json.Unmarshal(r.Payload, &p); err != nil {
+				bad = append(bad, badAlert{r, fmt.Errorf("unreadable alert payload: %w", err)})
+				continue
+			}
+			subject, text := alert.ComposeDisruption(m.cfg.PortalURL, alert.Disruption{
+				Failing: p.Failing, Total: p.Total, Share: p.Share, Nodes: p.Nodes, At: p.At})
+			groups = append(groups, group{rows: []dbsqlc.Alert{r}, subject: subject, text: text})
+		case health.AlertHook:
+			var p nodes.HookPayload
+			if err := json.Unmarshal(r.Payload, &p); err != nil {
+				bad = append(bad, badAlert{r, fmt.Errorf("unreadable alert payload: %w", err)})
+				continue
+			}
+			subject, text := alert.ComposeHookFailure(m.cfg.PortalURL, alert.HookFailure{
+				Node: p.Node, Kind: p.Kind, Ref: p.Ref, WorkKind: p.WorkKind, Error: p.Error, Failures: int(p.Failures), At: p.At})
+			groups = append(groups, group{rows: []dbsqlc.Alert{r}, subject: subject, text: text, about: []string{p.Node}})
 		default:
 			bad = append(bad, badAlert{r, fmt.Errorf("unknown alert type %q", r.Type)})
 		}

@@ -200,3 +200,31 @@ func FuzzParseSIPAddress(f *testing.F) {
 		}
 	})
 }
+
+func TestSocketOf(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		kind, address, key string
+	}{
+		{KindMedia, "10.0.0.5:5060", "udp://10.0.0.5:5060"},
+		{KindMedia, "sip:10.0.0.5", "udp://10.0.0.5:5060"},
+		{KindIVR, "sip:10.0.0.5:5060;transport=udp", "udp://10.0.0.5:5060"},
+		{KindQueue, "sip:PBX.example.com:5070;transport=tcp", "tcp://pbx.example.com:5070"},
+		{KindMeeting, "http://10.0.0.7:8080/probe", "tcp://10.0.0.7:8080"},
+		{KindMeeting, "https://meet.example.com/", "tcp://meet.example.com:443"},
+		{KindIM, "[::1]:7000", "tcp://[::1]:7000"},
+	}
+	for _, tt := range tests {
+		s, err := SocketOf(tt.kind, tt.address)
+		if err != nil {
+			t.Errorf("SocketOf(%s, %q): %v", tt.kind, tt.address, err)
+			continue
+		}
+		if s.Key() != tt.key {
+			t.Errorf("SocketOf(%s, %q).Key() = %q; want %q", tt.kind, tt.address, s.Key(), tt.key)
+		}
+	}
+	if _, err := SocketOf(KindIM, "sip:1.2.3.4"); err == nil {
+		t.Error("SocketOf accepted a SIP URI for an im node")
+	}
+}

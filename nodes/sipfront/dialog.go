@@ -57,7 +57,14 @@ func (f *Front) inDialog(req *sip.Request, tx sip.ServerTransaction) {
 		f.reply(tx, req, 400, "Bad Request: Call-ID is required")
 		return
 	}
-	route, err := f.calls.LookupCall(f.bg, callID.Value(), []string{CallRef(callID.Value(), fromTag), CallRef(callID.Value(), toTag)})
+	refs := []string{CallRef(callID.Value(), fromTag), CallRef(callID.Value(), toTag)}
+	var route nodes.CallRoute
+	var err error
+	if ref, d, ok := f.dialogs.get(refs...); ok {
+		route = nodes.CallRoute{Ref: ref, FromTag: d.fromTag, State: nodes.CallAnswered, NodeAddress: d.nodeAddr}
+	} else {
+		route, err = f.calls.LookupCall(f.bg, callID.Value(), refs)
+	}
 	if err != nil {
 		if !errors.Is(err, nodes.ErrNotFound) {
 			f.log.Error("look up SIP dialog", "err", err)
@@ -97,11 +104,8 @@ func (f *Front) inDialog(req *sip.Request, tx sip.ServerTransaction) {
 	if req.Method == sip.BYE && final != 401 && final != 407 {
 		// The dialog is over whatever the BYE's answer (RFC 3261 section
 		// 15.1.1): a 2xx, or a node that no longer knows the call.
-		nodeID, _, err := f.calls.EndCall(f.bg, nodes.CallIdentity{Ref: route.Ref}, nodes.CallEnded, "bye", false)
-		if err != nil {
-			f.log.Error("end SIP call on BYE", "ref", route.Ref, "err", err)
-		}
-		f.writer.notify(nodeID)
+		f.dialogs.forget(route.Ref)
+		f.writer.end(nodes.CallEnd{Ref: route.Ref, State: nodes.CallEnded, Cause: "bye"})
 	}
 }
 

@@ -20,6 +20,8 @@ import (
 // Calls is what the front door needs from the cluster domain.
 type Calls interface {
 	PlaceSIPCall(ctx context.Context, id nodes.CallIdentity, exclude []int64, retry bool) (nodes.CallTarget, error)
+	PlaceCalls(ctx context.Context, ids []nodes.CallIdentity, instance string) ([]nodes.CallTarget, error)
+	EndCalls(ctx context.Context, ends []nodes.CallEnd) ([]int64, error)
 	FailoverCall(ctx context.Context, ref, cause string) (int64, error)
 	EndCall(ctx context.Context, id nodes.CallIdentity, state, cause string, record bool) (int64, bool, error)
 	CallsAnswered(ctx context.Context, answers []nodes.CallAnswer) error
@@ -61,9 +63,10 @@ type Front struct {
 	publicPort int
 	settings   atomic.Pointer[Settings]
 	writer     *writer
+	placer     *placer
+	dialogs    dialogCache
 	bg         context.Context // lives as long as Run; calls outlive requests
 	stats      Counters
-	closeOnce  sync.Once
 }
 
 // Counters are this instance's totals since it started.
@@ -120,6 +123,7 @@ func New(cfg Config, calls Calls) (*Front, error) {
 		return nil, fmt.Errorf("sip client: %w", err)
 	}
 	f.writer = newWriter(calls, f.log)
+	f.placer = newPlacer(calls, cfg.Instance)
 	f.routes()
 	return f, nil
 }
@@ -190,8 +194,9 @@ func (f *Front) Run(ctx context.Context) {
 	}
 	serve("udp", func() error { return f.srv.ServeUDP(f.udp) })
 	serve("tcp", func() error { return f.srv.ServeTCP(f.tcp) })
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); f.writer.run(ctx) }()
+	go func() { defer wg.Done(); f.placer.run(ctx) }()
 	go func() { defer wg.Done(); f.housekeeping(ctx) }()
 	f.log.Info("SIP front door listening", "listen", f.Addr(), "public", f.Public(), "settings", f.Settings().String())
 	<-ctx.Done()
@@ -213,6 +218,7 @@ func (f *Front) housekeeping(ctx context.Context) {
 		case <-t.C:
 		}
 		f.refreshSettings(ctx)
+		f.dialogs.sweep()
 		if time.Since(lastSweep) < 30*time.Second {
 			continue
 		}

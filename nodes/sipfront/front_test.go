@@ -169,9 +169,9 @@ func TestCallIsPlacedAnsweredAndEndedByBye(t *testing.T) {
 	waitFor(t, "work ended", func() bool {
 		return e.count(t, "SELECT count(*) FROM work WHERE ref = $1 AND state = 'ended'", ref) == 1
 	})
-	if got := e.text(t, "SELECT state || ' ' || cause FROM sip_calls WHERE ref = $1", ref); got != "ended bye" {
-		t.Fatalf("call row = %q, want ended bye", got)
-	}
+	waitFor(t, "call row ended by the BYE", func() bool {
+		return e.text(t, "SELECT state || ' ' || cause FROM sip_calls WHERE ref = $1", ref) == "ended bye"
+	})
 	if n := e.count(t, "SELECT used FROM nodes WHERE name = 'm1'"); n != 0 {
 		t.Fatalf("m1 used = %d after the call ended, want 0", n)
 	}
@@ -236,9 +236,9 @@ func TestNoNodeLeftAnswers503WithRetryAfter(t *testing.T) {
 	e.waitUp(t, "b1", "b2")
 	sess, err = c.invite(t, e.front.Addr())
 	assert503(t, sess, err)
-	if got := e.text(t, "SELECT state || ': ' || cause || ' ' || tries FROM sip_calls WHERE ref = $1", refOf(sess)); got != "failed: all tries failed 2" {
-		t.Fatalf("call row = %q", got)
-	}
+	waitFor(t, "the call recorded failed after two tries", func() bool {
+		return e.text(t, "SELECT state || ': ' || cause || ' ' || tries FROM sip_calls WHERE ref = $1", refOf(sess)) == "failed: all tries failed 2"
+	})
 	if b1.count(sip.INVITE) != 1 || b2.count(sip.INVITE) != 1 {
 		t.Fatalf("INVITEs b1=%d b2=%d, want 1 each", b1.count(sip.INVITE), b2.count(sip.INVITE))
 	}
@@ -356,17 +356,93 @@ func TestInDialogRequestsThroughAnotherInstance(t *testing.T) {
 	if err := c.client.WriteRequest(inDialog(sip.ACK, inv.CSeq().SeqNo)); err != nil {
 		t.Fatal(err)
 	}
+	waitFor(t, "ACK at the media node", func() bool { return m.count(sip.ACK) == 1 })
 	bye, err := c.client.Do(ctx, inDialog(sip.BYE, inv.CSeq().SeqNo+1))
 	if err != nil || bye.StatusCode != 200 {
 		t.Fatalf("BYE through instance b: %v %v", bye, err)
 	}
 	waitFor(t, "ACK and BYE at the media node", func() bool { return m.count(sip.ACK) == 1 && m.count(sip.BYE) == 1 })
-	if got := a.text(t, "SELECT w.state || ' ' || c.cause || ' ' || c.instance FROM sip_calls c JOIN work w ON w.id = c.work_id WHERE c.ref = $1", ref); got != "ended bye cm-a" {
-		t.Fatalf("call after BYE via b = %q, want ended bye cm-a", got)
-	}
+	waitFor(t, "the call ended by the BYE through b", func() bool {
+		return a.text(t, "SELECT w.state || ' ' || c.cause || ' ' || c.instance FROM sip_calls c JOIN work w ON w.id = c.work_id WHERE c.ref = $1", ref) == "ended bye cm-a"
+	})
 	if b.front.Stats().InDialog.Load() < 2 {
 		t.Fatalf("instance b routed %d in-dialog requests, want the ACK and the BYE", b.front.Stats().InDialog.Load())
 	}
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// A call over TCP to a media node on UDP: the front door record-routes
+// twice, once per transport, so each side reaches it on its own.
+func TestCallOverTCPIsRecordRoutedPerTransport(t *testing.T) {
+	t.Parallel()
+	e := setup(t, servertest.Options{})
+	m := startMedia(t, modeAnswer)
+	e.addMedia(t, "m1", m.addr, 10, 100)
+	e.waitUp(t, "m1")
+
+	c := newCaller(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	to := target(e.front.Addr())
+	to.UriParams = sip.HeaderParams{{K: "transport", V: "tcp"}}
+	sess, err := c.dialog.Invite(ctx, to, nil)
+	if err != nil {
+		t.Fatalf("INVITE over TCP: %v", err)
+	}
+	defer sess.Close()
+	if err := sess.WaitAnswer(ctx, sipgo.AnswerOptions{}); err != nil {
+		t.Fatalf("call over TCP: %v", err)
+	}
+	var transports []string
+	for _, h := range sess.InviteResponse.GetHeaders("Record-Route") {
+		rr := h.(*sip.RecordRouteHeader)
+		tp, _ := rr.Address.UriParams.Get("transport")
+		transports = append(transports, tp)
+	}
+	if strings.Join(transports, ",") != "udp,tcp" {
+		t.Fatalf("Record-Route transports = %v, want udp (toward the media node) then tcp (toward the caller)", transports)
+	}
+	if err := sess.Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := sess.Bye(ctx); err != nil {
+		t.Fatalf("BYE over TCP: %v", err)
+	}
+	waitFor(t, "the call ended by its BYE", func() bool {
+		return e.count(t, "SELECT count(*) FROM sip_calls WHERE ref = $1 AND state = 'ended' AND cause = 'bye'", refOf(sess)) == 1
+	})
+}
+
+// A call that never sees a BYE ends at the maximum call duration, and is
+// counted.
+func TestCallsEndAtTheMaximumDuration(t *testing.T) {
+	t.Parallel()
+	settings := map[string]string{"sip_max_call_duration": "1m"}
+	for k, v := range testSettings {
+		settings[k] = v
+	}
+	e := setup(t, servertest.Options{Settings: settings})
+	m := startMedia(t, modeAnswer)
+	e.addMedia(t, "m1", m.addr, 10, 100)
+	e.waitUp(t, "m1")
+	c := newCaller(t)
+	sess, err := c.invite(t, e.front.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = sess.Ack(context.Background())
+	ref := refOf(sess)
+	// The caller vanishes; two minutes pass.
+	e.exec(t, "UPDATE sip_calls SET created_at = now() - interval '2 minutes' WHERE ref = $1", ref)
+	waitFor(t, "the call ended at the maximum duration", func() bool {
+		return e.count(t, `SELECT count(*) FROM sip_calls c JOIN work w ON w.id = c.work_id
+			WHERE c.ref = $1 AND c.state = 'ended' AND c.cause = 'max duration' AND w.state = 'ended'`, ref) == 1
+	})
+	if n := e.count(t, "SELECT used FROM nodes WHERE name = 'm1'"); n != 0 {
+		t.Fatalf("m1 still counts %d calls", n)
+	}
+	if n := e.count(t, "SELECT count(*) FROM events WHERE type = 'call' AND message LIKE '%maximum call duration%'"); n != 1 {
+		t.Fatalf("max-duration events = %d, want 1", n)
+	}
+}

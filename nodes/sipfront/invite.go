@@ -67,6 +67,9 @@ func (f *Front) invite(req *sip.Request, tx sip.ServerTransaction) {
 		f.reply(tx, req, 400, "Bad Request: Call-ID, From tag and To are required")
 		return
 	}
+	// 100 Trying at once (RFC 3261 section 16.2), as Kamailio's tm does:
+	// the caller stops retransmitting the INVITE while the call is placed.
+	f.reply(tx, req, 100, "Trying")
 	c := &call{f: f, req: req, tx: tx, cancelled: make(chan struct{}), id: nodes.CallIdentity{
 		Ref: CallRef(callID.Value(), fromTag), CallID: truncate(callID.Value(), maxURILen), FromTag: truncate(fromTag, maxURILen),
 		FromURI: truncate(from.Address.String(), maxURILen), ToURI: truncate(to.Address.String(), maxURILen),
@@ -95,7 +98,16 @@ func (c *call) run() {
 	ctx := f.bg
 	var exclude []int64
 	for try := 1; ; try++ {
-		t, err := f.calls.PlaceSIPCall(ctx, c.id, exclude, try > 1)
+		var t nodes.CallTarget
+		var err error
+		if try == 1 {
+			// First tries are placed in batches (group commit).
+			if t, err = f.placer.place(ctx, c.id); err == nil && t.Merged {
+				err = nodes.ErrMergedCall
+			}
+		} else {
+			t, err = f.calls.PlaceSIPCall(ctx, c.id, exclude, true)
+		}
 		if errors.Is(err, nodes.ErrMergedCall) {
 			f.reply(c.tx, c.req, 482, "Loop Detected")
 			return
@@ -120,6 +132,7 @@ func (c *call) run() {
 		switch out.kind {
 		case outAnswered:
 			f.stats.Answered.Add(1)
+			f.dialogs.put(c.id.Ref, c.id.FromTag, t.Address)
 			f.writer.answered(nodes.CallAnswer{Ref: c.id.Ref, ToTag: truncate(out.toTag, maxURILen), At: time.Now()})
 			return
 		case outRejected:
@@ -156,10 +169,15 @@ func (c *call) run() {
 	}
 }
 
-// end ends the call's work and records how the call ended.
+// end ends the call's work and records how the call ended: in the next
+// grouped write, or at once with record (the call has no row yet).
 func (c *call) end(state, cause string, record bool) {
 	if state == nodes.CallFailed {
 		c.f.stats.Failed.Add(1)
+	}
+	if !record {
+		c.f.writer.end(nodes.CallEnd{Ref: c.id.Ref, State: state, Cause: cause})
+		return
 	}
 	nodeID, _, err := c.f.calls.EndCall(c.f.bg, c.id, state, cause, record)
 	if err != nil {

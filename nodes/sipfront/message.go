@@ -157,9 +157,13 @@ func (f *Front) onStrayResponse(res *sip.Response) {
 	}
 	r := res.Clone()
 	r.RemoveHeader("Via")
-	if next := r.Via(); next != nil {
-		r.SetTransport(next.Transport)
+	next := r.Via()
+	if next == nil {
+		// A response to a request the front door itself sent (a BYE
+		// after a CANCEL crossed an answer): it ends here.
+		return
 	}
+	r.SetTransport(next.Transport)
 	if err := f.srv.WriteResponse(r); err != nil {
 		f.log.Debug("forward retransmitted 2xx", "err", err)
 	}

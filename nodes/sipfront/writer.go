@@ -10,8 +10,9 @@ import (
 )
 
 // writer groups the writes that need not hold up a call: answered marks
-// (one statement for all calls answered meanwhile) and agent
-// notifications (one for all nodes touched meanwhile). A flush runs as
+// (one statement for all calls answered meanwhile), call ends (one
+// statement for all calls ended meanwhile; the BYE's answer does not wait
+// for it) and agent notifications (one for all nodes touched meanwhile). A flush runs as
 // soon as there is something to write; what arrives during a flush goes
 // in the next one, so the grouping grows with the load.
 type writer struct {
@@ -19,6 +20,7 @@ type writer struct {
 	log     *slog.Logger
 	mu      sync.Mutex
 	answers []nodes.CallAnswer
+	ends    []nodes.CallEnd
 	touched map[int64]struct{}
 	wake    chan struct{}
 }
@@ -37,6 +39,13 @@ func (w *writer) signal() {
 func (w *writer) answered(a nodes.CallAnswer) {
 	w.mu.Lock()
 	w.answers = append(w.answers, a)
+	w.mu.Unlock()
+	w.signal()
+}
+
+func (w *writer) end(e nodes.CallEnd) {
+	w.mu.Lock()
+	w.ends = append(w.ends, e)
 	w.mu.Unlock()
 	w.signal()
 }
@@ -67,9 +76,18 @@ func (w *writer) run(ctx context.Context) {
 
 func (w *writer) flush(ctx context.Context) {
 	w.mu.Lock()
-	answers, touched := w.answers, w.touched
-	w.answers, w.touched = nil, map[int64]struct{}{}
+	answers, ends, touched := w.answers, w.ends, w.touched
+	w.answers, w.ends, w.touched = nil, nil, map[int64]struct{}{}
 	w.mu.Unlock()
+	if len(ends) > 0 {
+		ids, err := w.calls.EndCalls(ctx, ends)
+		if err != nil {
+			w.log.Error("end SIP calls", "calls", len(ends), "err", err)
+		}
+		for _, id := range ids {
+			touched[id] = struct{}{}
+		}
+	}
 	if len(answers) > 0 {
 		if err := w.calls.CallsAnswered(ctx, answers); err != nil {
 			w.log.Error("mark SIP calls answered", "calls", len(answers), "err", err)

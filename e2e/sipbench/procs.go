@@ -1,0 +1,278 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/callplane/callplane/db"
+	"github.com/callplane/callplane/nodes"
+)
+
+// bench holds the processes of the scene.
+type bench struct {
+	o      options
+	dir    string
+	repo   string
+	media  []string // the two media nodes' addresses
+	direct string   // a third media node, called directly for the baseline
+	stops  []func()
+}
+
+func (b *bench) stopAll() {
+	for i := len(b.stops) - 1; i >= 0; i-- {
+		b.stops[i]()
+	}
+}
+
+func cpus() int { return runtime.NumCPU() }
+
+// proxy is a running SIP proxy under measurement.
+type proxy struct {
+	name string
+	addr string
+	pid  int
+	tree bool       // count the CPU of its child processes too (Kamailio's workers)
+	live func() int // live calls it knows of, when it can tell
+	stop func()
+}
+
+// cpu returns the CPU seconds (user and system) the proxy has used.
+func (p *proxy) cpu() float64 {
+	pids := []int{p.pid}
+	if p.tree {
+		pids = append(pids, children(p.pid)...)
+	}
+	var ticks int64
+	for _, pid := range pids {
+		ticks += procTicks(pid)
+	}
+	return float64(ticks) / 100 // USER_HZ is 100 on Linux
+}
+
+func procTicks(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	// After the name: state(3) ppid(4) ... utime(14) stime(15).
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return u + st
+}
+
+func children(pid int) []int {
+	ents, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range ents {
+		c, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", c))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+		if pp, _ := strconv.Atoi(f[1]); pp == pid {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func freeUDP() int {
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).Port
+}
+
+// start runs a process with its output in a log file of the work dir.
+func (b *bench) start(name string, args ...string) (*exec.Cmd, error) {
+	logf, err := os.Create(filepath.Join(b.dir, name+".log"))
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Dir = b.dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	stop := func() {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-done
+		}
+		logf.Close()
+	}
+	b.stops = append(b.stops, stop)
+	return cmd, nil
+}
+
+// startMedia runs a sipp media node (the tests' scenario: it answers
+// OPTIONS, INVITE and BYE).
+func (b *bench) startMedia(name string) string {
+	port := freeUDP()
+	_, err := b.start(name, "sipp", "-sf", filepath.Join(b.repo, "nodes/sipfront/testdata/media.xml"),
+		"-i", "127.0.0.1", "-p", strconv.Itoa(port), "-nostdin", "-max_socket", "100")
+	if err != nil {
+		panic(err)
+	}
+	return "127.0.0.1:" + strconv.Itoa(port)
+}
+
+// waitSIP waits until a proxy answers OPTIONS.
+func waitSIP(addr string) error {
+	ua, err := sipgo.NewUA()
+	if err != nil {
+		return err
+	}
+	defer ua.Close()
+	client, err := sipgo.NewClient(ua, sipgo.WithClientHostname("127.0.0.1"))
+	if err != nil {
+		return err
+	}
+	host, p, _ := net.SplitHostPort(addr)
+	port, _ := strconv.Atoi(p)
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		res, err := client.Do(ctx, sip.NewRequest(sip.OPTIONS, sip.Uri{Scheme: "sip", Host: host, Port: port}))
+		cancel()
+		if err == nil && res.StatusCode == 200 {
+			return nil
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return fmt.Errorf("no answer to OPTIONS at %s", addr)
+}
+
+// startCallplane builds and runs `callmanager serve` with its SIP front
+// door, on its own database, with the two media nodes registered and up.
+func (b *bench) startCallplane(ctx context.Context, dbURL string) (*proxy, error) {
+	bin := filepath.Join(b.dir, "callmanager")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/callmanager")
+	build.Dir = b.repo
+	if out, err := build.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("build callmanager: %v\n%s", err, out)
+	}
+	pool, err := db.Open(ctx, dbURL, 4)
+	if err != nil {
+		return nil, err
+	}
+	b.stops = append(b.stops, pool.Close)
+	if err := db.Migrate(ctx, pool, nil); err != nil {
+		return nil, err
+	}
+	svc := nodes.NewService(pool, nil)
+	// The media nodes are the sipp processes; no agent runs beside them,
+	// so the health checker is kept out of the measurement.
+	if _, err := pool.Exec(ctx, `INSERT INTO settings (key, value) VALUES ('probe_interval', '1h')`); err != nil {
+		return nil, err
+	}
+	capacity := strconv.Itoa(max(b.o.concurrent, 10000))
+	for i, addr := range b.media {
+		if _, err := svc.AddNode(ctx, nodes.Actor{Name: "bench"}, nodes.NodeInput{
+			Name: fmt.Sprintf("media-%d", i+1), Kind: nodes.KindMedia, Address: addr, Capacity: capacity,
+		}); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := pool.Exec(ctx, `UPDATE nodes SET health = 'up', enrolled_at = now(), last_heartbeat_at = now()`); err != nil {
+		return nil, err
+	}
+	// Heartbeats stand in for the agents (an enrolled node whose agent
+	// goes quiet is not trusted), one statement a second.
+	hbCtx, hbStop := context.WithCancel(ctx)
+	b.stops = append(b.stops, hbStop)
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-hbCtx.Done():
+				return
+			case <-t.C:
+				_, _ = pool.Exec(hbCtx, `UPDATE nodes SET last_heartbeat_at = now()`)
+			}
+		}
+	}()
+	addr := "127.0.0.1:" + strconv.Itoa(freeUDP())
+	cmd, err := b.start("callmanager", bin, "serve", "--database-url", dbURL, "--data-dir", filepath.Join(b.dir, "cm"),
+		"--listen", "127.0.0.1:0", "--sip-listen", addr, "--log-level", "warn", "--instance-id", "bench")
+	if err != nil {
+		return nil, err
+	}
+	if err := waitSIP(addr); err != nil {
+		return nil, err
+	}
+	p := &proxy{name: "callplane", addr: addr, pid: cmd.Process.Pid, stop: b.stops[len(b.stops)-1]}
+	p.live = func() int { return liveCalls(pool) }
+	return p, nil
+}
+
+func liveCalls(pool *pgxpool.Pool) int {
+	var n int
+	_ = pool.QueryRow(context.Background(), `SELECT count(*) FROM work WHERE kind = 'call' AND state IN ('assigned', 'active')`).Scan(&n)
+	return n
+}
+
+// startKamailio runs Kamailio with the committed dispatcher config over
+// the same two media nodes.
+func (b *bench) startKamailio() (*proxy, error) {
+	tmpl, err := os.ReadFile(filepath.Join(b.repo, "e2e/sipbench/kamailio.cfg"))
+	if err != nil {
+		return nil, err
+	}
+	list := filepath.Join(b.dir, "dispatcher.list")
+	var ds strings.Builder
+	for _, m := range b.media {
+		fmt.Fprintf(&ds, "1 sip:%s\n", m)
+	}
+	if err := os.WriteFile(list, []byte(ds.String()), 0o644); err != nil {
+		return nil, err
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(freeUDP())
+	mpath := "/usr/lib/x86_64-linux-gnu/kamailio/modules/"
+	if out, err := exec.Command("sh", "-c", "ls -d /usr/lib/*/kamailio/modules/ | head -1").Output(); err == nil && len(out) > 0 {
+		mpath = strings.TrimSpace(string(out))
+	}
+	cfg := strings.NewReplacer("__LISTEN__", addr, "__MPATH__", mpath, "__DSLIST__", list).Replace(string(tmpl))
+	cfgFile := filepath.Join(b.dir, "kamailio.cfg")
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
+		return nil, err
+	}
+	cmd, err := b.start("kamailio", "kamailio", "-DD", "-E", "-f", cfgFile, "-m", "256", "-M", "16")
+	if err != nil {
+		return nil, err
+	}
+	if err := waitSIP(addr); err != nil {
+		return nil, err
+	}
+	return &proxy{name: "kamailio", addr: addr, pid: cmd.Process.Pid, tree: true, stop: b.stops[len(b.stops)-1]}, nil
+}

@@ -95,6 +95,7 @@ func (s *Server) adminRoutes(r chi.Router) {
 		r.Post("/nodes/{name}/preview", s.apiNodePreview)
 		r.Get("/nodes/{name}/probes", s.apiNodeProbes)
 		r.Post("/nodes/{name}/rotate", s.apiNodeRotate)
+		r.Post("/nodes/{name}/hold/clear", s.apiNodeClearHold)
 		r.Get("/nodes/{name}/maintenance", s.apiMaintenanceList)
 		r.Post("/nodes/{name}/maintenance", s.apiMaintenanceAdd)
 		r.Get("/maintenance", s.apiMaintenanceCurrent)

@@ -172,6 +172,15 @@ func (s *Server) apiNodeRotate(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusAccepted, map[string]string{"node": name, "rotation": "requested: the agent takes a new credential on its next heartbeat"})
 }
 
+func (s *Server) apiNodeClearHold(w http.ResponseWriter, r *http.Request) {
+	n, err := s.nodes.ClearHold(r.Context(), callerFrom(r.Context()), chi.URLParam(r, "name"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, nodeJSON(n))
+}
+
 // queryLimit reads ?limit= (def when absent, at most max).
 func queryLimit(r *http.Request, def, max int32) (int32, error) {
 	v := r.URL.Query().Get("limit")

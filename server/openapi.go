@@ -77,6 +77,7 @@ var apiOps = []apiOp{
 	{method: "POST", path: "/nodes/{name}/preview", summary: "Preview what an action would move, computed by the code that performs it", auth: "admin", params: []apiParam{pName}, body: "PreviewRequest", status: "200", result: "Preview"},
 	{method: "GET", path: "/nodes/{name}/probes", summary: "A node's newest probe results", auth: "read", params: []apiParam{pName, pLimit}, status: "200", result: "Object"},
 	{method: "POST", path: "/nodes/{name}/rotate", summary: "Ask the node's agent to take a new credential", auth: "admin", params: []apiParam{pName}, status: "202", result: "Object"},
+	{method: "POST", path: "/nodes/{name}/hold/clear", summary: "Clear a flapping node's hold", auth: "admin", params: []apiParam{pName}, status: "200", result: "Node"},
 	{method: "GET", path: "/nodes/{name}/maintenance", summary: "A node's maintenance windows (all=true: with ended and cancelled ones)", auth: "read", params: []apiParam{pName, q("all", "boolean", "include ended and cancelled windows")}, status: "200", result: "MaintenanceList"},
 	{method: "POST", path: "/nodes/{name}/maintenance", summary: "Schedule a maintenance window (start may be in the future)", auth: "admin", params: []apiParam{pName}, body: "MaintenanceRequest", status: "201", result: "Maintenance"},
 	{method: "GET", path: "/maintenance", summary: "Every maintenance window in force or to come", auth: "read", status: "200", result: "MaintenanceList"},

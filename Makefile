@@ -6,7 +6,7 @@ BIN := bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: help build run test unit e2e faults demo bench generate verify lint clean
+.PHONY: help build run test unit e2e faults demo bench abuse generate verify lint clean
 
 help: ## Show the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ $(BIN)/mailpit: # the demo's mail sink with a web inbox, built from source once
 bench: ## Load driver against a real call manager and Postgres, then the SIP scene (sipp, Kamailio); prints the figures
 	$(GO) run ./e2e/bench
 	$(GO) run ./e2e/sipbench
+
+abuse: ## Hostile clients against a real call manager, follower and agents on loopback; prints a table
+	$(GO) run ./e2e/abuse
 
 generate: ## Regenerate sqlc and templ output
 	$(TOOLS) sqlc generate

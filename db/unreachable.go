@@ -3,6 +3,7 @@ package db
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"strings"
 
@@ -28,7 +29,10 @@ func Unreachable(err error) bool {
 		// Class 08: connection exception; 57P01-57P03: admin shutdown,
 		// crash shutdown, cannot connect now.
 		return strings.HasPrefix(pgErr.Code, "08") || pgErr.Code == "57P01" || pgErr.Code == "57P02" || pgErr.Code == "57P03"
-	case pgconn.SafeToRetry(err):
+	case pgconn.SafeToRetry(err), pgconn.Timeout(err):
+		return true
+	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
+		// A connection dropped mid-statement.
 		return true
 	case errors.Is(err, context.DeadlineExceeded) && strings.Contains(err.Error(), "connect"):
 		return true

@@ -40,11 +40,11 @@ func TestPausedLeaderResumesItsChecker(t *testing.T) {
 		leader, last, _ := readyzChecker(t, cm)
 		return leader == cm.id && !last.IsZero(), leader
 	})
-	if err := cm.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+	if err := cm.Cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(3600 * time.Millisecond) // the fault: a 3.6 s pause
-	if err := cm.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+	if err := cm.Cmd.Process.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
 	resumed := time.Now()

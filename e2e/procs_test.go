@@ -40,7 +40,6 @@ func startProc(t *testing.T, name, logDir, bin string, args ...string) *proc {
 func (p *proc) stop(grace time.Duration) bool { return p.Stop(grace) }
 func (p *proc) kill()                         { p.Kill() }
 func (p *proc) exited() bool                  { return p.Exited() }
-func (p *proc) log() string                   { return p.Log() }
 func (p *proc) tail(n int) string             { return p.Tail(n) }
 
 func (p *proc) waitLog(t *testing.T, re *regexp.Regexp, timeout time.Duration) []string {

@@ -18,7 +18,11 @@ import (
 // MaxWorkCost bounds the cost of one work item.
 const MaxWorkCost = 10000
 
-var refRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,199}$`)
+// refRE is the safe alphabet of work refs: a ref is one path segment of
+// /api/v1/work/{ref} and a form value, so it holds no '/', '%', space or
+// anything that needs escaping: a letter or digit, then up to 199 of
+// letters, digits and . _ : @ -.
+var refRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:@-]{0,199}$`)
 
 // WorkInput is a request to place one work item.
 type WorkInput struct {
@@ -50,7 +54,7 @@ func ValidateWork(in WorkInput) FieldErrors {
 		fe.Add("kind", "kind must be one of "+strings.Join(WorkKinds, ", "))
 	}
 	if !refRE.MatchString(in.Ref) {
-		fe.Add("ref", "ref must be 1-200 characters: letters, digits and . _ : @ / -")
+		fe.Add("ref", "ref must be 1-200 characters: a letter or digit, then letters, digits and . _ : @ - (no /)")
 	}
 	if in.Cost <= 0 {
 		fe.Add("cost", "cost must be at least 1")

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 
@@ -90,10 +91,10 @@ func Validate(in NodeInput, editing bool) (nodeFields, FieldErrors) {
 			f.weight = int32(w)
 		}
 	}
-	if len(in.Region) > 64 {
+	if utf8.RuneCountInString(in.Region) > 64 {
 		fe.Add("region", "region must be at most 64 characters")
 	}
-	if len(in.Description) > 500 {
+	if utf8.RuneCountInString(in.Description) > 500 {
 		fe.Add("description", "description must be at most 500 characters")
 	}
 	return f, fe

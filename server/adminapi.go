@@ -200,7 +200,7 @@ type nodeAddRequest struct {
 	Kind        string `json:"kind"`
 	Address     string `json:"address"`
 	Capacity    int    `json:"capacity"`
-	Weight      int    `json:"weight"`
+	Weight      *int   `json:"weight"` // absent: the default; present: validated, never replaced
 	Region      string `json:"region"`
 	Description string `json:"description"`
 }
@@ -213,8 +213,8 @@ func (s *Server) apiNodeAdd(w http.ResponseWriter, r *http.Request) {
 	}
 	in := nodes.NodeInput{Name: req.Name, Kind: req.Kind, Address: req.Address, Capacity: itoa(req.Capacity),
 		Region: req.Region, Description: req.Description}
-	if req.Weight != 0 {
-		in.Weight = itoa(req.Weight)
+	if req.Weight != nil {
+		in.Weight = strconv.Itoa(*req.Weight)
 	}
 	if req.Capacity <= 0 {
 		in.Capacity = "0"

@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/callplane/callplane/nodes"
 )
 
 // Config is everything a call manager instance needs. Flags and their
@@ -42,6 +44,9 @@ type Config struct {
 	MaxConnsPerClient int
 	// BodyTimeout bounds the time a request body may take to arrive.
 	BodyTimeout time.Duration
+	// AckTimeout: an assignment not acknowledged within it is placed
+	// again (nodes.DefaultAckTimeout).
+	AckTimeout time.Duration
 	// SIPListen is host:port of the SIP front door (UDP and TCP); empty
 	// turns it off. SIPPublic is the host:port written into Record-Route
 	// (empty: the bound listen address).
@@ -77,6 +82,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.MaxConnsPerClient == 0 {
 		c.MaxConnsPerClient = DefaultMaxConnsPerClient
+	}
+	if c.AckTimeout <= 0 {
+		c.AckTimeout = nodes.DefaultAckTimeout
 	}
 	if c.BodyTimeout <= 0 {
 		c.BodyTimeout = DefaultBodyTimeout

@@ -96,11 +96,15 @@ func checkRequestText(r *http.Request) *inputError {
 func checkValues(prefix string, values map[string][]string) *inputError {
 	for k, vs := range values {
 		if msg := safetext.Check(k, 100, false); msg != "" {
-			return badInput(prefix+"name", msg)
+			return badInput(prefix+"field name", msg)
+		}
+		field := prefix + k
+		if k == "" {
+			field = prefix + "(unnamed field)"
 		}
 		for _, v := range vs {
 			if msg := checkField(k, v); msg != "" {
-				return badInput(prefix+k, msg)
+				return badInput(field, msg)
 			}
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/callplane/callplane/nodes/safetext"
 	"github.com/callplane/callplane/web"
 )
 
@@ -108,7 +109,10 @@ func jsonError(err error) error {
 		return badInput("body", "is not a JSON value")
 	}
 	if f, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
-		return badInput(strings.Trim(f, `"`), "is not a known field")
+		if f = strings.Trim(f, `"`); f == "" || safetext.Check(f, 100, false) != "" {
+			return badInput("body", "holds a field that is not known")
+		}
+		return badInput(f, "is not a known field")
 	}
 	return badInput("body", "is not valid JSON for this request")
 }

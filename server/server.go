@@ -121,6 +121,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	mailer := outbox.New(outbox.Config{Pool: s.pool, Store: s.settings, Fence: s.leader, Log: log, PortalURL: s.URL()})
 	s.AddBackground(func(ctx context.Context) { s.leader.WhileLeading(ctx, checker.Run) })
 	s.AddBackground(func(ctx context.Context) { s.leader.WhileLeading(ctx, mailer.Run) })
+	// Assignments a node never acknowledges are placed again.
+	s.AddBackground(func(ctx context.Context) {
+		s.leader.WhileLeading(ctx, func(ctx context.Context, _ int64) { s.nodes.WatchAcks(ctx, cfg.AckTimeout, cfg.AckTimeout/6) })
+	})
 	s.AddBackground(func(ctx context.Context) { s.leader.WhileLeading(ctx, s.retain) })
 	s.AddBackground(func(ctx context.Context) {
 		s.adverts.run(ctx, s.pool, cfg.InstanceID, advert{URL: s.URL(), Pin: s.pin}, log)

@@ -212,7 +212,7 @@ func TestWorkPage(t *testing.T) {
 	if msg, _ := servertest.TestID(r.Body, "alert-success"); !strings.Contains(msg, "call-1 on m1") {
 		t.Fatalf("place notice %q", msg)
 	}
-	r = in.PostForm(t, admin, "/work", url.Values{"kind": {"queue"}, "ref": {"sales/queue"}, "cost": {"1"}})
+	r = in.PostForm(t, admin, "/work", url.Values{"kind": {"queue"}, "ref": {"sales.queue"}, "cost": {"1"}})
 	wantStatus(t, r, http.StatusSeeOther, "plain place")
 
 	bad := []struct {
@@ -238,7 +238,7 @@ func TestWorkPage(t *testing.T) {
 		t.Fatalf("%d work rows after invalid placements, want 2", n)
 	}
 	page := in.Get(t, admin, "/work")
-	for _, id := range []string{"work-call-1", "work-sales/queue", "work-form", "end-work"} {
+	for _, id := range []string{"work-call-1", "work-sales.queue", "work-form", "end-work"} {
 		if !hasTestID(page.Body, id) {
 			t.Errorf("work page lacks %s", id)
 		}
@@ -247,22 +247,22 @@ func TestWorkPage(t *testing.T) {
 		t.Errorf("assigned calls %q", c)
 	}
 	// Filters.
-	if f := in.Get(t, admin, "/work?node=q1"); hasTestID(f.Body, "work-call-1") || !hasTestID(f.Body, "work-sales/queue") {
+	if f := in.Get(t, admin, "/work?node=q1"); hasTestID(f.Body, "work-call-1") || !hasTestID(f.Body, "work-sales.queue") {
 		t.Error("node filter does not filter")
 	}
-	if f := in.Get(t, admin, "/work?q=call"); !hasTestID(f.Body, "work-call-1") || hasTestID(f.Body, "work-sales/queue") {
+	if f := in.Get(t, admin, "/work?q=call"); !hasTestID(f.Body, "work-call-1") || hasTestID(f.Body, "work-sales.queue") {
 		t.Error("ref search does not filter")
 	}
 	if f := in.HTMX(t, admin, http.MethodGet, "/work?kind=queue&state=assigned", nil); hasTestID(f.Body, "work-call-1") || !strings.Contains(f.Body, `hx-get="/work?kind=queue&amp;state=assigned"`) {
 		t.Errorf("kind/state filter not applied or not kept:\n%s", snippet(f.Body))
 	}
-	// End a ref with a slash in it.
-	r = in.HTMX(t, admin, http.MethodPost, "/work/sales%2Fqueue/end", url.Values{"node": {"q1"}})
+	// End a ref with punctuation in it (refs hold no '/': issue 16).
+	r = in.HTMX(t, admin, http.MethodPost, "/work/sales.queue/end", url.Values{"node": {"q1"}})
 	wantStatus(t, r, http.StatusOK, "end work")
 	if !strings.Contains(r.Body, `id="work-live"`) || !strings.Contains(r.Body, `hx-get="/work?node=q1"`) {
 		t.Fatal("end: want the live region keeping the filters")
 	}
-	if count(t, in, "SELECT count(*) FROM work WHERE ref = 'sales/queue' AND state = 'ended'") != 1 || liveOn(t, in, "q1") != 0 {
+	if count(t, in, "SELECT count(*) FROM work WHERE ref = 'sales.queue' AND state = 'ended'") != 1 || liveOn(t, in, "q1") != 0 {
 		t.Fatal("work not ended")
 	}
 	if r := in.PostForm(t, admin, "/work/nope/end", nil); r.StatusCode != http.StatusNotFound {

@@ -72,10 +72,12 @@ func (q *Queries) AlertAckSince(ctx context.Context, db DBTX, arg AlertAckSinceP
 }
 
 const alertClaimDue = `-- name: AlertClaimDue :many
-SELECT id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, sending_since, acked_at, acked_by, ack_note FROM alerts WHERE state = 'pending' AND next_attempt_at <= now()
+SELECT id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, sending_since, acked_at, acked_by, ack_note FROM alerts WHERE state = 'pending' AND next_attempt_at <= now() AND sending_since IS NULL
 ORDER BY id LIMIT 200 FOR UPDATE SKIP LOCKED
 `
 
+// Alerts being sent (sending_since set) are not due: whoever marked them
+// records the outcome, or AlertResolveAbandoned does.
 func (q *Queries) AlertClaimDue(ctx context.Context, db DBTX) ([]Alert, error) {
 	rows, err := db.Query(ctx, alertClaimDue)
 	if err != nil {
@@ -261,7 +263,7 @@ func (q *Queries) AlertList(ctx context.Context, db DBTX, lim int32) ([]Alert, e
 }
 
 const alertMarkFailed = `-- name: AlertMarkFailed :exec
-UPDATE alerts SET state = 'failed', attempts = attempts + 1, last_error = $1
+UPDATE alerts SET state = 'failed', attempts = attempts + 1, last_error = $1, sending_since = NULL
 WHERE id = ANY($2::bigint[])
 `
 
@@ -276,7 +278,7 @@ func (q *Queries) AlertMarkFailed(ctx context.Context, db DBTX, arg AlertMarkFai
 }
 
 const alertMarkRetry = `-- name: AlertMarkRetry :exec
-UPDATE alerts SET attempts = attempts + 1, last_error = $1,
+UPDATE alerts SET attempts = attempts + 1, last_error = $1, sending_since = NULL,
     next_attempt_at = now() + make_interval(secs => $2::float8)
 WHERE id = ANY($3::bigint[])
 `
@@ -292,8 +294,24 @@ func (q *Queries) AlertMarkRetry(ctx context.Context, db DBTX, arg AlertMarkRetr
 	return err
 }
 
+const alertMarkSending = `-- name: AlertMarkSending :exec
+UPDATE alerts SET sending_since = now(), email_id = $1 WHERE id = ANY($2::bigint[])
+`
+
+type AlertMarkSendingParams struct {
+	EmailID string
+	Ids     []int64
+}
+
+// AlertMarkSending is committed before the email goes to SMTP.
+func (q *Queries) AlertMarkSending(ctx context.Context, db DBTX, arg AlertMarkSendingParams) error {
+	_, err := db.Exec(ctx, alertMarkSending, arg.EmailID, arg.Ids)
+	return err
+}
+
 const alertMarkSent = `-- name: AlertMarkSent :exec
-UPDATE alerts SET state = 'sent', sent_at = now(), attempts = attempts + 1, email_id = $1, last_error = ''
+UPDATE alerts SET state = 'sent', sent_at = now(), attempts = attempts + 1, email_id = $1, last_error = '',
+    sending_since = NULL
 WHERE id = ANY($2::bigint[])
 `
 
@@ -453,6 +471,52 @@ func (q *Queries) AlertReminderDue(ctx context.Context, db DBTX, everySeconds fl
 			&i.HealthChangedAt,
 			&i.AlertID,
 			&i.Payload,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const alertResolveAbandoned = `-- name: AlertResolveAbandoned :many
+UPDATE alerts SET state = 'sent', sent_at = now(), sending_since = NULL,
+    last_error = 'delivery unconfirmed: the sending instance stopped mid-send; not sent again'
+WHERE state = 'pending' AND sending_since < now() - make_interval(secs => $1::float8)
+RETURNING id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, sending_since, acked_at, acked_by, ack_note
+`
+
+// AlertResolveAbandoned closes sends whose instance stopped before it
+// recorded the outcome: the email may have gone out, and sending it again
+// could deliver it twice, so it is recorded as sent, unconfirmed.
+func (q *Queries) AlertResolveAbandoned(ctx context.Context, db DBTX, afterSeconds float64) ([]Alert, error) {
+	rows, err := db.Query(ctx, alertResolveAbandoned, afterSeconds)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []Alert{}
+	for rows.Next() {
+		var i Alert
+		if err := rows.Scan(
+			&i.ID,
+			&i.CreatedAt,
+			&i.Type,
+			&i.NodeName,
+			&i.Payload,
+			&i.State,
+			&i.Attempts,
+			&i.NextAttemptAt,
+			&i.LastError,
+			&i.SentAt,
+			&i.EmailID,
+			&i.SendingSince,
+			&i.AckedAt,
+			&i.AckedBy,
+			&i.AckNote,
 		); err != nil {
 			return nil, err
 		}

@@ -729,6 +729,71 @@ func (q *Queries) WorkSetLastError(ctx context.Context, db DBTX, arg WorkSetLast
 	return err
 }
 
+const workUnackedNodes = `-- name: WorkUnackedNodes :many
+SELECT DISTINCT node_id::bigint AS node_id FROM work
+WHERE state = 'assigned' AND node_id IS NOT NULL
+  AND updated_at < now() - make_interval(secs => $1::float8)
+`
+
+// WorkUnackedNodes lists the nodes holding assignments not acknowledged
+// within the bound.
+func (q *Queries) WorkUnackedNodes(ctx context.Context, db DBTX, olderThanSeconds float64) ([]int64, error) {
+	rows, err := db.Query(ctx, workUnackedNodes, olderThanSeconds)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []int64{}
+	for rows.Next() {
+		var node_id int64
+		if err := rows.Scan(&node_id); err != nil {
+			return nil, err
+		}
+		items = append(items, node_id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const workUnackedOnNodeForUpdate = `-- name: WorkUnackedOnNodeForUpdate :many
+SELECT id, cost FROM work
+WHERE state = 'assigned' AND node_id = $1
+  AND updated_at < now() - make_interval(secs => $2::float8)
+ORDER BY id FOR UPDATE
+`
+
+type WorkUnackedOnNodeForUpdateParams struct {
+	NodeID           *int64
+	OlderThanSeconds float64
+}
+
+type WorkUnackedOnNodeForUpdateRow struct {
+	ID   int64
+	Cost int32
+}
+
+func (q *Queries) WorkUnackedOnNodeForUpdate(ctx context.Context, db DBTX, arg WorkUnackedOnNodeForUpdateParams) ([]WorkUnackedOnNodeForUpdateRow, error) {
+	rows, err := db.Query(ctx, workUnackedOnNodeForUpdate, arg.NodeID, arg.OlderThanSeconds)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []WorkUnackedOnNodeForUpdateRow{}
+	for rows.Next() {
+		var i WorkUnackedOnNodeForUpdateRow
+		if err := rows.Scan(&i.ID, &i.Cost); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const workUnplacedForKind = `-- name: WorkUnplacedForKind :many
 SELECT w.id, w.ref, w.kind, w.cost,
     coalesce((SELECT array_agg(f.node_id) FROM work_failures f

@@ -1,21 +1,37 @@
 -- name: AlertInsert :exec
 INSERT INTO alerts (type, node_name, payload) VALUES (@type, @node_name, @payload);
 
+-- Alerts being sent (sending_since set) are not due: whoever marked them
+-- records the outcome, or AlertResolveAbandoned does.
 -- name: AlertClaimDue :many
-SELECT * FROM alerts WHERE state = 'pending' AND next_attempt_at <= now()
+SELECT * FROM alerts WHERE state = 'pending' AND next_attempt_at <= now() AND sending_since IS NULL
 ORDER BY id LIMIT 200 FOR UPDATE SKIP LOCKED;
 
+-- AlertMarkSending is committed before the email goes to SMTP.
+-- name: AlertMarkSending :exec
+UPDATE alerts SET sending_since = now(), email_id = @email_id WHERE id = ANY(@ids::bigint[]);
+
+-- AlertResolveAbandoned closes sends whose instance stopped before it
+-- recorded the outcome: the email may have gone out, and sending it again
+-- could deliver it twice, so it is recorded as sent, unconfirmed.
+-- name: AlertResolveAbandoned :many
+UPDATE alerts SET state = 'sent', sent_at = now(), sending_since = NULL,
+    last_error = 'delivery unconfirmed: the sending instance stopped mid-send; not sent again'
+WHERE state = 'pending' AND sending_since < now() - make_interval(secs => @after_seconds::float8)
+RETURNING *;
+
 -- name: AlertMarkSent :exec
-UPDATE alerts SET state = 'sent', sent_at = now(), attempts = attempts + 1, email_id = @email_id, last_error = ''
+UPDATE alerts SET state = 'sent', sent_at = now(), attempts = attempts + 1, email_id = @email_id, last_error = '',
+    sending_since = NULL
 WHERE id = ANY(@ids::bigint[]);
 
 -- name: AlertMarkRetry :exec
-UPDATE alerts SET attempts = attempts + 1, last_error = @last_error,
+UPDATE alerts SET attempts = attempts + 1, last_error = @last_error, sending_since = NULL,
     next_attempt_at = now() + make_interval(secs => @delay_seconds::float8)
 WHERE id = ANY(@ids::bigint[]);
 
 -- name: AlertMarkFailed :exec
-UPDATE alerts SET state = 'failed', attempts = attempts + 1, last_error = @last_error
+UPDATE alerts SET state = 'failed', attempts = attempts + 1, last_error = @last_error, sending_since = NULL
 WHERE id = ANY(@ids::bigint[]);
 
 -- name: AlertList :many

@@ -131,3 +131,16 @@ WHERE f.node_id = @node_id ORDER BY f.last_at DESC LIMIT @lim;
 -- WorkRefsTaken returns which of the given refs exist already.
 -- name: WorkRefsTaken :many
 SELECT ref FROM work WHERE ref = ANY(@refs::text[]);
+
+-- WorkUnackedNodes lists the nodes holding assignments not acknowledged
+-- within the bound.
+-- name: WorkUnackedNodes :many
+SELECT DISTINCT node_id::bigint AS node_id FROM work
+WHERE state = 'assigned' AND node_id IS NOT NULL
+  AND updated_at < now() - make_interval(secs => @older_than_seconds::float8);
+
+-- name: WorkUnackedOnNodeForUpdate :many
+SELECT id, cost FROM work
+WHERE state = 'assigned' AND node_id = @node_id
+  AND updated_at < now() - make_interval(secs => @older_than_seconds::float8)
+ORDER BY id FOR UPDATE;

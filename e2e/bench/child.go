@@ -47,6 +47,8 @@ func runChild() error {
 		Listen:      "127.0.0.1:0",
 		InstanceID:  os.Getenv("BENCH_INSTANCE"),
 		Version:     "bench",
+		// Every simulated agent connects from 127.0.0.1.
+		MaxConnsPerClient: -1,
 	}
 	s, err := server.New(ctx, cfg, log)
 	if err != nil {

@@ -69,14 +69,14 @@ func runRiverPeer(ctx context.Context, pg *localpg.Server, dir string, jobs int)
 	case <-ready:
 	case <-time.After(2 * time.Minute):
 		_ = work.Process.Kill()
-		return 0, fmt.Errorf("River workers not ready within 2 minutes: %s", stderr.String())
+		return 0, fmt.Errorf("the River workers were not ready within 2 minutes: %s", stderr.String())
 	}
 	if out, err := peer("insert").CombinedOutput(); err != nil {
 		_ = work.Process.Kill()
 		return 0, fmt.Errorf("insert River jobs: %v: %s", err, out)
 	}
 	if err := work.Wait(); err != nil {
-		return 0, fmt.Errorf("River workers: %v: %s", err, stderr.String())
+		return 0, fmt.Errorf("the River workers: %v: %s", err, stderr.String())
 	}
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {

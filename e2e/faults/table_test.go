@@ -35,6 +35,14 @@ func record(r result) {
 	results = append(results, r)
 }
 
+// secs shows a detection time, or that there was none.
+func secs(d time.Duration) string {
+	if d < 0 {
+		return "not detected"
+	}
+	return fmt.Sprintf("%.1f", d.Seconds())
+}
+
 // printTable prints the table of the scenarios that ran, in Markdown.
 func printTable(w io.Writer) {
 	resultsMu.Lock()
@@ -46,8 +54,12 @@ func printTable(w io.Writer) {
 	fmt.Fprintln(w, "| fault | false downs | false moves | lost alerts | duplicate alerts | stray alerts | checker gap (s) | node failed during: detected after (s) | node failed after: detected after (s) | checker after |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range results {
-		fmt.Fprintf(w, "| %s | %d | %d | %d | %d | %d | %.1f | %.1f | %.1f | %s |\n", r.fault, r.falseDowns, r.falseMoves,
-			r.lost, r.dup, r.stray, r.gap, r.detectDuring.Seconds(), r.detectAfter.Seconds(), r.checkers)
+		checkers := r.checkers
+		if checkers == "" {
+			checkers = "none"
+		}
+		fmt.Fprintf(w, "| %s | %d | %d | %d | %d | %d | %.1f | %s | %s | %s |\n", r.fault, r.falseDowns, r.falseMoves,
+			r.lost, r.dup, r.stray, r.gap, secs(r.detectDuring), secs(r.detectAfter), checkers)
 	}
 	for _, r := range results {
 		if len(r.notes) > 0 {

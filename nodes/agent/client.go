@@ -125,12 +125,6 @@ func (c *apiClient) current() (int, string, <-chan struct{}) {
 	return c.cur, c.servers[c.cur], c.switched
 }
 
-// currentServer is the server requests go to now.
-func (c *apiClient) currentServer() string {
-	_, base, _ := c.current()
-	return base
-}
-
 // failover moves to the server after from, unless another request already
 // moved the client on.
 func (c *apiClient) failover(from int, why error) {

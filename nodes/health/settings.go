@@ -272,6 +272,12 @@ func Parse(v map[string]string) (Settings, nodes.FieldErrors) {
 	s.FailThreshold = num(KeyFailThreshold, 1, 100)
 	s.RecoverThreshold = num(KeyRecoverThreshold, 1, 100)
 	s.HeartbeatStale = dur(KeyHeartbeatStale, 100*time.Millisecond, time.Hour)
+	// A stale time under three heartbeat intervals fails healthy nodes
+	// over on one late beat.
+	const minStaleBeats = 3
+	if _, bad := fe[KeyHeartbeatStale]; !bad && s.HeartbeatStale < minStaleBeats*HeartbeatInterval {
+		fe.Add(KeyHeartbeatStale, fmt.Sprintf("must be at least %s: %d heartbeat intervals of %s", minStaleBeats*HeartbeatInterval, minStaleBeats, HeartbeatInterval))
+	}
 	for item := range strings.SplitSeq(v[KeySIPOKCodes], ",") {
 		item = strings.TrimSpace(item)
 		if item == "" {

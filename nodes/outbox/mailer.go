@@ -2,6 +2,8 @@ package outbox
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -135,14 +137,24 @@ func (g group) maxAttempts() int {
 }
 
 // emailID is the stable id of a group's email, so a resend of the same
-// alerts carries the same Message-ID.
+// alerts carries the same Message-ID: the alert ids joined, or for a large
+// group the first and last id, the count and a digest of all of them, so
+// the Message-ID header stays far within RFC 5322's 998-character line.
 func (g group) emailID() string {
 	parts := make([]string, len(g.rows))
 	for i, r := range g.rows {
 		parts[i] = strconv.FormatInt(r.ID, 10)
 	}
-	return "alert-" + strings.Join(parts, "+")
+	id := "alert-" + strings.Join(parts, "+")
+	if len(id) <= maxEmailID {
+		return id
+	}
+	sum := sha256.Sum256([]byte(id))
+	return fmt.Sprintf("alert-%s-%s-n%d-%s", parts[0], parts[len(parts)-1], len(parts), hex.EncodeToString(sum[:8]))
 }
+
+// maxEmailID bounds an email id (the left part of the Message-ID).
+const maxEmailID = 100
 
 // Tick sends what is due now and returns how many alerts were marked
 // sent. Alerts wait while no SMTP server is configured.
@@ -167,93 +179,133 @@ func (m *Mailer) Tick(ctx context.Context, epoch int64) (int, error) {
 	if age < 0 || age < m.cfg.GroupWindow.Seconds() {
 		return 0, nil
 	}
-	sent := 0
-	// The transaction outlives a cancelled ctx (shutdown, lost lease) by a
-	// little, so that an email the server accepted is marked sent rather
-	// than sent again by the next leader. Sends themselves stop with ctx.
-	txCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.SendTimeout+30*time.Second)
+	// Database work outlives a cancelled ctx (shutdown, lost lease) by a
+	// little, so that an email the server accepted is recorded as sent.
+	// Sends themselves stop with ctx, after a grace period.
+	dbCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.SendTimeout+30*time.Second)
 	defer cancel()
-	err = db.InTx(txCtx, m.cfg.Pool, func(tx pgx.Tx) error {
-		// A send in progress when ctx ends gets a grace period to finish:
-		// cutting it after DATA would leave an email delivered but
-		// recorded as failed, and sent again.
-		sendCtx, cancelSend := context.WithCancel(txCtx)
-		defer cancelSend()
-		stopGrace := context.AfterFunc(ctx, func() { time.AfterFunc(ShutdownGrace, cancelSend) })
-		defer stopGrace()
-		stopping := ctx
-		ctx := txCtx
-		// Check leadership first, inside a savepoint that is rolled back
-		// at once: the check must not hold the lease row while the SMTP
-		// server answers, or the leader could not renew its own lease.
-		// The row locks taken by the claim below keep any other mailer
-		// off these alerts until this transaction ends.
+	groups, err := m.claim(dbCtx, epoch)
+	if err != nil || len(groups) == 0 {
+		return 0, err
+	}
+	// A send in progress when ctx ends gets a grace period to finish:
+	// cutting it after DATA would leave an email delivered but recorded
+	// as failed.
+	sendCtx, cancelSend := context.WithCancel(dbCtx)
+	defer cancelSend()
+	stopGrace := context.AfterFunc(ctx, func() { time.AfterFunc(ShutdownGrace, cancelSend) })
+	defer stopGrace()
+	sender := alert.NewSender(smtpCfg, m.cfg.SendTimeout)
+	to := st.Recipients()
+	var outcomes []outcome
+	for _, g := range groups {
+		if ctx.Err() != nil {
+			// Not sent: handed back to the outbox for the next leader.
+			outcomes = append(outcomes, outcome{g: g, err: errNotAttempted})
+			continue
+		}
+		reply, err := sender.Send(sendCtx, alert.Message{From: st.AlertFrom, To: to, Subject: g.subject, Text: g.text, ID: g.emailID()})
+		outcomes = append(outcomes, outcome{g: g, reply: reply, err: err})
+	}
+	// The outcomes are recorded without another fence check on purpose:
+	// the sending mark has kept every other mailer off these alerts, and
+	// recording what this one did is always right.
+	sent := 0
+	err = db.InTx(dbCtx, m.cfg.Pool, func(tx pgx.Tx) error {
+		sent = 0
+		for _, o := range outcomes {
+			n, err := m.record(dbCtx, tx, o, to)
+			if err != nil {
+				return err
+			}
+			sent += n
+		}
+		return nil
+	})
+	return sent, err
+}
+
+// errNotAttempted: the mailer stopped before this group's turn.
+var errNotAttempted = errors.New("not attempted: the mailer stopped")
+
+type outcome struct {
+	g     group
+	reply string
+	err   error
+}
+
+// claim resolves abandoned sends, takes the due alerts and marks them
+// sending — committed before any of them goes to SMTP, so that a leader
+// that dies mid-send leaves a mark and its successor does not send the
+// same email again.
+func (m *Mailer) claim(ctx context.Context, epoch int64) ([]group, error) {
+	var groups []group
+	err := db.InTx(ctx, m.cfg.Pool, func(tx pgx.Tx) error {
+		groups = nil
+		// Check leadership first, inside a savepoint rolled back at once:
+		// the check must not hold the lease row for long.
 		if err := m.fenceCheck(ctx, tx, epoch); err != nil {
 			return err
+		}
+		abandoned, err := db.Q.AlertResolveAbandoned(ctx, tx, (m.cfg.SendTimeout + ShutdownGrace + 30*time.Second).Seconds())
+		if err != nil {
+			return err
+		}
+		for _, a := range abandoned {
+			m.log.Warn("alert email delivery unconfirmed: the instance sending it stopped mid-send; not sent again", "alert", a.ID, "email_id", a.EmailID)
+			g := group{rows: []dbsqlc.Alert{a}, about: []string{a.NodeName}}
+			if err := m.events(ctx, tx, g, "warning", fmt.Sprintf("Alert email %s: delivery unconfirmed, the instance sending it stopped mid-send; not sent again to avoid a duplicate (check the mailbox)", a.EmailID)); err != nil {
+				return err
+			}
 		}
 		rows, err := db.Q.AlertClaimDue(ctx, tx)
 		if err != nil || len(rows) == 0 {
 			return err
 		}
-		groups, bad := m.compose(rows)
-		sender := alert.NewSender(smtpCfg, m.cfg.SendTimeout)
-		to := st.Recipients()
-		type outcome struct {
-			g     group
-			reply string
-			err   error
-		}
-		var outcomes []outcome
-		for _, g := range groups {
-			if stopping.Err() != nil {
-				// Not sent: these alerts stay pending for the next leader.
-				break
-			}
-			reply, err := sender.Send(sendCtx, alert.Message{From: st.AlertFrom, To: to, Subject: g.subject, Text: g.text, ID: g.emailID()})
-			outcomes = append(outcomes, outcome{g: g, reply: reply, err: err})
-		}
-		// The marks below are not fenced again on purpose: the claimed
-		// rows have been locked by this transaction since the claim, so
-		// no other mailer can have sent them, and recording what this one
-		// did is always right. Refusing the marks after a lost lease
-		// would only make the next leader send the same alerts again.
+		var bad []badAlert
+		groups, bad = m.compose(rows)
 		for _, b := range bad {
 			if err := m.markFailed(ctx, tx, group{rows: []dbsqlc.Alert{b.row}, about: []string{b.row.NodeName}}, b.err); err != nil {
 				return err
 			}
 		}
-		for _, o := range outcomes {
-			metrics.MailerAttempts.WithLabelValues(attemptResult(o.err)).Inc()
-			switch {
-			case o.err == nil:
-				if err := db.Q.AlertMarkSent(ctx, tx, dbsqlc.AlertMarkSentParams{Ids: o.g.ids(), EmailID: o.g.emailID()}); err != nil {
-					return err
-				}
-				sent += len(o.g.rows)
-				m.log.Info("alert email sent", "alerts", len(o.g.rows), "subject", o.g.subject, "reply", o.reply)
-				if err := m.events(ctx, tx, o.g, "info", fmt.Sprintf("Alert email sent to %s: %q (%s)", strings.Join(to, ", "), o.g.subject, o.reply)); err != nil {
-					return err
-				}
-			case alert.IsPermanent(o.err):
-				if err := m.markFailed(ctx, tx, o.g, o.err); err != nil {
-					return err
-				}
-			default:
-				delay := Backoff(o.g.maxAttempts())
-				if err := db.Q.AlertMarkRetry(ctx, tx, dbsqlc.AlertMarkRetryParams{Ids: o.g.ids(), LastError: o.err.Error(), DelaySeconds: delay.Seconds()}); err != nil {
-					return err
-				}
-				m.log.Warn("alert email not sent; will retry", "alerts", len(o.g.rows), "retry_in", delay, "err", o.err)
-				if o.g.maxAttempts() == 0 {
-					if err := m.events(ctx, tx, o.g, "warning", fmt.Sprintf("Alert email not sent yet, retrying with backoff: %v", o.err)); err != nil {
-						return err
-					}
-				}
+		for _, g := range groups {
+			if err := db.Q.AlertMarkSending(ctx, tx, dbsqlc.AlertMarkSendingParams{Ids: g.ids(), EmailID: g.emailID()}); err != nil {
+				return err
 			}
 		}
 		return nil
 	})
-	return sent, err
+	return groups, err
+}
+
+// record writes one group's outcome and returns how many alerts it sent.
+func (m *Mailer) record(ctx context.Context, tx pgx.Tx, o outcome, to []string) (int, error) {
+	if !errors.Is(o.err, errNotAttempted) {
+		metrics.MailerAttempts.WithLabelValues(attemptResult(o.err)).Inc()
+	}
+	switch {
+	case o.err == nil:
+		if err := db.Q.AlertMarkSent(ctx, tx, dbsqlc.AlertMarkSentParams{Ids: o.g.ids(), EmailID: o.g.emailID()}); err != nil {
+			return 0, err
+		}
+		m.log.Info("alert email sent", "alerts", len(o.g.rows), "subject", o.g.subject, "reply", o.reply)
+		return len(o.g.rows), m.events(ctx, tx, o.g, "info", fmt.Sprintf("Alert email sent to %s: %q (%s)", strings.Join(to, ", "), o.g.subject, o.reply))
+	case errors.Is(o.err, errNotAttempted):
+		// Due again at once, attempts unchanged.
+		return 0, db.Q.AlertMarkRetry(ctx, tx, dbsqlc.AlertMarkRetryParams{Ids: o.g.ids(), LastError: "", DelaySeconds: 0})
+	case alert.IsPermanent(o.err):
+		return 0, m.markFailed(ctx, tx, o.g, o.err)
+	}
+	delay := Backoff(o.g.maxAttempts())
+	if err := db.Q.AlertMarkRetry(ctx, tx, dbsqlc.AlertMarkRetryParams{Ids: o.g.ids(), LastError: o.err.Error(), DelaySeconds: delay.Seconds()}); err != nil {
+		return 0, err
+	}
+	m.log.Warn("alert email not sent; will retry", "alerts", len(o.g.rows), "retry_in", delay, "err", o.err)
+	if o.g.maxAttempts() == 0 {
+		return 0, m.events(ctx, tx, o.g, "warning", fmt.Sprintf("Alert email not sent yet, retrying with backoff: %v", o.err))
+	}
+	return 0, nil
 }
 
 func (m *Mailer) fenceCheck(ctx context.Context, tx pgx.Tx, epoch int64) error {

@@ -8,6 +8,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/callplane/callplane/nodes/probe"
+	"github.com/callplane/callplane/nodes/safetext"
 )
 
 // allowed lists the methods the front door handles, for Allow headers.
@@ -170,8 +171,7 @@ func (f *Front) onStrayResponse(res *sip.Response) {
 }
 
 func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n]
-	}
-	return s
+	// Network text is stored: no NUL or control characters, and never a
+	// UTF-8 sequence cut in half (Postgres refuses both).
+	return safetext.Sanitize(s, n)
 }

@@ -64,7 +64,7 @@ var (
 	slowAddress = slowdown{free: 20, first: 30 * time.Second, maxWait: 15 * time.Minute}
 	// One account from addresses it never signed in from: gentle, so a
 	// distributed guesser slows everyone new down but shuts no one out.
-	slowAccount = slowdown{free: 10, first: 5 * time.Second, maxWait: time.Minute}
+	slowAccount = slowdown{free: 10, first: 15 * time.Second, maxWait: 2 * time.Minute}
 	// Setup-code guesses from one address.
 	slowSetup = slowdown{free: 5, first: 30 * time.Second, maxWait: 15 * time.Minute}
 )

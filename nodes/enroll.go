@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -311,48 +312,110 @@ func (s *Service) RotateCredential(ctx context.Context, a NodeAuth) (string, err
 	return cred, err
 }
 
-// APIToken is a newly created admin API token; Token is shown once.
+// API token scopes: read tokens may only read (GET); admin tokens may
+// change the cluster.
+const (
+	ScopeRead  = "read"
+	ScopeAdmin = "admin"
+)
+
+// MaxAPITokenTTL bounds an API token's lifetime when one is given.
+const MaxAPITokenTTL = 5 * 366 * 24 * time.Hour
+
+// APIToken is a newly created API token; Token is shown once.
 type APIToken struct {
-	ID    string
-	Name  string
-	Token string
+	ID        string
+	Name      string
+	Scope     string
+	ExpiresAt *time.Time
+	Token     string
 }
 
-// CreateAPIToken creates an admin API token for scripts.
+// APITokenInput asks for an API token: a name, a scope (admin when
+// empty) and a lifetime (0: no expiry).
+type APITokenInput struct {
+	Name  string
+	Scope string
+	TTL   time.Duration
+}
+
+// CreateAPIToken creates an admin API token without expiry for scripts.
 func (s *Service) CreateAPIToken(ctx context.Context, actor Actor, name string) (APIToken, error) {
-	if name == "" || len(name) > 100 {
-		return APIToken{}, FieldErrors{"name": "name is required (at most 100 characters)"}
+	return s.CreateScopedAPIToken(ctx, actor, APITokenInput{Name: name, Scope: ScopeAdmin})
+}
+
+// CreateScopedAPIToken creates an API token with a scope and an optional
+// expiry. Nothing is written when the input is invalid.
+func (s *Service) CreateScopedAPIToken(ctx context.Context, actor Actor, in APITokenInput) (APIToken, error) {
+	in.Name = strings.TrimSpace(in.Name)
+	if in.Scope == "" {
+		in.Scope = ScopeAdmin
+	}
+	fe := FieldErrors{}
+	if in.Name == "" || len(in.Name) > 100 {
+		fe.Add("name", "name is required (at most 100 characters)")
+	}
+	if in.Scope != ScopeRead && in.Scope != ScopeAdmin {
+		fe.Add("scope", "scope must be read or admin")
+	}
+	if in.TTL < 0 || in.TTL > MaxAPITokenTTL {
+		fe.Add("ttl", "ttl must be positive and at most 5 years (0: no expiry)")
+	}
+	if err := fe.Err(); err != nil {
+		return APIToken{}, err
+	}
+	var expires *time.Time
+	if in.TTL > 0 {
+		t := time.Now().Add(in.TTL)
+		expires = &t
 	}
 	token, id, hash := newSecretToken(PrefixAPI)
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		if err := s.q.APITokenInsert(ctx, tx, dbsqlc.APITokenInsertParams{ID: id, Name: name, SecretHash: hash, CreatedBy: actor.Name}); err != nil {
+		if err := s.q.APITokenInsertScoped(ctx, tx, dbsqlc.APITokenInsertScopedParams{
+			ID: id, Name: in.Name, SecretHash: hash, CreatedBy: actor.Name, Scope: in.Scope, ExpiresAt: expires,
+		}); err != nil {
 			return err
 		}
-		return s.audit(ctx, tx, actor, "apitoken.create", PrefixAPI+id, name)
+		detail := in.Name + " scope=" + in.Scope
+		if expires != nil {
+			detail += " expires=" + expires.UTC().Format(time.RFC3339)
+		}
+		return s.audit(ctx, tx, actor, "apitoken.create", PrefixAPI+id, detail)
 	})
-	return APIToken{ID: id, Name: name, Token: token}, err
+	return APIToken{ID: id, Name: in.Name, Scope: in.Scope, ExpiresAt: expires, Token: token}, err
 }
 
-// AuthAPIToken checks an admin API token and returns its name.
-func (s *Service) AuthAPIToken(ctx context.Context, token string) (string, error) {
+// APICaller is who an API token speaks for.
+type APICaller struct {
+	ID    string
+	Name  string
+	Scope string
+}
+
+// CanWrite reports whether the token may change the cluster.
+func (c APICaller) CanWrite() bool { return c.Scope == ScopeAdmin }
+
+// AuthAPIToken checks an API token (revoked and expired ones fail) and
+// returns its name and scope.
+func (s *Service) AuthAPIToken(ctx context.Context, token string) (APICaller, error) {
 	id, secret, ok := ParseToken(PrefixAPI, token)
 	if !ok {
-		return "", ErrUnauthorized
+		return APICaller{}, ErrUnauthorized
 	}
 	row, err := s.q.APITokenGet(ctx, s.pool, id)
 	if err != nil {
 		if db.IsNotFound(err) {
-			return "", ErrUnauthorized
+			return APICaller{}, ErrUnauthorized
 		}
-		return "", err
+		return APICaller{}, err
 	}
 	if !secretMatches(secret, row.SecretHash) {
-		return "", ErrUnauthorized
+		return APICaller{}, ErrUnauthorized
 	}
 	if apiTouches.due(id, time.Now()) {
 		_ = s.q.APITokenTouch(ctx, s.pool, id)
 	}
-	return row.Name, nil
+	return APICaller{ID: id, Name: row.Name, Scope: row.Scope}, nil
 }
 
 // APITouchEvery is how often an admin API token's last-used time is
@@ -392,7 +455,7 @@ func (t *touchLimiter) due(id string, now time.Time) bool {
 	return true
 }
 
-// RevokeAPIToken revokes an admin API token.
+// RevokeAPIToken revokes an API token.
 func (s *Service) RevokeAPIToken(ctx context.Context, actor Actor, id string) error {
 	return s.inTx(ctx, func(tx pgx.Tx) error {
 		n, err := s.q.APITokenRevoke(ctx, tx, id)
@@ -406,7 +469,7 @@ func (s *Service) RevokeAPIToken(ctx context.Context, actor Actor, id string) er
 	})
 }
 
-// ListAPITokens lists admin API tokens.
+// ListAPITokens lists API tokens with their scope, expiry and last use.
 func (s *Service) ListAPITokens(ctx context.Context) ([]dbsqlc.ApiToken, error) {
 	return s.q.APITokenList(ctx, s.pool)
 }

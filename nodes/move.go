@@ -191,6 +191,9 @@ func (s *Service) moveOff(ctx context.Context, tx pgx.Tx, from *dbsqlc.Node, ite
 	if mr.Unplaced > 0 {
 		sev = "critical"
 	}
+	if !previewing(ctx) {
+		countMoved(wk, cause, mr)
+	}
 	msg := fmt.Sprintf("Work moved off %s (%s): %s", from.Name, cause, mr.Summary(wk))
 	if err := s.event(ctx, tx, from, "move", sev, actor.Name, msg); err != nil {
 		return mr, err
@@ -261,6 +264,7 @@ func (s *Service) PlaceUnplaced(ctx context.Context, workKind, cause string) int
 		return 0
 	}
 	s.notifyCommitted(ctx, touched...)
+	countPlaced(workKind, WorkAssigned, "waiting", placed)
 	return placed
 }
 

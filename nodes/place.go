@@ -74,7 +74,11 @@ func (s *Service) PlaceWork(ctx context.Context, actor Actor, in WorkInput) (Pla
 	if fe := ValidateWork(in); len(fe) > 0 {
 		return Placement{}, fe
 	}
-	return s.placer.place(ctx, s, placeReq{in: in, actor: actor})
+	p, err := s.placer.place(ctx, s, placeReq{in: in, actor: actor})
+	if err == nil {
+		countPlaced(p.Kind, p.State, "new", 1)
+	}
+	return p, err
 }
 
 // PlaceCall places a new call (work kind "call") of the given cost on a
@@ -107,6 +111,7 @@ func (s *Service) PlaceWorkBatch(ctx context.Context, actor Actor, items []WorkI
 	out := make([]Placement, len(res))
 	for i, r := range res {
 		out[i] = r.p
+		countPlaced(r.p.Kind, r.p.State, "new", 1)
 	}
 	return out, nil
 }

@@ -294,6 +294,7 @@ func (s *Service) PreviewChange(ctx context.Context, name string, a Action) (Imp
 	if a.Action == ActionCapacity {
 		im.Capacity = a.Capacity
 	}
+	ctx = asPreview(ctx)
 	err := db.Rollback(ctx, s.pool, func(tx pgx.Tx) error {
 		n, err := s.q.NodeGetByName(ctx, tx, name)
 		if err != nil {
@@ -438,42 +439,6 @@ func (s *Service) removeNodeTx(ctx context.Context, tx pgx.Tx, actor Actor, name
 		return n, mr, err
 	}
 	return n, mr, s.event(ctx, tx, nil, "node", "warning", actor.Name, fmt.Sprintf("Node %s (%s) removed by %s", n.Name, n.Kind, actor.Name))
-}
-
-// SetMaintenance puts a node in maintenance until the given time (no
-// alerts, no automatic failover), or ends it when until is nil.
-func (s *Service) SetMaintenance(ctx context.Context, actor Actor, name string, until *time.Time, reason string) (dbsqlc.Node, error) {
-	reason = strings.TrimSpace(reason)
-	if until != nil && reason == "" {
-		return dbsqlc.Node{}, FieldErrors{"reason": "say why the node is in maintenance"}
-	}
-	if until != nil && !until.After(time.Now()) {
-		return dbsqlc.Node{}, FieldErrors{"until": "the end of maintenance must be in the future"}
-	}
-	var n dbsqlc.Node
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		old, err := s.q.NodeGetByNameForUpdate(ctx, tx, name)
-		if err != nil {
-			return fmt.Errorf("node %q: %w", name, db.Translate(err))
-		}
-		n, err = s.q.NodeSetMaintenance(ctx, tx, dbsqlc.NodeSetMaintenanceParams{
-			ID: old.ID, MaintenanceUntil: until, MaintenanceReason: reason, UpdatedBy: actor.Name,
-		})
-		if err != nil {
-			return err
-		}
-		msg := fmt.Sprintf("Node %s maintenance ended by %s", n.Name, actor.Name)
-		action := "node.maintenance.end"
-		if until != nil {
-			msg = fmt.Sprintf("Node %s in maintenance until %s by %s: %s", n.Name, until.UTC().Format("2006-01-02 15:04 MST"), actor.Name, reason)
-			action = "node.maintenance.start"
-		}
-		if err := s.audit(ctx, tx, actor, action, n.Name, reason); err != nil {
-			return err
-		}
-		return s.event(ctx, tx, &n, "maintenance", "info", actor.Name, msg)
-	})
-	return n, err
 }
 
 // ClearHold ends a flapping node's hold at an administrator's word: the

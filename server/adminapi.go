@@ -23,42 +23,64 @@ type adminKey struct{}
 type adminCaller struct {
 	actor    nodes.Actor
 	canWrite bool
+	owner    bool
+	user     auth.User // the signed-in user, for a session
 }
 
-// adminAuth accepts an admin API token (Bearer cpa_…) or, for scripts in
-// the portal, a session cookie; cross-origin protection covers the latter.
+// adminAuth accepts an API token (Bearer cpa_…; a read token may only
+// GET) or, for scripts in the portal, a session cookie (a viewer may only
+// GET); cross-origin protection covers the latter. Every refusal is
+// audited.
 func (s *Server) adminAuth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var c adminCaller
 		if tok := bearer(r); tok != "" {
-			name, err := s.nodes.AuthAPIToken(r.Context(), tok)
+			ac, err := s.nodes.AuthAPIToken(r.Context(), tok)
 			if err != nil {
 				writeError(w, authFailure(err))
 				return
 			}
-			c = adminCaller{actor: nodes.Actor{Name: "api:" + name, Addr: web.ClientAddr(r)}, canWrite: true}
+			c = adminCaller{actor: nodes.Actor{Name: "api:" + ac.Name, Addr: web.ClientAddr(r)}, canWrite: ac.CanWrite()}
 		} else if ck, err := r.Cookie(web.SessionCookie); err == nil {
 			u, err := s.auth.Session(r.Context(), ck.Value)
 			if err != nil {
 				writeError(w, authFailure(err))
 				return
 			}
-			c = adminCaller{actor: nodes.Actor{Name: u.Email, Addr: web.ClientAddr(r)}, canWrite: u.Can(auth.RoleAdmin)}
+			c = adminCaller{actor: nodes.Actor{Name: u.Email, Addr: web.ClientAddr(r)}, canWrite: u.Can(auth.RoleAdmin), owner: u.Can(auth.RoleOwner), user: u}
 		} else {
 			writeError(w, nodes.ErrUnauthorized)
 			return
 		}
-		if r.Method != http.MethodGet && !c.canWrite {
-			writeJSON(w, http.StatusForbidden, map[string]string{"error": "your role does not allow this"})
+		if r.Method != http.MethodGet && r.Method != http.MethodHead && !c.canWrite {
+			s.refuse(w, r, c.actor, "this token or role may only read")
 			return
 		}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), adminKey{}, c)))
 	})
 }
 
+// refuse answers 403 and writes the refusal to the audit log.
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, actor nodes.Actor, why string) {
+	s.nodes.AuditFailure(r.Context(), actor, "api.forbidden", r.Method+" "+r.URL.Path, errors.New(why))
+	writeJSON(w, http.StatusForbidden, map[string]string{"error": why})
+}
+
 func callerFrom(ctx context.Context) nodes.Actor {
 	c, _ := ctx.Value(adminKey{}).(adminCaller)
 	return c.actor
+}
+
+// ownerOnly lets only an owner's session through (account management).
+func (s *Server) ownerOnly(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, _ := r.Context().Value(adminKey{}).(adminCaller)
+		if !c.owner {
+			s.refuse(w, r, c.actor, "only an owner (signed in) may manage accounts")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 func (s *Server) adminRoutes(r chi.Router) {
@@ -67,11 +89,39 @@ func (s *Server) adminRoutes(r chi.Router) {
 		r.Get("/nodes", s.apiNodes)
 		r.Post("/nodes", s.apiNodeAdd)
 		r.Get("/nodes/{name}", s.apiNode)
+		r.Patch("/nodes/{name}", s.apiNodeEdit)
+		r.Delete("/nodes/{name}", s.apiNodeRemove)
 		r.Post("/nodes/{name}/{action:enable|drain|disable}", s.apiNodeState)
+		r.Post("/nodes/{name}/preview", s.apiNodePreview)
+		r.Get("/nodes/{name}/probes", s.apiNodeProbes)
+		r.Post("/nodes/{name}/rotate", s.apiNodeRotate)
+		r.Post("/nodes/{name}/hold/clear", s.apiNodeClearHold)
+		r.Get("/nodes/{name}/maintenance", s.apiMaintenanceList)
+		r.Post("/nodes/{name}/maintenance", s.apiMaintenanceAdd)
+		r.Get("/maintenance", s.apiMaintenanceCurrent)
+		r.Delete("/maintenance/{id}", s.apiMaintenanceCancel)
+		r.Get("/join-tokens", s.apiJoinTokens)
+		r.Post("/join-tokens", s.apiJoinTokenCreate)
+		r.Delete("/join-tokens/{id}", s.apiJoinTokenRevoke)
+		r.Get("/api-tokens", s.apiAPITokens)
+		r.Post("/api-tokens", s.apiAPITokenCreate)
+		r.Delete("/api-tokens/{id}", s.apiAPITokenRevoke)
 		r.Post("/work", s.apiWorkCreate)
 		r.Get("/work", s.apiWorkList)
 		r.Get("/work/{ref}", s.apiWorkGet)
 		r.Delete("/work/{ref}", s.apiWorkDelete)
+		r.Get("/events", s.apiEvents)
+		r.Get("/audit", s.apiAudit)
+		r.Get("/alerts", s.apiAlerts)
+		r.Post("/alerts/{id}/ack", s.apiAlertAck)
+		r.Get("/settings", s.apiSettings)
+		r.Patch("/settings", s.apiSettingsSave)
+		r.Group(func(r chi.Router) {
+			r.Use(s.ownerOnly)
+			r.Get("/users", s.apiUsers)
+			r.Post("/users", s.apiUserAdd)
+			r.Patch("/users/{id}", s.apiUserEdit)
+		})
 	})
 }
 
@@ -94,7 +144,9 @@ type NodeJSON struct {
 	AgentVersion    string     `json:"agent_version"`
 	LastHeartbeatAt *time.Time `json:"last_heartbeat_at"`
 	Maintenance     bool       `json:"maintenance"`
-	Flapping        bool       `json:"flapping"`
+	// MaintenanceUntil is when the maintenance window in force ends.
+	MaintenanceUntil *time.Time `json:"maintenance_until,omitempty"`
+	Flapping         bool       `json:"flapping"`
 	// HoldUntil is when a flapping node's hold ends (null: not held).
 	HoldUntil *time.Time `json:"hold_until"`
 	// AgentLost: the service answers its probe but the agent is silent
@@ -111,8 +163,8 @@ func nodeJSON(n dbsqlc.Node) NodeJSON {
 		Region: n.Region, Description: n.Description, AdminState: n.AdminState, Health: n.Health,
 		HealthChangedAt: n.HealthChangedAt, Load: n.Used, ReportedLoad: n.ReportedLoad, Enrolled: n.EnrolledAt != nil,
 		AgentVersion: n.AgentVersion, LastHeartbeatAt: n.LastHeartbeatAt, Flapping: n.Flapping,
-		Maintenance: n.MaintenanceUntil != nil && n.MaintenanceUntil.After(time.Now()),
-		AgentLost:   n.AgentLostSince != nil, AgentLostSince: n.AgentLostSince, LastStartError: n.LastHookError,
+		Maintenance: nodes.NodeFromRow(n).InMaintenance(time.Now()), MaintenanceUntil: maintUntil(n),
+		AgentLost: n.AgentLostSince != nil, AgentLostSince: n.AgentLostSince, LastStartError: n.LastHookError,
 	}
 	if n.HoldUntil != nil && n.HoldUntil.After(time.Now()) {
 		j.HoldUntil = n.HoldUntil
@@ -277,16 +329,6 @@ func (s *Server) apiWorkList(w http.ResponseWriter, r *http.Request) {
 			CreatedAt: w.CreatedAt, UpdatedAt: w.UpdatedAt, EndedAt: w.EndedAt}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"work": out})
-}
-
-func (s *Server) apiWorkGet(w http.ResponseWriter, r *http.Request) {
-	wk, err := s.nodes.GetWork(r.Context(), chi.URLParam(r, "ref"))
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, WorkJSON{ID: wk.ID, Ref: wk.Ref, Kind: wk.Kind, Cost: wk.Cost, State: wk.State, Node: wk.NodeName,
-		Epoch: wk.Epoch, CreatedAt: wk.CreatedAt, UpdatedAt: wk.UpdatedAt, EndedAt: wk.EndedAt})
 }
 
 func (s *Server) apiWorkDelete(w http.ResponseWriter, r *http.Request) {

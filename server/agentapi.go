@@ -12,6 +12,7 @@ import (
 
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/server/metrics"
 	"github.com/callplane/callplane/web"
 )
 
@@ -107,6 +108,7 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 			err = nodes.ErrUnauthorized
 		}
 		s.log.Info("enrolment refused", "token", nodes.TokenID(req.Token), "remote", addr)
+		s.nodes.AuditFailure(r.Context(), nodes.Actor{Name: "agent", Addr: addr}, "node.enroll", nodes.TokenID(req.Token), err)
 		writeError(w, err)
 		return
 	}
@@ -182,6 +184,8 @@ func (s *Server) assignments(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if v <= since {
+		metrics.LongPollWaiters.Inc()
+		defer metrics.LongPollWaiters.Dec()
 		// Nothing new yet: wait. A wake almost always means a new version,
 		// so read the desired set (one statement) straight away rather
 		// than the version first and the set after.

@@ -30,6 +30,10 @@ type Config struct {
 	LeaseTTL time.Duration
 	// HeartbeatFlush is how often batched heartbeats are written.
 	HeartbeatFlush time.Duration
+	// MetricsListen, when set, serves /metrics over plain HTTP without
+	// authentication on this address (for a Prometheus on a private
+	// network); /metrics on Listen always asks for an API token.
+	MetricsListen string
 	// Version is the build version shown in the portal.
 	Version string
 	// TrustedProxies are the peers whose X-Forwarded-For names the client

@@ -503,14 +503,15 @@ func TestMaintenanceEndingOnDownNodeSendsDown(t *testing.T) {
 	addNode(t, in, "ivr-2", nodes.KindIVR, ep2.Address(), 10)
 	waitHealth(t, env.pool, "ivr-1", nodes.HealthUp)
 	ctx := context.Background()
-	until := time.Now().Add(time.Hour)
-	if _, err := in.Nodes().SetMaintenance(ctx, nodes.Actor{Name: "admin@example.com"}, "ivr-1", &until, "kernel upgrade"); err != nil {
+	win, err := in.Nodes().AddMaintenance(ctx, nodes.Actor{Name: "admin@example.com"}, "ivr-1",
+		nodes.MaintenanceInput{End: time.Now().Add(time.Hour), Reason: "kernel upgrade"})
+	if err != nil {
 		t.Fatal(err)
 	}
 	_ = ep1.Close()
 	waitHealth(t, env.pool, "ivr-1", nodes.HealthDown)
 	emailCountStays(t, env.smtp, 0)
-	if _, err := in.Nodes().SetMaintenance(ctx, nodes.Actor{Name: "admin@example.com"}, "ivr-1", nil, ""); err != nil {
+	if _, err := in.Nodes().CancelMaintenance(ctx, nodes.Actor{Name: "admin@example.com"}, win.ID); err != nil {
 		t.Fatal(err)
 	}
 	msgs := env.smtp.WaitMessages(t, 1, 30*time.Second)

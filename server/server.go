@@ -48,8 +48,10 @@ type Server struct {
 	leader   *Leader
 	settings *health.Store
 	recon    reconciler
-	adverts  instanceAdverts
-	sip      *sipfront.Front
+	// metricsLn serves /metrics without authentication (--metrics-listen).
+	metricsLn net.Listener
+	adverts   instanceAdverts
+	sip       *sipfront.Front
 
 	// background tasks started by Run; each stops with its context.
 	background []func(ctx context.Context)
@@ -138,6 +140,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		}
 		s.AddBackground(s.sip.Run)
 	}
+	if err := s.startOperations(); err != nil {
+		s.ln.Close()
+		s.close()
+		return nil, err
+	}
 	s.handler = s.routes()
 	return s, nil
 }
@@ -206,6 +213,7 @@ func (s *Server) routes() http.Handler {
 	r := chi.NewRouter()
 	r.Use(middleware.Recoverer)
 	r.Use(clientAddr(s.cfg.TrustedProxies))
+	r.Use(httpMetrics)
 	r.Use(requestLog(s.log))
 	r.Use(securityHeaders)
 	r.Use(crossOrigin)
@@ -225,11 +233,13 @@ func (s *Server) routes() http.Handler {
 	})
 	static, _ := fs.Sub(assets.FS, ".")
 	r.Handle("/assets/*", http.StripPrefix("/assets/", cacheStatic(http.FileServerFS(static))))
+	r.With(s.metricsAuth).Get("/metrics", s.metricsHandler().ServeHTTP)
 	r.Route("/api/v1", func(r chi.Router) {
 		s.agentRoutes(r)
 		s.adminRoutes(r)
+		s.apiDocRoutes(r)
 	})
-	portal := &web.Handler{Nodes: s.nodes, Auth: s.auth, Cluster: s, Settings: s.settings, Log: s.log, Version: s.cfg.Version}
+	portal := &web.Handler{Nodes: s.nodes, Auth: s.auth, Cluster: s, Settings: s.settings, Log: s.log, Version: s.cfg.Version, API: apiOperations()}
 	if s.sip != nil {
 		portal.SIP = s.sip
 	}

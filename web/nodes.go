@@ -197,8 +197,16 @@ type nodeView struct {
 	Load      chart
 	Uptime    []nodesUptime
 
+	MaintStart  string
 	MaintUntil  string
 	MaintReason string
+	Windows     []dbsqlc.MaintenanceWindow
+	// DownAlert is the node's down alert while it is down, for the
+	// acknowledgement form.
+	DownAlert   *dbsqlc.Alert
+	AckNote     string
+	AckErrors   nodes.FieldErrors
+	AckNotice   string
 	MaintErrors nodes.FieldErrors
 	MaintNotice string
 
@@ -233,9 +241,11 @@ func (h *Handler) nodeView(r *http.Request, name string) (nodeView, error) {
 	if err := h.nodeHistory(r, &v); err != nil {
 		return v, err
 	}
-	if n.MaintenanceUntil != nil && n.MaintenanceUntil.After(time.Now()) {
-		v.MaintUntil = n.MaintenanceUntil.UTC().Format(maintLayout)
-		v.MaintReason = n.MaintenanceReason
+	if v.Windows, err = h.Nodes.ListMaintenance(ctx, n.Name, false); err != nil {
+		return v, err
+	}
+	if v.DownAlert, err = h.Nodes.DownAlert(ctx, n); err != nil {
+		return v, err
 	}
 	return v, nil
 }
@@ -298,51 +308,6 @@ func (h *Handler) nodeRemove(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return redirect(w, r, "/nodes")
-}
-
-func (h *Handler) nodeMaintenance(w http.ResponseWriter, r *http.Request) error {
-	if err := r.ParseForm(); err != nil {
-		return errBadRequest
-	}
-	name := chi.URLParam(r, "name")
-	until, reason := strings.TrimSpace(r.PostFormValue("until")), r.PostFormValue("reason")
-	var err error
-	notice := "Maintenance ended."
-	if r.PostFormValue("action") == "end" {
-		_, err = h.Nodes.SetMaintenance(r.Context(), actor(r), name, nil, "")
-	} else {
-		t, perr := time.ParseInLocation(maintLayout, until, time.UTC)
-		switch {
-		case until == "":
-			err = nodes.FieldErrors{"until": "say until when (UTC)"}
-		case perr != nil:
-			err = nodes.FieldErrors{"until": "use the form YYYY-MM-DDTHH:MM (UTC)"}
-		default:
-			_, err = h.Nodes.SetMaintenance(r.Context(), actor(r), name, &t, reason)
-			notice = "In maintenance until " + fmtTime(t) + ": no alerts and no automatic failover until then."
-		}
-	}
-	fe, status, err := formOutcome(err)
-	if err != nil {
-		return err
-	}
-	if fe == nil && !isHTMX(r) {
-		http.Redirect(w, r, nodeURL(name), http.StatusSeeOther)
-		return nil
-	}
-	v, verr := h.nodeView(r, name)
-	if verr != nil {
-		return verr
-	}
-	if fe != nil {
-		v.MaintUntil, v.MaintReason, v.MaintErrors = until, reason, fe
-	} else {
-		v.MaintNotice = notice
-	}
-	if isHTMX(r) {
-		return h.renderStatus(w, r, status, name, "nodes", nodeMaint(v))
-	}
-	return h.renderStatus(w, r, status, name, "nodes", nodeBody(v))
 }
 
 func (h *Handler) nodeRotate(w http.ResponseWriter, r *http.Request) error {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -497,27 +498,39 @@ func TestMaintenanceAndRotation(t *testing.T) {
 	if !hasTestID(r.Body, "error-until") {
 		t.Fatal("bad time: no until error")
 	}
-	if count(t, in, "SELECT count(*) FROM nodes WHERE maintenance_until IS NOT NULL") != 0 {
+	if count(t, in, "SELECT count(*) FROM maintenance_windows") != 0 {
 		t.Fatal("invalid maintenance was stored")
 	}
 	r = in.HTMX(t, admin, http.MethodPost, "/nodes/m1/maintenance", url.Values{"until": {until}, "reason": {"kernel upgrade"}, "action": {"start"}})
 	wantStatus(t, r, http.StatusOK, "start maintenance")
-	if !hasTestID(r.Body, "alert-success") || !hasTestID(r.Body, "maint-end") {
-		t.Fatal("maintenance started: no notice or end button")
+	if !hasTestID(r.Body, "alert-success") || !hasTestID(r.Body, "maint-cancel") {
+		t.Fatal("maintenance started: no notice or cancel button")
 	}
 	if count(t, in, "SELECT count(*) FROM nodes WHERE maintenance_reason = 'kernel upgrade' AND maintenance_until > now()") != 1 {
-		t.Fatal("maintenance not stored")
+		t.Fatal("maintenance not in force")
+	}
+	// A second window, tomorrow: listed as scheduled.
+	from := time.Now().UTC().Add(24 * time.Hour).Format("2006-01-02T15:04")
+	to := time.Now().UTC().Add(26 * time.Hour).Format("2006-01-02T15:04")
+	r = in.HTMX(t, admin, http.MethodPost, "/nodes/m1/maintenance", url.Values{"start": {from}, "until": {to}, "reason": {"disk swap"}})
+	wantStatus(t, r, http.StatusOK, "schedule maintenance")
+	if !strings.Contains(r.Body, "scheduled") || !strings.Contains(r.Body, "disk swap") {
+		t.Fatal("scheduled window not listed")
 	}
 	page := in.Get(t, admin, "/nodes/m1")
 	if m, _ := servertest.TestID(page.Body, "node-maintenance"); !strings.Contains(m, "kernel upgrade") {
 		t.Fatalf("node page maintenance %q", m)
 	}
-	r = in.PostForm(t, admin, "/nodes/m1/maintenance", url.Values{"action": {"end"}})
-	wantStatus(t, r, http.StatusSeeOther, "end maintenance")
-	if count(t, in, "SELECT count(*) FROM nodes WHERE maintenance_until IS NOT NULL") != 0 {
+	var id int64
+	if err := in.Pool().QueryRow(context.Background(), "SELECT id FROM maintenance_windows WHERE reason = 'kernel upgrade'").Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	r = in.PostForm(t, admin, "/nodes/m1/maintenance", url.Values{"action": {"cancel"}, "id": {strconv.FormatInt(id, 10)}})
+	wantStatus(t, r, http.StatusSeeOther, "cancel maintenance")
+	if count(t, in, "SELECT count(*) FROM nodes WHERE maintenance_until > now()") != 0 {
 		t.Fatal("maintenance not ended")
 	}
-	if auditCount(t, in, "node.maintenance.start", "ok") != 1 || auditCount(t, in, "node.maintenance.end", "ok") != 1 {
+	if auditCount(t, in, "node.maintenance.add", "ok") != 2 || auditCount(t, in, "node.maintenance.cancel", "ok") != 1 {
 		t.Fatal("maintenance not audited")
 	}
 

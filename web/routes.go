@@ -20,6 +20,7 @@ func (h *Handler) viewerRoutes(r chi.Router) {
 	r.Get("/account", h.wrap(h.accountPage))
 	r.Post("/account/password", h.wrap(h.accountPassword))
 	r.Post("/account/sessions/end-others", h.wrap(h.accountEndOthers))
+	r.Get("/api", h.wrap(h.apiPage))
 }
 
 // adminRoutes change the cluster.
@@ -32,6 +33,7 @@ func (h *Handler) adminRoutes(r chi.Router) {
 	r.Post("/nodes/{name}/state", h.wrap(h.nodeSetState))
 	r.Post("/nodes/{name}/remove", h.wrap(h.nodeRemove))
 	r.Post("/nodes/{name}/maintenance", h.wrap(h.nodeMaintenance))
+	r.Post("/nodes/{name}/ack", h.wrap(h.nodeAck))
 	r.Post("/nodes/{name}/rotate", h.wrap(h.nodeRotate))
 	r.Post("/nodes/{name}/tokens", h.wrap(h.tokenCreate))
 	r.Post("/tokens/{id}/revoke", h.wrap(h.tokenRevoke))

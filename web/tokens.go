@@ -22,6 +22,8 @@ type tokensView struct {
 	JoinNotice string
 
 	APIName   string
+	APIScope  string
+	APITTL    string
 	APIErrors nodes.FieldErrors
 	APINotice string
 	NewAPI    *nodes.APIToken
@@ -85,7 +87,18 @@ func (h *Handler) apiTokenCreate(w http.ResponseWriter, r *http.Request) error {
 		return errBadRequest
 	}
 	name := strings.TrimSpace(r.PostFormValue("name"))
-	tok, err := h.Nodes.CreateAPIToken(r.Context(), actor(r), name)
+	scope, ttlRaw := r.PostFormValue("scope"), strings.TrimSpace(r.PostFormValue("ttl"))
+	in := nodes.APITokenInput{Name: name, Scope: scope}
+	var err error
+	if ttlRaw != "" {
+		if in.TTL, err = time.ParseDuration(ttlRaw); err != nil || in.TTL <= 0 {
+			err = nodes.FieldErrors{"ttl": "use a duration such as 720h, or leave empty for no expiry"}
+		}
+	}
+	var tok nodes.APIToken
+	if err == nil {
+		tok, err = h.Nodes.CreateScopedAPIToken(r.Context(), actor(r), in)
+	}
 	fe, status, err := formOutcome(err)
 	if err != nil {
 		return err
@@ -95,7 +108,7 @@ func (h *Handler) apiTokenCreate(w http.ResponseWriter, r *http.Request) error {
 		return verr
 	}
 	if fe != nil {
-		v.APIName, v.APIErrors = name, fe
+		v.APIName, v.APIScope, v.APITTL, v.APIErrors = name, scope, ttlRaw, fe
 	} else {
 		v.NewAPI = &tok
 	}

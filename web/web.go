@@ -50,6 +50,8 @@ type Handler struct {
 	SIP     SIPFront
 	Log     *slog.Logger
 	Version string
+	// API lists the admin and agent API operations for the API page.
+	API []APIOperation
 }
 
 type ctxKey int
@@ -267,6 +269,7 @@ func requireRole(role string, h *Handler) func(http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			u, _ := UserFrom(r.Context())
 			if !u.Can(role) {
+				h.Nodes.AuditFailure(r.Context(), actor(r), "portal.forbidden", r.Method+" "+r.URL.Path, errForbidden)
 				h.renderError(w, r, errForbidden)
 				return
 			}

@@ -176,15 +176,22 @@ func (c *cli) tokenCreate(args []string) error {
 
 func (c *cli) apiTokenCreate(args []string) error {
 	name := c.fs.String("name", "", "what the token is for")
+	scope := c.fs.String("scope", nodes.ScopeAdmin, "read (GET only, /metrics) or admin")
+	ttl := c.fs.Duration("ttl", 0, "lifetime, e.g. 720h (default: no expiry)")
 	if err := c.parse(args); err != nil {
 		return err
 	}
 	return c.withDB(func(env *server.Admin) error {
-		t, err := env.Nodes.CreateAPIToken(c.ctx, nodes.ActorCLI, *name)
+		t, err := env.Nodes.CreateScopedAPIToken(c.ctx, nodes.ActorCLI, nodes.APITokenInput{Name: *name, Scope: *scope, TTL: *ttl})
 		if err != nil {
 			return err
 		}
 		fmt.Fprintln(c.stdout, t.Token)
+		expiry := "never expires"
+		if t.ExpiresAt != nil {
+			expiry = "expires " + t.ExpiresAt.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(c.stderr, "API token %s%s (%s, scope %s) %s\n", nodes.PrefixAPI, t.ID, t.Name, t.Scope, expiry)
 		return nil
 	})
 }

@@ -33,7 +33,14 @@ Usage:
   callmanager node enable|drain|disable N
   callmanager node remove N [--move-work]
   callmanager token create --node N [--ttl 1h]
-  callmanager apitoken create --name N
+  callmanager node edit N [--address A] [--capacity C] [--weight W] [--region R] [--description D] [--yes]
+  callmanager node preview N --action disable|drain|remove|capacity [--capacity C]
+  callmanager apitoken create --name N [--scope read|admin] [--ttl D]
+  callmanager maintenance add N --end T [--start T] --reason R   (T: RFC 3339 or a duration from now, e.g. 2h)
+  callmanager maintenance list [N] [--all]
+  callmanager maintenance cancel ID
+  callmanager alerts list [--node N] [--state pending|sent|failed] [--limit L]
+  callmanager alerts ack ID --note TEXT
   callmanager version
 
 Settings (flag, environment twin):
@@ -52,6 +59,7 @@ Settings (flag, environment twin):
   --max-conns-per-client CALLPLANE_MAX_CONNS_PER_CLIENT  256; 0: no cap
   --sip-listen     CALLPLANE_SIP_LISTEN 127.0.0.1:5060 (SIP front door, UDP and TCP; empty: off)
   --sip-public     CALLPLANE_SIP_PUBLIC host:port written into Record-Route (default: the listen address)
+  --metrics-listen CALLPLANE_METRICS_LISTEN  unset; e.g. 127.0.0.1:9464 serves /metrics without a token
 `
 
 func main() {
@@ -101,6 +109,7 @@ func settings(fs *flag.FlagSet, cfg *server.Config, logLevel *string) {
 	fs.StringVar(&cfg.InstanceID, "instance-id", env("CALLPLANE_INSTANCE_ID", ""), "name of this instance (default host-pid)")
 	fs.StringVar(&cfg.SIPListen, "sip-listen", env("CALLPLANE_SIP_LISTEN", "127.0.0.1:5060"), "SIP front door address, UDP and TCP (empty: off)")
 	fs.StringVar(&cfg.SIPPublic, "sip-public", env("CALLPLANE_SIP_PUBLIC", ""), "host:port written into Record-Route (default: the listen address)")
+	fs.StringVar(&cfg.MetricsListen, "metrics-listen", env("CALLPLANE_METRICS_LISTEN", ""), "address serving /metrics over plain HTTP without a token (unset: off)")
 	fs.StringVar(logLevel, "log-level", env("CALLPLANE_LOG_LEVEL", "info"), "debug|info|warn|error")
 }
 
@@ -153,7 +162,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	}
 	cmd, rest := args[0], args[1:]
 	sub := ""
-	if (cmd == "user" || cmd == "node" || cmd == "token" || cmd == "apitoken") && len(rest) > 0 {
+	if (cmd == "user" || cmd == "node" || cmd == "token" || cmd == "apitoken" || cmd == "maintenance" || cmd == "alerts") && len(rest) > 0 {
 		sub, rest = rest[0], rest[1:]
 	}
 	fs := flag.NewFlagSet("callmanager "+strings.TrimSpace(cmd+" "+sub), flag.ContinueOnError)
@@ -188,6 +197,26 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			return c.nodeState(sub, rest)
 		case "remove":
 			return c.nodeRemove(rest)
+		case "edit":
+			return c.nodeEdit(rest)
+		case "preview":
+			return c.nodePreview(rest)
+		}
+	case "maintenance":
+		switch sub {
+		case "add":
+			return c.maintenanceAdd(rest)
+		case "list":
+			return c.maintenanceList(rest)
+		case "cancel":
+			return c.maintenanceCancel(rest)
+		}
+	case "alerts":
+		switch sub {
+		case "list":
+			return c.alertsList(rest)
+		case "ack":
+			return c.alertsAck(rest)
 		}
 	case "token":
 		if sub == "create" {

@@ -7,10 +7,72 @@ package dbsqlc
 
 import (
 	"context"
+	"time"
 )
 
+const alertAck = `-- name: AlertAck :one
+UPDATE alerts SET acked_at = now(), acked_by = $1, ack_note = $2
+WHERE id = $3 RETURNING id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, sending_since, acked_at, acked_by, ack_note
+`
+
+type AlertAckParams struct {
+	AckedBy string
+	AckNote string
+	ID      int64
+}
+
+func (q *Queries) AlertAck(ctx context.Context, db DBTX, arg AlertAckParams) (Alert, error) {
+	row := db.QueryRow(ctx, alertAck, arg.AckedBy, arg.AckNote, arg.ID)
+	var i Alert
+	err := row.Scan(
+		&i.ID,
+		&i.CreatedAt,
+		&i.Type,
+		&i.NodeName,
+		&i.Payload,
+		&i.State,
+		&i.Attempts,
+		&i.NextAttemptAt,
+		&i.LastError,
+		&i.SentAt,
+		&i.EmailID,
+		&i.SendingSince,
+		&i.AckedAt,
+		&i.AckedBy,
+		&i.AckNote,
+	)
+	return i, err
+}
+
+const alertAckSince = `-- name: AlertAckSince :one
+SELECT acked_by, ack_note, acked_at FROM alerts
+WHERE type = 'health' AND node_name = $1 AND created_at >= $2
+  AND payload->>'to' = 'down' AND acked_at IS NOT NULL
+ORDER BY acked_at DESC LIMIT 1
+`
+
+type AlertAckSinceParams struct {
+	NodeName string
+	Since    time.Time
+}
+
+type AlertAckSinceRow struct {
+	AckedBy string
+	AckNote string
+	AckedAt *time.Time
+}
+
+// AlertAckSince returns the acknowledgement of a node's down alerts
+// queued since it went down, if any was acknowledged.
+func (q *Queries) AlertAckSince(ctx context.Context, db DBTX, arg AlertAckSinceParams) (AlertAckSinceRow, error) {
+	row := db.QueryRow(ctx, alertAckSince, arg.NodeName, arg.Since)
+	var i AlertAckSinceRow
+	err := row.Scan(&i.AckedBy, &i.AckNote, &i.AckedAt)
+	return i, err
+}
+
 const alertClaimDue = `-- name: AlertClaimDue :many
-SELECT id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, sending_since FROM alerts WHERE state = 'pending' AND next_attempt_at <= now() AND sending_since IS NULL
+SELECT id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, sending_since, acked_at, acked_by, ack_note FROM alerts WHERE state = 'pending' AND next_attempt_at <= now() AND sending_since IS NULL
 ORDER BY id LIMIT 200 FOR UPDATE SKIP LOCKED
 `
 
@@ -38,6 +100,9 @@ func (q *Queries) AlertClaimDue(ctx context.Context, db DBTX) ([]Alert, error) {
 			&i.SentAt,
 			&i.EmailID,
 			&i.SendingSince,
+			&i.AckedAt,
+			&i.AckedBy,
+			&i.AckNote,
 		); err != nil {
 			return nil, err
 		}
@@ -78,6 +143,33 @@ func (q *Queries) AlertCounts(ctx context.Context, db DBTX) ([]AlertCountsRow, e
 	return items, nil
 }
 
+const alertGetForUpdate = `-- name: AlertGetForUpdate :one
+SELECT id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, sending_since, acked_at, acked_by, ack_note FROM alerts WHERE id = $1 FOR UPDATE
+`
+
+func (q *Queries) AlertGetForUpdate(ctx context.Context, db DBTX, id int64) (Alert, error) {
+	row := db.QueryRow(ctx, alertGetForUpdate, id)
+	var i Alert
+	err := row.Scan(
+		&i.ID,
+		&i.CreatedAt,
+		&i.Type,
+		&i.NodeName,
+		&i.Payload,
+		&i.State,
+		&i.Attempts,
+		&i.NextAttemptAt,
+		&i.LastError,
+		&i.SentAt,
+		&i.EmailID,
+		&i.SendingSince,
+		&i.AckedAt,
+		&i.AckedBy,
+		&i.AckNote,
+	)
+	return i, err
+}
+
 const alertInsert = `-- name: AlertInsert :exec
 INSERT INTO alerts (type, node_name, payload) VALUES ($1, $2, $3)
 `
@@ -93,8 +185,45 @@ func (q *Queries) AlertInsert(ctx context.Context, db DBTX, arg AlertInsertParam
 	return err
 }
 
+const alertLastDown = `-- name: AlertLastDown :one
+SELECT id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, sending_since, acked_at, acked_by, ack_note FROM alerts
+WHERE type = 'health' AND node_name = $1 AND created_at >= $2
+  AND payload->>'to' = 'down'
+ORDER BY id DESC LIMIT 1
+`
+
+type AlertLastDownParams struct {
+	NodeName string
+	Since    time.Time
+}
+
+// AlertLastDown returns the newest down alert (or reminder) of a node
+// queued since it went down, with its acknowledgement.
+func (q *Queries) AlertLastDown(ctx context.Context, db DBTX, arg AlertLastDownParams) (Alert, error) {
+	row := db.QueryRow(ctx, alertLastDown, arg.NodeName, arg.Since)
+	var i Alert
+	err := row.Scan(
+		&i.ID,
+		&i.CreatedAt,
+		&i.Type,
+		&i.NodeName,
+		&i.Payload,
+		&i.State,
+		&i.Attempts,
+		&i.NextAttemptAt,
+		&i.LastError,
+		&i.SentAt,
+		&i.EmailID,
+		&i.SendingSince,
+		&i.AckedAt,
+		&i.AckedBy,
+		&i.AckNote,
+	)
+	return i, err
+}
+
 const alertList = `-- name: AlertList :many
-SELECT id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, sending_since FROM alerts ORDER BY id DESC LIMIT $1
+SELECT id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, sending_since, acked_at, acked_by, ack_note FROM alerts ORDER BY id DESC LIMIT $1
 `
 
 func (q *Queries) AlertList(ctx context.Context, db DBTX, lim int32) ([]Alert, error) {
@@ -119,6 +248,9 @@ func (q *Queries) AlertList(ctx context.Context, db DBTX, lim int32) ([]Alert, e
 			&i.SentAt,
 			&i.EmailID,
 			&i.SendingSince,
+			&i.AckedAt,
+			&i.AckedBy,
+			&i.AckNote,
 		); err != nil {
 			return nil, err
 		}
@@ -193,6 +325,65 @@ func (q *Queries) AlertMarkSent(ctx context.Context, db DBTX, arg AlertMarkSentP
 	return err
 }
 
+const alertPage = `-- name: AlertPage :many
+SELECT id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, sending_since, acked_at, acked_by, ack_note FROM alerts
+WHERE ($1::bigint = 0 OR id < $1)
+  AND ($2::text = '' OR node_name = $2)
+  AND ($3::text = '' OR state = $3)
+  AND ($4::text = '' OR type = $4)
+ORDER BY id DESC LIMIT $5
+`
+
+type AlertPageParams struct {
+	Cursor   int64
+	NodeName string
+	State    string
+	Type     string
+	Lim      int32
+}
+
+func (q *Queries) AlertPage(ctx context.Context, db DBTX, arg AlertPageParams) ([]Alert, error) {
+	rows, err := db.Query(ctx, alertPage,
+		arg.Cursor,
+		arg.NodeName,
+		arg.State,
+		arg.Type,
+		arg.Lim,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []Alert{}
+	for rows.Next() {
+		var i Alert
+		if err := rows.Scan(
+			&i.ID,
+			&i.CreatedAt,
+			&i.Type,
+			&i.NodeName,
+			&i.Payload,
+			&i.State,
+			&i.Attempts,
+			&i.NextAttemptAt,
+			&i.LastError,
+			&i.SentAt,
+			&i.EmailID,
+			&i.SendingSince,
+			&i.AckedAt,
+			&i.AckedBy,
+			&i.AckNote,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const alertPrune = `-- name: AlertPrune :execrows
 DELETE FROM alerts WHERE id IN (
     SELECT id FROM alerts WHERE state <> 'pending' AND created_at < now() - make_interval(secs => $1::float8) LIMIT $2)
@@ -231,11 +422,71 @@ func (q *Queries) AlertRecentOfType(ctx context.Context, db DBTX, arg AlertRecen
 	return count, err
 }
 
+const alertReminderDue = `-- name: AlertReminderDue :many
+SELECT n.id, n.name, n.kind, n.address, n.health_changed_at, a.id AS alert_id, a.payload
+FROM nodes n
+JOIN LATERAL (
+    SELECT id, payload, created_at, acked_at FROM alerts
+    WHERE type = 'health' AND node_name = n.name AND created_at >= n.health_changed_at
+      AND payload->>'to' = 'down'
+    ORDER BY id DESC LIMIT 1
+) a ON true
+WHERE n.health = 'down' AND n.admin_state <> 'disabled'
+  AND (n.maintenance_until IS NULL OR n.maintenance_until <= now())
+  AND a.acked_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM alerts x WHERE x.type = 'health' AND x.node_name = n.name
+                    AND x.payload->>'to' = 'down' AND x.created_at >= n.health_changed_at
+                    AND x.acked_at IS NOT NULL)
+  AND a.created_at < now() - make_interval(secs => $1::float8)
+ORDER BY n.id
+`
+
+type AlertReminderDueRow struct {
+	ID              int64
+	Name            string
+	Kind            string
+	Address         string
+	HealthChangedAt time.Time
+	AlertID         int64
+	Payload         []byte
+}
+
+// AlertReminderDue lists the nodes down (not disabled, not in
+// maintenance) whose down alert is not acknowledged and whose last alert
+// is older than the reminder interval.
+func (q *Queries) AlertReminderDue(ctx context.Context, db DBTX, everySeconds float64) ([]AlertReminderDueRow, error) {
+	rows, err := db.Query(ctx, alertReminderDue, everySeconds)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []AlertReminderDueRow{}
+	for rows.Next() {
+		var i AlertReminderDueRow
+		if err := rows.Scan(
+			&i.ID,
+			&i.Name,
+			&i.Kind,
+			&i.Address,
+			&i.HealthChangedAt,
+			&i.AlertID,
+			&i.Payload,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const alertResolveAbandoned = `-- name: AlertResolveAbandoned :many
 UPDATE alerts SET state = 'sent', sent_at = now(), sending_since = NULL,
     last_error = 'delivery unconfirmed: the sending instance stopped mid-send; not sent again'
 WHERE state = 'pending' AND sending_since < now() - make_interval(secs => $1::float8)
-RETURNING id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, sending_since
+RETURNING id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, sending_since, acked_at, acked_by, ack_note
 `
 
 // AlertResolveAbandoned closes sends whose instance stopped before it
@@ -263,6 +514,9 @@ func (q *Queries) AlertResolveAbandoned(ctx context.Context, db DBTX, afterSecon
 			&i.SentAt,
 			&i.EmailID,
 			&i.SendingSince,
+			&i.AckedAt,
+			&i.AckedBy,
+			&i.AckNote,
 		); err != nil {
 			return nil, err
 		}

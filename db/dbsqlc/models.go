@@ -21,6 +21,9 @@ type Alert struct {
 	SentAt        *time.Time
 	EmailID       string
 	SendingSince  *time.Time
+	AckedAt       *time.Time
+	AckedBy       string
+	AckNote       string
 }
 
 type ApiToken struct {
@@ -31,6 +34,8 @@ type ApiToken struct {
 	CreatedAt  time.Time
 	LastUsedAt *time.Time
 	RevokedAt  *time.Time
+	Scope      string
+	ExpiresAt  *time.Time
 }
 
 type AuditLog struct {
@@ -129,6 +134,18 @@ type LoginFailure struct {
 type LoginKnown struct {
 	Key    string
 	LastOk time.Time
+}
+
+type MaintenanceWindow struct {
+	ID          int64
+	NodeID      int64
+	StartsAt    time.Time
+	EndsAt      time.Time
+	Reason      string
+	CreatedBy   string
+	CreatedAt   time.Time
+	CancelledAt *time.Time
+	CancelledBy string
 }
 
 type Node struct {
@@ -269,4 +286,14 @@ type WorkFailure struct {
 	Failures  int32
 	LastError string
 	LastAt    time.Time
+}
+
+type WorkHistory struct {
+	ID       int64
+	WorkID   int64
+	At       time.Time
+	State    string
+	NodeID   *int64
+	NodeName string
+	Epoch    int64
 }

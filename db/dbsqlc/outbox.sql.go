@@ -27,7 +27,7 @@ func (q *Queries) AlertDueAge(ctx context.Context, db DBTX) (float64, error) {
 }
 
 const alertListFailed = `-- name: AlertListFailed :many
-SELECT id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, sending_since FROM alerts WHERE state = 'failed' ORDER BY id DESC LIMIT $1
+SELECT id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, sending_since, acked_at, acked_by, ack_note FROM alerts WHERE state = 'failed' ORDER BY id DESC LIMIT $1
 `
 
 func (q *Queries) AlertListFailed(ctx context.Context, db DBTX, lim int32) ([]Alert, error) {
@@ -52,6 +52,9 @@ func (q *Queries) AlertListFailed(ctx context.Context, db DBTX, lim int32) ([]Al
 			&i.SentAt,
 			&i.EmailID,
 			&i.SendingSince,
+			&i.AckedAt,
+			&i.AckedBy,
+			&i.AckNote,
 		); err != nil {
 			return nil, err
 		}
@@ -64,7 +67,7 @@ func (q *Queries) AlertListFailed(ctx context.Context, db DBTX, lim int32) ([]Al
 }
 
 const alertListPendingWithError = `-- name: AlertListPendingWithError :many
-SELECT id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, sending_since FROM alerts WHERE state = 'pending' AND last_error <> '' ORDER BY id DESC LIMIT $1
+SELECT id, created_at, type, node_name, payload, state, attempts, next_attempt_at, last_error, sent_at, email_id, sending_since, acked_at, acked_by, ack_note FROM alerts WHERE state = 'pending' AND last_error <> '' ORDER BY id DESC LIMIT $1
 `
 
 func (q *Queries) AlertListPendingWithError(ctx context.Context, db DBTX, lim int32) ([]Alert, error) {
@@ -89,6 +92,9 @@ func (q *Queries) AlertListPendingWithError(ctx context.Context, db DBTX, lim in
 			&i.SentAt,
 			&i.EmailID,
 			&i.SendingSince,
+			&i.AckedAt,
+			&i.AckedBy,
+			&i.AckNote,
 		); err != nil {
 			return nil, err
 		}

@@ -11,7 +11,7 @@ import (
 )
 
 const aPITokenGet = `-- name: APITokenGet :one
-SELECT id, name, secret_hash, created_by, created_at, last_used_at, revoked_at FROM api_tokens WHERE id = $1 AND revoked_at IS NULL
+SELECT id, name, secret_hash, created_by, created_at, last_used_at, revoked_at, scope, expires_at FROM api_tokens WHERE id = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
 `
 
 func (q *Queries) APITokenGet(ctx context.Context, db DBTX, id string) (ApiToken, error) {
@@ -25,6 +25,8 @@ func (q *Queries) APITokenGet(ctx context.Context, db DBTX, id string) (ApiToken
 		&i.CreatedAt,
 		&i.LastUsedAt,
 		&i.RevokedAt,
+		&i.Scope,
+		&i.ExpiresAt,
 	)
 	return i, err
 }
@@ -50,8 +52,34 @@ func (q *Queries) APITokenInsert(ctx context.Context, db DBTX, arg APITokenInser
 	return err
 }
 
+const aPITokenInsertScoped = `-- name: APITokenInsertScoped :exec
+INSERT INTO api_tokens (id, name, secret_hash, created_by, scope, expires_at)
+VALUES ($1, $2, $3, $4, $5, $6)
+`
+
+type APITokenInsertScopedParams struct {
+	ID         string
+	Name       string
+	SecretHash []byte
+	CreatedBy  string
+	Scope      string
+	ExpiresAt  *time.Time
+}
+
+func (q *Queries) APITokenInsertScoped(ctx context.Context, db DBTX, arg APITokenInsertScopedParams) error {
+	_, err := db.Exec(ctx, aPITokenInsertScoped,
+		arg.ID,
+		arg.Name,
+		arg.SecretHash,
+		arg.CreatedBy,
+		arg.Scope,
+		arg.ExpiresAt,
+	)
+	return err
+}
+
 const aPITokenList = `-- name: APITokenList :many
-SELECT id, name, secret_hash, created_by, created_at, last_used_at, revoked_at FROM api_tokens ORDER BY created_at DESC
+SELECT id, name, secret_hash, created_by, created_at, last_used_at, revoked_at, scope, expires_at FROM api_tokens ORDER BY created_at DESC
 `
 
 func (q *Queries) APITokenList(ctx context.Context, db DBTX) ([]ApiToken, error) {
@@ -71,6 +99,8 @@ func (q *Queries) APITokenList(ctx context.Context, db DBTX) ([]ApiToken, error)
 			&i.CreatedAt,
 			&i.LastUsedAt,
 			&i.RevokedAt,
+			&i.Scope,
+			&i.ExpiresAt,
 		); err != nil {
 			return nil, err
 		}

@@ -44,6 +44,58 @@ SELECT state, count(*)::bigint AS n FROM alerts GROUP BY state;
 SELECT count(*) FROM alerts WHERE type = @type AND node_name = @node_name
   AND created_at > now() - make_interval(secs => @window_seconds::float8);
 
+-- name: AlertPage :many
+SELECT * FROM alerts
+WHERE (@cursor::bigint = 0 OR id < @cursor)
+  AND (@node_name::text = '' OR node_name = @node_name)
+  AND (@state::text = '' OR state = @state)
+  AND (@type::text = '' OR type = @type)
+ORDER BY id DESC LIMIT @lim;
+
+-- name: AlertGetForUpdate :one
+SELECT * FROM alerts WHERE id = @id FOR UPDATE;
+
+-- name: AlertAck :one
+UPDATE alerts SET acked_at = now(), acked_by = @acked_by, ack_note = @ack_note
+WHERE id = @id RETURNING *;
+
+-- AlertLastDown returns the newest down alert (or reminder) of a node
+-- queued since it went down, with its acknowledgement.
+-- name: AlertLastDown :one
+SELECT * FROM alerts
+WHERE type = 'health' AND node_name = @node_name AND created_at >= @since
+  AND payload->>'to' = 'down'
+ORDER BY id DESC LIMIT 1;
+
+-- AlertAckSince returns the acknowledgement of a node's down alerts
+-- queued since it went down, if any was acknowledged.
+-- name: AlertAckSince :one
+SELECT acked_by, ack_note, acked_at FROM alerts
+WHERE type = 'health' AND node_name = @node_name AND created_at >= @since
+  AND payload->>'to' = 'down' AND acked_at IS NOT NULL
+ORDER BY acked_at DESC LIMIT 1;
+
+-- AlertReminderDue lists the nodes down (not disabled, not in
+-- maintenance) whose down alert is not acknowledged and whose last alert
+-- is older than the reminder interval.
+-- name: AlertReminderDue :many
+SELECT n.id, n.name, n.kind, n.address, n.health_changed_at, a.id AS alert_id, a.payload
+FROM nodes n
+JOIN LATERAL (
+    SELECT id, payload, created_at, acked_at FROM alerts
+    WHERE type = 'health' AND node_name = n.name AND created_at >= n.health_changed_at
+      AND payload->>'to' = 'down'
+    ORDER BY id DESC LIMIT 1
+) a ON true
+WHERE n.health = 'down' AND n.admin_state <> 'disabled'
+  AND (n.maintenance_until IS NULL OR n.maintenance_until <= now())
+  AND a.acked_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM alerts x WHERE x.type = 'health' AND x.node_name = n.name
+                    AND x.payload->>'to' = 'down' AND x.created_at >= n.health_changed_at
+                    AND x.acked_at IS NOT NULL)
+  AND a.created_at < now() - make_interval(secs => @every_seconds::float8)
+ORDER BY n.id;
+
 -- AlertPrune deletes alerts that were sent or given up on longer ago than
 -- the given age; pending alerts are never pruned.
 -- name: AlertPrune :execrows

@@ -43,7 +43,7 @@ WHERE c.id = @id AND c.revoked_at IS NULL AND (c.expires_at IS NULL OR c.expires
 INSERT INTO api_tokens (id, name, secret_hash, created_by) VALUES (@id, @name, @secret_hash, @created_by);
 
 -- name: APITokenGet :one
-SELECT * FROM api_tokens WHERE id = @id AND revoked_at IS NULL;
+SELECT * FROM api_tokens WHERE id = @id AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now());
 
 -- name: APITokenTouch :exec
 UPDATE api_tokens SET last_used_at = now() WHERE id = @id AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute');
@@ -60,3 +60,7 @@ UPDATE api_tokens SET revoked_at = now() WHERE id = @id AND revoked_at IS NULL;
 -- name: JoinTokenEndForNode :execrows
 UPDATE join_tokens SET revoked_at = now()
 WHERE node_id = @node_id AND id <> @keep_id AND used_at IS NULL AND revoked_at IS NULL;
+
+-- name: APITokenInsertScoped :exec
+INSERT INTO api_tokens (id, name, secret_hash, created_by, scope, expires_at)
+VALUES (@id, @name, @secret_hash, @created_by, @scope, @expires_at);

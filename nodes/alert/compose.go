@@ -29,6 +29,12 @@ type Change struct {
 	// Maintenance is set when the node was in maintenance, so the change
 	// may be expected.
 	Maintenance bool
+	// Reminder marks a repeated down alert for a node still down that
+	// nobody acknowledged.
+	Reminder bool
+	// AckedBy and AckNote name who acknowledged the node's down alert,
+	// and what they said, on the recovery email.
+	AckedBy, AckNote string
 	// NoRoom: under manual failover, the other nodes lack the room to take
 	// the node's work, so disabling it leaves work waiting unplaced.
 	NoRoom bool
@@ -40,6 +46,7 @@ const (
 	labelSuspect   = "SUSPECT"
 	labelRecovered = "RECOVERED"
 	labelUp        = "UP"
+	labelStillDown = "STILL DOWN"
 	labelAgentLost = "AGENT LOST"
 	labelAgentBack = "AGENT BACK"
 )
@@ -65,7 +72,7 @@ func composeAt(now time.Time, portalURL string, changes []Change) (subject, text
 
 	sorted := slices.Clone(changes)
 	slices.SortStableFunc(sorted, func(a, b Change) int {
-		if d := labelRank(label(a)) - labelRank(label(b)); d != 0 {
+		if d := labelRank(groupLabel(a)) - labelRank(groupLabel(b)); d != 0 {
 			return d
 		}
 		return strings.Compare(a.Node, b.Node)
@@ -73,7 +80,7 @@ func composeAt(now time.Time, portalURL string, changes []Change) (subject, text
 	var order []string
 	count := map[string]int{}
 	for _, c := range sorted {
-		l := label(c)
+		l := groupLabel(c)
 		if count[l] == 0 {
 			order = append(order, l)
 		}
@@ -96,7 +103,7 @@ func composeAt(now time.Time, portalURL string, changes []Change) (subject, text
 	for _, l := range order {
 		fmt.Fprintf(&b, "%s (%d):\n", l, count[l])
 		for _, c := range sorted {
-			if label(c) != l {
+			if groupLabel(c) != l {
 				continue
 			}
 			fmt.Fprintf(&b, "  - %s (%s) %s, %s\n", c.Node, orUnknown(c.Kind), orNone(c.Address), summary(now, c))
@@ -129,7 +136,7 @@ func composeAt(now time.Time, portalURL string, changes []Change) (subject, text
 
 	b.WriteString("Details\n=======\n")
 	for _, c := range sorted {
-		fmt.Fprintf(&b, "\n%s: %s (%s)\n", label(c), c.Node, orUnknown(c.Kind))
+		fmt.Fprintf(&b, "\n%s: %s (%s)\n", groupLabel(c), c.Node, orUnknown(c.Kind))
 		details(&b, now, c)
 		if todo := whatToDo(portalURL, c); todo != "" {
 			b.WriteString("  What to do:\n")
@@ -150,6 +157,9 @@ func composeOne(now time.Time, portalURL string, c Change) (subject, text string
 	}
 	if c.Maintenance {
 		subject += " [maintenance]"
+	}
+	if c.Reminder {
+		subject += " [reminder: still down]"
 	}
 
 	var b strings.Builder
@@ -209,6 +219,12 @@ func details(b *strings.Builder, now time.Time, c Change) {
 	}
 	row("Failover", policyText(c.Kind, c.Policy))
 	row("Work", orDefault(c.WorkOutcome, "nothing reported"))
+	if c.Reminder {
+		row("Reminder", "the node is still down and nobody has acknowledged it; acknowledge it to stop reminders")
+	}
+	if c.AckedBy != "" {
+		row("Acked by", c.AckedBy+": "+c.AckNote)
+	}
 	if c.Maintenance {
 		row("Note", "the node is in maintenance; this change may be expected")
 	}
@@ -273,6 +289,12 @@ func summary(now time.Time, c Change) string {
 	}
 	if c.Reason != "" && label(c) != labelRecovered {
 		s += "; " + c.Reason
+	}
+	if c.AckedBy != "" {
+		s += "; acknowledged by " + c.AckedBy
+	}
+	if c.Reminder {
+		s += " [reminder]"
 	}
 	if c.Maintenance {
 		s += " [maintenance]"
@@ -387,22 +409,33 @@ func label(c Change) string {
 	return strings.ToUpper(c.To)
 }
 
+// groupLabel is label, with reminders apart ("STILL DOWN"), for the
+// sections and counts of a grouped email.
+func groupLabel(c Change) string {
+	if c.Reminder && label(c) == labelDown {
+		return labelStillDown
+	}
+	return label(c)
+}
+
 func labelRank(l string) int {
 	switch l {
 	case labelDown:
 		return 0
-	case labelSuspect:
+	case labelStillDown:
 		return 1
-	case labelRecovered:
+	case labelSuspect:
 		return 2
-	case labelAgentLost:
+	case labelRecovered:
 		return 3
-	case labelAgentBack:
+	case labelAgentLost:
 		return 4
-	case labelUp:
+	case labelAgentBack:
 		return 5
+	case labelUp:
+		return 6
 	}
-	return 6
+	return 7
 }
 
 // downFor is how long a recovered node was down.

@@ -17,6 +17,7 @@ import (
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/probe"
+	"github.com/callplane/callplane/server/metrics"
 )
 
 // Fencer checks, inside a transaction, that this instance still leads
@@ -279,6 +280,7 @@ func watched(n *dbsqlc.Node, now time.Time) bool {
 // Round runs one probe round: probe, record, and apply every change. It
 // ends by recording the completed round in checker_status.
 func (c *Checker) Round(ctx context.Context, epoch int64, st Settings) error {
+	metrics.CheckerRounds.Inc()
 	start := time.Now()
 	pool := c.svc.Pool()
 	list, err := db.Q.NodeList(ctx, pool)
@@ -786,6 +788,11 @@ func (c *Checker) transition(ctx context.Context, tx pgx.Tx, st Settings, guard 
 		}
 		if err := db.Q.NodeSetDownAlerted(ctx, tx, dbsqlc.NodeSetDownAlertedParams{ID: n.ID, DownAlerted: false}); err != nil {
 			return err
+		}
+		if ack, ok, err := c.svc.AckSince(ctx, tx, n.Name, old.HealthChangedAt); err != nil {
+			return err
+		} else if ok {
+			payload.AckedBy, payload.AckNote = ack.By, ack.Note
 		}
 		if err := event("info", fmt.Sprintf("Node %s recovered after %s down: %s", n.Name, down, o.detail)); err != nil {
 			return err

@@ -38,6 +38,9 @@ type AlertPayload struct {
 	Policy      string    `json:"policy"`
 	WorkOutcome string    `json:"work_outcome"`
 	Maintenance bool      `json:"maintenance,omitempty"`
+	Reminder    bool      `json:"reminder,omitempty"`
+	AckedBy     string    `json:"acked_by,omitempty"`
+	AckNote     string    `json:"ack_note,omitempty"`
 	// NoRoom: manual failover, and the other nodes lack the room to take
 	// the node's work if it is disabled.
 	NoRoom bool `json:"no_room,omitempty"`
@@ -49,6 +52,7 @@ func (p AlertPayload) Change() alert.Change {
 		Node: p.Node, Kind: p.Kind, Address: p.Address, From: p.From, To: p.To,
 		At: p.At, Since: p.Since, Reason: p.Reason, Policy: p.Policy,
 		WorkOutcome: p.WorkOutcome, Maintenance: p.Maintenance, NoRoom: p.NoRoom,
+		Reminder: p.Reminder, AckedBy: p.AckedBy, AckNote: p.AckNote,
 	}
 }
 

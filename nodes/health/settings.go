@@ -50,6 +50,7 @@ const (
 	KeySMTPURL          = "smtp_url"
 	KeyAlertFrom        = "alert_from"
 	KeyAlertTo          = "alert_to"
+	KeyAlertReminder    = "alert_reminder"
 	keyPolicyPrefix     = "policy_"
 )
 
@@ -63,7 +64,7 @@ func Keys() []string {
 	for _, k := range nodes.Kinds {
 		keys = append(keys, PolicyKey(k))
 	}
-	return append(keys, KeySMTPURL, KeyAlertFrom, KeyAlertTo)
+	return append(keys, KeySMTPURL, KeyAlertFrom, KeyAlertTo, KeyAlertReminder)
 }
 
 // Settings are the health checker's and the alert mailer's settings.
@@ -106,6 +107,9 @@ type Settings struct {
 	SMTPURL   string
 	AlertFrom string
 	AlertTo   string
+	// AlertReminder repeats the down alert of a node that stays down,
+	// until an administrator acknowledges it or it recovers; 0 is off.
+	AlertReminder time.Duration
 }
 
 // Optional reports whether a form may leave setting key out, keeping its
@@ -216,6 +220,7 @@ func (s Settings) Values() map[string]string {
 		KeySMTPURL:          s.SMTPURL,
 		KeyAlertFrom:        s.AlertFrom,
 		KeyAlertTo:          s.AlertTo,
+		KeyAlertReminder:    s.AlertReminder.String(),
 	}
 	for _, k := range nodes.Kinds {
 		v[PolicyKey(k)] = s.PolicyFor(k)
@@ -297,6 +302,12 @@ func Parse(v map[string]string) (Settings, nodes.FieldErrors) {
 			fe.Add(PolicyKey(k), "choose auto or manual")
 		}
 		s.Policy[k] = p
+	}
+	switch strings.TrimSpace(v[KeyAlertReminder]) {
+	case "", "0", "0s", "off":
+		// Reminders are off.
+	default:
+		s.AlertReminder = dur(KeyAlertReminder, time.Minute, 7*24*time.Hour)
 	}
 	s.SMTPURL = strings.TrimSpace(v[KeySMTPURL])
 	s.AlertFrom = strings.TrimSpace(v[KeyAlertFrom])

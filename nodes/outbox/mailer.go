@@ -20,6 +20,7 @@ import (
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/alert"
 	"github.com/callplane/callplane/nodes/health"
+	"github.com/callplane/callplane/server/metrics"
 )
 
 // Defaults of Config.
@@ -280,6 +281,9 @@ func (m *Mailer) claim(ctx context.Context, epoch int64) ([]group, error) {
 
 // record writes one group's outcome and returns how many alerts it sent.
 func (m *Mailer) record(ctx context.Context, tx pgx.Tx, o outcome, to []string) (int, error) {
+	if !errors.Is(o.err, errNotAttempted) {
+		metrics.MailerAttempts.WithLabelValues(attemptResult(o.err)).Inc()
+	}
 	switch {
 	case o.err == nil:
 		if err := db.Q.AlertMarkSent(ctx, tx, dbsqlc.AlertMarkSentParams{Ids: o.g.ids(), EmailID: o.g.emailID()}); err != nil {
@@ -403,4 +407,15 @@ func (m *Mailer) compose(rows []dbsqlc.Alert) ([]group, []badAlert) {
 		groups = append([]group{hg}, groups...)
 	}
 	return groups, bad
+}
+
+// attemptResult names a send attempt's outcome for the metrics.
+func attemptResult(err error) string {
+	switch {
+	case err == nil:
+		return "sent"
+	case alert.IsPermanent(err):
+		return "failed"
+	}
+	return "retry"
 }

@@ -153,6 +153,7 @@ func (p *Prober) Probe(ctx context.Context, kind, address string) Result {
 		res = Result{Detail: fmt.Sprintf("unknown node kind %q", kind)}
 	}
 	res.Latency = time.Since(start)
+	observe(kind, res)
 	if res.Detail == detailTimeout {
 		res.Detail = "timeout after " + budget.Round(time.Millisecond).String()
 	}

@@ -60,7 +60,7 @@ func workCursor(w dbsqlc.WorkPageRow) (string, int64) { return w.SortKey, w.ID }
 
 func workFromPage(w dbsqlc.WorkPageRow) dbsqlc.WorkListRow {
 	return dbsqlc.WorkListRow{ID: w.ID, Ref: w.Ref, Kind: w.Kind, Cost: w.Cost, State: w.State, NodeID: w.NodeID,
-		Epoch: w.Epoch, CreatedAt: w.CreatedAt, UpdatedAt: w.UpdatedAt, EndedAt: w.EndedAt, NodeName: w.NodeName}
+		Epoch: w.Epoch, CreatedAt: w.CreatedAt, UpdatedAt: w.UpdatedAt, EndedAt: w.EndedAt, LastError: w.LastError, NodeName: w.NodeName}
 }
 
 // workView reads the work page for the filters and table place in q.
@@ -136,13 +136,13 @@ func (h *Handler) workCSV(w http.ResponseWriter, r *http.Request) error {
 		}
 		return errors.Join(errBadRequest, err)
 	}
-	c := startCSV(w, "work", []string{"ref", "kind", "cost", "state", "node", "epoch", "created", "updated", "ended"})
+	c := startCSV(w, "work", []string{"ref", "kind", "cost", "state", "node", "epoch", "created", "updated", "ended", "last_error"})
 	err = exportPages(p, fetch, workCursor, func(w dbsqlc.WorkPageRow) {
 		ended := ""
 		if w.EndedAt != nil {
 			ended = csvTime(*w.EndedAt)
 		}
-		c.row(w.Ref, w.Kind, i64(int64(w.Cost)), w.State, w.NodeName, i64(w.Epoch), csvTime(w.CreatedAt), csvTime(w.UpdatedAt), ended)
+		c.row(w.Ref, w.Kind, i64(int64(w.Cost)), w.State, w.NodeName, i64(w.Epoch), csvTime(w.CreatedAt), csvTime(w.UpdatedAt), ended, w.LastError)
 	})
 	return h.endCSV(r, c, err)
 }

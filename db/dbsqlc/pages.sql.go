@@ -180,8 +180,8 @@ func (q *Queries) EventPage(ctx context.Context, db DBTX, arg EventPageParams) (
 }
 
 const workPage = `-- name: WorkPage :many
-SELECT id, ref, kind, cost, state, node_id, epoch, created_at, updated_at, ended_at, node_name, sort_key FROM (
-    SELECT w.id, w.ref, w.kind, w.cost, w.state, w.node_id, w.epoch, w.created_at, w.updated_at, w.ended_at,
+SELECT id, ref, kind, cost, state, node_id, epoch, created_at, updated_at, ended_at, last_error, node_name, sort_key FROM (
+    SELECT w.id, w.ref, w.kind, w.cost, w.state, w.node_id, w.epoch, w.created_at, w.updated_at, w.ended_at, w.last_error,
         coalesce(n.name, '')::text AS node_name,
         (CASE $1::text
             WHEN 'ref' THEN lower(w.ref)
@@ -229,6 +229,7 @@ type WorkPageRow struct {
 	CreatedAt time.Time
 	UpdatedAt time.Time
 	EndedAt   *time.Time
+	LastError string
 	NodeName  string
 	SortKey   string
 }
@@ -263,6 +264,7 @@ func (q *Queries) WorkPage(ctx context.Context, db DBTX, arg WorkPageParams) ([]
 			&i.CreatedAt,
 			&i.UpdatedAt,
 			&i.EndedAt,
+			&i.LastError,
 			&i.NodeName,
 			&i.SortKey,
 		); err != nil {

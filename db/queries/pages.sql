@@ -45,7 +45,7 @@ LIMIT @lim;
 
 -- name: WorkPage :many
 SELECT * FROM (
-    SELECT w.id, w.ref, w.kind, w.cost, w.state, w.node_id, w.epoch, w.created_at, w.updated_at, w.ended_at,
+    SELECT w.id, w.ref, w.kind, w.cost, w.state, w.node_id, w.epoch, w.created_at, w.updated_at, w.ended_at, w.last_error,
         coalesce(n.name, '')::text AS node_name,
         (CASE @sort::text
             WHEN 'ref' THEN lower(w.ref)

@@ -76,8 +76,6 @@ type legendItem struct {
 // ViewBox is the chart's coordinate system.
 func (c chart) ViewBox() string { return fmt.Sprintf("0 0 %g %g", chartW, chartH) }
 
-func (chart) plotW() float64 { return chartW - chartLeft - chartRight }
-func (chart) plotH() float64 { return chartH - chartTop - chartBottom }
 
 // Frame lines of the plot area.
 func (c chart) Left() string   { return f1(chartLeft) }

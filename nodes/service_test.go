@@ -192,11 +192,11 @@ func TestPlaceCallExcludes(t *testing.T) {
 	if err != nil || first.NodeID == 0 {
 		t.Fatalf("first try: %+v %v", first, err)
 	}
-	second, err := e.svc.PlaceCall(e.ctx, actor, "call-1/2", 1, []int64{first.NodeID})
+	second, err := e.svc.PlaceCall(e.ctx, actor, "call-1.2", 1, []int64{first.NodeID})
 	if err != nil || second.NodeID == 0 || second.NodeID == first.NodeID {
 		t.Fatalf("second try went to %d (first %d): %v", second.NodeID, first.NodeID, err)
 	}
-	third, err := e.svc.PlaceCall(e.ctx, actor, "call-1/3", 1, []int64{first.NodeID, second.NodeID})
+	third, err := e.svc.PlaceCall(e.ctx, actor, "call-1.3", 1, []int64{first.NodeID, second.NodeID})
 	if err != nil || third.State != nodes.WorkUnplaced || third.NodeID != 0 {
 		t.Fatalf("with every node excluded: %+v %v", third, err)
 	}

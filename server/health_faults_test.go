@@ -125,7 +125,7 @@ func TestStaleHeartbeatWithPassingProbeIsAgentLost(t *testing.T) {
 func TestHeartbeatStalenessCountsOnlyAfterTheGrace(t *testing.T) {
 	t.Parallel()
 	env := setupHealth(t)
-	env.save(t, map[string]string{health.KeyHeartbeatStale: "1s"})
+	env.save(t, map[string]string{health.KeyHeartbeatStale: "3s"})
 	ctx := context.Background()
 	log := slog.New(slog.DiscardHandler)
 	ep := probeEndpoint(t, probe.KindMedia, "127.0.0.1:0")

@@ -36,15 +36,16 @@ func OpenAdmin(ctx context.Context, cfg Config, log *slog.Logger) (*Admin, error
 	if err != nil {
 		return nil, err
 	}
-	url := cfg.PublicURL
-	if url == "" {
-		url = "https://" + cfg.Listen
-	}
 	pin := Pin(cert.Leaf)
 	// Join commands name every call manager the running instances
-	// advertise (instances.go), this configuration's URL first.
-	if urls, err := joinServers(ctx, pool, advert{URL: url, Pin: pin}); err == nil {
+	// advertise (instances.go), an explicit --public-url first. This
+	// process serves nothing, so its own listen address is only the
+	// fallback when no instance has advertised itself yet.
+	url := cfg.PublicURL
+	if urls, err := joinServers(ctx, pool, advert{URL: url, Pin: pin}); err == nil && len(urls) > 0 {
 		url = strings.Join(urls, ",")
+	} else if url == "" {
+		url = "https://" + cfg.Listen
 	}
 	return &Admin{Nodes: nodes.NewService(pool, log), Auth: auth.NewService(pool, log), Pin: pin, URL: url, pool: pool, pg: pg}, nil
 }

@@ -49,7 +49,8 @@ func advertise(ctx context.Context, pool *pgxpool.Pool, id string, a advert) err
 	return db.Q.SettingUpsert(ctx, pool, dbsqlc.SettingUpsertParams{Key: instanceKeyPrefix + id, Value: string(b), UpdatedBy: "instance " + id})
 }
 
-// joinServers lists the URLs agents should know: self first, then every
+// joinServers lists the URLs agents should know: self first (when it has
+// a URL: a command-line process serves nothing itself), then every
 // other instance seen within advertKept that serves the same key (the one
 // pin of a join command must hold for each URL), without duplicates.
 // Instances behind one virtual IP advertise the same URL, which is then
@@ -76,7 +77,10 @@ func joinServers(ctx context.Context, pool *pgxpool.Pool, self advert) ([]string
 		others = append(others, seen{id, a})
 	}
 	slices.SortFunc(others, func(x, y seen) int { return strings.Compare(x.id, y.id) })
-	urls := []string{self.URL}
+	var urls []string
+	if self.URL != "" {
+		urls = append(urls, self.URL)
+	}
 	for _, o := range others {
 		if !slices.Contains(urls, o.URL) {
 			urls = append(urls, o.URL)

@@ -76,7 +76,6 @@ type legendItem struct {
 // ViewBox is the chart's coordinate system.
 func (c chart) ViewBox() string { return fmt.Sprintf("0 0 %g %g", chartW, chartH) }
 
-
 // Frame lines of the plot area.
 func (c chart) Left() string   { return f1(chartLeft) }
 func (c chart) Right() string  { return f1(chartW - chartRight) }

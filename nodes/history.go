@@ -182,19 +182,9 @@ var WorkSorts = []string{"time", "ref", "kind", "cost", "state", "node", "epoch"
 // WorkPage returns one page of work items; an unknown node name is
 // ErrNotFound and a bad kind or state a FieldErrors.
 func (s *Service) WorkPage(ctx context.Context, f WorkFilter, p Page) ([]dbsqlc.WorkPageRow, error) {
-	var nodeID int64
-	if f.Node != "" {
-		n, err := s.GetNode(ctx, f.Node)
-		if err != nil {
-			return nil, err
-		}
-		nodeID = n.ID
-	}
-	if f.Kind != "" && !slices.Contains(WorkKinds, f.Kind) {
-		return nil, FieldErrors{"kind": "kind must be one of " + strings.Join(WorkKinds, ", ")}
-	}
-	if f.State != "" && !slices.Contains(WorkStates, f.State) {
-		return nil, FieldErrors{"state": "state must be one of " + strings.Join(WorkStates, ", ")}
+	nodeID, err := s.workFilterNode(ctx, f)
+	if err != nil {
+		return nil, err
 	}
 	return s.q.WorkPage(ctx, s.pool, dbsqlc.WorkPageParams{
 		Sort: p.Sort, NodeID: nodeID, Kind: f.Kind, State: f.State, Q: f.Q,

@@ -231,21 +231,31 @@ type WorkFilter struct {
 	Limit int32
 }
 
-// ListWork lists work items; an unknown node name is ErrNotFound.
-func (s *Service) ListWork(ctx context.Context, f WorkFilter) ([]dbsqlc.WorkListRow, error) {
+// workFilterNode checks a work filter's kind and state (FieldErrors) and
+// resolves its node name to an id (0 for none; ErrNotFound if unknown).
+func (s *Service) workFilterNode(ctx context.Context, f WorkFilter) (int64, error) {
 	var nodeID int64
 	if f.Node != "" {
 		n, err := s.GetNode(ctx, f.Node)
 		if err != nil {
-			return nil, err
+			return 0, err
 		}
 		nodeID = n.ID
 	}
 	if f.Kind != "" && !slices.Contains(WorkKinds, f.Kind) {
-		return nil, FieldErrors{"kind": "kind must be one of " + strings.Join(WorkKinds, ", ")}
+		return 0, FieldErrors{"kind": "kind must be one of " + strings.Join(WorkKinds, ", ")}
 	}
 	if f.State != "" && !slices.Contains(WorkStates, f.State) {
-		return nil, FieldErrors{"state": "state must be one of " + strings.Join(WorkStates, ", ")}
+		return 0, FieldErrors{"state": "state must be one of " + strings.Join(WorkStates, ", ")}
+	}
+	return nodeID, nil
+}
+
+// ListWork lists work items; an unknown node name is ErrNotFound.
+func (s *Service) ListWork(ctx context.Context, f WorkFilter) ([]dbsqlc.WorkListRow, error) {
+	nodeID, err := s.workFilterNode(ctx, f)
+	if err != nil {
+		return nil, err
 	}
 	if f.Limit <= 0 || f.Limit > 1000 {
 		f.Limit = 200

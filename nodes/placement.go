@@ -59,7 +59,12 @@ func notifyPayload(nodeIDs []int64) string {
 }
 
 // EndWork ends a work item; ending an already ended item is a no-op.
-func (s *Service) EndWork(ctx context.Context, actor Actor, ref string) (dbsqlc.Work, error) {
+func (s *Service) EndWork(ctx context.Context, actor Actor, ref string) (Work, error) {
+	w, err := s.endWork(ctx, actor, ref)
+	return workFromRow(w), err
+}
+
+func (s *Service) endWork(ctx context.Context, actor Actor, ref string) (dbsqlc.Work, error) {
 	var w dbsqlc.Work
 	var endedOn int64
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
@@ -143,7 +148,12 @@ func (s *Service) Version(ctx context.Context, nodeID int64) (int64, error) {
 // epoch, or for work not on the node, changes nothing. A failed start
 // (state "failed", with the agent's reason in in.Error) makes the item
 // wait unplaced, keeps it off this node and places it elsewhere.
-func (s *Service) Ack(ctx context.Context, nodeID int64, in AckInput) (dbsqlc.Work, error) {
+func (s *Service) Ack(ctx context.Context, nodeID int64, in AckInput) (Work, error) {
+	w, err := s.ack(ctx, nodeID, in)
+	return workFromRow(w), err
+}
+
+func (s *Service) ack(ctx context.Context, nodeID int64, in AckInput) (dbsqlc.Work, error) {
 	workID, epoch, state := in.ID, in.Epoch, in.State
 	if !slices.Contains([]string{WorkActive, "failed", WorkEnded}, state) {
 		return dbsqlc.Work{}, FieldErrors{"state": "state must be active, failed or ended"}
@@ -252,7 +262,7 @@ func (s *Service) workFilterNode(ctx context.Context, f WorkFilter) (int64, erro
 }
 
 // ListWork lists work items; an unknown node name is ErrNotFound.
-func (s *Service) ListWork(ctx context.Context, f WorkFilter) ([]dbsqlc.WorkListRow, error) {
+func (s *Service) ListWork(ctx context.Context, f WorkFilter) ([]Work, error) {
 	nodeID, err := s.workFilterNode(ctx, f)
 	if err != nil {
 		return nil, err
@@ -260,11 +270,18 @@ func (s *Service) ListWork(ctx context.Context, f WorkFilter) ([]dbsqlc.WorkList
 	if f.Limit <= 0 || f.Limit > 1000 {
 		f.Limit = 200
 	}
-	return s.q.WorkList(ctx, s.pool, dbsqlc.WorkListParams{NodeID: nodeID, Kind: f.Kind, State: f.State, Q: f.Q, Lim: f.Limit})
+	rows, err := s.q.WorkList(ctx, s.pool, dbsqlc.WorkListParams{NodeID: nodeID, Kind: f.Kind, State: f.State, Q: f.Q, Lim: f.Limit})
+	if err != nil {
+		return nil, err
+	}
+	return fromRows(rows, workFromJoined), nil
 }
 
 // GetWork returns one work item by ref.
-func (s *Service) GetWork(ctx context.Context, ref string) (dbsqlc.WorkGetByRefRow, error) {
+func (s *Service) GetWork(ctx context.Context, ref string) (Work, error) {
 	w, err := s.q.WorkGetByRef(ctx, s.pool, ref)
-	return w, db.Translate(err)
+	if err != nil {
+		return Work{}, db.Translate(err)
+	}
+	return workFromJoined(w), nil
 }

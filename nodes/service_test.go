@@ -257,7 +257,7 @@ func TestEligibleAgreesWithSQL(t *testing.T) {
 		if err := e.pool.QueryRow(e.ctx, "SELECT eligible FROM node_eligibility WHERE name = $1", name).Scan(&sqlSays); err != nil {
 			t.Fatal(err)
 		}
-		goSays := nodes.NodeFromRow(n).Eligible(now)
+		goSays := n.Eligible(now)
 		want := name == "ok" || name == "maintover"
 		if sqlSays != want || goSays != want {
 			t.Errorf("%s: SQL says %v, Go says %v, want %v", name, sqlSays, goSays, want)

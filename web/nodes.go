@@ -11,7 +11,6 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
-	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
 )
 
@@ -74,7 +73,7 @@ func (f nodeFilter) query() string {
 }
 
 type nodesView struct {
-	Nodes     []dbsqlc.Node // this page's rows
+	Nodes     []nodes.Node // this page's rows
 	Total     int
 	Pages     int
 	Filter    nodeFilter
@@ -87,7 +86,7 @@ func (v nodesView) To() int   { return (v.Filter.Page-1)*nodesPerPage + len(v.No
 
 func (h *Handler) nodesPage(w http.ResponseWriter, r *http.Request) error {
 	f := nodeFilterFrom(r)
-	list, err := h.Nodes.ListNodes(r.Context(), dbsqlc.NodeListFilteredParams{Kind: f.Kind, AdminState: f.State, Health: f.Health, Q: f.Q})
+	list, err := h.Nodes.ListNodes(r.Context(), nodes.NodeFilter{Kind: f.Kind, AdminState: f.State, Health: f.Health, Q: f.Q})
 	if err != nil {
 		return err
 	}
@@ -176,11 +175,11 @@ func (h *Handler) nodeUpdate(w http.ResponseWriter, r *http.Request) error {
 // Maint*, CredNotice) are filled by the POST handlers that re-render the
 // page or one of its parts.
 type nodeView struct {
-	Node      dbsqlc.Node
-	Carrying  []dbsqlc.WorkCountsByNodeRow
-	Work      []dbsqlc.WorkListRow
-	Probes    []dbsqlc.ProbeResult
-	Events    []dbsqlc.Event
+	Node      nodes.Node
+	Carrying  []nodes.KindCount
+	Work      []nodes.Work
+	Probes    []nodes.ProbeResult
+	Events    []nodes.Event
 	CanChange bool
 
 	Join        *nodes.JoinToken
@@ -200,10 +199,10 @@ type nodeView struct {
 	MaintStart  string
 	MaintUntil  string
 	MaintReason string
-	Windows     []dbsqlc.MaintenanceWindow
+	Windows     []nodes.MaintenanceWindow
 	// DownAlert is the node's down alert while it is down, for the
 	// acknowledgement form.
-	DownAlert   *dbsqlc.Alert
+	DownAlert   *nodes.Alert
 	AckNote     string
 	AckErrors   nodes.FieldErrors
 	AckNotice   string
@@ -485,8 +484,4 @@ func impactSentence(im nodes.Impact) string {
 	}
 	return prefix + fmt.Sprintf("Does not fit: %s will move to %s and %d will wait unplaced.",
 		capitalize(nodes.WorkNoun(wk, moved)), dest, unplaced)
-}
-
-func maintActive(n dbsqlc.Node) bool {
-	return n.MaintenanceUntil != nil && n.MaintenanceUntil.After(time.Now())
 }

@@ -6,8 +6,6 @@ import (
 	"net/http"
 	"strings"
 
-	"github.com/callplane/callplane/db"
-	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/alert"
 	"github.com/callplane/callplane/nodes/health"
@@ -23,7 +21,6 @@ type SettingsStore interface {
 	Save(ctx context.Context, actor nodes.Actor, form map[string]string) (health.Settings, error)
 	// SendTest sends the test email and returns the SMTP server's reply.
 	SendTest(ctx context.Context) (string, error)
-	Outbox(ctx context.Context) (health.OutboxStatus, error)
 	// Status is the health checker's last round and the disruption guard.
 	Status(ctx context.Context) (health.Status, error)
 	// ConfirmDisruption lets failover proceed during a disruption.
@@ -37,7 +34,7 @@ type settingsView struct {
 	Notice    string
 	Alert     string
 	MailReady bool
-	Outbox    health.OutboxStatus
+	Outbox    nodes.OutboxStatus
 	Instance  string
 	Leader    string
 	Test      testEmailResult
@@ -56,7 +53,7 @@ func (h *Handler) settingsView(r *http.Request, st health.Settings) (settingsVie
 	v := settingsView{Values: st.Values(), Errors: map[string]string{}, CanEdit: canChange(r), MailReady: st.MailReady()}
 	v.Values[health.KeySMTPURL] = st.SMTPRedacted()
 	var err error
-	if v.Outbox, err = h.Settings.Outbox(ctx); err != nil {
+	if v.Outbox, err = h.Nodes.OutboxStatus(ctx); err != nil {
 		return v, err
 	}
 	if v.Retention, err = h.retentionView(r); err != nil {
@@ -144,14 +141,11 @@ func (h *Handler) settingsTestEmail(w http.ResponseWriter, r *http.Request) erro
 	ctx := r.Context()
 	reply, err := h.Settings.SendTest(ctx)
 	res := testEmailResult{Done: true, OK: err == nil, Reply: reply}
-	a := actor(r)
-	audit := dbsqlc.AuditInsertParams{Actor: a.Name, Action: "settings.test_email", Target: "settings", Result: "ok", SourceAddr: a.Addr, Detail: reply}
 	if err != nil {
 		res.Reply = err.Error()
-		audit.Result, audit.Detail = "error", err.Error()
-	}
-	if aerr := db.Q.AuditInsert(ctx, h.Nodes.Pool(), audit); aerr != nil {
-		return aerr
+		h.Nodes.AuditFailure(ctx, actor(r), "settings.test_email", "settings", err)
+	} else {
+		h.Nodes.Audit(ctx, actor(r), "settings.test_email", "settings", reply)
 	}
 	if isHTMX(r) {
 		return h.render(w, r, "Settings", "settings", testEmailPartial(res))

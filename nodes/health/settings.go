@@ -508,36 +508,3 @@ func (s *Store) SendTest(ctx context.Context) (string, error) {
 		From: st.AlertFrom, To: st.Recipients(), Subject: subject, Text: text,
 	})
 }
-
-// OutboxStatus is the state of the alert outbox, for the settings page.
-type OutboxStatus struct {
-	Pending, Sent, Failed int64
-	// RecentFailed are the newest alerts that failed for good, with
-	// their last error; Retrying the pending ones that failed at least once.
-	RecentFailed []dbsqlc.Alert
-	Retrying     []dbsqlc.Alert
-}
-
-// Outbox returns the state of the alert outbox.
-func (s *Store) Outbox(ctx context.Context) (OutboxStatus, error) {
-	var o OutboxStatus
-	counts, err := db.Q.AlertCounts(ctx, s.pool)
-	if err != nil {
-		return o, err
-	}
-	for _, c := range counts {
-		switch c.State {
-		case "pending":
-			o.Pending = c.N
-		case "sent":
-			o.Sent = c.N
-		case "failed":
-			o.Failed = c.N
-		}
-	}
-	if o.RecentFailed, err = db.Q.AlertListFailed(ctx, s.pool, 10); err != nil {
-		return o, err
-	}
-	o.Retrying, err = db.Q.AlertListPendingWithError(ctx, s.pool, 10)
-	return o, err
-}

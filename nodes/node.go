@@ -89,13 +89,23 @@ func (n Node) AgentLost() bool { return n.AgentLostSince != nil }
 // Enrolled reports whether an agent has enrolled for the node.
 func (n Node) Enrolled() bool { return n.EnrolledAt != nil }
 
-// Eligible reports whether the node may take new work at now: enabled,
-// up, not held down for flapping, enrolled and not in maintenance. It is
-// the Go twin of the node_eligibility view (migration 00004), which the
-// placement queries use; TestEligibleAgreesWithSQL keeps the two equal.
-func (n Node) Eligible(now time.Time) bool {
+// AnswersCalls reports whether the node may take new SIP calls from the
+// front door at now: enabled, up, not held down for flapping, enrolled and
+// not in maintenance. A call goes straight to the media server, so a lost
+// agent does not matter. It is the Go twin of node_eligibility's
+// answers_calls (migration 00012).
+func (n Node) AnswersCalls(now time.Time) bool {
 	return n.AdminState == StateEnabled && n.Health == HealthUp && !n.Flapping &&
 		n.Enrolled() && !n.InMaintenance(now)
+}
+
+// Eligible reports whether the node may take new work that its agent
+// picks up and acknowledges (every placement but the SIP front door's
+// calls) at now: it answers calls and its agent is not lost. It is the Go
+// twin of node_eligibility's eligible (migration 00012), which the
+// placement queries use; TestEligibleAgreesWithSQL keeps the two equal.
+func (n Node) Eligible(now time.Time) bool {
+	return n.AnswersCalls(now) && !n.AgentLost()
 }
 
 // CanFailOver reports whether the work on the node moves away on its own

@@ -323,13 +323,23 @@ func (c *Checker) Round(ctx context.Context, epoch int64, st Settings) error {
 	if prune {
 		c.lastPrune = time.Now()
 	}
+	var back []string
 	for _, o := range lost {
-		if err := c.agentLost(ctx, epoch, st, o); err != nil {
+		cleared, err := c.agentLost(ctx, epoch, st, o)
+		if err != nil {
 			if errors.Is(err, nodes.ErrNotLeader) || ctx.Err() != nil {
 				return err
 			}
 			c.log.Error("record agent lost", "node", o.node.Name, "err", err)
 		}
+		if cleared {
+			back = append(back, o.node.Name)
+		}
+	}
+	if len(back) > 0 {
+		// A node whose agent is lost takes no new assignments, so work
+		// may be waiting for it.
+		c.svc.PlaceAllUnplaced(ctx, "the agent of node "+strings.Join(back, ", ")+" is back")
 	}
 	var placeAfter []string
 	for _, o := range changes {
@@ -472,10 +482,14 @@ func agentLostChanges(st Settings, o observation, now time.Time) bool {
 	return false
 }
 
-// agentLost sets, mails or clears a node's agent-lost flag. Agent lost
-// moves no work and changes no health: the service answers its probe.
-func (c *Checker) agentLost(ctx context.Context, epoch int64, st Settings, o observation) error {
-	return c.inTx(ctx, epoch, func(tx *nodes.CheckerTx) error {
+// agentLost sets, mails or clears a node's agent-lost flag, and reports
+// whether it cleared it. Agent lost moves no work and changes no health:
+// the service answers its probe. (The node takes no new assignments
+// meanwhile: see node_eligibility.)
+func (c *Checker) agentLost(ctx context.Context, epoch int64, st Settings, o observation) (bool, error) {
+	cleared := false
+	err := c.inTx(ctx, epoch, func(tx *nodes.CheckerTx) error {
+		cleared = false
 		n, err := tx.LockNode(ctx, o.node.ID)
 		if err != nil {
 			return err
@@ -504,6 +518,7 @@ func (c *Checker) agentLost(ctx context.Context, epoch int64, st Settings, o obs
 			if err := tx.SetAgentLost(ctx, n.ID, nil, false); err != nil {
 				return err
 			}
+			cleared = true
 			msg := fmt.Sprintf("Node %s: agent heartbeating again after %s lost", n.Name, now.Sub(*n.AgentLostSince).Round(time.Second))
 			if err := tx.Event(ctx, &n, "health", "info", msg); err != nil {
 				return err
@@ -515,6 +530,7 @@ func (c *Checker) agentLost(ctx context.Context, epoch int64, st Settings, o obs
 			return c.queueAlert(ctx, tx, &n, payload, "agent back")
 		}
 	})
+	return cleared && err == nil, err
 }
 
 // queueAlert puts a health alert in the outbox and records that it did.

@@ -46,7 +46,7 @@ type Config struct {
 	Outbox Outbox
 	Store  *health.Store
 	Fence  nodes.Fencer
-	Log   *slog.Logger
+	Log    *slog.Logger
 	// PortalURL is the portal's base URL, for links in emails.
 	PortalURL string
 	// Every is how often the outbox is polled (DefaultEvery).

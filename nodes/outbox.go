@@ -26,8 +26,7 @@ const (
 	AlertSending AlertOutcome = iota + 1
 	// AlertSent: the SMTP server accepted the email.
 	AlertSent
-	// AlertRetry: due again after Delay (attempts unchanged when
-	// LastError is empty: the email was not attempted).
+	// AlertRetry: due again after Delay, with LastError.
 	AlertRetry
 	// AlertFailed: failed for good, not retried.
 	AlertFailed

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/callplane/callplane/nodes/agent"
+	"github.com/callplane/callplane/nodes/agentproto"
 )
 
 const (
@@ -210,7 +211,7 @@ func newFakeServer(t *testing.T) *fakeServer {
 	f.srv.Config.ErrorLog = log.New(io.Discard, "", 0)
 	f.srv.StartTLS()
 	t.Cleanup(f.srv.Close)
-	f.pin = agent.PinOf(f.srv.Certificate())
+	f.pin = agentproto.PinOf(f.srv.Certificate())
 	return f
 }
 

@@ -10,6 +10,7 @@ import (
 	"github.com/callplane/callplane/db/localpg"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/accounts"
+	"github.com/callplane/callplane/nodes/agentproto"
 )
 
 // Admin is what the administrative commands need: the services on the
@@ -36,7 +37,7 @@ func OpenAdmin(ctx context.Context, cfg Config, log *slog.Logger) (*Admin, error
 	if err != nil {
 		return nil, err
 	}
-	pin := Pin(cert.Leaf)
+	pin := agentproto.PinOf(cert.Leaf)
 	// Join commands name every call manager the running instances
 	// advertise (instances.go), an explicit --public-url first. This
 	// process serves nothing, so its own listen address is only the

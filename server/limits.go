@@ -12,6 +12,7 @@ import (
 
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/accounts"
+	"github.com/callplane/callplane/nodes/agentproto"
 )
 
 // Body limits. Forms and single JSON objects are small; the batch routes
@@ -23,9 +24,9 @@ const (
 
 // largeBodyRoutes take LargeBodyLimit; every other route DefaultBodyLimit.
 var largeBodyRoutes = map[string]bool{
-	"POST /api/v1/heartbeat":       true,
-	"POST /api/v1/assignments/ack": true,
-	"POST /api/v1/work":            true,
+	"POST " + agentproto.Prefix + agentproto.HeartbeatPath: true,
+	"POST " + agentproto.Prefix + agentproto.AckBatchPath:  true,
+	"POST /api/v1/work": true,
 }
 
 // BodyLimit is the largest body a request to method and path may send.

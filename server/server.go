@@ -23,6 +23,7 @@ import (
 	"github.com/callplane/callplane/db/localpg"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/accounts"
+	"github.com/callplane/callplane/nodes/agentproto"
 	"github.com/callplane/callplane/nodes/health"
 	"github.com/callplane/callplane/nodes/outbox"
 	"github.com/callplane/callplane/nodes/sipfront"
@@ -101,7 +102,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.pin = Pin(s.cert.Leaf)
+	s.pin = agentproto.PinOf(s.cert.Leaf)
 	s.pool, s.dbURL, s.pg, err = OpenDatabase(ctx, cfg, log)
 	if err != nil {
 		return nil, err

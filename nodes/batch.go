@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/callplane/callplane/db/dbsqlc"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 // MaxBatch bounds the items of one batch placement and of one batch ack.
@@ -41,6 +42,9 @@ func (e BatchItemErrors) Error() string {
 	return fmt.Sprintf("%d %s invalid: %s%s", len(idx), noun, strings.Join(parts, "; "), more)
 }
 
+// Is makes BatchItemErrors of kind problem.ErrInvalid.
+func (e BatchItemErrors) Is(target error) bool { return target == problem.ErrInvalid }
+
 // DuplicateRefsError names the refs of a batch that appear more than once
 // in it or already exist. It wraps ErrConflict; the batch wrote nothing.
 type DuplicateRefsError struct {
@@ -62,9 +66,9 @@ func (e *DuplicateRefsError) Unwrap() error { return ErrConflict }
 func ValidateWorkBatch(items []WorkInput) error {
 	switch {
 	case len(items) == 0:
-		return FieldErrors{"items": "a batch needs at least one item"}
+		return problem.FieldErrors{"items": "a batch needs at least one item"}
 	case len(items) > MaxBatch:
-		return FieldErrors{"items": fmt.Sprintf("a batch holds at most %d items", MaxBatch)}
+		return problem.FieldErrors{"items": fmt.Sprintf("a batch holds at most %d items", MaxBatch)}
 	}
 	bad := BatchItemErrors{}
 	for i, in := range items {
@@ -131,9 +135,9 @@ type AckResult struct {
 func (s *Service) AckBatch(ctx context.Context, nodeID int64, acks []AckInput) ([]AckResult, error) {
 	switch {
 	case len(acks) == 0:
-		return nil, FieldErrors{"acks": "a batch needs at least one ack"}
+		return nil, problem.FieldErrors{"acks": "a batch needs at least one ack"}
 	case len(acks) > MaxBatch:
-		return nil, FieldErrors{"acks": fmt.Sprintf("a batch holds at most %d acks", MaxBatch)}
+		return nil, problem.FieldErrors{"acks": fmt.Sprintf("a batch holds at most %d acks", MaxBatch)}
 	}
 	res := make([]AckResult, len(acks))
 	var p dbsqlc.WorkAckBatchParams
@@ -145,9 +149,9 @@ func (s *Service) AckBatch(ctx context.Context, nodeID int64, acks []AckInput) (
 		res[i].ID = a.ID
 		switch {
 		case !slices.Contains([]string{WorkActive, "failed", WorkEnded}, a.State):
-			res[i].Err = FieldErrors{"state": "state must be active, failed or ended"}
+			res[i].Err = problem.FieldErrors{"state": "state must be active, failed or ended"}
 		case seen[a.ID]:
-			res[i].Err = FieldErrors{"id": "assignment " + strconv.FormatInt(a.ID, 10) + " is acked twice in this batch"}
+			res[i].Err = problem.FieldErrors{"id": "assignment " + strconv.FormatInt(a.ID, 10) + " is acked twice in this batch"}
 		default:
 			seen[a.ID] = true
 			p.Ids = append(p.Ids, a.ID)

@@ -20,6 +20,7 @@ import (
 	"github.com/callplane/callplane/nodes/agent"
 	"github.com/callplane/callplane/nodes/health"
 	"github.com/callplane/callplane/nodes/probe"
+	"github.com/callplane/callplane/nodes/problem"
 	"github.com/callplane/callplane/server"
 	"github.com/callplane/callplane/server/servertest"
 )
@@ -425,7 +426,7 @@ func TestNeverEnrolledNodeStaysPendingAndAddressesAreUnique(t *testing.T) {
 	ctx := context.Background()
 	for _, addr := range []string{ep.Address(), "sip:" + ep.Address() + ";transport=udp"} {
 		_, err := in.Nodes().AddNode(ctx, nodes.Actor{Name: "test"}, nodes.NodeInput{Name: "media-2", Kind: nodes.KindIVR, Address: addr, Capacity: "5"})
-		var fe nodes.FieldErrors
+		var fe problem.FieldErrors
 		if !errors.As(err, &fe) || !strings.Contains(fe["address"], "node media-1 already uses") {
 			t.Fatalf("second node on %s: %v", addr, err)
 		}
@@ -433,7 +434,7 @@ func TestNeverEnrolledNodeStaysPendingAndAddressesAreUnique(t *testing.T) {
 	other := probeEndpoint(t, probe.KindMedia, "127.0.0.1:0")
 	in.AddNode(t, "media-2", nodes.KindMedia, other.Address(), 10)
 	_, err = in.Nodes().UpdateNode(ctx, nodes.Actor{Name: "test"}, "media-2", nodes.NodeInput{Address: ep.Address(), Capacity: "10"})
-	var fe nodes.FieldErrors
+	var fe problem.FieldErrors
 	if !errors.As(err, &fe) || fe["address"] == "" {
 		t.Fatalf("edit onto another node's address: %v", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/problem"
 	"github.com/callplane/callplane/nodes/sipfront"
 )
 
@@ -86,7 +87,7 @@ func (h *Handler) callsSettingsSave(w http.ResponseWriter, r *http.Request) erro
 	_, errs := sipfront.ParseSettings(form)
 	status := http.StatusOK
 	if len(errs) > 0 {
-		fe := nodes.FieldErrors{}
+		fe := problem.FieldErrors{}
 		for k, m := range errs {
 			fe.Add(k, m)
 		}

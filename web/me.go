@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 
+	"github.com/callplane/callplane/nodes/problem"
 	"github.com/callplane/callplane/web/auth"
 )
 
@@ -15,7 +16,7 @@ type meView struct {
 	Email    string
 	Role     string
 	Sessions []auth.SessionInfo
-	Errors   auth.FieldErrors
+	Errors   problem.FieldErrors
 	Notice   string
 	Alert    string
 }
@@ -48,7 +49,7 @@ func (h *Handler) accountPassword(w http.ResponseWriter, r *http.Request) error 
 	u, _ := UserFrom(r.Context())
 	ended, err := h.Auth.ChangePassword(r.Context(), u, ClientAddr(r), sessionToken(r),
 		r.PostFormValue("current"), r.PostFormValue("password"), r.PostFormValue("confirm"))
-	var fe auth.FieldErrors
+	var fe problem.FieldErrors
 	status := http.StatusOK
 	switch {
 	case errors.As(err, &fe):

@@ -11,6 +11,7 @@ import (
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/alert"
 	"github.com/callplane/callplane/nodes/health"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 // SettingsStore is what the settings page needs: the health and alert
@@ -19,7 +20,7 @@ import (
 type SettingsStore interface {
 	Load(ctx context.Context) (health.Settings, error)
 	// Save validates and stores the form; invalid input returns
-	// nodes.FieldErrors and saves nothing.
+	// problem.FieldErrors and saves nothing.
 	Save(ctx context.Context, actor nodes.Actor, form map[string]string) (health.Settings, error)
 	// SendTest sends the test email and returns the SMTP server's reply.
 	SendTest(ctx context.Context) (string, error)
@@ -100,7 +101,7 @@ func (h *Handler) settingsSave(w http.ResponseWriter, r *http.Request) error {
 	}
 	ctx := r.Context()
 	st, err := h.Settings.Save(ctx, actor(r), form)
-	var fe nodes.FieldErrors
+	var fe problem.FieldErrors
 	switch {
 	case errors.As(err, &fe):
 		h.Nodes.AuditFailure(ctx, actor(r), "settings.update", "settings", fe)

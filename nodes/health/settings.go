@@ -20,6 +20,7 @@ import (
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/alert"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 // Failover policies.
@@ -231,8 +232,8 @@ func (s Settings) Values() map[string]string {
 // Parse reads settings from their string values (a form or the settings
 // table) and validates them. Missing keys are errors. It returns what it
 // could read and a message per bad field.
-func Parse(v map[string]string) (Settings, nodes.FieldErrors) {
-	fe := nodes.FieldErrors{}
+func Parse(v map[string]string) (Settings, problem.FieldErrors) {
+	fe := problem.FieldErrors{}
 	s := Settings{Policy: map[string]string{}}
 	dur := func(key string, lo, hi time.Duration) time.Duration {
 		raw := strings.TrimSpace(v[key])
@@ -432,7 +433,7 @@ func (s *Store) Invalidate() {
 // Save validates form and stores every setting, with an audit row, in one
 // transaction. When the SMTP URL comes back as shown (with its password
 // redacted) the stored password is kept. Invalid input returns
-// nodes.FieldErrors and saves nothing.
+// problem.FieldErrors and saves nothing.
 func (s *Store) Save(ctx context.Context, actor nodes.Actor, form map[string]string) (Settings, error) {
 	cur, err := s.load(ctx)
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/dbsqlc"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 // A signed-in user's own account: password change and sessions.
@@ -44,7 +45,7 @@ func (s *Service) Sessions(ctx context.Context, u User, token string) ([]Session
 // (the one of token stays). A wrong current password counts as a failed
 // sign-in for throttling, so a left-open session cannot be used to guess.
 func (s *Service) ChangePassword(ctx context.Context, u User, addr, token, current, next, confirm string) (int64, error) {
-	fe := FieldErrors{}
+	fe := problem.FieldErrors{}
 	if current == "" {
 		fe["current"] = "enter your current password"
 	}
@@ -79,7 +80,7 @@ func (s *Service) ChangePassword(ctx context.Context, u User, addr, token, curre
 	}
 	if !ok {
 		s.audit(ctx, s.pool, u.Email, addr, "user.password", u.Email, "error", "wrong current password")
-		return 0, FieldErrors{"current": "this is not your current password"}
+		return 0, problem.FieldErrors{"current": "this is not your current password"}
 	}
 	s.release(ctx, ids)
 	hash, err := s.hasher.hash(ctx, next)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/dbsqlc"
+	"github.com/callplane/callplane/nodes/problem"
 	"github.com/callplane/callplane/nodes/safetext"
 )
 
@@ -36,28 +37,15 @@ var Roles = []string{RoleOwner, RoleAdmin, RoleViewer}
 var (
 	// ErrBadCredentials is the one answer to a wrong setup code, an
 	// unknown user, a disabled user and a wrong password.
-	ErrBadCredentials = errors.New("those details are not correct")
+	ErrBadCredentials = problem.New(problem.ErrUnauthorized, "those details are not correct")
 	// ErrThrottled: too many recent failures for this account or address.
-	ErrThrottled = errors.New("too many failed attempts; wait a few minutes and try again")
+	ErrThrottled = problem.New(problem.ErrThrottled, "too many failed attempts; wait a few minutes and try again")
 	// ErrSetupDone: an account exists, so first-run setup is closed.
 	ErrSetupDone = errors.New("setup is already complete")
 )
 
 // throttleWindow is how long a failed attempt counts (throttle.go).
 const throttleWindow = 15 * time.Minute
-
-// FieldErrors maps a form field to its message.
-type FieldErrors map[string]string
-
-func (e FieldErrors) Error() string {
-	var parts []string
-	for _, f := range []string{"email", "current", "password", "confirm", "role", "code"} {
-		if m, ok := e[f]; ok {
-			parts = append(parts, f+": "+m)
-		}
-	}
-	return strings.Join(parts, "; ")
-}
 
 // User is a signed-in account.
 type User struct {
@@ -126,8 +114,8 @@ func (s *Service) audit(ctx context.Context, tx dbsqlc.DBTX, actor, addr, action
 // unique index on lower(email) holds it in the database too).
 func NormalizeEmail(email string) string { return strings.ToLower(strings.TrimSpace(email)) }
 
-func validateNew(email, password, role string) (string, FieldErrors) {
-	fe := FieldErrors{}
+func validateNew(email, password, role string) (string, problem.FieldErrors) {
+	fe := problem.FieldErrors{}
 	email = NormalizeEmail(email)
 	if a, err := mail.ParseAddress(email); err != nil || a.Address != email || len(email) > 254 {
 		fe["email"] = "enter a valid email address"
@@ -205,7 +193,7 @@ func (s *Service) AddUser(ctx context.Context, actor, addr, email, password, rol
 		var err error
 		u, err = s.q.UserInsert(ctx, tx, dbsqlc.UserInsertParams{Email: email, PasswordHash: hash, Role: role})
 		if errors.Is(db.Translate(err), db.ErrConflict) {
-			return FieldErrors{"email": "an account with this email already exists"}
+			return problem.FieldErrors{"email": "an account with this email already exists"}
 		}
 		if err != nil {
 			return err
@@ -224,7 +212,7 @@ func (s *Service) ListUsers(ctx context.Context) ([]dbsqlc.User, error) {
 // SetRole changes a user's role. The last active owner cannot be demoted.
 func (s *Service) SetRole(ctx context.Context, actor User, addr string, id int64, role string) error {
 	if !slices.Contains(Roles, role) {
-		return FieldErrors{"role": "role must be owner, admin or viewer"}
+		return problem.FieldErrors{"role": "role must be owner, admin or viewer"}
 	}
 	return db.InTx(ctx, s.pool, func(tx pgx.Tx) error {
 		u, err := s.q.UserGet(ctx, tx, id)
@@ -237,7 +225,7 @@ func (s *Service) SetRole(ctx context.Context, actor User, addr string, id int64
 			}
 		}
 		if role == RoleOwner && !actor.Can(RoleOwner) {
-			return FieldErrors{"role": "only an owner can make another owner"}
+			return problem.FieldErrors{"role": "only an owner can make another owner"}
 		}
 		if _, err := s.q.UserSetRole(ctx, tx, dbsqlc.UserSetRoleParams{ID: id, Role: role}); err != nil {
 			return err
@@ -253,7 +241,7 @@ func (s *Service) keepAnOwner(ctx context.Context, tx pgx.Tx) error {
 		return err
 	}
 	if n <= 1 {
-		return FieldErrors{"role": "the last active owner cannot be demoted or disabled"}
+		return problem.FieldErrors{"role": "the last active owner cannot be demoted or disabled"}
 	}
 	return nil
 }
@@ -329,7 +317,7 @@ func (s *Service) Login(ctx context.Context, email, password, addr, userAgent st
 	case err == nil:
 		ok, err = s.hasher.check(ctx, password, u.PasswordHash)
 		ok = ok && u.DisabledAt == nil
-	case errors.Is(err, pgx.ErrNoRows):
+	case db.IsNotFound(err):
 		// Do the same work as a real check so timing says nothing.
 		_, err = s.hasher.check(ctx, password, dummyHash)
 	}
@@ -376,7 +364,7 @@ func (s *Service) Session(ctx context.Context, token string) (User, error) {
 	}
 	row, err := s.q.SessionGet(ctx, s.pool, hashToken(token))
 	if err != nil {
-		if errors.Is(err, pgx.ErrNoRows) {
+		if db.IsNotFound(err) {
 			return User{}, ErrBadCredentials
 		}
 		return User{}, err

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/callplane/callplane/db/dbtest"
+	"github.com/callplane/callplane/nodes/problem"
 	"github.com/callplane/callplane/web/auth"
 )
 
@@ -105,7 +106,7 @@ func TestLastOwnerGuard(t *testing.T) {
 	t.Parallel()
 	s, pool, owner := setup(t)
 	ctx := context.Background()
-	var fe auth.FieldErrors
+	var fe problem.FieldErrors
 	if err := s.SetRole(ctx, owner, "127.0.0.1", owner.ID, auth.RoleAdmin); !errors.As(err, &fe) || fe["role"] == "" {
 		t.Fatalf("demoting the last owner: %v", err)
 	}

@@ -11,8 +11,8 @@ import (
 
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
-	"github.com/callplane/callplane/nodes/health"
 	"github.com/callplane/callplane/nodes/problem"
+	"github.com/callplane/callplane/nodes/settings"
 )
 
 // MaintenanceJSON is a maintenance window.
@@ -477,7 +477,7 @@ func (s *Server) apiSettings(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	v := st.Values()
-	v[health.KeySMTPURL] = st.SMTPRedacted()
+	v[settings.KeySMTPURL] = st.SMTPRedacted()
 	writeJSON(w, http.StatusOK, map[string]any{"settings": v})
 }
 
@@ -494,7 +494,7 @@ func (s *Server) apiSettingsSave(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	v := cur.Values()
-	v[health.KeySMTPURL] = cur.SMTPRedacted()
+	v[settings.KeySMTPURL] = cur.SMTPRedacted()
 	fe := problem.FieldErrors{}
 	for k, val := range req {
 		if _, ok := v[k]; !ok {
@@ -513,7 +513,7 @@ func (s *Server) apiSettingsSave(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := st.Values()
-	out[health.KeySMTPURL] = st.SMTPRedacted()
+	out[settings.KeySMTPURL] = st.SMTPRedacted()
 	writeJSON(w, http.StatusOK, map[string]any{"settings": out})
 }
 

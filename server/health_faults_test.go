@@ -23,12 +23,13 @@ import (
 	"github.com/callplane/callplane/nodes/problem"
 	"github.com/callplane/callplane/server"
 	"github.com/callplane/callplane/server/servertest"
+	"github.com/callplane/callplane/nodes/settings"
 )
 
 // save stores settings over the test's defaults.
 func (env *healthEnv) save(t *testing.T, over map[string]string) {
 	t.Helper()
-	store := health.NewStore(env.pool, health.Defaults{}, "https://portal.example", nil)
+	store := health.NewStore(env.pool, settings.Defaults{}, "https://portal.example", nil)
 	cur, err := store.Load(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -65,7 +66,7 @@ func subjects(env *healthEnv) string {
 func TestStaleHeartbeatWithPassingProbeIsAgentLost(t *testing.T) {
 	t.Parallel()
 	env := setupHealth(t)
-	env.save(t, map[string]string{health.KeyAgentLostGrace: "1s"})
+	env.save(t, map[string]string{settings.KeyAgentLostGrace: "1s"})
 	ep1 := probeEndpoint(t, probe.KindMedia, "127.0.0.1:0")
 	ep2 := probeEndpoint(t, probe.KindMedia, "127.0.0.1:0")
 	in := env.start(t, "cm-a")
@@ -126,7 +127,7 @@ func TestStaleHeartbeatWithPassingProbeIsAgentLost(t *testing.T) {
 func TestHeartbeatStalenessCountsOnlyAfterTheGrace(t *testing.T) {
 	t.Parallel()
 	env := setupHealth(t)
-	env.save(t, map[string]string{health.KeyHeartbeatStale: "3s"})
+	env.save(t, map[string]string{settings.KeyHeartbeatStale: "3s"})
 	ctx := context.Background()
 	log := slog.New(slog.DiscardHandler)
 	ep := probeEndpoint(t, probe.KindMedia, "127.0.0.1:0")
@@ -145,7 +146,7 @@ func TestHeartbeatStalenessCountsOnlyAfterTheGrace(t *testing.T) {
 	go lead.Run(lctx)
 	var epoch int64
 	waitWithin(t, "leadership", 10*time.Second, func() bool { var ok bool; epoch, ok = lead.Epoch(); return ok })
-	store := health.NewStore(env.pool, health.Defaults{}, "", log)
+	store := health.NewStore(env.pool, settings.Defaults{}, "", log)
 	st, err := store.Load(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -345,7 +346,7 @@ func TestHeartbeatOfDisabledNodeIsAccepted(t *testing.T) {
 func TestFlapHoldCountsTransitionsAndAdminClearsIt(t *testing.T) {
 	t.Parallel()
 	env := setupHealth(t)
-	env.save(t, map[string]string{health.KeyFlapLimit: "3", health.KeyFlapWindow: "10m"})
+	env.save(t, map[string]string{settings.KeyFlapLimit: "3", settings.KeyFlapWindow: "10m"})
 	ep := probeEndpoint(t, probe.KindMedia, "127.0.0.1:0")
 	ep2 := probeEndpoint(t, probe.KindMedia, "127.0.0.1:0")
 	in := env.start(t, "cm-a")
@@ -621,7 +622,7 @@ func TestStalledCheckerStepsDown(t *testing.T) {
 	lctx, stop := context.WithCancel(ctx)
 	t.Cleanup(stop)
 	svc := nodes.NewService(env.pool, log)
-	store := health.NewStore(env.pool, health.Defaults{}, "", log)
+	store := health.NewStore(env.pool, settings.Defaults{}, "", log)
 	chk := health.NewChecker(svc, store, lead, log)
 	go lead.Run(lctx)
 	go lead.WhileLeading(lctx, chk.Run)

@@ -21,9 +21,9 @@ import (
 	"github.com/callplane/callplane/nodes/health"
 	"github.com/callplane/callplane/nodes/probe"
 	"github.com/callplane/callplane/nodes/problem"
+	"github.com/callplane/callplane/nodes/settings"
 	"github.com/callplane/callplane/server"
 	"github.com/callplane/callplane/server/servertest"
-	"github.com/callplane/callplane/nodes/settings"
 )
 
 // save stores settings over the test's defaults.

@@ -22,9 +22,9 @@ import (
 	"github.com/callplane/callplane/nodes/alert/smtptest"
 	"github.com/callplane/callplane/nodes/health"
 	"github.com/callplane/callplane/nodes/probe"
+	"github.com/callplane/callplane/nodes/settings"
 	"github.com/callplane/callplane/server"
 	"github.com/callplane/callplane/server/servertest"
-	"github.com/callplane/callplane/nodes/settings"
 )
 
 // healthEnv is a database with fast health settings saved, and a mail sink.

@@ -24,10 +24,10 @@ import (
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/health"
 	"github.com/callplane/callplane/nodes/outbox"
+	"github.com/callplane/callplane/nodes/settings"
 	"github.com/callplane/callplane/nodes/sipfront"
 	"github.com/callplane/callplane/web"
 	"github.com/callplane/callplane/web/auth"
-	"github.com/callplane/callplane/nodes/settings"
 )
 
 // Server is one call manager instance.

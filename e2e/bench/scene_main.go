@@ -15,8 +15,8 @@ import (
 	"github.com/callplane/callplane/db/localpg"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/probe"
-	"github.com/callplane/callplane/web/auth"
 	"github.com/callplane/callplane/nodes/settings"
+	"github.com/callplane/callplane/web/auth"
 )
 
 // sceneMain: 500 agents → long-poll latency (placing the 10,000 calls) →

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/callplane/callplane/nodes/agentproto"
 	"github.com/callplane/callplane/nodes/problem"
 )
 
@@ -22,9 +23,9 @@ const (
 
 // largeBodyRoutes take LargeBodyLimit; every other route DefaultBodyLimit.
 var largeBodyRoutes = map[string]bool{
-	"POST /api/v1/heartbeat":       true,
-	"POST /api/v1/assignments/ack": true,
-	"POST /api/v1/work":            true,
+	"POST " + agentproto.Prefix + agentproto.HeartbeatPath: true,
+	"POST " + agentproto.Prefix + agentproto.AckBatchPath:  true,
+	"POST /api/v1/work": true,
 }
 
 // BodyLimit is the largest body a request to method and path may send.

@@ -11,8 +11,8 @@ import (
 	"github.com/a-h/templ"
 	"github.com/go-chi/chi/v5"
 
+	"github.com/callplane/callplane/nodes/accounts"
 	"github.com/callplane/callplane/nodes/problem"
-	"github.com/callplane/callplane/web/auth"
 )
 
 func (h *Handler) setupForm(w http.ResponseWriter, r *http.Request) error {
@@ -46,14 +46,14 @@ func (h *Handler) setupSubmit(w http.ResponseWriter, r *http.Request) error {
 	case errors.As(err, &fe):
 		v.Errors = fe
 		return renderBare(w, r, http.StatusUnprocessableEntity, setupPage(v))
-	case errors.Is(err, auth.ErrBadCredentials):
+	case errors.Is(err, accounts.ErrBadCredentials):
 		v.Alert = "Those details are not correct."
 		return renderBare(w, r, http.StatusUnauthorized, setupPage(v))
-	case errors.Is(err, auth.ErrThrottled):
+	case errors.Is(err, accounts.ErrThrottled):
 		v.Alert = "Too many attempts. " + retryHint(err)
 		setRetryAfter(w, err)
 		return renderBare(w, r, http.StatusTooManyRequests, setupPage(v))
-	case errors.Is(err, auth.ErrSetupDone):
+	case errors.Is(err, accounts.ErrSetupDone):
 		return redirect(w, r, "/login")
 	case err != nil:
 		return err
@@ -91,10 +91,10 @@ func (h *Handler) loginSubmit(w http.ResponseWriter, r *http.Request) error {
 	}
 	token, _, err := h.Auth.Login(r.Context(), v.Email, pw, ClientAddr(r), r.UserAgent())
 	switch {
-	case errors.Is(err, auth.ErrBadCredentials):
+	case errors.Is(err, accounts.ErrBadCredentials):
 		v.Alert = "Those details are not correct."
 		return renderBare(w, r, http.StatusUnauthorized, loginPage(v))
-	case errors.Is(err, auth.ErrThrottled):
+	case errors.Is(err, accounts.ErrThrottled):
 		v.Alert = "Too many sign-in attempts. " + retryHint(err)
 		setRetryAfter(w, err)
 		return renderBare(w, r, http.StatusTooManyRequests, loginPage(v))
@@ -139,7 +139,7 @@ func setSessionCookie(w http.ResponseWriter, value string, maxAge int) {
 
 // retryHint says when a throttled client may try again.
 func retryHint(err error) string {
-	var te *auth.ThrottledError
+	var te *accounts.ThrottledError
 	if errors.As(err, &te) {
 		return "Try again in " + strconv.Itoa(te.RetryAfter()) + " seconds."
 	}
@@ -177,7 +177,7 @@ func renderBare(w http.ResponseWriter, r *http.Request, status int, c templ.Comp
 func (h *Handler) usersView(r *http.Request) (usersView, error) {
 	users, err := h.Auth.ListUsers(r.Context())
 	me, _ := UserFrom(r.Context())
-	return usersView{Users: users, Me: me, Role: auth.RoleViewer}, err
+	return usersView{Users: users, Me: me, Role: accounts.RoleViewer}, err
 }
 
 func (h *Handler) usersPage(w http.ResponseWriter, r *http.Request) error {

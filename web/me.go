@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"net/http"
 
+	"github.com/callplane/callplane/nodes/accounts"
 	"github.com/callplane/callplane/nodes/problem"
-	"github.com/callplane/callplane/web/auth"
 )
 
 // The signed-in user's own account (/account): change the password, see
@@ -15,7 +15,7 @@ import (
 type meView struct {
 	Email    string
 	Role     string
-	Sessions []auth.SessionInfo
+	Sessions []accounts.Session
 	Errors   problem.FieldErrors
 	Notice   string
 	Alert    string
@@ -54,7 +54,7 @@ func (h *Handler) accountPassword(w http.ResponseWriter, r *http.Request) error 
 	switch {
 	case errors.As(err, &fe):
 		status = http.StatusUnprocessableEntity
-	case errors.Is(err, auth.ErrThrottled):
+	case errors.Is(err, accounts.ErrThrottled):
 		status = http.StatusTooManyRequests
 	case err != nil:
 		return err

@@ -3,7 +3,6 @@ package nodes
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/dbsqlc"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 // Alert is an alert of the outbox: an email to send about a node's health,
@@ -81,9 +81,9 @@ func (s *Service) AckAlert(ctx context.Context, actor Actor, id int64, note stri
 	note = strings.TrimSpace(note)
 	switch {
 	case note == "":
-		return Alert{}, FieldErrors{"note": "say what is being done about it"}
+		return Alert{}, problem.FieldErrors{"note": "say what is being done about it"}
 	case len(note) > 1000:
-		return Alert{}, FieldErrors{"note": "note must be at most 1000 characters"}
+		return Alert{}, problem.FieldErrors{"note": "note must be at most 1000 characters"}
 	}
 	var a dbsqlc.Alert
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
@@ -101,7 +101,7 @@ func (s *Service) AckAlert(ctx context.Context, actor Actor, id int64, note stri
 			return fmt.Errorf("alert %d was acknowledged by %s already: %w", id, cur.AckedBy, ErrConflict)
 		}
 		n, err := s.q.NodeGetByName(ctx, tx, cur.NodeName)
-		if errors.Is(err, pgx.ErrNoRows) || (err == nil && (n.Health != HealthDown || n.HealthChangedAt.After(cur.CreatedAt))) {
+		if db.IsNotFound(err) || (err == nil && (n.Health != HealthDown || n.HealthChangedAt.After(cur.CreatedAt))) {
 			return ErrNotAcknowledgeable
 		}
 		if err != nil {
@@ -126,7 +126,7 @@ func (s *Service) DownAlert(ctx context.Context, n Node) (*Alert, error) {
 		return nil, nil
 	}
 	a, err := s.q.AlertLastDown(ctx, s.pool, dbsqlc.AlertLastDownParams{NodeName: n.Name, Since: n.HealthChangedAt})
-	if errors.Is(err, pgx.ErrNoRows) {
+	if db.IsNotFound(err) {
 		return nil, nil
 	}
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/callplane/callplane/db/dbsqlc"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 // The long tables, one page at a time. The portal's tables (/events,
@@ -87,10 +88,10 @@ var EventSorts = []string{"time", "severity", "node", "type", "actor"}
 // Severities are the event severities.
 var Severities = []string{"info", "warning", "critical"}
 
-// EventPage returns one page of events; a bad severity is a FieldErrors.
+// EventPage returns one page of events; a bad severity is a problem.FieldErrors.
 func (s *Service) EventPage(ctx context.Context, f EventFilter, p Page) ([]Event, error) {
 	if f.Severity != "" && !slices.Contains(Severities, f.Severity) {
-		return nil, FieldErrors{"severity": "severity must be one of " + strings.Join(Severities, ", ")}
+		return nil, problem.FieldErrors{"severity": "severity must be one of " + strings.Join(Severities, ", ")}
 	}
 	rows, err := s.q.EventPage(ctx, s.pool, dbsqlc.EventPageParams{
 		Sort: p.Sort, NodeName: f.Node, Type: f.Type, Severity: f.Severity, Actor: f.Actor,
@@ -144,10 +145,10 @@ var AuditSorts = []string{"time", "actor", "action", "target", "result", "source
 var AuditResults = []string{"ok", "error", "throttled"}
 
 // AuditPage returns one page of the audit log; a bad result is a
-// FieldErrors.
+// problem.FieldErrors.
 func (s *Service) AuditPage(ctx context.Context, f AuditFilter, p Page) ([]AuditEntry, error) {
 	if f.Result != "" && !slices.Contains(AuditResults, f.Result) {
-		return nil, FieldErrors{"result": "result must be one of " + strings.Join(AuditResults, ", ")}
+		return nil, problem.FieldErrors{"result": "result must be one of " + strings.Join(AuditResults, ", ")}
 	}
 	rows, err := s.q.AuditPage(ctx, s.pool, dbsqlc.AuditPageParams{
 		Sort: p.Sort, Actor: f.Actor, Action: f.Action, Target: f.Target, Result: f.Result,
@@ -169,7 +170,7 @@ func (s *Service) AuditPage(ctx context.Context, f AuditFilter, p Page) ([]Audit
 var WorkSorts = []string{"time", "ref", "kind", "cost", "state", "node", "epoch", "updated"}
 
 // WorkPage returns one page of work items; an unknown node name is
-// ErrNotFound and a bad kind or state a FieldErrors.
+// ErrNotFound and a bad kind or state a problem.FieldErrors.
 func (s *Service) WorkPage(ctx context.Context, f WorkFilter, p Page) ([]Work, error) {
 	nodeID, err := s.workFilterNode(ctx, f)
 	if err != nil {

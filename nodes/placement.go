@@ -13,6 +13,7 @@ import (
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes/agentproto"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 // notifyCommitted wakes the long-polls of a node whose assignments a
@@ -137,7 +138,7 @@ func (s *Service) Ack(ctx context.Context, nodeID int64, in agentproto.Ack) (Wor
 func (s *Service) ack(ctx context.Context, nodeID int64, in agentproto.Ack) (dbsqlc.Work, error) {
 	workID, epoch, state := in.ID, in.Epoch, in.State
 	if !slices.Contains([]string{WorkActive, "failed", WorkEnded}, state) {
-		return dbsqlc.Work{}, FieldErrors{"state": "state must be active, failed or ended"}
+		return dbsqlc.Work{}, problem.FieldErrors{"state": "state must be active, failed or ended"}
 	}
 	p := dbsqlc.WorkAckParams{State: state, ID: workID, NodeID: &nodeID, Epoch: epoch}
 	if state == WorkActive {
@@ -222,7 +223,7 @@ type WorkFilter struct {
 	Limit int32
 }
 
-// workFilterNode checks a work filter's kind and state (FieldErrors) and
+// workFilterNode checks a work filter's kind and state (problem.FieldErrors) and
 // resolves its node name to an id (0 for none; ErrNotFound if unknown).
 func (s *Service) workFilterNode(ctx context.Context, f WorkFilter) (int64, error) {
 	var nodeID int64
@@ -234,10 +235,10 @@ func (s *Service) workFilterNode(ctx context.Context, f WorkFilter) (int64, erro
 		nodeID = n.ID
 	}
 	if f.Kind != "" && !slices.Contains(WorkKinds, f.Kind) {
-		return 0, FieldErrors{"kind": "kind must be one of " + strings.Join(WorkKinds, ", ")}
+		return 0, problem.FieldErrors{"kind": "kind must be one of " + strings.Join(WorkKinds, ", ")}
 	}
 	if f.State != "" && !slices.Contains(WorkStates, f.State) {
-		return 0, FieldErrors{"state": "state must be one of " + strings.Join(WorkStates, ", ")}
+		return 0, problem.FieldErrors{"state": "state must be one of " + strings.Join(WorkStates, ", ")}
 	}
 	return nodeID, nil
 }

@@ -7,13 +7,13 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
 
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/accounts"
+	"github.com/callplane/callplane/nodes/problem"
 	"github.com/callplane/callplane/web"
 )
 
@@ -220,11 +220,6 @@ func (s *Server) apiNodeAdd(w http.ResponseWriter, r *http.Request) {
 	}
 	n, err := s.nodes.AddNode(r.Context(), callerFrom(r.Context()), in)
 	if err != nil {
-		var fe nodes.FieldErrors
-		if errors.As(err, &fe) && strings.Contains(fe["name"], "already exists") {
-			writeJSON(w, http.StatusConflict, map[string]string{"error": fe.Error()})
-			return
-		}
 		writeError(w, err)
 		return
 	}
@@ -292,7 +287,7 @@ func (s *Server) apiWorkCreateBatch(w http.ResponseWriter, r *http.Request, raw 
 		writeJSON(w, http.StatusConflict, map[string]any{"error": dup.Error(), "refs": dup.Refs})
 		return
 	case err != nil:
-		if status, _ := web.StatusOf(err); status == http.StatusInternalServerError {
+		if problem.HTTPStatus(err) == http.StatusInternalServerError {
 			s.log.Error("place work batch", "items", len(items), "err", err)
 		}
 		writeError(w, err)

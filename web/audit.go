@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 type auditView struct {
@@ -38,7 +39,7 @@ func (h *Handler) auditPage(w http.ResponseWriter, r *http.Request) error {
 		return h.endCSV(r, c, err)
 	}
 	rows, err := fetch(p)
-	var fe nodes.FieldErrors
+	var fe problem.FieldErrors
 	switch {
 	case errors.As(err, &fe):
 		v.Err = fe.Error()

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 type eventsView struct {
@@ -42,7 +43,7 @@ func (h *Handler) eventsPage(w http.ResponseWriter, r *http.Request) error {
 	}
 	v := eventsView{Filter: f}
 	rows, err := fetch(p)
-	var fe nodes.FieldErrors
+	var fe problem.FieldErrors
 	switch {
 	case errors.As(err, &fe):
 		v.Err = fe.Error()

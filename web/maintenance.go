@@ -9,6 +9,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 // nodeMaintenance schedules a maintenance window on a node (start empty:
@@ -31,7 +32,7 @@ func (h *Handler) nodeMaintenance(w http.ResponseWriter, r *http.Request) error 
 		}
 	} else {
 		in := nodes.MaintenanceInput{Reason: reason}
-		fe := nodes.FieldErrors{}
+		fe := problem.FieldErrors{}
 		if start != "" {
 			t, perr := time.ParseInLocation(maintLayout, start, time.UTC)
 			if perr != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/alert"
 	"github.com/callplane/callplane/nodes/health"
+	"github.com/callplane/callplane/nodes/settings"
 	"github.com/callplane/callplane/server/metrics"
 )
 
@@ -41,10 +42,16 @@ type Outbox interface {
 	RecordAlerts(ctx context.Context, p nodes.OutboxPlan) error
 }
 
+// SettingsSource is where the mailer reads the alert settings (SMTP
+// server, sender, recipients): a *settings.Store.
+type SettingsSource interface {
+	Load(ctx context.Context) (settings.Settings, error)
+}
+
 // Config configures a Mailer.
 type Config struct {
 	Outbox Outbox
-	Store  *health.Store
+	Store  SettingsSource
 	Fence  nodes.Fencer
 	Log    *slog.Logger
 	// PortalURL is the portal's base URL, for links in emails.

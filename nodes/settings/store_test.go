@@ -151,3 +151,17 @@ func TestParseSIP(t *testing.T) {
 		}
 	}
 }
+
+// A test email without SMTP settings is refused, and the refusal audited.
+func TestSendTestUnconfigured(t *testing.T) {
+	t.Parallel()
+	pool := dbtest.New(t)
+	s := NewStore(pool, Defaults{}, "", nil)
+	res, err := s.SendTest(context.Background(), admin)
+	if err != nil || res.OK || res.Reply != ErrNoSMTP.Error() {
+		t.Fatalf("test email without SMTP: %v %+v", err, res)
+	}
+	if a := auditDetails(t, pool, "settings.test_email"); len(a) != 1 || a[0] != "error "+ErrNoSMTP.Error() {
+		t.Fatalf("audit of the refused test email: %q", a)
+	}
+}

@@ -321,7 +321,7 @@ func usersBody(v usersView) templ.Component {
 			if templ_7745c5c3_Err != nil {
 				return templ_7745c5c3_Err
 			}
-			if u.DisabledAt != nil {
+			if u.Disabled() {
 				templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 21, "<span class=\"badge state-disabled\">disabled</span>")
 				if templ_7745c5c3_Err != nil {
 					return templ_7745c5c3_Err
@@ -350,7 +350,7 @@ func usersBody(v usersView) templ.Component {
 				return templ_7745c5c3_Err
 			}
 			if u.ID != v.Me.ID {
-				if u.DisabledAt != nil {
+				if u.Disabled() {
 					templ_7745c5c3_Err = templruntime.WriteString(templ_7745c5c3_Buffer, 25, "<form method=\"post\" action=\"")
 					if templ_7745c5c3_Err != nil {
 						return templ_7745c5c3_Err

@@ -131,6 +131,10 @@ func TestConcurrentGuessesRespectLimit(t *testing.T) {
 // However many sign-ins arrive together, at most the pool's workers hash
 // at once; the rest wait for a worker. The gate holds each hash on its
 // worker, so the gauges show the pool full, whatever the machine's speed.
+// All the sign-ins overlap, under the account's free allowance, so none
+// may be throttled either (they once were, "try again in 0s", when a
+// failure committed while one waited for the keys' lock seemed to lie in
+// its future).
 func TestHashingConcurrencyBounded(t *testing.T) {
 	t.Parallel()
 	e := setup(t)
@@ -150,6 +154,11 @@ func TestHashingConcurrencyBounded(t *testing.T) {
 		}()
 	}
 	waitFor(t, "every sign-in at the hashing pool", func() bool {
+		select {
+		case err := <-errs:
+			t.Fatalf("a sign-in ended before any hash was let through: %v (pool %+v)", err, e.s.HashStats())
+		default:
+		}
 		st := e.s.HashStats()
 		return st.Running+st.Waiting == logins
 	})

@@ -24,8 +24,9 @@ type SettingsStore interface {
 	// SaveSIP validates and stores the SIP front door's settings; invalid
 	// input returns problem.FieldErrors and saves nothing.
 	SaveSIP(ctx context.Context, actor nodes.Actor, form map[string]string) (settings.SIP, error)
-	// SendTest sends the test email and returns the SMTP server's reply.
-	SendTest(ctx context.Context) (string, error)
+	// SendTest sends the test email and audits it; it returns the SMTP
+	// server's reply or why nothing was sent.
+	SendTest(ctx context.Context, actor nodes.Actor) (settings.TestEmail, error)
 	// Status is the health checker's last round and the disruption guard.
 	Status(ctx context.Context) (health.Status, error)
 	// ConfirmDisruption lets failover proceed during a disruption.
@@ -144,14 +145,11 @@ func shownSMTPURL(raw string) string {
 
 func (h *Handler) settingsTestEmail(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
-	reply, err := h.Settings.SendTest(ctx)
-	res := testEmailResult{Done: true, OK: err == nil, Reply: reply}
+	sent, err := h.Settings.SendTest(ctx, actor(r))
 	if err != nil {
-		res.Reply = err.Error()
-		h.Nodes.AuditFailure(ctx, actor(r), "settings.test_email", "settings", err)
-	} else {
-		h.Nodes.Audit(ctx, actor(r), "settings.test_email", "settings", reply)
+		return err
 	}
+	res := testEmailResult{Done: true, OK: sent.OK, Reply: sent.Reply}
 	if isHTMX(r) {
 		return h.render(w, r, "Settings", "settings", testEmailPartial(res))
 	}

@@ -2,7 +2,6 @@ package nodes
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -222,7 +221,7 @@ type Ack struct {
 // since it went down, if any.
 func (t *CheckerTx) AckSince(ctx context.Context, nodeName string, since time.Time) (Ack, bool, error) {
 	row, err := t.s.q.AlertAckSince(ctx, t.tx, dbsqlc.AlertAckSinceParams{NodeName: nodeName, Since: since})
-	if errors.Is(err, pgx.ErrNoRows) {
+	if db.IsNotFound(err) {
 		return Ack{}, false, nil
 	}
 	if err != nil || row.AckedAt == nil {

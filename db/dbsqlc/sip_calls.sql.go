@@ -110,7 +110,7 @@ WITH ended AS (
     FROM (SELECT unnest($1::text[]) AS ref, unnest($2::text[]) AS state, unnest($3::text[]) AS cause) x
     WHERE c.ref = x.ref AND c.state IN ('setup', 'answered')
 )
-SELECT id FROM freed
+SELECT f.id AS node_id, d.cost::bigint AS freed FROM freed f JOIN d ON d.node_id = f.id
 `
 
 type SipCallEndBatchParams struct {
@@ -119,22 +119,29 @@ type SipCallEndBatchParams struct {
 	Causes []string
 }
 
+type SipCallEndBatchRow struct {
+	NodeID int64
+	Freed  int64
+}
+
 // SipCallEndBatch ends many calls in one statement, as SipCallEnd does
 // one: their live work ends, their nodes' load drops, their rows take
-// their final state and cause. It returns the nodes whose load dropped.
-func (q *Queries) SipCallEndBatch(ctx context.Context, db DBTX, arg SipCallEndBatchParams) ([]int64, error) {
+// their final state and cause. Ending a call that has ended already
+// changes nothing, so an end sent twice ends the work once. It returns
+// the nodes whose load dropped, with how much.
+func (q *Queries) SipCallEndBatch(ctx context.Context, db DBTX, arg SipCallEndBatchParams) ([]SipCallEndBatchRow, error) {
 	rows, err := db.Query(ctx, sipCallEndBatch, arg.Refs, arg.States, arg.Causes)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	items := []int64{}
+	items := []SipCallEndBatchRow{}
 	for rows.Next() {
-		var id int64
-		if err := rows.Scan(&id); err != nil {
+		var i SipCallEndBatchRow
+		if err := rows.Scan(&i.NodeID, &i.Freed); err != nil {
 			return nil, err
 		}
-		items = append(items, id)
+		items = append(items, i)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err

@@ -224,7 +224,9 @@ SELECT id, ref, node_id::bigint AS node_id, epoch FROM w;
 
 -- SipCallEndBatch ends many calls in one statement, as SipCallEnd does
 -- one: their live work ends, their nodes' load drops, their rows take
--- their final state and cause. It returns the nodes whose load dropped.
+-- their final state and cause. Ending a call that has ended already
+-- changes nothing, so an end sent twice ends the work once. It returns
+-- the nodes whose load dropped, with how much.
 -- name: SipCallEndBatch :many
 WITH ended AS (
     UPDATE work SET state = 'ended', ended_at = now(), updated_at = now()
@@ -243,4 +245,4 @@ WITH ended AS (
     FROM (SELECT unnest(@refs::text[]) AS ref, unnest(@states::text[]) AS state, unnest(@causes::text[]) AS cause) x
     WHERE c.ref = x.ref AND c.state IN ('setup', 'answered')
 )
-SELECT id FROM freed;
+SELECT f.id AS node_id, d.cost::bigint AS freed FROM freed f JOIN d ON d.node_id = f.id;

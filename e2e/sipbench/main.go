@@ -32,6 +32,7 @@ type options struct {
 	hold       time.Duration
 	only       string
 	keep       bool
+	profile    string
 }
 
 func main() {
@@ -43,6 +44,7 @@ func main() {
 	flag.DurationVar(&o.hold, "hold", 60*time.Second, "how long each of the concurrent calls lasts")
 	flag.StringVar(&o.only, "only", "", "run one proxy only: callplane or kamailio")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (logs, sipp traces)")
+	flag.StringVar(&o.profile, "profile", "", "write a CPU profile of the call manager per step, and print Postgres wait events, into this directory")
 	flag.Parse()
 	for _, r := range strings.Split(*rates, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(r))
@@ -151,7 +153,14 @@ func (b *bench) measure(p *proxy) result {
 	}
 	for _, rate := range b.o.rates {
 		cpu0 := p.cpu()
+		var profDone func()
+		if p.profile != nil {
+			profDone = p.profile(fmt.Sprintf("%s-%d", p.name, rate), b.o.step)
+		}
 		s, err := b.sippStep(p.name, p.addr, rate)
+		if profDone != nil {
+			profDone()
+		}
 		if err != nil {
 			fmt.Printf("  %5d calls/s: %v\n", rate, err)
 			break

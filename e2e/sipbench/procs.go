@@ -46,7 +46,11 @@ type proxy struct {
 	pid  int
 	tree bool       // count the CPU of its child processes too (Kamailio's workers)
 	live func() int // live calls it knows of, when it can tell
-	stop func()
+	// profile, with -profile, starts a CPU profile and a sampling of the
+	// database's wait events for one step; the function it returns waits
+	// for both and prints the waits.
+	profile func(name string, d time.Duration) func()
+	stop    func()
 }
 
 // cpu returns the CPU seconds (user and system) the proxy has used.
@@ -96,6 +100,15 @@ func children(pid int) []int {
 	return out
 }
 
+func freeTCP() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
 func freeUDP() int {
 	c, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
@@ -107,11 +120,19 @@ func freeUDP() int {
 
 // start runs a process with its output in a log file of the work dir.
 func (b *bench) start(name string, args ...string) (*exec.Cmd, error) {
+	return b.startEnv(name, nil, args...)
+}
+
+// startEnv is start with extra environment variables.
+func (b *bench) startEnv(name string, env []string, args ...string) (*exec.Cmd, error) {
 	logf, err := os.Create(filepath.Join(b.dir, name+".log"))
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(args[0], args[1:]...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = b.dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -176,7 +197,16 @@ func waitSIP(addr string) error {
 // door, on its own database, with the two media nodes registered and up.
 func (b *bench) startCallplane(ctx context.Context, dbURL string) (*proxy, error) {
 	bin := filepath.Join(b.dir, "callmanager")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/callmanager")
+	buildArgs := []string{"build", "-o", bin}
+	var env []string
+	pprofAddr := ""
+	if b.o.profile != "" {
+		// The same code with a pprof listener on loopback (cmd/callmanager/pprof_bench.go).
+		pprofAddr = "127.0.0.1:" + strconv.Itoa(freeTCP())
+		buildArgs = append(buildArgs, "-tags", "benchpprof")
+		env = []string{"CALLPLANE_BENCH_PPROF=" + pprofAddr}
+	}
+	build := exec.Command("go", append(buildArgs, "./cmd/callmanager")...)
 	build.Dir = b.repo
 	if out, err := build.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("build callmanager: %v\n%s", err, out)
@@ -223,7 +253,7 @@ func (b *bench) startCallplane(ctx context.Context, dbURL string) (*proxy, error
 		}
 	}()
 	addr := "127.0.0.1:" + strconv.Itoa(freeUDP())
-	cmd, err := b.start("callmanager", bin, "serve", "--database-url", dbURL, "--data-dir", filepath.Join(b.dir, "cm"),
+	cmd, err := b.startEnv("callmanager", env, bin, "serve", "--database-url", dbURL, "--data-dir", filepath.Join(b.dir, "cm"),
 		"--listen", "127.0.0.1:0", "--sip-listen", addr, "--log-level", "warn", "--instance-id", "bench")
 	if err != nil {
 		return nil, err
@@ -233,6 +263,9 @@ func (b *bench) startCallplane(ctx context.Context, dbURL string) (*proxy, error
 	}
 	p := &proxy{name: "callplane", addr: addr, pid: cmd.Process.Pid, stop: b.stops[len(b.stops)-1]}
 	p.live = func() int { return liveCalls(pool) }
+	if pprofAddr != "" {
+		p.profile = func(name string, d time.Duration) func() { return b.profileStep(pool, pprofAddr, name, d) }
+	}
 	return p, nil
 }
 

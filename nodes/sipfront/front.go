@@ -20,11 +20,9 @@ import (
 // Calls is what the front door needs from the cluster domain.
 type Calls interface {
 	PlaceSIPCall(ctx context.Context, id nodes.CallIdentity, exclude []int64, retry bool) (nodes.CallTarget, error)
-	PlaceCalls(ctx context.Context, ids []nodes.CallIdentity, instance string) ([]nodes.CallTarget, error)
-	EndCalls(ctx context.Context, ends []nodes.CallEnd) ([]int64, error)
+	CommitCalls(ctx context.Context, b nodes.CallBatch, instance string) (nodes.CallBatchResult, error)
 	FailoverCall(ctx context.Context, ref, cause string) (int64, error)
 	EndCall(ctx context.Context, id nodes.CallIdentity, state, cause string, record bool) (int64, bool, error)
-	CallsAnswered(ctx context.Context, answers []nodes.CallAnswer) error
 	LookupCall(ctx context.Context, callID string, refs []string) (nodes.CallRoute, error)
 	ExpireCalls(ctx context.Context, maxAge time.Duration) (int, error)
 	PruneCalls(ctx context.Context) (int64, error)
@@ -63,7 +61,6 @@ type Front struct {
 	publicPort int
 	settings   atomic.Pointer[Settings]
 	writer     *writer
-	placer     *placer
 	dialogs    dialogCache
 	bg         context.Context // lives as long as Run; calls outlive requests
 	stats      Counters
@@ -122,8 +119,7 @@ func New(cfg Config, calls Calls) (*Front, error) {
 		f.closeSockets()
 		return nil, fmt.Errorf("sip client: %w", err)
 	}
-	f.writer = newWriter(calls, f.log)
-	f.placer = newPlacer(calls, cfg.Instance)
+	f.writer = newWriter(calls, cfg.Instance, f.log)
 	f.routes()
 	return f, nil
 }
@@ -194,9 +190,8 @@ func (f *Front) Run(ctx context.Context) {
 	}
 	serve("udp", func() error { return f.srv.ServeUDP(f.udp) })
 	serve("tcp", func() error { return f.srv.ServeTCP(f.tcp) })
-	wg.Add(3)
+	wg.Add(2)
 	go func() { defer wg.Done(); f.writer.run(ctx) }()
-	go func() { defer wg.Done(); f.placer.run(ctx) }()
 	go func() { defer wg.Done(); f.housekeeping(ctx) }()
 	f.log.Info("SIP front door listening", "listen", f.Addr(), "public", f.Public(), "settings", f.Settings().String())
 	<-ctx.Done()

@@ -102,7 +102,7 @@ func (c *call) run() {
 		var err error
 		if try == 1 {
 			// First tries are placed in batches (group commit).
-			if t, err = f.placer.place(ctx, c.id); err == nil && t.Merged {
+			if t, err = f.writer.place(ctx, c.id); err == nil && t.Merged {
 				err = nodes.ErrMergedCall
 			}
 		} else {
@@ -127,7 +127,9 @@ func (c *call) run() {
 			f.unavailable(c.tx, c.req)
 			return
 		}
-		f.writer.notify(t.NodeID)
+		if try > 1 {
+			f.writer.notify(t.NodeID) // first tries are notified by their batch
+		}
 		out := c.try(t, st)
 		switch out.kind {
 		case outAnswered:

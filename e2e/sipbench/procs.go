@@ -46,6 +46,9 @@ type proxy struct {
 	pid  int
 	tree bool       // count the CPU of its child processes too (Kamailio's workers)
 	live func() int // live calls it knows of, when it can tell
+	// dbPid is its database's postmaster (0: none), whose CPU, with its
+	// backends', is shown beside the proxy's.
+	dbPid int
 	// profile, with -profile, starts a CPU profile and a sampling of the
 	// database's wait events for one step; the function it returns waits
 	// for both and prints the waits.
@@ -54,16 +57,42 @@ type proxy struct {
 }
 
 // cpu returns the CPU seconds (user and system) the proxy has used.
-func (p *proxy) cpu() float64 {
-	pids := []int{p.pid}
-	if p.tree {
-		pids = append(pids, children(p.pid)...)
+func (p *proxy) cpu() float64 { return treeCPU(p.pid, p.tree) }
+
+// dbCPU returns the CPU seconds its database has used (0: none).
+func (p *proxy) dbCPU() float64 {
+	if p.dbPid == 0 {
+		return 0
+	}
+	return treeCPU(p.dbPid, true)
+}
+
+func treeCPU(pid int, tree bool) float64 {
+	pids := []int{pid}
+	if tree {
+		pids = append(pids, children(pid)...)
 	}
 	var ticks int64
 	for _, pid := range pids {
 		ticks += procTicks(pid)
 	}
 	return float64(ticks) / 100 // USER_HZ is 100 on Linux
+}
+
+// postmasterPid reads the postmaster's pid from the cluster's directory.
+func postmasterPid(dir string) int {
+	files, _ := filepath.Glob(filepath.Join(dir, "*", "postmaster.pid"))
+	files2, _ := filepath.Glob(filepath.Join(dir, "postmaster.pid"))
+	for _, f := range append(files2, files...) {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		if pid, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0])); err == nil {
+			return pid
+		}
+	}
+	return 0
 }
 
 func procTicks(pid int) int64 {
@@ -261,7 +290,8 @@ func (b *bench) startCallplane(ctx context.Context, dbURL string) (*proxy, error
 	if err := waitSIP(addr); err != nil {
 		return nil, err
 	}
-	p := &proxy{name: "callplane", addr: addr, pid: cmd.Process.Pid, stop: b.stops[len(b.stops)-1]}
+	p := &proxy{name: "callplane", addr: addr, pid: cmd.Process.Pid, stop: b.stops[len(b.stops)-1],
+		dbPid: postmasterPid(filepath.Join(b.dir, "pg"))}
 	p.live = func() int { return liveCalls(pool) }
 	if pprofAddr != "" {
 		p.profile = func(name string, d time.Duration) func() { return b.profileStep(pool, pprofAddr, name, d) }
@@ -308,4 +338,36 @@ func (b *bench) startKamailio() (*proxy, error) {
 		return nil, err
 	}
 	return &proxy{name: "kamailio", addr: addr, pid: cmd.Process.Pid, tree: true, stop: b.stops[len(b.stops)-1]}, nil
+}
+
+// udpDrops is how many datagrams the kernel dropped at the UDP sockets
+// bound to these loopback addresses because their receive buffers were
+// full (/proc/net/udp's drops column): lost requests and responses that
+// SIP retransmits only after T1 (500 ms).
+func udpDrops(addrs ...string) int {
+	b, err := os.ReadFile("/proc/net/udp")
+	if err != nil {
+		return 0
+	}
+	ports := map[string]bool{}
+	for _, a := range addrs {
+		_, p, err := net.SplitHostPort(a)
+		if n, err2 := strconv.Atoi(p); err == nil && err2 == nil {
+			ports[fmt.Sprintf("%04X", n)] = true
+		}
+	}
+	total := 0
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 13 {
+			continue
+		}
+		local := f[1]
+		if i := strings.LastIndexByte(local, ':'); i < 0 || !ports[local[i+1:]] {
+			continue
+		}
+		n, _ := strconv.Atoi(f[len(f)-1])
+		total += n
+	}
+	return total
 }

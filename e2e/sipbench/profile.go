@@ -39,6 +39,11 @@ func (b *bench) profileStep(pool *pgxpool.Pool, pprofAddr, name string, d time.D
 		defer f.Close()
 		_, _ = io.Copy(f, res.Body)
 	}()
+	// Transactions and statements per call, from the database's counters.
+	_, _ = pool.Exec(context.Background(), `CREATE EXTENSION IF NOT EXISTS pg_stat_statements`)
+	_, _ = pool.Exec(context.Background(), `SELECT pg_stat_statements_reset()`)
+	var commits0 int64
+	_ = pool.QueryRow(context.Background(), `SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()`).Scan(&commits0)
 	waits := map[string]int{}
 	samples := 0
 	go func() {
@@ -72,6 +77,23 @@ func (b *bench) profileStep(pool *pgxpool.Pool, pprofAddr, name string, d time.D
 	}()
 	return func() {
 		wg.Wait()
+		var commits int64
+		_ = pool.QueryRow(context.Background(), `SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()`).Scan(&commits)
+		fmt.Printf("  %s: %d transactions committed; statements by total time:\n", name, commits-commits0)
+		rows, err := pool.Query(context.Background(), `SELECT calls, total_exec_time, left(regexp_replace(query, '\s+', ' ', 'g'), 70)
+			FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+			ORDER BY total_exec_time DESC LIMIT 12`)
+		if err == nil {
+			for rows.Next() {
+				var calls int64
+				var total float64
+				var q string
+				if rows.Scan(&calls, &total, &q) == nil {
+					fmt.Printf("    %7d x %7.3f ms = %8.1f ms  %s\n", calls, total/float64(max(calls, 1)), total, q)
+				}
+			}
+			rows.Close()
+		}
 		keys := make([]string, 0, len(waits))
 		for k := range waits {
 			keys = append(keys, k)

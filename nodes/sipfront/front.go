@@ -31,6 +31,9 @@ type Calls interface {
 	NotifyNodes(ctx context.Context, nodeIDs ...int64)
 }
 
+// udpBuffer is the receive and send buffer asked for the UDP socket.
+const udpBuffer = 4 << 20
+
 // Config sets the front door up.
 type Config struct {
 	// Listen is host:port for SIP over UDP and TCP (port 0 picks one, the
@@ -144,6 +147,14 @@ func (f *Front) bind(listen string) error {
 				continue
 			}
 			return fmt.Errorf("listen for SIP on tcp %s: %w", listen, err)
+		}
+		// A deep receive buffer rides out the moments the reading
+		// goroutine waits for a CPU: a datagram the kernel drops costs
+		// its sender a retransmission 500 ms later (T1). The kernel caps
+		// it at net.core.rmem_max.
+		if uc, ok := udp.(*net.UDPConn); ok {
+			_ = uc.SetReadBuffer(udpBuffer)
+			_ = uc.SetWriteBuffer(udpBuffer)
 		}
 		f.udp, f.tcp, f.listenHost, f.listenPort = udp, tcp, host, bound
 		la := udp.LocalAddr().(*net.UDPAddr)

@@ -134,7 +134,6 @@ func (c *call) run() {
 		switch out.kind {
 		case outAnswered:
 			f.stats.Answered.Add(1)
-			f.dialogs.put(c.id.Ref, c.id.FromTag, t.Address)
 			f.writer.answered(nodes.CallAnswer{Ref: c.id.Ref, ToTag: truncate(out.toTag, maxURILen), At: time.Now()})
 			return
 		case outRejected:
@@ -258,6 +257,11 @@ func (c *call) try(t nodes.CallTarget, st Settings) outcome {
 			}
 			if code == 408 || res.IsServerError() {
 				return failover(strconv.Itoa(code), false)
+			}
+			if res.IsSuccess() {
+				// Known before the caller sees the 2xx, so its ACK and a
+				// quick BYE are routed from memory.
+				f.dialogs.put(c.id.Ref, c.id.FromTag, t.Address)
 			}
 			f.relay(c.tx, c.req, res)
 			if res.IsSuccess() {

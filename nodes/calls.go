@@ -295,11 +295,13 @@ type CallBatch struct {
 	Places  []CallIdentity
 }
 
-// CallEnd is one call to end in a batch.
+// CallEnd is one call to end in a batch. Answer, when set, is the call's
+// answer, written with its end.
 type CallEnd struct {
-	Ref   string
-	State string
-	Cause string
+	Ref    string
+	State  string
+	Cause  string
+	Answer *CallAnswer
 }
 
 // CallBatchResult is what a committed CallBatch did: where each call of
@@ -348,9 +350,15 @@ func (s *Service) CommitCalls(ctx context.Context, b CallBatch, instance string)
 			}
 		}
 		if len(b.Ends) > 0 {
-			p := dbsqlc.SipCallEndBatchParams{Refs: make([]string, len(b.Ends)), States: make([]string, len(b.Ends)), Causes: make([]string, len(b.Ends))}
+			n := len(b.Ends)
+			p := dbsqlc.SipCallEndBatchParams{Refs: make([]string, n), States: make([]string, n), Causes: make([]string, n),
+				Answered: make([]bool, n), AnsweredAts: make([]time.Time, n), ToTags: make([]string, n)}
 			for i, e := range b.Ends {
 				p.Refs[i], p.States[i], p.Causes[i] = e.Ref, e.State, e.Cause
+				p.AnsweredAts[i] = time.Now()
+				if a := e.Answer; a != nil {
+					p.Answered[i], p.AnsweredAts[i], p.ToTags[i] = true, a.At, a.ToTag
+				}
 			}
 			freed, err := s.q.SipCallEndBatch(ctx, tx, p)
 			if err != nil {

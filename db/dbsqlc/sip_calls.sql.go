@@ -106,17 +106,24 @@ WITH ended AS (
     FROM d WHERE n.id = d.node_id AND n.id IN (SELECT id FROM lk)
     RETURNING n.id
 ), closed AS (
-    UPDATE sip_calls c SET state = x.state, cause = x.cause, ended_at = now()
-    FROM (SELECT unnest($1::text[]) AS ref, unnest($2::text[]) AS state, unnest($3::text[]) AS cause) x
+    UPDATE sip_calls c SET state = x.state, cause = x.cause, ended_at = now(),
+        answered_at = CASE WHEN x.answered THEN x.answered_at ELSE c.answered_at END,
+        to_tag = CASE WHEN x.answered THEN x.to_tag ELSE c.to_tag END
+    FROM (SELECT unnest($1::text[]) AS ref, unnest($2::text[]) AS state, unnest($3::text[]) AS cause,
+                 unnest($4::boolean[]) AS answered, unnest($5::timestamptz[]) AS answered_at,
+                 unnest($6::text[]) AS to_tag) x
     WHERE c.ref = x.ref AND c.state IN ('setup', 'answered')
 )
 SELECT f.id AS node_id, d.cost::bigint AS freed FROM freed f JOIN d ON d.node_id = f.id
 `
 
 type SipCallEndBatchParams struct {
-	Refs   []string
-	States []string
-	Causes []string
+	Refs        []string
+	States      []string
+	Causes      []string
+	Answered    []bool
+	AnsweredAts []time.Time
+	ToTags      []string
 }
 
 type SipCallEndBatchRow struct {
@@ -126,11 +133,20 @@ type SipCallEndBatchRow struct {
 
 // SipCallEndBatch ends many calls in one statement, as SipCallEnd does
 // one: their live work ends, their nodes' load drops, their rows take
-// their final state and cause. Ending a call that has ended already
+// their final state and cause (and, for a call whose answer had not been
+// written yet, its answer: one row update instead of two). Ending a call
+// that has ended already
 // changes nothing, so an end sent twice ends the work once. It returns
 // the nodes whose load dropped, with how much.
 func (q *Queries) SipCallEndBatch(ctx context.Context, db DBTX, arg SipCallEndBatchParams) ([]SipCallEndBatchRow, error) {
-	rows, err := db.Query(ctx, sipCallEndBatch, arg.Refs, arg.States, arg.Causes)
+	rows, err := db.Query(ctx, sipCallEndBatch,
+		arg.Refs,
+		arg.States,
+		arg.Causes,
+		arg.Answered,
+		arg.AnsweredAts,
+		arg.ToTags,
+	)
 	if err != nil {
 		return nil, err
 	}

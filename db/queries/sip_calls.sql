@@ -224,7 +224,9 @@ SELECT id, ref, node_id::bigint AS node_id, epoch FROM w;
 
 -- SipCallEndBatch ends many calls in one statement, as SipCallEnd does
 -- one: their live work ends, their nodes' load drops, their rows take
--- their final state and cause. Ending a call that has ended already
+-- their final state and cause (and, for a call whose answer had not been
+-- written yet, its answer: one row update instead of two). Ending a call
+-- that has ended already
 -- changes nothing, so an end sent twice ends the work once. It returns
 -- the nodes whose load dropped, with how much.
 -- name: SipCallEndBatch :many
@@ -241,8 +243,12 @@ WITH ended AS (
     FROM d WHERE n.id = d.node_id AND n.id IN (SELECT id FROM lk)
     RETURNING n.id
 ), closed AS (
-    UPDATE sip_calls c SET state = x.state, cause = x.cause, ended_at = now()
-    FROM (SELECT unnest(@refs::text[]) AS ref, unnest(@states::text[]) AS state, unnest(@causes::text[]) AS cause) x
+    UPDATE sip_calls c SET state = x.state, cause = x.cause, ended_at = now(),
+        answered_at = CASE WHEN x.answered THEN x.answered_at ELSE c.answered_at END,
+        to_tag = CASE WHEN x.answered THEN x.to_tag ELSE c.to_tag END
+    FROM (SELECT unnest(@refs::text[]) AS ref, unnest(@states::text[]) AS state, unnest(@causes::text[]) AS cause,
+                 unnest(@answered::boolean[]) AS answered, unnest(@answered_ats::timestamptz[]) AS answered_at,
+                 unnest(@to_tags::text[]) AS to_tag) x
     WHERE c.ref = x.ref AND c.state IN ('setup', 'answered')
 )
 SELECT f.id AS node_id, d.cost::bigint AS freed FROM freed f JOIN d ON d.node_id = f.id;

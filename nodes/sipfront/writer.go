@@ -12,14 +12,22 @@ import (
 // maxBatch bounds the new calls placed by one transaction.
 const maxBatch = 500
 
+// answerDelay is how long a call's answered mark waits to be written on
+// its own: a call that ends meanwhile (most calls of the benchmark, and
+// every call refused after its answer) has it written with its end, one
+// row update instead of two. The mark is information for the portal; the
+// call's row is durable before the call is forwarded.
+const answerDelay = time.Second
+
 // holdEnd bounds how long a BYE's answer waits for its call's end to be
 // committed: as long as the caller retransmits the BYE (Timer F, 64*T1).
 const holdEnd = 32 * time.Second
 
 // writer is the front door's one database writer (group commit): the
-// first tries of new calls, the answered marks and the call ends that
-// arrive while a transaction is being written all go into the next one
-// (nodes.Service.CommitCalls). So the WAL is flushed once per batch
+// first tries of new calls and the call ends that arrive while a
+// transaction is being written all go into the next one
+// (nodes.Service.CommitCalls), with the answered marks (those of calls
+// that end go with their end; the others after answerDelay). So the WAL is flushed once per batch
 // rather than once per write, the writes never wait on each other's node
 // locks, and the batches grow with the load. Under light load a batch is
 // one write and adds nothing.
@@ -121,30 +129,36 @@ func (w *writer) run(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); w.runNotify(ctx) }()
+	tick := time.NewTicker(answerDelay / 2)
+	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			w.flush(fctx)
+			w.flush(fctx, true)
 			cancel()
 			w.failPlaces(ctx.Err())
 			wg.Wait()
 			return
 		case <-w.wake:
-			w.flush(ctx)
+			w.flush(ctx, false)
+		case <-tick.C:
+			w.flush(ctx, false)
 		}
 	}
 }
 
-// flush writes batches until nothing is queued.
-func (w *writer) flush(ctx context.Context) {
+// flush writes batches until nothing is due: every new call and end, and
+// the answers that waited answerDelay (all of them when final).
+func (w *writer) flush(ctx context.Context, final bool) {
 	for {
 		w.mu.Lock()
 		n := min(len(w.places), maxBatch)
 		places := w.places[:n:n]
 		w.places = w.places[n:]
-		answers, ends := w.answers, w.ends
-		w.answers, w.ends = nil, nil
+		ends := w.ends
+		w.ends = nil
+		answers := w.takeAnswers(ends, final)
 		w.mu.Unlock()
 		if n == 0 && len(answers) == 0 && len(ends) == 0 {
 			return
@@ -186,6 +200,31 @@ func (w *writer) flush(ctx context.Context) {
 	}
 }
 
+// takeAnswers attaches the pending answers of calls that end in this
+// batch to their ends and returns those due on their own. w.mu is held.
+func (w *writer) takeAnswers(ends []endReq, final bool) []nodes.CallAnswer {
+	if len(w.answers) == 0 {
+		return nil
+	}
+	ending := make(map[string]int, len(ends))
+	for i, e := range ends {
+		ending[e.end.Ref] = i
+	}
+	var due []nodes.CallAnswer
+	keep := w.answers[:0]
+	for _, a := range w.answers {
+		if i, ok := ending[a.Ref]; ok {
+			ends[i].end.Answer = &a
+		} else if final || time.Since(a.At) >= answerDelay {
+			due = append(due, a)
+		} else {
+			keep = append(keep, a)
+		}
+	}
+	w.answers = keep
+	return due
+}
+
 func (w *writer) failPlaces(err error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -195,12 +234,23 @@ func (w *writer) failPlaces(err error) {
 	w.places = nil
 }
 
+// notifyEvery is the shortest time between two notifications: the nodes
+// touched meanwhile share the next one, so the agents' long-polls wake
+// at most this often for calls (a batch is written every few
+// milliseconds under load).
+const notifyEvery = 20 * time.Millisecond
+
 func (w *writer) runNotify(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-w.notified:
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(notifyEvery):
 		}
 		w.mu.Lock()
 		touched := w.touched

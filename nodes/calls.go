@@ -112,8 +112,18 @@ func (s *Service) PlaceSIPCall(ctx context.Context, id CallIdentity, exclude []i
 	if err != nil {
 		return CallTarget{}, fmt.Errorf("place call %s: %w", id.Ref, err)
 	}
+	if t.NodeID != 0 {
+		countPlaced(callKind, WorkAssigned, causeSIP, 1)
+	}
 	return t, nil
 }
+
+// callKind is the work kind of SIP calls; causeSIP is the cause their
+// placements are counted under in the metrics.
+const (
+	callKind = "call"
+	causeSIP = "sip"
+)
 
 // errMerged rolls back a placement that met a live call with its ref.
 var errMerged = errors.New("merged call")
@@ -427,6 +437,13 @@ func (s *Service) CommitCalls(ctx context.Context, b CallBatch, instance string)
 	if err != nil {
 		return CallBatchResult{}, fmt.Errorf("write %d answered, %d ended and %d new calls: %w", len(b.Answers), len(b.Ends), len(b.Places), err)
 	}
+	placed := 0
+	for _, t := range res.Targets {
+		if t.NodeID != 0 {
+			placed++
+		}
+	}
+	countPlaced(callKind, WorkAssigned, causeSIP, placed)
 	for _, i := range again {
 		t, err := s.PlaceSIPCall(ctx, b.Places[i], nil, false)
 		switch {

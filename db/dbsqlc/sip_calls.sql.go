@@ -14,7 +14,7 @@ const sipCallAnswered = `-- name: SipCallAnswered :exec
 UPDATE sip_calls c SET state = 'answered', answered_at = a.at, to_tag = a.to_tag
 FROM (SELECT unnest($1::text[]) AS ref, unnest($2::text[]) AS to_tag,
              unnest($3::timestamptz[]) AS at) a
-WHERE c.ref = a.ref AND c.state = 'setup'
+WHERE c.ref = a.ref AND c.state NOT IN ('answered', 'ended', 'failed')
 `
 
 type SipCallAnsweredParams struct {
@@ -25,6 +25,11 @@ type SipCallAnsweredParams struct {
 
 // SipCallAnswered marks many calls answered in one statement (the front
 // door groups them): their To tag completes the dialog's identity.
+// The batch statements below test a call's state with NOT IN, not with
+// the live states: that form matches the live-call partial indexes, which
+// the planner, with statistics taken while few calls were live, scans
+// whole (thousands of rows under 10,000 held calls) instead of looking
+// the batch's refs up in the primary key.
 func (q *Queries) SipCallAnswered(ctx context.Context, db DBTX, arg SipCallAnsweredParams) error {
 	_, err := db.Exec(ctx, sipCallAnswered, arg.Refs, arg.ToTags, arg.Ats)
 	return err
@@ -95,7 +100,7 @@ func (q *Queries) SipCallEnd(ctx context.Context, db DBTX, arg SipCallEndParams)
 const sipCallEndBatch = `-- name: SipCallEndBatch :many
 WITH ended AS (
     UPDATE work SET state = 'ended', ended_at = now(), updated_at = now()
-    WHERE ref = ANY ($1::text[]) AND state IN ('assigned', 'active')
+    WHERE ref = ANY ($1::text[]) AND state NOT IN ('ended', 'unplaced')
     RETURNING node_id, cost
 ), d AS (
     SELECT node_id, sum(cost)::int AS cost FROM ended WHERE node_id IS NOT NULL GROUP BY node_id
@@ -112,7 +117,7 @@ WITH ended AS (
     FROM (SELECT unnest($1::text[]) AS ref, unnest($2::text[]) AS state, unnest($3::text[]) AS cause,
                  unnest($4::boolean[]) AS answered, unnest($5::timestamptz[]) AS answered_at,
                  unnest($6::text[]) AS to_tag) x
-    WHERE c.ref = x.ref AND c.state IN ('setup', 'answered')
+    WHERE c.ref = x.ref AND c.state NOT IN ('ended', 'failed')
 )
 SELECT f.id AS node_id, d.cost::bigint AS freed FROM freed f JOIN d ON d.node_id = f.id
 `

@@ -90,11 +90,16 @@ SELECT coalesce((SELECT id FROM freed), 0)::bigint AS node_id,
 
 -- SipCallAnswered marks many calls answered in one statement (the front
 -- door groups them): their To tag completes the dialog's identity.
+-- The batch statements below test a call's state with NOT IN, not with
+-- the live states: that form matches the live-call partial indexes, which
+-- the planner, with statistics taken while few calls were live, scans
+-- whole (thousands of rows under 10,000 held calls) instead of looking
+-- the batch's refs up in the primary key.
 -- name: SipCallAnswered :exec
 UPDATE sip_calls c SET state = 'answered', answered_at = a.at, to_tag = a.to_tag
 FROM (SELECT unnest(@refs::text[]) AS ref, unnest(@to_tags::text[]) AS to_tag,
              unnest(@ats::timestamptz[]) AS at) a
-WHERE c.ref = a.ref AND c.state = 'setup';
+WHERE c.ref = a.ref AND c.state NOT IN ('answered', 'ended', 'failed');
 
 -- SipCallLookup finds the dialog of an in-dialog request by the refs its
 -- two tags derive, with the node its work runs on now (it may have moved).
@@ -232,7 +237,7 @@ SELECT id, ref, node_id::bigint AS node_id, epoch FROM w;
 -- name: SipCallEndBatch :many
 WITH ended AS (
     UPDATE work SET state = 'ended', ended_at = now(), updated_at = now()
-    WHERE ref = ANY (@refs::text[]) AND state IN ('assigned', 'active')
+    WHERE ref = ANY (@refs::text[]) AND state NOT IN ('ended', 'unplaced')
     RETURNING node_id, cost
 ), d AS (
     SELECT node_id, sum(cost)::int AS cost FROM ended WHERE node_id IS NOT NULL GROUP BY node_id
@@ -249,6 +254,6 @@ WITH ended AS (
     FROM (SELECT unnest(@refs::text[]) AS ref, unnest(@states::text[]) AS state, unnest(@causes::text[]) AS cause,
                  unnest(@answered::boolean[]) AS answered, unnest(@answered_ats::timestamptz[]) AS answered_at,
                  unnest(@to_tags::text[]) AS to_tag) x
-    WHERE c.ref = x.ref AND c.state IN ('setup', 'answered')
+    WHERE c.ref = x.ref AND c.state NOT IN ('ended', 'failed')
 )
 SELECT f.id AS node_id, d.cost::bigint AS freed FROM freed f JOIN d ON d.node_id = f.id;

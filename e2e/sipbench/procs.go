@@ -266,7 +266,10 @@ func (b *bench) startCallplane(ctx context.Context, dbURL string) (*proxy, error
 		return nil, err
 	}
 	// Heartbeats stand in for the agents (an enrolled node whose agent
-	// goes quiet is not trusted), one statement a second.
+	// goes quiet is not trusted), one statement a second, and so do their
+	// acknowledgements of the calls assigned to them (without them the
+	// leader places a call again after 30 s: the held calls would move
+	// between the media nodes).
 	hbCtx, hbStop := context.WithCancel(ctx)
 	b.stops = append(b.stops, hbStop)
 	go func() {
@@ -278,6 +281,8 @@ func (b *bench) startCallplane(ctx context.Context, dbURL string) (*proxy, error
 				return
 			case <-t.C:
 				_, _ = pool.Exec(hbCtx, `UPDATE nodes SET last_heartbeat_at = now()`)
+				_, _ = pool.Exec(hbCtx, `UPDATE work SET state = 'active', updated_at = now()
+					WHERE kind = 'call' AND state = 'assigned' AND updated_at < now() - interval '5 seconds'`)
 			}
 		}
 	}()

@@ -11,9 +11,10 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/callplane/callplane/db/dbsqlc"
+	"github.com/callplane/callplane/nodes/agentproto"
 )
 
-// MaxBatch bounds the items of one batch placement and of one batch ack.
+// MaxBatch bounds the items of one batch placement.
 const MaxBatch = 1000
 
 // BatchItemErrors maps the index of each invalid item of a batch to what is
@@ -103,16 +104,6 @@ func ValidateWorkBatch(items []WorkInput) error {
 	return nil
 }
 
-// AckInput is one ack of a batch: an assignment, the epoch the agent saw
-// and what it did with it.
-type AckInput struct {
-	ID    int64  `json:"id"`
-	Epoch int64  `json:"epoch"`
-	State string `json:"state"`
-	// Error is why a start failed (state "failed"), as the agent saw it.
-	Error string `json:"error,omitempty"`
-}
-
 // AckResult is the outcome of one ack of a batch: Err is nil when the ack
 // was applied, else why it changed nothing (as the single Ack would say).
 type AckResult struct {
@@ -128,12 +119,12 @@ type AckResult struct {
 // node's long-polls are woken once after the commit, and waiting work of
 // the failed items' kinds is placed, as with Ack. The error is for the
 // batch as a whole (bad size, database failure).
-func (s *Service) AckBatch(ctx context.Context, nodeID int64, acks []AckInput) ([]AckResult, error) {
+func (s *Service) AckBatch(ctx context.Context, nodeID int64, acks []agentproto.Ack) ([]AckResult, error) {
 	switch {
 	case len(acks) == 0:
 		return nil, FieldErrors{"acks": "a batch needs at least one ack"}
-	case len(acks) > MaxBatch:
-		return nil, FieldErrors{"acks": fmt.Sprintf("a batch holds at most %d acks", MaxBatch)}
+	case len(acks) > agentproto.MaxAckBatch:
+		return nil, FieldErrors{"acks": fmt.Sprintf("a batch holds at most %d acks", agentproto.MaxAckBatch)}
 	}
 	res := make([]AckResult, len(acks))
 	var p dbsqlc.WorkAckBatchParams

@@ -116,10 +116,10 @@ type EnrollRequest struct {
 
 // EnrollResult is what a joined agent gets back.
 type EnrollResult struct {
-	NodeID     int64  `json:"node_id"`
-	NodeName   string `json:"node_name"`
-	Kind       string `json:"kind"`
-	Credential string `json:"credential"`
+	NodeID     int64
+	NodeName   string
+	Kind       string
+	Credential string
 }
 
 // Enroll consumes a join token and issues the node's credential. Every

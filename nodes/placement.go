@@ -12,6 +12,7 @@ import (
 
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/dbsqlc"
+	"github.com/callplane/callplane/nodes/agentproto"
 )
 
 // notifyCommitted wakes the long-polls of a node whose assignments a
@@ -89,42 +90,22 @@ func (s *Service) EndWork(ctx context.Context, actor Actor, ref string) (dbsqlc.
 	return w, err
 }
 
-// Assignment is one item of a node's desired set, as the agent sees it.
-type Assignment struct {
-	ID    int64  `json:"id"`
-	Ref   string `json:"ref"`
-	Kind  string `json:"kind"`
-	Cost  int32  `json:"cost"`
-	Epoch int64  `json:"epoch"`
-	State string `json:"state"`
-	// CallID, From and To identify a call set up by the SIP front door.
-	CallID string `json:"call_id,omitempty"`
-	From   string `json:"from,omitempty"`
-	To     string `json:"to,omitempty"`
-}
-
-// DesiredSet is the full set of work a node should run, at a version.
-type DesiredSet struct {
-	Version     int64        `json:"version"`
-	Assignments []Assignment `json:"assignments"`
-}
-
 // Desired returns a node's desired set and its version, read by one
 // statement so the two agree.
-func (s *Service) Desired(ctx context.Context, nodeID int64) (DesiredSet, error) {
+func (s *Service) Desired(ctx context.Context, nodeID int64) (agentproto.DesiredSet, error) {
 	rows, err := s.q.WorkDesiredSetForNode(ctx, s.pool, nodeID)
 	if err != nil {
-		return DesiredSet{}, err
+		return agentproto.DesiredSet{}, err
 	}
 	if len(rows) == 0 {
-		return DesiredSet{}, fmt.Errorf("node %d: %w", nodeID, db.ErrNotFound)
+		return agentproto.DesiredSet{}, fmt.Errorf("node %d: %w", nodeID, db.ErrNotFound)
 	}
-	ds := DesiredSet{Version: rows[0].AssignVersion, Assignments: make([]Assignment, 0, len(rows))}
+	ds := agentproto.DesiredSet{Version: rows[0].AssignVersion, Assignments: make([]agentproto.Assignment, 0, len(rows))}
 	for _, r := range rows {
 		if r.ID == nil {
 			continue // the node has no live work
 		}
-		a := Assignment{ID: *r.ID, Ref: *r.Ref, Kind: *r.Kind, Cost: *r.Cost, Epoch: *r.Epoch, State: *r.State}
+		a := agentproto.Assignment{ID: *r.ID, Ref: *r.Ref, Kind: *r.Kind, Cost: *r.Cost, Epoch: *r.Epoch, State: *r.State}
 		if r.CallID != nil {
 			a.CallID, a.From, a.To = *r.CallID, *r.FromUri, *r.ToUri
 		}
@@ -143,7 +124,7 @@ func (s *Service) Version(ctx context.Context, nodeID int64) (int64, error) {
 // epoch, or for work not on the node, changes nothing. A failed start
 // (state "failed", with the agent's reason in in.Error) makes the item
 // wait unplaced, keeps it off this node and places it elsewhere.
-func (s *Service) Ack(ctx context.Context, nodeID int64, in AckInput) (dbsqlc.Work, error) {
+func (s *Service) Ack(ctx context.Context, nodeID int64, in agentproto.Ack) (dbsqlc.Work, error) {
 	workID, epoch, state := in.ID, in.Epoch, in.State
 	if !slices.Contains([]string{WorkActive, "failed", WorkEnded}, state) {
 		return dbsqlc.Work{}, FieldErrors{"state": "state must be active, failed or ended"}

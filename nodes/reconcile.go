@@ -4,13 +4,8 @@ import (
 	"context"
 
 	"github.com/callplane/callplane/db/dbsqlc"
+	"github.com/callplane/callplane/nodes/agentproto"
 )
-
-// Running is an assignment an agent reports it really runs.
-type Running struct {
-	ID    int64 `json:"id"`
-	Epoch int64 `json:"epoch"`
-}
 
 // Reconcile compares what an agent runs with the node's desired set. Work
 // the agent runs at the current epoch that is still recorded as assigned
@@ -19,7 +14,7 @@ type Running struct {
 // bumps the node's assignment version, so the agent's long-poll hands it
 // the desired set again and it converges. It reports whether it changed
 // anything.
-func (s *Service) Reconcile(ctx context.Context, nodeID int64, running []Running) (bool, error) {
+func (s *Service) Reconcile(ctx context.Context, nodeID int64, running []agentproto.Running) (bool, error) {
 	desired, err := s.q.WorkDesiredForNode(ctx, s.pool, &nodeID)
 	if err != nil {
 		return false, err

@@ -9,7 +9,8 @@ import (
 
 	"github.com/callplane/callplane/db/localpg"
 	"github.com/callplane/callplane/nodes"
-	"github.com/callplane/callplane/web/auth"
+	"github.com/callplane/callplane/nodes/accounts"
+	"github.com/callplane/callplane/nodes/agentproto"
 )
 
 // Admin is what the administrative commands need: the services on the
@@ -17,7 +18,7 @@ import (
 // commands.
 type Admin struct {
 	Nodes *nodes.Service
-	Auth  *auth.Service
+	Auth  *accounts.Service
 	Pin   string
 	URL   string
 	pool  *pgxpool.Pool
@@ -36,7 +37,7 @@ func OpenAdmin(ctx context.Context, cfg Config, log *slog.Logger) (*Admin, error
 	if err != nil {
 		return nil, err
 	}
-	pin := Pin(cert.Leaf)
+	pin := agentproto.PinOf(cert.Leaf)
 	// Join commands name every call manager the running instances
 	// advertise (instances.go), an explicit --public-url first. This
 	// process serves nothing, so its own listen address is only the
@@ -47,7 +48,7 @@ func OpenAdmin(ctx context.Context, cfg Config, log *slog.Logger) (*Admin, error
 	} else if url == "" {
 		url = "https://" + cfg.Listen
 	}
-	return &Admin{Nodes: nodes.NewService(pool, log), Auth: auth.NewService(pool, log), Pin: pin, URL: url, pool: pool, pg: pg}, nil
+	return &Admin{Nodes: nodes.NewService(pool, log), Auth: accounts.NewService(pool, log), Pin: pin, URL: url, pool: pool, pg: pg}, nil
 }
 
 // Close releases the database.

@@ -5,33 +5,29 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
 
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/agentproto"
 	"github.com/callplane/callplane/server/metrics"
 	"github.com/callplane/callplane/web"
 )
 
-// DefaultHeartbeatInterval is how often agents are told to heartbeat.
-const DefaultHeartbeatInterval = time.Second
-
-// MaxPollWait bounds an assignment long-poll.
-const MaxPollWait = 60 * time.Second
-
+// agentRoutes serves the agent API (package agentproto) under
+// agentproto.Prefix.
 func (s *Server) agentRoutes(r chi.Router) {
-	r.Post("/enroll", s.enroll)
+	r.Post(agentproto.EnrollPath, s.enroll)
 	// A disabled node keeps heartbeating, so its real health shows and
 	// enabling it is no false recovery; it gets no work (403 below).
-	r.With(s.nodeAuthAllowDisabled).Post("/heartbeat", s.heartbeat)
+	r.With(s.nodeAuthAllowDisabled).Post(agentproto.HeartbeatPath, s.heartbeat)
 	r.Group(func(r chi.Router) {
 		r.Use(s.nodeAuth)
-		r.Get("/assignments", s.assignments)
-		r.Post("/assignments/ack", s.ackBatch)
-		r.Post("/assignments/{id}/ack", s.ack)
+		r.Get(agentproto.AssignmentsPath, s.assignments)
+		r.Post(agentproto.AckBatchPath, s.ackBatch)
+		r.Post(agentproto.AckPattern, s.ack)
 	})
 }
 
@@ -42,13 +38,9 @@ func nodeFrom(ctx context.Context) nodes.NodeAuth {
 	return a
 }
 
-func bearer(r *http.Request) string {
-	h := r.Header.Get("Authorization")
-	if t, ok := strings.CutPrefix(h, "Bearer "); ok {
-		return strings.TrimSpace(t)
-	}
-	return ""
-}
+// bearer returns the request's bearer token (a node credential or an API
+// token), or "".
+func bearer(r *http.Request) string { return agentproto.Bearer(r.Header) }
 
 // nodeAuth authenticates agents by their bearer credential only: the
 // agent API never looks at cookies. A disabled node gets 403.
@@ -75,24 +67,13 @@ func (s *Server) authNode(next http.Handler, allowDisabled bool) http.Handler {
 	})
 }
 
-type enrollRequest struct {
-	Token   string `json:"token"`
-	Address string `json:"address"`
-	Version string `json:"version"`
-}
-
-type enrollResponse struct {
-	nodes.EnrollResult
-	HeartbeatIntervalMS int64 `json:"heartbeat_interval_ms"`
-}
-
 func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 	addr := web.ClientAddr(r)
 	if !s.enrolLim.allow(addr) {
 		writeJSON(w, http.StatusTooManyRequests, map[string]string{"error": "too many enrolment attempts; wait a minute"})
 		return
 	}
-	var req enrollRequest
+	var req agentproto.EnrollRequest
 	if err := readJSON(r, &req); err != nil {
 		badJSON(w, err)
 		return
@@ -113,24 +94,13 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.Info("node enrolled", "node", res.NodeName, "token", nodes.TokenID(req.Token), "remote", addr)
-	writeJSON(w, http.StatusOK, enrollResponse{EnrollResult: res, HeartbeatIntervalMS: DefaultHeartbeatInterval.Milliseconds()})
-}
-
-type heartbeatRequest struct {
-	Load    int32           `json:"load"`
-	Version string          `json:"version"`
-	Running []nodes.Running `json:"running"`
-}
-
-type heartbeatResponse struct {
-	AdminState          string `json:"admin_state"`
-	HeartbeatIntervalMS int64  `json:"heartbeat_interval_ms"`
-	Credential          string `json:"credential,omitempty"`
+	writeJSON(w, http.StatusOK, agentproto.EnrollResponse{NodeID: res.NodeID, NodeName: res.NodeName, Kind: res.Kind,
+		Credential: res.Credential, HeartbeatIntervalMS: agentproto.HeartbeatInterval.Milliseconds()})
 }
 
 func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
 	a := nodeFrom(r.Context())
-	var req heartbeatRequest
+	var req agentproto.HeartbeatRequest
 	if err := readJSON(r, &req); err != nil {
 		badJSON(w, err)
 		return
@@ -139,7 +109,7 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
 	if req.Running != nil && a.AdminState != nodes.StateDisabled { // only some heartbeats carry the running set
 		s.maybeReconcile(r.Context(), a, req.Running)
 	}
-	resp := heartbeatResponse{AdminState: a.AdminState, HeartbeatIntervalMS: DefaultHeartbeatInterval.Milliseconds()}
+	resp := agentproto.HeartbeatResponse{AdminState: a.AdminState, HeartbeatIntervalMS: agentproto.HeartbeatInterval.Milliseconds()}
 	if a.RotateRequested {
 		cred, err := s.nodes.RotateCredential(r.Context(), a)
 		if err != nil {
@@ -157,23 +127,23 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
 func (s *Server) assignments(w http.ResponseWriter, r *http.Request) {
 	a := nodeFrom(r.Context())
 	q := r.URL.Query()
-	since, err := strconv.ParseInt(q.Get("since"), 10, 64)
-	if q.Get("since") == "" {
+	since, err := strconv.ParseInt(q.Get(agentproto.QuerySince), 10, 64)
+	if q.Get(agentproto.QuerySince) == "" {
 		since, err = 0, nil
 	}
 	if err != nil || since < 0 {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "since must be a non-negative integer"})
 		return
 	}
-	wait := 30 * time.Second
-	if ws := q.Get("wait"); ws != "" {
+	wait := agentproto.DefaultPollWait
+	if ws := q.Get(agentproto.QueryWait); ws != "" {
 		wait, err = time.ParseDuration(ws)
 		if err != nil || wait < 0 {
 			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "wait must be a duration such as 30s"})
 			return
 		}
 	}
-	wait = min(wait, MaxPollWait)
+	wait = min(wait, agentproto.MaxPollWait)
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	// Take the wake channel before reading, so no change slips between.
@@ -226,13 +196,6 @@ func (s *Server) answerDesired(w http.ResponseWriter, r *http.Request, nodeID in
 	writeJSON(w, http.StatusOK, ds)
 }
 
-type ackRequest struct {
-	State string `json:"state"`
-	Epoch int64  `json:"epoch"`
-	// Error is why a start failed (state "failed").
-	Error string `json:"error"`
-}
-
 func (s *Server) ack(w http.ResponseWriter, r *http.Request) {
 	a := nodeFrom(r.Context())
 	id, err := strconv.ParseInt(chi.URLParam(r, "id"), 10, 64)
@@ -240,29 +203,16 @@ func (s *Server) ack(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no such assignment"})
 		return
 	}
-	var req ackRequest
+	var req agentproto.AckRequest
 	if err := readJSON(r, &req); err != nil {
 		badJSON(w, err)
 		return
 	}
-	if _, err := s.nodes.Ack(r.Context(), a.NodeID, nodes.AckInput{ID: id, Epoch: req.Epoch, State: req.State, Error: req.Error}); err != nil {
+	if _, err := s.nodes.Ack(r.Context(), a.NodeID, agentproto.Ack{ID: id, Epoch: req.Epoch, State: req.State, Error: req.Error}); err != nil {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
-}
-
-type ackBatchRequest struct {
-	Acks []nodes.AckInput `json:"acks"`
-}
-
-// ackResult is one entry of a batch ack's answer: ok, or the error (and
-// the status) the single ack would have answered.
-type ackResult struct {
-	ID     int64  `json:"id"`
-	OK     bool   `json:"ok,omitempty"`
-	Error  string `json:"error,omitempty"`
-	Status int    `json:"status,omitempty"`
+	writeJSON(w, http.StatusOK, agentproto.OK{OK: true})
 }
 
 // ackBatch records many acks of the calling node in one request:
@@ -270,7 +220,7 @@ type ackResult struct {
 // 200 even when some acks were refused.
 func (s *Server) ackBatch(w http.ResponseWriter, r *http.Request) {
 	a := nodeFrom(r.Context())
-	var req ackBatchRequest
+	var req agentproto.AckBatchRequest
 	if err := readJSON(r, &req); err != nil {
 		badJSON(w, err)
 		return
@@ -283,12 +233,12 @@ func (s *Server) ackBatch(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	out := make([]ackResult, len(res))
+	out := agentproto.AckBatchResponse{Results: make([]agentproto.AckResult, len(res))}
 	for i, x := range res {
-		out[i] = ackResult{ID: x.ID, OK: x.Err == nil}
+		out.Results[i] = agentproto.AckResult{ID: x.ID, OK: x.Err == nil}
 		if x.Err != nil {
-			out[i].Status, out[i].Error = web.StatusOf(x.Err)
+			out.Results[i].Status, out.Results[i].Error = web.StatusOf(x.Err)
 		}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"results": out})
+	writeJSON(w, http.StatusOK, out)
 }

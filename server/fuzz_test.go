@@ -11,13 +11,14 @@ import (
 	"unicode/utf8"
 
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/agentproto"
 	"github.com/callplane/callplane/nodes/safetext"
 )
 
 // jsonTargets are every request type a JSON body of the API decodes into.
 func jsonTargets() []any {
 	return []any{
-		&enrollRequest{}, &heartbeatRequest{}, &ackRequest{}, &ackBatchRequest{},
+		&agentproto.EnrollRequest{}, &agentproto.HeartbeatRequest{}, &agentproto.AckRequest{}, &agentproto.AckBatchRequest{},
 		&nodeAddRequest{}, &nodes.WorkInput{}, &[]nodes.WorkInput{}, &json.RawMessage{},
 	}
 }

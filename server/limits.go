@@ -11,7 +11,8 @@ import (
 	"time"
 
 	"github.com/callplane/callplane/nodes"
-	"github.com/callplane/callplane/web/auth"
+	"github.com/callplane/callplane/nodes/accounts"
+	"github.com/callplane/callplane/nodes/agentproto"
 )
 
 // Body limits. Forms and single JSON objects are small; the batch routes
@@ -23,9 +24,9 @@ const (
 
 // largeBodyRoutes take LargeBodyLimit; every other route DefaultBodyLimit.
 var largeBodyRoutes = map[string]bool{
-	"POST /api/v1/heartbeat":       true,
-	"POST /api/v1/assignments/ack": true,
-	"POST /api/v1/work":            true,
+	"POST " + agentproto.Prefix + agentproto.HeartbeatPath: true,
+	"POST " + agentproto.Prefix + agentproto.AckBatchPath:  true,
+	"POST /api/v1/work": true,
 }
 
 // BodyLimit is the largest body a request to method and path may send.
@@ -220,7 +221,7 @@ func (c *countedConn) Close() error {
 // generic 401 for every bad credential, but the real error (503 while the
 // database is unreachable) when the check itself could not be made.
 func authFailure(err error) error {
-	if errors.Is(err, nodes.ErrUnauthorized) || errors.Is(err, auth.ErrBadCredentials) {
+	if errors.Is(err, nodes.ErrUnauthorized) || errors.Is(err, accounts.ErrBadCredentials) {
 		return nodes.ErrUnauthorized
 	}
 	return err

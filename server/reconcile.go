@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/agentproto"
 )
 
 // ReconcileEvery is how often, at most, one node's reported running set is
@@ -35,7 +36,7 @@ func (rc *reconciler) due(nodeID int64) bool {
 
 // maybeReconcile compares what an agent reports running with what it
 // should run, at most every ReconcileEvery per node.
-func (s *Server) maybeReconcile(ctx context.Context, a nodes.NodeAuth, running []nodes.Running) {
+func (s *Server) maybeReconcile(ctx context.Context, a nodes.NodeAuth, running []agentproto.Running) {
 	if !s.recon.due(a.NodeID) {
 		return
 	}

@@ -4,11 +4,9 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -97,11 +95,4 @@ func writeFileAtomic(name string, data []byte, mode os.FileMode) error {
 		return err
 	}
 	return os.Rename(tmp, name)
-}
-
-// Pin returns the CA pin of a certificate: "sha256:" and the hex SHA-256
-// of its SubjectPublicKeyInfo, as nodeagent --ca-pin expects.
-func Pin(cert *x509.Certificate) string {
-	sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
-	return "sha256:" + hex.EncodeToString(sum[:])
 }

@@ -3,52 +3,25 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
-	"crypto/tls"
-	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-)
 
-// pinnedTLS trusts only the call manager whose public key hashes to pin,
-// as the real node agent does.
-func pinnedTLS(pin string) (*tls.Config, error) {
-	want, err := hex.DecodeString(strings.TrimPrefix(pin, "sha256:"))
-	if err != nil || len(want) != sha256.Size {
-		return nil, fmt.Errorf("bad pin %q", pin)
-	}
-	return &tls.Config{
-		MinVersion:         tls.VersionTLS12,
-		InsecureSkipVerify: true, // replaced by the pin check
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			if len(cs.PeerCertificates) == 0 {
-				return errors.New("no certificate")
-			}
-			got := sha256.Sum256(cs.PeerCertificates[0].RawSubjectPublicKeyInfo)
-			if subtle.ConstantTimeCompare(got[:], want) != 1 {
-				return errors.New("pin mismatch")
-			}
-			return nil
-		},
-	}, nil
-}
+	"github.com/callplane/callplane/nodes/agentproto"
+)
 
 // newClient returns an HTTPS client bound to its own loopback source
 // address (127.1.x.y), as if each agent ran on its own host; enrolment is
 // throttled per source address.
 func newClient(pin string, index int) (*http.Client, error) {
-	tc, err := pinnedTLS(pin)
+	tc, err := agentproto.PinnedTLSConfig(pin)
 	if err != nil {
 		return nil, err
 	}
@@ -82,7 +55,7 @@ func doJSON(ctx context.Context, hc *http.Client, method, url, bearer string, in
 		req.Header.Set("Content-Type", "application/json")
 	}
 	if bearer != "" {
-		req.Header.Set("Authorization", "Bearer "+bearer)
+		agentproto.SetBearer(req.Header, bearer)
 	}
 	res, err := hc.Do(req)
 	if err != nil {
@@ -100,20 +73,6 @@ func doJSON(ctx context.Context, hc *http.Client, method, url, bearer string, in
 		return res.StatusCode, json.Unmarshal(b, out)
 	}
 	return res.StatusCode, nil
-}
-
-type assignment struct {
-	ID    int64  `json:"id"`
-	Ref   string `json:"ref"`
-	Kind  string `json:"kind"`
-	Cost  int32  `json:"cost"`
-	Epoch int64  `json:"epoch"`
-	State string `json:"state"`
-}
-
-type desiredSet struct {
-	Version     int64        `json:"version"`
-	Assignments []assignment `json:"assignments"`
 }
 
 // recorder notes when assignments first reach an agent and when their acks
@@ -161,20 +120,9 @@ type simAgent struct {
 	beats  atomic.Int64
 
 	mu      sync.Mutex
-	running []runningRef // what this agent runs: its last desired set
+	running []agentproto.Running // what this agent runs: its last desired set
 	// runningChanged makes the next heartbeat carry the running set.
 	runningChanged bool
-}
-
-type runningRef struct {
-	ID    int64 `json:"id"`
-	Epoch int64 `json:"epoch"`
-}
-
-type enrollResponse struct {
-	NodeID     int64  `json:"node_id"`
-	NodeName   string `json:"node_name"`
-	Credential string `json:"credential"`
 }
 
 func enrollAgent(ctx context.Context, base, pin string, index int, token string, rec *recorder, ack bool) (*simAgent, error) {
@@ -182,8 +130,8 @@ func enrollAgent(ctx context.Context, base, pin string, index int, token string,
 	if err != nil {
 		return nil, err
 	}
-	var er enrollResponse
-	if _, err := doJSON(ctx, hc, http.MethodPost, base+"/api/v1/enroll", "", map[string]string{"token": token, "version": "bench"}, &er); err != nil {
+	var er agentproto.EnrollResponse
+	if _, err := doJSON(ctx, hc, http.MethodPost, base+agentproto.Prefix+agentproto.EnrollPath, "", agentproto.EnrollRequest{Token: token, Version: "bench"}, &er); err != nil {
 		return nil, fmt.Errorf("enrol: %w", err)
 	}
 	return &simAgent{index: index, nodeID: er.NodeID, name: er.NodeName, cred: er.Credential, base: base, hc: hc, rec: rec, ack: ack}, nil
@@ -198,7 +146,7 @@ var singleAcks atomic.Bool
 
 func (a *simAgent) start(ctx context.Context) {
 	ctx, a.cancel = context.WithCancel(ctx)
-	acks := make(chan []assignment, 100000)
+	acks := make(chan []agentproto.Assignment, 100000)
 	a.done.Add(3)
 	go func() { defer a.done.Done(); a.heartbeatLoop(ctx) }()
 	go func() { defer a.done.Done(); a.pollLoop(ctx, acks) }()
@@ -215,8 +163,8 @@ func (a *simAgent) kill() {
 }
 
 func (a *simAgent) heartbeatLoop(ctx context.Context) {
-	// Spread the agents' beats over the second.
-	first := time.Duration(a.index*7919%1000) * time.Millisecond
+	// Spread the agents' beats over the interval.
+	first := time.Duration(a.index*7919%1000) * agentproto.HeartbeatInterval / 1000
 	t := time.NewTimer(first)
 	defer t.Stop()
 	beat := 0
@@ -226,25 +174,23 @@ func (a *simAgent) heartbeatLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		t.Reset(time.Second)
-		var out struct {
-			AdminState string `json:"admin_state"`
-		}
+		t.Reset(agentproto.HeartbeatInterval)
+		var out agentproto.HeartbeatResponse
 		a.mu.Lock()
 		running, changed := a.running, a.runningChanged
 		a.runningChanged = false
 		a.mu.Unlock()
 		if running == nil {
-			running = []runningRef{}
+			running = []agentproto.Running{}
 		}
 		// Like nodeagent: the running set rides on a beat when it changed
-		// and on every tenth beat.
-		body := map[string]any{"load": len(running), "version": "bench"}
-		if changed || beat%10 == 0 {
-			body["running"] = running
+		// and on every FullReportEvery-th beat.
+		body := agentproto.HeartbeatRequest{Load: int32(len(running)), Version: "bench"}
+		if changed || beat%agentproto.FullReportEvery == 0 {
+			body.Running = running
 		}
 		beat++
-		if _, err := doJSON(ctx, a.hc, http.MethodPost, a.base+"/api/v1/heartbeat", a.cred, body, &out); err != nil {
+		if _, err := doJSON(ctx, a.hc, http.MethodPost, a.base+agentproto.Prefix+agentproto.HeartbeatPath, a.cred, body, &out); err != nil {
 			if ctx.Err() == nil {
 				a.rec.err(err)
 			}
@@ -254,12 +200,12 @@ func (a *simAgent) heartbeatLoop(ctx context.Context) {
 	}
 }
 
-func (a *simAgent) pollLoop(ctx context.Context, acks chan<- []assignment) {
+func (a *simAgent) pollLoop(ctx context.Context, acks chan<- []agentproto.Assignment) {
 	var since int64
 	seen := map[int64]int64{} // id -> epoch
 	for ctx.Err() == nil {
-		var ds desiredSet
-		_, err := doJSON(ctx, a.hc, http.MethodGet, a.base+"/api/v1/assignments?since="+strconv.FormatInt(since, 10)+"&wait=30s", a.cred, nil, &ds)
+		var ds agentproto.DesiredSet
+		_, err := doJSON(ctx, a.hc, http.MethodGet, a.base+agentproto.Prefix+agentproto.PollPath(since, agentproto.DefaultPollWait), a.cred, nil, &ds)
 		at := time.Now()
 		if err != nil {
 			if ctx.Err() == nil {
@@ -271,7 +217,7 @@ func (a *simAgent) pollLoop(ctx context.Context, acks chan<- []assignment) {
 		a.polls.Add(1)
 		since = ds.Version
 		next := make(map[int64]int64, len(ds.Assignments))
-		var fresh []assignment
+		var fresh []agentproto.Assignment
 		for _, as := range ds.Assignments {
 			next[as.ID] = as.Epoch
 			if e, ok := seen[as.ID]; !ok || e != as.Epoch {
@@ -279,9 +225,9 @@ func (a *simAgent) pollLoop(ctx context.Context, acks chan<- []assignment) {
 			}
 		}
 		seen = next
-		running := make([]runningRef, 0, len(ds.Assignments))
+		running := make([]agentproto.Running, 0, len(ds.Assignments))
 		for _, as := range ds.Assignments {
-			running = append(running, runningRef{ID: as.ID, Epoch: as.Epoch})
+			running = append(running, agentproto.Running{ID: as.ID, Epoch: as.Epoch})
 		}
 		a.mu.Lock()
 		a.running = running
@@ -298,9 +244,9 @@ func (a *simAgent) pollLoop(ctx context.Context, acks chan<- []assignment) {
 		}
 		a.rec.mu.Unlock()
 		if a.ack {
-			var owed []assignment
+			var owed []agentproto.Assignment
 			for _, as := range fresh {
-				if as.State == "assigned" {
+				if as.State == agentproto.StateAssigned {
 					owed = append(owed, as)
 				}
 			}
@@ -314,9 +260,9 @@ func (a *simAgent) pollLoop(ctx context.Context, acks chan<- []assignment) {
 	}
 }
 
-func (a *simAgent) ackLoop(ctx context.Context, acks <-chan []assignment) {
+func (a *simAgent) ackLoop(ctx context.Context, acks <-chan []agentproto.Assignment) {
 	for {
-		var owed []assignment
+		var owed []agentproto.Assignment
 		select {
 		case <-ctx.Done():
 			return
@@ -330,7 +276,7 @@ func (a *simAgent) ackLoop(ctx context.Context, acks <-chan []assignment) {
 		}
 		// Acks owed by deliveries that arrived meanwhile join this batch.
 	more:
-		for len(owed) < 1000 {
+		for len(owed) < agentproto.MaxAckBatch {
 			select {
 			case next := <-acks:
 				owed = append(owed, next...)
@@ -339,16 +285,16 @@ func (a *simAgent) ackLoop(ctx context.Context, acks <-chan []assignment) {
 			}
 		}
 		for len(owed) > 0 {
-			n := min(len(owed), 1000)
+			n := min(len(owed), agentproto.MaxAckBatch)
 			a.ackBatch(ctx, owed[:n])
 			owed = owed[n:]
 		}
 	}
 }
 
-func (a *simAgent) ackOne(ctx context.Context, as assignment) {
-	url := a.base + "/api/v1/assignments/" + strconv.FormatInt(as.ID, 10) + "/ack"
-	_, err := doJSON(ctx, a.hc, http.MethodPost, url, a.cred, map[string]any{"state": "active", "epoch": as.Epoch}, nil)
+func (a *simAgent) ackOne(ctx context.Context, as agentproto.Assignment) {
+	url := a.base + agentproto.Prefix + agentproto.AckPath(as.ID)
+	_, err := doJSON(ctx, a.hc, http.MethodPost, url, a.cred, agentproto.AckRequest{State: agentproto.StateActive, Epoch: as.Epoch}, nil)
 	if err != nil {
 		if ctx.Err() == nil && !strings.Contains(err.Error(), "409") {
 			a.rec.err(err)
@@ -362,27 +308,14 @@ func (a *simAgent) ackOne(ctx context.Context, as assignment) {
 	a.rec.mu.Unlock()
 }
 
-// ackBatch acks many assignments with one POST /api/v1/assignments/ack.
-func (a *simAgent) ackBatch(ctx context.Context, owed []assignment) {
-	type item struct {
-		ID    int64  `json:"id"`
-		Epoch int64  `json:"epoch"`
-		State string `json:"state"`
-	}
-	body := struct {
-		Acks []item `json:"acks"`
-	}{Acks: make([]item, len(owed))}
+// ackBatch acks many assignments with one POST of agentproto.AckBatchPath.
+func (a *simAgent) ackBatch(ctx context.Context, owed []agentproto.Assignment) {
+	body := agentproto.AckBatchRequest{Acks: make([]agentproto.Ack, len(owed))}
 	for i, as := range owed {
-		body.Acks[i] = item{ID: as.ID, Epoch: as.Epoch, State: "active"}
+		body.Acks[i] = agentproto.Ack{ID: as.ID, Epoch: as.Epoch, State: agentproto.StateActive}
 	}
-	var out struct {
-		Results []struct {
-			ID    int64  `json:"id"`
-			OK    bool   `json:"ok"`
-			Error string `json:"error"`
-		} `json:"results"`
-	}
-	_, err := doJSON(ctx, a.hc, http.MethodPost, a.base+"/api/v1/assignments/ack", a.cred, body, &out)
+	var out agentproto.AckBatchResponse
+	_, err := doJSON(ctx, a.hc, http.MethodPost, a.base+agentproto.Prefix+agentproto.AckBatchPath, a.cred, body, &out)
 	if err != nil {
 		if ctx.Err() == nil {
 			a.rec.err(err)

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"github.com/callplane/callplane/nodes/agentproto"
 	"slices"
 	"strings"
 	"testing"
@@ -21,25 +22,25 @@ func TestRunAcksStartsInOneBatch(t *testing.T) {
 	e.cm.batchAck = true
 	e.cm.ackStatus[63] = 409
 	e.cm.mu.Unlock()
-	set := []assignment{
-		{ID: 60, Ref: "call-60", Kind: "call", Cost: 1, Epoch: 1, State: stateAssigned},
-		{ID: 61, Ref: "call-61", Kind: "call", Cost: 1, Epoch: 2, State: stateAssigned},
-		{ID: 62, Ref: "bad", Kind: "call", Cost: 1, Epoch: 3, State: stateAssigned},
-		{ID: 63, Ref: "call-moved", Kind: "call", Cost: 1, Epoch: 4, State: stateAssigned},
-		{ID: 64, Ref: "call-64", Kind: "call", Cost: 2, Epoch: 1, State: stateAssigned},
+	set := []agentproto.Assignment{
+		{ID: 60, Ref: "call-60", Kind: "call", Cost: 1, Epoch: 1, State: agentproto.StateAssigned},
+		{ID: 61, Ref: "call-61", Kind: "call", Cost: 1, Epoch: 2, State: agentproto.StateAssigned},
+		{ID: 62, Ref: "bad", Kind: "call", Cost: 1, Epoch: 3, State: agentproto.StateAssigned},
+		{ID: 63, Ref: "call-moved", Kind: "call", Cost: 1, Epoch: 4, State: agentproto.StateAssigned},
+		{ID: 64, Ref: "call-64", Kind: "call", Cost: 2, Epoch: 1, State: agentproto.StateAssigned},
 	}
 	e.cm.setDesired(set...)
 	eventually(t, "stale assignment stopped", func() bool {
 		return slices.Contains(e.hookLines(t), "stop id=63 ref=call-moved kind=call cost=1 epoch=4 node=media-1")
 	})
-	e.waitRunning(t, 4, runningRef{60, 1}, runningRef{61, 2}, runningRef{64, 1})
+	e.waitRunning(t, 4, agentproto.Running{ID: 60, Epoch: 1}, agentproto.Running{ID: 61, Epoch: 2}, agentproto.Running{ID: 64, Epoch: 1})
 	calls, items, acks := e.cm.batchStats()
 	if calls != 1 || items != 5 || acks != 5 {
 		t.Fatalf("batch requests %d carrying %d acks, %d acks in all; want 1, 5, 5", calls, items, acks)
 	}
 	_, _, got, _ := e.cm.snapshot()
 	slices.SortFunc(got, func(x, y ackRecord) int { return int(x.ID - y.ID) })
-	want := []ackRecord{{60, stateActive, 1}, {61, stateActive, 2}, {62, stateFailed, 3}, {63, stateActive, 4}, {64, stateActive, 1}}
+	want := []ackRecord{{60, agentproto.StateActive, 1}, {61, agentproto.StateActive, 2}, {62, agentproto.StateFailed, 3}, {63, agentproto.StateActive, 4}, {64, agentproto.StateActive, 1}}
 	if !slices.Equal(got, want) {
 		t.Fatalf("acks = %+v, want %+v", got, want)
 	}
@@ -67,16 +68,16 @@ func TestRunAcksStartsInOneBatch(t *testing.T) {
 func TestRunFallsBackToSingleAcks(t *testing.T) {
 	e := setup(t, nil)
 	e.cm.setDesired(
-		assignment{ID: 70, Ref: "call-70", Kind: "call", Cost: 1, Epoch: 1, State: stateAssigned},
-		assignment{ID: 71, Ref: "call-71", Kind: "call", Cost: 1, Epoch: 1, State: stateAssigned},
-		assignment{ID: 72, Ref: "call-72", Kind: "call", Cost: 1, Epoch: 1, State: stateAssigned},
+		agentproto.Assignment{ID: 70, Ref: "call-70", Kind: "call", Cost: 1, Epoch: 1, State: agentproto.StateAssigned},
+		agentproto.Assignment{ID: 71, Ref: "call-71", Kind: "call", Cost: 1, Epoch: 1, State: agentproto.StateAssigned},
+		agentproto.Assignment{ID: 72, Ref: "call-72", Kind: "call", Cost: 1, Epoch: 1, State: agentproto.StateAssigned},
 	)
 	eventually(t, "three single acks", func() bool { _, _, acks := e.cm.batchStats(); return acks == 3 })
-	e.waitRunning(t, 3, runningRef{70, 1}, runningRef{71, 1}, runningRef{72, 1})
+	e.waitRunning(t, 3, agentproto.Running{ID: 70, Epoch: 1}, agentproto.Running{ID: 71, Epoch: 1}, agentproto.Running{ID: 72, Epoch: 1})
 	e.cm.setDesired(
-		assignment{ID: 70, Ref: "call-70", Kind: "call", Cost: 1, Epoch: 1, State: stateActive},
-		assignment{ID: 73, Ref: "call-73", Kind: "call", Cost: 1, Epoch: 1, State: stateAssigned},
-		assignment{ID: 74, Ref: "call-74", Kind: "call", Cost: 1, Epoch: 1, State: stateAssigned},
+		agentproto.Assignment{ID: 70, Ref: "call-70", Kind: "call", Cost: 1, Epoch: 1, State: agentproto.StateActive},
+		agentproto.Assignment{ID: 73, Ref: "call-73", Kind: "call", Cost: 1, Epoch: 1, State: agentproto.StateAssigned},
+		agentproto.Assignment{ID: 74, Ref: "call-74", Kind: "call", Cost: 1, Epoch: 1, State: agentproto.StateAssigned},
 	)
 	eventually(t, "two more single acks", func() bool { _, _, acks := e.cm.batchStats(); return acks == 5 })
 	if calls, items, _ := e.cm.batchStats(); calls != 1 || items != 0 {

@@ -11,10 +11,11 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/callplane/callplane/nodes/agentproto"
 )
 
 // statusError is a non-200 answer of the agent API.
@@ -67,7 +68,7 @@ func newAPIClient(servers []string, pin, credential, version string, log *slog.L
 	if err != nil {
 		return nil, err
 	}
-	tlsConf, err := pinnedTLSConfig(pin)
+	tlsConf, err := agentproto.PinnedTLSConfig(pin)
 	if err != nil {
 		return nil, err
 	}
@@ -149,7 +150,7 @@ var errSwitched = errors.New("moved to another call manager")
 
 // do sends one request and decodes a 200 answer into out, moving through
 // the servers as the type comment says. perTry bounds each attempt. Errors
-// are a *statusError for an answer other than 200, a *PinMismatchError for
+// are a *statusError for an answer other than 200, a *agentproto.PinMismatchError for
 // the wrong server, the context's error, or "cannot reach server".
 func (c *apiClient) do(ctx context.Context, perTry time.Duration, method, path string, in, out any) error {
 	var body []byte
@@ -220,7 +221,7 @@ func (c *apiClient) once(ctx context.Context, perTry time.Duration, switched <-c
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", c.userAgent)
 	if cred := c.getCredential(); cred != "" {
-		req.Header.Set("Authorization", "Bearer "+cred)
+		agentproto.SetBearer(req.Header, cred)
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
@@ -255,7 +256,7 @@ func (c *apiClient) once(ctx context.Context, perTry time.Duration, switched <-c
 var errTryTimeout = errors.New("no answer in time")
 
 func (c *apiClient) transportError(ctx, tctx context.Context, base string, err error) error {
-	var pe *PinMismatchError
+	var pe *agentproto.PinMismatchError
 	if errors.As(err, &pe) {
 		return pe
 	}
@@ -285,74 +286,12 @@ func oneLine(s string, n int) string {
 	return s
 }
 
-// Wire types of the agent API (DESIGN.md, "Agent API").
-
-type enrollRequest struct {
-	Token   string `json:"token"`
-	Address string `json:"address"`
-	Version string `json:"version"`
-}
-
-type enrollResponse struct {
-	NodeID              int64  `json:"node_id"`
-	NodeName            string `json:"node_name"`
-	Kind                string `json:"kind"`
-	Credential          string `json:"credential"`
-	HeartbeatIntervalMS int64  `json:"heartbeat_interval_ms"`
-}
-
-type runningRef struct {
-	ID    int64 `json:"id"`
-	Epoch int64 `json:"epoch"`
-}
-
-type heartbeatRequest struct {
-	Load    int64  `json:"load"`
-	Version string `json:"version"`
-	// Running is the set of assignments running here; nil (omitted) when
-	// this heartbeat does not report it, an empty list when nothing runs.
-	Running *[]runningRef `json:"running,omitempty"`
-}
-
-type heartbeatResponse struct {
-	AdminState          string `json:"admin_state"`
-	HeartbeatIntervalMS int64  `json:"heartbeat_interval_ms"`
-	// Credential is set when an administrator rotated the node's
-	// credential: the agent stores it and uses it from then on.
-	Credential string `json:"credential,omitempty"`
-}
-
-// assignment is one unit of work the call manager wants this node to run.
-type assignment struct {
-	ID    int64  `json:"id"`
-	Ref   string `json:"ref"`
-	Kind  string `json:"kind"`
-	Cost  int64  `json:"cost"`
-	Epoch int64  `json:"epoch"`
-	State string `json:"state"`
-	// A SIP call's identity, from the front door.
-	CallID string `json:"call_id,omitempty"`
-	From   string `json:"from,omitempty"`
-	To     string `json:"to,omitempty"`
-}
-
-type assignmentsResponse struct {
-	Version     int64        `json:"version"`
-	Assignments []assignment `json:"assignments"`
-}
-
-type ackRequest struct {
-	State string `json:"state"`
-	Epoch int64  `json:"epoch"`
-	Error string `json:"error,omitempty"` // why a start failed
-}
-
 // enrollTimeout bounds one enrol attempt.
 const enrollTimeout = 30 * time.Second
 
-func (c *apiClient) enroll(ctx context.Context, req enrollRequest) (*enrollResponse, error) {
-	var resp enrollResponse
-	if err := c.do(ctx, enrollTimeout, http.MethodPost, "/api/v1/enroll", req, &resp); err != nil {
+func (c *apiClient) enroll(ctx context.Context, req agentproto.EnrollRequest) (*agentproto.EnrollResponse, error) {
+	var resp agentproto.EnrollResponse
+	if err := c.do(ctx, enrollTimeout, http.MethodPost, agentproto.Prefix+agentproto.EnrollPath, req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -362,9 +301,9 @@ func (c *apiClient) enroll(ctx context.Context, req enrollRequest) (*enrollRespo
 // within timeout (one heartbeat interval, well under the stale time after
 // which the checker stops trusting the node's heartbeats) is left for the
 // next one, so one paused or dead instance never makes a node look lost.
-func (c *apiClient) heartbeat(ctx context.Context, timeout time.Duration, req heartbeatRequest) (*heartbeatResponse, error) {
-	var resp heartbeatResponse
-	if err := c.do(ctx, timeout, http.MethodPost, "/api/v1/heartbeat", req, &resp); err != nil {
+func (c *apiClient) heartbeat(ctx context.Context, timeout time.Duration, req agentproto.HeartbeatRequest) (*agentproto.HeartbeatResponse, error) {
+	var resp agentproto.HeartbeatResponse
+	if err := c.do(ctx, timeout, http.MethodPost, agentproto.Prefix+agentproto.HeartbeatPath, req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -372,10 +311,9 @@ func (c *apiClient) heartbeat(ctx context.Context, timeout time.Duration, req he
 
 // assignments long-polls the desired set. The request may take up to wait
 // plus a margin for the server and the network.
-func (c *apiClient) assignments(ctx context.Context, since int64, wait time.Duration) (*assignmentsResponse, error) {
-	q := url.Values{"since": {strconv.FormatInt(since, 10)}, "wait": {wait.String()}}
-	var resp assignmentsResponse
-	if err := c.do(ctx, wait+15*time.Second, http.MethodGet, "/api/v1/assignments?"+q.Encode(), nil, &resp); err != nil {
+func (c *apiClient) assignments(ctx context.Context, since int64, wait time.Duration) (*agentproto.DesiredSet, error) {
+	var resp agentproto.DesiredSet
+	if err := c.do(ctx, wait+15*time.Second, http.MethodGet, agentproto.Prefix+agentproto.PollPath(since, wait), nil, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -385,42 +323,14 @@ func (c *apiClient) assignments(ctx context.Context, since int64, wait time.Dura
 const ackTimeout = 10 * time.Second
 
 func (c *apiClient) ack(ctx context.Context, id int64, state string, epoch int64, reason string) error {
-	path := "/api/v1/assignments/" + strconv.FormatInt(id, 10) + "/ack"
-	return c.do(ctx, ackTimeout, http.MethodPost, path, ackRequest{State: state, Epoch: epoch, Error: reason}, nil)
+	return c.do(ctx, ackTimeout, http.MethodPost, agentproto.Prefix+agentproto.AckPath(id), agentproto.AckRequest{State: state, Epoch: epoch, Error: reason}, nil)
 }
 
-// maxAckBatch bounds the acks of one batch request (the server's limit).
-const maxAckBatch = 1000
-
-type ackBatchItem struct {
-	ID    int64  `json:"id"`
-	Epoch int64  `json:"epoch"`
-	State string `json:"state"`
-	Error string `json:"error,omitempty"` // why a start failed
-}
-
-type ackBatchRequest struct {
-	Acks []ackBatchItem `json:"acks"`
-}
-
-// ackBatchResult is the server's answer for one ack of a batch: ok, or the
-// error and status the single ack would have answered.
-type ackBatchResult struct {
-	ID     int64  `json:"id"`
-	OK     bool   `json:"ok"`
-	Error  string `json:"error"`
-	Status int    `json:"status"`
-}
-
-type ackBatchResponse struct {
-	Results []ackBatchResult `json:"results"`
-}
-
-// ackBatch sends many acks in one request (POST /api/v1/assignments/ack).
+// ackBatch sends many acks in one request (POST AckBatchPath).
 // A server older than the batch API answers 404.
-func (c *apiClient) ackBatch(ctx context.Context, acks []ackBatchItem) ([]ackBatchResult, error) {
-	var resp ackBatchResponse
-	if err := c.do(ctx, 30*time.Second, http.MethodPost, "/api/v1/assignments/ack", ackBatchRequest{Acks: acks}, &resp); err != nil {
+func (c *apiClient) ackBatch(ctx context.Context, acks []agentproto.Ack) ([]agentproto.AckResult, error) {
+	var resp agentproto.AckBatchResponse
+	if err := c.do(ctx, 30*time.Second, http.MethodPost, agentproto.Prefix+agentproto.AckBatchPath, agentproto.AckBatchRequest{Acks: acks}, &resp); err != nil {
 		return nil, err
 	}
 	return resp.Results, nil

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/callplane/callplane/nodes/agentproto"
 )
 
 // Hook actions, passed as CALLPLANE_ACTION.
@@ -26,7 +28,7 @@ const hookOutputLimit = 64 << 10
 // /bin/sh -c, with the assignment in its environment, its output logged line
 // by line, and its whole process group killed at the timeout. An empty
 // command succeeds at once: the agent then only tracks and acks the work.
-func runHook(ctx context.Context, log *slog.Logger, command string, timeout time.Duration, node, action string, a assignment) error {
+func runHook(ctx context.Context, log *slog.Logger, command string, timeout time.Duration, node, action string, a agentproto.Assignment) error {
 	if command == "" {
 		return nil
 	}
@@ -38,7 +40,7 @@ func runHook(ctx context.Context, log *slog.Logger, command string, timeout time
 		"CALLPLANE_ASSIGNMENT_ID="+strconv.FormatInt(a.ID, 10),
 		"CALLPLANE_REF="+a.Ref,
 		"CALLPLANE_KIND="+a.Kind,
-		"CALLPLANE_COST="+strconv.FormatInt(a.Cost, 10),
+		"CALLPLANE_COST="+strconv.FormatInt(int64(a.Cost), 10),
 		"CALLPLANE_EPOCH="+strconv.FormatInt(a.Epoch, 10),
 		"CALLPLANE_NODE="+node,
 		"CALLPLANE_CALL_ID="+a.CallID,

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/callplane/callplane/nodes/agentproto"
 )
 
 // ErrJoinRefused is wrapped by Join's error when the call manager refuses the
@@ -44,7 +46,7 @@ func Join(ctx context.Context, opts JoinOptions) (*State, error) {
 	if err := ValidateToken(opts.Token); err != nil {
 		return nil, err
 	}
-	if err := ValidatePin(opts.CAPin); err != nil {
+	if err := agentproto.ValidatePin(opts.CAPin); err != nil {
 		return nil, err
 	}
 	servers, err := ParseServers(opts.Servers)
@@ -69,7 +71,7 @@ func Join(ctx context.Context, opts JoinOptions) (*State, error) {
 	log.Info("enrolling", "servers", strings.Join(servers, ","), "token_id", TokenID(opts.Token))
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	resp, err := api.enroll(ctx, enrollRequest{Token: opts.Token, Address: opts.Address, Version: opts.Version})
+	resp, err := api.enroll(ctx, agentproto.EnrollRequest{Token: opts.Token, Address: opts.Address, Version: opts.Version})
 	if err != nil {
 		pending.abort()
 		return nil, joinError(err)
@@ -97,7 +99,7 @@ func Join(ctx context.Context, opts JoinOptions) (*State, error) {
 // joinError turns an enrol failure into the one-line reason an operator
 // reads.
 func joinError(err error) error {
-	var pe *PinMismatchError
+	var pe *agentproto.PinMismatchError
 	if errors.As(err, &pe) {
 		return pe // already says all an operator needs
 	}

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
+	"github.com/callplane/callplane/nodes/agentproto"
 	"io/fs"
 	"net"
 	"os"
@@ -62,15 +63,15 @@ func TestPinOf(t *testing.T) {
 		t.Fatal(err)
 	}
 	sum := sha256.Sum256(der)
-	if got, want := PinOf(cert.Leaf), "sha256:"+hex.EncodeToString(sum[:]); got != want {
+	if got, want := agentproto.PinOf(cert.Leaf), "sha256:"+hex.EncodeToString(sum[:]); got != want {
 		t.Fatalf("PinOf = %s, want %s", got, want)
 	}
-	if err := ValidatePin(PinOf(cert.Leaf)); err != nil {
+	if err := agentproto.ValidatePin(agentproto.PinOf(cert.Leaf)); err != nil {
 		t.Fatalf("ValidatePin(PinOf) = %v", err)
 	}
 	for _, bad := range []string{"", "sha256:", "sha256:abc", "sha1:" + strings.Repeat("0", 64),
 		"sha256:" + strings.Repeat("g", 64), strings.Repeat("0", 64), "sha256:" + strings.Repeat("0", 66)} {
-		if ValidatePin(bad) == nil {
+		if agentproto.ValidatePin(bad) == nil {
 			t.Errorf("ValidatePin(%q) accepted", bad)
 		}
 	}
@@ -147,7 +148,7 @@ func TestJoinWritesState(t *testing.T) {
 	}
 	cm.mu.Lock()
 	defer cm.mu.Unlock()
-	if len(cm.enrolls) != 1 || cm.enrolls[0] != (enrollRequest{Token: testToken, Address: "10.0.0.5:5060", Version: "1.2.3"}) {
+	if len(cm.enrolls) != 1 || cm.enrolls[0] != (agentproto.EnrollRequest{Token: testToken, Address: "10.0.0.5:5060", Version: "1.2.3"}) {
 		t.Fatalf("enrol requests = %+v", cm.enrolls)
 	}
 
@@ -189,11 +190,11 @@ func TestJoinPinMismatch(t *testing.T) {
 	cm := newCallManager()
 	other := newCert(t)
 	srv, gotPin := startTLS(t, cm.handler(), &other, nil)
-	wantPin := PinOf(newCert(t).Leaf) // the key the operator expects
+	wantPin := agentproto.PinOf(newCert(t).Leaf) // the key the operator expects
 	dir := filepath.Join(t.TempDir(), "state")
 
 	_, err := Join(t.Context(), JoinOptions{Servers: []string{srv.URL}, Token: testToken, CAPin: wantPin, StateDir: dir})
-	var pe *PinMismatchError
+	var pe *agentproto.PinMismatchError
 	if !errors.As(err, &pe) {
 		t.Fatalf("Join error = %v, want a pin mismatch", err)
 	}
@@ -227,7 +228,7 @@ func TestJoinFailureLeavesStateDirUnchanged(t *testing.T) {
 	}
 	deadURL := "https://" + ln.Addr().String()
 	ln.Close()
-	otherPin := PinOf(newCert(t).Leaf)
+	otherPin := agentproto.PinOf(newCert(t).Leaf)
 	wrongToken := "cpj_ab12cd34." + strings.Repeat("z", 40)
 
 	tests := []struct {
@@ -240,7 +241,7 @@ func TestJoinFailureLeavesStateDirUnchanged(t *testing.T) {
 				return errors.Is(err, ErrJoinRefused) && strings.Contains(err.Error(), "invalid or expired join token")
 			}},
 		{"wrong pin", JoinOptions{Servers: []string{srv.URL}, Token: testToken, CAPin: otherPin},
-			func(err error) bool { var pe *PinMismatchError; return errors.As(err, &pe) }},
+			func(err error) bool { var pe *agentproto.PinMismatchError; return errors.As(err, &pe) }},
 		{"unreachable", JoinOptions{Servers: []string{deadURL}, Token: testToken, CAPin: pin},
 			func(err error) bool { return strings.Contains(err.Error(), "cannot reach server "+deadURL) }},
 		{"malformed token", JoinOptions{Servers: []string{srv.URL}, Token: "cpj_short.x", CAPin: pin},

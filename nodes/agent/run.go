@@ -11,19 +11,14 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/callplane/callplane/nodes/agentproto"
 )
 
 // ErrCredentialRejected is returned by Run when the server answers 401: the
 // node was removed or its credential revoked. Retrying cannot help; only a
 // new join can.
 var ErrCredentialRejected = errors.New("credential rejected: node removed or credential revoked; re-join with a new token")
-
-// Assignment states as the server reports them and as the agent acks them.
-const (
-	stateAssigned = "assigned"
-	stateActive   = "active"
-	stateFailed   = "failed"
-)
 
 // Defaults of RunOptions.
 const (
@@ -34,14 +29,10 @@ const (
 	// DefaultHookRetry is the delay before the second try of a failed
 	// start hook; each later delay doubles.
 	DefaultHookRetry  = time.Second
-	DefaultPollWait   = 30 * time.Second
+	DefaultPollWait   = agentproto.DefaultPollWait
 	DefaultMinBackoff = 500 * time.Millisecond
 	DefaultMaxBackoff = 30 * time.Second
 
-	defaultHeartbeat = time.Second
-	// fullReportEvery is how often (in heartbeats) the running set is sent
-	// even when it did not change.
-	fullReportEvery = 10
 	// hookParallelism bounds how many hooks run at once when one desired
 	// set starts or stops many assignments.
 	hookParallelism = 8
@@ -225,7 +216,7 @@ func useServers(dir string, st *State, servers []string, log *slog.Logger) error
 
 // localAssignment is an assignment this process has started.
 type localAssignment struct {
-	assignment
+	agentproto.Assignment
 	acked bool // the server knows it as active at this epoch
 }
 
@@ -256,30 +247,30 @@ type agent struct {
 
 // pendingAck is an ack that applying a desired set owes the server.
 type pendingAck struct {
-	d      assignment
+	d      agentproto.Assignment
 	state  string // active or failed
 	reason string // why the start failed
 }
 
 // report is the heartbeat body: the load and the assignments running here.
-func (a *agent) report() heartbeatRequest {
+func (a *agent) report() agentproto.HeartbeatRequest {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	req := heartbeatRequest{Version: a.opts.Version}
+	req := agentproto.HeartbeatRequest{Version: a.opts.Version}
 	for _, l := range a.running {
 		req.Load += l.Cost
 	}
 	// The running set is what the call manager reconciles against; it is
-	// sent when it changed and on every fullReportEvery-th beat, not each
+	// sent when it changed and on every agentproto.FullReportEvery-th beat, not each
 	// second, so a thousand agents' heartbeats stay small.
 	a.beats++
-	if a.runningChanged || a.beats%fullReportEvery == 1 {
-		list := make([]runningRef, 0, len(a.running))
+	if a.runningChanged || a.beats%agentproto.FullReportEvery == 1 {
+		list := make([]agentproto.Running, 0, len(a.running))
 		for _, l := range a.running {
-			list = append(list, runningRef{ID: l.ID, Epoch: l.Epoch})
+			list = append(list, agentproto.Running{ID: l.ID, Epoch: l.Epoch})
 		}
-		slices.SortFunc(list, func(x, y runningRef) int { return int(x.ID - y.ID) })
-		req.Running = &list
+		slices.SortFunc(list, func(x, y agentproto.Running) int { return int(x.ID - y.ID) })
+		req.Running = list
 		a.runningChanged = false
 	}
 	return req
@@ -287,7 +278,7 @@ func (a *agent) report() heartbeatRequest {
 
 func (a *agent) heartbeatLoop(ctx context.Context) error {
 	bo := a.newBackoff()
-	interval := defaultHeartbeat
+	interval := agentproto.HeartbeatInterval
 	adminState := ""
 	failing := false
 	for {
@@ -320,9 +311,9 @@ func (a *agent) heartbeatLoop(ctx context.Context) error {
 			return err
 		case status == http.StatusForbidden:
 			wait = bo.next()
-			if adminState != "disabled" {
+			if adminState != agentproto.AdminDisabled {
 				a.log.Warn("node disabled by administrator; still heartbeating", "retry_in", wait)
-				adminState = "disabled"
+				adminState = agentproto.AdminDisabled
 			}
 		default:
 			// Heartbeats are retried no slower than they are sent: that is
@@ -380,7 +371,7 @@ func (a *agent) rotate(cred string) {
 // within sane bounds so a broken answer neither spins nor stalls the loop.
 func heartbeatInterval(ms int64) time.Duration {
 	if ms <= 0 {
-		return defaultHeartbeat
+		return agentproto.HeartbeatInterval
 	}
 	return min(max(time.Duration(ms)*time.Millisecond, 10*time.Millisecond), 10*time.Minute)
 }
@@ -496,7 +487,7 @@ func (a *agent) pollLoop(ctx context.Context) error {
 // pin. That needs an operator (a re-keyed call manager means re-joining), so
 // Run ends with the reason instead of retrying forever in silence.
 func isPinMismatch(err error) bool {
-	var pe *PinMismatchError
+	var pe *agentproto.PinMismatchError
 	return errors.As(err, &pe)
 }
 
@@ -520,8 +511,8 @@ func (a *agent) hasUnacked() bool {
 // apply makes the running set match the desired set. It only returns
 // ErrCredentialRejected; other failures are logged and retried on a later
 // delivery.
-func (a *agent) apply(ctx context.Context, desired []assignment) error {
-	want := make(map[int64]assignment, len(desired))
+func (a *agent) apply(ctx context.Context, desired []agentproto.Assignment) error {
+	want := make(map[int64]agentproto.Assignment, len(desired))
 	order := make([]int64, 0, len(desired))
 	for _, d := range desired {
 		if _, dup := want[d.ID]; !dup {
@@ -529,7 +520,7 @@ func (a *agent) apply(ctx context.Context, desired []assignment) error {
 		}
 		want[d.ID] = d
 	}
-	var stops, starts, acks []assignment
+	var stops, starts, acks []agentproto.Assignment
 	a.mu.Lock()
 	for id, epoch := range a.dead {
 		if d, ok := want[id]; !ok || d.Epoch != epoch {
@@ -538,7 +529,7 @@ func (a *agent) apply(ctx context.Context, desired []assignment) error {
 	}
 	for id, l := range a.running {
 		if _, ok := want[id]; !ok {
-			stops = append(stops, l.assignment)
+			stops = append(stops, l.Assignment)
 		}
 	}
 	for _, id := range order {
@@ -548,7 +539,7 @@ func (a *agent) apply(ctx context.Context, desired []assignment) error {
 		case running && l.Epoch == d.Epoch:
 			l.Cost = d.Cost
 			if !l.acked {
-				if d.State == stateActive {
+				if d.State == agentproto.StateActive {
 					l.acked = true // an earlier ack reached the server
 				} else {
 					acks = append(acks, d)
@@ -562,11 +553,11 @@ func (a *agent) apply(ctx context.Context, desired []assignment) error {
 	a.mu.Unlock()
 
 	// Stops go first so that freed resources are available to new work.
-	_ = each(stops, func(x assignment) error { a.stop(ctx, x, "removed from the desired set"); return nil })
+	_ = each(stops, func(x agentproto.Assignment) error { a.stop(ctx, x, "removed from the desired set"); return nil })
 	// Then the start hooks; the acks they owe are sent together after.
 	var pmu sync.Mutex
 	pending := make([]pendingAck, 0, len(starts)+len(acks))
-	_ = each(starts, func(x assignment) error {
+	_ = each(starts, func(x agentproto.Assignment) error {
 		if p, ok := a.start(ctx, x); ok {
 			pmu.Lock()
 			pending = append(pending, p)
@@ -575,7 +566,7 @@ func (a *agent) apply(ctx context.Context, desired []assignment) error {
 		return nil
 	})
 	for _, d := range acks {
-		pending = append(pending, pendingAck{d: d, state: stateActive})
+		pending = append(pending, pendingAck{d: d, state: agentproto.StateActive})
 	}
 	return a.sendAcks(ctx, pending)
 }
@@ -601,15 +592,15 @@ func (a *agent) batchAcks() bool {
 	return time.Now().After(a.noBatchUntil)
 }
 
-// sendAckBatches sends pending in batch requests of at most maxAckBatch.
+// sendAckBatches sends pending in batch requests of at most agentproto.MaxAckBatch.
 // It returns the acks still to send one by one: those from the first
 // request a server without the batch API refused on.
 func (a *agent) sendAckBatches(ctx context.Context, pending []pendingAck) ([]pendingAck, error) {
 	for len(pending) > 0 {
-		chunk := pending[:min(len(pending), maxAckBatch)]
-		items := make([]ackBatchItem, len(chunk))
+		chunk := pending[:min(len(pending), agentproto.MaxAckBatch)]
+		items := make([]agentproto.Ack, len(chunk))
 		for i, p := range chunk {
-			items[i] = ackBatchItem{ID: p.d.ID, Epoch: p.d.Epoch, State: p.state, Error: p.reason}
+			items[i] = agentproto.Ack{ID: p.d.ID, Epoch: p.d.Epoch, State: p.state, Error: p.reason}
 		}
 		res, err := a.api.ackBatch(ctx, items)
 		switch status := statusOf(err); {
@@ -631,7 +622,7 @@ func (a *agent) sendAckBatches(ctx context.Context, pending []pendingAck) ([]pen
 			pending = pending[len(chunk):]
 			continue
 		}
-		byID := make(map[int64]ackBatchResult, len(res))
+		byID := make(map[int64]agentproto.AckResult, len(res))
 		for _, r := range res {
 			byID[r.ID] = r
 		}
@@ -653,7 +644,7 @@ func (a *agent) sendAckBatches(ctx context.Context, pending []pendingAck) ([]pen
 	return nil, nil
 }
 
-func (a *agent) isDead(d assignment) bool {
+func (a *agent) isDead(d agentproto.Assignment) bool {
 	epoch, ok := a.dead[d.ID]
 	return ok && epoch == d.Epoch
 }
@@ -688,7 +679,7 @@ func (a *agent) hookCtx(ctx context.Context) context.Context { return context.Wi
 // start runs the start hook of d and returns the ack it owes the server:
 // active, or failed when the hook failed; none for an assignment the
 // server already knows as active.
-func (a *agent) start(ctx context.Context, d assignment) (pendingAck, bool) {
+func (a *agent) start(ctx context.Context, d agentproto.Assignment) (pendingAck, bool) {
 	log := a.log.With("assignment", d.ID, "ref", d.Ref, "epoch", d.Epoch)
 	if err := a.startWithRetry(ctx, log, d); err != nil {
 		log.Error("start failed; acking failed so the server places it elsewhere", "err", err, "attempts", a.opts.HookAttempts)
@@ -697,24 +688,24 @@ func (a *agent) start(ctx context.Context, d assignment) (pendingAck, bool) {
 		a.dead[d.ID] = d.Epoch
 		a.mu.Unlock()
 		a.kickHeartbeat()
-		return pendingAck{d: d, state: stateFailed, reason: oneLine(err.Error(), 400)}, true
+		return pendingAck{d: d, state: agentproto.StateFailed, reason: oneLine(err.Error(), 400)}, true
 	}
 	a.mu.Lock()
-	a.running[d.ID] = &localAssignment{assignment: d, acked: d.State == stateActive}
+	a.running[d.ID] = &localAssignment{Assignment: d, acked: d.State == agentproto.StateActive}
 	a.mu.Unlock()
 	a.kickHeartbeat()
-	if d.State == stateActive {
-		log.Info("adopted assignment the server already knows as active")
+	if d.State == agentproto.StateActive {
+		log.Info("adopted agentproto.Assignment the server already knows as active")
 		return pendingAck{}, false
 	}
-	return pendingAck{d: d, state: stateActive}, true
+	return pendingAck{d: d, state: agentproto.StateActive}, true
 }
 
 // startWithRetry runs the start hook of d up to HookAttempts times, with
 // exponential backoff between tries, and returns the last error. A hook
 // that fails for good thus costs the node a few seconds, not a hot loop:
 // the server keeps the item off this node once the start is acked failed.
-func (a *agent) startWithRetry(ctx context.Context, log *slog.Logger, d assignment) error {
+func (a *agent) startWithRetry(ctx context.Context, log *slog.Logger, d agentproto.Assignment) error {
 	delay := a.opts.HookRetry
 	var err error
 	for attempt := 1; ; attempt++ {
@@ -735,13 +726,13 @@ func (a *agent) startWithRetry(ctx context.Context, log *slog.Logger, d assignme
 // ackDone acts on the server's answer to one ack, sent alone or in a
 // batch. It only returns ErrCredentialRejected.
 func (a *agent) ackDone(ctx context.Context, p pendingAck, err error) error {
-	if p.state == stateFailed {
+	if p.state == agentproto.StateFailed {
 		if err != nil {
 			if statusOf(err) == http.StatusUnauthorized {
 				return ErrCredentialRejected
 			}
 			if ctx.Err() == nil {
-				a.log.Warn("ack failed", "assignment", p.d.ID, "ref", p.d.Ref, "epoch", p.d.Epoch, "state", stateFailed, "err", err)
+				a.log.Warn("ack failed", "assignment", p.d.ID, "ref", p.d.Ref, "epoch", p.d.Epoch, "state", agentproto.StateFailed, "err", err)
 			}
 		}
 		return nil
@@ -749,7 +740,7 @@ func (a *agent) ackDone(ctx context.Context, p pendingAck, err error) error {
 	return a.ackActiveDone(ctx, p.d, err)
 }
 
-func (a *agent) ackActiveDone(ctx context.Context, d assignment, err error) error {
+func (a *agent) ackActiveDone(ctx context.Context, d agentproto.Assignment, err error) error {
 	log := a.log.With("assignment", d.ID, "ref", d.Ref, "epoch", d.Epoch)
 	switch statusOf(err) {
 	case 0:
@@ -780,7 +771,7 @@ func (a *agent) ackActiveDone(ctx context.Context, d assignment, err error) erro
 
 // stop runs the stop hook and forgets the assignment, whatever the hook
 // says: the server no longer wants it here.
-func (a *agent) stop(ctx context.Context, d assignment, why string) {
+func (a *agent) stop(ctx context.Context, d agentproto.Assignment, why string) {
 	log := a.log.With("assignment", d.ID, "ref", d.Ref, "epoch", d.Epoch)
 	if err := runHook(a.hookCtx(ctx), a.log, a.opts.OnAssign, a.opts.HookTimeout, a.st.NodeName, actionStop, d); err != nil {
 		log.Error("stop hook failed", "err", err)
@@ -797,12 +788,12 @@ func (a *agent) stop(ctx context.Context, d assignment, why string) {
 // stopAll stops everything running here (node disabled or removed).
 func (a *agent) stopAll(ctx context.Context) {
 	a.mu.Lock()
-	all := make([]assignment, 0, len(a.running))
+	all := make([]agentproto.Assignment, 0, len(a.running))
 	for _, l := range a.running {
-		all = append(all, l.assignment)
+		all = append(all, l.Assignment)
 	}
 	a.mu.Unlock()
-	_ = each(all, func(x assignment) error { a.stop(ctx, x, "node disabled or removed"); return nil })
+	_ = each(all, func(x agentproto.Assignment) error { a.stop(ctx, x, "node disabled or removed"); return nil })
 }
 
 // backoff yields jittered exponential delays between MinBackoff and

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"github.com/callplane/callplane/nodes/agentproto"
 	"log/slog"
 	"net"
 	"net/http"
@@ -115,35 +116,35 @@ func (e *runEnv) waitPolls(t *testing.T, n int) {
 }
 
 // lastHeartbeat is the last heartbeat that reported the running set.
-func (e *runEnv) lastHeartbeat() (heartbeatRequest, bool) {
+func (e *runEnv) lastHeartbeat() (agentproto.HeartbeatRequest, bool) {
 	_, _, _, hbs := e.cm.snapshot()
 	for i := len(hbs) - 1; i >= 0; i-- {
 		if hbs[i].Running != nil {
 			return hbs[i], true
 		}
 	}
-	return heartbeatRequest{}, false
+	return agentproto.HeartbeatRequest{}, false
 }
 
-func (e *runEnv) waitRunning(t *testing.T, load int64, running ...runningRef) {
+func (e *runEnv) waitRunning(t *testing.T, load int32, running ...agentproto.Running) {
 	t.Helper()
 	eventually(t, "heartbeat reports the running set", func() bool {
 		hb, ok := e.lastHeartbeat()
-		return ok && hb.Load == load && slices.Equal(*hb.Running, running) && hb.Version == "9.9.9"
+		return ok && hb.Load == load && slices.Equal(hb.Running, running) && hb.Version == "9.9.9"
 	})
 }
 
 func TestRunAppliesDesiredSetIdempotently(t *testing.T) {
 	e := setup(t, nil)
-	a1 := assignment{ID: 17, Ref: "call-abc", Kind: "call", Cost: 1, Epoch: 2, State: stateAssigned}
-	a2 := assignment{ID: 18, Ref: "ivr-main", Kind: "ivr", Cost: 3, Epoch: 1, State: stateAssigned}
+	a1 := agentproto.Assignment{ID: 17, Ref: "call-abc", Kind: "call", Cost: 1, Epoch: 2, State: agentproto.StateAssigned}
+	a2 := agentproto.Assignment{ID: 18, Ref: "ivr-main", Kind: "ivr", Cost: 3, Epoch: 1, State: agentproto.StateAssigned}
 	e.cm.setDesired(a1, a2)
 
-	e.waitRunning(t, 4, runningRef{17, 2}, runningRef{18, 1})
+	e.waitRunning(t, 4, agentproto.Running{ID: 17, Epoch: 2}, agentproto.Running{ID: 18, Epoch: 1})
 	eventually(t, "both acked active", func() bool { _, _, acks, _ := e.cm.snapshot(); return len(acks) == 2 })
 	_, _, acks, _ := e.cm.snapshot()
 	slices.SortFunc(acks, func(x, y ackRecord) int { return int(x.ID - y.ID) })
-	if want := []ackRecord{{17, stateActive, 2}, {18, stateActive, 1}}; !slices.Equal(acks, want) {
+	if want := []ackRecord{{17, agentproto.StateActive, 2}, {18, agentproto.StateActive, 1}}; !slices.Equal(acks, want) {
 		t.Fatalf("acks = %+v, want %+v", acks, want)
 	}
 	want := []string{
@@ -162,7 +163,7 @@ func TestRunAppliesDesiredSetIdempotently(t *testing.T) {
 	e.cm.setDesired(a1, a2)
 	e.waitPolls(t, 2)
 	a1Again, a2Again := a1, a2
-	a1Again.State, a2Again.State = stateActive, stateActive
+	a1Again.State, a2Again.State = agentproto.StateActive, agentproto.StateActive
 	e.cm.setDesired(a1Again, a2Again)
 	e.waitPolls(t, 2)
 	if got := e.hookLines(t); !slices.Equal(got, want) {
@@ -174,12 +175,12 @@ func TestRunAppliesDesiredSetIdempotently(t *testing.T) {
 
 	// Removal runs the stop hook; a new epoch for the same id starts it again.
 	a2Moved := a2
-	a2Moved.Epoch, a2Moved.State = 5, stateAssigned
+	a2Moved.Epoch, a2Moved.State = 5, agentproto.StateAssigned
 	e.cm.setDesired(a2Moved)
-	e.waitRunning(t, 3, runningRef{18, 5})
+	e.waitRunning(t, 3, agentproto.Running{ID: 18, Epoch: 5})
 	eventually(t, "new epoch acked", func() bool {
 		_, _, acks, _ := e.cm.snapshot()
-		return slices.Contains(acks, ackRecord{18, stateActive, 5})
+		return slices.Contains(acks, ackRecord{18, agentproto.StateActive, 5})
 	})
 	want = append(want,
 		"start id=18 ref=ivr-main kind=ivr cost=3 epoch=5 node=media-1",
@@ -205,9 +206,9 @@ func TestRunAppliesDesiredSetIdempotently(t *testing.T) {
 
 func TestRunAdoptsActiveAssignmentsAfterRestart(t *testing.T) {
 	e := setup(t, nil)
-	a := assignment{ID: 30, Ref: "conf-1", Kind: "meeting", Cost: 2, Epoch: 7, State: stateActive}
+	a := agentproto.Assignment{ID: 30, Ref: "conf-1", Kind: "meeting", Cost: 2, Epoch: 7, State: agentproto.StateActive}
 	e.cm.setDesired(a)
-	e.waitRunning(t, 2, runningRef{30, 7})
+	e.waitRunning(t, 2, agentproto.Running{ID: 30, Epoch: 7})
 	e.cm.setDesired(a)
 	e.waitPolls(t, 2)
 	if got := e.hookLines(t); len(got) != 1 || !strings.HasPrefix(got[0], "start id=30 ") {
@@ -223,14 +224,14 @@ func TestRunStaleEpochDropsAssignment(t *testing.T) {
 	e.cm.mu.Lock()
 	e.cm.ackStatus[40] = 409
 	e.cm.mu.Unlock()
-	keep := assignment{ID: 41, Ref: "call-keep", Kind: "call", Cost: 1, Epoch: 1, State: stateAssigned}
-	moved := assignment{ID: 40, Ref: "call-moved", Kind: "call", Cost: 1, Epoch: 3, State: stateAssigned}
+	keep := agentproto.Assignment{ID: 41, Ref: "call-keep", Kind: "call", Cost: 1, Epoch: 1, State: agentproto.StateAssigned}
+	moved := agentproto.Assignment{ID: 40, Ref: "call-moved", Kind: "call", Cost: 1, Epoch: 3, State: agentproto.StateAssigned}
 	e.cm.setDesired(moved, keep)
 
 	eventually(t, "stale assignment stopped", func() bool {
 		return slices.Contains(e.hookLines(t), "stop id=40 ref=call-moved kind=call cost=1 epoch=3 node=media-1")
 	})
-	e.waitRunning(t, 1, runningRef{41, 1})
+	e.waitRunning(t, 1, agentproto.Running{ID: 41, Epoch: 1})
 	// The same stale epoch delivered again is not started again.
 	e.cm.setDesired(moved, keep)
 	e.waitPolls(t, 2)
@@ -243,16 +244,16 @@ func TestRunStaleEpochDropsAssignment(t *testing.T) {
 	if starts != 1 {
 		t.Fatalf("stale assignment started %d times: %q", starts, e.hookLines(t))
 	}
-	e.waitRunning(t, 1, runningRef{41, 1})
+	e.waitRunning(t, 1, agentproto.Running{ID: 41, Epoch: 1})
 }
 
 func TestRunHookFailureAcksFailed(t *testing.T) {
 	e := setup(t, nil)
-	bad := assignment{ID: 50, Ref: "bad", Kind: "queue", Cost: 1, Epoch: 4, State: stateAssigned}
+	bad := agentproto.Assignment{ID: 50, Ref: "bad", Kind: "queue", Cost: 1, Epoch: 4, State: agentproto.StateAssigned}
 	e.cm.setDesired(bad)
 	eventually(t, "failed ack", func() bool {
 		_, _, acks, _ := e.cm.snapshot()
-		return slices.Equal(acks, []ackRecord{{50, stateFailed, 4}})
+		return slices.Equal(acks, []ackRecord{{50, agentproto.StateFailed, 4}})
 	})
 	e.waitRunning(t, 0)
 	// Tried DefaultHookAttempts times with backoff, then acked failed with
@@ -277,7 +278,7 @@ func TestRunHookFailureAcksFailed(t *testing.T) {
 func TestRunHookTimeout(t *testing.T) {
 	t.Parallel()
 	start := time.Now()
-	err := runHook(t.Context(), slog.New(slog.DiscardHandler), "sleep 30 & sleep 30", 200*time.Millisecond, "n", actionStart, assignment{ID: 1})
+	err := runHook(t.Context(), slog.New(slog.DiscardHandler), "sleep 30 & sleep 30", 200*time.Millisecond, "n", actionStart, agentproto.Assignment{ID: 1})
 	if err == nil || !strings.Contains(err.Error(), "timed out after 200ms") {
 		t.Fatalf("runHook = %v", err)
 	}
@@ -288,9 +289,9 @@ func TestRunHookTimeout(t *testing.T) {
 
 func TestRunDisabledKeepsGoing(t *testing.T) {
 	e := setup(t, nil)
-	a := assignment{ID: 60, Ref: "call-x", Kind: "call", Cost: 2, Epoch: 1, State: stateAssigned}
+	a := agentproto.Assignment{ID: 60, Ref: "call-x", Kind: "call", Cost: 2, Epoch: 1, State: agentproto.StateAssigned}
 	e.cm.setDesired(a)
-	e.waitRunning(t, 2, runningRef{60, 1})
+	e.waitRunning(t, 2, agentproto.Running{ID: 60, Epoch: 1})
 
 	e.cm.set403(403, 403)
 	eventually(t, "disabled node stops its work", func() bool {
@@ -312,14 +313,14 @@ func TestRunDisabledKeepsGoing(t *testing.T) {
 
 	// Enabled again: the desired set is applied afresh.
 	e.cm.set403(0, 0)
-	e.waitRunning(t, 2, runningRef{60, 1})
+	e.waitRunning(t, 2, agentproto.Running{ID: 60, Epoch: 1})
 }
 
 func TestRunCredentialRejected(t *testing.T) {
 	e := setup(t, nil)
-	a := assignment{ID: 70, Ref: "call-y", Kind: "call", Cost: 1, Epoch: 1, State: stateAssigned}
+	a := agentproto.Assignment{ID: 70, Ref: "call-y", Kind: "call", Cost: 1, Epoch: 1, State: agentproto.StateAssigned}
 	e.cm.setDesired(a)
-	e.waitRunning(t, 1, runningRef{70, 1})
+	e.waitRunning(t, 1, agentproto.Running{ID: 70, Epoch: 1})
 	e.cm.set403(401, 0)
 	select {
 	case err := <-e.done:
@@ -346,7 +347,7 @@ func TestRunPinMismatchIsFatal(t *testing.T) {
 	cm := newCallManager()
 	srv, _ := startTLS(t, cm.handler(), nil, nil)
 	dir := t.TempDir()
-	st := &State{NodeID: 1, NodeName: "im-1", Kind: "im", Server: srv.URL, CAPin: PinOf(newCert(t).Leaf), Credential: testCredential}
+	st := &State{NodeID: 1, NodeName: "im-1", Kind: "im", Server: srv.URL, CAPin: agentproto.PinOf(newCert(t).Leaf), Credential: testCredential}
 	p, err := beginStateWrite(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -357,7 +358,7 @@ func TestRunPinMismatchIsFatal(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
 	err = Run(ctx, RunOptions{StateDir: dir, MinBackoff: 10 * time.Millisecond})
-	var pe *PinMismatchError
+	var pe *agentproto.PinMismatchError
 	if !errors.As(err, &pe) {
 		t.Fatalf("Run = %v, want a pin mismatch", err)
 	}
@@ -522,7 +523,7 @@ func TestRunPollDoesNotSpin(t *testing.T) {
 	})
 	mux.HandleFunc("GET /api/v1/assignments", func(w http.ResponseWriter, r *http.Request) {
 		polls.Add(1)
-		writeJSON(w, 200, assignmentsResponse{Version: 1, Assignments: []assignment{}})
+		writeJSON(w, 200, agentproto.DesiredSet{Version: 1, Assignments: []agentproto.Assignment{}})
 	})
 	srv, pin := startTLS(t, mux, nil, nil)
 	dir := t.TempDir()

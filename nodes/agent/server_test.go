@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
+	"github.com/callplane/callplane/nodes/agentproto"
 	"io"
 	"log"
 	"math/big"
@@ -41,8 +42,8 @@ type ackRecord struct {
 type callManager struct {
 	mu         sync.Mutex
 	requests   int // every request that reached a handler
-	enrolls    []enrollRequest
-	heartbeats []heartbeatRequest
+	enrolls    []agentproto.EnrollRequest
+	heartbeats []agentproto.HeartbeatRequest
 	polls      int
 	acks       []ackRecord
 
@@ -56,7 +57,7 @@ type callManager struct {
 	batchCalls int // batch ack requests, answered 404 or not
 	batchItems int // acks that came in batch requests
 	version    int64
-	set        []assignment
+	set        []agentproto.Assignment
 	changed    chan struct{} // closed when the set changes
 }
 
@@ -67,7 +68,7 @@ func newCallManager() *callManager {
 func (cm *callManager) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /api/v1/enroll", func(w http.ResponseWriter, r *http.Request) {
-		var req enrollRequest
+		var req agentproto.EnrollRequest
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 			writeJSON(w, 400, map[string]any{"error": "malformed JSON"})
 			return
@@ -83,7 +84,7 @@ func (cm *callManager) handler() http.Handler {
 			"credential": testCredential, "heartbeat_interval_ms": 20})
 	})
 	mux.HandleFunc("POST /api/v1/heartbeat", cm.authed(func(w http.ResponseWriter, r *http.Request) {
-		var req heartbeatRequest
+		var req agentproto.HeartbeatRequest
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 			writeJSON(w, 400, map[string]any{"error": "malformed JSON"})
 			return
@@ -117,16 +118,16 @@ func (cm *callManager) handler() http.Handler {
 		defer timer.Stop()
 		for {
 			cm.mu.Lock()
-			v, set, changed := cm.version, append([]assignment{}, cm.set...), cm.changed
+			v, set, changed := cm.version, append([]agentproto.Assignment{}, cm.set...), cm.changed
 			cm.mu.Unlock()
 			if v > since {
-				writeJSON(w, 200, assignmentsResponse{Version: v, Assignments: set})
+				writeJSON(w, 200, agentproto.DesiredSet{Version: v, Assignments: set})
 				return
 			}
 			select {
 			case <-changed:
 			case <-timer.C:
-				writeJSON(w, 200, assignmentsResponse{Version: v, Assignments: set})
+				writeJSON(w, 200, agentproto.DesiredSet{Version: v, Assignments: set})
 				return
 			case <-r.Context().Done():
 				return
@@ -135,7 +136,7 @@ func (cm *callManager) handler() http.Handler {
 	}))
 	mux.HandleFunc("POST /api/v1/assignments/{id}/ack", cm.authed(func(w http.ResponseWriter, r *http.Request) {
 		id, _ := strconv.ParseInt(r.PathValue("id"), 10, 64)
-		var req ackRequest
+		var req agentproto.AckRequest
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 			writeJSON(w, 400, map[string]any{"error": "malformed JSON"})
 			return
@@ -159,7 +160,7 @@ func (cm *callManager) handler() http.Handler {
 			http.NotFound(w, r)
 			return
 		}
-		var req ackBatchRequest
+		var req agentproto.AckBatchRequest
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 			writeJSON(w, 400, map[string]any{"error": "malformed JSON"})
 			return
@@ -215,8 +216,8 @@ func (cm *callManager) ackLocked(id int64, state string, epoch int64) (int, stri
 			if cm.set[i].Epoch != epoch {
 				return 409, "stale epoch"
 			}
-			if state == stateActive {
-				cm.set[i].State = stateActive
+			if state == agentproto.StateActive {
+				cm.set[i].State = agentproto.StateActive
 			}
 			return 200, ""
 		}
@@ -236,7 +237,7 @@ func (cm *callManager) authed(h http.HandlerFunc) http.HandlerFunc {
 
 // setDesired replaces the desired set and bumps its version, waking polls.
 // Calling it with the same set is a duplicate delivery.
-func (cm *callManager) setDesired(set ...assignment) {
+func (cm *callManager) setDesired(set ...agentproto.Assignment) {
 	cm.mu.Lock()
 	defer cm.mu.Unlock()
 	cm.set = set
@@ -245,10 +246,10 @@ func (cm *callManager) setDesired(set ...assignment) {
 	cm.changed = make(chan struct{})
 }
 
-func (cm *callManager) snapshot() (requests, polls int, acks []ackRecord, hbs []heartbeatRequest) {
+func (cm *callManager) snapshot() (requests, polls int, acks []ackRecord, hbs []agentproto.HeartbeatRequest) {
 	cm.mu.Lock()
 	defer cm.mu.Unlock()
-	return cm.requests, cm.polls, append([]ackRecord{}, cm.acks...), append([]heartbeatRequest{}, cm.heartbeats...)
+	return cm.requests, cm.polls, append([]ackRecord{}, cm.acks...), append([]agentproto.HeartbeatRequest{}, cm.heartbeats...)
 }
 
 func (cm *callManager) set403(hb, poll int) {
@@ -279,7 +280,7 @@ func startTLS(t *testing.T, h http.Handler, cert *tls.Certificate, ln net.Listen
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
-	return srv, PinOf(srv.Certificate())
+	return srv, agentproto.PinOf(srv.Certificate())
 }
 
 // newCert makes a self-signed certificate with a fresh key, as the call

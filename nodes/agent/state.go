@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/callplane/callplane/nodes/agentproto"
 )
 
 // StateFileName is the name of the identity file inside the state directory.
@@ -108,7 +110,7 @@ func (s *State) validate() error {
 		return err
 	}
 	s.Servers, s.Server = servers, servers[0]
-	if err := ValidatePin(s.CAPin); err != nil {
+	if err := agentproto.ValidatePin(s.CAPin); err != nil {
 		return errors.New("malformed ca_pin")
 	}
 	if !validCredential(s.Credential) {

@@ -19,6 +19,7 @@ import (
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/agentproto"
 	"github.com/callplane/callplane/nodes/alert"
 )
 
@@ -30,10 +31,6 @@ const (
 
 // Policies lists the failover policies.
 var Policies = []string{PolicyAuto, PolicyManual}
-
-// HeartbeatInterval is the agents' heartbeat interval; the default
-// staleness allows three missed beats.
-const HeartbeatInterval = time.Second
 
 // Setting keys, as stored in the settings table and named in the form.
 const (
@@ -144,7 +141,7 @@ func Builtin() Settings {
 		ProbeTimeout:     500 * time.Millisecond,
 		FailThreshold:    3,
 		RecoverThreshold: 2,
-		HeartbeatStale:   3 * HeartbeatInterval,
+		HeartbeatStale:   3 * agentproto.HeartbeatInterval, // three missed beats
 		FlapLimit:        6,
 		FlapWindow:       10 * time.Minute,
 		DisruptionShare:  50,
@@ -275,8 +272,8 @@ func Parse(v map[string]string) (Settings, nodes.FieldErrors) {
 	// A stale time under three heartbeat intervals fails healthy nodes
 	// over on one late beat.
 	const minStaleBeats = 3
-	if _, bad := fe[KeyHeartbeatStale]; !bad && s.HeartbeatStale < minStaleBeats*HeartbeatInterval {
-		fe.Add(KeyHeartbeatStale, fmt.Sprintf("must be at least %s: %d heartbeat intervals of %s", minStaleBeats*HeartbeatInterval, minStaleBeats, HeartbeatInterval))
+	if _, bad := fe[KeyHeartbeatStale]; !bad && s.HeartbeatStale < minStaleBeats*agentproto.HeartbeatInterval {
+		fe.Add(KeyHeartbeatStale, fmt.Sprintf("must be at least %s: %d heartbeat intervals of %s", minStaleBeats*agentproto.HeartbeatInterval, minStaleBeats, agentproto.HeartbeatInterval))
 	}
 	for item := range strings.SplitSeq(v[KeySIPOKCodes], ",") {
 		item = strings.TrimSpace(item)

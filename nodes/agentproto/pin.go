@@ -1,4 +1,4 @@
-package agent
+package agentproto
 
 import (
 	"crypto/sha256"
@@ -25,12 +25,12 @@ func PinOf(cert *x509.Certificate) string {
 // ValidatePin reports whether pin has the form "sha256:" followed by 64 hex
 // digits, as printed by the portal and by PinOf.
 func ValidatePin(pin string) error {
-	_, err := parsePin(pin)
+	_, err := ParsePin(pin)
 	return err
 }
 
-// parsePin returns the 32 digest bytes of a well-formed pin.
-func parsePin(pin string) ([]byte, error) {
+// ParsePin returns the 32 digest bytes of a well-formed pin.
+func ParsePin(pin string) ([]byte, error) {
 	rest, ok := strings.CutPrefix(pin, pinPrefix)
 	if !ok || len(rest) != 2*sha256.Size {
 		return nil, errors.New(`invalid --ca-pin: want "sha256:" followed by 64 hex digits`)
@@ -56,13 +56,13 @@ func (e *PinMismatchError) Error() string {
 	return fmt.Sprintf("server certificate does not match --ca-pin (got %s, want %s)", e.Got, e.Want)
 }
 
-// pinnedTLSConfig returns a client TLS configuration that trusts exactly the
+// PinnedTLSConfig returns a client TLS configuration that trusts exactly the
 // server whose leaf certificate carries the pinned public key. Chain
 // verification is switched off because the call manager's certificate is
 // normally self-signed; VerifyConnection runs during the handshake even so,
 // which makes the pin the only thing trusted.
-func pinnedTLSConfig(pin string) (*tls.Config, error) {
-	want, err := parsePin(pin)
+func PinnedTLSConfig(pin string) (*tls.Config, error) {
+	want, err := ParsePin(pin)
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,192 @@
+package agentproto
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Prefix is where the agent API is mounted; the paths below are relative
+// to it.
+const Prefix = "/api/v1"
+
+// Routes of the agent API, relative to Prefix. AckPattern is the route
+// pattern (Go's ServeMux and chi syntax) of AckPath.
+const (
+	EnrollPath      = "/enroll"
+	HeartbeatPath   = "/heartbeat"
+	AssignmentsPath = "/assignments"
+	AckBatchPath    = "/assignments/ack"
+	AckPattern      = "/assignments/{id}/ack"
+)
+
+// AckPath is the path of the single ack of assignment id.
+func AckPath(id int64) string {
+	return AssignmentsPath + "/" + strconv.FormatInt(id, 10) + "/ack"
+}
+
+// Query parameters of the assignment long-poll.
+const (
+	QuerySince = "since" // the version the agent has; answer when newer
+	QueryWait  = "wait"  // how long to wait for a newer version, a Go duration
+)
+
+// PollPath is the long-poll of the desired set newer than since, waiting at
+// most wait.
+func PollPath(since int64, wait time.Duration) string {
+	return AssignmentsPath + "?" + QuerySince + "=" + strconv.FormatInt(since, 10) + "&" + QueryWait + "=" + wait.String()
+}
+
+// Timing of the protocol.
+const (
+	// HeartbeatInterval is how often agents heartbeat: the interval the
+	// server sends in every answer, and the one an agent uses until it has
+	// heard one. The health checker's stale time is counted in it.
+	HeartbeatInterval = time.Second
+	// DefaultPollWait is the long-poll wait when the agent names none.
+	DefaultPollWait = 30 * time.Second
+	// MaxPollWait bounds the wait the server grants a long-poll.
+	MaxPollWait = 60 * time.Second
+	// FullReportEvery is how often, in heartbeats, an agent reports its
+	// running set even when it did not change (it also does when it
+	// changes).
+	FullReportEvery = 10
+	// MaxAckBatch bounds the acks of one batch request.
+	MaxAckBatch = 1000
+)
+
+// Assignment states an agent sees in its desired set and acks.
+const (
+	StateAssigned = "assigned" // placed, not yet acked
+	StateActive   = "active"   // started by the agent
+	StateFailed   = "failed"   // the agent could not start it
+	StateEnded    = "ended"    // finished on the node
+)
+
+// AdminDisabled is the admin state of a node that takes no work; a
+// disabled node's agent keeps heartbeating and gets 403 on the rest.
+const AdminDisabled = "disabled"
+
+// bearerPrefix starts the Authorization header of an authenticated agent
+// request; the node credential follows.
+const bearerPrefix = "Bearer "
+
+// SetBearer puts credential into h's Authorization header.
+func SetBearer(h http.Header, credential string) {
+	h.Set("Authorization", bearerPrefix+credential)
+}
+
+// Bearer returns the credential of an Authorization header, or "" when
+// there is none. The agent API never authenticates by cookie.
+func Bearer(h http.Header) string {
+	if t, ok := strings.CutPrefix(h.Get("Authorization"), bearerPrefix); ok {
+		return strings.TrimSpace(t)
+	}
+	return ""
+}
+
+// EnrollRequest is the body of POST EnrollPath (no credential yet).
+type EnrollRequest struct {
+	Token   string `json:"token"`   // one-time join token, cpj_<id>.<secret>
+	Address string `json:"address"` // service address to record; empty keeps the registered one
+	Version string `json:"version"` // agent version
+}
+
+// EnrollResponse is the answer to a successful enrolment: the node's
+// identity and its credential, shown this once.
+type EnrollResponse struct {
+	NodeID              int64  `json:"node_id"`
+	NodeName            string `json:"node_name"`
+	Kind                string `json:"kind"`
+	Credential          string `json:"credential"`
+	HeartbeatIntervalMS int64  `json:"heartbeat_interval_ms"`
+}
+
+// Running is one assignment an agent runs, at the epoch it runs it.
+type Running struct {
+	ID    int64 `json:"id"`
+	Epoch int64 `json:"epoch"`
+}
+
+// HeartbeatRequest is the body of POST HeartbeatPath.
+type HeartbeatRequest struct {
+	Load    int32  `json:"load"`
+	Version string `json:"version"`
+	// Running is the set of assignments running on the node; nil (left
+	// out) when this heartbeat does not report it, an empty list when
+	// nothing runs.
+	Running []Running `json:"running,omitzero"`
+}
+
+// HeartbeatResponse is the answer to a heartbeat.
+type HeartbeatResponse struct {
+	AdminState          string `json:"admin_state"`
+	HeartbeatIntervalMS int64  `json:"heartbeat_interval_ms"`
+	// Credential is set when an administrator rotated the node's
+	// credential: the agent stores it and uses it from then on.
+	Credential string `json:"credential,omitempty"`
+}
+
+// Assignment is one unit of work the call manager wants a node to run.
+type Assignment struct {
+	ID    int64  `json:"id"`
+	Ref   string `json:"ref"`
+	Kind  string `json:"kind"`
+	Cost  int32  `json:"cost"`
+	Epoch int64  `json:"epoch"`
+	State string `json:"state"`
+	// CallID, From and To identify a call set up by the SIP front door.
+	CallID string `json:"call_id,omitempty"`
+	From   string `json:"from,omitempty"`
+	To     string `json:"to,omitempty"`
+}
+
+// DesiredSet is the answer to the long-poll: the full set of work the node
+// should run, at a version.
+type DesiredSet struct {
+	Version     int64        `json:"version"`
+	Assignments []Assignment `json:"assignments"`
+}
+
+// AckRequest is the body of POST AckPath(id).
+type AckRequest struct {
+	State string `json:"state"` // active, failed or ended
+	Epoch int64  `json:"epoch"`
+	// Error is why a start failed (state failed), as the agent saw it.
+	Error string `json:"error,omitempty"`
+}
+
+// Ack is one ack of a batch.
+type Ack struct {
+	ID    int64  `json:"id"`
+	Epoch int64  `json:"epoch"`
+	State string `json:"state"`
+	// Error is why a start failed (state failed), as the agent saw it.
+	Error string `json:"error,omitempty"`
+}
+
+// AckBatchRequest is the body of POST AckBatchPath.
+type AckBatchRequest struct {
+	Acks []Ack `json:"acks"`
+}
+
+// AckResult is the answer for one ack of a batch: ok, or the error and
+// the status the single ack would have answered.
+type AckResult struct {
+	ID     int64  `json:"id"`
+	OK     bool   `json:"ok,omitempty"`
+	Error  string `json:"error,omitempty"`
+	Status int    `json:"status,omitempty"`
+}
+
+// AckBatchResponse answers a batch ack, one result per ack in input
+// order, with status 200 even when some acks were refused.
+type AckBatchResponse struct {
+	Results []AckResult `json:"results"`
+}
+
+// OK is the answer to a single ack.
+type OK struct {
+	OK bool `json:"ok"`
+}

@@ -280,7 +280,11 @@ func (b *bench) startCallplane(ctx context.Context, dbURL string) (*proxy, error
 			case <-hbCtx.Done():
 				return
 			case <-t.C:
-				_, _ = pool.Exec(hbCtx, `UPDATE nodes SET last_heartbeat_at = now()`)
+				// Locked in id order, as the agents' heartbeat batches and
+				// every placement lock them: in the heap's order, which
+				// updates change, it deadlocks with the front door.
+				_, _ = pool.Exec(hbCtx, `UPDATE nodes SET last_heartbeat_at = now()
+					WHERE id IN (SELECT id FROM nodes ORDER BY id FOR UPDATE)`)
 				_, _ = pool.Exec(hbCtx, `UPDATE work SET state = 'active', updated_at = now()
 					WHERE kind = 'call' AND state = 'assigned' AND updated_at < now() - interval '5 seconds'`)
 			}

@@ -13,9 +13,12 @@ import (
 )
 
 // The SIP front door's view of the cluster: calls as work items of kind
-// "call" with a sip_calls row each. Every step of a call is one statement
-// (one round trip, one commit), because every call setup is durable and
-// the front door must keep pace with a dedicated SIP proxy.
+// "call" with a sip_calls row each. The hot path is CommitCalls: the
+// front door's new calls, answers and ends of one moment in one
+// transaction (one commit for all of them), because every call setup is
+// durable and the front door must keep pace with a dedicated SIP proxy.
+// The rare steps (a failover try, a call refused before any node) are
+// one statement each.
 
 // Call states and the causes the front door records.
 const (

@@ -13,6 +13,7 @@ import (
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes/probe"
+	"github.com/callplane/callplane/nodes/problem"
 	"github.com/callplane/callplane/nodes/safetext"
 )
 
@@ -38,7 +39,7 @@ type JoinToken struct {
 var ErrEnrolled = errors.New("the node's agent has already enrolled")
 
 // CreateJoinToken creates a one-time join token for a registered node
-// whose agent has not enrolled yet (FieldErrors{"node"} otherwise).
+// whose agent has not enrolled yet (problem.FieldErrors{"node"} otherwise).
 func (s *Service) CreateJoinToken(ctx context.Context, actor Actor, nodeName string, ttl time.Duration) (JoinToken, error) {
 	return s.createJoinToken(ctx, actor, nodeName, ttl, false)
 }
@@ -55,7 +56,7 @@ func (s *Service) createJoinToken(ctx context.Context, actor Actor, nodeName str
 		ttl = DefaultTokenTTL
 	}
 	if ttl < time.Minute || ttl > MaxTokenTTL {
-		return JoinToken{}, FieldErrors{"ttl": "lifetime must be between 1m and 168h (7 days)"}
+		return JoinToken{}, problem.FieldErrors{"ttl": "lifetime must be between 1m and 168h (7 days)"}
 	}
 	var jt JoinToken
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
@@ -66,7 +67,7 @@ func (s *Service) createJoinToken(ctx context.Context, actor Actor, nodeName str
 		detail := ""
 		if n.EnrolledAt != nil {
 			if !replace {
-				return FieldErrors{"replace": "the agent of " + n.Name + " has already enrolled: a new token would replace it, so say so explicitly (replace the agent)"}
+				return problem.FieldErrors{"replace": "the agent of " + n.Name + " has already enrolled: a new token would replace it, so say so explicitly (replace the agent)"}
 			}
 			detail = " replaces the enrolled agent"
 		}
@@ -96,9 +97,27 @@ func (s *Service) RevokeJoinToken(ctx context.Context, actor Actor, id string) e
 	})
 }
 
+// JoinTokenInfo is a join token as lists show it: never its secret or
+// hash.
+type JoinTokenInfo struct {
+	ID         string
+	NodeID     int64
+	NodeName   string
+	CreatedBy  string
+	CreatedAt  time.Time
+	ExpiresAt  time.Time
+	UsedAt     *time.Time
+	UsedByAddr string
+	RevokedAt  *time.Time
+}
+
 // ListJoinTokens lists join tokens, newest first.
-func (s *Service) ListJoinTokens(ctx context.Context) ([]dbsqlc.JoinTokenListRow, error) {
-	return s.q.JoinTokenList(ctx, s.pool)
+func (s *Service) ListJoinTokens(ctx context.Context) ([]JoinTokenInfo, error) {
+	rows, err := s.q.JoinTokenList(ctx, s.pool)
+	return fromRows(rows, func(r dbsqlc.JoinTokenListRow) JoinTokenInfo {
+		return JoinTokenInfo{ID: r.ID, NodeID: r.NodeID, NodeName: r.NodeName, CreatedBy: r.CreatedBy, CreatedAt: r.CreatedAt,
+			ExpiresAt: r.ExpiresAt, UsedAt: r.UsedAt, UsedByAddr: r.UsedByAddr, RevokedAt: r.RevokedAt}
+	}), err
 }
 
 // PruneTokens deletes join tokens that expired more than a week ago.
@@ -281,7 +300,7 @@ func (s *Service) RequestRotation(ctx context.Context, actor Actor, nodeName str
 			return fmt.Errorf("node %q: %w", nodeName, db.Translate(err))
 		}
 		if n.EnrolledAt == nil {
-			return FieldErrors{"node": "the node has no agent enrolled yet"}
+			return problem.FieldErrors{"node": "the node has no agent enrolled yet"}
 		}
 		if _, err := s.q.NodeSetRotateRequested(ctx, tx, dbsqlc.NodeSetRotateRequestedParams{ID: n.ID, RotateRequested: true}); err != nil {
 			return err
@@ -351,7 +370,7 @@ func (s *Service) CreateScopedAPIToken(ctx context.Context, actor Actor, in APIT
 	if in.Scope == "" {
 		in.Scope = ScopeAdmin
 	}
-	fe := FieldErrors{}
+	fe := problem.FieldErrors{}
 	if in.Name == "" || len(in.Name) > 100 {
 		fe.Add("name", "name is required (at most 100 characters)")
 	}
@@ -469,7 +488,24 @@ func (s *Service) RevokeAPIToken(ctx context.Context, actor Actor, id string) er
 	})
 }
 
+// APITokenInfo is an API token as lists show it: never its secret or
+// hash.
+type APITokenInfo struct {
+	ID         string
+	Name       string
+	Scope      string
+	CreatedBy  string
+	CreatedAt  time.Time
+	LastUsedAt *time.Time
+	RevokedAt  *time.Time
+	ExpiresAt  *time.Time
+}
+
 // ListAPITokens lists API tokens with their scope, expiry and last use.
-func (s *Service) ListAPITokens(ctx context.Context) ([]dbsqlc.ApiToken, error) {
-	return s.q.APITokenList(ctx, s.pool)
+func (s *Service) ListAPITokens(ctx context.Context) ([]APITokenInfo, error) {
+	rows, err := s.q.APITokenList(ctx, s.pool)
+	return fromRows(rows, func(r dbsqlc.ApiToken) APITokenInfo {
+		return APITokenInfo{ID: r.ID, Name: r.Name, Scope: r.Scope, CreatedBy: r.CreatedBy, CreatedAt: r.CreatedAt,
+			LastUsedAt: r.LastUsedAt, RevokedAt: r.RevokedAt, ExpiresAt: r.ExpiresAt}
+	}), err
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes/agentproto"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 // notifyCommitted wakes the long-polls of a node whose assignments a
@@ -60,7 +61,12 @@ func notifyPayload(nodeIDs []int64) string {
 }
 
 // EndWork ends a work item; ending an already ended item is a no-op.
-func (s *Service) EndWork(ctx context.Context, actor Actor, ref string) (dbsqlc.Work, error) {
+func (s *Service) EndWork(ctx context.Context, actor Actor, ref string) (Work, error) {
+	w, err := s.endWork(ctx, actor, ref)
+	return workFromRow(w), err
+}
+
+func (s *Service) endWork(ctx context.Context, actor Actor, ref string) (dbsqlc.Work, error) {
 	var w dbsqlc.Work
 	var endedOn int64
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
@@ -124,10 +130,15 @@ func (s *Service) Version(ctx context.Context, nodeID int64) (int64, error) {
 // epoch, or for work not on the node, changes nothing. A failed start
 // (state "failed", with the agent's reason in in.Error) makes the item
 // wait unplaced, keeps it off this node and places it elsewhere.
-func (s *Service) Ack(ctx context.Context, nodeID int64, in agentproto.Ack) (dbsqlc.Work, error) {
+func (s *Service) Ack(ctx context.Context, nodeID int64, in agentproto.Ack) (Work, error) {
+	w, err := s.ack(ctx, nodeID, in)
+	return workFromRow(w), err
+}
+
+func (s *Service) ack(ctx context.Context, nodeID int64, in agentproto.Ack) (dbsqlc.Work, error) {
 	workID, epoch, state := in.ID, in.Epoch, in.State
 	if !slices.Contains([]string{WorkActive, "failed", WorkEnded}, state) {
-		return dbsqlc.Work{}, FieldErrors{"state": "state must be active, failed or ended"}
+		return dbsqlc.Work{}, problem.FieldErrors{"state": "state must be active, failed or ended"}
 	}
 	p := dbsqlc.WorkAckParams{State: state, ID: workID, NodeID: &nodeID, Epoch: epoch}
 	if state == WorkActive {
@@ -212,7 +223,7 @@ type WorkFilter struct {
 	Limit int32
 }
 
-// workFilterNode checks a work filter's kind and state (FieldErrors) and
+// workFilterNode checks a work filter's kind and state (problem.FieldErrors) and
 // resolves its node name to an id (0 for none; ErrNotFound if unknown).
 func (s *Service) workFilterNode(ctx context.Context, f WorkFilter) (int64, error) {
 	var nodeID int64
@@ -224,16 +235,16 @@ func (s *Service) workFilterNode(ctx context.Context, f WorkFilter) (int64, erro
 		nodeID = n.ID
 	}
 	if f.Kind != "" && !slices.Contains(WorkKinds, f.Kind) {
-		return 0, FieldErrors{"kind": "kind must be one of " + strings.Join(WorkKinds, ", ")}
+		return 0, problem.FieldErrors{"kind": "kind must be one of " + strings.Join(WorkKinds, ", ")}
 	}
 	if f.State != "" && !slices.Contains(WorkStates, f.State) {
-		return 0, FieldErrors{"state": "state must be one of " + strings.Join(WorkStates, ", ")}
+		return 0, problem.FieldErrors{"state": "state must be one of " + strings.Join(WorkStates, ", ")}
 	}
 	return nodeID, nil
 }
 
 // ListWork lists work items; an unknown node name is ErrNotFound.
-func (s *Service) ListWork(ctx context.Context, f WorkFilter) ([]dbsqlc.WorkListRow, error) {
+func (s *Service) ListWork(ctx context.Context, f WorkFilter) ([]Work, error) {
 	nodeID, err := s.workFilterNode(ctx, f)
 	if err != nil {
 		return nil, err
@@ -241,11 +252,18 @@ func (s *Service) ListWork(ctx context.Context, f WorkFilter) ([]dbsqlc.WorkList
 	if f.Limit <= 0 || f.Limit > 1000 {
 		f.Limit = 200
 	}
-	return s.q.WorkList(ctx, s.pool, dbsqlc.WorkListParams{NodeID: nodeID, Kind: f.Kind, State: f.State, Q: f.Q, Lim: f.Limit})
+	rows, err := s.q.WorkList(ctx, s.pool, dbsqlc.WorkListParams{NodeID: nodeID, Kind: f.Kind, State: f.State, Q: f.Q, Lim: f.Limit})
+	if err != nil {
+		return nil, err
+	}
+	return fromRows(rows, workFromJoined), nil
 }
 
 // GetWork returns one work item by ref.
-func (s *Service) GetWork(ctx context.Context, ref string) (dbsqlc.WorkGetByRefRow, error) {
+func (s *Service) GetWork(ctx context.Context, ref string) (Work, error) {
 	w, err := s.q.WorkGetByRef(ctx, s.pool, ref)
-	return w, db.Translate(err)
+	if err != nil {
+		return Work{}, db.Translate(err)
+	}
+	return workFromJoined(w), nil
 }

@@ -8,12 +8,12 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
-	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
-func maintUntil(n dbsqlc.Node) *time.Time {
-	if nodes.NodeFromRow(n).InMaintenance(time.Now()) {
+func maintUntil(n nodes.Node) *time.Time {
+	if n.InMaintenance(time.Now()) {
 		return n.MaintenanceUntil
 	}
 	return nil
@@ -85,7 +85,7 @@ func (s *Server) apiNodeRemove(w http.ResponseWriter, r *http.Request) {
 	if v := r.URL.Query().Get("move_work"); v != "" {
 		b, err := strconv.ParseBool(v)
 		if err != nil {
-			writeError(w, nodes.FieldErrors{"move_work": "move_work must be true or false"})
+			writeError(w, problem.FieldErrors{"move_work": "move_work must be true or false"})
 			return
 		}
 		move = b
@@ -121,7 +121,7 @@ func (s *Server) apiNodePreview(w http.ResponseWriter, r *http.Request) {
 	switch req.Action {
 	case nodes.ActionDisable, nodes.ActionDrain, nodes.ActionRemove, nodes.ActionCapacity:
 	default:
-		writeError(w, nodes.FieldErrors{"action": "action must be disable, drain, remove or capacity"})
+		writeError(w, problem.FieldErrors{"action": "action must be disable, drain, remove or capacity"})
 		return
 	}
 	im, err := s.nodes.PreviewChange(r.Context(), chi.URLParam(r, "name"), nodes.Action{Action: req.Action, Capacity: req.Capacity})
@@ -158,7 +158,7 @@ func (s *Server) apiNodeProbes(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]ProbeJSON, len(rows))
 	for i, p := range rows {
-		out[i] = ProbeJSON{At: p.At, OK: p.Ok, LatencyMS: float64(p.LatencyUs) / 1000, Detail: p.Detail}
+		out[i] = ProbeJSON{At: p.At, OK: p.OK, LatencyMS: float64(p.Latency.Microseconds()) / 1000, Detail: p.Detail}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"node": n.Name, "probes": out})
 }
@@ -189,7 +189,7 @@ func queryLimit(r *http.Request, def, max int32) (int32, error) {
 	}
 	n, err := strconv.Atoi(v)
 	if err != nil || n < 1 || n > int(max) {
-		return 0, nodes.FieldErrors{"limit": "limit must be a whole number from 1 to " + strconv.Itoa(int(max))}
+		return 0, problem.FieldErrors{"limit": "limit must be a whole number from 1 to " + strconv.Itoa(int(max))}
 	}
 	return int32(n), nil
 }

@@ -6,9 +6,8 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
-	"github.com/callplane/callplane/nodes/health"
+	"github.com/callplane/callplane/nodes/settings"
 )
 
 // incidentLimit bounds the failing nodes read for the banner and the
@@ -20,7 +19,7 @@ const bannerShown = 4
 
 // incident is one failing node as the banner and the dashboard show it.
 type incident struct {
-	Node   dbsqlc.NodeIncidentsRow
+	Node   nodes.Incident
 	Policy string
 }
 
@@ -49,9 +48,9 @@ func (i incident) Affected() string {
 	switch {
 	case n.Health == nodes.HealthSuspect:
 		return work + " on it; it takes no new work while suspect"
-	case maintUntil(n.MaintenanceUntil):
+	case n.InMaintenance(time.Now()):
 		return work + " stay on it (maintenance: no automatic failover)"
-	case i.Policy == health.PolicyAuto:
+	case i.Policy == settings.PolicyAuto:
 		return work + " still on it: automatic failover moves them when there is room"
 	}
 	return work + " stay on it until it is disabled (manual failover)"
@@ -63,13 +62,11 @@ func (i incident) Todo() string {
 	switch {
 	case n.Health == nodes.HealthSuspect:
 		return "Watch it: it goes down after more failed checks. Check the service on the host."
-	case n.Items > 0 && i.Policy != health.PolicyAuto && !maintUntil(n.MaintenanceUntil):
+	case n.Items > 0 && i.Policy != settings.PolicyAuto && !n.InMaintenance(time.Now()):
 		return "Disable the node to move its work, then fix the service on the host."
 	}
 	return "Check the node's service and agent on its host; it is used again once its checks pass."
 }
-
-func maintUntil(t *time.Time) bool { return t != nil && t.After(time.Now()) }
 
 // waiting is work of one kind that waits unplaced.
 type waiting struct {
@@ -125,7 +122,7 @@ func (h *Handler) incidentsView(ctx context.Context) (incidentsView, error) {
 	if err != nil {
 		return incidentsView{}, err
 	}
-	st := health.Builtin()
+	st := settings.Builtin()
 	if h.Settings != nil {
 		if s, err := h.Settings.Load(ctx); err == nil {
 			st = s

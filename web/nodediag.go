@@ -7,9 +7,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
-	"github.com/callplane/callplane/nodes/health"
+	"github.com/callplane/callplane/nodes/settings"
 )
 
 // The node page leads with what is wrong and what to do (diagnose), then
@@ -25,13 +24,13 @@ type diagnosis struct {
 
 // healthSettings are the checker's settings, or the built-in ones when
 // they cannot be read.
-func (h *Handler) healthSettings(ctx context.Context) health.Settings {
+func (h *Handler) healthSettings(ctx context.Context) settings.Settings {
 	if h.Settings != nil {
 		if s, err := h.Settings.Load(ctx); err == nil {
 			return s
 		}
 	}
-	return health.Builtin()
+	return settings.Builtin()
 }
 
 func (h *Handler) nodeHistory(r *http.Request, v *nodeView) error {
@@ -67,24 +66,24 @@ func (h *Handler) nodeHistory(r *http.Request, v *nodeView) error {
 // diagnose says what is wrong with a node and what to do about it, most
 // pressing first. It is a pure function of the node row, the checker's
 // settings and the work the node carries.
-func diagnose(n dbsqlc.Node, st health.Settings, items int64, now time.Time) diagnosis {
+func diagnose(n nodes.Node, st settings.Settings, items int64, now time.Time) diagnosis {
 	wk := nodes.WorkKindFor(n.Kind)
 	work := "no work"
 	if items > 0 {
 		work = nodes.WorkNoun(wk, items)
 	}
-	inMaint := n.MaintenanceUntil != nil && n.MaintenanceUntil.After(now)
+	inMaint := n.InMaintenance(now)
 	policy := st.PolicyFor(n.Kind)
 	checks := fmt.Sprintf("%s failed in a row (down at %d)", plural(int64(n.ConsecutiveFail), "check"), st.FailThreshold)
 	cause := dash(n.LastProbeDetail)
-	hbStale := n.EnrolledAt != nil && n.LastHeartbeatAt != nil && now.Sub(*n.LastHeartbeatAt) > st.HeartbeatStale
+	hbStale := n.Enrolled() && n.LastHeartbeatAt != nil && now.Sub(*n.LastHeartbeatAt) > st.HeartbeatStale
 	d := diagnosis{}
 	switch {
 	case n.AdminState == nodes.StateDisabled:
 		d = diagnosis{Level: "info", Title: "Disabled: the node takes no work",
 			Lines: []string{"Its work was moved away when it was disabled. It is still probed (health " + n.Health + ") but raises no alerts."},
 			Todo:  []string{"Enable it when it is ready to take work again."}}
-	case n.EnrolledAt == nil:
+	case !n.Enrolled():
 		d = diagnosis{Level: "info", Title: "No agent has enrolled yet",
 			Lines: []string{"The node stays pending and takes no work until its agent enrols and its checks pass."},
 			Todo:  []string{"Create a join token and run the join command on the node's host."}}
@@ -94,7 +93,7 @@ func diagnose(n dbsqlc.Node, st health.Settings, items int64, now time.Time) dia
 		switch {
 		case inMaint:
 			d.Lines = append(d.Lines, "In maintenance until "+fmtTimePtr(n.MaintenanceUntil)+": no alert and no automatic failover.")
-		case items > 0 && policy == health.PolicyManual:
+		case items > 0 && policy == settings.PolicyManual:
 			d.Todo = append(d.Todo, "Disable the node to move its "+work+" to other "+n.Kind+" nodes (manual failover for "+n.Kind+").")
 		case items > 0:
 			d.Lines = append(d.Lines, "Automatic failover moves its work as soon as other "+n.Kind+" nodes have room.")

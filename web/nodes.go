@@ -11,8 +11,8 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
-	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 // joinStateDir is where the agent keeps its credential on a node's host.
@@ -74,7 +74,7 @@ func (f nodeFilter) query() string {
 }
 
 type nodesView struct {
-	Nodes     []dbsqlc.Node // this page's rows
+	Nodes     []nodes.Node // this page's rows
 	Total     int
 	Pages     int
 	Filter    nodeFilter
@@ -87,7 +87,7 @@ func (v nodesView) To() int   { return (v.Filter.Page-1)*nodesPerPage + len(v.No
 
 func (h *Handler) nodesPage(w http.ResponseWriter, r *http.Request) error {
 	f := nodeFilterFrom(r)
-	list, err := h.Nodes.ListNodes(r.Context(), dbsqlc.NodeListFilteredParams{Kind: f.Kind, AdminState: f.State, Health: f.Health, Q: f.Q})
+	list, err := h.Nodes.ListNodes(r.Context(), nodes.NodeFilter{Kind: f.Kind, AdminState: f.State, Health: f.Health, Q: f.Q})
 	if err != nil {
 		return err
 	}
@@ -105,7 +105,7 @@ type nodeFormView struct {
 	Editing bool
 	Name    string // the node being edited
 	In      nodes.NodeInput
-	Errors  nodes.FieldErrors
+	Errors  problem.FieldErrors
 }
 
 func nodeInputFrom(r *http.Request) nodes.NodeInput {
@@ -128,7 +128,7 @@ func (h *Handler) nodeCreate(w http.ResponseWriter, r *http.Request) error {
 	}
 	in := nodeInputFrom(r)
 	n, err := h.Nodes.AddNode(r.Context(), actor(r), in)
-	var fe nodes.FieldErrors
+	var fe problem.FieldErrors
 	if errors.As(err, &fe) {
 		return h.renderStatus(w, r, http.StatusUnprocessableEntity, "Register node", "nodes", nodeForm(nodeFormView{In: in, Errors: fe}))
 	}
@@ -161,7 +161,7 @@ func (h *Handler) nodeUpdate(w http.ResponseWriter, r *http.Request) error {
 	in := nodeInputFrom(r)
 	in.Name, in.Kind = old.Name, old.Kind
 	n, err := h.Nodes.UpdateNode(r.Context(), actor(r), old.Name, in)
-	var fe nodes.FieldErrors
+	var fe problem.FieldErrors
 	if errors.As(err, &fe) {
 		v := nodeFormView{Editing: true, Name: old.Name, In: in, Errors: fe}
 		return h.renderStatus(w, r, http.StatusUnprocessableEntity, "Edit "+old.Name, "nodes", nodeForm(v))
@@ -176,11 +176,11 @@ func (h *Handler) nodeUpdate(w http.ResponseWriter, r *http.Request) error {
 // Maint*, CredNotice) are filled by the POST handlers that re-render the
 // page or one of its parts.
 type nodeView struct {
-	Node      dbsqlc.Node
-	Carrying  []dbsqlc.WorkCountsByNodeRow
-	Work      []dbsqlc.WorkListRow
-	Probes    []dbsqlc.ProbeResult
-	Events    []dbsqlc.Event
+	Node      nodes.Node
+	Carrying  []nodes.KindCount
+	Work      []nodes.Work
+	Probes    []nodes.ProbeResult
+	Events    []nodes.Event
 	CanChange bool
 
 	Join        *nodes.JoinToken
@@ -200,14 +200,14 @@ type nodeView struct {
 	MaintStart  string
 	MaintUntil  string
 	MaintReason string
-	Windows     []dbsqlc.MaintenanceWindow
+	Windows     []nodes.MaintenanceWindow
 	// DownAlert is the node's down alert while it is down, for the
 	// acknowledgement form.
-	DownAlert   *dbsqlc.Alert
+	DownAlert   *nodes.Alert
 	AckNote     string
-	AckErrors   nodes.FieldErrors
+	AckErrors   problem.FieldErrors
 	AckNotice   string
-	MaintErrors nodes.FieldErrors
+	MaintErrors problem.FieldErrors
 	MaintNotice string
 
 	CredNotice string
@@ -341,7 +341,7 @@ func (h *Handler) tokenCreate(w http.ResponseWriter, r *http.Request) error {
 	var err error
 	replace := r.PostFormValue("replace") == "1"
 	if !validTTL(ttlStr) {
-		err = nodes.FieldErrors{"ttl": "choose one of the offered lifetimes"}
+		err = problem.FieldErrors{"ttl": "choose one of the offered lifetimes"}
 	} else {
 		ttl, _ := time.ParseDuration(ttlStr)
 		create := h.Nodes.CreateJoinToken
@@ -485,8 +485,4 @@ func impactSentence(im nodes.Impact) string {
 	}
 	return prefix + fmt.Sprintf("Does not fit: %s will move to %s and %d will wait unplaced.",
 		capitalize(nodes.WorkNoun(wk, moved)), dest, unplaced)
-}
-
-func maintActive(n dbsqlc.Node) bool {
-	return n.MaintenanceUntil != nil && n.MaintenanceUntil.After(time.Now())
 }

@@ -9,13 +9,13 @@ import (
 	"github.com/a-h/templ"
 	"github.com/go-chi/chi/v5"
 
-	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 type tokensView struct {
-	Join      []dbsqlc.JoinTokenListRow
-	API       []dbsqlc.ApiToken
+	Join      []nodes.JoinTokenInfo
+	API       []nodes.APITokenInfo
 	CanChange bool
 	Now       time.Time
 
@@ -24,7 +24,7 @@ type tokensView struct {
 	APIName   string
 	APIScope  string
 	APITTL    string
-	APIErrors nodes.FieldErrors
+	APIErrors problem.FieldErrors
 	APINotice string
 	NewAPI    *nodes.APIToken
 }
@@ -92,7 +92,7 @@ func (h *Handler) apiTokenCreate(w http.ResponseWriter, r *http.Request) error {
 	var err error
 	if ttlRaw != "" {
 		if in.TTL, err = time.ParseDuration(ttlRaw); err != nil || in.TTL <= 0 {
-			err = nodes.FieldErrors{"ttl": "use a duration such as 720h, or leave empty for no expiry"}
+			err = problem.FieldErrors{"ttl": "use a duration such as 720h, or leave empty for no expiry"}
 		}
 	}
 	var tok nodes.APIToken
@@ -119,7 +119,7 @@ func (h *Handler) apiTokenCreate(w http.ResponseWriter, r *http.Request) error {
 }
 
 // joinTokenState is a join token's state for people.
-func joinTokenState(t dbsqlc.JoinTokenListRow, now time.Time) string {
+func joinTokenState(t nodes.JoinTokenInfo, now time.Time) string {
 	switch {
 	case t.UsedAt != nil:
 		return "used"

@@ -10,8 +10,8 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
-	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 type workFilter struct {
@@ -35,7 +35,7 @@ type workCell struct {
 
 type workView struct {
 	Filter    workFilter
-	Items     []dbsqlc.WorkListRow
+	Items     []nodes.Work
 	Nav       tableNav
 	Counts    map[string]map[string]workCell // kind -> state -> count
 	Nodes     []string
@@ -44,7 +44,7 @@ type workView struct {
 
 	// The place-work form.
 	Form       workForm
-	FormErrors nodes.FieldErrors
+	FormErrors problem.FieldErrors
 	FormNotice string
 	FormWarn   string
 }
@@ -55,13 +55,6 @@ type workForm struct {
 
 // liveStates are the work states the grid counts.
 var liveStates = []string{nodes.WorkAssigned, nodes.WorkActive, nodes.WorkUnplaced}
-
-func workCursor(w dbsqlc.WorkPageRow) (string, int64) { return w.SortKey, w.ID }
-
-func workFromPage(w dbsqlc.WorkPageRow) dbsqlc.WorkListRow {
-	return dbsqlc.WorkListRow{ID: w.ID, Ref: w.Ref, Kind: w.Kind, Cost: w.Cost, State: w.State, NodeID: w.NodeID,
-		Epoch: w.Epoch, CreatedAt: w.CreatedAt, UpdatedAt: w.UpdatedAt, EndedAt: w.EndedAt, LastError: w.LastError, NodeName: w.NodeName}
-}
 
 // workView reads the work page for the filters and table place in q.
 func (h *Handler) workView(r *http.Request, q url.Values) (workView, error) {
@@ -84,7 +77,7 @@ func (h *Handler) workView(r *http.Request, q url.Values) (workView, error) {
 		v.Counts[c.Kind][c.State] = workCell{N: c.N, Cost: c.Cost}
 	}
 	items, err := h.Nodes.WorkPage(ctx, nodes.WorkFilter{Node: f.Node, Kind: f.Kind, State: f.State, Q: f.Q}, p)
-	var fe nodes.FieldErrors
+	var fe problem.FieldErrors
 	switch {
 	case errors.As(err, &fe):
 		v.FilterErr = fe.Error()
@@ -93,11 +86,9 @@ func (h *Handler) workView(r *http.Request, q url.Values) (workView, error) {
 	case err != nil:
 		return v, err
 	}
-	for _, w := range trim(&nav, items, workCursor) {
-		v.Items = append(v.Items, workFromPage(w))
-	}
+	v.Items = trim(&nav, items, nodes.Work.Cursor)
 	v.Nav = nav
-	all, err := h.Nodes.ListNodes(ctx, dbsqlc.NodeListFilteredParams{})
+	all, err := h.Nodes.ListNodes(ctx, nodes.NodeFilter{})
 	if err != nil {
 		return v, err
 	}
@@ -129,7 +120,7 @@ func (h *Handler) workCSV(w http.ResponseWriter, r *http.Request) error {
 		return errors.Join(errBadRequest, err)
 	}
 	wf := nodes.WorkFilter{Node: f.Node, Kind: f.Kind, State: f.State, Q: f.Q}
-	fetch := func(p nodes.Page) ([]dbsqlc.WorkPageRow, error) { return h.Nodes.WorkPage(r.Context(), wf, p) }
+	fetch := func(p nodes.Page) ([]nodes.Work, error) { return h.Nodes.WorkPage(r.Context(), wf, p) }
 	if _, err := fetch(nodes.Page{Sort: p.Sort, Limit: 1}); err != nil {
 		if errors.Is(err, nodes.ErrNotFound) {
 			return errors.Join(errBadRequest, fmt.Errorf("node: no node is named %q", f.Node))
@@ -137,7 +128,7 @@ func (h *Handler) workCSV(w http.ResponseWriter, r *http.Request) error {
 		return errors.Join(errBadRequest, err)
 	}
 	c := startCSV(w, "work", []string{"ref", "kind", "cost", "state", "node", "epoch", "created", "updated", "ended", "last_error"})
-	err = exportPages(p, fetch, workCursor, func(w dbsqlc.WorkPageRow) {
+	err = exportPages(p, fetch, nodes.Work.Cursor, func(w nodes.Work) {
 		ended := ""
 		if w.EndedAt != nil {
 			ended = csvTime(*w.EndedAt)
@@ -152,7 +143,7 @@ func (h *Handler) workCreate(w http.ResponseWriter, r *http.Request) error {
 		return errBadRequest
 	}
 	form := workForm{Kind: r.PostFormValue("kind"), Ref: strings.TrimSpace(r.PostFormValue("ref")), Cost: strings.TrimSpace(r.PostFormValue("cost"))}
-	fe := nodes.FieldErrors{}
+	fe := problem.FieldErrors{}
 	cost, cerr := strconv.Atoi(form.Cost)
 	if cerr != nil {
 		fe.Add("cost", "cost must be a whole number")
@@ -172,7 +163,7 @@ func (h *Handler) workCreate(w http.ResponseWriter, r *http.Request) error {
 			fe.Add(k, m)
 		}
 	}
-	var dfe nodes.FieldErrors
+	var dfe problem.FieldErrors
 	switch {
 	case errors.As(err, &dfe):
 		fe = dfe
@@ -243,7 +234,7 @@ func workEndURL(ref string) string { return "/work/" + url.PathEscape(ref) + "/e
 // neverFits refuses work that costs more than the largest node of its
 // kind could ever carry: it would wait unplaced for ever. With no node of
 // the kind registered yet, the work may wait for one.
-func (h *Handler) neverFits(r *http.Request, workKind string, cost int) nodes.FieldErrors {
+func (h *Handler) neverFits(r *http.Request, workKind string, cost int) problem.FieldErrors {
 	nk, ok := nodes.NodeKindFor(workKind)
 	if !ok {
 		return nil // ValidateWork names the kind
@@ -252,7 +243,7 @@ func (h *Handler) neverFits(r *http.Request, workKind string, cost int) nodes.Fi
 	if err != nil || largest == 0 || cost <= largest {
 		return nil
 	}
-	return nodes.FieldErrors{"cost": fmt.Sprintf("cost %d is more than the largest %s node can carry (capacity %d): it could never be placed", cost, nk, largest)}
+	return problem.FieldErrors{"cost": fmt.Sprintf("cost %d is more than the largest %s node can carry (capacity %d): it could never be placed", cost, nk, largest)}
 }
 
 func nodeKindOf(workKind string) string {

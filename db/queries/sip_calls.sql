@@ -188,14 +188,16 @@ SELECT kind, cause, count(*)::bigint AS n FROM (
 SELECT key, value FROM settings WHERE key LIKE 'sip\_%' ORDER BY key;
 
 -- SipMediaLockEligible locks the media nodes that may take new calls
--- (node_eligibility, the one definition), in id order (the order every
--- multi-node writer locks in), with their service addresses, for
+-- (node_eligibility, the one definition; answers_calls, as a call goes
+-- straight to the media server and a lost agent does not matter), in id
+-- order (the order every multi-node writer locks in), with their service
+-- addresses, for
 -- placements planned under the locks: one lock per node per batch instead
 -- of one per call, which is what lets placements keep pace with the calls.
 -- name: SipMediaLockEligible :many
 SELECT e.id, e.name, n.address, e.capacity, e.used, e.weight
 FROM node_eligibility e JOIN nodes n ON n.id = e.id
-WHERE e.eligible AND e.kind = 'media'
+WHERE e.answers_calls AND e.kind = 'media'
 ORDER BY e.id
 FOR UPDATE OF n;
 

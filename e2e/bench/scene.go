@@ -18,10 +18,10 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/callplane/callplane/db"
-	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/db/localpg"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/health"
+	"github.com/callplane/callplane/nodes/settings"
 )
 
 var actor = nodes.Actor{Name: "bench", Addr: "local"}
@@ -75,7 +75,7 @@ func newScene(ctx context.Context, pg *localpg.Server, root, name string, settin
 
 // saveSettings stores health settings as the portal would.
 func saveSettings(ctx context.Context, pool *pgxpool.Pool, kv map[string]string) error {
-	store := health.NewStore(pool, health.Defaults{}, "", quiet)
+	store := health.NewStore(pool, settings.Defaults{}, "", quiet)
 	st, err := store.Load(ctx)
 	if err != nil {
 		return err
@@ -185,7 +185,7 @@ func (sc *scene) waitHealth(ctx context.Context, names []string, h string, limit
 	}
 	deadline := time.Now().Add(limit)
 	for {
-		list, err := sc.svc.ListNodes(ctx, dbsqlc.NodeListFilteredParams{})
+		list, err := sc.svc.ListNodes(ctx, nodes.NodeFilter{})
 		if err != nil {
 			return err
 		}

@@ -16,6 +16,7 @@ import (
 	"github.com/callplane/callplane/nodes/alert/smtptest"
 	"github.com/callplane/callplane/nodes/health"
 	"github.com/callplane/callplane/nodes/outbox"
+	"github.com/callplane/callplane/nodes/settings"
 	"github.com/callplane/callplane/server"
 )
 
@@ -49,7 +50,7 @@ func TestBurstIsOneEmail(t *testing.T) {
 	t.Cleanup(pool.Close)
 	sink := smtptest.Start(t)
 	log := slog.New(slog.DiscardHandler)
-	store := health.NewStore(pool, health.Defaults{SMTPURL: sink.URL(), AlertFrom: "alerts@example.com", AlertTo: "ops@example.com"}, "https://portal.example", log)
+	store := settings.NewStore(pool, settings.Defaults{SMTPURL: sink.URL(), AlertFrom: "alerts@example.com", AlertTo: "ops@example.com"}, "https://portal.example", log)
 	leader := server.NewLeader(pool, "cm-test", 2*time.Second, log)
 	lctx, stop := context.WithCancel(ctx)
 	t.Cleanup(stop)
@@ -74,7 +75,7 @@ func TestBurstIsOneEmail(t *testing.T) {
 	if err := db.Q.AlertInsert(ctx, pool, dbsqlc.AlertInsertParams{Type: health.AlertCapacity, NodeName: "call", Payload: []byte(`{"work_kind":"call","unplaced":5}`)}); err != nil {
 		t.Fatal(err)
 	}
-	m := outbox.New(outbox.Config{Pool: pool, Store: store, Fence: leader, Log: log, PortalURL: "https://portal.example", GroupWindow: 300 * time.Millisecond})
+	m := outbox.New(outbox.Config{Outbox: nodes.NewService(pool, log), Store: store, Fence: leader, Log: log, PortalURL: "https://portal.example", GroupWindow: 300 * time.Millisecond})
 	// Inside the grouping window nothing is sent.
 	if n, err := m.Tick(ctx, epoch); err != nil || n != 0 {
 		t.Fatalf("tick inside the window: %d, %v", n, err)

@@ -194,11 +194,52 @@ func (s *Service) SyncMaintenance(ctx context.Context) error {
 // syncMaintenance mirrors the windows of the given nodes (all nodes when
 // ids is nil) and writes an event for each node whose maintenance began.
 func (s *Service) syncMaintenance(ctx context.Context, tx pgx.Tx, ids []int64) error {
-	now := time.Now()
+	p, began, err := s.maintenanceChanges(ctx, tx, ids)
+	if err != nil || len(p.Ids) == 0 {
+		return err
+	}
+	if ids == nil {
+		// The pass over every node read the windows without locks, so a
+		// window added meanwhile (under its node's lock, committed after
+		// that read) looks cancelled. Lock the nodes about to change, then
+		// read their windows again: the second read sees every window
+		// committed before the locks were granted.
+		if err := s.q.MaintenanceNodesLock(ctx, tx, p.Ids); err != nil {
+			return fmt.Errorf("lock nodes for maintenance: %w", err)
+		}
+		if p, began, err = s.maintenanceChanges(ctx, tx, p.Ids); err != nil || len(p.Ids) == 0 {
+			return err
+		}
+	}
+	if err := s.q.NodeMaintenanceMirror(ctx, tx, p); err != nil {
+		return fmt.Errorf("mirror maintenance: %w", err)
+	}
+	for _, id := range began {
+		n, err := s.q.NodeGet(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		msg := fmt.Sprintf("Node %s is in maintenance until %s: %s (no alerts, no automatic failover)",
+			n.Name, n.MaintenanceUntil.UTC().Format(time.RFC3339), n.MaintenanceReason)
+		if err := s.event(ctx, tx, &n, "maintenance", "info", "maintenance", msg); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// maintenanceChanges works out which node rows' maintenance mirror
+// differs from the windows in force now (all nodes when ids is nil), and
+// the nodes whose maintenance begins.
+func (s *Service) maintenanceChanges(ctx context.Context, tx pgx.Tx, ids []int64) (dbsqlc.NodeMaintenanceMirrorParams, []int64, error) {
+	var p dbsqlc.NodeMaintenanceMirrorParams
 	wins, err := s.q.MaintenanceLiveForNodes(ctx, tx, dbsqlc.MaintenanceLiveForNodesParams{AllNodes: ids == nil, NodeIds: ids})
 	if err != nil {
-		return fmt.Errorf("read maintenance windows: %w", err)
+		return p, nil, fmt.Errorf("read maintenance windows: %w", err)
 	}
+	// Now is taken after the read: a window the read sees was added with
+	// a start no later than its commit, so it is never "not yet begun".
+	now := time.Now()
 	byNode := map[int64][]Window{}
 	for _, w := range wins {
 		byNode[w.NodeID] = append(byNode[w.NodeID], Window{Start: w.StartsAt, End: w.EndsAt, Reason: w.Reason})
@@ -207,11 +248,10 @@ func (s *Service) syncMaintenance(ctx context.Context, tx pgx.Tx, ids []int64) e
 	for id := range byNode {
 		watch = append(watch, id)
 	}
-	cur, err := s.q.MaintenanceNodesMirrored(ctx, tx, watch)
+	cur, err := s.q.MaintenanceNodesMirrored(ctx, tx, dbsqlc.MaintenanceNodesMirroredParams{AllNodes: ids == nil, NodeIds: watch})
 	if err != nil {
-		return err
+		return p, nil, err
 	}
-	var p dbsqlc.NodeMaintenanceMirrorParams
 	var began []int64
 	for _, n := range cur {
 		until, reason := InForce(byNode[n.ID], now)
@@ -233,24 +273,7 @@ func (s *Service) syncMaintenance(ctx context.Context, tx pgx.Tx, ids []int64) e
 		p.Untils = append(p.Untils, *until)
 		p.Reasons = append(p.Reasons, reason)
 	}
-	if len(p.Ids) == 0 {
-		return nil
-	}
-	if err := s.q.NodeMaintenanceMirror(ctx, tx, p); err != nil {
-		return fmt.Errorf("mirror maintenance: %w", err)
-	}
-	for _, id := range began {
-		n, err := s.q.NodeGet(ctx, tx, id)
-		if err != nil {
-			return err
-		}
-		msg := fmt.Sprintf("Node %s is in maintenance until %s: %s (no alerts, no automatic failover)",
-			n.Name, n.MaintenanceUntil.UTC().Format(time.RFC3339), n.MaintenanceReason)
-		if err := s.event(ctx, tx, &n, "maintenance", "info", "maintenance", msg); err != nil {
-			return err
-		}
-	}
-	return nil
+	return p, began, nil
 }
 
 // Window is one maintenance window, for InForce.

@@ -248,11 +248,27 @@ func (q *Queries) MaintenanceLiveForNodes(ctx context.Context, db DBTX, arg Main
 	return items, nil
 }
 
+const maintenanceNodesLock = `-- name: MaintenanceNodesLock :exec
+SELECT id FROM nodes WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE
+`
+
+// MaintenanceNodesLock locks node rows in id order, so that the windows
+// read after it include every window added under those locks.
+func (q *Queries) MaintenanceNodesLock(ctx context.Context, db DBTX, ids []int64) error {
+	_, err := db.Exec(ctx, maintenanceNodesLock, ids)
+	return err
+}
+
 const maintenanceNodesMirrored = `-- name: MaintenanceNodesMirrored :many
 SELECT id, maintenance_until, maintenance_reason FROM nodes
-WHERE maintenance_until > now() OR id = ANY($1::bigint[])
+WHERE ($1::boolean AND maintenance_until > now()) OR id = ANY($2::bigint[])
 ORDER BY id
 `
+
+type MaintenanceNodesMirroredParams struct {
+	AllNodes bool
+	NodeIds  []int64
+}
 
 type MaintenanceNodesMirroredRow struct {
 	ID                int64
@@ -260,8 +276,11 @@ type MaintenanceNodesMirroredRow struct {
 	MaintenanceReason string
 }
 
-func (q *Queries) MaintenanceNodesMirrored(ctx context.Context, db DBTX, nodeIds []int64) ([]MaintenanceNodesMirroredRow, error) {
-	rows, err := db.Query(ctx, maintenanceNodesMirrored, nodeIds)
+// MaintenanceNodesMirrored returns the maintenance mirrored in the given
+// node rows, and with all_nodes in every node row in maintenance. A sync
+// of some nodes must not see the others: it has not read their windows.
+func (q *Queries) MaintenanceNodesMirrored(ctx context.Context, db DBTX, arg MaintenanceNodesMirroredParams) ([]MaintenanceNodesMirroredRow, error) {
+	rows, err := db.Query(ctx, maintenanceNodesMirrored, arg.AllNodes, arg.NodeIds)
 	if err != nil {
 		return nil, err
 	}

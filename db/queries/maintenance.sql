@@ -30,10 +30,18 @@ SELECT node_id, starts_at, ends_at, reason FROM maintenance_windows
 WHERE cancelled_at IS NULL AND ends_at > now() AND (@all_nodes::boolean OR node_id = ANY(@node_ids::bigint[]))
 ORDER BY node_id, starts_at;
 
+-- MaintenanceNodesMirrored returns the maintenance mirrored in the given
+-- node rows, and with all_nodes in every node row in maintenance. A sync
+-- of some nodes must not see the others: it has not read their windows.
 -- name: MaintenanceNodesMirrored :many
 SELECT id, maintenance_until, maintenance_reason FROM nodes
-WHERE maintenance_until > now() OR id = ANY(@node_ids::bigint[])
+WHERE (@all_nodes::boolean AND maintenance_until > now()) OR id = ANY(@node_ids::bigint[])
 ORDER BY id;
+
+-- MaintenanceNodesLock locks node rows in id order, so that the windows
+-- read after it include every window added under those locks.
+-- name: MaintenanceNodesLock :exec
+SELECT id FROM nodes WHERE id = ANY(@ids::bigint[]) ORDER BY id FOR UPDATE;
 
 -- NodeMaintenanceMirror writes the maintenance in force into the node
 -- rows (locked in id order, like every statement that locks several

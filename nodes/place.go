@@ -3,6 +3,7 @@ package nodes
 import (
 	"context"
 	"fmt"
+	"maps"
 	"regexp"
 	"slices"
 	"strings"
@@ -157,10 +158,13 @@ func (s *Service) placeNew(ctx context.Context, units []placeUnit) ([]unitOutcom
 	for _, u := range units {
 		n += len(u.reqs)
 	}
+	// taken collects the refs an attempt found in the database; the next
+	// attempt leaves out the units that name them.
+	taken := map[string]bool{}
 	err := db.Retry(ctx, func(attempt int) error {
 		return db.InTx(ctx, s.pool, func(tx pgx.Tx) error {
 			var err error
-			out, touched, err = s.placeNewTx(ctx, tx, units, attempt)
+			out, touched, err = s.placeNewTx(ctx, tx, units, taken, attempt)
 			return err
 		})
 	})
@@ -170,32 +174,20 @@ func (s *Service) placeNew(ctx context.Context, units []placeUnit) ([]unitOutcom
 	return out, touched, err
 }
 
-// placeNewTx is one attempt of placeNew. It drops the units whose refs
-// are taken, reads the eligible nodes of the items' kinds without locking
-// them and plans with Plan; then it locks only the nodes it chose, once
-// and in id order, and checks the plan against their latest state
-// (db.ErrRetry when it no longer holds). All work rows go in with one
-// statement and the used counters with one more. Placements of the same
-// node kinds take turns on an advisory lock, so they rarely invalidate
-// each other's plans.
-func (s *Service) placeNewTx(ctx context.Context, tx pgx.Tx, units []placeUnit, attempt int) ([]unitOutcome, []int64, error) {
-	var refs []string
-	for _, u := range units {
-		for _, r := range u.reqs {
-			refs = append(refs, r.in.Ref)
-		}
-	}
-	taken, err := s.q.WorkRefsTaken(ctx, tx, refs)
-	if err != nil {
-		return nil, nil, err
-	}
+// placeNewTx is one attempt of placeNew, two statements: the first takes
+// the placement turn of the items' node kinds (placements of the same
+// kinds take turns across instances, so they do not invalidate each
+// other's plans) and reads the eligible nodes; Plan plans; the second
+// locks the chosen nodes in id order, checks the plan against their
+// latest state (a serialization failure, run again, when it no longer
+// holds), inserts the work rows and adds to the used counters. A ref that
+// turns out to exist already is added to taken and the attempt rolled
+// back, so the next one leaves its unit out.
+func (s *Service) placeNewTx(ctx context.Context, tx pgx.Tx, units []placeUnit, taken map[string]bool, attempt int) ([]unitOutcome, []int64, error) {
 	// Which units go ahead: a ref taken, or placed by an earlier unit of
 	// the group, fails its unit as it would one placement after another.
 	res := make([]unitOutcome, len(units))
-	used := make(map[string]bool, len(refs)+len(taken))
-	for _, ref := range taken {
-		used[ref] = true
-	}
+	used := maps.Clone(taken)
 	var reqs []placeReq
 	var at [][2]int // unit and item of each req
 	for ui, u := range units {
@@ -230,86 +222,59 @@ func (s *Service) placeNewTx(ctx context.Context, tx pgx.Tx, units []placeUnit, 
 			nodeKinds = append(nodeKinds, nk)
 		}
 	}
-	if err := s.q.NodePlacementTurn(ctx, tx, nodeKinds); err != nil {
-		return nil, nil, err
-	}
-	rows, err := s.q.NodeCandidates(ctx, tx, nodeKinds)
+	rows, err := s.q.NodePlacementCandidates(ctx, tx, nodeKinds)
 	if err != nil {
 		return nil, nil, err
 	}
 	cands, names := candidatesByKind(rows)
 	dest := planByKind(reqs, cands)
 
-	// Lock the chosen nodes and check the plan under the locks.
-	delta := map[int64]int32{}
-	for i, r := range reqs {
-		if dest[i] != 0 {
-			delta[dest[i]] += int32(r.in.Cost)
-		}
-	}
-	up := dbsqlc.NodeAddUsedParams{}
-	if len(delta) > 0 {
-		for id, d := range delta {
-			up.Ids = append(up.Ids, id)
-			up.Deltas = append(up.Deltas, d)
-		}
-		locked, err := s.q.NodeLockForPlacement(ctx, tx, up.Ids)
-		if err != nil {
-			return nil, nil, err
-		}
-		if len(locked) != len(delta) {
-			return nil, nil, db.ErrRetry // a node was removed meanwhile
-		}
-		for _, n := range locked {
-			if !n.Eligible || n.Used+delta[n.ID] > n.Capacity {
-				return nil, nil, db.ErrRetry
-			}
-		}
-	}
-
-	p := dbsqlc.WorkInsertBatchParams{
+	p := dbsqlc.WorkPlaceParams{
 		Refs: make([]string, len(reqs)), Kinds: make([]string, len(reqs)),
 		Costs: make([]int32, len(reqs)), NodeIds: dest,
 	}
 	for i, r := range reqs {
 		p.Refs[i], p.Kinds[i], p.Costs[i] = r.in.Ref, r.in.Kind, int32(r.in.Cost)
 	}
-	inserted, err := s.q.WorkInsertBatch(ctx, tx, p)
+	inserted, err := s.q.WorkPlace(ctx, tx, p)
 	if err != nil {
 		return nil, nil, err
 	}
-	if len(inserted) != len(reqs) {
-		// Another instance inserted one of the refs since WorkRefsTaken
-		// read them: run again, and that read names it.
-		return nil, nil, db.ErrRetry
-	}
-	byRef := make(map[string]dbsqlc.WorkInsertBatchRow, len(inserted))
+	byRef := make(map[string]dbsqlc.WorkPlaceRow, len(inserted))
 	for _, r := range inserted {
 		byRef[r.Ref] = r
 	}
+	if len(inserted) != len(reqs) {
+		for _, r := range reqs {
+			if _, ok := byRef[r.in.Ref]; !ok {
+				taken[r.in.Ref] = true
+			}
+		}
+		return nil, nil, db.ErrRetry
+	}
 	out := make([]placeOutcome, len(reqs))
+	var touched []int64
 	for i, r := range reqs {
 		row := byRef[r.in.Ref]
 		out[i].p = Placement{ID: row.ID, Ref: r.in.Ref, Kind: r.in.Kind, Cost: int32(r.in.Cost), State: row.State,
 			Node: names[dest[i]], NodeID: dest[i], Epoch: row.Epoch, Attempts: attempt}
 		res[at[i][0]].out[at[i][1]] = out[i]
-	}
-	if len(up.Ids) > 0 {
-		if err := s.q.NodeAddUsed(ctx, tx, up); err != nil {
-			return nil, nil, err
+		if dest[i] != 0 && !slices.Contains(touched, dest[i]) {
+			touched = append(touched, dest[i])
 		}
 	}
 	if err := s.recordUnplaced(ctx, tx, reqs, out, attempt); err != nil {
 		return nil, nil, err
 	}
-	return res, up.Ids, nil
+	return res, touched, nil
 }
 
 // candidatesByKind groups candidate rows by node kind and names them.
-func candidatesByKind(rows []dbsqlc.NodeCandidatesRow) (map[string][]Candidate, map[int64]string) {
+func candidatesByKind[R dbsqlc.NodeCandidatesRow | dbsqlc.NodePlacementCandidatesRow](rows []R) (map[string][]Candidate, map[int64]string) {
 	cands := map[string][]Candidate{}
 	names := make(map[int64]string, len(rows))
-	for _, n := range rows {
+	for _, r := range rows {
+		n := dbsqlc.NodeCandidatesRow(r)
 		names[n.ID] = n.Name
 		cands[n.Kind] = append(cands[n.Kind], Candidate{ID: n.ID, Name: n.Name, Capacity: n.Capacity, Used: n.Used, Weight: n.Weight})
 	}

@@ -7,8 +7,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -75,14 +73,17 @@ func (s *Service) PlaceWork(ctx context.Context, actor Actor, in WorkInput) (Pla
 	if fe := ValidateWork(in); len(fe) > 0 {
 		return Placement{}, fe
 	}
-	res, err := s.placer.place(ctx, s, placeUnit{reqs: []placeReq{{in: in, actor: actor}}})
+	res, err := s.placer.do(ctx, placeUnit{reqs: []placeReq{{in: in, actor: actor}}})
+	if err == nil {
+		err = res.err
+	}
 	if err != nil {
 		return Placement{}, err
 	}
-	if res[0].err == nil {
-		countPlaced(res[0].p.Kind, res[0].p.State, "new", 1)
+	if res.out[0].err == nil {
+		countPlaced(res.out[0].p.Kind, res.out[0].p.State, "new", 1)
 	}
-	return res[0].p, res[0].err
+	return res.out[0].p, res.out[0].err
 }
 
 // PlaceCall places a new call (work kind "call") of the given cost on a
@@ -108,12 +109,15 @@ func (s *Service) PlaceWorkBatch(ctx context.Context, actor Actor, items []WorkI
 	for i, in := range items {
 		u.reqs[i] = placeReq{in: in, actor: actor}
 	}
-	res, err := s.placer.place(ctx, s, u)
+	res, err := s.placer.do(ctx, u)
+	if err == nil {
+		err = res.err
+	}
 	if err != nil {
 		return nil, err
 	}
-	out := make([]Placement, len(res))
-	for i, r := range res {
+	out := make([]Placement, len(res.out))
+	for i, r := range res.out {
 		out[i] = r.p
 		countPlaced(r.p.Kind, r.p.State, "new", 1)
 	}
@@ -383,98 +387,26 @@ func (s *Service) recordUnplaced(ctx context.Context, tx pgx.Tx, reqs []placeReq
 	return nil
 }
 
-// placer commits concurrent placements together. The first caller to
-// find it idle becomes the flusher: it takes everything queued (at most
-// maxGroupItems items, and at least one unit) into one transaction, hands
-// each caller its outcome, and, if more arrived meanwhile, leaves a
-// goroutine to flush them so that its own caller is not held up by
-// others' work.
-type placer struct {
-	mu      sync.Mutex
-	pending []*placeWaiter
-	busy    bool
-}
-
 // maxGroupItems bounds the items of one group placement transaction.
 const maxGroupItems = 2 * MaxBatch
 
-type placeWaiter struct {
-	unit placeUnit
-	done chan unitOutcome
-}
-
-// placeTimeout bounds one group placement transaction, retries included.
-// It is detached from the callers' contexts: a caller that gives up does
-// not fail the placements of the others in its group.
-const placeTimeout = time.Minute
-
-// place places u with whatever else is queued and returns an outcome per
-// item of u, or the error that failed u as a whole.
-func (pl *placer) place(ctx context.Context, s *Service, u placeUnit) ([]placeOutcome, error) {
-	w := &placeWaiter{unit: u, done: make(chan unitOutcome, 1)}
-	pl.mu.Lock()
-	pl.pending = append(pl.pending, w)
-	lead := !pl.busy
-	pl.busy = true
-	pl.mu.Unlock()
-	if lead {
-		pl.flush(s, w)
-	}
-	select {
-	case o := <-w.done:
-		return o.out, o.err
-	case <-ctx.Done():
-		// The placement still completes; its outcome is in the database.
-		return nil, ctx.Err()
-	}
-}
-
-// flush places queued units, group by group, until until's outcome is
-// known (nil: until the queue is empty); then it hands what is left to a
-// goroutine.
-func (pl *placer) flush(s *Service, until *placeWaiter) {
-	for {
-		pl.mu.Lock()
-		if len(pl.pending) == 0 {
-			pl.busy = false
-			pl.mu.Unlock()
-			return
-		}
-		if until != nil && len(until.done) > 0 {
-			pl.mu.Unlock()
-			go pl.flush(s, nil)
-			return
-		}
-		n, items := 1, len(pl.pending[0].unit.reqs)
-		for n < len(pl.pending) && items+len(pl.pending[n].unit.reqs) <= maxGroupItems {
-			items += len(pl.pending[n].unit.reqs)
-			n++
-		}
-		group := slices.Clone(pl.pending[:n])
-		pl.pending = slices.Delete(pl.pending, 0, n)
-		pl.mu.Unlock()
-		s.placeGroup(group)
-	}
-}
-
-// placeGroup places one group of units in one transaction and wakes the
-// agents of every node it placed work on with one notification.
-func (s *Service) placeGroup(group []*placeWaiter) {
-	ctx, cancel := context.WithTimeout(context.Background(), placeTimeout)
-	defer cancel()
-	units := make([]placeUnit, len(group))
-	for i, w := range group {
-		units[i] = w.unit
-	}
-	out, touched, err := s.placeNew(ctx, units)
-	if err == nil {
-		s.notifyCommitted(ctx, touched...)
-	}
-	for i, w := range group {
-		if err != nil {
-			w.done <- unitOutcome{err: err}
-			continue
-		}
-		w.done <- out[i]
+// newPlacer returns the group commit of placements: one transaction and
+// one notification of the agents per group.
+func newPlacer(s *Service) *groupCommit[placeUnit, unitOutcome] {
+	return &groupCommit[placeUnit, unitOutcome]{
+		maxItems: maxGroupItems,
+		size:     func(u placeUnit) int { return len(u.reqs) },
+		run: func(ctx context.Context, units []placeUnit) []unitOutcome {
+			out, touched, err := s.placeNew(ctx, units)
+			if err != nil {
+				out = make([]unitOutcome, len(units))
+				for i := range out {
+					out[i].err = err
+				}
+				return out
+			}
+			s.notifyCommitted(ctx, touched...)
+			return out
+		},
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/agentproto"
 )
 
 // Batches and single placements from several instances at once, some of
@@ -133,5 +134,92 @@ func TestPlaceGroupsBatchesAndSinglesAcrossInstances(t *testing.T) {
 	}
 	if n := e.count("SELECT count(*) FROM nodes WHERE used > capacity"); n != 0 {
 		t.Fatal("a node is above capacity")
+	}
+}
+
+// Active acks of many agents at once are committed together, yet each is
+// fenced on its own: the right node with the right epoch activates the
+// item, the same item acked by another node or with another epoch changes
+// nothing and says why, whether sent alone or in a batch.
+func TestActiveAcksOfManyNodesAtOnce(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	e.node("m1", nodes.KindMedia, 100, 100)
+	e.node("m2", nodes.KindMedia, 100, 100)
+	items := make([]nodes.WorkInput, 40)
+	for i := range items {
+		items[i] = nodes.WorkInput{Kind: nodes.WorkCall, Ref: fmt.Sprintf("c%d", i), Cost: 1}
+	}
+	ps, err := e.svc.PlaceWorkBatch(e.ctx, actor, items)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := map[int64]int64{} // node id -> the other node's id
+	for _, p := range ps {
+		for _, q := range ps {
+			if q.NodeID != p.NodeID {
+				other[p.NodeID] = q.NodeID
+			}
+		}
+	}
+	type result struct {
+		what string
+		err  error
+	}
+	var mu sync.Mutex
+	var results []result
+	note := func(what string, err error) {
+		mu.Lock()
+		results = append(results, result{what, err})
+		mu.Unlock()
+	}
+	var wg sync.WaitGroup
+	for i, p := range ps {
+		wg.Go(func() {
+			if i%2 == 0 {
+				note("right", e.svc.Ack(e.ctx, p.NodeID, agentproto.Ack{ID: p.ID, Epoch: p.Epoch, State: nodes.WorkActive}))
+				return
+			}
+			res, err := e.svc.AckBatch(e.ctx, p.NodeID, []agentproto.Ack{{ID: p.ID, Epoch: p.Epoch, State: nodes.WorkActive}})
+			if err != nil {
+				t.Errorf("batch ack: %v", err)
+				return
+			}
+			note("right", res[0].Err)
+		})
+		wg.Go(func() {
+			note("other node", e.svc.Ack(e.ctx, other[p.NodeID], agentproto.Ack{ID: p.ID, Epoch: p.Epoch, State: nodes.WorkActive}))
+		})
+		wg.Go(func() {
+			res, err := e.svc.AckBatch(e.ctx, p.NodeID, []agentproto.Ack{{ID: p.ID, Epoch: p.Epoch + 1, State: nodes.WorkActive}})
+			if err != nil {
+				t.Errorf("batch ack: %v", err)
+				return
+			}
+			note("stale epoch", res[0].Err)
+		})
+	}
+	wg.Wait()
+	for _, r := range results {
+		switch r.what {
+		case "right":
+			if r.err != nil {
+				t.Errorf("ack by the right node: %v", r.err)
+			}
+		case "other node":
+			if !errors.Is(r.err, nodes.ErrNotFound) {
+				t.Errorf("ack by another node: %v, want not found", r.err)
+			}
+		case "stale epoch":
+			if !errors.Is(r.err, nodes.ErrStaleEpoch) {
+				t.Errorf("ack with another epoch: %v, want stale epoch", r.err)
+			}
+		}
+	}
+	if n := e.count("SELECT count(*) FROM work WHERE state = 'active'"); n != len(ps) {
+		t.Fatalf("%d of %d items active", n, len(ps))
+	}
+	if n := e.count("SELECT count(*) FROM work_history WHERE state = 'active'"); n != len(ps) {
+		t.Fatalf("%d history rows for activation, want %d", n, len(ps))
 	}
 }

@@ -50,6 +50,48 @@ func (q *Queries) WorkAck(ctx context.Context, db DBTX, arg WorkAckParams) (Work
 	return i, err
 }
 
+const workAckActive = `-- name: WorkAckActive :many
+UPDATE work w SET state = 'active', updated_at = now()
+FROM (SELECT unnest($1::bigint[]) AS id, unnest($2::bigint[]) AS epoch, unnest($3::bigint[]) AS node_id) a
+WHERE w.id = a.id AND w.node_id = a.node_id AND w.epoch = a.epoch AND w.state IN ('assigned', 'active')
+RETURNING w.id, a.node_id::bigint AS node_id, a.epoch::bigint AS epoch
+`
+
+type WorkAckActiveParams struct {
+	Ids     []int64
+	Epochs  []int64
+	NodeIds []int64
+}
+
+type WorkAckActiveRow struct {
+	ID     int64
+	NodeID int64
+	Epoch  int64
+}
+
+// WorkAckActive records active acks of many nodes in one statement, each
+// fenced like WorkAck by its node, its epoch and a live state. It returns
+// the acks that matched (an item acked twice in one statement matches once).
+func (q *Queries) WorkAckActive(ctx context.Context, db DBTX, arg WorkAckActiveParams) ([]WorkAckActiveRow, error) {
+	rows, err := db.Query(ctx, workAckActive, arg.Ids, arg.Epochs, arg.NodeIds)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []WorkAckActiveRow{}
+	for rows.Next() {
+		var i WorkAckActiveRow
+		if err := rows.Scan(&i.ID, &i.NodeID, &i.Epoch); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const workAckBatch = `-- name: WorkAckBatch :many
 UPDATE work w SET state = CASE WHEN a.state = 'failed' THEN 'unplaced' ELSE a.state END,
     node_id = CASE WHEN a.state = 'failed' THEN NULL ELSE w.node_id END,

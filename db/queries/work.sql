@@ -87,6 +87,15 @@ DELETE FROM work WHERE id IN (
     SELECT id FROM work WHERE state = 'ended' AND ended_at < now() - make_interval(secs => @older_than_seconds::float8)
     LIMIT @lim);
 
+-- WorkAckActive records active acks of many nodes in one statement, each
+-- fenced like WorkAck by its node, its epoch and a live state. It returns
+-- the acks that matched (an item acked twice in one statement matches once).
+-- name: WorkAckActive :many
+UPDATE work w SET state = 'active', updated_at = now()
+FROM (SELECT unnest(@ids::bigint[]) AS id, unnest(@epochs::bigint[]) AS epoch, unnest(@node_ids::bigint[]) AS node_id) a
+WHERE w.id = a.id AND w.node_id = a.node_id AND w.epoch = a.epoch AND w.state IN ('assigned', 'active')
+RETURNING w.id, a.node_id::bigint AS node_id, a.epoch::bigint AS epoch;
+
 -- WorkAckBatch applies many acks of one node in one statement, each fenced
 -- like WorkAck by its epoch, the node and a live state. It returns the
 -- acks that matched.

@@ -9,8 +9,8 @@ import (
 
 	"github.com/callplane/callplane/db/localpg"
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/accounts"
 	"github.com/callplane/callplane/nodes/agentproto"
-	"github.com/callplane/callplane/web/auth"
 )
 
 // Admin is what the administrative commands need: the services on the
@@ -18,7 +18,7 @@ import (
 // commands.
 type Admin struct {
 	Nodes *nodes.Service
-	Auth  *auth.Service
+	Auth  *accounts.Service
 	Pin   string
 	URL   string
 	pool  *pgxpool.Pool
@@ -48,7 +48,7 @@ func OpenAdmin(ctx context.Context, cfg Config, log *slog.Logger) (*Admin, error
 	} else if url == "" {
 		url = "https://" + cfg.Listen
 	}
-	return &Admin{Nodes: nodes.NewService(pool, log), Auth: auth.NewService(pool, log), Pin: pin, URL: url, pool: pool, pg: pg}, nil
+	return &Admin{Nodes: nodes.NewService(pool, log), Auth: accounts.NewService(pool, log), Pin: pin, URL: url, pool: pool, pg: pg}, nil
 }
 
 // Close releases the database.

@@ -14,8 +14,8 @@ import (
 
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/accounts"
 	"github.com/callplane/callplane/web"
-	"github.com/callplane/callplane/web/auth"
 )
 
 type adminKey struct{}
@@ -24,7 +24,7 @@ type adminCaller struct {
 	actor    nodes.Actor
 	canWrite bool
 	owner    bool
-	user     auth.User // the signed-in user, for a session
+	user     accounts.User // the signed-in user, for a session
 }
 
 // adminAuth accepts an API token (Bearer cpa_…; a read token may only
@@ -47,7 +47,7 @@ func (s *Server) adminAuth(next http.Handler) http.Handler {
 				writeError(w, authFailure(err))
 				return
 			}
-			c = adminCaller{actor: nodes.Actor{Name: u.Email, Addr: web.ClientAddr(r)}, canWrite: u.Can(auth.RoleAdmin), owner: u.Can(auth.RoleOwner), user: u}
+			c = adminCaller{actor: nodes.Actor{Name: u.Email, Addr: web.ClientAddr(r)}, canWrite: u.Can(accounts.RoleAdmin), owner: u.Can(accounts.RoleOwner), user: u}
 		} else {
 			writeError(w, nodes.ErrUnauthorized)
 			return

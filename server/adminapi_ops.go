@@ -534,7 +534,7 @@ func (s *Server) apiUsers(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]UserJSON, len(rows))
 	for i, u := range rows {
-		out[i] = UserJSON{ID: u.ID, Email: u.Email, Role: u.Role, Disabled: u.DisabledAt != nil, CreatedAt: u.CreatedAt, DisabledA: u.DisabledAt}
+		out[i] = UserJSON{ID: u.ID, Email: u.Email, Role: u.Role, Disabled: u.Disabled(), CreatedAt: u.CreatedAt, DisabledA: u.DisabledAt}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"users": out})
 }

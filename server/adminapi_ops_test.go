@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/accounts"
 	"github.com/callplane/callplane/server/servertest"
-	"github.com/callplane/callplane/web/auth"
 )
 
 // TestAPITokenScopes: a read token reads but every change is refused
@@ -38,7 +38,7 @@ func TestAPITokenScopes(t *testing.T) {
 		t.Fatalf("refusal audit rows: %d", n)
 	}
 	// A viewer's session is refused the same way.
-	viewer := in.User(t, "viewer@example.com", auth.RoleViewer)
+	viewer := in.User(t, "viewer@example.com", accounts.RoleViewer)
 	req, _ := http.NewRequest(http.MethodPost, in.URL+"/api/v1/nodes/m1/drain", nil)
 	req.Header.Set("Origin", in.URL)
 	req.Header.Set("Sec-Fetch-Site", "same-origin")

@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/accounts"
 	"github.com/callplane/callplane/nodes/agentproto"
-	"github.com/callplane/callplane/web/auth"
 )
 
 // Body limits. Forms and single JSON objects are small; the batch routes
@@ -221,7 +221,7 @@ func (c *countedConn) Close() error {
 // generic 401 for every bad credential, but the real error (503 while the
 // database is unreachable) when the check itself could not be made.
 func authFailure(err error) error {
-	if errors.Is(err, nodes.ErrUnauthorized) || errors.Is(err, auth.ErrBadCredentials) {
+	if errors.Is(err, nodes.ErrUnauthorized) || errors.Is(err, accounts.ErrBadCredentials) {
 		return nodes.ErrUnauthorized
 	}
 	return err

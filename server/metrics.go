@@ -201,10 +201,12 @@ func b2f(b bool) float64 {
 }
 
 // metricsHandler serves the Prometheus text format: the process-wide
-// instruments and this instance's cluster collector.
+// instruments, this instance's cluster collector and its password-hashing
+// pool.
 func (s *Server) metricsHandler() http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(newClusterCollector(s))
+	reg.MustRegister(passwordHashMetrics(s.auth)...)
 	return promhttp.HandlerFor(prometheus.Gatherers{metrics.Registry, reg}, promhttp.HandlerOpts{
 		ErrorHandling: promhttp.ContinueOnError,
 	})

@@ -10,9 +10,9 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/callplane/callplane/nodes/accounts"
 	"github.com/callplane/callplane/server"
 	"github.com/callplane/callplane/server/servertest"
-	"github.com/callplane/callplane/web/auth"
 )
 
 // routerRoutes walks the real router and returns "METHOD /api/v1/…" of
@@ -54,7 +54,7 @@ func TestOpenAPIMatchesRouter(t *testing.T) {
 	t.Parallel()
 	in := servertest.Start(t, servertest.Options{Settings: servertest.NoProbes})
 	in.AddNode(t, "m1", "media", "127.0.0.1:5060", 10)
-	owner := in.User(t, "owner@example.com", auth.RoleOwner)
+	owner := in.User(t, "owner@example.com", accounts.RoleOwner)
 
 	r, doc := api(t, in, http.MethodGet, "/api/v1/openapi.json", "", nil)
 	if r.StatusCode != http.StatusOK || doc["openapi"] != "3.1.0" {

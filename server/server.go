@@ -22,12 +22,12 @@ import (
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/localpg"
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/accounts"
 	"github.com/callplane/callplane/nodes/agentproto"
 	"github.com/callplane/callplane/nodes/health"
 	"github.com/callplane/callplane/nodes/outbox"
 	"github.com/callplane/callplane/nodes/sipfront"
 	"github.com/callplane/callplane/web"
-	"github.com/callplane/callplane/web/auth"
 )
 
 // Server is one call manager instance.
@@ -38,7 +38,7 @@ type Server struct {
 	pool     *pgxpool.Pool
 	dbURL    string
 	nodes    *nodes.Service
-	auth     *auth.Service
+	auth     *accounts.Service
 	hub      *Hub
 	hb       *nodes.Heartbeats
 	cert     tls.Certificate
@@ -109,7 +109,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s.nodes = nodes.NewService(s.pool, log)
 	s.hub.OnAccess = s.nodes.ForgetCredentials
-	s.auth = auth.NewService(s.pool, log)
+	s.auth = accounts.NewService(s.pool, log)
 	s.hb = s.nodes.NewHeartbeats(cfg.HeartbeatFlush)
 	s.leader = NewLeader(s.pool, cfg.InstanceID, cfg.LeaseTTL, log)
 	s.ln, err = net.Listen("tcp", cfg.Listen)
@@ -180,7 +180,7 @@ func (s *Server) Pin() string { return s.pin }
 func (s *Server) Nodes() *nodes.Service { return s.nodes }
 
 // Auth returns the account service.
-func (s *Server) Auth() *auth.Service { return s.auth }
+func (s *Server) Auth() *accounts.Service { return s.auth }
 
 // Pool returns the database pool.
 func (s *Server) Pool() *pgxpool.Pool { return s.pool }

@@ -11,7 +11,7 @@ import (
 	"github.com/a-h/templ"
 	"github.com/go-chi/chi/v5"
 
-	"github.com/callplane/callplane/web/auth"
+	"github.com/callplane/callplane/nodes/accounts"
 )
 
 func (h *Handler) setupForm(w http.ResponseWriter, r *http.Request) error {
@@ -40,19 +40,19 @@ func (h *Handler) setupSubmit(w http.ResponseWriter, r *http.Request) error {
 	}
 	v := setupView{Email: r.PostFormValue("email")}
 	_, err = h.Auth.Setup(r.Context(), r.PostFormValue("code"), v.Email, r.PostFormValue("password"), ClientAddr(r))
-	var fe auth.FieldErrors
+	var fe accounts.FieldErrors
 	switch {
 	case errors.As(err, &fe):
 		v.Errors = fe
 		return renderBare(w, r, http.StatusUnprocessableEntity, setupPage(v))
-	case errors.Is(err, auth.ErrBadCredentials):
+	case errors.Is(err, accounts.ErrBadCredentials):
 		v.Alert = "Those details are not correct."
 		return renderBare(w, r, http.StatusUnauthorized, setupPage(v))
-	case errors.Is(err, auth.ErrThrottled):
+	case errors.Is(err, accounts.ErrThrottled):
 		v.Alert = "Too many attempts. " + retryHint(err)
 		setRetryAfter(w, err)
 		return renderBare(w, r, http.StatusTooManyRequests, setupPage(v))
-	case errors.Is(err, auth.ErrSetupDone):
+	case errors.Is(err, accounts.ErrSetupDone):
 		return redirect(w, r, "/login")
 	case err != nil:
 		return err
@@ -90,10 +90,10 @@ func (h *Handler) loginSubmit(w http.ResponseWriter, r *http.Request) error {
 	}
 	token, _, err := h.Auth.Login(r.Context(), v.Email, pw, ClientAddr(r), r.UserAgent())
 	switch {
-	case errors.Is(err, auth.ErrBadCredentials):
+	case errors.Is(err, accounts.ErrBadCredentials):
 		v.Alert = "Those details are not correct."
 		return renderBare(w, r, http.StatusUnauthorized, loginPage(v))
-	case errors.Is(err, auth.ErrThrottled):
+	case errors.Is(err, accounts.ErrThrottled):
 		v.Alert = "Too many sign-in attempts. " + retryHint(err)
 		setRetryAfter(w, err)
 		return renderBare(w, r, http.StatusTooManyRequests, loginPage(v))
@@ -138,7 +138,7 @@ func setSessionCookie(w http.ResponseWriter, value string, maxAge int) {
 
 // retryHint says when a throttled client may try again.
 func retryHint(err error) string {
-	var te *auth.ThrottledError
+	var te *accounts.ThrottledError
 	if errors.As(err, &te) {
 		return "Try again in " + strconv.Itoa(te.RetryAfter()) + " seconds."
 	}
@@ -176,7 +176,7 @@ func renderBare(w http.ResponseWriter, r *http.Request, status int, c templ.Comp
 func (h *Handler) usersView(r *http.Request) (usersView, error) {
 	users, err := h.Auth.ListUsers(r.Context())
 	me, _ := UserFrom(r.Context())
-	return usersView{Users: users, Me: me, Role: auth.RoleViewer}, err
+	return usersView{Users: users, Me: me, Role: accounts.RoleViewer}, err
 }
 
 func (h *Handler) usersPage(w http.ResponseWriter, r *http.Request) error {
@@ -194,7 +194,7 @@ func (h *Handler) userAdd(w http.ResponseWriter, r *http.Request) error {
 	me, _ := UserFrom(r.Context())
 	email, role := strings.TrimSpace(r.PostFormValue("email")), r.PostFormValue("role")
 	status := http.StatusOK
-	var fe auth.FieldErrors
+	var fe accounts.FieldErrors
 	_, err := h.Auth.AddUser(r.Context(), me.Email, ClientAddr(r), email, r.PostFormValue("password"), role)
 	if err != nil && !errors.As(err, &fe) {
 		return err
@@ -240,7 +240,7 @@ func (h *Handler) userDisable(disabled bool) appHandler {
 }
 
 func (h *Handler) userChange(w http.ResponseWriter, r *http.Request, err error, notice string) error {
-	var fe auth.FieldErrors
+	var fe accounts.FieldErrors
 	if err != nil && !errors.As(err, &fe) {
 		return err
 	}

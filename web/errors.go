@@ -5,14 +5,14 @@ import (
 	"net/http"
 	"strconv"
 
-	"github.com/callplane/callplane/web/auth"
+	"github.com/callplane/callplane/nodes/accounts"
 
 	"github.com/callplane/callplane/web/layout"
 )
 
 // setRetryAfter tells a throttled client when to come back.
 func setRetryAfter(w http.ResponseWriter, err error) {
-	var te *auth.ThrottledError
+	var te *accounts.ThrottledError
 	if errors.As(err, &te) {
 		w.Header().Set("Retry-After", strconv.Itoa(te.RetryAfter()))
 	}

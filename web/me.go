@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"net/http"
 
-	"github.com/callplane/callplane/web/auth"
+	"github.com/callplane/callplane/nodes/accounts"
 )
 
 // The signed-in user's own account (/account): change the password, see
@@ -14,8 +14,8 @@ import (
 type meView struct {
 	Email    string
 	Role     string
-	Sessions []auth.SessionInfo
-	Errors   auth.FieldErrors
+	Sessions []accounts.Session
+	Errors   accounts.FieldErrors
 	Notice   string
 	Alert    string
 }
@@ -48,12 +48,12 @@ func (h *Handler) accountPassword(w http.ResponseWriter, r *http.Request) error 
 	u, _ := UserFrom(r.Context())
 	ended, err := h.Auth.ChangePassword(r.Context(), u, ClientAddr(r), sessionToken(r),
 		r.PostFormValue("current"), r.PostFormValue("password"), r.PostFormValue("confirm"))
-	var fe auth.FieldErrors
+	var fe accounts.FieldErrors
 	status := http.StatusOK
 	switch {
 	case errors.As(err, &fe):
 		status = http.StatusUnprocessableEntity
-	case errors.Is(err, auth.ErrThrottled):
+	case errors.Is(err, accounts.ErrThrottled):
 		status = http.StatusTooManyRequests
 	case err != nil:
 		return err

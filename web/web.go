@@ -1,6 +1,6 @@
 // Package web is the administrator portal: HTMX + templ pages served by
 // the call manager. Handlers hold no business logic: they parse the
-// request, call the cluster domain (nodes) or accounts (web/auth), and
+// request, call the cluster domain (nodes) or accounts (nodes/accounts), and
 // render a templ component — the full page on a plain request, the
 // component alone for an htmx request.
 package web
@@ -19,7 +19,7 @@ import (
 
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/nodes"
-	"github.com/callplane/callplane/web/auth"
+	"github.com/callplane/callplane/nodes/accounts"
 	"github.com/callplane/callplane/web/layout"
 )
 
@@ -42,7 +42,7 @@ type Cluster interface {
 // Handler serves the portal.
 type Handler struct {
 	Nodes   *nodes.Service
-	Auth    *auth.Service
+	Auth    *accounts.Service
 	Cluster Cluster
 	// Settings holds the health and alert settings (/settings).
 	Settings SettingsStore
@@ -59,8 +59,8 @@ type ctxKey int
 const userKey ctxKey = 1
 
 // UserFrom returns the signed-in user of a request, if any.
-func UserFrom(ctx context.Context) (auth.User, bool) {
-	u, ok := ctx.Value(userKey).(auth.User)
+func UserFrom(ctx context.Context) (accounts.User, bool) {
+	u, ok := ctx.Value(userKey).(accounts.User)
 	return u, ok
 }
 
@@ -90,13 +90,13 @@ func (h *Handler) renderError(w http.ResponseWriter, r *http.Request, err error)
 // see. This is the one place sentinel errors become statuses.
 func StatusOf(err error) (int, string) {
 	var fe nodes.FieldErrors
-	var afe auth.FieldErrors
+	var afe accounts.FieldErrors
 	switch {
 	case errors.As(err, &fe):
 		return http.StatusBadRequest, fe.Error()
 	case errors.As(err, &afe):
 		return http.StatusBadRequest, afe.Error()
-	case errors.Is(err, nodes.ErrUnauthorized), errors.Is(err, auth.ErrBadCredentials):
+	case errors.Is(err, nodes.ErrUnauthorized), errors.Is(err, accounts.ErrBadCredentials):
 		return http.StatusUnauthorized, nodes.ErrUnauthorized.Error()
 	case errors.Is(err, nodes.ErrForbidden), errors.Is(err, errForbidden):
 		return http.StatusForbidden, err.Error()
@@ -104,9 +104,9 @@ func StatusOf(err error) (int, string) {
 		return http.StatusNotFound, err.Error()
 	case errors.Is(err, nodes.ErrConflict), errors.Is(err, nodes.ErrStaleEpoch), errors.Is(err, nodes.ErrBusy):
 		return http.StatusConflict, err.Error()
-	case errors.Is(err, auth.ErrThrottled):
+	case errors.Is(err, accounts.ErrThrottled):
 		return http.StatusTooManyRequests, err.Error()
-	case errors.Is(err, auth.ErrBusy):
+	case errors.Is(err, accounts.ErrBusy):
 		return http.StatusServiceUnavailable, err.Error()
 	case errors.Is(err, errBadRequest):
 		return http.StatusBadRequest, err.Error()
@@ -203,11 +203,11 @@ func (h *Handler) Routes(r chi.Router) {
 		r.Post("/logout", h.wrap(h.logout))
 		h.viewerRoutes(r)
 		r.Group(func(r chi.Router) {
-			r.Use(requireRole(auth.RoleAdmin, h))
+			r.Use(requireRole(accounts.RoleAdmin, h))
 			h.adminRoutes(r)
 		})
 		r.Group(func(r chi.Router) {
-			r.Use(requireRole(auth.RoleOwner, h))
+			r.Use(requireRole(accounts.RoleOwner, h))
 			h.ownerRoutes(r)
 		})
 	})
@@ -222,7 +222,7 @@ func (h *Handler) loadSession(next http.Handler) http.Handler {
 			switch {
 			case err == nil:
 				r = r.WithContext(context.WithValue(r.Context(), userKey, u))
-			case !errors.Is(err, auth.ErrBadCredentials):
+			case !errors.Is(err, accounts.ErrBadCredentials):
 				// The session could not be checked (database down): say
 				// so, rather than send a signed-in user to the sign-in form.
 				h.renderError(w, r, err)
@@ -282,7 +282,7 @@ func requireRole(role string, h *Handler) func(http.Handler) http.Handler {
 // so pages hide buttons viewers cannot use.
 func canChange(r *http.Request) bool {
 	u, _ := UserFrom(r.Context())
-	return u.Can(auth.RoleAdmin)
+	return u.Can(accounts.RoleAdmin)
 }
 
 // formOutcome splits the error of a form's action: field errors are shown

@@ -13,8 +13,10 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/callplane/callplane/nodes/agent"
 )
@@ -120,7 +122,8 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 	stateDir := fs.String("state-dir", env("NODEAGENT_STATE_DIR"), "directory holding the node identity (env NODEAGENT_STATE_DIR)")
 	logLevel := fs.String("log-level", envOr(getenv, "NODEAGENT_LOG_LEVEL", "info"), "debug, info, warn or error (env NODEAGENT_LOG_LEVEL)")
 	var required []string
-	var finish func() // copies the parsed flags into cfg
+	var finish func()                    // copies the parsed flags into cfg
+	check := func() error { return nil } // validates what finish copied
 	switch cfg.Command {
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
@@ -140,8 +143,26 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		probeListen := fs.String("probe-listen", env("NODEAGENT_PROBE_LISTEN"), "serve the node kind's probe endpoint on ADDR (env NODEAGENT_PROBE_LISTEN)")
 		onAssign := fs.String("on-assign", env("NODEAGENT_ON_ASSIGN"), "command run with /bin/sh -c on each assignment start and stop (env NODEAGENT_ON_ASSIGN)")
 		servers := serverFlag(fs, env)
+		hookTimeout := fs.String("hook-timeout", envOr(getenv, "NODEAGENT_HOOK_TIMEOUT", agent.DefaultHookTimeout.String()), "bound of one --on-assign run, e.g. 10s (env NODEAGENT_HOOK_TIMEOUT)")
+		hookAttempts := fs.String("hook-attempts", envOr(getenv, "NODEAGENT_HOOK_ATTEMPTS", strconv.Itoa(agent.DefaultHookAttempts)), "tries of a failing start hook before the start is acked failed, 1-10 (env NODEAGENT_HOOK_ATTEMPTS)")
+		hookRetry := fs.String("hook-retry", envOr(getenv, "NODEAGENT_HOOK_RETRY", agent.DefaultHookRetry.String()), "delay before the second try of a failing start hook, doubling after, e.g. 1s (env NODEAGENT_HOOK_RETRY)")
 		finish = func() {
 			cfg.Run = agent.RunOptions{StateDir: *stateDir, Servers: servers.list(), ProbeListen: *probeListen, OnAssign: *onAssign, Version: version}
+			check = func() error {
+				var err error
+				if cfg.Run.HookTimeout, err = durationFlag("hook-timeout", *hookTimeout, time.Second, time.Hour); err != nil {
+					return err
+				}
+				if cfg.Run.HookRetry, err = durationFlag("hook-retry", *hookRetry, 10*time.Millisecond, 10*time.Minute); err != nil {
+					return err
+				}
+				n, err := strconv.Atoi(*hookAttempts)
+				if err != nil || n < 1 || n > 10 {
+					return fmt.Errorf("invalid --hook-attempts %q (want a whole number from 1 to 10)", *hookAttempts)
+				}
+				cfg.Run.HookAttempts = n
+				return nil
+			}
 		}
 		required = []string{"state-dir"}
 	default:
@@ -164,6 +185,9 @@ func parseConfig(args []string, getenv func(string) string, stdout, stderr io.Wr
 		if fs.Lookup(name).Value.String() == "" {
 			return cfg, fmt.Errorf("%s: --%s is required (see nodeagent %s -h)", cfg.Command, name, cfg.Command)
 		}
+	}
+	if err := check(); err != nil {
+		return cfg, fmt.Errorf("%s: %v", cfg.Command, err)
 	}
 	if err := cfg.LogLevel.UnmarshalText([]byte(*logLevel)); err != nil {
 		return cfg, fmt.Errorf("%s: invalid --log-level %q (want debug, info, warn or error)", cfg.Command, *logLevel)
@@ -225,4 +249,15 @@ func envOr(getenv func(string) string, name, def string) string {
 // oneLine makes an error fit the one-line reason main prints.
 func oneLine(err error) string {
 	return strings.Join(strings.Fields(err.Error()), " ")
+}
+
+// durationFlag parses a duration flag and keeps it within [lo, hi], so a
+// typo such as "1" (no unit) or "0s" is refused at start, not at the first
+// failing hook.
+func durationFlag(name, v string, lo, hi time.Duration) (time.Duration, error) {
+	d, err := time.ParseDuration(v)
+	if err != nil || d < lo || d > hi {
+		return 0, fmt.Errorf("invalid --%s %q (want a duration from %s to %s, e.g. %s)", name, v, lo, hi, lo)
+	}
+	return d, nil
 }

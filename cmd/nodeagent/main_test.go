@@ -87,11 +87,29 @@ func TestParseConfig(t *testing.T) {
 			}},
 		{name: "run flags", args: []string{"run", "--state-dir", "/s", "--probe-listen", "127.0.0.1:5060", "--on-assign", "echo hi", "--log-level", "debug"},
 			check: func(t *testing.T, cfg Config) {
-				want := agent.RunOptions{StateDir: "/s", ProbeListen: "127.0.0.1:5060", OnAssign: "echo hi", Version: version}
+				want := agent.RunOptions{StateDir: "/s", ProbeListen: "127.0.0.1:5060", OnAssign: "echo hi", Version: version,
+					HookTimeout: agent.DefaultHookTimeout, HookAttempts: agent.DefaultHookAttempts, HookRetry: agent.DefaultHookRetry}
 				if cfg.Command != "run" || !reflect.DeepEqual(cfg.Run, want) || cfg.LogLevel != slog.LevelDebug {
 					t.Fatalf("cfg = %+v", cfg)
 				}
 			}},
+		{name: "hook flags", args: []string{"run", "--state-dir", "/s", "--hook-attempts", "5", "--hook-retry", "250ms", "--hook-timeout", "30s"},
+			check: func(t *testing.T, cfg Config) {
+				if cfg.Run.HookAttempts != 5 || cfg.Run.HookRetry != 250*time.Millisecond || cfg.Run.HookTimeout != 30*time.Second {
+					t.Fatalf("hook options = %d, %v, %v", cfg.Run.HookAttempts, cfg.Run.HookRetry, cfg.Run.HookTimeout)
+				}
+			}},
+		{name: "hook env twins", args: []string{"run", "--state-dir", "/s"},
+			env: map[string]string{"NODEAGENT_HOOK_ATTEMPTS": "1", "NODEAGENT_HOOK_RETRY": "2s", "NODEAGENT_HOOK_TIMEOUT": "5s"},
+			check: func(t *testing.T, cfg Config) {
+				if cfg.Run.HookAttempts != 1 || cfg.Run.HookRetry != 2*time.Second || cfg.Run.HookTimeout != 5*time.Second {
+					t.Fatalf("hook options = %d, %v, %v", cfg.Run.HookAttempts, cfg.Run.HookRetry, cfg.Run.HookTimeout)
+				}
+			}},
+		{name: "hook attempts zero", args: []string{"run", "--state-dir", "/s", "--hook-attempts", "0"}, wantErr: "invalid --hook-attempts"},
+		{name: "hook attempts not a number", args: []string{"run", "--state-dir", "/s", "--hook-attempts", "three"}, wantErr: "invalid --hook-attempts"},
+		{name: "hook retry without unit", args: []string{"run", "--state-dir", "/s", "--hook-retry", "1"}, wantErr: "invalid --hook-retry"},
+		{name: "hook timeout zero", args: []string{"run", "--state-dir", "/s", "--hook-timeout", "0s"}, wantErr: "invalid --hook-timeout"},
 		{name: "log level env", args: []string{"run"}, env: map[string]string{"NODEAGENT_STATE_DIR": "/s", "NODEAGENT_LOG_LEVEL": "warn"},
 			check: func(t *testing.T, cfg Config) {
 				if cfg.LogLevel != slog.LevelWarn {

@@ -76,7 +76,7 @@ func (q *Queries) LoginFailurePrune(ctx context.Context, db DBTX) error {
 }
 
 const loginFailureStats = `-- name: LoginFailureStats :many
-SELECT key, count(*)::int AS failures, extract(epoch FROM now() - max(at))::float8 AS since_last FROM login_failures
+SELECT key, count(*)::int AS failures, extract(epoch FROM clock_timestamp() - max(at))::float8 AS since_last FROM login_failures
 WHERE key = ANY($1::text[]) AND at > now() - make_interval(secs => $2::float8)
 GROUP BY key
 `
@@ -92,6 +92,9 @@ type LoginFailureStatsRow struct {
 	SinceLast float64
 }
 
+// LoginFailureStats measures since_last on the clock, not from now(): the
+// caller's transaction may have begun before it got the keys' lock, and
+// failures committed meanwhile would seem to lie in its future.
 func (q *Queries) LoginFailureStats(ctx context.Context, db DBTX, arg LoginFailureStatsParams) ([]LoginFailureStatsRow, error) {
 	rows, err := db.Query(ctx, loginFailureStats, arg.Keys, arg.WindowSeconds)
 	if err != nil {

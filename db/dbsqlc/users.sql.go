@@ -21,9 +21,12 @@ func (q *Queries) UserCount(ctx context.Context, db DBTX) (int64, error) {
 }
 
 const userCountActiveOwners = `-- name: UserCountActiveOwners :one
-SELECT count(*) FROM users WHERE role = 'owner' AND disabled_at IS NULL
+SELECT count(*) FROM (SELECT id FROM users WHERE role = 'owner' AND disabled_at IS NULL FOR UPDATE) owners
 `
 
+// UserCountActiveOwners counts the active owners and locks their rows
+// until the transaction ends, so two transactions that each demote or
+// disable one of two owners cannot both see two.
 func (q *Queries) UserCountActiveOwners(ctx context.Context, db DBTX) (int64, error) {
 	row := db.QueryRow(ctx, userCountActiveOwners)
 	var count int64
@@ -188,4 +191,15 @@ func (q *Queries) UserSetRole(ctx context.Context, db DBTX, arg UserSetRoleParam
 		&i.UpdatedAt,
 	)
 	return i, err
+}
+
+const userTableLock = `-- name: UserTableLock :exec
+LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE
+`
+
+// UserTableLock serialises first-run setups, so only one creates the
+// first owner.
+func (q *Queries) UserTableLock(ctx context.Context, db DBTX) error {
+	_, err := db.Exec(ctx, userTableLock)
+	return err
 }

@@ -26,8 +26,11 @@ DELETE FROM sessions WHERE expires_at < now() OR last_seen_at < now() - make_int
 -- name: LoginAttemptLock :exec
 SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM (SELECT unnest(@keys::text[]) AS k ORDER BY 1) ks;
 
+-- LoginFailureStats measures since_last on the clock, not from now(): the
+-- caller's transaction may have begun before it got the keys' lock, and
+-- failures committed meanwhile would seem to lie in its future.
 -- name: LoginFailureStats :many
-SELECT key, count(*)::int AS failures, extract(epoch FROM now() - max(at))::float8 AS since_last FROM login_failures
+SELECT key, count(*)::int AS failures, extract(epoch FROM clock_timestamp() - max(at))::float8 AS since_last FROM login_failures
 WHERE key = ANY(@keys::text[]) AND at > now() - make_interval(secs => @window_seconds::float8)
 GROUP BY key;
 

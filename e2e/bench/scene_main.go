@@ -14,9 +14,9 @@ import (
 
 	"github.com/callplane/callplane/db/localpg"
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/accounts"
 	"github.com/callplane/callplane/nodes/health"
 	"github.com/callplane/callplane/nodes/probe"
-	"github.com/callplane/callplane/web/auth"
 )
 
 // sceneMain: 500 agents → long-poll latency (placing the 10,000 calls) →
@@ -183,7 +183,7 @@ func phaseLongPoll(ctx context.Context, sc *scene, label string, rate, n int) er
 // the session cookie.
 func portalSession(ctx context.Context, sc *scene) (*http.Client, string, error) {
 	const email, pw = "bench@example.com", "bench-password-for-the-portal-9"
-	if _, err := auth.NewService(sc.pool, quiet).AddUser(ctx, "bench", "local", email, pw, "admin"); err != nil {
+	if _, err := accounts.NewService(sc.pool, quiet).AddUser(ctx, "bench", "local", email, pw, "admin"); err != nil {
 		return nil, "", err
 	}
 	hc, err := newClient(sc.cm.Pin, -1)

@@ -1,4 +1,4 @@
-package auth
+package accounts
 
 import (
 	"context"
@@ -31,6 +31,9 @@ import (
 //  3. a bounded pool of password hashers: argon2id costs 19 MiB and tens
 //     of milliseconds a check, so at most HashWorkers run at once and a
 //     request that cannot get one in time is answered 503.
+
+// throttleWindow is how long a failed attempt counts.
+const throttleWindow = 15 * time.Minute
 
 // ThrottledError is ErrThrottled with how long to wait.
 type ThrottledError struct{ Wait time.Duration }
@@ -195,8 +198,11 @@ func (b *budget) prune(now time.Time) {
 type hasher struct {
 	slots chan struct{}
 	wait  time.Duration
-	// runs counts computations, for tests that throttled requests do none.
-	runs atomic.Int64
+	// The pool's gauges and counters (HashStats).
+	waiting, running, peak, runs atomic.Int64
+	// gate, set only by tests, runs on a worker before the hash, so a
+	// test can hold hashes in flight and look at the gauges.
+	gate func()
 }
 
 // HashWorkers is how many password hashes run at once: one per core, at
@@ -210,19 +216,57 @@ func newHasher(n int, wait time.Duration) *hasher {
 	return &hasher{slots: make(chan struct{}, n), wait: wait}
 }
 
-// do runs fn on a free hasher, or fails with ErrBusy.
-func (h *hasher) do(ctx context.Context, fn func()) error {
+// HashStats is the password-hashing pool as it is now: its size, the
+// hashes running and those waiting for a worker, the most that ever ran
+// at once, and how many ran in all.
+type HashStats struct {
+	Workers int
+	Running int64
+	Waiting int64
+	Peak    int64
+	Total   int64
+}
+
+// HashStats returns the state of the password-hashing pool.
+func (s *Service) HashStats() HashStats {
+	h := s.hasher
+	return HashStats{Workers: cap(h.slots), Running: h.running.Load(), Waiting: h.waiting.Load(), Peak: h.peak.Load(), Total: h.runs.Load()}
+}
+
+// acquire takes a worker, or fails with ErrBusy after the wait.
+func (h *hasher) acquire(ctx context.Context) error {
+	h.waiting.Add(1)
+	defer h.waiting.Add(-1)
 	t := time.NewTimer(h.wait)
 	defer t.Stop()
 	select {
 	case h.slots <- struct{}{}:
+		return nil
 	case <-t.C:
 		return ErrBusy
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// do runs fn on a free hasher, or fails with ErrBusy.
+func (h *hasher) do(ctx context.Context, fn func()) error {
+	if err := h.acquire(ctx); err != nil {
+		return err
+	}
 	defer func() { <-h.slots }()
+	n := h.running.Add(1)
+	defer h.running.Add(-1)
+	for {
+		p := h.peak.Load()
+		if n <= p || h.peak.CompareAndSwap(p, n) {
+			break
+		}
+	}
 	h.runs.Add(1)
+	if h.gate != nil {
+		h.gate()
+	}
 	fn()
 	return nil
 }

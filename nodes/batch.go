@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes/agentproto"
 )
@@ -305,7 +306,16 @@ func (s *Service) ackActiveGroup(ctx context.Context, group []nodeAcks) []ackOut
 		}
 		return out
 	}
-	matched, err := s.q.WorkAckActive(ctx, s.pool, p)
+	// One statement, its own transaction; the items of many nodes may
+	// meet another writer's locks in another order, so a deadlock runs it
+	// again (it is idempotent: setting active what is active changes
+	// nothing the fence looks at).
+	var matched []dbsqlc.WorkAckActiveRow
+	err := db.Retry(ctx, func(int) error {
+		var err error
+		matched, err = s.q.WorkAckActive(ctx, s.pool, p)
+		return err
+	})
 	if err != nil {
 		return fail(err)
 	}

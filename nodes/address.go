@@ -6,6 +6,7 @@ import (
 
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes/probe"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 // addressOwner returns the name of another node (not selfID) whose service
@@ -36,9 +37,9 @@ func (s *Service) addressOwner(ctx context.Context, tx dbsqlc.DBTX, selfID int64
 }
 
 // addressInUse is the field error for an address another node has.
-func addressInUse(owner, kind, address string) FieldErrors {
+func addressInUse(owner, kind, address string) problem.FieldErrors {
 	sock, _ := probe.SocketOf(kind, address)
-	return FieldErrors{"address": fmt.Sprintf("node %s already uses this service address (%s); two nodes cannot share one service socket", owner, sock.Key())}
+	return problem.FieldErrors{"address": fmt.Sprintf("node %s already uses this service address (%s); two nodes cannot share one service socket", owner, sock.Key())}
 }
 
 // RunCommand is the command that starts a node's agent once it has

@@ -3,7 +3,6 @@ package nodes
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/dbsqlc"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 // AlertFilter selects alerts for the API; Cursor is the last id of the
@@ -50,9 +50,9 @@ func (s *Service) AckAlert(ctx context.Context, actor Actor, id int64, note stri
 	note = strings.TrimSpace(note)
 	switch {
 	case note == "":
-		return dbsqlc.Alert{}, FieldErrors{"note": "say what is being done about it"}
+		return dbsqlc.Alert{}, problem.FieldErrors{"note": "say what is being done about it"}
 	case len(note) > 1000:
-		return dbsqlc.Alert{}, FieldErrors{"note": "note must be at most 1000 characters"}
+		return dbsqlc.Alert{}, problem.FieldErrors{"note": "note must be at most 1000 characters"}
 	}
 	var a dbsqlc.Alert
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
@@ -70,7 +70,7 @@ func (s *Service) AckAlert(ctx context.Context, actor Actor, id int64, note stri
 			return fmt.Errorf("alert %d was acknowledged by %s already: %w", id, cur.AckedBy, ErrConflict)
 		}
 		n, err := s.q.NodeGetByName(ctx, tx, cur.NodeName)
-		if errors.Is(err, pgx.ErrNoRows) || (err == nil && (n.Health != HealthDown || n.HealthChangedAt.After(cur.CreatedAt))) {
+		if db.IsNotFound(err) || (err == nil && (n.Health != HealthDown || n.HealthChangedAt.After(cur.CreatedAt))) {
 			return ErrNotAcknowledgeable
 		}
 		if err != nil {
@@ -98,7 +98,7 @@ type Ack struct {
 // since it went down, if any.
 func (s *Service) AckSince(ctx context.Context, q dbsqlc.DBTX, nodeName string, since time.Time) (Ack, bool, error) {
 	row, err := s.q.AlertAckSince(ctx, q, dbsqlc.AlertAckSinceParams{NodeName: nodeName, Since: since})
-	if errors.Is(err, pgx.ErrNoRows) {
+	if db.IsNotFound(err) {
 		return Ack{}, false, nil
 	}
 	if err != nil || row.AckedAt == nil {
@@ -115,7 +115,7 @@ func (s *Service) DownAlert(ctx context.Context, n dbsqlc.Node) (*dbsqlc.Alert, 
 		return nil, nil
 	}
 	a, err := s.q.AlertLastDown(ctx, s.pool, dbsqlc.AlertLastDownParams{NodeName: n.Name, Since: n.HealthChangedAt})
-	if errors.Is(err, pgx.ErrNoRows) {
+	if db.IsNotFound(err) {
 		return nil, nil
 	}
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes/agentproto"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 // MaxBatch bounds the items of one batch placement.
@@ -43,6 +44,9 @@ func (e BatchItemErrors) Error() string {
 	return fmt.Sprintf("%d %s invalid: %s%s", len(idx), noun, strings.Join(parts, "; "), more)
 }
 
+// Is makes BatchItemErrors of kind problem.ErrInvalid.
+func (e BatchItemErrors) Is(target error) bool { return target == problem.ErrInvalid }
+
 // DuplicateRefsError names the refs of a batch that appear more than once
 // in it or already exist. It wraps ErrConflict; the batch wrote nothing.
 type DuplicateRefsError struct {
@@ -64,9 +68,9 @@ func (e *DuplicateRefsError) Unwrap() error { return ErrConflict }
 func ValidateWorkBatch(items []WorkInput) error {
 	switch {
 	case len(items) == 0:
-		return FieldErrors{"items": "a batch needs at least one item"}
+		return problem.FieldErrors{"items": "a batch needs at least one item"}
 	case len(items) > MaxBatch:
-		return FieldErrors{"items": fmt.Sprintf("a batch holds at most %d items", MaxBatch)}
+		return problem.FieldErrors{"items": fmt.Sprintf("a batch holds at most %d items", MaxBatch)}
 	}
 	bad := BatchItemErrors{}
 	for i, in := range items {
@@ -123,9 +127,9 @@ type AckResult struct {
 func (s *Service) AckBatch(ctx context.Context, nodeID int64, acks []agentproto.Ack) ([]AckResult, error) {
 	switch {
 	case len(acks) == 0:
-		return nil, FieldErrors{"acks": "a batch needs at least one ack"}
+		return nil, problem.FieldErrors{"acks": "a batch needs at least one ack"}
 	case len(acks) > agentproto.MaxAckBatch:
-		return nil, FieldErrors{"acks": fmt.Sprintf("a batch holds at most %d acks", agentproto.MaxAckBatch)}
+		return nil, problem.FieldErrors{"acks": fmt.Sprintf("a batch holds at most %d acks", agentproto.MaxAckBatch)}
 	}
 	res := make([]AckResult, len(acks))
 	var p dbsqlc.WorkAckBatchParams
@@ -137,9 +141,9 @@ func (s *Service) AckBatch(ctx context.Context, nodeID int64, acks []agentproto.
 		res[i].ID = a.ID
 		switch {
 		case !slices.Contains([]string{WorkActive, "failed", WorkEnded}, a.State):
-			res[i].Err = FieldErrors{"state": "state must be active, failed or ended"}
+			res[i].Err = problem.FieldErrors{"state": "state must be active, failed or ended"}
 		case seen[a.ID]:
-			res[i].Err = FieldErrors{"id": "assignment " + strconv.FormatInt(a.ID, 10) + " is acked twice in this batch"}
+			res[i].Err = problem.FieldErrors{"id": "assignment " + strconv.FormatInt(a.ID, 10) + " is acked twice in this batch"}
 		default:
 			seen[a.ID] = true
 			p.Ids = append(p.Ids, a.ID)

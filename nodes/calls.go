@@ -248,19 +248,6 @@ func (s *Service) CallSettings(ctx context.Context) (map[string]string, error) {
 	return out, nil
 }
 
-// SaveCallSettings stores sip_* settings (already validated by the
-// caller) and audits the change, in one transaction.
-func (s *Service) SaveCallSettings(ctx context.Context, actor Actor, values map[string]string) error {
-	return s.inTx(ctx, func(tx pgx.Tx) error {
-		for k, v := range values {
-			if err := s.q.SettingUpsert(ctx, tx, dbsqlc.SettingUpsertParams{Key: k, Value: v, UpdatedBy: actor.Name}); err != nil {
-				return err
-			}
-		}
-		return s.audit(ctx, tx, actor, "sip.settings", "sip", fmt.Sprint(values))
-	})
-}
-
 // CallStats is what the portal's Calls view shows.
 type CallStats struct {
 	Nodes    []dbsqlc.SipCallLiveByNodeRow

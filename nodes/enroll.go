@@ -13,6 +13,7 @@ import (
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes/probe"
+	"github.com/callplane/callplane/nodes/problem"
 	"github.com/callplane/callplane/nodes/safetext"
 )
 
@@ -38,7 +39,7 @@ type JoinToken struct {
 var ErrEnrolled = errors.New("the node's agent has already enrolled")
 
 // CreateJoinToken creates a one-time join token for a registered node
-// whose agent has not enrolled yet (FieldErrors{"node"} otherwise).
+// whose agent has not enrolled yet (problem.FieldErrors{"node"} otherwise).
 func (s *Service) CreateJoinToken(ctx context.Context, actor Actor, nodeName string, ttl time.Duration) (JoinToken, error) {
 	return s.createJoinToken(ctx, actor, nodeName, ttl, false)
 }
@@ -55,7 +56,7 @@ func (s *Service) createJoinToken(ctx context.Context, actor Actor, nodeName str
 		ttl = DefaultTokenTTL
 	}
 	if ttl < time.Minute || ttl > MaxTokenTTL {
-		return JoinToken{}, FieldErrors{"ttl": "lifetime must be between 1m and 168h (7 days)"}
+		return JoinToken{}, problem.FieldErrors{"ttl": "lifetime must be between 1m and 168h (7 days)"}
 	}
 	var jt JoinToken
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
@@ -66,7 +67,7 @@ func (s *Service) createJoinToken(ctx context.Context, actor Actor, nodeName str
 		detail := ""
 		if n.EnrolledAt != nil {
 			if !replace {
-				return FieldErrors{"replace": "the agent of " + n.Name + " has already enrolled: a new token would replace it, so say so explicitly (replace the agent)"}
+				return problem.FieldErrors{"replace": "the agent of " + n.Name + " has already enrolled: a new token would replace it, so say so explicitly (replace the agent)"}
 			}
 			detail = " replaces the enrolled agent"
 		}
@@ -281,7 +282,7 @@ func (s *Service) RequestRotation(ctx context.Context, actor Actor, nodeName str
 			return fmt.Errorf("node %q: %w", nodeName, db.Translate(err))
 		}
 		if n.EnrolledAt == nil {
-			return FieldErrors{"node": "the node has no agent enrolled yet"}
+			return problem.FieldErrors{"node": "the node has no agent enrolled yet"}
 		}
 		if _, err := s.q.NodeSetRotateRequested(ctx, tx, dbsqlc.NodeSetRotateRequestedParams{ID: n.ID, RotateRequested: true}); err != nil {
 			return err
@@ -351,7 +352,7 @@ func (s *Service) CreateScopedAPIToken(ctx context.Context, actor Actor, in APIT
 	if in.Scope == "" {
 		in.Scope = ScopeAdmin
 	}
-	fe := FieldErrors{}
+	fe := problem.FieldErrors{}
 	if in.Name == "" || len(in.Name) > 100 {
 		fe.Add("name", "name is required (at most 100 characters)")
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/callplane/callplane/db/dbsqlc"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 // Histories the portal charts and pages it reads. The samples are written
@@ -152,7 +153,7 @@ var Severities = []string{"info", "warning", "critical"}
 // EventPage returns one page of events.
 func (s *Service) EventPage(ctx context.Context, f EventFilter, p Page) ([]dbsqlc.EventPageRow, error) {
 	if f.Severity != "" && !slices.Contains(Severities, f.Severity) {
-		return nil, FieldErrors{"severity": "severity must be one of " + strings.Join(Severities, ", ")}
+		return nil, problem.FieldErrors{"severity": "severity must be one of " + strings.Join(Severities, ", ")}
 	}
 	return s.q.EventPage(ctx, s.pool, dbsqlc.EventPageParams{
 		Sort: p.Sort, NodeName: f.Node, Severity: f.Severity, Q: f.Q,
@@ -169,7 +170,7 @@ var AuditResults = []string{"ok", "error", "throttled"}
 // AuditPage returns one page of the audit log.
 func (s *Service) AuditPage(ctx context.Context, q, result string, p Page) ([]dbsqlc.AuditPageRow, error) {
 	if result != "" && !slices.Contains(AuditResults, result) {
-		return nil, FieldErrors{"result": "result must be one of " + strings.Join(AuditResults, ", ")}
+		return nil, problem.FieldErrors{"result": "result must be one of " + strings.Join(AuditResults, ", ")}
 	}
 	return s.q.AuditPage(ctx, s.pool, dbsqlc.AuditPageParams{
 		Sort: p.Sort, Result: result, Q: q, AfterID: p.AfterID, Descending: p.Desc, AfterKey: p.AfterKey, Lim: p.limit(),
@@ -180,7 +181,7 @@ func (s *Service) AuditPage(ctx context.Context, q, result string, p Page) ([]db
 var WorkSorts = []string{"time", "ref", "kind", "cost", "state", "node", "epoch", "updated"}
 
 // WorkPage returns one page of work items; an unknown node name is
-// ErrNotFound and a bad kind or state a FieldErrors.
+// ErrNotFound and a bad kind or state a problem.FieldErrors.
 func (s *Service) WorkPage(ctx context.Context, f WorkFilter, p Page) ([]dbsqlc.WorkPageRow, error) {
 	nodeID, err := s.workFilterNode(ctx, f)
 	if err != nil {

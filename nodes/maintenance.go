@@ -11,6 +11,7 @@ import (
 
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/dbsqlc"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 // Limits on maintenance windows.
@@ -31,7 +32,7 @@ type MaintenanceInput struct {
 }
 
 func validateMaintenance(in MaintenanceInput, now time.Time) (MaintenanceInput, error) {
-	fe := FieldErrors{}
+	fe := problem.FieldErrors{}
 	in.Reason = strings.TrimSpace(in.Reason)
 	if in.Start.IsZero() {
 		in.Start = now

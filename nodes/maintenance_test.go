@@ -3,6 +3,8 @@ package nodes
 import (
 	"testing"
 	"time"
+
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 func TestInForce(t *testing.T) {
@@ -51,7 +53,7 @@ func TestValidateMaintenance(t *testing.T) {
 		{MaintenanceInput{Start: now.Add(24 * time.Hour), End: now.Add(25 * time.Hour), Reason: "later"}, ""},
 	} {
 		got, err := validateMaintenance(c.in, now)
-		fe, _ := err.(FieldErrors)
+		fe, _ := err.(problem.FieldErrors)
 		switch {
 		case c.field == "" && err != nil:
 			t.Errorf("%+v: %v", c.in, err)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/dbsqlc"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 // MaxWorkCost bounds the cost of one work item.
@@ -47,8 +48,8 @@ type Placement struct {
 }
 
 // ValidateWork checks a work request.
-func ValidateWork(in WorkInput) FieldErrors {
-	fe := FieldErrors{}
+func ValidateWork(in WorkInput) problem.FieldErrors {
+	fe := problem.FieldErrors{}
 	if _, ok := NodeKindFor(in.Kind); !ok {
 		fe.Add("kind", "kind must be one of "+strings.Join(WorkKinds, ", "))
 	}

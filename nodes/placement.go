@@ -13,6 +13,7 @@ import (
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes/agentproto"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 // notifyCommitted wakes the long-polls of a node whose assignments a
@@ -127,7 +128,7 @@ func (s *Service) Version(ctx context.Context, nodeID int64) (int64, error) {
 func (s *Service) Ack(ctx context.Context, nodeID int64, in agentproto.Ack) error {
 	workID, epoch, state := in.ID, in.Epoch, in.State
 	if !slices.Contains([]string{WorkActive, "failed", WorkEnded}, state) {
-		return FieldErrors{"state": "state must be active, failed or ended"}
+		return problem.FieldErrors{"state": "state must be active, failed or ended"}
 	}
 	if state == WorkActive {
 		// The common ack, one per assignment: the node's load does not
@@ -212,7 +213,7 @@ type WorkFilter struct {
 	Limit int32
 }
 
-// workFilterNode checks a work filter's kind and state (FieldErrors) and
+// workFilterNode checks a work filter's kind and state (problem.FieldErrors) and
 // resolves its node name to an id (0 for none; ErrNotFound if unknown).
 func (s *Service) workFilterNode(ctx context.Context, f WorkFilter) (int64, error) {
 	var nodeID int64
@@ -224,10 +225,10 @@ func (s *Service) workFilterNode(ctx context.Context, f WorkFilter) (int64, erro
 		nodeID = n.ID
 	}
 	if f.Kind != "" && !slices.Contains(WorkKinds, f.Kind) {
-		return 0, FieldErrors{"kind": "kind must be one of " + strings.Join(WorkKinds, ", ")}
+		return 0, problem.FieldErrors{"kind": "kind must be one of " + strings.Join(WorkKinds, ", ")}
 	}
 	if f.State != "" && !slices.Contains(WorkStates, f.State) {
-		return 0, FieldErrors{"state": "state must be one of " + strings.Join(WorkStates, ", ")}
+		return 0, problem.FieldErrors{"state": "state must be one of " + strings.Join(WorkStates, ", ")}
 	}
 	return nodeID, nil
 }

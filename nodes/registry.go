@@ -16,6 +16,7 @@ import (
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes/probe"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 // Limits on node fields.
@@ -45,8 +46,8 @@ type nodeFields struct {
 
 // Validate checks a node input; editing skips the name and kind, which
 // cannot change. It is the one validation the portal, CLI and API share.
-func Validate(in NodeInput, editing bool) (nodeFields, FieldErrors) {
-	fe := FieldErrors{}
+func Validate(in NodeInput, editing bool) (nodeFields, problem.FieldErrors) {
+	fe := problem.FieldErrors{}
 	var f nodeFields
 	if !editing {
 		switch {
@@ -133,7 +134,7 @@ func (s *Service) AddNode(ctx context.Context, actor Actor, in NodeInput) (dbsql
 		})
 		if err != nil {
 			if errors.Is(db.Translate(err), db.ErrConflict) {
-				return FieldErrors{"name": fmt.Sprintf("a node named %q already exists", in.Name)}
+				return problem.Taken("name", fmt.Sprintf("a node named %q already exists", in.Name))
 			}
 			return err
 		}
@@ -286,9 +287,9 @@ func (s *Service) PreviewChange(ctx context.Context, name string, a Action) (Imp
 		ActionRemove: ActionRemove, ActionCapacity: ActionCapacity}[a.Action]
 	switch {
 	case target == "":
-		return Impact{}, FieldErrors{"action": "action must be one of enable, drain, disable, remove, capacity"}
+		return Impact{}, problem.FieldErrors{"action": "action must be one of enable, drain, disable, remove, capacity"}
 	case a.Action == ActionCapacity && (a.Capacity <= 0 || a.Capacity > MaxCapacity):
-		return Impact{}, FieldErrors{"capacity": fmt.Sprintf("capacity must be between 1 and %d", MaxCapacity)}
+		return Impact{}, problem.FieldErrors{"capacity": fmt.Sprintf("capacity must be between 1 and %d", MaxCapacity)}
 	}
 	im := Impact{NodeName: name, Action: a.Action, Target: target}
 	if a.Action == ActionCapacity {
@@ -351,7 +352,7 @@ func (s *Service) SetAdminState(ctx context.Context, actor Actor, name, state st
 // setAdminStateTx is SetAdminState's transaction, shared with PreviewChange.
 func (s *Service) setAdminStateTx(ctx context.Context, tx pgx.Tx, actor Actor, name, state string) (dbsqlc.Node, MoveResult, error) {
 	if !slices.Contains(AdminStates, state) {
-		return dbsqlc.Node{}, MoveResult{}, FieldErrors{"state": "state must be enabled, draining or disabled"}
+		return dbsqlc.Node{}, MoveResult{}, problem.FieldErrors{"state": "state must be enabled, draining or disabled"}
 	}
 	old, err := s.q.NodeGetByNameForUpdate(ctx, tx, name)
 	if err != nil {
@@ -452,7 +453,7 @@ func (s *Service) ClearHold(ctx context.Context, actor Actor, name string) (dbsq
 			return fmt.Errorf("node %q: %w", name, db.Translate(err))
 		}
 		if !old.Flapping && old.HoldUntil == nil {
-			return FieldErrors{"node": fmt.Sprintf("node %s is not held", name)}
+			return problem.FieldErrors{"node": fmt.Sprintf("node %s is not held", name)}
 		}
 		if n, err = s.q.NodeClearHold(ctx, tx, dbsqlc.NodeClearHoldParams{ID: old.ID, UpdatedBy: actor.Name}); err != nil {
 			return err
@@ -471,7 +472,7 @@ func (s *Service) ClearHold(ctx context.Context, actor Actor, name string) (dbsq
 			fmt.Sprintf("Node %s: flap hold (until %s) cleared by %s; it comes up once its checks pass", n.Name, until, actor.Name))
 	})
 	if err != nil {
-		var fe FieldErrors
+		var fe problem.FieldErrors
 		if errors.As(err, &fe) {
 			s.AuditFailure(ctx, actor, "node.hold.clear", name, err)
 		}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/dbsqlc"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 // Retention settings: how long history is kept before the leader prunes
@@ -119,7 +120,7 @@ func (s *Service) Retention(ctx context.Context) (Retention, error) {
 
 // SaveRetention validates and stores the retention periods of form (keys
 // RetentionKeys, values such as "90d" or "36h") with an audit row, in one
-// transaction. Invalid input is FieldErrors naming each field and saves
+// transaction. Invalid input is problem.FieldErrors naming each field and saves
 // nothing.
 func (s *Service) SaveRetention(ctx context.Context, actor Actor, form map[string]string) (Retention, error) {
 	cur, err := s.Retention(ctx)
@@ -127,7 +128,7 @@ func (s *Service) SaveRetention(ctx context.Context, actor Actor, form map[strin
 		return nil, err
 	}
 	next := Retention{}
-	fe := FieldErrors{}
+	fe := problem.FieldErrors{}
 	for _, k := range RetentionKeys {
 		v, ok := form[k]
 		if !ok || strings.TrimSpace(v) == "" {

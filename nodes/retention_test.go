@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 func TestRetentionSettings(t *testing.T) {
@@ -15,7 +16,7 @@ func TestRetentionSettings(t *testing.T) {
 	if err != nil || r[nodes.KeyRetentionAudit] != 365*24*time.Hour || r[nodes.KeyRetentionProbes] != time.Hour {
 		t.Fatalf("defaults: %v %v", r, err)
 	}
-	var fe nodes.FieldErrors
+	var fe problem.FieldErrors
 	_, err = e.svc.SaveRetention(e.ctx, actor, map[string]string{nodes.KeyRetentionEvents: "soon", nodes.KeyRetentionAudit: "1m"})
 	if !errors.As(err, &fe) || fe[nodes.KeyRetentionEvents] == "" || fe[nodes.KeyRetentionAudit] == "" {
 		t.Fatalf("bad input: %v", err)

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -15,6 +14,7 @@ import (
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/accounts"
+	"github.com/callplane/callplane/nodes/problem"
 	"github.com/callplane/callplane/web"
 )
 
@@ -221,11 +221,6 @@ func (s *Server) apiNodeAdd(w http.ResponseWriter, r *http.Request) {
 	}
 	n, err := s.nodes.AddNode(r.Context(), callerFrom(r.Context()), in)
 	if err != nil {
-		var fe nodes.FieldErrors
-		if errors.As(err, &fe) && strings.Contains(fe["name"], "already exists") {
-			writeJSON(w, http.StatusConflict, map[string]string{"error": fe.Error()})
-			return
-		}
 		writeError(w, err)
 		return
 	}
@@ -293,7 +288,7 @@ func (s *Server) apiWorkCreateBatch(w http.ResponseWriter, r *http.Request, raw 
 		writeJSON(w, http.StatusConflict, map[string]any{"error": dup.Error(), "refs": dup.Refs})
 		return
 	case err != nil:
-		if status, _ := web.StatusOf(err); status == http.StatusInternalServerError {
+		if problem.HTTPStatus(err) == http.StatusInternalServerError {
 			s.log.Error("place work batch", "items", len(items), "err", err)
 		}
 		writeError(w, err)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 func maintUntil(n dbsqlc.Node) *time.Time {
@@ -85,7 +86,7 @@ func (s *Server) apiNodeRemove(w http.ResponseWriter, r *http.Request) {
 	if v := r.URL.Query().Get("move_work"); v != "" {
 		b, err := strconv.ParseBool(v)
 		if err != nil {
-			writeError(w, nodes.FieldErrors{"move_work": "move_work must be true or false"})
+			writeError(w, problem.FieldErrors{"move_work": "move_work must be true or false"})
 			return
 		}
 		move = b
@@ -121,7 +122,7 @@ func (s *Server) apiNodePreview(w http.ResponseWriter, r *http.Request) {
 	switch req.Action {
 	case nodes.ActionDisable, nodes.ActionDrain, nodes.ActionRemove, nodes.ActionCapacity:
 	default:
-		writeError(w, nodes.FieldErrors{"action": "action must be disable, drain, remove or capacity"})
+		writeError(w, problem.FieldErrors{"action": "action must be disable, drain, remove or capacity"})
 		return
 	}
 	im, err := s.nodes.PreviewChange(r.Context(), chi.URLParam(r, "name"), nodes.Action{Action: req.Action, Capacity: req.Capacity})
@@ -189,7 +190,7 @@ func queryLimit(r *http.Request, def, max int32) (int32, error) {
 	}
 	n, err := strconv.Atoi(v)
 	if err != nil || n < 1 || n > int(max) {
-		return 0, nodes.FieldErrors{"limit": "limit must be a whole number from 1 to " + strconv.Itoa(int(max))}
+		return 0, problem.FieldErrors{"limit": "limit must be a whole number from 1 to " + strconv.Itoa(int(max))}
 	}
 	return int32(n), nil
 }

@@ -11,7 +11,8 @@ import (
 
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
-	"github.com/callplane/callplane/nodes/health"
+	"github.com/callplane/callplane/nodes/problem"
+	"github.com/callplane/callplane/nodes/settings"
 )
 
 // MaintenanceJSON is a maintenance window.
@@ -81,7 +82,7 @@ func (s *Server) apiMaintenanceAdd(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	in := nodes.MaintenanceInput{Reason: req.Reason}
-	fe := nodes.FieldErrors{}
+	fe := problem.FieldErrors{}
 	if req.Start != "" {
 		t, err := time.Parse(time.RFC3339, req.Start)
 		if err != nil {
@@ -112,7 +113,7 @@ func (s *Server) apiMaintenanceAdd(w http.ResponseWriter, r *http.Request) {
 func (s *Server) apiMaintenanceCancel(w http.ResponseWriter, r *http.Request) {
 	id, err := strconv.ParseInt(chi.URLParam(r, "id"), 10, 64)
 	if err != nil || id <= 0 {
-		writeError(w, nodes.FieldErrors{"id": "id must be a maintenance window number"})
+		writeError(w, problem.FieldErrors{"id": "id must be a maintenance window number"})
 		return
 	}
 	m, err := s.nodes.CancelMaintenance(r.Context(), callerFrom(r.Context()), id)
@@ -176,13 +177,13 @@ func (s *Server) apiJoinTokenCreate(w http.ResponseWriter, r *http.Request) {
 	if req.TTL != "" {
 		d, err := time.ParseDuration(req.TTL)
 		if err != nil {
-			writeError(w, nodes.FieldErrors{"ttl": "ttl must be a duration such as 1h"})
+			writeError(w, problem.FieldErrors{"ttl": "ttl must be a duration such as 1h"})
 			return
 		}
 		ttl = d
 	}
 	if req.Node == "" {
-		writeError(w, nodes.FieldErrors{"node": "node is required"})
+		writeError(w, problem.FieldErrors{"node": "node is required"})
 		return
 	}
 	if req.StateDir == "" {
@@ -250,7 +251,7 @@ func (s *Server) apiAPITokenCreate(w http.ResponseWriter, r *http.Request) {
 	if req.TTL != "" {
 		d, err := time.ParseDuration(req.TTL)
 		if err != nil || d <= 0 {
-			writeError(w, nodes.FieldErrors{"ttl": "ttl must be a positive duration such as 720h"})
+			writeError(w, problem.FieldErrors{"ttl": "ttl must be a positive duration such as 720h"})
 			return
 		}
 		in.TTL = d
@@ -310,7 +311,7 @@ func page[T any](w http.ResponseWriter, key string, rows []T, limit int32, idOf 
 // pageParams reads ?cursor=, ?limit=, ?since= and ?until= (RFC 3339).
 func pageParams(r *http.Request) (cursor int64, limit int32, since, until time.Time, err error) {
 	q := r.URL.Query()
-	fe := nodes.FieldErrors{}
+	fe := problem.FieldErrors{}
 	if v := q.Get("cursor"); v != "" {
 		if cursor, err = strconv.ParseInt(v, 10, 64); err != nil || cursor < 0 {
 			fe.Add("cursor", "cursor must be the next_cursor of the previous page")
@@ -449,7 +450,7 @@ func (s *Server) apiAlerts(w http.ResponseWriter, r *http.Request) {
 func (s *Server) apiAlertAck(w http.ResponseWriter, r *http.Request) {
 	id, err := strconv.ParseInt(chi.URLParam(r, "id"), 10, 64)
 	if err != nil || id <= 0 {
-		writeError(w, nodes.FieldErrors{"id": "id must be an alert number"})
+		writeError(w, problem.FieldErrors{"id": "id must be an alert number"})
 		return
 	}
 	var req struct {
@@ -476,7 +477,7 @@ func (s *Server) apiSettings(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	v := st.Values()
-	v[health.KeySMTPURL] = st.SMTPRedacted()
+	v[settings.KeySMTPURL] = st.SMTPRedacted()
 	writeJSON(w, http.StatusOK, map[string]any{"settings": v})
 }
 
@@ -484,7 +485,7 @@ func (s *Server) apiSettings(w http.ResponseWriter, r *http.Request) {
 func (s *Server) apiSettingsSave(w http.ResponseWriter, r *http.Request) {
 	var req map[string]string
 	if err := readJSON(r, &req); err != nil {
-		writeError(w, nodes.FieldErrors{"body": "send a JSON object of setting names to string values"})
+		writeError(w, problem.FieldErrors{"body": "send a JSON object of setting names to string values"})
 		return
 	}
 	cur, err := s.settings.Load(r.Context())
@@ -493,8 +494,8 @@ func (s *Server) apiSettingsSave(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	v := cur.Values()
-	v[health.KeySMTPURL] = cur.SMTPRedacted()
-	fe := nodes.FieldErrors{}
+	v[settings.KeySMTPURL] = cur.SMTPRedacted()
+	fe := problem.FieldErrors{}
 	for k, val := range req {
 		if _, ok := v[k]; !ok {
 			fe.Add(k, "unknown setting")
@@ -512,7 +513,7 @@ func (s *Server) apiSettingsSave(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := st.Values()
-	out[health.KeySMTPURL] = st.SMTPRedacted()
+	out[settings.KeySMTPURL] = st.SMTPRedacted()
 	writeJSON(w, http.StatusOK, map[string]any{"settings": out})
 }
 
@@ -561,7 +562,7 @@ func (s *Server) apiUserAdd(w http.ResponseWriter, r *http.Request) {
 func (s *Server) apiUserEdit(w http.ResponseWriter, r *http.Request) {
 	id, err := strconv.ParseInt(chi.URLParam(r, "id"), 10, 64)
 	if err != nil || id <= 0 {
-		writeError(w, nodes.FieldErrors{"id": "id must be a user number"})
+		writeError(w, problem.FieldErrors{"id": "id must be a user number"})
 		return
 	}
 	var req struct {
@@ -573,7 +574,7 @@ func (s *Server) apiUserEdit(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.Role == nil && req.Disabled == nil {
-		writeError(w, nodes.FieldErrors{"body": "give role and/or disabled"})
+		writeError(w, problem.FieldErrors{"body": "give role and/or disabled"})
 		return
 	}
 	c := callerOf(r)
@@ -604,7 +605,7 @@ func queryBool(r *http.Request, key string) (bool, error) {
 	}
 	b, err := strconv.ParseBool(v)
 	if err != nil {
-		return false, nodes.FieldErrors{key: key + " must be true or false"}
+		return false, problem.FieldErrors{key: key + " must be true or false"}
 	}
 	return b, nil
 }

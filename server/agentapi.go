@@ -12,6 +12,7 @@ import (
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/agentproto"
+	"github.com/callplane/callplane/nodes/problem"
 	"github.com/callplane/callplane/server/metrics"
 	"github.com/callplane/callplane/web"
 )
@@ -227,7 +228,7 @@ func (s *Server) ackBatch(w http.ResponseWriter, r *http.Request) {
 	}
 	res, err := s.nodes.AckBatch(r.Context(), a.NodeID, req.Acks)
 	if err != nil {
-		if status, _ := web.StatusOf(err); status == http.StatusInternalServerError {
+		if problem.HTTPStatus(err) == http.StatusInternalServerError {
 			s.log.Error("ack batch", "node", a.Name, "acks", len(req.Acks), "err", err)
 		}
 		writeError(w, err)
@@ -237,7 +238,7 @@ func (s *Server) ackBatch(w http.ResponseWriter, r *http.Request) {
 	for i, x := range res {
 		out.Results[i] = agentproto.AckResult{ID: x.ID, OK: x.Err == nil}
 		if x.Err != nil {
-			out.Results[i].Status, out.Results[i].Error = web.StatusOf(x.Err)
+			out.Results[i].Status, out.Results[i].Error = problem.HTTPStatus(x.Err), problem.Message(x.Err)
 		}
 	}
 	writeJSON(w, http.StatusOK, out)

@@ -20,6 +20,8 @@ import (
 	"github.com/callplane/callplane/nodes/agent"
 	"github.com/callplane/callplane/nodes/health"
 	"github.com/callplane/callplane/nodes/probe"
+	"github.com/callplane/callplane/nodes/problem"
+	"github.com/callplane/callplane/nodes/settings"
 	"github.com/callplane/callplane/server"
 	"github.com/callplane/callplane/server/servertest"
 )
@@ -27,7 +29,7 @@ import (
 // save stores settings over the test's defaults.
 func (env *healthEnv) save(t *testing.T, over map[string]string) {
 	t.Helper()
-	store := health.NewStore(env.pool, health.Defaults{}, "https://portal.example", nil)
+	store := health.NewStore(env.pool, settings.Defaults{}, "https://portal.example", nil)
 	cur, err := store.Load(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -64,7 +66,7 @@ func subjects(env *healthEnv) string {
 func TestStaleHeartbeatWithPassingProbeIsAgentLost(t *testing.T) {
 	t.Parallel()
 	env := setupHealth(t)
-	env.save(t, map[string]string{health.KeyAgentLostGrace: "1s"})
+	env.save(t, map[string]string{settings.KeyAgentLostGrace: "1s"})
 	ep1 := probeEndpoint(t, probe.KindMedia, "127.0.0.1:0")
 	ep2 := probeEndpoint(t, probe.KindMedia, "127.0.0.1:0")
 	in := env.start(t, "cm-a")
@@ -125,7 +127,7 @@ func TestStaleHeartbeatWithPassingProbeIsAgentLost(t *testing.T) {
 func TestHeartbeatStalenessCountsOnlyAfterTheGrace(t *testing.T) {
 	t.Parallel()
 	env := setupHealth(t)
-	env.save(t, map[string]string{health.KeyHeartbeatStale: "3s"})
+	env.save(t, map[string]string{settings.KeyHeartbeatStale: "3s"})
 	ctx := context.Background()
 	log := slog.New(slog.DiscardHandler)
 	ep := probeEndpoint(t, probe.KindMedia, "127.0.0.1:0")
@@ -144,7 +146,7 @@ func TestHeartbeatStalenessCountsOnlyAfterTheGrace(t *testing.T) {
 	go lead.Run(lctx)
 	var epoch int64
 	waitWithin(t, "leadership", 10*time.Second, func() bool { var ok bool; epoch, ok = lead.Epoch(); return ok })
-	store := health.NewStore(env.pool, health.Defaults{}, "", log)
+	store := health.NewStore(env.pool, settings.Defaults{}, "", log)
 	st, err := store.Load(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -344,7 +346,7 @@ func TestHeartbeatOfDisabledNodeIsAccepted(t *testing.T) {
 func TestFlapHoldCountsTransitionsAndAdminClearsIt(t *testing.T) {
 	t.Parallel()
 	env := setupHealth(t)
-	env.save(t, map[string]string{health.KeyFlapLimit: "3", health.KeyFlapWindow: "10m"})
+	env.save(t, map[string]string{settings.KeyFlapLimit: "3", settings.KeyFlapWindow: "10m"})
 	ep := probeEndpoint(t, probe.KindMedia, "127.0.0.1:0")
 	ep2 := probeEndpoint(t, probe.KindMedia, "127.0.0.1:0")
 	in := env.start(t, "cm-a")
@@ -425,7 +427,7 @@ func TestNeverEnrolledNodeStaysPendingAndAddressesAreUnique(t *testing.T) {
 	ctx := context.Background()
 	for _, addr := range []string{ep.Address(), "sip:" + ep.Address() + ";transport=udp"} {
 		_, err := in.Nodes().AddNode(ctx, nodes.Actor{Name: "test"}, nodes.NodeInput{Name: "media-2", Kind: nodes.KindIVR, Address: addr, Capacity: "5"})
-		var fe nodes.FieldErrors
+		var fe problem.FieldErrors
 		if !errors.As(err, &fe) || !strings.Contains(fe["address"], "node media-1 already uses") {
 			t.Fatalf("second node on %s: %v", addr, err)
 		}
@@ -433,7 +435,7 @@ func TestNeverEnrolledNodeStaysPendingAndAddressesAreUnique(t *testing.T) {
 	other := probeEndpoint(t, probe.KindMedia, "127.0.0.1:0")
 	in.AddNode(t, "media-2", nodes.KindMedia, other.Address(), 10)
 	_, err = in.Nodes().UpdateNode(ctx, nodes.Actor{Name: "test"}, "media-2", nodes.NodeInput{Address: ep.Address(), Capacity: "10"})
-	var fe nodes.FieldErrors
+	var fe problem.FieldErrors
 	if !errors.As(err, &fe) || fe["address"] == "" {
 		t.Fatalf("edit onto another node's address: %v", err)
 	}
@@ -620,7 +622,7 @@ func TestStalledCheckerStepsDown(t *testing.T) {
 	lctx, stop := context.WithCancel(ctx)
 	t.Cleanup(stop)
 	svc := nodes.NewService(env.pool, log)
-	store := health.NewStore(env.pool, health.Defaults{}, "", log)
+	store := health.NewStore(env.pool, settings.Defaults{}, "", log)
 	chk := health.NewChecker(svc, store, lead, log)
 	go lead.Run(lctx)
 	go lead.WhileLeading(lctx, chk.Run)

@@ -22,6 +22,7 @@ import (
 	"github.com/callplane/callplane/nodes/alert/smtptest"
 	"github.com/callplane/callplane/nodes/health"
 	"github.com/callplane/callplane/nodes/probe"
+	"github.com/callplane/callplane/nodes/settings"
 	"github.com/callplane/callplane/server"
 	"github.com/callplane/callplane/server/servertest"
 )
@@ -44,16 +45,16 @@ func setupHealth(t *testing.T) *healthEnv {
 	}
 	t.Cleanup(pool.Close)
 	env.pool = pool
-	v := health.Builtin().Values()
-	v[health.KeyProbeInterval] = "200ms"
-	v[health.KeyProbeTimeout] = "150ms"
-	v[health.KeyFailThreshold] = "2"
-	v[health.KeyRecoverThreshold] = "2"
-	v[health.KeyFlapLimit] = "100"
-	v[health.KeySMTPURL] = env.smtp.URL()
-	v[health.KeyAlertFrom] = "Callplane <alerts@example.com>"
-	v[health.KeyAlertTo] = "ops@example.com"
-	store := health.NewStore(pool, health.Defaults{}, "https://portal.example", nil)
+	v := settings.Builtin().Values()
+	v[settings.KeyProbeInterval] = "200ms"
+	v[settings.KeyProbeTimeout] = "150ms"
+	v[settings.KeyFailThreshold] = "2"
+	v[settings.KeyRecoverThreshold] = "2"
+	v[settings.KeyFlapLimit] = "100"
+	v[settings.KeySMTPURL] = env.smtp.URL()
+	v[settings.KeyAlertFrom] = "Callplane <alerts@example.com>"
+	v[settings.KeyAlertTo] = "ops@example.com"
+	store := health.NewStore(pool, settings.Defaults{}, "https://portal.example", nil)
 	if _, err := store.Save(context.Background(), nodes.Actor{Name: "test"}, v); err != nil {
 		t.Fatalf("save settings: %v", err)
 	}
@@ -541,7 +542,7 @@ func TestPausedExLeaderWriteIsIgnored(t *testing.T) {
 		t.Fatalf("fenced write with the old epoch: %v; want ErrNotLeader", err)
 	}
 	// A whole checker round with the old epoch writes nothing.
-	store := health.NewStore(env.pool, health.Defaults{}, "", log)
+	store := health.NewStore(env.pool, settings.Defaults{}, "", log)
 	st, err := store.Load(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -589,13 +590,13 @@ func TestStillDownNodeFailsOverWhenPolicyTurnsAuto(t *testing.T) {
 	if got := liveWork(t, env.pool, "queue-1"); got != stuck {
 		t.Fatalf("manual policy moved work: %d left of %d", got, stuck)
 	}
-	store := health.NewStore(env.pool, health.Defaults{}, "https://portal.example", nil)
+	store := health.NewStore(env.pool, settings.Defaults{}, "https://portal.example", nil)
 	cur, err := store.Load(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
 	v := cur.Values()
-	v[health.PolicyKey(nodes.KindQueue)] = health.PolicyAuto
+	v[settings.PolicyKey(nodes.KindQueue)] = settings.PolicyAuto
 	if _, err := store.Save(context.Background(), nodes.Actor{Name: "admin@example.com"}, v); err != nil {
 		t.Fatal(err)
 	}

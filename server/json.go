@@ -13,8 +13,8 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/callplane/callplane/nodes/problem"
 	"github.com/callplane/callplane/nodes/safetext"
-	"github.com/callplane/callplane/web"
 )
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -28,14 +28,14 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // A 5xx keeps its cause for the request log (the client sees only a
 // generic message), and a 503 says when to come back.
 func writeError(w http.ResponseWriter, err error) {
-	status, msg := web.StatusOf(err)
+	status := problem.HTTPStatus(err)
 	if status >= 500 {
-		web.RecordCause(w, err)
+		problem.RecordCause(w, err)
 	}
-	if status == http.StatusServiceUnavailable {
-		w.Header().Set("Retry-After", web.RetryAfterSeconds)
+	if s := problem.RetryAfter(err); s > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(s))
 	}
-	writeJSON(w, status, map[string]string{"error": msg})
+	writeJSON(w, status, map[string]string{"error": problem.Message(err)})
 }
 
 // inputError is a request refused at the edge: the status to answer and

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"sync"
 	"time"
@@ -116,7 +115,7 @@ func (l *Leader) Current(ctx context.Context) string {
 // before tx ends. It returns nodes.ErrNotLeader otherwise.
 func (l *Leader) Fence(ctx context.Context, tx pgx.Tx, epoch int64) error {
 	_, err := db.Q.LeaderFence(ctx, tx, dbsqlc.LeaderFenceParams{Holder: l.id, Epoch: epoch})
-	if errors.Is(err, pgx.ErrNoRows) {
+	if db.IsNotFound(err) {
 		return nodes.ErrNotLeader
 	}
 	return err
@@ -156,7 +155,7 @@ func (l *Leader) tick(ctx context.Context) {
 		case err == nil:
 			l.set(epoch)
 			return
-		case errors.Is(err, pgx.ErrNoRows):
+		case db.IsNotFound(err):
 			l.log.Warn("leadership lost", "epoch", epoch)
 			l.set(0)
 		default:
@@ -171,7 +170,7 @@ func (l *Leader) tick(ctx context.Context) {
 	if err == nil {
 		l.log.Info("this instance is now the leader", "epoch", e)
 		l.set(e)
-	} else if !errors.Is(err, pgx.ErrNoRows) && ctx.Err() == nil {
+	} else if !db.IsNotFound(err) && ctx.Err() == nil {
 		l.log.Warn("acquire leader lease", "err", err)
 	}
 }

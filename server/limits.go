@@ -10,9 +10,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/callplane/callplane/nodes"
-	"github.com/callplane/callplane/nodes/accounts"
 	"github.com/callplane/callplane/nodes/agentproto"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 // Body limits. Forms and single JSON objects are small; the batch routes
@@ -221,8 +220,8 @@ func (c *countedConn) Close() error {
 // generic 401 for every bad credential, but the real error (503 while the
 // database is unreachable) when the check itself could not be made.
 func authFailure(err error) error {
-	if errors.Is(err, nodes.ErrUnauthorized) || errors.Is(err, accounts.ErrBadCredentials) {
-		return nodes.ErrUnauthorized
+	if errors.Is(err, problem.ErrUnauthorized) {
+		return problem.ErrUnauthorized
 	}
 	return err
 }

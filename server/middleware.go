@@ -32,7 +32,7 @@ func securityHeaders(next http.Handler) http.Handler {
 // requestLog logs one line per request. It logs the path but never the
 // query string, headers or body, where tokens and credentials travel.
 // Every 5xx is logged at error level with its cause, which handlers hand
-// over through web.RecordCause.
+// over through problem.RecordCause.
 func requestLog(log *slog.Logger) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -71,7 +71,7 @@ type loggedWriter struct {
 	cause error
 }
 
-// RecordCause implements the interface web.RecordCause looks for.
+// RecordCause implements the interface problem.RecordCause looks for.
 func (w *loggedWriter) RecordCause(err error) { w.cause = err }
 
 // Unwrap lets http.ResponseController reach the connection.

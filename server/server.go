@@ -26,6 +26,7 @@ import (
 	"github.com/callplane/callplane/nodes/agentproto"
 	"github.com/callplane/callplane/nodes/health"
 	"github.com/callplane/callplane/nodes/outbox"
+	"github.com/callplane/callplane/nodes/settings"
 	"github.com/callplane/callplane/nodes/sipfront"
 	"github.com/callplane/callplane/web"
 )
@@ -117,7 +118,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		s.close()
 		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
-	s.settings = health.NewStore(s.pool, health.Defaults{SMTPURL: cfg.SMTPURL, AlertFrom: cfg.AlertFrom, AlertTo: cfg.AlertTo}, s.URL(), log)
+	s.settings = health.NewStore(s.pool, settings.Defaults{SMTPURL: cfg.SMTPURL, AlertFrom: cfg.AlertFrom, AlertTo: cfg.AlertTo}, s.URL(), log)
 	checker := health.NewChecker(s.nodes, s.settings, s.leader, log)
 	mailer := outbox.New(outbox.Config{Pool: s.pool, Store: s.settings, Fence: s.leader, Log: log, PortalURL: s.URL()})
 	s.AddBackground(func(ctx context.Context) { s.leader.WhileLeading(ctx, checker.Run) })

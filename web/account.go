@@ -12,6 +12,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/callplane/callplane/nodes/accounts"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 func (h *Handler) setupForm(w http.ResponseWriter, r *http.Request) error {
@@ -40,7 +41,7 @@ func (h *Handler) setupSubmit(w http.ResponseWriter, r *http.Request) error {
 	}
 	v := setupView{Email: r.PostFormValue("email")}
 	_, err = h.Auth.Setup(r.Context(), r.PostFormValue("code"), v.Email, r.PostFormValue("password"), ClientAddr(r))
-	var fe accounts.FieldErrors
+	var fe problem.FieldErrors
 	switch {
 	case errors.As(err, &fe):
 		v.Errors = fe
@@ -194,7 +195,7 @@ func (h *Handler) userAdd(w http.ResponseWriter, r *http.Request) error {
 	me, _ := UserFrom(r.Context())
 	email, role := strings.TrimSpace(r.PostFormValue("email")), r.PostFormValue("role")
 	status := http.StatusOK
-	var fe accounts.FieldErrors
+	var fe problem.FieldErrors
 	_, err := h.Auth.AddUser(r.Context(), me.Email, ClientAddr(r), email, r.PostFormValue("password"), role)
 	if err != nil && !errors.As(err, &fe) {
 		return err
@@ -240,7 +241,7 @@ func (h *Handler) userDisable(disabled bool) appHandler {
 }
 
 func (h *Handler) userChange(w http.ResponseWriter, r *http.Request, err error, notice string) error {
-	var fe accounts.FieldErrors
+	var fe problem.FieldErrors
 	if err != nil && !errors.As(err, &fe) {
 		return err
 	}

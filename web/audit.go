@@ -7,6 +7,7 @@ import (
 
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 type auditView struct {
@@ -41,7 +42,7 @@ func (h *Handler) auditPage(w http.ResponseWriter, r *http.Request) error {
 		return h.endCSV(r, c, err)
 	}
 	rows, err := fetch(p)
-	var fe nodes.FieldErrors
+	var fe problem.FieldErrors
 	switch {
 	case errors.As(err, &fe):
 		v.Err = fe.Error()

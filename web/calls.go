@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/settings"
 	"github.com/callplane/callplane/nodes/sipfront"
 )
 
@@ -15,7 +16,7 @@ import (
 type SIPFront interface {
 	Addr() string
 	Public() string
-	Settings() sipfront.Settings
+	Settings() settings.SIP
 	Stats() *sipfront.Counters
 }
 
@@ -47,7 +48,7 @@ func (h *Handler) callsView(r *http.Request) (callsView, error) {
 	if err != nil {
 		return v, err
 	}
-	cur, _ := sipfront.ParseSettings(stored)
+	cur, _ := settings.ParseSIP(stored)
 	v.Settings = cur.Values()
 	if h.SIP != nil {
 		v.Enabled, v.Listen, v.Public = true, h.SIP.Addr(), h.SIP.Public()
@@ -75,26 +76,23 @@ func (h *Handler) callsSettingsSave(w http.ResponseWriter, r *http.Request) erro
 	if err := r.ParseForm(); err != nil {
 		return errBadRequest
 	}
+	// A field left empty takes its default, shown as such.
 	form := map[string]string{}
-	for _, k := range []string{sipfront.KeyTries, sipfront.KeyTryTimeout, sipfront.KeyMaxDuration} {
+	for _, k := range settings.SIPKeys() {
 		form[k] = strings.TrimSpace(r.PostFormValue(k))
 		if form[k] == "" {
-			form[k] = sipfront.DefaultSettings().Values()[k]
+			form[k] = settings.DefaultSIP().Values()[k]
 		}
 	}
 	ctx := r.Context()
-	_, errs := sipfront.ParseSettings(form)
-	status := http.StatusOK
-	if len(errs) > 0 {
-		fe := nodes.FieldErrors{}
-		for k, m := range errs {
-			fe.Add(k, m)
-		}
-		h.Nodes.AuditFailure(ctx, actor(r), "sip.settings", "sip", fe)
-		status = http.StatusUnprocessableEntity
-	} else if err := h.Nodes.SaveCallSettings(ctx, actor(r), form); err != nil {
+	_, err := h.Settings.SaveSIP(ctx, actor(r), form)
+	fe, status, err := formOutcome(err)
+	switch {
+	case err != nil:
 		return err
-	} else if !isHTMX(r) {
+	case fe != nil:
+		h.Nodes.AuditFailure(ctx, actor(r), "sip.settings", "sip", fe)
+	case !isHTMX(r):
 		http.Redirect(w, r, "/calls", http.StatusSeeOther)
 		return nil
 	}
@@ -102,8 +100,8 @@ func (h *Handler) callsSettingsSave(w http.ResponseWriter, r *http.Request) erro
 	if err != nil {
 		return err
 	}
-	v.Settings, v.Errors = form, errs
-	if len(errs) == 0 {
+	v.Settings, v.Errors = form, fe
+	if fe == nil {
 		v.Notice = "Saved. Every call manager instance applies the new settings within 10 seconds."
 	}
 	if isHTMX(r) {

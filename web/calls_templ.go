@@ -10,7 +10,7 @@ import "github.com/a-h/templ"
 import templruntime "github.com/a-h/templ/runtime"
 
 import (
-	"github.com/callplane/callplane/nodes/sipfront"
+	"github.com/callplane/callplane/nodes/settings"
 	"github.com/callplane/callplane/web/layout"
 )
 
@@ -505,15 +505,15 @@ func callsSettingsForm(v callsView) templ.Component {
 			if templ_7745c5c3_Err != nil {
 				return templ_7745c5c3_Err
 			}
-			templ_7745c5c3_Err = layout.Field("Nodes tried per call (sip_tries)", sipfront.KeyTries, "number", v.Settings[sipfront.KeyTries], v.Errors[sipfront.KeyTries], templ.Attributes{"min": "1", "max": "10"}).Render(ctx, templ_7745c5c3_Buffer)
+			templ_7745c5c3_Err = layout.Field("Nodes tried per call (sip_tries)", settings.KeySIPTries, "number", v.Settings[settings.KeySIPTries], v.Errors[settings.KeySIPTries], templ.Attributes{"min": "1", "max": "10"}).Render(ctx, templ_7745c5c3_Buffer)
 			if templ_7745c5c3_Err != nil {
 				return templ_7745c5c3_Err
 			}
-			templ_7745c5c3_Err = layout.Field("No-response timeout per try (sip_try_timeout)", sipfront.KeyTryTimeout, "text", v.Settings[sipfront.KeyTryTimeout], v.Errors[sipfront.KeyTryTimeout], templ.Attributes{"placeholder": "2s"}).Render(ctx, templ_7745c5c3_Buffer)
+			templ_7745c5c3_Err = layout.Field("No-response timeout per try (sip_try_timeout)", settings.KeySIPTryTimeout, "text", v.Settings[settings.KeySIPTryTimeout], v.Errors[settings.KeySIPTryTimeout], templ.Attributes{"placeholder": "2s"}).Render(ctx, templ_7745c5c3_Buffer)
 			if templ_7745c5c3_Err != nil {
 				return templ_7745c5c3_Err
 			}
-			templ_7745c5c3_Err = layout.Field("Maximum call duration (sip_max_call_duration)", sipfront.KeyMaxDuration, "text", v.Settings[sipfront.KeyMaxDuration], v.Errors[sipfront.KeyMaxDuration], templ.Attributes{"placeholder": "4h"}).Render(ctx, templ_7745c5c3_Buffer)
+			templ_7745c5c3_Err = layout.Field("Maximum call duration (sip_max_call_duration)", settings.KeySIPMaxDuration, "text", v.Settings[settings.KeySIPMaxDuration], v.Errors[settings.KeySIPMaxDuration], templ.Attributes{"placeholder": "4h"}).Render(ctx, templ_7745c5c3_Buffer)
 			if templ_7745c5c3_Err != nil {
 				return templ_7745c5c3_Err
 			}
@@ -527,9 +527,9 @@ func callsSettingsForm(v callsView) templ.Component {
 				return templ_7745c5c3_Err
 			}
 			var templ_7745c5c3_Var28 string
-			templ_7745c5c3_Var28, templ_7745c5c3_Err = templ.JoinStringErrs(v.Settings[sipfront.KeyTries])
+			templ_7745c5c3_Var28, templ_7745c5c3_Err = templ.JoinStringErrs(v.Settings[settings.KeySIPTries])
 			if templ_7745c5c3_Err != nil {
-				return templ.Error{Err: templ_7745c5c3_Err, FileName: `calls.templ`, Line: 121, Col: 39}
+				return templ.Error{Err: templ_7745c5c3_Err, FileName: `calls.templ`, Line: 121, Col: 42}
 			}
 			_, templ_7745c5c3_Err = templ_7745c5c3_Buffer.WriteString(templ.EscapeString(templ_7745c5c3_Var28))
 			if templ_7745c5c3_Err != nil {
@@ -540,9 +540,9 @@ func callsSettingsForm(v callsView) templ.Component {
 				return templ_7745c5c3_Err
 			}
 			var templ_7745c5c3_Var29 string
-			templ_7745c5c3_Var29, templ_7745c5c3_Err = templ.JoinStringErrs(v.Settings[sipfront.KeyTryTimeout])
+			templ_7745c5c3_Var29, templ_7745c5c3_Err = templ.JoinStringErrs(v.Settings[settings.KeySIPTryTimeout])
 			if templ_7745c5c3_Err != nil {
-				return templ.Error{Err: templ_7745c5c3_Err, FileName: `calls.templ`, Line: 123, Col: 44}
+				return templ.Error{Err: templ_7745c5c3_Err, FileName: `calls.templ`, Line: 123, Col: 47}
 			}
 			_, templ_7745c5c3_Err = templ_7745c5c3_Buffer.WriteString(templ.EscapeString(templ_7745c5c3_Var29))
 			if templ_7745c5c3_Err != nil {
@@ -553,9 +553,9 @@ func callsSettingsForm(v callsView) templ.Component {
 				return templ_7745c5c3_Err
 			}
 			var templ_7745c5c3_Var30 string
-			templ_7745c5c3_Var30, templ_7745c5c3_Err = templ.JoinStringErrs(v.Settings[sipfront.KeyMaxDuration])
+			templ_7745c5c3_Var30, templ_7745c5c3_Err = templ.JoinStringErrs(v.Settings[settings.KeySIPMaxDuration])
 			if templ_7745c5c3_Err != nil {
-				return templ.Error{Err: templ_7745c5c3_Err, FileName: `calls.templ`, Line: 125, Col: 45}
+				return templ.Error{Err: templ_7745c5c3_Err, FileName: `calls.templ`, Line: 125, Col: 48}
 			}
 			_, templ_7745c5c3_Err = templ_7745c5c3_Buffer.WriteString(templ.EscapeString(templ_7745c5c3_Var30))
 			if templ_7745c5c3_Err != nil {

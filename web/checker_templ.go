@@ -12,7 +12,7 @@ import templruntime "github.com/a-h/templ/runtime"
 import (
 	"time"
 
-	"github.com/callplane/callplane/nodes/health"
+	"github.com/callplane/callplane/nodes/settings"
 	"github.com/callplane/callplane/web/layout"
 )
 
@@ -35,11 +35,11 @@ func healthGuardFields(v settingsView) templ.Component {
 		}
 		ctx = templ.InitializeContext(ctx)
 		ctx = templ.ClearChildren(ctx)
-		templ_7745c5c3_Err = layout.Field("Disruption: share of nodes failing at once (%, at least 3 nodes; 100 = off)", health.KeyDisruptionShare, "number", v.Values[health.KeyDisruptionShare], v.Errors[health.KeyDisruptionShare], templ.Attributes{"min": "1", "max": "100"}).Render(ctx, templ_7745c5c3_Buffer)
+		templ_7745c5c3_Err = layout.Field("Disruption: share of nodes failing at once (%, at least 3 nodes; 100 = off)", settings.KeyDisruptionShare, "number", v.Values[settings.KeyDisruptionShare], v.Errors[settings.KeyDisruptionShare], templ.Attributes{"min": "1", "max": "100"}).Render(ctx, templ_7745c5c3_Buffer)
 		if templ_7745c5c3_Err != nil {
 			return templ_7745c5c3_Err
 		}
-		templ_7745c5c3_Err = layout.Field("Agent lost: email after", health.KeyAgentLostGrace, "text", v.Values[health.KeyAgentLostGrace], v.Errors[health.KeyAgentLostGrace], templ.Attributes{"placeholder": "1m"}).Render(ctx, templ_7745c5c3_Buffer)
+		templ_7745c5c3_Err = layout.Field("Agent lost: email after", settings.KeyAgentLostGrace, "text", v.Values[settings.KeyAgentLostGrace], v.Errors[settings.KeyAgentLostGrace], templ.Attributes{"placeholder": "1m"}).Render(ctx, templ_7745c5c3_Buffer)
 		if templ_7745c5c3_Err != nil {
 			return templ_7745c5c3_Err
 		}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 type eventsView struct {
@@ -49,7 +50,7 @@ func (h *Handler) eventsPage(w http.ResponseWriter, r *http.Request) error {
 	}
 	v := eventsView{Filter: f}
 	rows, err := fetch(p)
-	var fe nodes.FieldErrors
+	var fe problem.FieldErrors
 	switch {
 	case errors.As(err, &fe):
 		v.Err = fe.Error()

@@ -8,7 +8,7 @@ import (
 
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
-	"github.com/callplane/callplane/nodes/health"
+	"github.com/callplane/callplane/nodes/settings"
 )
 
 // incidentLimit bounds the failing nodes read for the banner and the
@@ -51,7 +51,7 @@ func (i incident) Affected() string {
 		return work + " on it; it takes no new work while suspect"
 	case maintUntil(n.MaintenanceUntil):
 		return work + " stay on it (maintenance: no automatic failover)"
-	case i.Policy == health.PolicyAuto:
+	case i.Policy == settings.PolicyAuto:
 		return work + " still on it: automatic failover moves them when there is room"
 	}
 	return work + " stay on it until it is disabled (manual failover)"
@@ -63,7 +63,7 @@ func (i incident) Todo() string {
 	switch {
 	case n.Health == nodes.HealthSuspect:
 		return "Watch it: it goes down after more failed checks. Check the service on the host."
-	case n.Items > 0 && i.Policy != health.PolicyAuto && !maintUntil(n.MaintenanceUntil):
+	case n.Items > 0 && i.Policy != settings.PolicyAuto && !maintUntil(n.MaintenanceUntil):
 		return "Disable the node to move its work, then fix the service on the host."
 	}
 	return "Check the node's service and agent on its host; it is used again once its checks pass."
@@ -125,7 +125,7 @@ func (h *Handler) incidentsView(ctx context.Context) (incidentsView, error) {
 	if err != nil {
 		return incidentsView{}, err
 	}
-	st := health.Builtin()
+	st := settings.Builtin()
 	if h.Settings != nil {
 		if s, err := h.Settings.Load(ctx); err == nil {
 			st = s

@@ -10,6 +10,7 @@ import (
 
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 // nodeMaintenance schedules a maintenance window on a node (start empty:
@@ -32,7 +33,7 @@ func (h *Handler) nodeMaintenance(w http.ResponseWriter, r *http.Request) error 
 		}
 	} else {
 		in := nodes.MaintenanceInput{Reason: reason}
-		fe := nodes.FieldErrors{}
+		fe := problem.FieldErrors{}
 		if start != "" {
 			t, perr := time.ParseInLocation(maintLayout, start, time.UTC)
 			if perr != nil {

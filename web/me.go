@@ -6,6 +6,7 @@ import (
 	"net/http"
 
 	"github.com/callplane/callplane/nodes/accounts"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 // The signed-in user's own account (/account): change the password, see
@@ -15,7 +16,7 @@ type meView struct {
 	Email    string
 	Role     string
 	Sessions []accounts.Session
-	Errors   accounts.FieldErrors
+	Errors   problem.FieldErrors
 	Notice   string
 	Alert    string
 }
@@ -48,7 +49,7 @@ func (h *Handler) accountPassword(w http.ResponseWriter, r *http.Request) error 
 	u, _ := UserFrom(r.Context())
 	ended, err := h.Auth.ChangePassword(r.Context(), u, ClientAddr(r), sessionToken(r),
 		r.PostFormValue("current"), r.PostFormValue("password"), r.PostFormValue("confirm"))
-	var fe accounts.FieldErrors
+	var fe problem.FieldErrors
 	status := http.StatusOK
 	switch {
 	case errors.As(err, &fe):

@@ -9,7 +9,7 @@ import (
 
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
-	"github.com/callplane/callplane/nodes/health"
+	"github.com/callplane/callplane/nodes/settings"
 )
 
 // The node page leads with what is wrong and what to do (diagnose), then
@@ -25,13 +25,13 @@ type diagnosis struct {
 
 // healthSettings are the checker's settings, or the built-in ones when
 // they cannot be read.
-func (h *Handler) healthSettings(ctx context.Context) health.Settings {
+func (h *Handler) healthSettings(ctx context.Context) settings.Settings {
 	if h.Settings != nil {
 		if s, err := h.Settings.Load(ctx); err == nil {
 			return s
 		}
 	}
-	return health.Builtin()
+	return settings.Builtin()
 }
 
 func (h *Handler) nodeHistory(r *http.Request, v *nodeView) error {
@@ -67,7 +67,7 @@ func (h *Handler) nodeHistory(r *http.Request, v *nodeView) error {
 // diagnose says what is wrong with a node and what to do about it, most
 // pressing first. It is a pure function of the node row, the checker's
 // settings and the work the node carries.
-func diagnose(n dbsqlc.Node, st health.Settings, items int64, now time.Time) diagnosis {
+func diagnose(n dbsqlc.Node, st settings.Settings, items int64, now time.Time) diagnosis {
 	wk := nodes.WorkKindFor(n.Kind)
 	work := "no work"
 	if items > 0 {
@@ -94,7 +94,7 @@ func diagnose(n dbsqlc.Node, st health.Settings, items int64, now time.Time) dia
 		switch {
 		case inMaint:
 			d.Lines = append(d.Lines, "In maintenance until "+fmtTimePtr(n.MaintenanceUntil)+": no alert and no automatic failover.")
-		case items > 0 && policy == health.PolicyManual:
+		case items > 0 && policy == settings.PolicyManual:
 			d.Todo = append(d.Todo, "Disable the node to move its "+work+" to other "+n.Kind+" nodes (manual failover for "+n.Kind+").")
 		case items > 0:
 			d.Lines = append(d.Lines, "Automatic failover moves its work as soon as other "+n.Kind+" nodes have room.")

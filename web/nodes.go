@@ -13,6 +13,7 @@ import (
 
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 // joinStateDir is where the agent keeps its credential on a node's host.
@@ -105,7 +106,7 @@ type nodeFormView struct {
 	Editing bool
 	Name    string // the node being edited
 	In      nodes.NodeInput
-	Errors  nodes.FieldErrors
+	Errors  problem.FieldErrors
 }
 
 func nodeInputFrom(r *http.Request) nodes.NodeInput {
@@ -128,7 +129,7 @@ func (h *Handler) nodeCreate(w http.ResponseWriter, r *http.Request) error {
 	}
 	in := nodeInputFrom(r)
 	n, err := h.Nodes.AddNode(r.Context(), actor(r), in)
-	var fe nodes.FieldErrors
+	var fe problem.FieldErrors
 	if errors.As(err, &fe) {
 		return h.renderStatus(w, r, http.StatusUnprocessableEntity, "Register node", "nodes", nodeForm(nodeFormView{In: in, Errors: fe}))
 	}
@@ -161,7 +162,7 @@ func (h *Handler) nodeUpdate(w http.ResponseWriter, r *http.Request) error {
 	in := nodeInputFrom(r)
 	in.Name, in.Kind = old.Name, old.Kind
 	n, err := h.Nodes.UpdateNode(r.Context(), actor(r), old.Name, in)
-	var fe nodes.FieldErrors
+	var fe problem.FieldErrors
 	if errors.As(err, &fe) {
 		v := nodeFormView{Editing: true, Name: old.Name, In: in, Errors: fe}
 		return h.renderStatus(w, r, http.StatusUnprocessableEntity, "Edit "+old.Name, "nodes", nodeForm(v))
@@ -205,9 +206,9 @@ type nodeView struct {
 	// acknowledgement form.
 	DownAlert   *dbsqlc.Alert
 	AckNote     string
-	AckErrors   nodes.FieldErrors
+	AckErrors   problem.FieldErrors
 	AckNotice   string
-	MaintErrors nodes.FieldErrors
+	MaintErrors problem.FieldErrors
 	MaintNotice string
 
 	CredNotice string
@@ -341,7 +342,7 @@ func (h *Handler) tokenCreate(w http.ResponseWriter, r *http.Request) error {
 	var err error
 	replace := r.PostFormValue("replace") == "1"
 	if !validTTL(ttlStr) {
-		err = nodes.FieldErrors{"ttl": "choose one of the offered lifetimes"}
+		err = problem.FieldErrors{"ttl": "choose one of the offered lifetimes"}
 	} else {
 		ttl, _ := time.ParseDuration(ttlStr)
 		create := h.Nodes.CreateJoinToken

@@ -5,6 +5,7 @@ import (
 	"net/http"
 
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 // retentionView is the retention section of the settings page.
@@ -39,7 +40,7 @@ func (h *Handler) retentionSave(w http.ResponseWriter, r *http.Request) error {
 	}
 	ctx := r.Context()
 	_, err := h.Nodes.SaveRetention(ctx, actor(r), form)
-	var fe nodes.FieldErrors
+	var fe problem.FieldErrors
 	if err != nil && !errors.As(err, &fe) {
 		return err
 	}

@@ -11,16 +11,21 @@ import (
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/alert"
 	"github.com/callplane/callplane/nodes/health"
+	"github.com/callplane/callplane/nodes/problem"
+	"github.com/callplane/callplane/nodes/settings"
 )
 
 // SettingsStore is what the settings page needs: the health and alert
 // settings, the test email and the state of the alert outbox
 // (*health.Store implements it).
 type SettingsStore interface {
-	Load(ctx context.Context) (health.Settings, error)
+	Load(ctx context.Context) (settings.Settings, error)
 	// Save validates and stores the form; invalid input returns
-	// nodes.FieldErrors and saves nothing.
-	Save(ctx context.Context, actor nodes.Actor, form map[string]string) (health.Settings, error)
+	// problem.FieldErrors and saves nothing.
+	Save(ctx context.Context, actor nodes.Actor, form map[string]string) (settings.Settings, error)
+	// SaveSIP validates and stores the SIP front door's settings; invalid
+	// input returns problem.FieldErrors and saves nothing.
+	SaveSIP(ctx context.Context, actor nodes.Actor, form map[string]string) (settings.SIP, error)
 	// SendTest sends the test email and returns the SMTP server's reply.
 	SendTest(ctx context.Context) (string, error)
 	Outbox(ctx context.Context) (health.OutboxStatus, error)
@@ -51,10 +56,10 @@ type testEmailResult struct {
 	Reply string
 }
 
-func (h *Handler) settingsView(r *http.Request, st health.Settings) (settingsView, error) {
+func (h *Handler) settingsView(r *http.Request, st settings.Settings) (settingsView, error) {
 	ctx := r.Context()
 	v := settingsView{Values: st.Values(), Errors: map[string]string{}, CanEdit: canChange(r), MailReady: st.MailReady()}
-	v.Values[health.KeySMTPURL] = st.SMTPRedacted()
+	v.Values[settings.KeySMTPURL] = st.SMTPRedacted()
 	var err error
 	if v.Outbox, err = h.Settings.Outbox(ctx); err != nil {
 		return v, err
@@ -92,15 +97,15 @@ func (h *Handler) settingsSave(w http.ResponseWriter, r *http.Request) error {
 		return errBadRequest
 	}
 	form := map[string]string{}
-	for _, k := range health.Keys() {
+	for _, k := range settings.Keys() {
 		// A setting the form does not name keeps its value (Save).
-		if _, named := r.PostForm[k]; named || !health.Optional(k) {
+		if _, named := r.PostForm[k]; named || !settings.Optional(k) {
 			form[k] = r.PostFormValue(k)
 		}
 	}
 	ctx := r.Context()
 	st, err := h.Settings.Save(ctx, actor(r), form)
-	var fe nodes.FieldErrors
+	var fe problem.FieldErrors
 	switch {
 	case errors.As(err, &fe):
 		h.Nodes.AuditFailure(ctx, actor(r), "settings.update", "settings", fe)
@@ -113,7 +118,7 @@ func (h *Handler) settingsSave(w http.ResponseWriter, r *http.Request) error {
 			return verr
 		}
 		v.Values = form
-		v.Values[health.KeySMTPURL] = shownSMTPURL(form[health.KeySMTPURL])
+		v.Values[settings.KeySMTPURL] = shownSMTPURL(form[settings.KeySMTPURL])
 		v.Errors = fe
 		v.Alert = "The settings were not saved: correct the fields marked below."
 		return h.renderStatus(w, r, http.StatusUnprocessableEntity, "Settings", "settings", settingsBody(v))

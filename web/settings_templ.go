@@ -12,7 +12,7 @@ import templruntime "github.com/a-h/templ/runtime"
 import (
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
-	"github.com/callplane/callplane/nodes/health"
+	"github.com/callplane/callplane/nodes/settings"
 	"github.com/callplane/callplane/web/layout"
 )
 
@@ -63,35 +63,35 @@ func settingsBody(v settingsView) templ.Component {
 		if templ_7745c5c3_Err != nil {
 			return templ_7745c5c3_Err
 		}
-		templ_7745c5c3_Err = layout.Field("Probe interval", health.KeyProbeInterval, "text", v.Values[health.KeyProbeInterval], v.Errors[health.KeyProbeInterval], templ.Attributes{"required": true}).Render(ctx, templ_7745c5c3_Buffer)
+		templ_7745c5c3_Err = layout.Field("Probe interval", settings.KeyProbeInterval, "text", v.Values[settings.KeyProbeInterval], v.Errors[settings.KeyProbeInterval], templ.Attributes{"required": true}).Render(ctx, templ_7745c5c3_Buffer)
 		if templ_7745c5c3_Err != nil {
 			return templ_7745c5c3_Err
 		}
-		templ_7745c5c3_Err = layout.Field("Probe timeout (shorter than the interval)", health.KeyProbeTimeout, "text", v.Values[health.KeyProbeTimeout], v.Errors[health.KeyProbeTimeout], templ.Attributes{"required": true}).Render(ctx, templ_7745c5c3_Buffer)
+		templ_7745c5c3_Err = layout.Field("Probe timeout (shorter than the interval)", settings.KeyProbeTimeout, "text", v.Values[settings.KeyProbeTimeout], v.Errors[settings.KeyProbeTimeout], templ.Attributes{"required": true}).Render(ctx, templ_7745c5c3_Buffer)
 		if templ_7745c5c3_Err != nil {
 			return templ_7745c5c3_Err
 		}
-		templ_7745c5c3_Err = layout.Field("Fail threshold (failed checks until down)", health.KeyFailThreshold, "number", v.Values[health.KeyFailThreshold], v.Errors[health.KeyFailThreshold], templ.Attributes{"min": "1", "required": true}).Render(ctx, templ_7745c5c3_Buffer)
+		templ_7745c5c3_Err = layout.Field("Fail threshold (failed checks until down)", settings.KeyFailThreshold, "number", v.Values[settings.KeyFailThreshold], v.Errors[settings.KeyFailThreshold], templ.Attributes{"min": "1", "required": true}).Render(ctx, templ_7745c5c3_Buffer)
 		if templ_7745c5c3_Err != nil {
 			return templ_7745c5c3_Err
 		}
-		templ_7745c5c3_Err = layout.Field("Recover threshold (passed checks until up)", health.KeyRecoverThreshold, "number", v.Values[health.KeyRecoverThreshold], v.Errors[health.KeyRecoverThreshold], templ.Attributes{"min": "1", "required": true}).Render(ctx, templ_7745c5c3_Buffer)
+		templ_7745c5c3_Err = layout.Field("Recover threshold (passed checks until up)", settings.KeyRecoverThreshold, "number", v.Values[settings.KeyRecoverThreshold], v.Errors[settings.KeyRecoverThreshold], templ.Attributes{"min": "1", "required": true}).Render(ctx, templ_7745c5c3_Buffer)
 		if templ_7745c5c3_Err != nil {
 			return templ_7745c5c3_Err
 		}
-		templ_7745c5c3_Err = layout.Field("Heartbeat stale after", health.KeyHeartbeatStale, "text", v.Values[health.KeyHeartbeatStale], v.Errors[health.KeyHeartbeatStale], templ.Attributes{"required": true}).Render(ctx, templ_7745c5c3_Buffer)
+		templ_7745c5c3_Err = layout.Field("Heartbeat stale after", settings.KeyHeartbeatStale, "text", v.Values[settings.KeyHeartbeatStale], v.Errors[settings.KeyHeartbeatStale], templ.Attributes{"required": true}).Render(ctx, templ_7745c5c3_Buffer)
 		if templ_7745c5c3_Err != nil {
 			return templ_7745c5c3_Err
 		}
-		templ_7745c5c3_Err = layout.Field("SIP answers that count as healthy (empty: any 2xx)", health.KeySIPOKCodes, "text", v.Values[health.KeySIPOKCodes], v.Errors[health.KeySIPOKCodes], templ.Attributes{"placeholder": "200,202"}).Render(ctx, templ_7745c5c3_Buffer)
+		templ_7745c5c3_Err = layout.Field("SIP answers that count as healthy (empty: any 2xx)", settings.KeySIPOKCodes, "text", v.Values[settings.KeySIPOKCodes], v.Errors[settings.KeySIPOKCodes], templ.Attributes{"placeholder": "200,202"}).Render(ctx, templ_7745c5c3_Buffer)
 		if templ_7745c5c3_Err != nil {
 			return templ_7745c5c3_Err
 		}
-		templ_7745c5c3_Err = layout.Field("Flapping: most health changes allowed", health.KeyFlapLimit, "number", v.Values[health.KeyFlapLimit], v.Errors[health.KeyFlapLimit], templ.Attributes{"min": "2", "required": true}).Render(ctx, templ_7745c5c3_Buffer)
+		templ_7745c5c3_Err = layout.Field("Flapping: most health changes allowed", settings.KeyFlapLimit, "number", v.Values[settings.KeyFlapLimit], v.Errors[settings.KeyFlapLimit], templ.Attributes{"min": "2", "required": true}).Render(ctx, templ_7745c5c3_Buffer)
 		if templ_7745c5c3_Err != nil {
 			return templ_7745c5c3_Err
 		}
-		templ_7745c5c3_Err = layout.Field("Flapping: within", health.KeyFlapWindow, "text", v.Values[health.KeyFlapWindow], v.Errors[health.KeyFlapWindow], templ.Attributes{"required": true}).Render(ctx, templ_7745c5c3_Buffer)
+		templ_7745c5c3_Err = layout.Field("Flapping: within", settings.KeyFlapWindow, "text", v.Values[settings.KeyFlapWindow], v.Errors[settings.KeyFlapWindow], templ.Attributes{"required": true}).Render(ctx, templ_7745c5c3_Buffer)
 		if templ_7745c5c3_Err != nil {
 			return templ_7745c5c3_Err
 		}
@@ -114,7 +114,7 @@ func settingsBody(v settingsView) templ.Component {
 			return templ_7745c5c3_Err
 		}
 		for _, k := range nodes.Kinds {
-			templ_7745c5c3_Err = layout.Select(k+" nodes", health.PolicyKey(k), v.Values[health.PolicyKey(k)], health.Policies, v.Errors[health.PolicyKey(k)]).Render(ctx, templ_7745c5c3_Buffer)
+			templ_7745c5c3_Err = layout.Select(k+" nodes", settings.PolicyKey(k), v.Values[settings.PolicyKey(k)], settings.Policies, v.Errors[settings.PolicyKey(k)]).Render(ctx, templ_7745c5c3_Buffer)
 			if templ_7745c5c3_Err != nil {
 				return templ_7745c5c3_Err
 			}
@@ -133,19 +133,19 @@ func settingsBody(v settingsView) templ.Component {
 		if templ_7745c5c3_Err != nil {
 			return templ_7745c5c3_Err
 		}
-		templ_7745c5c3_Err = layout.Field("SMTP server URL", health.KeySMTPURL, "text", v.Values[health.KeySMTPURL], v.Errors[health.KeySMTPURL], templ.Attributes{"autocomplete": "off", "placeholder": "smtp://user:pass@mail.example.com:587"}).Render(ctx, templ_7745c5c3_Buffer)
+		templ_7745c5c3_Err = layout.Field("SMTP server URL", settings.KeySMTPURL, "text", v.Values[settings.KeySMTPURL], v.Errors[settings.KeySMTPURL], templ.Attributes{"autocomplete": "off", "placeholder": "smtp://user:pass@mail.example.com:587"}).Render(ctx, templ_7745c5c3_Buffer)
 		if templ_7745c5c3_Err != nil {
 			return templ_7745c5c3_Err
 		}
-		templ_7745c5c3_Err = layout.Field("Sender", health.KeyAlertFrom, "text", v.Values[health.KeyAlertFrom], v.Errors[health.KeyAlertFrom], templ.Attributes{"placeholder": "Callplane <alerts@example.com>"}).Render(ctx, templ_7745c5c3_Buffer)
+		templ_7745c5c3_Err = layout.Field("Sender", settings.KeyAlertFrom, "text", v.Values[settings.KeyAlertFrom], v.Errors[settings.KeyAlertFrom], templ.Attributes{"placeholder": "Callplane <alerts@example.com>"}).Render(ctx, templ_7745c5c3_Buffer)
 		if templ_7745c5c3_Err != nil {
 			return templ_7745c5c3_Err
 		}
-		templ_7745c5c3_Err = layout.Field("Recipients (comma-separated)", health.KeyAlertTo, "text", v.Values[health.KeyAlertTo], v.Errors[health.KeyAlertTo], templ.Attributes{"placeholder": "ops@example.com, oncall@example.com"}).Render(ctx, templ_7745c5c3_Buffer)
+		templ_7745c5c3_Err = layout.Field("Recipients (comma-separated)", settings.KeyAlertTo, "text", v.Values[settings.KeyAlertTo], v.Errors[settings.KeyAlertTo], templ.Attributes{"placeholder": "ops@example.com, oncall@example.com"}).Render(ctx, templ_7745c5c3_Buffer)
 		if templ_7745c5c3_Err != nil {
 			return templ_7745c5c3_Err
 		}
-		templ_7745c5c3_Err = layout.Field("Reminder while a node stays down and nobody acknowledged it (0 = off)", health.KeyAlertReminder, "text", v.Values[health.KeyAlertReminder], v.Errors[health.KeyAlertReminder], templ.Attributes{"placeholder": "30m"}).Render(ctx, templ_7745c5c3_Buffer)
+		templ_7745c5c3_Err = layout.Field("Reminder while a node stays down and nobody acknowledged it (0 = off)", settings.KeyAlertReminder, "text", v.Values[settings.KeyAlertReminder], v.Errors[settings.KeyAlertReminder], templ.Attributes{"placeholder": "30m"}).Render(ctx, templ_7745c5c3_Buffer)
 		if templ_7745c5c3_Err != nil {
 			return templ_7745c5c3_Err
 		}

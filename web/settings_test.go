@@ -9,18 +9,18 @@ import (
 	"time"
 
 	"github.com/callplane/callplane/nodes/alert/smtptest"
-	"github.com/callplane/callplane/nodes/health"
+	"github.com/callplane/callplane/nodes/settings"
 	"github.com/callplane/callplane/server/servertest"
 )
 
 func settingsForm(smtpURL string) url.Values {
 	f := url.Values{}
-	for k, v := range health.Builtin().Values() {
+	for k, v := range settings.Builtin().Values() {
 		f.Set(k, v)
 	}
-	f.Set(health.KeySMTPURL, smtpURL)
-	f.Set(health.KeyAlertFrom, "Callplane <alerts@example.com>")
-	f.Set(health.KeyAlertTo, "ops@example.com, oncall@example.com")
+	f.Set(settings.KeySMTPURL, smtpURL)
+	f.Set(settings.KeyAlertFrom, "Callplane <alerts@example.com>")
+	f.Set(settings.KeyAlertTo, "ops@example.com, oncall@example.com")
 	return f
 }
 
@@ -38,9 +38,9 @@ func TestSettingsInvalidSaveNothing(t *testing.T) {
 	in := servertest.Start(t, servertest.Options{})
 	admin := in.User(t, "admin@example.com", "admin")
 	f := settingsForm("http://user:hunter2hunter2@mail.example.com")
-	f.Set(health.KeyFailThreshold, "0")
-	f.Set(health.KeyProbeTimeout, "2s")
-	f.Set(health.KeyAlertTo, "")
+	f.Set(settings.KeyFailThreshold, "0")
+	f.Set(settings.KeyProbeTimeout, "2s")
+	f.Set(settings.KeyAlertTo, "")
 	r := in.PostForm(t, admin, "/settings", f)
 	if r.StatusCode != http.StatusUnprocessableEntity {
 		t.Fatalf("invalid settings: status %d", r.StatusCode)
@@ -81,14 +81,14 @@ func TestSettingsSaveViewAndTestEmail(t *testing.T) {
 	u, _ := url.Parse(sink.URL())
 	u.User = url.UserPassword("alerts", "hunter2hunter2")
 	f := settingsForm(u.String())
-	f.Set(health.PolicyKey("ivr"), health.PolicyAuto)
-	f.Set(health.KeyProbeInterval, "2s")
+	f.Set(settings.PolicyKey("ivr"), settings.PolicyAuto)
+	f.Set(settings.KeyProbeInterval, "2s")
 	r = in.PostForm(t, admin, "/settings", f)
 	if r.StatusCode != http.StatusOK {
 		t.Fatalf("valid save: status %d\n%s", r.StatusCode, r.Body)
 	}
-	if n := settingRows(t, in); n != len(health.Keys()) {
-		t.Fatalf("saved %d settings; want %d", n, len(health.Keys()))
+	if n := settingRows(t, in); n != len(settings.Keys()) {
+		t.Fatalf("saved %d settings; want %d", n, len(settings.Keys()))
 	}
 	if auditCount(t, in, "settings.update", "ok") != 1 {
 		t.Fatal("save not audited")
@@ -117,9 +117,9 @@ func TestSettingsSaveViewAndTestEmail(t *testing.T) {
 
 	// Saving the form as shown keeps the stored password.
 	shown := settingsForm(u.String())
-	shown.Set(health.KeySMTPURL, strings.Replace(u.String(), "hunter2hunter2", "xxxxx", 1))
-	shown.Set(health.PolicyKey("ivr"), health.PolicyAuto)
-	shown.Set(health.KeyProbeInterval, "2s")
+	shown.Set(settings.KeySMTPURL, strings.Replace(u.String(), "hunter2hunter2", "xxxxx", 1))
+	shown.Set(settings.PolicyKey("ivr"), settings.PolicyAuto)
+	shown.Set(settings.KeyProbeInterval, "2s")
 	if r := in.PostForm(t, admin, "/settings", shown); r.StatusCode != http.StatusOK {
 		t.Fatalf("save as shown: %d", r.StatusCode)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 // The long tables (/work, /events, /audit) share one way of sorting,
@@ -65,7 +66,7 @@ func pageFrom(q url.Values, sorts []string) (tableNav, nodes.Page, error) {
 	return nav, p, nil
 }
 
-func fieldError(field, msg string) error { return nodes.FieldErrors{field: msg} }
+func fieldError(field, msg string) error { return problem.FieldErrors{field: msg} }
 
 // encodeCursor makes the opaque cursor of a row: its sort key and id.
 func encodeCursor(key string, id int64) string {

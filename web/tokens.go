@@ -11,6 +11,7 @@ import (
 
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 type tokensView struct {
@@ -24,7 +25,7 @@ type tokensView struct {
 	APIName   string
 	APIScope  string
 	APITTL    string
-	APIErrors nodes.FieldErrors
+	APIErrors problem.FieldErrors
 	APINotice string
 	NewAPI    *nodes.APIToken
 }
@@ -92,7 +93,7 @@ func (h *Handler) apiTokenCreate(w http.ResponseWriter, r *http.Request) error {
 	var err error
 	if ttlRaw != "" {
 		if in.TTL, err = time.ParseDuration(ttlRaw); err != nil || in.TTL <= 0 {
-			err = nodes.FieldErrors{"ttl": "use a duration such as 720h, or leave empty for no expiry"}
+			err = problem.FieldErrors{"ttl": "use a duration such as 720h, or leave empty for no expiry"}
 		}
 	}
 	var tok nodes.APIToken

@@ -17,9 +17,9 @@ import (
 	"github.com/a-h/templ"
 	"github.com/go-chi/chi/v5"
 
-	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/accounts"
+	"github.com/callplane/callplane/nodes/problem"
 	"github.com/callplane/callplane/web/layout"
 )
 
@@ -78,48 +78,18 @@ func (h *Handler) wrap(fn appHandler) http.HandlerFunc {
 }
 
 func (h *Handler) renderError(w http.ResponseWriter, r *http.Request, err error) {
-	status, msg := StatusOf(err)
-	if status >= 500 && !RecordCause(w, err) {
+	status := problem.HTTPStatus(err)
+	if status >= 500 && !problem.RecordCause(w, err) {
 		h.Log.Error("portal request failed", "path", r.URL.Path, "err", err)
 	}
 	setRetryAfter(w, err)
-	WriteError(w, r, status, msg)
-}
-
-// StatusOf maps an error to its HTTP status and the message a person may
-// see. This is the one place sentinel errors become statuses.
-func StatusOf(err error) (int, string) {
-	var fe nodes.FieldErrors
-	var afe accounts.FieldErrors
-	switch {
-	case errors.As(err, &fe):
-		return http.StatusBadRequest, fe.Error()
-	case errors.As(err, &afe):
-		return http.StatusBadRequest, afe.Error()
-	case errors.Is(err, nodes.ErrUnauthorized), errors.Is(err, accounts.ErrBadCredentials):
-		return http.StatusUnauthorized, nodes.ErrUnauthorized.Error()
-	case errors.Is(err, nodes.ErrForbidden), errors.Is(err, errForbidden):
-		return http.StatusForbidden, err.Error()
-	case errors.Is(err, nodes.ErrNotFound), errors.Is(err, errNotFound):
-		return http.StatusNotFound, err.Error()
-	case errors.Is(err, nodes.ErrConflict), errors.Is(err, nodes.ErrStaleEpoch), errors.Is(err, nodes.ErrBusy):
-		return http.StatusConflict, err.Error()
-	case errors.Is(err, accounts.ErrThrottled):
-		return http.StatusTooManyRequests, err.Error()
-	case errors.Is(err, accounts.ErrBusy):
-		return http.StatusServiceUnavailable, err.Error()
-	case errors.Is(err, errBadRequest):
-		return http.StatusBadRequest, err.Error()
-	case db.Unreachable(err):
-		return http.StatusServiceUnavailable, msgUnavailable
-	}
-	return http.StatusInternalServerError, "something went wrong on our side; the error has been logged"
+	WriteError(w, r, status, problem.Message(err))
 }
 
 var (
-	errForbidden  = errors.New("your role does not allow this")
-	errNotFound   = errors.New("page not found")
-	errBadRequest = errors.New("bad request")
+	errForbidden  = problem.New(problem.ErrForbidden, "your role does not allow this")
+	errNotFound   = problem.New(problem.ErrNotFound, "page not found")
+	errBadRequest = problem.New(problem.ErrInvalid, "bad request")
 )
 
 // isHTMX reports a request htmx made for a part of the page. A history
@@ -287,8 +257,8 @@ func canChange(r *http.Request) bool {
 
 // formOutcome splits the error of a form's action: field errors are shown
 // on the form with 422; any other error goes to the error page.
-func formOutcome(err error) (nodes.FieldErrors, int, error) {
-	var fe nodes.FieldErrors
+func formOutcome(err error) (problem.FieldErrors, int, error) {
+	var fe problem.FieldErrors
 	switch {
 	case err == nil:
 		return nil, http.StatusOK, nil

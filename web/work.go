@@ -12,6 +12,7 @@ import (
 
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 type workFilter struct {
@@ -44,7 +45,7 @@ type workView struct {
 
 	// The place-work form.
 	Form       workForm
-	FormErrors nodes.FieldErrors
+	FormErrors problem.FieldErrors
 	FormNotice string
 	FormWarn   string
 }
@@ -84,7 +85,7 @@ func (h *Handler) workView(r *http.Request, q url.Values) (workView, error) {
 		v.Counts[c.Kind][c.State] = workCell{N: c.N, Cost: c.Cost}
 	}
 	items, err := h.Nodes.WorkPage(ctx, nodes.WorkFilter{Node: f.Node, Kind: f.Kind, State: f.State, Q: f.Q}, p)
-	var fe nodes.FieldErrors
+	var fe problem.FieldErrors
 	switch {
 	case errors.As(err, &fe):
 		v.FilterErr = fe.Error()
@@ -152,7 +153,7 @@ func (h *Handler) workCreate(w http.ResponseWriter, r *http.Request) error {
 		return errBadRequest
 	}
 	form := workForm{Kind: r.PostFormValue("kind"), Ref: strings.TrimSpace(r.PostFormValue("ref")), Cost: strings.TrimSpace(r.PostFormValue("cost"))}
-	fe := nodes.FieldErrors{}
+	fe := problem.FieldErrors{}
 	cost, cerr := strconv.Atoi(form.Cost)
 	if cerr != nil {
 		fe.Add("cost", "cost must be a whole number")
@@ -172,7 +173,7 @@ func (h *Handler) workCreate(w http.ResponseWriter, r *http.Request) error {
 			fe.Add(k, m)
 		}
 	}
-	var dfe nodes.FieldErrors
+	var dfe problem.FieldErrors
 	switch {
 	case errors.As(err, &dfe):
 		fe = dfe
@@ -243,7 +244,7 @@ func workEndURL(ref string) string { return "/work/" + url.PathEscape(ref) + "/e
 // neverFits refuses work that costs more than the largest node of its
 // kind could ever carry: it would wait unplaced for ever. With no node of
 // the kind registered yet, the work may wait for one.
-func (h *Handler) neverFits(r *http.Request, workKind string, cost int) nodes.FieldErrors {
+func (h *Handler) neverFits(r *http.Request, workKind string, cost int) problem.FieldErrors {
 	nk, ok := nodes.NodeKindFor(workKind)
 	if !ok {
 		return nil // ValidateWork names the kind
@@ -252,7 +253,7 @@ func (h *Handler) neverFits(r *http.Request, workKind string, cost int) nodes.Fi
 	if err != nil || largest == 0 || cost <= largest {
 		return nil
 	}
-	return nodes.FieldErrors{"cost": fmt.Sprintf("cost %d is more than the largest %s node can carry (capacity %d): it could never be placed", cost, nk, largest)}
+	return problem.FieldErrors{"cost": fmt.Sprintf("cost %d is more than the largest %s node can carry (capacity %d): it could never be placed", cost, nk, largest)}
 }
 
 func nodeKindOf(workKind string) string {

@@ -16,8 +16,8 @@ import (
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/db/localpg"
 	"github.com/callplane/callplane/nodes"
-	"github.com/callplane/callplane/nodes/health"
 	"github.com/callplane/callplane/nodes/probe"
+	"github.com/callplane/callplane/nodes/settings"
 )
 
 // sceneFailover: a media node carrying 10,000 calls dies (its SIP probe
@@ -183,10 +183,10 @@ func sceneFailover(ctx context.Context, pg *localpg.Server, root string) error {
 		moveEvent = moveEvent[:160] + "…"
 	}
 	logf("event: %s", moveEvent)
-	st := health.Builtin()
+	st := settings.Builtin()
 	// The same kills with faster probing: interval 700 ms, timeout 500 ms
 	// (still well above the 200 ms jitter of the false-failover run).
-	tuned := map[string]string{health.KeyProbeInterval: "700ms", health.KeyProbeTimeout: "500ms"}
+	tuned := map[string]string{settings.KeyProbeInterval: "700ms", settings.KeyProbeTimeout: "500ms"}
 	if err := saveSettings(ctx, sc.pool, tuned); err != nil {
 		return err
 	}
@@ -217,7 +217,7 @@ func sceneFailover(ctx context.Context, pg *localpg.Server, root string) error {
 func sceneFalseFailover(ctx context.Context, pg *localpg.Server, root string) error {
 	fmt.Printf("== false-failover scene: %d clusters x %d nodes, jitter %s, probe every %s with %s timeout, %s\n",
 		opt.ffClusters, opt.ffNodes, opt.ffJitter, opt.ffInterval, opt.ffTimeout, opt.ffDuration)
-	settings := map[string]string{health.KeyProbeInterval: opt.ffInterval.String(), health.KeyProbeTimeout: opt.ffTimeout.String()}
+	settings := map[string]string{settings.KeyProbeInterval: opt.ffInterval.String(), settings.KeyProbeTimeout: opt.ffTimeout.String()}
 	scenes := make([]*scene, opt.ffClusters)
 	var all [][]string
 	for k := range scenes {

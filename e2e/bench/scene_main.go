@@ -15,8 +15,8 @@ import (
 	"github.com/callplane/callplane/db/localpg"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/accounts"
-	"github.com/callplane/callplane/nodes/health"
 	"github.com/callplane/callplane/nodes/probe"
+	"github.com/callplane/callplane/nodes/settings"
 )
 
 // sceneMain: 500 agents → long-poll latency (placing the 10,000 calls) →
@@ -324,7 +324,7 @@ func phaseHeartbeat(ctx context.Context, sc *scene) error {
 	logf("with the health checker probing %d nodes at 1 Hz: call manager %.1f%% of one core, %.0f heartbeats/s, %.1f WAL syncs/s",
 		len(sc.agents), cpuAll, beatsAll, syncAll)
 	// Idle the checker (probe interval 1h) to see the heartbeat cost alone.
-	if err := saveSettings(ctx, sc.pool, map[string]string{health.KeyProbeInterval: "1h"}); err != nil {
+	if err := saveSettings(ctx, sc.pool, map[string]string{settings.KeyProbeInterval: "1h"}); err != nil {
 		return err
 	}
 	time.Sleep(4 * time.Second)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/dbsqlc"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 // Roles, from most to least powerful.
@@ -29,25 +30,12 @@ var Roles = []string{RoleOwner, RoleAdmin, RoleViewer}
 var (
 	// ErrBadCredentials is the one answer to a wrong setup code, an
 	// unknown user, a disabled user, a wrong password and a dead session.
-	ErrBadCredentials = errors.New("those details are not correct")
+	ErrBadCredentials = problem.New(problem.ErrUnauthorized, "those details are not correct")
 	// ErrThrottled: too many recent failures for this account or address.
-	ErrThrottled = errors.New("too many failed attempts; wait a few minutes and try again")
+	ErrThrottled = problem.New(problem.ErrThrottled, "too many failed attempts; wait a few minutes and try again")
 	// ErrSetupDone: an account exists, so first-run setup is closed.
 	ErrSetupDone = errors.New("setup is already complete")
 )
-
-// FieldErrors maps a form field to its message.
-type FieldErrors map[string]string
-
-func (e FieldErrors) Error() string {
-	var parts []string
-	for _, f := range []string{"email", "current", "password", "confirm", "role", "code"} {
-		if m, ok := e[f]; ok {
-			parts = append(parts, f+": "+m)
-		}
-	}
-	return strings.Join(parts, "; ")
-}
 
 // User is who a request acts as: a signed-in account.
 type User struct {
@@ -149,7 +137,7 @@ func (s *Service) audit(ctx context.Context, tx dbsqlc.DBTX, actor, addr, action
 // last-owner guard, a role the actor may not grant) and returns err. The
 // change itself rolled back, so the row is written on its own.
 func (s *Service) refused(ctx context.Context, actor, addr, action, target string, err error) error {
-	var fe FieldErrors
+	var fe problem.FieldErrors
 	if errors.As(err, &fe) {
 		s.audit(context.WithoutCancel(ctx), s.pool, actor, addr, action, target, resultError, fe.Error())
 	}

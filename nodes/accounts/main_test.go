@@ -15,6 +15,7 @@ import (
 
 	"github.com/callplane/callplane/db/dbtest"
 	"github.com/callplane/callplane/nodes/accounts"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 func TestMain(m *testing.M) { os.Exit(dbtest.Main(m)) }
@@ -124,9 +125,9 @@ func wantThrottled(t *testing.T, err error, what string) {
 }
 
 // wantField fails unless err is field errors naming field.
-func wantField(t *testing.T, err error, field, what string) accounts.FieldErrors {
+func wantField(t *testing.T, err error, field, what string) problem.FieldErrors {
 	t.Helper()
-	var fe accounts.FieldErrors
+	var fe problem.FieldErrors
 	if !errors.As(err, &fe) || fe[field] == "" {
 		t.Fatalf("%s: got %v, want a message on %q", what, err, field)
 	}

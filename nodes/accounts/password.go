@@ -14,6 +14,7 @@ import (
 
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/dbsqlc"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 // Argon2id parameters: 19 MiB, 2 passes, 1 lane (the OWASP minimum).
@@ -82,7 +83,7 @@ func ValidatePassword(pw string) string {
 // session cannot be used to guess; it and a new password the policy
 // refuses are audited.
 func (s *Service) ChangePassword(ctx context.Context, u User, addr, token, current, next, confirm string) (int64, error) {
-	fe := FieldErrors{}
+	fe := problem.FieldErrors{}
 	if current == "" {
 		fe["current"] = "enter your current password"
 	}
@@ -117,7 +118,7 @@ func (s *Service) ChangePassword(ctx context.Context, u User, addr, token, curre
 	}
 	if !ok {
 		s.audit(ctx, s.pool, u.Email, addr, "user.password", u.Email, resultError, "wrong current password")
-		return 0, FieldErrors{"current": "this is not your current password"}
+		return 0, problem.FieldErrors{"current": "this is not your current password"}
 	}
 	s.release(ctx, ids)
 	hash, err := s.hasher.hash(ctx, next)

@@ -2,7 +2,6 @@ package accounts
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
 	"runtime"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/dbsqlc"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 // Sign-in protection, in the order a request meets it:
@@ -42,14 +42,15 @@ func (e *ThrottledError) Error() string {
 	return fmt.Sprintf("too many sign-in attempts; try again in %s", e.Wait.Round(time.Second))
 }
 
-// Is makes errors.Is(err, ErrThrottled) true.
-func (e *ThrottledError) Is(target error) bool { return target == ErrThrottled }
+// Unwrap makes errors.Is(err, ErrThrottled) true, and so the error of
+// kind problem.ErrThrottled.
+func (e *ThrottledError) Unwrap() error { return ErrThrottled }
 
 // RetryAfter is the wait in whole seconds, at least 1.
 func (e *ThrottledError) RetryAfter() int { return max(1, int(math.Ceil(e.Wait.Seconds()))) }
 
 // ErrBusy: no password hasher came free in time.
-var ErrBusy = errors.New("the server is busy checking other sign-ins; try again in a few seconds")
+var ErrBusy = problem.New(problem.ErrUnavailable, "the server is busy checking other sign-ins; try again in a few seconds")
 
 // slowdown is the rule for one kind of key: free failures within the
 // window, then the next attempt must wait first after the last failure,

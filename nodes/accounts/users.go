@@ -13,6 +13,7 @@ import (
 
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/dbsqlc"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 // NormalizeEmail is the stored form of an e-mail address: trimmed and in
@@ -20,8 +21,8 @@ import (
 // unique index on lower(email) holds it in the database too).
 func NormalizeEmail(email string) string { return strings.ToLower(strings.TrimSpace(email)) }
 
-func validateNew(email, password, role string) (string, FieldErrors) {
-	fe := FieldErrors{}
+func validateNew(email, password, role string) (string, problem.FieldErrors) {
+	fe := problem.FieldErrors{}
 	email = NormalizeEmail(email)
 	if a, err := mail.ParseAddress(email); err != nil || a.Address != email || len(email) > 254 {
 		fe["email"] = "enter a valid email address"
@@ -99,7 +100,7 @@ func (s *Service) AddUser(ctx context.Context, actor, addr, email, password, rol
 		var err error
 		u, err = s.q.UserInsert(ctx, tx, dbsqlc.UserInsertParams{Email: email, PasswordHash: hash, Role: role})
 		if errors.Is(db.Translate(err), db.ErrConflict) {
-			return FieldErrors{"email": "an account with this email already exists"}
+			return problem.FieldErrors{"email": "an account with this email already exists"}
 		}
 		if err != nil {
 			return err
@@ -129,7 +130,7 @@ func (s *Service) ListUsers(ctx context.Context) ([]Account, error) {
 func (s *Service) SetRole(ctx context.Context, actor User, addr string, id int64, role string) error {
 	target := fmt.Sprintf("user %d", id)
 	if !slices.Contains(Roles, role) {
-		return s.refused(ctx, actor.Email, addr, "user.role", target, FieldErrors{"role": "role must be owner, admin or viewer"})
+		return s.refused(ctx, actor.Email, addr, "user.role", target, problem.FieldErrors{"role": "role must be owner, admin or viewer"})
 	}
 	err := db.InTx(ctx, s.pool, func(tx pgx.Tx) error {
 		u, err := s.q.UserGet(ctx, tx, id)
@@ -143,7 +144,7 @@ func (s *Service) SetRole(ctx context.Context, actor User, addr string, id int64
 			}
 		}
 		if role == RoleOwner && !actor.Can(RoleOwner) {
-			return FieldErrors{"role": "only an owner can make another owner"}
+			return problem.FieldErrors{"role": "only an owner can make another owner"}
 		}
 		if _, err := s.q.UserSetRole(ctx, tx, dbsqlc.UserSetRoleParams{ID: id, Role: role}); err != nil {
 			return err
@@ -164,7 +165,7 @@ func (s *Service) keepAnOwner(ctx context.Context, tx pgx.Tx) error {
 		return err
 	}
 	if n <= 1 {
-		return FieldErrors{"role": "the last active owner cannot be demoted or disabled"}
+		return problem.FieldErrors{"role": "the last active owner cannot be demoted or disabled"}
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/callplane/callplane/nodes/accounts"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 // First-run setup needs this instance's code, creates one owner, and
@@ -144,7 +145,7 @@ func TestLastOwnerGuardUnderConcurrency(t *testing.T) {
 		}
 		close(start)
 		wg.Wait()
-		var fe accounts.FieldErrors
+		var fe problem.FieldErrors
 		if (errs[0] == nil) == (errs[1] == nil) || !(errors.As(errs[0], &fe) || errors.As(errs[1], &fe)) {
 			t.Fatalf("round %d: %v and %v, want exactly one refused by the guard", round, errs[0], errs[1])
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/probe"
+	"github.com/callplane/callplane/nodes/settings"
 	"github.com/callplane/callplane/server/metrics"
 )
 
@@ -84,12 +85,12 @@ func (c *Checker) Run(ctx context.Context, epoch int64) {
 	}()
 	c.trustSince = time.Now()
 	c.progress.Store(time.Now().UnixNano())
-	first := Builtin().ProbeInterval
+	first := settings.Builtin().ProbeInterval
 	st, err := c.store.Load(ctx)
 	if err == nil {
 		first = st.ProbeInterval
 	} else {
-		st = Builtin()
+		st = settings.Builtin()
 	}
 	stall := &atomic.Int64{}
 	stall.Store(int64(st.StallAfter()))
@@ -109,7 +110,7 @@ func (c *Checker) Run(ctx context.Context, epoch int64) {
 	}
 	for ctx.Err() == nil {
 		start := time.Now()
-		interval := Builtin().ProbeInterval
+		interval := settings.Builtin().ProbeInterval
 		st, err := c.store.Load(ctx)
 		if err == nil {
 			interval = st.ProbeInterval
@@ -195,7 +196,7 @@ func probeName(kind string) string {
 	return "probe"
 }
 
-func (c *Checker) proberFor(st Settings) (*probe.Prober, error) {
+func (c *Checker) proberFor(st settings.Settings) (*probe.Prober, error) {
 	key := fmt.Sprint(st.ProbeTimeout, st.SIPOKCodes)
 	if c.prober != nil && c.proberKey == key {
 		return c.prober, nil
@@ -217,7 +218,7 @@ func (c *Checker) proberFor(st Settings) (*probe.Prober, error) {
 
 // check probes every node concurrently, each probe under its own timeout,
 // and judges each probe together with the agent's heartbeat.
-func (c *Checker) check(ctx context.Context, st Settings, list []dbsqlc.Node, trusted bool) ([]observation, error) {
+func (c *Checker) check(ctx context.Context, st settings.Settings, list []dbsqlc.Node, trusted bool) ([]observation, error) {
 	p, err := c.proberFor(st)
 	if err != nil {
 		return nil, err
@@ -279,7 +280,7 @@ func watched(n *dbsqlc.Node, now time.Time) bool {
 
 // Round runs one probe round: probe, record, and apply every change. It
 // ends by recording the completed round in checker_status.
-func (c *Checker) Round(ctx context.Context, epoch int64, st Settings) error {
+func (c *Checker) Round(ctx context.Context, epoch int64, st settings.Settings) error {
 	metrics.CheckerRounds.Inc()
 	start := time.Now()
 	pool := c.svc.Pool()
@@ -429,7 +430,7 @@ type DisruptionPayload struct {
 // (the fail threshold's rounds: the time one node takes to go down) are
 // more than the share; nodes that failed one by one earlier do not start
 // one. It lasts while all the nodes failing now are more than the share.
-func (c *Checker) disruption(ctx context.Context, epoch int64, st Settings, obs []observation) (bool, error) {
+func (c *Checker) disruption(ctx context.Context, epoch int64, st settings.Settings, obs []observation) (bool, error) {
 	now := time.Now()
 	var total, fresh int
 	var failing []string
@@ -490,7 +491,7 @@ func (c *Checker) disruption(ctx context.Context, epoch int64, st Settings, obs 
 
 // agentLostChanges reports whether a node's agent-lost flag must be
 // written this round: set, cleared, or due to be mailed.
-func agentLostChanges(st Settings, o observation, now time.Time) bool {
+func agentLostChanges(st settings.Settings, o observation, now time.Time) bool {
 	n := o.node
 	switch {
 	case o.verdict.AgentLost && n.AgentLostSince == nil:
@@ -507,7 +508,7 @@ func agentLostChanges(st Settings, o observation, now time.Time) bool {
 
 // agentLost sets, mails or clears a node's agent-lost flag. Agent lost
 // moves no work and changes no health: the service answers its probe.
-func (c *Checker) agentLost(ctx context.Context, epoch int64, st Settings, o observation) error {
+func (c *Checker) agentLost(ctx context.Context, epoch int64, st settings.Settings, o observation) error {
 	return c.inTx(ctx, epoch, func(tx pgx.Tx) error {
 		n, err := db.Q.NodeGetForUpdate(ctx, tx, o.node.ID)
 		if err != nil {
@@ -566,7 +567,7 @@ func (c *Checker) queueAlert(ctx context.Context, tx pgx.Tx, n *dbsqlc.Node, p A
 // failsOver reports whether work on node n, if it is down, moves away
 // automatically: its kind's policy is auto, it is not in maintenance and
 // not disabled (a disabled node's work has moved already).
-func failsOver(st Settings, n *dbsqlc.Node, now time.Time) bool {
+func failsOver(st settings.Settings, n *dbsqlc.Node, now time.Time) bool {
 	return nodes.NodeFromRow(*n).CanFailOver(st.PolicyFor(n.Kind), now)
 }
 
@@ -574,7 +575,7 @@ func failsOver(st Settings, n *dbsqlc.Node, now time.Time) bool {
 // watched again (maintenance ended, enabled, a disruption cleared) and
 // either was never mailed for this outage or carries work that automatic
 // failover should move.
-func stillDownDue(st Settings, n *dbsqlc.Node, now time.Time) bool {
+func stillDownDue(st settings.Settings, n *dbsqlc.Node, now time.Time) bool {
 	if n.Health != nodes.HealthDown || !watched(n, now) {
 		return false
 	}
@@ -585,7 +586,7 @@ func stillDownDue(st Settings, n *dbsqlc.Node, now time.Time) bool {
 // went down: its maintenance ended, it was enabled, a disruption held
 // failover, or its kind's policy turned auto. It sends the DOWN email
 // then (once per outage) and moves its work under automatic failover.
-func (c *Checker) sweep(ctx context.Context, epoch int64, st Settings, n dbsqlc.Node) error {
+func (c *Checker) sweep(ctx context.Context, epoch int64, st settings.Settings, n dbsqlc.Node) error {
 	if !stillDownDue(st, &n, time.Now()) {
 		return nil
 	}
@@ -625,7 +626,7 @@ func (c *Checker) sweep(ctx context.Context, epoch int64, st Settings, n dbsqlc.
 // tx: under auto it moves the work away; otherwise it says what stays,
 // and whether the other nodes lack the room to take it (noRoom), as the
 // portal's disable preview does.
-func (c *Checker) downOutcome(ctx context.Context, tx pgx.Tx, st Settings, n *dbsqlc.Node, cause string) (string, bool, error) {
+func (c *Checker) downOutcome(ctx context.Context, tx pgx.Tx, st settings.Settings, n *dbsqlc.Node, cause string) (string, bool, error) {
 	wk := nodes.WorkKindFor(n.Kind)
 	now := time.Now()
 	if n.AdminState == nodes.StateDisabled {
@@ -669,7 +670,7 @@ type applied struct {
 // row is locked and the state machine applied again to it, so a
 // concurrent change is not overwritten. guard holds failover and DOWN
 // alerts during an unconfirmed disruption.
-func (c *Checker) apply(ctx context.Context, epoch int64, st Settings, th Thresholds, guard bool, o observation) (applied, error) {
+func (c *Checker) apply(ctx context.Context, epoch int64, st settings.Settings, th Thresholds, guard bool, o observation) (applied, error) {
 	var out applied
 	err := c.inTx(ctx, epoch, func(tx pgx.Tx) error {
 		out = applied{}
@@ -729,7 +730,7 @@ func (c *Checker) apply(ctx context.Context, epoch int64, st Settings, th Thresh
 	return out, err
 }
 
-func (c *Checker) transition(ctx context.Context, tx pgx.Tx, st Settings, guard bool, old, n *dbsqlc.Node, cur, next State, o observation, out *applied) error {
+func (c *Checker) transition(ctx context.Context, tx pgx.Tx, st settings.Settings, guard bool, old, n *dbsqlc.Node, cur, next State, o observation, out *applied) error {
 	now := time.Now()
 	inMaint := inMaintenance(n, now)
 	disabled := n.AdminState == nodes.StateDisabled

@@ -7,7 +7,6 @@
 // mailer in nodes/outbox sends) and, under the automatic failover policy,
 // the move of the node's work.
 //
-// It also holds the alert and health settings (Store): typed, validated,
-// defaulted from the command line and overridden by what an administrator
-// saves in the portal.
+// Its settings live in nodes/settings; Store adds what the portal reads of
+// the checker beside them (its status, the disruption guard, the outbox).
 package health

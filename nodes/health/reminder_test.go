@@ -3,6 +3,8 @@ package health
 import (
 	"testing"
 	"time"
+
+	"github.com/callplane/callplane/nodes/settings"
 )
 
 func TestAlertReminderSetting(t *testing.T) {
@@ -16,13 +18,13 @@ func TestAlertReminderSetting(t *testing.T) {
 		{"30m", 30 * time.Minute, false}, {"2h", 2 * time.Hour, false},
 		{"10s", 0, true}, {"8d", 0, true}, {"soon", 0, true},
 	} {
-		v := Builtin().Values()
-		if v[KeyAlertReminder] != "0s" {
-			t.Fatalf("default reminder %q, want off", v[KeyAlertReminder])
+		v := settings.Builtin().Values()
+		if v[settings.KeyAlertReminder] != "0s" {
+			t.Fatalf("default reminder %q, want off", v[settings.KeyAlertReminder])
 		}
-		v[KeyAlertReminder] = c.raw
-		st, fe := Parse(v)
-		if _, bad := fe[KeyAlertReminder]; bad != c.bad || (!c.bad && st.AlertReminder != c.want) {
+		v[settings.KeyAlertReminder] = c.raw
+		st, fe := settings.Parse(v)
+		if _, bad := fe[settings.KeyAlertReminder]; bad != c.bad || (!c.bad && st.AlertReminder != c.want) {
 			t.Errorf("%q: %v %v", c.raw, st.AlertReminder, fe)
 		}
 	}

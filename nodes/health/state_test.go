@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/settings"
 )
 
 func TestStep(t *testing.T) {
@@ -55,7 +56,7 @@ func TestStep(t *testing.T) {
 // death, each taking up to the timeout.
 func TestDefaultDetection(t *testing.T) {
 	t.Parallel()
-	s := Builtin()
+	s := settings.Builtin()
 	worst := s.ProbeInterval + time.Duration(s.FailThreshold-1)*s.ProbeInterval + s.ProbeTimeout
 	best := time.Duration(s.FailThreshold-1)*s.ProbeInterval + s.ProbeTimeout
 	if best < 1500*time.Millisecond || worst > 3*time.Second {

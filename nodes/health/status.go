@@ -11,6 +11,7 @@ import (
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/problem"
 )
 
 // Status is what every instance knows of the health checker, from the
@@ -102,8 +103,8 @@ func (s *Store) ConfirmDisruption(ctx context.Context, actor nodes.Actor) (Disru
 	var out Disruption
 	err := db.InTx(ctx, s.pool, func(tx pgx.Tx) error {
 		d, err := db.Q.DisruptionConfirm(ctx, tx, actor.Name)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return nodes.FieldErrors{"disruption": ErrNoDisruption.Error()}
+		if db.IsNotFound(err) {
+			return problem.FieldErrors{"disruption": ErrNoDisruption.Error()}
 		}
 		if err != nil {
 			return err
@@ -120,7 +121,7 @@ func (s *Store) ConfirmDisruption(ctx context.Context, actor nodes.Actor) (Disru
 			Message: "Disruption confirmed by " + actor.Name + ": automatic failover and alerts proceed for the failing nodes"})
 	})
 	if err != nil {
-		var fe nodes.FieldErrors
+		var fe problem.FieldErrors
 		if errors.As(err, &fe) {
 			_ = db.Q.AuditInsert(ctx, s.pool, dbsqlc.AuditInsertParams{
 				Actor: actor.Name, Action: "health.disruption.confirm", Target: "health", Result: "error", SourceAddr: actor.Addr, Detail: err.Error(),

@@ -18,6 +18,7 @@ import (
 	"github.com/callplane/callplane/nodes/alert/smtptest"
 	"github.com/callplane/callplane/nodes/health"
 	"github.com/callplane/callplane/nodes/outbox"
+	"github.com/callplane/callplane/nodes/settings"
 	"github.com/callplane/callplane/server"
 )
 
@@ -38,7 +39,7 @@ func setupMailer(t *testing.T) mailerSetup {
 	t.Cleanup(pool.Close)
 	sink := smtptest.Start(t)
 	log := slog.New(slog.DiscardHandler)
-	store := health.NewStore(pool, health.Defaults{SMTPURL: sink.URL(), AlertFrom: "alerts@example.com", AlertTo: "ops@example.com"}, "https://portal.example", log)
+	store := settings.NewStore(pool, settings.Defaults{SMTPURL: sink.URL(), AlertFrom: "alerts@example.com", AlertTo: "ops@example.com"}, "https://portal.example", log)
 	leader := server.NewLeader(pool, "cm-test", 2*time.Second, log)
 	lctx, stop := context.WithCancel(ctx)
 	t.Cleanup(stop)

@@ -20,6 +20,7 @@ import (
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/alert"
 	"github.com/callplane/callplane/nodes/health"
+	"github.com/callplane/callplane/nodes/settings"
 	"github.com/callplane/callplane/server/metrics"
 )
 
@@ -35,10 +36,16 @@ const (
 	MaxBackoff = 5 * time.Minute
 )
 
+// SettingsSource is where the mailer reads the alert settings (SMTP
+// server, sender, recipients): a *settings.Store.
+type SettingsSource interface {
+	Load(ctx context.Context) (settings.Settings, error)
+}
+
 // Config configures a Mailer.
 type Config struct {
 	Pool  *pgxpool.Pool
-	Store *health.Store
+	Store SettingsSource
 	Fence health.Fencer
 	Log   *slog.Logger
 	// PortalURL is the portal's base URL, for links in emails.

@@ -16,6 +16,7 @@ import (
 	"github.com/callplane/callplane/nodes/alert/smtptest"
 	"github.com/callplane/callplane/nodes/health"
 	"github.com/callplane/callplane/nodes/outbox"
+	"github.com/callplane/callplane/nodes/settings"
 	"github.com/callplane/callplane/server"
 )
 
@@ -49,7 +50,7 @@ func TestBurstIsOneEmail(t *testing.T) {
 	t.Cleanup(pool.Close)
 	sink := smtptest.Start(t)
 	log := slog.New(slog.DiscardHandler)
-	store := health.NewStore(pool, health.Defaults{SMTPURL: sink.URL(), AlertFrom: "alerts@example.com", AlertTo: "ops@example.com"}, "https://portal.example", log)
+	store := settings.NewStore(pool, settings.Defaults{SMTPURL: sink.URL(), AlertFrom: "alerts@example.com", AlertTo: "ops@example.com"}, "https://portal.example", log)
 	leader := server.NewLeader(pool, "cm-test", 2*time.Second, log)
 	lctx, stop := context.WithCancel(ctx)
 	t.Cleanup(stop)

@@ -15,6 +15,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/settings"
 )
 
 // Calls is what the front door needs from the cluster domain.
@@ -61,7 +62,7 @@ type Front struct {
 	udpLaddr   sip.Addr // the UDP listener, which forwarded requests leave from
 	publicHost string
 	publicPort int
-	settings   atomic.Pointer[Settings]
+	settings   atomic.Pointer[settings.SIP]
 	writer     *writer
 	placer     *placer
 	dialogs    dialogCache
@@ -85,7 +86,7 @@ func New(cfg Config, calls Calls) (*Front, error) {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	f := &Front{cfg: cfg, calls: calls, log: cfg.Log.With("component", "sip"), bg: context.Background()}
-	def := DefaultSettings()
+	def := settings.DefaultSIP()
 	f.settings.Store(&def)
 	if err := f.bind(cfg.Listen); err != nil {
 		return nil, err
@@ -172,7 +173,7 @@ func (f *Front) Addr() string { return net.JoinHostPort(f.listenHost, strconv.It
 func (f *Front) Public() string { return net.JoinHostPort(f.publicHost, strconv.Itoa(f.publicPort)) }
 
 // Settings returns the settings in force.
-func (f *Front) Settings() Settings { return *f.settings.Load() }
+func (f *Front) Settings() settings.SIP { return *f.settings.Load() }
 
 // Stats returns this instance's counters.
 func (f *Front) Stats() *Counters { return &f.stats }
@@ -243,7 +244,7 @@ func (f *Front) refreshSettings(ctx context.Context) {
 		}
 		return
 	}
-	s, errs := ParseSettings(v)
+	s, errs := settings.ParseSIP(v)
 	for k, e := range errs {
 		f.log.Warn("ignoring a stored SIP setting", "key", k, "err", e)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/settings"
 )
 
 // Failure causes recorded with calls and failed tries. They are few and
@@ -190,7 +191,7 @@ func (c *call) end(state, cause string, record bool) {
 // try forwards the INVITE to one node in a client transaction and relays
 // what comes back, until a final answer, a failure that calls for the next
 // node, or the caller's CANCEL.
-func (c *call) try(t nodes.CallTarget, st Settings) outcome {
+func (c *call) try(t nodes.CallTarget, st settings.SIP) outcome {
 	f := c.f
 	start := time.Now()
 	failover := func(cause string, timedOut bool) outcome {

@@ -1,4 +1,4 @@
-package health
+package settings
 
 import (
 	"maps"

@@ -14,6 +14,36 @@ import (
 	"github.com/callplane/callplane/nodes/problem"
 )
 
+// Alert is an alert of the outbox: an email to send about a node's health,
+// waiting work, a disruption or a failed work start.
+type Alert struct {
+	ID            int64
+	CreatedAt     time.Time
+	Type          string
+	NodeName      string
+	Payload       []byte
+	State         string
+	Attempts      int32
+	NextAttemptAt time.Time
+	LastError     string
+	SentAt        *time.Time
+	EmailID       string
+	SendingSince  *time.Time
+	AckedAt       *time.Time
+	AckedBy       string
+	AckNote       string
+}
+
+// alertFromRow converts an alert's database row to an Alert.
+func alertFromRow(r dbsqlc.Alert) Alert {
+	return Alert{ID: r.ID, CreatedAt: r.CreatedAt, Type: r.Type, NodeName: r.NodeName, Payload: r.Payload, State: r.State,
+		Attempts: r.Attempts, NextAttemptAt: r.NextAttemptAt, LastError: r.LastError, SentAt: r.SentAt, EmailID: r.EmailID,
+		SendingSince: r.SendingSince, AckedAt: r.AckedAt, AckedBy: r.AckedBy, AckNote: r.AckNote}
+}
+
+// Acked reports whether an administrator acknowledged the alert.
+func (a Alert) Acked() bool { return a.AckedAt != nil }
+
 // AlertFilter selects alerts for the API; Cursor is the last id of the
 // previous page (0 for the first).
 type AlertFilter struct {
@@ -23,10 +53,11 @@ type AlertFilter struct {
 }
 
 // ListAlerts returns one page of the alert outbox, newest first.
-func (s *Service) ListAlerts(ctx context.Context, f AlertFilter) ([]dbsqlc.Alert, error) {
-	return s.q.AlertPage(ctx, s.pool, dbsqlc.AlertPageParams{
+func (s *Service) ListAlerts(ctx context.Context, f AlertFilter) ([]Alert, error) {
+	rows, err := s.q.AlertPage(ctx, s.pool, dbsqlc.AlertPageParams{
 		Cursor: f.Cursor, NodeName: f.Node, State: f.State, Type: f.Type, Lim: pageLimit(f.Limit),
 	})
+	return fromRows(rows, alertFromRow), err
 }
 
 // pageLimit bounds a page size: 100 by default, 1000 at most.
@@ -46,13 +77,13 @@ var ErrNotAcknowledgeable = fmt.Errorf("only the down alert of a node that is st
 
 // AckAlert acknowledges a node's down alert with a note: reminders stop
 // until the node recovers, and the recovery email names who acknowledged.
-func (s *Service) AckAlert(ctx context.Context, actor Actor, id int64, note string) (dbsqlc.Alert, error) {
+func (s *Service) AckAlert(ctx context.Context, actor Actor, id int64, note string) (Alert, error) {
 	note = strings.TrimSpace(note)
 	switch {
 	case note == "":
-		return dbsqlc.Alert{}, problem.FieldErrors{"note": "say what is being done about it"}
+		return Alert{}, problem.FieldErrors{"note": "say what is being done about it"}
 	case len(note) > 1000:
-		return dbsqlc.Alert{}, problem.FieldErrors{"note": "note must be at most 1000 characters"}
+		return Alert{}, problem.FieldErrors{"note": "note must be at most 1000 characters"}
 	}
 	var a dbsqlc.Alert
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
@@ -84,33 +115,13 @@ func (s *Service) AckAlert(ctx context.Context, actor Actor, id int64, note stri
 		}
 		return s.event(ctx, tx, &n, "alert", "info", actor.Name, fmt.Sprintf("Down alert of %s acknowledged by %s: %s", n.Name, actor.Name, note))
 	})
-	return a, err
-}
-
-// Ack is who acknowledged a node's down alert, and why.
-type Ack struct {
-	By   string
-	Note string
-	At   time.Time
-}
-
-// AckSince returns the acknowledgement of a node's down alerts queued
-// since it went down, if any.
-func (s *Service) AckSince(ctx context.Context, q dbsqlc.DBTX, nodeName string, since time.Time) (Ack, bool, error) {
-	row, err := s.q.AlertAckSince(ctx, q, dbsqlc.AlertAckSinceParams{NodeName: nodeName, Since: since})
-	if db.IsNotFound(err) {
-		return Ack{}, false, nil
-	}
-	if err != nil || row.AckedAt == nil {
-		return Ack{}, false, err
-	}
-	return Ack{By: row.AckedBy, Note: row.AckNote, At: *row.AckedAt}, true, nil
+	return alertFromRow(a), err
 }
 
 // DownAlert returns the newest down alert (or reminder) queued since the
 // node went down, or nil when the node is not down or none was queued
 // (a disabled node or one in maintenance raises none).
-func (s *Service) DownAlert(ctx context.Context, n dbsqlc.Node) (*dbsqlc.Alert, error) {
+func (s *Service) DownAlert(ctx context.Context, n Node) (*Alert, error) {
 	if n.Health != HealthDown {
 		return nil, nil
 	}
@@ -121,5 +132,42 @@ func (s *Service) DownAlert(ctx context.Context, n dbsqlc.Node) (*dbsqlc.Alert, 
 	if err != nil {
 		return nil, err
 	}
-	return &a, nil
+	out := alertFromRow(a)
+	return &out, nil
+}
+
+// OutboxStatus is the state of the alert outbox, for the settings page.
+type OutboxStatus struct {
+	Pending, Sent, Failed int64
+	// RecentFailed are the newest alerts that failed for good, with
+	// their last error; Retrying the pending ones that failed at least once.
+	RecentFailed []Alert
+	Retrying     []Alert
+}
+
+// OutboxStatus returns the state of the alert outbox.
+func (s *Service) OutboxStatus(ctx context.Context) (OutboxStatus, error) {
+	var o OutboxStatus
+	counts, err := s.q.AlertCounts(ctx, s.pool)
+	if err != nil {
+		return o, err
+	}
+	for _, c := range counts {
+		switch c.State {
+		case "pending":
+			o.Pending = c.N
+		case "sent":
+			o.Sent = c.N
+		case "failed":
+			o.Failed = c.N
+		}
+	}
+	failed, err := s.q.AlertListFailed(ctx, s.pool, 10)
+	if err != nil {
+		return o, err
+	}
+	o.RecentFailed = fromRows(failed, alertFromRow)
+	retrying, err := s.q.AlertListPendingWithError(ctx, s.pool, 10)
+	o.Retrying = fromRows(retrying, alertFromRow)
+	return o, err
 }

@@ -6,14 +6,14 @@ import (
 	"github.com/callplane/callplane/db/dbsqlc"
 )
 
-// ListAudit returns the newest audit rows matching q.
-func (s *Service) ListAudit(ctx context.Context, q string, limit int32) ([]dbsqlc.AuditLog, error) {
-	return s.q.AuditList(ctx, s.pool, dbsqlc.AuditListParams{Q: q, Lim: limit})
-}
-
-// ListEvents returns the newest events, for one node when node is set.
-func (s *Service) ListEvents(ctx context.Context, node, q string, limit int32) ([]dbsqlc.Event, error) {
-	return s.q.EventList(ctx, s.pool, dbsqlc.EventListParams{NodeName: node, Q: q, Lim: limit})
+// ListEvents returns the newest events, for one node when node is set; q
+// matches the message, type or node name.
+func (s *Service) ListEvents(ctx context.Context, node, q string, limit int32) ([]Event, error) {
+	rows, err := s.q.EventList(ctx, s.pool, dbsqlc.EventListParams{NodeName: node, Q: q, Lim: limit})
+	if err != nil {
+		return nil, err
+	}
+	return fromRows(rows, eventFromRow), nil
 }
 
 // Audit records a successful change made outside the domain's own

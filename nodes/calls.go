@@ -13,9 +13,12 @@ import (
 )
 
 // The SIP front door's view of the cluster: calls as work items of kind
-// "call" with a sip_calls row each. Every step of a call is one statement
-// (one round trip, one commit), because every call setup is durable and
-// the front door must keep pace with a dedicated SIP proxy.
+// "call" with a sip_calls row each. The hot path is CommitCalls: the
+// front door's new calls, answers and ends of one moment in one
+// transaction (one commit for all of them), because every call setup is
+// durable and the front door must keep pace with a dedicated SIP proxy.
+// The rare steps (a failover try, a call refused before any node) are
+// one statement each.
 
 // Call states and the causes the front door records.
 const (
@@ -112,8 +115,18 @@ func (s *Service) PlaceSIPCall(ctx context.Context, id CallIdentity, exclude []i
 	if err != nil {
 		return CallTarget{}, fmt.Errorf("place call %s: %w", id.Ref, err)
 	}
+	if t.NodeID != 0 {
+		countPlaced(callKind, WorkAssigned, causeSIP, 1)
+	}
 	return t, nil
 }
+
+// callKind is the work kind of SIP calls; causeSIP is the cause their
+// placements are counted under in the metrics.
+const (
+	callKind = "call"
+	causeSIP = "sip"
+)
 
 // errMerged rolls back a placement that met a live call with its ref.
 var errMerged = errors.New("merged call")
@@ -161,17 +174,6 @@ func (s *Service) EndCall(ctx context.Context, id CallIdentity, state, cause str
 		return 0, false, fmt.Errorf("end call %s: %w", id.Ref, err)
 	}
 	return row.NodeID, row.Ended > 0, nil
-}
-
-// CallsAnswered marks calls answered, many in one statement.
-func (s *Service) CallsAnswered(ctx context.Context, answers []CallAnswer) error {
-	p := dbsqlc.SipCallAnsweredParams{
-		Refs: make([]string, len(answers)), ToTags: make([]string, len(answers)), Ats: make([]time.Time, len(answers)),
-	}
-	for i, a := range answers {
-		p.Refs[i], p.ToTags[i], p.Ats[i] = a.Ref, a.ToTag, a.At
-	}
-	return retryStatement(ctx, func() error { return s.q.SipCallAnswered(ctx, s.pool, p) })
 }
 
 // LookupCall finds the call an in-dialog request belongs to by the refs
@@ -284,35 +286,103 @@ func retryStatement(ctx context.Context, fn func() error) error {
 	}
 }
 
-// PlaceCalls places a batch of new calls (first tries) in one
-// transaction: the eligible media nodes are locked once, the calls planned
-// over them in Go, and the work items, call rows and node loads written by
-// one statement. Each call gets its target; NodeID 0 means no node had
-// room. A call whose ref exists already (an INVITE sent again after a
-// challenge, or a merged request) is placed on its own with PlaceSIPCall.
-func (s *Service) PlaceCalls(ctx context.Context, ids []CallIdentity, instance string) ([]CallTarget, error) {
-	out := make([]CallTarget, len(ids))
+// CallBatch is what the SIP front door writes in one transaction: the
+// calls answered, the calls ended and the first tries of new calls that
+// arrived since its last commit.
+type CallBatch struct {
+	Answers []CallAnswer
+	Ends    []CallEnd
+	Places  []CallIdentity
+}
+
+// CallEnd is one call to end in a batch. Answer, when set, is the call's
+// answer, written with its end.
+type CallEnd struct {
+	Ref    string
+	State  string
+	Cause  string
+	Answer *CallAnswer
+}
+
+// CallBatchResult is what a committed CallBatch did: where each call of
+// Places went (in order; NodeID 0: no node had room; Merged: a live call
+// holds its Call-ID and From tag), the error of a call placed on its own
+// after the commit that failed (in order, nil when placed), and the nodes
+// whose calls changed.
+type CallBatchResult struct {
+	Targets []CallTarget
+	Errs    []error
+	Touched []int64
+}
+
+// CommitCalls writes a CallBatch in one transaction, so that the front
+// door's writes cost one commit (one WAL flush) per batch whatever their
+// mix, and its writers never wait on each other's node locks. The
+// eligible media nodes are locked once; the answers are marked, then the
+// ends written (their nodes' load drops, which the planner sees), then
+// the new calls planned by Plan over the locked nodes and written by one
+// statement. A new call whose ref exists already (an INVITE sent again
+// after a challenge, or a merged request) is placed after the commit on
+// its own with PlaceSIPCall.
+func (s *Service) CommitCalls(ctx context.Context, b CallBatch, instance string) (CallBatchResult, error) {
+	var res CallBatchResult
 	var again []int
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		res = CallBatchResult{Targets: make([]CallTarget, len(b.Places)), Errs: make([]error, len(b.Places))}
 		again = again[:0]
-		for i := range out {
-			out[i] = CallTarget{}
+		var cands []dbsqlc.SipMediaLockEligibleRow
+		if len(b.Places) > 0 {
+			// Locked first, in id order, as every multi-node writer does.
+			var err error
+			if cands, err = s.q.SipMediaLockEligible(ctx, tx); err != nil {
+				return err
+			}
 		}
-		cands, err := s.q.SipMediaLockEligible(ctx, tx)
-		if err != nil {
-			return err
+		if len(b.Answers) > 0 {
+			p := dbsqlc.SipCallAnsweredParams{
+				Refs: make([]string, len(b.Answers)), ToTags: make([]string, len(b.Answers)), Ats: make([]time.Time, len(b.Answers)),
+			}
+			for i, a := range b.Answers {
+				p.Refs[i], p.ToTags[i], p.Ats[i] = a.Ref, a.ToTag, a.At
+			}
+			if err := s.q.SipCallAnswered(ctx, tx, p); err != nil {
+				return err
+			}
 		}
-		items := make([]PlanItem, len(ids))
+		if len(b.Ends) > 0 {
+			n := len(b.Ends)
+			p := dbsqlc.SipCallEndBatchParams{Refs: make([]string, n), States: make([]string, n), Causes: make([]string, n),
+				Answered: make([]bool, n), AnsweredAts: make([]time.Time, n), ToTags: make([]string, n)}
+			for i, e := range b.Ends {
+				p.Refs[i], p.States[i], p.Causes[i] = e.Ref, e.State, e.Cause
+				p.AnsweredAts[i] = time.Now()
+				if a := e.Answer; a != nil {
+					p.Answered[i], p.AnsweredAts[i], p.ToTags[i] = true, a.At, a.ToTag
+				}
+			}
+			freed, err := s.q.SipCallEndBatch(ctx, tx, p)
+			if err != nil {
+				return err
+			}
+			for _, f := range freed {
+				res.Touched = append(res.Touched, f.NodeID)
+				for i := range cands {
+					if cands[i].ID == f.NodeID {
+						cands[i].Used = max(cands[i].Used-int32(f.Freed), 0)
+					}
+				}
+			}
+		}
+		if len(b.Places) == 0 {
+			return nil
+		}
+		items := make([]PlanItem, len(b.Places))
 		for i := range items {
 			items[i] = PlanItem{Cost: 1}
 		}
 		plan := Plan(items, mediaCandidates(cands))
 		p := dbsqlc.SipCallPlaceBatchParams{Instance: instance}
-		byID := make(map[int64]dbsqlc.SipMediaLockEligibleRow, len(cands))
-		for _, c := range cands {
-			byID[c.ID] = c
-		}
-		for i, id := range ids {
+		for i, id := range b.Places {
 			if plan[i] == 0 {
 				continue
 			}
@@ -334,7 +404,11 @@ func (s *Service) PlaceCalls(ctx context.Context, ids []CallIdentity, instance s
 		for _, r := range rows {
 			placed[r.Ref] = r
 		}
-		for i, id := range ids {
+		byID := make(map[int64]dbsqlc.SipMediaLockEligibleRow, len(cands))
+		for _, c := range cands {
+			byID[c.ID] = c
+		}
+		for i, id := range b.Places {
 			if plan[i] == 0 {
 				continue
 			}
@@ -345,48 +419,32 @@ func (s *Service) PlaceCalls(ctx context.Context, ids []CallIdentity, instance s
 			}
 			delete(placed, id.Ref) // a ref twice in one batch: the second goes again
 			n := byID[r.NodeID]
-			out[i] = CallTarget{WorkID: r.ID, Epoch: r.Epoch, NodeID: r.NodeID, NodeName: n.Name, Address: n.Address}
+			res.Targets[i] = CallTarget{WorkID: r.ID, Epoch: r.Epoch, NodeID: r.NodeID, NodeName: n.Name, Address: n.Address}
+			res.Touched = append(res.Touched, r.NodeID)
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("place %d calls: %w", len(ids), err)
+		return CallBatchResult{}, fmt.Errorf("write %d answered, %d ended and %d new calls: %w", len(b.Answers), len(b.Ends), len(b.Places), err)
 	}
+	placed := 0
+	for _, t := range res.Targets {
+		if t.NodeID != 0 {
+			placed++
+		}
+	}
+	countPlaced(callKind, WorkAssigned, causeSIP, placed)
 	for _, i := range again {
-		t, err := s.PlaceSIPCall(ctx, ids[i], nil, false)
-		if err != nil && !errors.Is(err, ErrMergedCall) {
-			return nil, err
+		t, err := s.PlaceSIPCall(ctx, b.Places[i], nil, false)
+		switch {
+		case errors.Is(err, ErrMergedCall):
+			res.Targets[i] = CallTarget{Merged: true}
+		case err != nil:
+			res.Errs[i] = err
+		default:
+			res.Targets[i] = t
+			res.Touched = append(res.Touched, t.NodeID)
 		}
-		out[i] = CallTarget{Merged: errors.Is(err, ErrMergedCall)}
-		if err == nil {
-			out[i] = t
-		}
 	}
-	return out, nil
-}
-
-// CallEnd is one call to end in a batch.
-type CallEnd struct {
-	Ref   string
-	State string
-	Cause string
-}
-
-// EndCalls ends many calls in one statement and returns the nodes whose
-// load dropped.
-func (s *Service) EndCalls(ctx context.Context, ends []CallEnd) ([]int64, error) {
-	p := dbsqlc.SipCallEndBatchParams{Refs: make([]string, len(ends)), States: make([]string, len(ends)), Causes: make([]string, len(ends))}
-	for i, e := range ends {
-		p.Refs[i], p.States[i], p.Causes[i] = e.Ref, e.State, e.Cause
-	}
-	var ids []int64
-	err := retryStatement(ctx, func() error {
-		var err error
-		ids, err = s.q.SipCallEndBatch(ctx, s.pool, p)
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("end %d calls: %w", len(ends), err)
-	}
-	return ids, nil
+	return res, nil
 }

@@ -97,9 +97,27 @@ func (s *Service) RevokeJoinToken(ctx context.Context, actor Actor, id string) e
 	})
 }
 
+// JoinTokenInfo is a join token as lists show it: never its secret or
+// hash.
+type JoinTokenInfo struct {
+	ID         string
+	NodeID     int64
+	NodeName   string
+	CreatedBy  string
+	CreatedAt  time.Time
+	ExpiresAt  time.Time
+	UsedAt     *time.Time
+	UsedByAddr string
+	RevokedAt  *time.Time
+}
+
 // ListJoinTokens lists join tokens, newest first.
-func (s *Service) ListJoinTokens(ctx context.Context) ([]dbsqlc.JoinTokenListRow, error) {
-	return s.q.JoinTokenList(ctx, s.pool)
+func (s *Service) ListJoinTokens(ctx context.Context) ([]JoinTokenInfo, error) {
+	rows, err := s.q.JoinTokenList(ctx, s.pool)
+	return fromRows(rows, func(r dbsqlc.JoinTokenListRow) JoinTokenInfo {
+		return JoinTokenInfo{ID: r.ID, NodeID: r.NodeID, NodeName: r.NodeName, CreatedBy: r.CreatedBy, CreatedAt: r.CreatedAt,
+			ExpiresAt: r.ExpiresAt, UsedAt: r.UsedAt, UsedByAddr: r.UsedByAddr, RevokedAt: r.RevokedAt}
+	}), err
 }
 
 // PruneTokens deletes join tokens that expired more than a week ago.
@@ -470,7 +488,24 @@ func (s *Service) RevokeAPIToken(ctx context.Context, actor Actor, id string) er
 	})
 }
 
+// APITokenInfo is an API token as lists show it: never its secret or
+// hash.
+type APITokenInfo struct {
+	ID         string
+	Name       string
+	Scope      string
+	CreatedBy  string
+	CreatedAt  time.Time
+	LastUsedAt *time.Time
+	RevokedAt  *time.Time
+	ExpiresAt  *time.Time
+}
+
 // ListAPITokens lists API tokens with their scope, expiry and last use.
-func (s *Service) ListAPITokens(ctx context.Context) ([]dbsqlc.ApiToken, error) {
-	return s.q.APITokenList(ctx, s.pool)
+func (s *Service) ListAPITokens(ctx context.Context) ([]APITokenInfo, error) {
+	rows, err := s.q.APITokenList(ctx, s.pool)
+	return fromRows(rows, func(r dbsqlc.ApiToken) APITokenInfo {
+		return APITokenInfo{ID: r.ID, Name: r.Name, Scope: r.Scope, CreatedBy: r.CreatedBy, CreatedAt: r.CreatedAt,
+			LastUsedAt: r.LastUsedAt, RevokedAt: r.RevokedAt, ExpiresAt: r.ExpiresAt}
+	}), err
 }

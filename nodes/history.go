@@ -3,12 +3,9 @@ package nodes
 import (
 	"context"
 	"fmt"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/callplane/callplane/db/dbsqlc"
-	"github.com/callplane/callplane/nodes/problem"
 )
 
 // Histories the portal charts and pages it reads. The samples are written
@@ -68,13 +65,35 @@ func (s *Service) RunSampler(ctx context.Context, _ int64) {
 }
 
 // LoadHistory returns a node's load samples over the last window.
-func (s *Service) LoadHistory(ctx context.Context, nodeID int64, window time.Duration) ([]dbsqlc.LoadSampleListByNodeRow, error) {
-	return s.q.LoadSampleListByNode(ctx, s.pool, dbsqlc.LoadSampleListByNodeParams{NodeID: nodeID, WindowSeconds: window.Seconds()})
+func (s *Service) LoadHistory(ctx context.Context, nodeID int64, window time.Duration) ([]LoadSample, error) {
+	rows, err := s.q.LoadSampleListByNode(ctx, s.pool, dbsqlc.LoadSampleListByNodeParams{NodeID: nodeID, WindowSeconds: window.Seconds()})
+	return fromRows(rows, func(r dbsqlc.LoadSampleListByNodeRow) LoadSample { return LoadSample(r) }), err
+}
+
+// LoadSample is a node's load at a minute: units used, capacity, the load
+// its agent reported and whether it could take work.
+type LoadSample struct {
+	At       time.Time
+	Used     int32
+	Capacity int32
+	Reported int32
+	Eligible bool
 }
 
 // KindHistory returns the work-per-kind samples over the last window.
-func (s *Service) KindHistory(ctx context.Context, window time.Duration) ([]dbsqlc.KindSample, error) {
-	return s.q.KindSampleList(ctx, s.pool, window.Seconds())
+func (s *Service) KindHistory(ctx context.Context, window time.Duration) ([]KindSample, error) {
+	rows, err := s.q.KindSampleList(ctx, s.pool, window.Seconds())
+	return fromRows(rows, func(r dbsqlc.KindSample) KindSample { return KindSample(r) }), err
+}
+
+// KindSample is the live work of a kind at a minute: items, units and
+// items waiting unplaced.
+type KindSample struct {
+	At      time.Time
+	Kind    string
+	Items   int64
+	Units   int64
+	Waiting int64
 }
 
 // Uptime is the share of the window a node was up, of the time its health
@@ -108,89 +127,51 @@ func (s *Service) NodeUptime(ctx context.Context, nodeID int64, windows ...time.
 
 // ProbeBuckets returns a node's probe results over the last window in
 // buckets of the given size.
-func (s *Service) ProbeBuckets(ctx context.Context, nodeID int64, window, bucket time.Duration) ([]dbsqlc.ProbeResultBucketsRow, error) {
-	return s.q.ProbeResultBuckets(ctx, s.pool, dbsqlc.ProbeResultBucketsParams{
+func (s *Service) ProbeBuckets(ctx context.Context, nodeID int64, window, bucket time.Duration) ([]ProbeBucket, error) {
+	rows, err := s.q.ProbeResultBuckets(ctx, s.pool, dbsqlc.ProbeResultBucketsParams{
 		NodeID: nodeID, WindowSeconds: window.Seconds(), BucketSeconds: bucket.Seconds(),
 	})
+	return fromRows(rows, func(r dbsqlc.ProbeResultBucketsRow) ProbeBucket { return ProbeBucket(r) }), err
+}
+
+// ProbeBucket sums a node's probes over a span of time: passes, failures,
+// and the mean and longest latency in microseconds.
+type ProbeBucket struct {
+	Bucket time.Time
+	Oks    int64
+	Fails  int64
+	AvgUs  int64
+	MaxUs  int64
 }
 
 // Incidents lists the nodes failing now (down or suspect and not
 // disabled) with the work they carry, at most limit of them.
-func (s *Service) Incidents(ctx context.Context, limit int32) ([]dbsqlc.NodeIncidentsRow, error) {
-	return s.q.NodeIncidents(ctx, s.pool, limit)
+func (s *Service) Incidents(ctx context.Context, limit int32) ([]Incident, error) {
+	rows, err := s.q.NodeIncidents(ctx, s.pool, limit)
+	return fromRows(rows, func(r dbsqlc.NodeIncidentsRow) Incident { return Incident(r) }), err
 }
 
-// Page is where a page of a long table starts: the sort column and
-// direction, and the cursor (the previous page's last sort key and id;
-// AfterID 0 is the first page).
-type Page struct {
-	Sort     string
-	Desc     bool
-	AfterKey string
-	AfterID  int64
-	Limit    int32
+// InMaintenance reports whether the failing node is in maintenance at now.
+func (i Incident) InMaintenance(now time.Time) bool {
+	return inMaintenance(i.MaintenanceUntil, now)
 }
 
-func (p Page) limit() int32 {
-	if p.Limit <= 0 || p.Limit > 1000 {
-		return 50
-	}
-	return p.Limit
-}
-
-// EventFilter narrows the events table.
-type EventFilter struct {
-	Node, Severity, Q string
-}
-
-// EventSorts are the columns the events table sorts by ("time" is the
-// default, newest first).
-var EventSorts = []string{"time", "severity", "node", "type", "actor"}
-
-// Severities are the event severities.
-var Severities = []string{"info", "warning", "critical"}
-
-// EventPage returns one page of events.
-func (s *Service) EventPage(ctx context.Context, f EventFilter, p Page) ([]dbsqlc.EventPageRow, error) {
-	if f.Severity != "" && !slices.Contains(Severities, f.Severity) {
-		return nil, problem.FieldErrors{"severity": "severity must be one of " + strings.Join(Severities, ", ")}
-	}
-	return s.q.EventPage(ctx, s.pool, dbsqlc.EventPageParams{
-		Sort: p.Sort, NodeName: f.Node, Severity: f.Severity, Q: f.Q,
-		AfterID: p.AfterID, Descending: p.Desc, AfterKey: p.AfterKey, Lim: p.limit(),
-	})
-}
-
-// AuditSorts are the columns the audit table sorts by.
-var AuditSorts = []string{"time", "actor", "action", "target", "result", "source"}
-
-// AuditResults are the results an audit row records.
-var AuditResults = []string{"ok", "error", "throttled"}
-
-// AuditPage returns one page of the audit log.
-func (s *Service) AuditPage(ctx context.Context, q, result string, p Page) ([]dbsqlc.AuditPageRow, error) {
-	if result != "" && !slices.Contains(AuditResults, result) {
-		return nil, problem.FieldErrors{"result": "result must be one of " + strings.Join(AuditResults, ", ")}
-	}
-	return s.q.AuditPage(ctx, s.pool, dbsqlc.AuditPageParams{
-		Sort: p.Sort, Result: result, Q: q, AfterID: p.AfterID, Descending: p.Desc, AfterKey: p.AfterKey, Lim: p.limit(),
-	})
-}
-
-// WorkSorts are the columns the work table sorts by.
-var WorkSorts = []string{"time", "ref", "kind", "cost", "state", "node", "epoch", "updated"}
-
-// WorkPage returns one page of work items; an unknown node name is
-// ErrNotFound and a bad kind or state a problem.FieldErrors.
-func (s *Service) WorkPage(ctx context.Context, f WorkFilter, p Page) ([]dbsqlc.WorkPageRow, error) {
-	nodeID, err := s.workFilterNode(ctx, f)
-	if err != nil {
-		return nil, err
-	}
-	return s.q.WorkPage(ctx, s.pool, dbsqlc.WorkPageParams{
-		Sort: p.Sort, NodeID: nodeID, Kind: f.Kind, State: f.State, Q: f.Q,
-		AfterID: p.AfterID, Descending: p.Desc, AfterKey: p.AfterKey, Lim: p.limit(),
-	})
+// Incident is a node failing now, with the work it carries.
+type Incident struct {
+	ID               int64
+	Name             string
+	Kind             string
+	Health           string
+	HealthChangedAt  time.Time
+	LastProbeDetail  string
+	AdminState       string
+	Flapping         bool
+	MaintenanceUntil *time.Time
+	LastHeartbeatAt  *time.Time
+	EnrolledAt       *time.Time
+	ConsecutiveFail  int32
+	Items            int64
+	Units            int64
 }
 
 // MaxCapacity is the capacity of the largest registered node of a node

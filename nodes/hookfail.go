@@ -91,19 +91,31 @@ func (s *Service) recordStartFailure(ctx context.Context, tx dbsqlc.DBTX, nodeID
 
 // StartFailures lists the recent start failures of work on a node, for
 // the node page.
-func (s *Service) StartFailures(ctx context.Context, nodeID int64, limit int32) ([]dbsqlc.WorkFailuresOnNodeRow, error) {
-	return s.q.WorkFailuresOnNode(ctx, s.pool, dbsqlc.WorkFailuresOnNodeParams{NodeID: nodeID, Lim: limit})
+func (s *Service) StartFailures(ctx context.Context, nodeID int64, limit int32) ([]StartFailure, error) {
+	rows, err := s.q.WorkFailuresOnNode(ctx, s.pool, dbsqlc.WorkFailuresOnNodeParams{NodeID: nodeID, Lim: limit})
+	return fromRows(rows, func(r dbsqlc.WorkFailuresOnNodeRow) StartFailure { return StartFailure(r) }), err
 }
 
-// WouldStrand reports, inside tx, what moving all of node's work away
-// would leave unplaced: it runs MoveAway, the very code of a disable or an
+// StartFailure is a work item whose start failed on a node: how often,
+// the last error and when.
+type StartFailure struct {
+	Failures  int32
+	LastError string
+	LastAt    time.Time
+	Ref       string
+	Kind      string
+	State     string
+}
+
+// wouldStrand reports, inside tx, what moving all of node's work away
+// would leave unplaced: it runs moveAway, the very code of a disable or an
 // automatic failover, in a savepoint it rolls back, as the portal's
 // preview does. The health checker says so in a manual-failover alert.
-func (s *Service) WouldStrand(ctx context.Context, tx pgx.Tx, node *dbsqlc.Node) (MoveResult, error) {
+func (s *Service) wouldStrand(ctx context.Context, tx pgx.Tx, node *dbsqlc.Node) (MoveResult, error) {
 	sp, err := tx.Begin(ctx)
 	if err != nil {
 		return MoveResult{}, err
 	}
 	defer func() { _ = sp.Rollback(ctx) }()
-	return s.MoveAway(ctx, sp, node, "preview", ActorPreview)
+	return s.moveAway(ctx, sp, node, "preview", ActorPreview)
 }

@@ -64,10 +64,10 @@ func validateMaintenance(in MaintenanceInput, now time.Time) (MaintenanceInput, 
 
 // AddMaintenance schedules a maintenance window on a node. Nothing is
 // written when the input is invalid.
-func (s *Service) AddMaintenance(ctx context.Context, actor Actor, nodeName string, in MaintenanceInput) (dbsqlc.MaintenanceWindow, error) {
+func (s *Service) AddMaintenance(ctx context.Context, actor Actor, nodeName string, in MaintenanceInput) (MaintenanceWindow, error) {
 	in, err := validateMaintenance(in, time.Now())
 	if err != nil {
-		return dbsqlc.MaintenanceWindow{}, err
+		return MaintenanceWindow{}, err
 	}
 	var w dbsqlc.MaintenanceWindow
 	err = s.inTx(ctx, func(tx pgx.Tx) error {
@@ -91,11 +91,11 @@ func (s *Service) AddMaintenance(ctx context.Context, actor Actor, nodeName stri
 		}
 		return s.syncMaintenance(ctx, tx, []int64{n.ID})
 	})
-	return w, err
+	return windowFromRow(w), err
 }
 
 // CancelMaintenance cancels a window; a window in force ends at once.
-func (s *Service) CancelMaintenance(ctx context.Context, actor Actor, id int64) (dbsqlc.MaintenanceWindow, error) {
+func (s *Service) CancelMaintenance(ctx context.Context, actor Actor, id int64) (MaintenanceWindow, error) {
 	var w dbsqlc.MaintenanceWindow
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		cur, err := s.q.MaintenanceGetForUpdate(ctx, tx, id)
@@ -127,22 +127,60 @@ func (s *Service) CancelMaintenance(ctx context.Context, actor Actor, id int64) 
 		}
 		return s.syncMaintenance(ctx, tx, []int64{n.ID})
 	})
-	return w, err
+	return windowFromRow(w), err
 }
 
 // ListMaintenance lists a node's windows that have not ended (all: with
 // the cancelled and ended ones, newest 200).
-func (s *Service) ListMaintenance(ctx context.Context, nodeName string, all bool) ([]dbsqlc.MaintenanceWindow, error) {
+func (s *Service) ListMaintenance(ctx context.Context, nodeName string, all bool) ([]MaintenanceWindow, error) {
 	n, err := s.GetNode(ctx, nodeName)
 	if err != nil {
 		return nil, err
 	}
-	return s.q.MaintenanceListByNode(ctx, s.pool, dbsqlc.MaintenanceListByNodeParams{NodeID: n.ID, IncludeAll: all})
+	rows, err := s.q.MaintenanceListByNode(ctx, s.pool, dbsqlc.MaintenanceListByNodeParams{NodeID: n.ID, IncludeAll: all})
+	return fromRows(rows, func(r dbsqlc.MaintenanceWindow) MaintenanceWindow {
+		w := windowFromRow(r)
+		w.NodeName = n.Name
+		return w
+	}), err
 }
 
 // ListCurrentMaintenance lists every window in force or to come.
-func (s *Service) ListCurrentMaintenance(ctx context.Context) ([]dbsqlc.MaintenanceListCurrentRow, error) {
-	return s.q.MaintenanceListCurrent(ctx, s.pool)
+func (s *Service) ListCurrentMaintenance(ctx context.Context) ([]MaintenanceWindow, error) {
+	rows, err := s.q.MaintenanceListCurrent(ctx, s.pool)
+	return fromRows(rows, func(r dbsqlc.MaintenanceListCurrentRow) MaintenanceWindow {
+		w := windowFromRow(dbsqlc.MaintenanceWindow{ID: r.ID, NodeID: r.NodeID, StartsAt: r.StartsAt, EndsAt: r.EndsAt, Reason: r.Reason,
+			CreatedBy: r.CreatedBy, CreatedAt: r.CreatedAt, CancelledAt: r.CancelledAt, CancelledBy: r.CancelledBy})
+		w.NodeName = r.NodeName
+		return w
+	}), err
+}
+
+// MaintenanceWindow is a span of time in which a node is in maintenance:
+// no new work, no alerts, no automatic failover. NodeName is set by the
+// lists.
+type MaintenanceWindow struct {
+	ID          int64
+	NodeID      int64
+	NodeName    string
+	StartsAt    time.Time
+	EndsAt      time.Time
+	Reason      string
+	CreatedBy   string
+	CreatedAt   time.Time
+	CancelledAt *time.Time
+	CancelledBy string
+}
+
+// Active reports whether the window is in force at now: started, not
+// ended and not cancelled.
+func (w MaintenanceWindow) Active(now time.Time) bool {
+	return w.CancelledAt == nil && !w.StartsAt.After(now) && w.EndsAt.After(now)
+}
+
+func windowFromRow(r dbsqlc.MaintenanceWindow) MaintenanceWindow {
+	return MaintenanceWindow{ID: r.ID, NodeID: r.NodeID, StartsAt: r.StartsAt, EndsAt: r.EndsAt, Reason: r.Reason,
+		CreatedBy: r.CreatedBy, CreatedAt: r.CreatedAt, CancelledAt: r.CancelledAt, CancelledBy: r.CancelledBy}
 }
 
 // SyncMaintenance mirrors the windows in force into the node rows: a

@@ -105,10 +105,10 @@ func (s *Service) staysAll(ctx context.Context, tx pgx.Tx, nodeID int64) (MoveRe
 	return mr, nil
 }
 
-// MoveAway moves all live work off node within tx, placed by Plan on the
+// moveAway moves all live work off node within tx, placed by Plan on the
 // other eligible nodes of its kind; what fits nowhere becomes unplaced. It
 // is set-based: one read, one update, one recount, one notification.
-func (s *Service) MoveAway(ctx context.Context, tx pgx.Tx, node *dbsqlc.Node, cause string, actor Actor) (MoveResult, error) {
+func (s *Service) moveAway(ctx context.Context, tx pgx.Tx, node *dbsqlc.Node, cause string, actor Actor) (MoveResult, error) {
 	items, err := s.liveWork(ctx, tx, node.ID)
 	if err != nil {
 		return MoveResult{}, err

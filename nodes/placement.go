@@ -61,7 +61,12 @@ func notifyPayload(nodeIDs []int64) string {
 }
 
 // EndWork ends a work item; ending an already ended item is a no-op.
-func (s *Service) EndWork(ctx context.Context, actor Actor, ref string) (dbsqlc.Work, error) {
+func (s *Service) EndWork(ctx context.Context, actor Actor, ref string) (Work, error) {
+	w, err := s.endWork(ctx, actor, ref)
+	return workFromRow(w), err
+}
+
+func (s *Service) endWork(ctx context.Context, actor Actor, ref string) (dbsqlc.Work, error) {
 	var w dbsqlc.Work
 	var endedOn int64
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
@@ -234,7 +239,7 @@ func (s *Service) workFilterNode(ctx context.Context, f WorkFilter) (int64, erro
 }
 
 // ListWork lists work items; an unknown node name is ErrNotFound.
-func (s *Service) ListWork(ctx context.Context, f WorkFilter) ([]dbsqlc.WorkListRow, error) {
+func (s *Service) ListWork(ctx context.Context, f WorkFilter) ([]Work, error) {
 	nodeID, err := s.workFilterNode(ctx, f)
 	if err != nil {
 		return nil, err
@@ -242,11 +247,18 @@ func (s *Service) ListWork(ctx context.Context, f WorkFilter) ([]dbsqlc.WorkList
 	if f.Limit <= 0 || f.Limit > 1000 {
 		f.Limit = 200
 	}
-	return s.q.WorkList(ctx, s.pool, dbsqlc.WorkListParams{NodeID: nodeID, Kind: f.Kind, State: f.State, Q: f.Q, Lim: f.Limit})
+	rows, err := s.q.WorkList(ctx, s.pool, dbsqlc.WorkListParams{NodeID: nodeID, Kind: f.Kind, State: f.State, Q: f.Q, Lim: f.Limit})
+	if err != nil {
+		return nil, err
+	}
+	return fromRows(rows, workFromJoined), nil
 }
 
 // GetWork returns one work item by ref.
-func (s *Service) GetWork(ctx context.Context, ref string) (dbsqlc.WorkGetByRefRow, error) {
+func (s *Service) GetWork(ctx context.Context, ref string) (Work, error) {
 	w, err := s.q.WorkGetByRef(ctx, s.pool, ref)
-	return w, db.Translate(err)
+	if err != nil {
+		return Work{}, db.Translate(err)
+	}
+	return workFromJoined(w), nil
 }

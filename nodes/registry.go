@@ -113,11 +113,11 @@ func addressHint(kind string, err error) string {
 }
 
 // AddNode registers a node. Nothing is written when the input is invalid.
-func (s *Service) AddNode(ctx context.Context, actor Actor, in NodeInput) (dbsqlc.Node, error) {
+func (s *Service) AddNode(ctx context.Context, actor Actor, in NodeInput) (Node, error) {
 	in = trimInput(in)
 	f, fe := Validate(in, false)
 	if err := fe.Err(); err != nil {
-		return dbsqlc.Node{}, err
+		return Node{}, err
 	}
 	var n dbsqlc.Node
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
@@ -144,13 +144,13 @@ func (s *Service) AddNode(ctx context.Context, actor Actor, in NodeInput) (dbsql
 		}
 		return s.event(ctx, tx, &n, "node", "info", actor.Name, fmt.Sprintf("Node %s (%s) registered by %s", n.Name, n.Kind, actor.Name))
 	})
-	return n, err
+	return nodeFromRow(n), err
 }
 
 // UpdateNode edits a node's address, capacity, weight, region and
 // description. Raising capacity places waiting work; lowering it below the
 // node's load moves the excess away (newest work first), by Plan.
-func (s *Service) UpdateNode(ctx context.Context, actor Actor, name string, in NodeInput) (dbsqlc.Node, error) {
+func (s *Service) UpdateNode(ctx context.Context, actor Actor, name string, in NodeInput) (Node, error) {
 	var n dbsqlc.Node
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		var err error
@@ -160,7 +160,7 @@ func (s *Service) UpdateNode(ctx context.Context, actor Actor, name string, in N
 	if err == nil {
 		s.PlaceUnplaced(ctx, WorkKindFor(n.Kind), "capacity raised")
 	}
-	return n, err
+	return nodeFromRow(n), err
 }
 
 // updateNodeTx is UpdateNode's transaction, shared with PreviewChange.
@@ -252,14 +252,14 @@ func ActionFor(target string) Action {
 // and the node's load before it. As JSON it is
 // {"node", "action", "capacity", "moves", "unplaced", "stays"}.
 type Impact struct {
-	Node     dbsqlc.Node                  `json:"-"`
-	NodeName string                       `json:"node"`
-	Action   string                       `json:"action"`
-	Capacity int                          `json:"capacity,omitempty"`
-	Target   string                       `json:"-"` // the portal's name: an admin state, "remove" or "capacity"
-	Carrying []dbsqlc.WorkCountsByNodeRow `json:"-"`
-	Units    int64                        `json:"-"` // work units (sum of costs) on the node
-	Items    int64                        `json:"-"` // work items on the node
+	Node     Node        `json:"-"`
+	NodeName string      `json:"node"`
+	Action   string      `json:"action"`
+	Capacity int         `json:"capacity,omitempty"`
+	Target   string      `json:"-"` // the portal's name: an admin state, "remove" or "capacity"
+	Carrying []KindCount `json:"-"`
+	Units    int64       `json:"-"` // work units (sum of costs) on the node
+	Items    int64       `json:"-"` // work items on the node
 	Change
 }
 
@@ -301,10 +301,12 @@ func (s *Service) PreviewChange(ctx context.Context, name string, a Action) (Imp
 		if err != nil {
 			return fmt.Errorf("node %q: %w", name, db.Translate(err))
 		}
-		im.Node = n
-		if im.Carrying, err = s.q.WorkCountsByNode(ctx, tx, &n.ID); err != nil {
+		im.Node = nodeFromRow(n)
+		carrying, err := s.q.WorkCountsByNode(ctx, tx, &n.ID)
+		if err != nil {
 			return err
 		}
+		im.Carrying = fromRows(carrying, func(r dbsqlc.WorkCountsByNodeRow) KindCount { return KindCount(r) })
 		for _, c := range im.Carrying {
 			im.Units += c.Cost
 			im.Items += c.N
@@ -332,7 +334,7 @@ func (s *Service) PreviewChange(ctx context.Context, name string, a Action) (Imp
 // SetAdminState enables, drains or disables a node. Disabling moves all
 // its work to the remaining nodes of its kind in the same transaction;
 // enabling places waiting work.
-func (s *Service) SetAdminState(ctx context.Context, actor Actor, name, state string) (dbsqlc.Node, MoveResult, error) {
+func (s *Service) SetAdminState(ctx context.Context, actor Actor, name, state string) (Node, MoveResult, error) {
 	var n dbsqlc.Node
 	var mr MoveResult
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
@@ -346,7 +348,7 @@ func (s *Service) SetAdminState(ctx context.Context, actor Actor, name, state st
 	if err == nil && state == StateEnabled {
 		s.PlaceUnplaced(ctx, WorkKindFor(n.Kind), "node "+n.Name+" enabled")
 	}
-	return n, mr, err
+	return nodeFromRow(n), mr, err
 }
 
 // setAdminStateTx is SetAdminState's transaction, shared with PreviewChange.
@@ -380,7 +382,7 @@ func (s *Service) setAdminStateTx(ctx context.Context, tx pgx.Tx, actor Actor, n
 	}
 	var mr MoveResult
 	if state == StateDisabled {
-		mr, err = s.MoveAway(ctx, tx, &n, "node disabled by "+actor.Name, actor)
+		mr, err = s.moveAway(ctx, tx, &n, "node disabled by "+actor.Name, actor)
 	} else {
 		mr, err = s.staysAll(ctx, tx, n.ID)
 	}
@@ -421,7 +423,7 @@ func (s *Service) removeNodeTx(ctx context.Context, tx pgx.Tx, actor Actor, name
 	if n.Used > 0 && !moveWork {
 		return n, MoveResult{}, fmt.Errorf("remove node %s: %w (%d units); confirm moving it", name, ErrBusy, n.Used)
 	}
-	mr, err := s.MoveAway(ctx, tx, &n, "node removed by "+actor.Name, actor)
+	mr, err := s.moveAway(ctx, tx, &n, "node removed by "+actor.Name, actor)
 	if err != nil {
 		return n, mr, err
 	}
@@ -445,7 +447,7 @@ func (s *Service) removeNodeTx(ctx context.Context, tx pgx.Tx, actor Actor, name
 // ClearHold ends a flapping node's hold at an administrator's word: the
 // node comes up again as soon as its checks pass, and its count of
 // up/down transitions starts afresh.
-func (s *Service) ClearHold(ctx context.Context, actor Actor, name string) (dbsqlc.Node, error) {
+func (s *Service) ClearHold(ctx context.Context, actor Actor, name string) (Node, error) {
 	var n dbsqlc.Node
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		old, err := s.q.NodeGetByNameForUpdate(ctx, tx, name)
@@ -477,5 +479,5 @@ func (s *Service) ClearHold(ctx context.Context, actor Actor, name string) (dbsq
 			s.AuditFailure(ctx, actor, "node.hold.clear", name, err)
 		}
 	}
-	return n, err
+	return nodeFromRow(n), err
 }

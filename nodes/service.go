@@ -43,9 +43,6 @@ func NewService(pool *pgxpool.Pool, log *slog.Logger) *Service {
 	return s
 }
 
-// Pool returns the database pool.
-func (s *Service) Pool() *pgxpool.Pool { return s.pool }
-
 // audit writes an audit row in the caller's transaction.
 func (s *Service) audit(ctx context.Context, tx dbsqlc.DBTX, actor Actor, action, target, detail string) error {
 	return s.q.AuditInsert(ctx, tx, dbsqlc.AuditInsertParams{
@@ -71,11 +68,6 @@ func (s *Service) event(ctx context.Context, tx dbsqlc.DBTX, node *dbsqlc.Node, 
 		p.NodeName = node.Name
 	}
 	return s.q.EventInsert(ctx, tx, p)
-}
-
-// Event records an event outside the domain's own transactions.
-func (s *Service) Event(ctx context.Context, tx dbsqlc.DBTX, node *dbsqlc.Node, typ, severity, actor, msg string) error {
-	return s.event(ctx, tx, node, typ, severity, actor, msg)
 }
 
 // notify wakes the long-polls of the given nodes when tx commits: one
@@ -104,15 +96,25 @@ func (s *Service) inTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
 }
 
 // GetNode returns a node by name.
-func (s *Service) GetNode(ctx context.Context, name string) (dbsqlc.Node, error) {
+func (s *Service) GetNode(ctx context.Context, name string) (Node, error) {
 	n, err := s.q.NodeGetByName(ctx, s.pool, name)
 	if err != nil {
-		return n, fmt.Errorf("node %q: %w", name, db.Translate(err))
+		return Node{}, fmt.Errorf("node %q: %w", name, db.Translate(err))
 	}
-	return n, nil
+	return nodeFromRow(n), nil
 }
 
-// ListNodes returns nodes matching the filter (empty fields match all).
-func (s *Service) ListNodes(ctx context.Context, f dbsqlc.NodeListFilteredParams) ([]dbsqlc.Node, error) {
-	return s.q.NodeListFiltered(ctx, s.pool, f)
+// NodeFilter selects nodes; empty fields match all. Q matches the name,
+// address or region.
+type NodeFilter struct {
+	Kind, AdminState, Health, Q string
+}
+
+// ListNodes returns the nodes matching the filter, by kind and name.
+func (s *Service) ListNodes(ctx context.Context, f NodeFilter) ([]Node, error) {
+	rows, err := s.q.NodeListFiltered(ctx, s.pool, dbsqlc.NodeListFilteredParams{Kind: f.Kind, AdminState: f.AdminState, Health: f.Health, Q: f.Q})
+	if err != nil {
+		return nil, err
+	}
+	return fromRows(rows, nodeFromRow), nil
 }

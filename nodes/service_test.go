@@ -240,6 +240,7 @@ func TestEligibleAgreesWithSQL(t *testing.T) {
 		"unenrol":   "enrolled_at = NULL",
 		"maint":     "maintenance_until = now() + interval '1 hour', maintenance_reason = 'x'",
 		"maintover": "maintenance_until = now() - interval '1 hour', maintenance_reason = 'x'",
+		"agentlost": "agent_lost_since = now()",
 	}
 	for name, set := range cases {
 		e.node(name, nodes.KindQueue, 1, 100)
@@ -253,14 +254,20 @@ func TestEligibleAgreesWithSQL(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var sqlSays bool
-		if err := e.pool.QueryRow(e.ctx, "SELECT eligible FROM node_eligibility WHERE name = $1", name).Scan(&sqlSays); err != nil {
+		var sqlSays, sqlCalls bool
+		if err := e.pool.QueryRow(e.ctx, "SELECT eligible, answers_calls FROM node_eligibility WHERE name = $1", name).Scan(&sqlSays, &sqlCalls); err != nil {
 			t.Fatal(err)
 		}
-		goSays := nodes.NodeFromRow(n).Eligible(now)
+		goSays, goCalls := n.Eligible(now), n.AnswersCalls(now)
 		want := name == "ok" || name == "maintover"
 		if sqlSays != want || goSays != want {
-			t.Errorf("%s: SQL says %v, Go says %v, want %v", name, sqlSays, goSays, want)
+			t.Errorf("%s: eligible: SQL says %v, Go says %v, want %v", name, sqlSays, goSays, want)
+		}
+		// A lost agent matters to work its agent must take up, not to
+		// SIP calls, which go straight to the media server.
+		wantCalls := want || name == "agentlost"
+		if sqlCalls != wantCalls || goCalls != wantCalls {
+			t.Errorf("%s: answers calls: SQL says %v, Go says %v, want %v", name, sqlCalls, goCalls, wantCalls)
 		}
 	}
 	for i := range 4 {
@@ -268,6 +275,26 @@ func TestEligibleAgreesWithSQL(t *testing.T) {
 	}
 	if l := e.load(); l["ok"] != 1 || l["maintover"] != 1 || e.count("SELECT count(*) FROM work WHERE state = 'unplaced'") != 2 {
 		t.Fatalf("placement used a node that is not eligible: %v", l)
+	}
+}
+
+// A node whose agent is lost takes no new work its agent must take up
+// (nobody would acknowledge it) but still takes the SIP front door's
+// calls, which go straight to its media server.
+func TestAgentLostNodeTakesCallsNotAssignments(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	e.node("m", nodes.KindMedia, 10, 100)
+	e.exec("UPDATE nodes SET agent_lost_since = now() WHERE name = 'm'")
+	if p := e.place("call", "api-call", 1); p.State != nodes.WorkUnplaced {
+		t.Fatalf("work for the agent went to a node whose agent is lost: %+v", p)
+	}
+	tgt, err := e.svc.PlaceSIPCall(e.ctx, nodes.CallIdentity{Ref: "sip-call", CallID: "c1@test", FromTag: "t1", Instance: "test"}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tgt.NodeName != "m" {
+		t.Fatalf("a SIP call skipped the node whose agent is lost: %+v", tgt)
 	}
 }
 

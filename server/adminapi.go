@@ -11,7 +11,6 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
-	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/accounts"
 	"github.com/callplane/callplane/nodes/problem"
@@ -157,16 +156,16 @@ type NodeJSON struct {
 	LastStartError string `json:"last_start_error"`
 }
 
-func nodeJSON(n dbsqlc.Node) NodeJSON {
+func nodeJSON(n nodes.Node) NodeJSON {
 	j := NodeJSON{
 		ID: n.ID, Name: n.Name, Kind: n.Kind, Address: n.Address, Capacity: n.Capacity, Weight: n.Weight,
 		Region: n.Region, Description: n.Description, AdminState: n.AdminState, Health: n.Health,
-		HealthChangedAt: n.HealthChangedAt, Load: n.Used, ReportedLoad: n.ReportedLoad, Enrolled: n.EnrolledAt != nil,
+		HealthChangedAt: n.HealthChangedAt, Load: n.Used, ReportedLoad: n.ReportedLoad, Enrolled: n.Enrolled(),
 		AgentVersion: n.AgentVersion, LastHeartbeatAt: n.LastHeartbeatAt, Flapping: n.Flapping,
-		Maintenance: nodes.NodeFromRow(n).InMaintenance(time.Now()), MaintenanceUntil: maintUntil(n),
-		AgentLost: n.AgentLostSince != nil, AgentLostSince: n.AgentLostSince, LastStartError: n.LastHookError,
+		Maintenance: n.InMaintenance(time.Now()), MaintenanceUntil: maintUntil(n),
+		AgentLost: n.AgentLost(), AgentLostSince: n.AgentLostSince, LastStartError: n.LastHookError,
 	}
-	if n.HoldUntil != nil && n.HoldUntil.After(time.Now()) {
+	if n.Held(time.Now()) {
 		j.HoldUntil = n.HoldUntil
 	}
 	return j
@@ -174,7 +173,7 @@ func nodeJSON(n dbsqlc.Node) NodeJSON {
 
 func (s *Server) apiNodes(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	list, err := s.nodes.ListNodes(r.Context(), dbsqlc.NodeListFilteredParams{Kind: q.Get("kind"), AdminState: q.Get("state"), Health: q.Get("health")})
+	list, err := s.nodes.ListNodes(r.Context(), nodes.NodeFilter{Kind: q.Get("kind"), AdminState: q.Get("state"), Health: q.Get("health")})
 	if err != nil {
 		writeError(w, err)
 		return

@@ -8,13 +8,12 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
-	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/problem"
 )
 
-func maintUntil(n dbsqlc.Node) *time.Time {
-	if nodes.NodeFromRow(n).InMaintenance(time.Now()) {
+func maintUntil(n nodes.Node) *time.Time {
+	if n.InMaintenance(time.Now()) {
 		return n.MaintenanceUntil
 	}
 	return nil
@@ -159,7 +158,7 @@ func (s *Server) apiNodeProbes(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]ProbeJSON, len(rows))
 	for i, p := range rows {
-		out[i] = ProbeJSON{At: p.At, OK: p.Ok, LatencyMS: float64(p.LatencyUs) / 1000, Detail: p.Detail}
+		out[i] = ProbeJSON{At: p.At, OK: p.OK, LatencyMS: float64(p.Latency.Microseconds()) / 1000, Detail: p.Detail}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"node": n.Name, "probes": out})
 }

@@ -9,7 +9,6 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
-	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/problem"
 	"github.com/callplane/callplane/nodes/settings"
@@ -29,11 +28,10 @@ type MaintenanceJSON struct {
 	CancelledBy string     `json:"cancelled_by,omitempty"`
 }
 
-func maintenanceJSON(w dbsqlc.MaintenanceWindow, node string) MaintenanceJSON {
-	now := time.Now()
+func maintenanceJSON(w nodes.MaintenanceWindow, node string) MaintenanceJSON {
 	return MaintenanceJSON{ID: w.ID, Node: node, Start: w.StartsAt, End: w.EndsAt, Reason: w.Reason,
 		CreatedBy: w.CreatedBy, CreatedAt: w.CreatedAt, CancelledAt: w.CancelledAt, CancelledBy: w.CancelledBy,
-		Active: w.CancelledAt == nil && !w.StartsAt.After(now) && w.EndsAt.After(now)}
+		Active: w.Active(time.Now())}
 }
 
 func (s *Server) apiMaintenanceList(w http.ResponseWriter, r *http.Request) {
@@ -63,8 +61,7 @@ func (s *Server) apiMaintenanceCurrent(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]MaintenanceJSON, len(rows))
 	for i, m := range rows {
-		out[i] = maintenanceJSON(dbsqlc.MaintenanceWindow{ID: m.ID, NodeID: m.NodeID, StartsAt: m.StartsAt, EndsAt: m.EndsAt,
-			Reason: m.Reason, CreatedBy: m.CreatedBy, CreatedAt: m.CreatedAt, CancelledAt: m.CancelledAt, CancelledBy: m.CancelledBy}, m.NodeName)
+		out[i] = maintenanceJSON(m, m.NodeName)
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"maintenance": out})
 }
@@ -374,8 +371,8 @@ func (s *Server) apiEvents(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	rows, err := s.nodes.PageEvents(r.Context(), nodes.EventQuery{Node: q.Get("node"), Type: q.Get("type"), Severity: q.Get("severity"),
-		Actor: q.Get("actor"), Q: q.Get("q"), Since: since, Until: until, Cursor: cursor, Limit: limit})
+	rows, err := s.nodes.EventPage(r.Context(), nodes.EventFilter{Node: q.Get("node"), Type: q.Get("type"), Severity: q.Get("severity"),
+		Actor: q.Get("actor"), Message: q.Get("q"), Since: since, Until: until}, nodes.NewestFirst(cursor, limit))
 	if err != nil {
 		writeError(w, err)
 		return
@@ -394,8 +391,8 @@ func (s *Server) apiAudit(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	rows, err := s.nodes.PageAudit(r.Context(), nodes.AuditQuery{Actor: q.Get("actor"), Action: q.Get("action"), Target: q.Get("target"),
-		Result: q.Get("result"), Q: q.Get("q"), Since: since, Until: until, Cursor: cursor, Limit: limit})
+	rows, err := s.nodes.AuditPage(r.Context(), nodes.AuditFilter{Actor: q.Get("actor"), Action: q.Get("action"), Target: q.Get("target"),
+		Result: q.Get("result"), Detail: q.Get("q"), Since: since, Until: until}, nodes.NewestFirst(cursor, limit))
 	if err != nil {
 		writeError(w, err)
 		return
@@ -423,7 +420,7 @@ type AlertJSON struct {
 	Payload   any        `json:"payload"`
 }
 
-func alertJSON(a dbsqlc.Alert) AlertJSON {
+func alertJSON(a nodes.Alert) AlertJSON {
 	return AlertJSON{ID: a.ID, CreatedAt: a.CreatedAt, Type: a.Type, Node: a.NodeName, State: a.State, Attempts: a.Attempts,
 		LastError: a.LastError, SentAt: a.SentAt, AckedAt: a.AckedAt, AckedBy: a.AckedBy, AckNote: a.AckNote, Payload: json.RawMessage(a.Payload)}
 }

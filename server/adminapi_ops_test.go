@@ -235,6 +235,21 @@ func TestEventsAuditPaging(t *testing.T) {
 	if r, m := api(t, in, http.MethodGet, "/api/v1/events?since=yesterday", tok, nil); r.StatusCode != http.StatusBadRequest || !strings.Contains(fmt.Sprint(m["error"]), "since") {
 		t.Fatalf("bad since: %d %s", r.StatusCode, r.Body)
 	}
+	// The API's q keeps its meaning on the portal's paging: text in an
+	// event's message (not its type), in an audit row's detail or target
+	// (not its action).
+	if r, m := api(t, in, http.MethodGet, "/api/v1/events?type=admin&q=dmi", tok, nil); r.StatusCode != http.StatusOK || len(m["events"].([]any)) != 0 {
+		t.Fatalf("events q matched more than the message: %s", r.Body)
+	}
+	if r, m := api(t, in, http.MethodGet, "/api/v1/events?type=admin&q=draining", tok, nil); r.StatusCode != http.StatusOK || len(m["events"].([]any)) != 4 {
+		t.Fatalf("events q on the message: %s", r.Body)
+	}
+	if r, m := api(t, in, http.MethodGet, "/api/v1/audit?q=node.", tok, nil); r.StatusCode != http.StatusOK || len(m["audit"].([]any)) != 0 {
+		t.Fatalf("audit q matched more than the detail or target: %s", r.Body)
+	}
+	if r, m := api(t, in, http.MethodGet, "/api/v1/events?severity=loud", tok, nil); r.StatusCode != http.StatusBadRequest || !strings.Contains(fmt.Sprint(m["error"]), "severity") {
+		t.Fatalf("bad severity: %d %s", r.StatusCode, r.Body)
+	}
 
 	// Work history: placed, moved by a disable, ended.
 	place(t, in, "call", "hist-1", 1)

@@ -91,6 +91,15 @@ func TestStaleHeartbeatWithPassingProbeIsAgentLost(t *testing.T) {
 	if got := liveWork(t, env.pool, "media-1"); got != before {
 		t.Fatalf("agent lost moved work: %d calls left of %d", got, before)
 	}
+	// New work, which its agent would have to take up, goes elsewhere.
+	other := liveWork(t, env.pool, "media-2")
+	placeN(t, in, nodes.WorkCall, "later", 4)
+	if got := liveWork(t, env.pool, "media-1"); got != before {
+		t.Fatalf("new work went to the node whose agent is lost: %d calls, had %d", got, before)
+	}
+	if got := liveWork(t, env.pool, "media-2"); got != other+4 {
+		t.Fatalf("media-2 took %d of the 4 new calls", got-other)
+	}
 	// The node page and the API show it.
 	viewer := in.User(t, "viewer@example.com", "viewer")
 	if page := in.Get(t, viewer, "/nodes/media-1"); !strings.Contains(page.Body, `data-testid="agent-lost"`) {

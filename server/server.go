@@ -120,7 +120,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s.settings = health.NewStore(s.pool, settings.Defaults{SMTPURL: cfg.SMTPURL, AlertFrom: cfg.AlertFrom, AlertTo: cfg.AlertTo}, s.URL(), log)
 	checker := health.NewChecker(s.nodes, s.settings, s.leader, log)
-	mailer := outbox.New(outbox.Config{Pool: s.pool, Store: s.settings, Fence: s.leader, Log: log, PortalURL: s.URL()})
+	mailer := outbox.New(outbox.Config{Outbox: s.nodes, Store: s.settings, Fence: s.leader, Log: log, PortalURL: s.URL()})
 	s.AddBackground(func(ctx context.Context) { s.leader.WhileLeading(ctx, checker.Run) })
 	s.AddBackground(func(ctx context.Context) { s.leader.WhileLeading(ctx, mailer.Run) })
 	// Assignments a node never acknowledges are placed again.

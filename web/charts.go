@@ -6,7 +6,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
 )
 
@@ -206,7 +205,7 @@ const (
 
 // latencyChart draws mean and worst probe latency per minute over the
 // last hour, with the probe timeout marked: a probe slower than it fails.
-func latencyChart(rows []dbsqlc.ProbeResultBucketsRow, timeout time.Duration, now time.Time) chart {
+func latencyChart(rows []nodes.ProbeBucket, timeout time.Duration, now time.Time) chart {
 	c := chart{ID: "chart-latency", Title: "Probe latency, last hour",
 		Legend: []legendItem{{"s-mean", "mean of passed probes"}, {"s-worst", "worst"}, {"s-threshold", "timeout (a slower probe fails)"}}}
 	if len(rows) == 0 {
@@ -248,7 +247,7 @@ func latencyChart(rows []dbsqlc.ProbeResultBucketsRow, timeout time.Duration, no
 // successChart draws the share of passed probes per minute over the last
 // hour; the failure threshold (N failures in a row make the node down)
 // is said in the legend and minutes with failures are coloured.
-func successChart(rows []dbsqlc.ProbeResultBucketsRow, failThreshold int, now time.Time) chart {
+func successChart(rows []nodes.ProbeBucket, failThreshold int, now time.Time) chart {
 	c := chart{ID: "chart-success", Title: "Probe success, last hour",
 		Legend: []legendItem{{"s-ok", "all passed"}, {"s-partial", "some failed"}, {"s-bad", "all failed"},
 			{"s-threshold", fmt.Sprintf("down after %d failures in a row", failThreshold)}}}
@@ -303,10 +302,10 @@ const loadWindow = 24 * time.Hour
 // from the leader's minute samples.
 // The node's load now is the chart's last point, so the chart is live
 // between the minute samples.
-func loadChart(rows []dbsqlc.LoadSampleListByNodeRow, n dbsqlc.Node, now time.Time) chart {
+func loadChart(rows []nodes.LoadSample, n nodes.Node, now time.Time) chart {
 	c := chart{ID: "chart-load", Title: "Load and capacity, last 24 hours",
 		Legend: []legendItem{{"s-used", "placed work (units)"}, {"s-capacity", "capacity"}, {"s-reported", "load the agent reports"}}}
-	rows = append(rows, dbsqlc.LoadSampleListByNodeRow{At: now, Used: n.Used, Capacity: n.Capacity, Reported: n.ReportedLoad})
+	rows = append(rows, nodes.LoadSample{At: now, Used: n.Used, Capacity: n.Capacity, Reported: n.ReportedLoad})
 	ta := timeAxis{from: now.Add(-loadWindow), to: now}
 	top := 1.0
 	peak := int32(0)
@@ -342,13 +341,13 @@ func kindClass(kind string) string { return "s-kind-" + kind }
 // kindTrendChart draws the live work items of each work kind over the
 // last day, from the leader's minute samples.
 // The live counts now are each line's last point.
-func kindTrendChart(rows []dbsqlc.KindSample, live map[string]workCell, now time.Time) chart {
+func kindTrendChart(rows []nodes.KindSample, live map[string]workCell, now time.Time) chart {
 	c := chart{ID: "chart-work-trend", Title: "Live work per kind, last 24 hours"}
 	for _, k := range nodes.WorkKinds {
 		c.Legend = append(c.Legend, legendItem{kindClass(k), k})
 	}
 	for _, k := range nodes.WorkKinds {
-		rows = append(rows, dbsqlc.KindSample{At: now, Kind: k, Items: live[k].N, Units: live[k].Cost})
+		rows = append(rows, nodes.KindSample{At: now, Kind: k, Items: live[k].N, Units: live[k].Cost})
 	}
 	ta := timeAxis{from: now.Add(-loadWindow), to: now}
 	top := 4.0

@@ -4,14 +4,13 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
 )
 
 // kindCard is the dashboard's summary of one node kind.
 type kindCard struct {
 	Kind     string
-	Nodes    dbsqlc.NodeKindSummaryRow
+	Nodes    nodes.KindSummary
 	Total    int32
 	Unplaced int64 // waiting work items of the kind's work kind
 	Live     int64 // placed work items (assigned or active)
@@ -19,7 +18,7 @@ type kindCard struct {
 
 type dashboardView struct {
 	Kinds     []kindCard
-	Events    []dbsqlc.Event
+	Events    []nodes.Event
 	Leader    string
 	Instance  string
 	Incidents incidentsView
@@ -66,7 +65,7 @@ func (h *Handler) dashboardView(r *http.Request) (dashboardView, error) {
 	}
 	// Every kind gets a card, even with no nodes, so an empty pool shows.
 	for _, k := range nodes.Kinds {
-		c := kindCard{Kind: k, Nodes: dbsqlc.NodeKindSummaryRow{Kind: k}}
+		c := kindCard{Kind: k, Nodes: nodes.KindSummary{Kind: k}}
 		for _, s := range summary {
 			if s.Kind == k {
 				c.Nodes = s

@@ -5,13 +5,12 @@ import (
 	"net/http"
 	"strings"
 
-	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/problem"
 )
 
 type eventsView struct {
-	Events []dbsqlc.Event
+	Events []nodes.Event
 	Filter nodes.EventFilter
 	Nav    tableNav
 	Nodes  []string // names for the node filter
@@ -23,12 +22,6 @@ func eventFilterFrom(r *http.Request) nodes.EventFilter {
 	return nodes.EventFilter{Q: strings.TrimSpace(q.Get("q")), Node: strings.TrimSpace(q.Get("node")), Severity: q.Get("severity")}
 }
 
-func eventFromPage(e dbsqlc.EventPageRow) dbsqlc.Event {
-	return dbsqlc.Event{ID: e.ID, At: e.At, NodeID: e.NodeID, NodeName: e.NodeName, Type: e.Type, Severity: e.Severity, Message: e.Message, Actor: e.Actor}
-}
-
-func eventCursor(e dbsqlc.EventPageRow) (string, int64) { return e.SortKey, e.ID }
-
 func (h *Handler) eventsPage(w http.ResponseWriter, r *http.Request) error {
 	f := eventFilterFrom(r)
 	nav, p, err := pageFrom(r.URL.Query(), nodes.EventSorts)
@@ -37,13 +30,13 @@ func (h *Handler) eventsPage(w http.ResponseWriter, r *http.Request) error {
 	}
 	nav.Path, nav.Target = "/events", "events"
 	nav.Filters = map[string][]string{"q": {f.Q}, "node": {f.Node}, "severity": {f.Severity}}
-	fetch := func(p nodes.Page) ([]dbsqlc.EventPageRow, error) { return h.Nodes.EventPage(r.Context(), f, p) }
+	fetch := func(p nodes.Page) ([]nodes.Event, error) { return h.Nodes.EventPage(r.Context(), f, p) }
 	if wantsCSV(r) {
 		if _, err := fetch(nodes.Page{Sort: p.Sort, Limit: 1}); err != nil {
 			return errors.Join(errBadRequest, err)
 		}
 		c := startCSV(w, "events", []string{"time", "severity", "node", "type", "message", "actor"})
-		err := exportPages(p, fetch, eventCursor, func(e dbsqlc.EventPageRow) {
+		err := exportPages(p, fetch, nodes.Event.Cursor, func(e nodes.Event) {
 			c.row(csvTime(e.At), e.Severity, e.NodeName, e.Type, e.Message, e.Actor)
 		})
 		return h.endCSV(r, c, err)
@@ -57,14 +50,12 @@ func (h *Handler) eventsPage(w http.ResponseWriter, r *http.Request) error {
 	case err != nil:
 		return err
 	}
-	for _, e := range trim(&nav, rows, eventCursor) {
-		v.Events = append(v.Events, eventFromPage(e))
-	}
+	v.Events = trim(&nav, rows, nodes.Event.Cursor)
 	v.Nav = nav
 	if isHTMX(r) {
 		return h.render(w, r, "Events", "events", eventsTable(v))
 	}
-	all, err := h.Nodes.ListNodes(r.Context(), dbsqlc.NodeListFilteredParams{})
+	all, err := h.Nodes.ListNodes(r.Context(), nodes.NodeFilter{})
 	if err != nil {
 		return err
 	}

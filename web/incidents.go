@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/settings"
 )
@@ -20,7 +19,7 @@ const bannerShown = 4
 
 // incident is one failing node as the banner and the dashboard show it.
 type incident struct {
-	Node   dbsqlc.NodeIncidentsRow
+	Node   nodes.Incident
 	Policy string
 }
 
@@ -49,7 +48,7 @@ func (i incident) Affected() string {
 	switch {
 	case n.Health == nodes.HealthSuspect:
 		return work + " on it; it takes no new work while suspect"
-	case maintUntil(n.MaintenanceUntil):
+	case n.InMaintenance(time.Now()):
 		return work + " stay on it (maintenance: no automatic failover)"
 	case i.Policy == settings.PolicyAuto:
 		return work + " still on it: automatic failover moves them when there is room"
@@ -63,13 +62,11 @@ func (i incident) Todo() string {
 	switch {
 	case n.Health == nodes.HealthSuspect:
 		return "Watch it: it goes down after more failed checks. Check the service on the host."
-	case n.Items > 0 && i.Policy != settings.PolicyAuto && !maintUntil(n.MaintenanceUntil):
+	case n.Items > 0 && i.Policy != settings.PolicyAuto && !n.InMaintenance(time.Now()):
 		return "Disable the node to move its work, then fix the service on the host."
 	}
 	return "Check the node's service and agent on its host; it is used again once its checks pass."
 }
-
-func maintUntil(t *time.Time) bool { return t != nil && t.After(time.Now()) }
 
 // waiting is work of one kind that waits unplaced.
 type waiting struct {

@@ -8,7 +8,6 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
-	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/problem"
 )
@@ -50,7 +49,7 @@ func (h *Handler) nodeMaintenance(w http.ResponseWriter, r *http.Request) error 
 		}
 		in.End = t
 		if err = fe.Err(); err == nil {
-			var win dbsqlc.MaintenanceWindow
+			var win nodes.MaintenanceWindow
 			if win, err = h.Nodes.AddMaintenance(r.Context(), actor(r), name, in); err == nil {
 				notice = "Maintenance scheduled from " + fmtTime(win.StartsAt) + " to " + fmtTime(win.EndsAt) +
 					": no alerts and no automatic failover inside the window."

@@ -7,7 +7,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/settings"
 )
@@ -67,24 +66,24 @@ func (h *Handler) nodeHistory(r *http.Request, v *nodeView) error {
 // diagnose says what is wrong with a node and what to do about it, most
 // pressing first. It is a pure function of the node row, the checker's
 // settings and the work the node carries.
-func diagnose(n dbsqlc.Node, st settings.Settings, items int64, now time.Time) diagnosis {
+func diagnose(n nodes.Node, st settings.Settings, items int64, now time.Time) diagnosis {
 	wk := nodes.WorkKindFor(n.Kind)
 	work := "no work"
 	if items > 0 {
 		work = nodes.WorkNoun(wk, items)
 	}
-	inMaint := n.MaintenanceUntil != nil && n.MaintenanceUntil.After(now)
+	inMaint := n.InMaintenance(now)
 	policy := st.PolicyFor(n.Kind)
 	checks := fmt.Sprintf("%s failed in a row (down at %d)", plural(int64(n.ConsecutiveFail), "check"), st.FailThreshold)
 	cause := dash(n.LastProbeDetail)
-	hbStale := n.EnrolledAt != nil && n.LastHeartbeatAt != nil && now.Sub(*n.LastHeartbeatAt) > st.HeartbeatStale
+	hbStale := n.Enrolled() && n.LastHeartbeatAt != nil && now.Sub(*n.LastHeartbeatAt) > st.HeartbeatStale
 	d := diagnosis{}
 	switch {
 	case n.AdminState == nodes.StateDisabled:
 		d = diagnosis{Level: "info", Title: "Disabled: the node takes no work",
 			Lines: []string{"Its work was moved away when it was disabled. It is still probed (health " + n.Health + ") but raises no alerts."},
 			Todo:  []string{"Enable it when it is ready to take work again."}}
-	case n.EnrolledAt == nil:
+	case !n.Enrolled():
 		d = diagnosis{Level: "info", Title: "No agent has enrolled yet",
 			Lines: []string{"The node stays pending and takes no work until its agent enrols and its checks pass."},
 			Todo:  []string{"Create a join token and run the join command on the node's host."}}

@@ -3,33 +3,26 @@ package web
 import (
 	"context"
 	"net/http"
-	"time"
 
 	"github.com/go-chi/chi/v5"
 
-	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
 )
 
 // nodeHealthView is what the node page shows of the health semantics:
 // agent lost, the flap hold, start failures and the agent's run command.
 type nodeHealthView struct {
-	StartFailures []dbsqlc.WorkFailuresOnNodeRow
+	StartFailures []nodes.StartFailure
 	RunCommand    string
 	HoldNotice    string
 	HoldErr       string
 }
 
-func (h *Handler) nodeHealthView(ctx context.Context, n dbsqlc.Node) (nodeHealthView, error) {
+func (h *Handler) nodeHealthView(ctx context.Context, n nodes.Node) (nodeHealthView, error) {
 	v := nodeHealthView{RunCommand: nodes.RunCommand(n.Kind, n.Address, joinStateDir)}
 	var err error
 	v.StartFailures, err = h.Nodes.StartFailures(ctx, n.ID, 10)
 	return v, err
-}
-
-// held reports whether a node is held down as flapping now.
-func held(n dbsqlc.Node) bool {
-	return n.HoldUntil != nil && n.HoldUntil.After(time.Now())
 }
 
 // nodeClearHold ends a flapping node's hold (admin, audited).

@@ -11,7 +11,6 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
-	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/problem"
 )
@@ -75,7 +74,7 @@ func (f nodeFilter) query() string {
 }
 
 type nodesView struct {
-	Nodes     []dbsqlc.Node // this page's rows
+	Nodes     []nodes.Node // this page's rows
 	Total     int
 	Pages     int
 	Filter    nodeFilter
@@ -88,7 +87,7 @@ func (v nodesView) To() int   { return (v.Filter.Page-1)*nodesPerPage + len(v.No
 
 func (h *Handler) nodesPage(w http.ResponseWriter, r *http.Request) error {
 	f := nodeFilterFrom(r)
-	list, err := h.Nodes.ListNodes(r.Context(), dbsqlc.NodeListFilteredParams{Kind: f.Kind, AdminState: f.State, Health: f.Health, Q: f.Q})
+	list, err := h.Nodes.ListNodes(r.Context(), nodes.NodeFilter{Kind: f.Kind, AdminState: f.State, Health: f.Health, Q: f.Q})
 	if err != nil {
 		return err
 	}
@@ -177,11 +176,11 @@ func (h *Handler) nodeUpdate(w http.ResponseWriter, r *http.Request) error {
 // Maint*, CredNotice) are filled by the POST handlers that re-render the
 // page or one of its parts.
 type nodeView struct {
-	Node      dbsqlc.Node
-	Carrying  []dbsqlc.WorkCountsByNodeRow
-	Work      []dbsqlc.WorkListRow
-	Probes    []dbsqlc.ProbeResult
-	Events    []dbsqlc.Event
+	Node      nodes.Node
+	Carrying  []nodes.KindCount
+	Work      []nodes.Work
+	Probes    []nodes.ProbeResult
+	Events    []nodes.Event
 	CanChange bool
 
 	Join        *nodes.JoinToken
@@ -201,10 +200,10 @@ type nodeView struct {
 	MaintStart  string
 	MaintUntil  string
 	MaintReason string
-	Windows     []dbsqlc.MaintenanceWindow
+	Windows     []nodes.MaintenanceWindow
 	// DownAlert is the node's down alert while it is down, for the
 	// acknowledgement form.
-	DownAlert   *dbsqlc.Alert
+	DownAlert   *nodes.Alert
 	AckNote     string
 	AckErrors   problem.FieldErrors
 	AckNotice   string
@@ -486,8 +485,4 @@ func impactSentence(im nodes.Impact) string {
 	}
 	return prefix + fmt.Sprintf("Does not fit: %s will move to %s and %d will wait unplaced.",
 		capitalize(nodes.WorkNoun(wk, moved)), dest, unplaced)
-}
-
-func maintActive(n dbsqlc.Node) bool {
-	return n.MaintenanceUntil != nil && n.MaintenanceUntil.After(time.Now())
 }

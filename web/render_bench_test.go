@@ -7,16 +7,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/callplane/callplane/db/dbsqlc"
+	"github.com/callplane/callplane/nodes"
 )
 
 // benchNodes builds n nodes as the node list shows them.
-func benchNodes(n int) []dbsqlc.Node {
+func benchNodes(n int) []nodes.Node {
 	now := time.Now()
-	list := make([]dbsqlc.Node, n)
+	list := make([]nodes.Node, n)
 	for i := range list {
 		hb := now.Add(-time.Duration(i%1000) * time.Millisecond)
-		list[i] = dbsqlc.Node{
+		list[i] = nodes.Node{
 			ID: int64(i + 1), Name: fmt.Sprintf("media-%04d", i), Kind: "media", Address: fmt.Sprintf("10.0.%d.%d:5060", i/250, i%250),
 			Capacity: 100, Weight: 100, Region: "eu-west", AdminState: "enabled", Health: "up", HealthChangedAt: now,
 			Used: 20, ReportedLoad: 20, AgentVersion: "1.0.0", LastHeartbeatAt: &hb, EnrolledAt: &now,

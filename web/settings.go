@@ -6,8 +6,6 @@ import (
 	"net/http"
 	"strings"
 
-	"github.com/callplane/callplane/db"
-	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/alert"
 	"github.com/callplane/callplane/nodes/health"
@@ -26,9 +24,9 @@ type SettingsStore interface {
 	// SaveSIP validates and stores the SIP front door's settings; invalid
 	// input returns problem.FieldErrors and saves nothing.
 	SaveSIP(ctx context.Context, actor nodes.Actor, form map[string]string) (settings.SIP, error)
-	// SendTest sends the test email and returns the SMTP server's reply.
-	SendTest(ctx context.Context) (string, error)
-	Outbox(ctx context.Context) (health.OutboxStatus, error)
+	// SendTest sends the test email and audits it; it returns the SMTP
+	// server's reply or why nothing was sent.
+	SendTest(ctx context.Context, actor nodes.Actor) (settings.TestEmail, error)
 	// Status is the health checker's last round and the disruption guard.
 	Status(ctx context.Context) (health.Status, error)
 	// ConfirmDisruption lets failover proceed during a disruption.
@@ -42,7 +40,7 @@ type settingsView struct {
 	Notice    string
 	Alert     string
 	MailReady bool
-	Outbox    health.OutboxStatus
+	Outbox    nodes.OutboxStatus
 	Instance  string
 	Leader    string
 	Test      testEmailResult
@@ -61,7 +59,7 @@ func (h *Handler) settingsView(r *http.Request, st settings.Settings) (settingsV
 	v := settingsView{Values: st.Values(), Errors: map[string]string{}, CanEdit: canChange(r), MailReady: st.MailReady()}
 	v.Values[settings.KeySMTPURL] = st.SMTPRedacted()
 	var err error
-	if v.Outbox, err = h.Settings.Outbox(ctx); err != nil {
+	if v.Outbox, err = h.Nodes.OutboxStatus(ctx); err != nil {
 		return v, err
 	}
 	if v.Retention, err = h.retentionView(r); err != nil {
@@ -147,17 +145,11 @@ func shownSMTPURL(raw string) string {
 
 func (h *Handler) settingsTestEmail(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
-	reply, err := h.Settings.SendTest(ctx)
-	res := testEmailResult{Done: true, OK: err == nil, Reply: reply}
-	a := actor(r)
-	audit := dbsqlc.AuditInsertParams{Actor: a.Name, Action: "settings.test_email", Target: "settings", Result: "ok", SourceAddr: a.Addr, Detail: reply}
+	sent, err := h.Settings.SendTest(ctx, actor(r))
 	if err != nil {
-		res.Reply = err.Error()
-		audit.Result, audit.Detail = "error", err.Error()
+		return err
 	}
-	if aerr := db.Q.AuditInsert(ctx, h.Nodes.Pool(), audit); aerr != nil {
-		return aerr
-	}
+	res := testEmailResult{Done: true, OK: sent.OK, Reply: sent.Reply}
 	if isHTMX(r) {
 		return h.render(w, r, "Settings", "settings", testEmailPartial(res))
 	}

@@ -9,14 +9,13 @@ import (
 	"github.com/a-h/templ"
 	"github.com/go-chi/chi/v5"
 
-	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/problem"
 )
 
 type tokensView struct {
-	Join      []dbsqlc.JoinTokenListRow
-	API       []dbsqlc.ApiToken
+	Join      []nodes.JoinTokenInfo
+	API       []nodes.APITokenInfo
 	CanChange bool
 	Now       time.Time
 
@@ -120,7 +119,7 @@ func (h *Handler) apiTokenCreate(w http.ResponseWriter, r *http.Request) error {
 }
 
 // joinTokenState is a join token's state for people.
-func joinTokenState(t dbsqlc.JoinTokenListRow, now time.Time) string {
+func joinTokenState(t nodes.JoinTokenInfo, now time.Time) string {
 	switch {
 	case t.UsedAt != nil:
 		return "used"

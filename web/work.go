@@ -10,7 +10,6 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
-	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/problem"
 )
@@ -36,7 +35,7 @@ type workCell struct {
 
 type workView struct {
 	Filter    workFilter
-	Items     []dbsqlc.WorkListRow
+	Items     []nodes.Work
 	Nav       tableNav
 	Counts    map[string]map[string]workCell // kind -> state -> count
 	Nodes     []string
@@ -56,13 +55,6 @@ type workForm struct {
 
 // liveStates are the work states the grid counts.
 var liveStates = []string{nodes.WorkAssigned, nodes.WorkActive, nodes.WorkUnplaced}
-
-func workCursor(w dbsqlc.WorkPageRow) (string, int64) { return w.SortKey, w.ID }
-
-func workFromPage(w dbsqlc.WorkPageRow) dbsqlc.WorkListRow {
-	return dbsqlc.WorkListRow{ID: w.ID, Ref: w.Ref, Kind: w.Kind, Cost: w.Cost, State: w.State, NodeID: w.NodeID,
-		Epoch: w.Epoch, CreatedAt: w.CreatedAt, UpdatedAt: w.UpdatedAt, EndedAt: w.EndedAt, LastError: w.LastError, NodeName: w.NodeName}
-}
 
 // workView reads the work page for the filters and table place in q.
 func (h *Handler) workView(r *http.Request, q url.Values) (workView, error) {
@@ -94,11 +86,9 @@ func (h *Handler) workView(r *http.Request, q url.Values) (workView, error) {
 	case err != nil:
 		return v, err
 	}
-	for _, w := range trim(&nav, items, workCursor) {
-		v.Items = append(v.Items, workFromPage(w))
-	}
+	v.Items = trim(&nav, items, nodes.Work.Cursor)
 	v.Nav = nav
-	all, err := h.Nodes.ListNodes(ctx, dbsqlc.NodeListFilteredParams{})
+	all, err := h.Nodes.ListNodes(ctx, nodes.NodeFilter{})
 	if err != nil {
 		return v, err
 	}
@@ -130,7 +120,7 @@ func (h *Handler) workCSV(w http.ResponseWriter, r *http.Request) error {
 		return errors.Join(errBadRequest, err)
 	}
 	wf := nodes.WorkFilter{Node: f.Node, Kind: f.Kind, State: f.State, Q: f.Q}
-	fetch := func(p nodes.Page) ([]dbsqlc.WorkPageRow, error) { return h.Nodes.WorkPage(r.Context(), wf, p) }
+	fetch := func(p nodes.Page) ([]nodes.Work, error) { return h.Nodes.WorkPage(r.Context(), wf, p) }
 	if _, err := fetch(nodes.Page{Sort: p.Sort, Limit: 1}); err != nil {
 		if errors.Is(err, nodes.ErrNotFound) {
 			return errors.Join(errBadRequest, fmt.Errorf("node: no node is named %q", f.Node))
@@ -138,7 +128,7 @@ func (h *Handler) workCSV(w http.ResponseWriter, r *http.Request) error {
 		return errors.Join(errBadRequest, err)
 	}
 	c := startCSV(w, "work", []string{"ref", "kind", "cost", "state", "node", "epoch", "created", "updated", "ended", "last_error"})
-	err = exportPages(p, fetch, workCursor, func(w dbsqlc.WorkPageRow) {
+	err = exportPages(p, fetch, nodes.Work.Cursor, func(w nodes.Work) {
 		ended := ""
 		if w.EndedAt != nil {
 			ended = csvTime(*w.EndedAt)

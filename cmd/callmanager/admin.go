@@ -8,7 +8,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/server"
 )
@@ -65,7 +64,7 @@ func (c *cli) nodeList(args []string) error {
 		return err
 	}
 	return c.withDB(func(env *server.Admin) error {
-		list, err := env.Nodes.ListNodes(c.ctx, dbsqlc.NodeListFilteredParams{})
+		list, err := env.Nodes.ListNodes(c.ctx, nodes.NodeFilter{})
 		if err != nil {
 			return err
 		}

@@ -7,75 +7,7 @@ package dbsqlc
 
 import (
 	"context"
-	"time"
 )
-
-const auditFind = `-- name: AuditFind :many
-SELECT id, at, actor, action, target, result, source_addr, detail FROM audit_log
-WHERE ($1::bigint = 0 OR id < $1)
-  AND ($2::text = '' OR actor = $2)
-  AND ($3::text = '' OR action = $3 OR action LIKE $3 || '.%')
-  AND ($4::text = '' OR target = $4)
-  AND ($5::text = '' OR result = $5)
-  AND ($6::timestamptz = '-infinity' OR at >= $6)
-  AND ($7::timestamptz = 'infinity' OR at < $7)
-  AND ($8::text = '' OR detail ILIKE '%' || $8 || '%' OR target ILIKE '%' || $8 || '%')
-ORDER BY id DESC LIMIT $9
-`
-
-type AuditFindParams struct {
-	Cursor int64
-	Actor  string
-	Action string
-	Target string
-	Result string
-	Since  time.Time
-	Until  time.Time
-	Q      string
-	Lim    int32
-}
-
-// AuditPage is one page of the audit log for the API: filters, newest
-// first, after the cursor (the last id of the previous page; 0 for the
-// first).
-func (q *Queries) AuditFind(ctx context.Context, db DBTX, arg AuditFindParams) ([]AuditLog, error) {
-	rows, err := db.Query(ctx, auditFind,
-		arg.Cursor,
-		arg.Actor,
-		arg.Action,
-		arg.Target,
-		arg.Result,
-		arg.Since,
-		arg.Until,
-		arg.Q,
-		arg.Lim,
-	)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	items := []AuditLog{}
-	for rows.Next() {
-		var i AuditLog
-		if err := rows.Scan(
-			&i.ID,
-			&i.At,
-			&i.Actor,
-			&i.Action,
-			&i.Target,
-			&i.Result,
-			&i.SourceAddr,
-			&i.Detail,
-		); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
-}
 
 const auditInsert = `-- name: AuditInsert :exec
 INSERT INTO audit_log (actor, action, target, result, source_addr, detail)
@@ -101,46 +33,6 @@ func (q *Queries) AuditInsert(ctx context.Context, db DBTX, arg AuditInsertParam
 		arg.Detail,
 	)
 	return err
-}
-
-const auditList = `-- name: AuditList :many
-SELECT id, at, actor, action, target, result, source_addr, detail FROM audit_log
-WHERE ($1::text = '' OR actor ILIKE '%' || $1 || '%' OR action ILIKE '%' || $1 || '%' OR target ILIKE '%' || $1 || '%')
-ORDER BY id DESC LIMIT $2
-`
-
-type AuditListParams struct {
-	Q   string
-	Lim int32
-}
-
-func (q *Queries) AuditList(ctx context.Context, db DBTX, arg AuditListParams) ([]AuditLog, error) {
-	rows, err := db.Query(ctx, auditList, arg.Q, arg.Lim)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	items := []AuditLog{}
-	for rows.Next() {
-		var i AuditLog
-		if err := rows.Scan(
-			&i.ID,
-			&i.At,
-			&i.Actor,
-			&i.Action,
-			&i.Target,
-			&i.Result,
-			&i.SourceAddr,
-			&i.Detail,
-		); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
 }
 
 const auditPrune = `-- name: AuditPrune :execrows

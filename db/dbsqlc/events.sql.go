@@ -7,74 +7,7 @@ package dbsqlc
 
 import (
 	"context"
-	"time"
 )
-
-const eventFind = `-- name: EventFind :many
-SELECT id, at, node_id, node_name, type, severity, message, actor FROM events
-WHERE ($1::bigint = 0 OR id < $1)
-  AND ($2::text = '' OR node_name = $2)
-  AND ($3::text = '' OR type = $3)
-  AND ($4::text = '' OR severity = $4)
-  AND ($5::text = '' OR actor = $5)
-  AND ($6::timestamptz = '-infinity' OR at >= $6)
-  AND ($7::timestamptz = 'infinity' OR at < $7)
-  AND ($8::text = '' OR message ILIKE '%' || $8 || '%')
-ORDER BY id DESC LIMIT $9
-`
-
-type EventFindParams struct {
-	Cursor   int64
-	NodeName string
-	Type     string
-	Severity string
-	Actor    string
-	Since    time.Time
-	Until    time.Time
-	Q        string
-	Lim      int32
-}
-
-// EventPage is one page of events for the API: filters, newest first,
-// after the cursor (the last id of the previous page; 0 for the first).
-func (q *Queries) EventFind(ctx context.Context, db DBTX, arg EventFindParams) ([]Event, error) {
-	rows, err := db.Query(ctx, eventFind,
-		arg.Cursor,
-		arg.NodeName,
-		arg.Type,
-		arg.Severity,
-		arg.Actor,
-		arg.Since,
-		arg.Until,
-		arg.Q,
-		arg.Lim,
-	)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	items := []Event{}
-	for rows.Next() {
-		var i Event
-		if err := rows.Scan(
-			&i.ID,
-			&i.At,
-			&i.NodeID,
-			&i.NodeName,
-			&i.Type,
-			&i.Severity,
-			&i.Message,
-			&i.Actor,
-		); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
-}
 
 const eventInsert = `-- name: EventInsert :exec
 INSERT INTO events (node_id, node_name, type, severity, message, actor)

@@ -97,16 +97,16 @@ func (q *Queries) KindSamplePrune(ctx context.Context, db DBTX, keepSeconds floa
 const loadSampleAll = `-- name: LoadSampleAll :execrows
 
 INSERT INTO load_samples (node_id, at, used, capacity, reported, eligible)
-SELECT id, date_trunc('minute', now()), used, capacity, reported_load,
-    (admin_state = 'enabled' AND health = 'up' AND (maintenance_until IS NULL OR maintenance_until < now()))
-FROM nodes
+SELECT n.id, date_trunc('minute', now()), n.used, n.capacity, n.reported_load, e.eligible
+FROM nodes n JOIN node_eligibility e ON e.id = n.id
 ON CONFLICT (node_id, at) DO NOTHING
 `
 
 // Histories the portal charts: load samples, work per kind and health
 // changes. The leader writes the samples once a minute and prunes them.
-// LoadSampleAll samples every node's load once per minute; the minute is
-// the key, so a second writer in the same minute adds nothing.
+// LoadSampleAll samples every node's load, and whether it could take new
+// work (node_eligibility, the one definition), once per minute; the minute
+// is the key, so a second writer in the same minute adds nothing.
 func (q *Queries) LoadSampleAll(ctx context.Context, db DBTX) (int64, error) {
 	result, err := db.Exec(ctx, loadSampleAll)
 	if err != nil {

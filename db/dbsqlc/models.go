@@ -195,13 +195,14 @@ type NodeCredential struct {
 }
 
 type NodeEligibility struct {
-	ID       int64
-	Name     string
-	Kind     string
-	Capacity int32
-	Weight   int32
-	Used     int32
-	Eligible bool
+	ID           int64
+	Name         string
+	Kind         string
+	Capacity     int32
+	Weight       int32
+	Used         int32
+	Eligible     bool
+	AnswersCalls bool
 }
 
 type NodeHealthHistory struct {

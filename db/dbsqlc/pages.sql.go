@@ -20,21 +20,33 @@ SELECT id, at, actor, action, target, result, source_addr, detail, sort_key FROM
         WHEN 'source' THEN a.source_addr
         ELSE '' END)::text AS sort_key
     FROM audit_log a
-    WHERE ($2::text = '' OR a.result = $2)
-      AND ($3::text = '' OR a.actor ILIKE '%' || $3 || '%' OR a.action ILIKE '%' || $3 || '%' OR a.target ILIKE '%' || $3 || '%')
+    WHERE ($2::text = '' OR a.actor = $2)
+      AND ($3::text = '' OR a.action = $3 OR a.action LIKE $3 || '.%')
+      AND ($4::text = '' OR a.target = $4)
+      AND ($5::text = '' OR a.result = $5)
+      AND ($6::timestamptz IS NULL OR a.at >= $6)
+      AND ($7::timestamptz IS NULL OR a.at < $7)
+      AND ($8::text = '' OR a.actor ILIKE '%' || $8 || '%' OR a.action ILIKE '%' || $8 || '%' OR a.target ILIKE '%' || $8 || '%')
+      AND ($9::text = '' OR a.detail ILIKE '%' || $9 || '%' OR a.target ILIKE '%' || $9 || '%')
 ) s
-WHERE $4::bigint = 0
-   OR ($5::boolean AND (s.sort_key, s.id) < ($6::text, $4))
-   OR (NOT $5::boolean AND (s.sort_key, s.id) > ($6::text, $4))
-ORDER BY CASE WHEN $5::boolean THEN s.sort_key END DESC, CASE WHEN $5::boolean THEN s.id END DESC,
+WHERE $10::bigint = 0
+   OR ($11::boolean AND (s.sort_key, s.id) < ($12::text, $10))
+   OR (NOT $11::boolean AND (s.sort_key, s.id) > ($12::text, $10))
+ORDER BY CASE WHEN $11::boolean THEN s.sort_key END DESC, CASE WHEN $11::boolean THEN s.id END DESC,
     s.sort_key, s.id
-LIMIT $7
+LIMIT $13
 `
 
 type AuditPageParams struct {
 	Sort       string
+	Actor      string
+	Action     string
+	Target     string
 	Result     string
+	Since      *time.Time
+	Until      *time.Time
 	Q          string
+	Detail     string
 	AfterID    int64
 	Descending bool
 	AfterKey   string
@@ -56,8 +68,14 @@ type AuditPageRow struct {
 func (q *Queries) AuditPage(ctx context.Context, db DBTX, arg AuditPageParams) ([]AuditPageRow, error) {
 	rows, err := db.Query(ctx, auditPage,
 		arg.Sort,
+		arg.Actor,
+		arg.Action,
+		arg.Target,
 		arg.Result,
+		arg.Since,
+		arg.Until,
 		arg.Q,
+		arg.Detail,
 		arg.AfterID,
 		arg.Descending,
 		arg.AfterKey,
@@ -102,22 +120,32 @@ SELECT id, at, node_id, node_name, type, severity, message, actor, sort_key FROM
         ELSE '' END)::text AS sort_key
     FROM events e
     WHERE ($2::text = '' OR e.node_name = $2)
-      AND ($3::text = '' OR e.severity = $3)
-      AND ($4::text = '' OR e.message ILIKE '%' || $4 || '%' OR e.type ILIKE '%' || $4 || '%' OR e.node_name ILIKE '%' || $4 || '%')
+      AND ($3::text = '' OR e.type = $3)
+      AND ($4::text = '' OR e.severity = $4)
+      AND ($5::text = '' OR e.actor = $5)
+      AND ($6::timestamptz IS NULL OR e.at >= $6)
+      AND ($7::timestamptz IS NULL OR e.at < $7)
+      AND ($8::text = '' OR e.message ILIKE '%' || $8 || '%' OR e.type ILIKE '%' || $8 || '%' OR e.node_name ILIKE '%' || $8 || '%')
+      AND ($9::text = '' OR e.message ILIKE '%' || $9 || '%')
 ) s
-WHERE $5::bigint = 0
-   OR ($6::boolean AND (s.sort_key, s.id) < ($7::text, $5))
-   OR (NOT $6::boolean AND (s.sort_key, s.id) > ($7::text, $5))
-ORDER BY CASE WHEN $6::boolean THEN s.sort_key END DESC, CASE WHEN $6::boolean THEN s.id END DESC,
+WHERE $10::bigint = 0
+   OR ($11::boolean AND (s.sort_key, s.id) < ($12::text, $10))
+   OR (NOT $11::boolean AND (s.sort_key, s.id) > ($12::text, $10))
+ORDER BY CASE WHEN $11::boolean THEN s.sort_key END DESC, CASE WHEN $11::boolean THEN s.id END DESC,
     s.sort_key, s.id
-LIMIT $8
+LIMIT $13
 `
 
 type EventPageParams struct {
 	Sort       string
 	NodeName   string
+	Type       string
 	Severity   string
+	Actor      string
+	Since      *time.Time
+	Until      *time.Time
 	Q          string
+	Message    string
 	AfterID    int64
 	Descending bool
 	AfterKey   string
@@ -136,7 +164,7 @@ type EventPageRow struct {
 	SortKey  string
 }
 
-// The portal's long tables, one page at a time: filters, a sort column
+// The long tables of the portal and the API, one page at a time: filters, a sort column
 // and direction, and a keyset cursor (the last row's sort key and id).
 // Sorting by time is sorting by id (both grow together), whose key is
 // the empty string, so the default order walks the primary key.
@@ -144,8 +172,13 @@ func (q *Queries) EventPage(ctx context.Context, db DBTX, arg EventPageParams) (
 	rows, err := db.Query(ctx, eventPage,
 		arg.Sort,
 		arg.NodeName,
+		arg.Type,
 		arg.Severity,
+		arg.Actor,
+		arg.Since,
+		arg.Until,
 		arg.Q,
+		arg.Message,
 		arg.AfterID,
 		arg.Descending,
 		arg.AfterKey,

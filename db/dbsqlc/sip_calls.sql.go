@@ -14,7 +14,7 @@ const sipCallAnswered = `-- name: SipCallAnswered :exec
 UPDATE sip_calls c SET state = 'answered', answered_at = a.at, to_tag = a.to_tag
 FROM (SELECT unnest($1::text[]) AS ref, unnest($2::text[]) AS to_tag,
              unnest($3::timestamptz[]) AS at) a
-WHERE c.ref = a.ref AND c.state = 'setup'
+WHERE c.ref = a.ref AND c.state NOT IN ('answered', 'ended', 'failed')
 `
 
 type SipCallAnsweredParams struct {
@@ -25,6 +25,11 @@ type SipCallAnsweredParams struct {
 
 // SipCallAnswered marks many calls answered in one statement (the front
 // door groups them): their To tag completes the dialog's identity.
+// The batch statements below test a call's state with NOT IN, not with
+// the live states: that form matches the live-call partial indexes, which
+// the planner, with statistics taken while few calls were live, scans
+// whole (thousands of rows under 10,000 held calls) instead of looking
+// the batch's refs up in the primary key.
 func (q *Queries) SipCallAnswered(ctx context.Context, db DBTX, arg SipCallAnsweredParams) error {
 	_, err := db.Exec(ctx, sipCallAnswered, arg.Refs, arg.ToTags, arg.Ats)
 	return err
@@ -95,7 +100,7 @@ func (q *Queries) SipCallEnd(ctx context.Context, db DBTX, arg SipCallEndParams)
 const sipCallEndBatch = `-- name: SipCallEndBatch :many
 WITH ended AS (
     UPDATE work SET state = 'ended', ended_at = now(), updated_at = now()
-    WHERE ref = ANY ($1::text[]) AND state IN ('assigned', 'active')
+    WHERE ref = ANY ($1::text[]) AND state NOT IN ('ended', 'unplaced')
     RETURNING node_id, cost
 ), d AS (
     SELECT node_id, sum(cost)::int AS cost FROM ended WHERE node_id IS NOT NULL GROUP BY node_id
@@ -106,35 +111,58 @@ WITH ended AS (
     FROM d WHERE n.id = d.node_id AND n.id IN (SELECT id FROM lk)
     RETURNING n.id
 ), closed AS (
-    UPDATE sip_calls c SET state = x.state, cause = x.cause, ended_at = now()
-    FROM (SELECT unnest($1::text[]) AS ref, unnest($2::text[]) AS state, unnest($3::text[]) AS cause) x
-    WHERE c.ref = x.ref AND c.state IN ('setup', 'answered')
+    UPDATE sip_calls c SET state = x.state, cause = x.cause, ended_at = now(),
+        answered_at = CASE WHEN x.answered THEN x.answered_at ELSE c.answered_at END,
+        to_tag = CASE WHEN x.answered THEN x.to_tag ELSE c.to_tag END
+    FROM (SELECT unnest($1::text[]) AS ref, unnest($2::text[]) AS state, unnest($3::text[]) AS cause,
+                 unnest($4::boolean[]) AS answered, unnest($5::timestamptz[]) AS answered_at,
+                 unnest($6::text[]) AS to_tag) x
+    WHERE c.ref = x.ref AND c.state NOT IN ('ended', 'failed')
 )
-SELECT id FROM freed
+SELECT f.id AS node_id, d.cost::bigint AS freed FROM freed f JOIN d ON d.node_id = f.id
 `
 
 type SipCallEndBatchParams struct {
-	Refs   []string
-	States []string
-	Causes []string
+	Refs        []string
+	States      []string
+	Causes      []string
+	Answered    []bool
+	AnsweredAts []time.Time
+	ToTags      []string
+}
+
+type SipCallEndBatchRow struct {
+	NodeID int64
+	Freed  int64
 }
 
 // SipCallEndBatch ends many calls in one statement, as SipCallEnd does
 // one: their live work ends, their nodes' load drops, their rows take
-// their final state and cause. It returns the nodes whose load dropped.
-func (q *Queries) SipCallEndBatch(ctx context.Context, db DBTX, arg SipCallEndBatchParams) ([]int64, error) {
-	rows, err := db.Query(ctx, sipCallEndBatch, arg.Refs, arg.States, arg.Causes)
+// their final state and cause (and, for a call whose answer had not been
+// written yet, its answer: one row update instead of two). Ending a call
+// that has ended already
+// changes nothing, so an end sent twice ends the work once. It returns
+// the nodes whose load dropped, with how much.
+func (q *Queries) SipCallEndBatch(ctx context.Context, db DBTX, arg SipCallEndBatchParams) ([]SipCallEndBatchRow, error) {
+	rows, err := db.Query(ctx, sipCallEndBatch,
+		arg.Refs,
+		arg.States,
+		arg.Causes,
+		arg.Answered,
+		arg.AnsweredAts,
+		arg.ToTags,
+	)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	items := []int64{}
+	items := []SipCallEndBatchRow{}
 	for rows.Next() {
-		var id int64
-		if err := rows.Scan(&id); err != nil {
+		var i SipCallEndBatchRow
+		if err := rows.Scan(&i.NodeID, &i.Freed); err != nil {
 			return nil, err
 		}
-		items = append(items, id)
+		items = append(items, i)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err
@@ -570,7 +598,7 @@ func (q *Queries) SipCallsExpire(ctx context.Context, db DBTX, maxSeconds float6
 const sipMediaLockEligible = `-- name: SipMediaLockEligible :many
 SELECT e.id, e.name, n.address, e.capacity, e.used, e.weight
 FROM node_eligibility e JOIN nodes n ON n.id = e.id
-WHERE e.eligible AND e.kind = 'media'
+WHERE e.answers_calls AND e.kind = 'media'
 ORDER BY e.id
 FOR UPDATE OF n
 `
@@ -585,8 +613,10 @@ type SipMediaLockEligibleRow struct {
 }
 
 // SipMediaLockEligible locks the media nodes that may take new calls
-// (node_eligibility, the one definition), in id order (the order every
-// multi-node writer locks in), with their service addresses, for
+// (node_eligibility, the one definition; answers_calls, as a call goes
+// straight to the media server and a lost agent does not matter), in id
+// order (the order every multi-node writer locks in), with their service
+// addresses, for
 // placements planned under the locks: one lock per node per batch instead
 // of one per call, which is what lets placements keep pace with the calls.
 func (q *Queries) SipMediaLockEligible(ctx context.Context, db DBTX) ([]SipMediaLockEligibleRow, error) {

@@ -1,4 +1,4 @@
--- The portal's long tables, one page at a time: filters, a sort column
+-- The long tables of the portal and the API, one page at a time: filters, a sort column
 -- and direction, and a keyset cursor (the last row's sort key and id).
 -- Sorting by time is sorting by id (both grow together), whose key is
 -- the empty string, so the default order walks the primary key.
@@ -13,8 +13,13 @@ SELECT * FROM (
         ELSE '' END)::text AS sort_key
     FROM events e
     WHERE (@node_name::text = '' OR e.node_name = @node_name)
+      AND (@type::text = '' OR e.type = @type)
       AND (@severity::text = '' OR e.severity = @severity)
+      AND (@actor::text = '' OR e.actor = @actor)
+      AND (sqlc.narg(since)::timestamptz IS NULL OR e.at >= sqlc.narg(since))
+      AND (sqlc.narg(until)::timestamptz IS NULL OR e.at < sqlc.narg(until))
       AND (@q::text = '' OR e.message ILIKE '%' || @q || '%' OR e.type ILIKE '%' || @q || '%' OR e.node_name ILIKE '%' || @q || '%')
+      AND (@message::text = '' OR e.message ILIKE '%' || @message || '%')
 ) s
 WHERE @after_id::bigint = 0
    OR (@descending::boolean AND (s.sort_key, s.id) < (@after_key::text, @after_id))
@@ -33,8 +38,14 @@ SELECT * FROM (
         WHEN 'source' THEN a.source_addr
         ELSE '' END)::text AS sort_key
     FROM audit_log a
-    WHERE (@result::text = '' OR a.result = @result)
+    WHERE (@actor::text = '' OR a.actor = @actor)
+      AND (@action::text = '' OR a.action = @action OR a.action LIKE @action || '.%')
+      AND (@target::text = '' OR a.target = @target)
+      AND (@result::text = '' OR a.result = @result)
+      AND (sqlc.narg(since)::timestamptz IS NULL OR a.at >= sqlc.narg(since))
+      AND (sqlc.narg(until)::timestamptz IS NULL OR a.at < sqlc.narg(until))
       AND (@q::text = '' OR a.actor ILIKE '%' || @q || '%' OR a.action ILIKE '%' || @q || '%' OR a.target ILIKE '%' || @q || '%')
+      AND (@detail::text = '' OR a.detail ILIKE '%' || @detail || '%' OR a.target ILIKE '%' || @detail || '%')
 ) s
 WHERE @after_id::bigint = 0
    OR (@descending::boolean AND (s.sort_key, s.id) < (@after_key::text, @after_id))

@@ -90,11 +90,16 @@ SELECT coalesce((SELECT id FROM freed), 0)::bigint AS node_id,
 
 -- SipCallAnswered marks many calls answered in one statement (the front
 -- door groups them): their To tag completes the dialog's identity.
+-- The batch statements below test a call's state with NOT IN, not with
+-- the live states: that form matches the live-call partial indexes, which
+-- the planner, with statistics taken while few calls were live, scans
+-- whole (thousands of rows under 10,000 held calls) instead of looking
+-- the batch's refs up in the primary key.
 -- name: SipCallAnswered :exec
 UPDATE sip_calls c SET state = 'answered', answered_at = a.at, to_tag = a.to_tag
 FROM (SELECT unnest(@refs::text[]) AS ref, unnest(@to_tags::text[]) AS to_tag,
              unnest(@ats::timestamptz[]) AS at) a
-WHERE c.ref = a.ref AND c.state = 'setup';
+WHERE c.ref = a.ref AND c.state NOT IN ('answered', 'ended', 'failed');
 
 -- SipCallLookup finds the dialog of an in-dialog request by the refs its
 -- two tags derive, with the node its work runs on now (it may have moved).
@@ -183,14 +188,16 @@ SELECT kind, cause, count(*)::bigint AS n FROM (
 SELECT key, value FROM settings WHERE key LIKE 'sip\_%' ORDER BY key;
 
 -- SipMediaLockEligible locks the media nodes that may take new calls
--- (node_eligibility, the one definition), in id order (the order every
--- multi-node writer locks in), with their service addresses, for
+-- (node_eligibility, the one definition; answers_calls, as a call goes
+-- straight to the media server and a lost agent does not matter), in id
+-- order (the order every multi-node writer locks in), with their service
+-- addresses, for
 -- placements planned under the locks: one lock per node per batch instead
 -- of one per call, which is what lets placements keep pace with the calls.
 -- name: SipMediaLockEligible :many
 SELECT e.id, e.name, n.address, e.capacity, e.used, e.weight
 FROM node_eligibility e JOIN nodes n ON n.id = e.id
-WHERE e.eligible AND e.kind = 'media'
+WHERE e.answers_calls AND e.kind = 'media'
 ORDER BY e.id
 FOR UPDATE OF n;
 
@@ -224,11 +231,15 @@ SELECT id, ref, node_id::bigint AS node_id, epoch FROM w;
 
 -- SipCallEndBatch ends many calls in one statement, as SipCallEnd does
 -- one: their live work ends, their nodes' load drops, their rows take
--- their final state and cause. It returns the nodes whose load dropped.
+-- their final state and cause (and, for a call whose answer had not been
+-- written yet, its answer: one row update instead of two). Ending a call
+-- that has ended already
+-- changes nothing, so an end sent twice ends the work once. It returns
+-- the nodes whose load dropped, with how much.
 -- name: SipCallEndBatch :many
 WITH ended AS (
     UPDATE work SET state = 'ended', ended_at = now(), updated_at = now()
-    WHERE ref = ANY (@refs::text[]) AND state IN ('assigned', 'active')
+    WHERE ref = ANY (@refs::text[]) AND state NOT IN ('ended', 'unplaced')
     RETURNING node_id, cost
 ), d AS (
     SELECT node_id, sum(cost)::int AS cost FROM ended WHERE node_id IS NOT NULL GROUP BY node_id
@@ -239,8 +250,12 @@ WITH ended AS (
     FROM d WHERE n.id = d.node_id AND n.id IN (SELECT id FROM lk)
     RETURNING n.id
 ), closed AS (
-    UPDATE sip_calls c SET state = x.state, cause = x.cause, ended_at = now()
-    FROM (SELECT unnest(@refs::text[]) AS ref, unnest(@states::text[]) AS state, unnest(@causes::text[]) AS cause) x
-    WHERE c.ref = x.ref AND c.state IN ('setup', 'answered')
+    UPDATE sip_calls c SET state = x.state, cause = x.cause, ended_at = now(),
+        answered_at = CASE WHEN x.answered THEN x.answered_at ELSE c.answered_at END,
+        to_tag = CASE WHEN x.answered THEN x.to_tag ELSE c.to_tag END
+    FROM (SELECT unnest(@refs::text[]) AS ref, unnest(@states::text[]) AS state, unnest(@causes::text[]) AS cause,
+                 unnest(@answered::boolean[]) AS answered, unnest(@answered_ats::timestamptz[]) AS answered_at,
+                 unnest(@to_tags::text[]) AS to_tag) x
+    WHERE c.ref = x.ref AND c.state NOT IN ('ended', 'failed')
 )
-SELECT id FROM freed;
+SELECT f.id AS node_id, d.cost::bigint AS freed FROM freed f JOIN d ON d.node_id = f.id;

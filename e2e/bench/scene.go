@@ -18,7 +18,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/callplane/callplane/db"
-	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/db/localpg"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/health"
@@ -186,7 +185,7 @@ func (sc *scene) waitHealth(ctx context.Context, names []string, h string, limit
 	}
 	deadline := time.Now().Add(limit)
 	for {
-		list, err := sc.svc.ListNodes(ctx, dbsqlc.NodeListFilteredParams{})
+		list, err := sc.svc.ListNodes(ctx, nodes.NodeFilter{})
 		if err != nil {
 			return err
 		}

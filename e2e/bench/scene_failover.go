@@ -12,8 +12,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/callplane/callplane/db"
-	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/db/localpg"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/probe"
@@ -169,7 +167,7 @@ func sceneFailover(ctx context.Context, pg *localpg.Server, root string) error {
 		}
 	}
 	moveEvent := ""
-	if evs, err := db.Q.EventList(ctx, sc.pool, dbsqlc.EventListParams{NodeName: victim[0], Lim: 20}); err == nil {
+	if evs, err := sc.svc.ListEvents(ctx, victim[0], "", 20); err == nil {
 		for _, e := range evs {
 			if e.Type == "move" {
 				moveEvent = e.Message
@@ -259,7 +257,7 @@ func sceneFalseFailover(ctx context.Context, pg *localpg.Server, root string) er
 	var downs, suspects, probes, failures int
 	var maxLat int64
 	for k, sc := range scenes {
-		evs, err := db.Q.EventList(ctx, sc.pool, dbsqlc.EventListParams{Lim: 100000})
+		evs, err := sc.svc.ListEvents(ctx, "", "", 100000)
 		if err != nil {
 			return err
 		}
@@ -288,10 +286,10 @@ func sceneFalseFailover(ctx context.Context, pg *localpg.Server, root string) er
 					continue
 				}
 				probes++
-				if !p.Ok {
+				if !p.OK {
 					failures++
 				}
-				maxLat = max(maxLat, p.LatencyUs)
+				maxLat = max(maxLat, p.Latency.Microseconds())
 			}
 		}
 	}
@@ -347,7 +345,7 @@ func detectionTrial(ctx context.Context, sc *scene, prefix string, n int) ([]tim
 	downAt := map[string]time.Time{}
 	limit := time.Now().Add(time.Duration(n)*400*time.Millisecond + 30*time.Second)
 	for len(downAt) < n && time.Now().Before(limit) {
-		list, err := sc.svc.ListNodes(ctx, dbsqlc.NodeListFilteredParams{Health: nodes.HealthDown})
+		list, err := sc.svc.ListNodes(ctx, nodes.NodeFilter{Health: nodes.HealthDown})
 		if err != nil {
 			return nil, err
 		}

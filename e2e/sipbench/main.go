@@ -32,6 +32,7 @@ type options struct {
 	hold       time.Duration
 	only       string
 	keep       bool
+	profile    string
 }
 
 func main() {
@@ -43,6 +44,7 @@ func main() {
 	flag.DurationVar(&o.hold, "hold", 60*time.Second, "how long each of the concurrent calls lasts")
 	flag.StringVar(&o.only, "only", "", "run one proxy only: callplane or kamailio")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (logs, sipp traces)")
+	flag.StringVar(&o.profile, "profile", "", "write a CPU profile of the call manager per step, and print Postgres wait events, into this directory")
 	flag.Parse()
 	for _, r := range strings.Split(*rates, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(r))
@@ -99,7 +101,13 @@ func run(ctx context.Context, o options) error {
 
 	var results []result
 	if o.only == "" || o.only == "callplane" {
-		pg, err := localpg.Start(ctx, localpg.Options{Dir: filepath.Join(dir, "pg"), Log: slog.New(slog.DiscardHandler)})
+		pgOpts := localpg.Options{Dir: filepath.Join(dir, "pg"), Log: slog.New(slog.DiscardHandler)}
+		if o.profile != "" {
+			// Statement counts and times for the profile's figures.
+			pgOpts.Settings = map[string]string{"shared_preload_libraries": "pg_stat_statements,auto_explain",
+				"auto_explain.log_min_duration": "20ms", "auto_explain.log_analyze": "on", "auto_explain.log_nested_statements": "on"}
+		}
+		pg, err := localpg.Start(ctx, pgOpts)
 		if err != nil {
 			return fmt.Errorf("postgres: %w", err)
 		}
@@ -150,16 +158,29 @@ func (b *bench) measure(p *proxy) result {
 		fmt.Printf("  %d concurrent calls: peak %d live, %d failed\n", b.o.concurrent, r.concurrent.peak, r.concurrent.failed)
 	}
 	for _, rate := range b.o.rates {
-		cpu0 := p.cpu()
+		cpu0, db0 := p.cpu(), p.dbCPU()
+		proxyDrops0, mediaDrops0 := udpDrops(p.addr), udpDrops(b.media...)
+		var profDone func()
+		if p.profile != nil {
+			profDone = p.profile(fmt.Sprintf("%s-%d", p.name, rate), b.o.step)
+		}
 		s, err := b.sippStep(p.name, p.addr, rate)
+		if profDone != nil {
+			profDone()
+		}
 		if err != nil {
 			fmt.Printf("  %5d calls/s: %v\n", rate, err)
 			break
 		}
-		s.cpu = p.cpu() - cpu0
+		s.cpu, s.dbCPU = p.cpu()-cpu0, p.dbCPU()-db0
 		r.steps = append(r.steps, s)
-		fmt.Printf("  %5d calls/s: %6d calls, %4d failed, setup p50 %6.2f ms p99 %7.2f ms, %.2f CPU s per 1,000 calls\n",
-			rate, s.calls, s.failed, s.p50, s.p99, s.cpuPer1000())
+		db := ""
+		if p.dbPid != 0 {
+			db = fmt.Sprintf(" (its Postgres %.2f)", s.dbCPU/float64(max(s.calls, 1))*1000)
+		}
+		fmt.Printf("  %5d calls/s: %6d calls, %4d failed, setup p50 %6.2f ms p99 %7.2f ms, %.2f CPU s per 1,000 calls%s, "+
+			"%d retransmissions by the caller, UDP drops at the proxy %d and the media nodes %d\n",
+			rate, s.calls, s.failed, s.p50, s.p99, s.cpuPer1000(), db, s.retrans, udpDrops(p.addr)-proxyDrops0, udpDrops(b.media...)-mediaDrops0)
 		if s.failed > 0 {
 			break
 		}

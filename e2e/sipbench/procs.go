@@ -46,20 +46,53 @@ type proxy struct {
 	pid  int
 	tree bool       // count the CPU of its child processes too (Kamailio's workers)
 	live func() int // live calls it knows of, when it can tell
-	stop func()
+	// dbPid is its database's postmaster (0: none), whose CPU, with its
+	// backends', is shown beside the proxy's.
+	dbPid int
+	// profile, with -profile, starts a CPU profile and a sampling of the
+	// database's wait events for one step; the function it returns waits
+	// for both and prints the waits.
+	profile func(name string, d time.Duration) func()
+	stop    func()
 }
 
 // cpu returns the CPU seconds (user and system) the proxy has used.
-func (p *proxy) cpu() float64 {
-	pids := []int{p.pid}
-	if p.tree {
-		pids = append(pids, children(p.pid)...)
+func (p *proxy) cpu() float64 { return treeCPU(p.pid, p.tree) }
+
+// dbCPU returns the CPU seconds its database has used (0: none).
+func (p *proxy) dbCPU() float64 {
+	if p.dbPid == 0 {
+		return 0
+	}
+	return treeCPU(p.dbPid, true)
+}
+
+func treeCPU(pid int, tree bool) float64 {
+	pids := []int{pid}
+	if tree {
+		pids = append(pids, children(pid)...)
 	}
 	var ticks int64
 	for _, pid := range pids {
 		ticks += procTicks(pid)
 	}
 	return float64(ticks) / 100 // USER_HZ is 100 on Linux
+}
+
+// postmasterPid reads the postmaster's pid from the cluster's directory.
+func postmasterPid(dir string) int {
+	files, _ := filepath.Glob(filepath.Join(dir, "*", "postmaster.pid"))
+	files2, _ := filepath.Glob(filepath.Join(dir, "postmaster.pid"))
+	for _, f := range append(files2, files...) {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		if pid, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0])); err == nil {
+			return pid
+		}
+	}
+	return 0
 }
 
 func procTicks(pid int) int64 {
@@ -96,6 +129,15 @@ func children(pid int) []int {
 	return out
 }
 
+func freeTCP() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
 func freeUDP() int {
 	c, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
@@ -107,11 +149,19 @@ func freeUDP() int {
 
 // start runs a process with its output in a log file of the work dir.
 func (b *bench) start(name string, args ...string) (*exec.Cmd, error) {
+	return b.startEnv(name, nil, args...)
+}
+
+// startEnv is start with extra environment variables.
+func (b *bench) startEnv(name string, env []string, args ...string) (*exec.Cmd, error) {
 	logf, err := os.Create(filepath.Join(b.dir, name+".log"))
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(args[0], args[1:]...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = b.dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -176,7 +226,16 @@ func waitSIP(addr string) error {
 // door, on its own database, with the two media nodes registered and up.
 func (b *bench) startCallplane(ctx context.Context, dbURL string) (*proxy, error) {
 	bin := filepath.Join(b.dir, "callmanager")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/callmanager")
+	buildArgs := []string{"build", "-o", bin}
+	var env []string
+	pprofAddr := ""
+	if b.o.profile != "" {
+		// The same code with a pprof listener on loopback (cmd/callmanager/pprof_bench.go).
+		pprofAddr = "127.0.0.1:" + strconv.Itoa(freeTCP())
+		buildArgs = append(buildArgs, "-tags", "benchpprof")
+		env = []string{"CALLPLANE_BENCH_PPROF=" + pprofAddr}
+	}
+	build := exec.Command("go", append(buildArgs, "./cmd/callmanager")...)
 	build.Dir = b.repo
 	if out, err := build.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("build callmanager: %v\n%s", err, out)
@@ -207,7 +266,10 @@ func (b *bench) startCallplane(ctx context.Context, dbURL string) (*proxy, error
 		return nil, err
 	}
 	// Heartbeats stand in for the agents (an enrolled node whose agent
-	// goes quiet is not trusted), one statement a second.
+	// goes quiet is not trusted), one statement a second, and so do their
+	// acknowledgements of the calls assigned to them (without them the
+	// leader places a call again after 30 s: the held calls would move
+	// between the media nodes).
 	hbCtx, hbStop := context.WithCancel(ctx)
 	b.stops = append(b.stops, hbStop)
 	go func() {
@@ -218,12 +280,18 @@ func (b *bench) startCallplane(ctx context.Context, dbURL string) (*proxy, error
 			case <-hbCtx.Done():
 				return
 			case <-t.C:
-				_, _ = pool.Exec(hbCtx, `UPDATE nodes SET last_heartbeat_at = now()`)
+				// Locked in id order, as the agents' heartbeat batches and
+				// every placement lock them: in the heap's order, which
+				// updates change, it deadlocks with the front door.
+				_, _ = pool.Exec(hbCtx, `UPDATE nodes SET last_heartbeat_at = now()
+					WHERE id IN (SELECT id FROM nodes ORDER BY id FOR UPDATE)`)
+				_, _ = pool.Exec(hbCtx, `UPDATE work SET state = 'active', updated_at = now()
+					WHERE kind = 'call' AND state = 'assigned' AND updated_at < now() - interval '5 seconds'`)
 			}
 		}
 	}()
 	addr := "127.0.0.1:" + strconv.Itoa(freeUDP())
-	cmd, err := b.start("callmanager", bin, "serve", "--database-url", dbURL, "--data-dir", filepath.Join(b.dir, "cm"),
+	cmd, err := b.startEnv("callmanager", env, bin, "serve", "--database-url", dbURL, "--data-dir", filepath.Join(b.dir, "cm"),
 		"--listen", "127.0.0.1:0", "--sip-listen", addr, "--log-level", "warn", "--instance-id", "bench")
 	if err != nil {
 		return nil, err
@@ -231,8 +299,12 @@ func (b *bench) startCallplane(ctx context.Context, dbURL string) (*proxy, error
 	if err := waitSIP(addr); err != nil {
 		return nil, err
 	}
-	p := &proxy{name: "callplane", addr: addr, pid: cmd.Process.Pid, stop: b.stops[len(b.stops)-1]}
+	p := &proxy{name: "callplane", addr: addr, pid: cmd.Process.Pid, stop: b.stops[len(b.stops)-1],
+		dbPid: postmasterPid(filepath.Join(b.dir, "pg"))}
 	p.live = func() int { return liveCalls(pool) }
+	if pprofAddr != "" {
+		p.profile = func(name string, d time.Duration) func() { return b.profileStep(pool, pprofAddr, name, d) }
+	}
 	return p, nil
 }
 
@@ -275,4 +347,36 @@ func (b *bench) startKamailio() (*proxy, error) {
 		return nil, err
 	}
 	return &proxy{name: "kamailio", addr: addr, pid: cmd.Process.Pid, tree: true, stop: b.stops[len(b.stops)-1]}, nil
+}
+
+// udpDrops is how many datagrams the kernel dropped at the UDP sockets
+// bound to these loopback addresses because their receive buffers were
+// full (/proc/net/udp's drops column): lost requests and responses that
+// SIP retransmits only after T1 (500 ms).
+func udpDrops(addrs ...string) int {
+	b, err := os.ReadFile("/proc/net/udp")
+	if err != nil {
+		return 0
+	}
+	ports := map[string]bool{}
+	for _, a := range addrs {
+		_, p, err := net.SplitHostPort(a)
+		if n, err2 := strconv.Atoi(p); err == nil && err2 == nil {
+			ports[fmt.Sprintf("%04X", n)] = true
+		}
+	}
+	total := 0
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 13 {
+			continue
+		}
+		local := f[1]
+		if i := strings.LastIndexByte(local, ':'); i < 0 || !ports[local[i+1:]] {
+			continue
+		}
+		n, _ := strconv.Atoi(f[len(f)-1])
+		total += n
+	}
+	return total
 }

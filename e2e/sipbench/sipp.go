@@ -20,6 +20,8 @@ type step struct {
 	failed   int
 	p50, p99 float64 // setup time (INVITE to 200), ms
 	cpu      float64 // proxy CPU seconds over the step
+	dbCPU    float64 // its database's CPU seconds over the step
+	retrans  int     // requests the caller sent again (T1 timer): lost or late answers
 }
 
 func (s step) cpuPer1000() float64 {
@@ -43,7 +45,7 @@ func (b *bench) sippCaller(name, addr string, extra ...string) (string, error) {
 	}
 	args := append([]string{"-sf", filepath.Join(b.repo, "e2e/sipbench/uac.xml"), addr, "-s", "service",
 		"-i", "127.0.0.1", "-p", strconv.Itoa(freeUDP()), "-nostdin", "-recv_timeout", "30000",
-		"-trace_stat", "-stf", filepath.Join(out, "stat.csv"), "-fd", "1"}, extra...)
+		"-trace_stat", "-stf", filepath.Join(out, "stat.csv"), "-fd", "1", "-trace_err"}, extra...)
 	cmd := exec.Command("sipp", args...)
 	cmd.Dir = out
 	log, err := os.Create(filepath.Join(out, "sipp.log"))
@@ -81,6 +83,7 @@ func (b *bench) sippCallsFor(name, addr string, rate int, d time.Duration) (step
 	}
 	last := stats[len(stats)-1]
 	s.calls, s.failed = last["SuccessfulCall(C)"]+last["FailedCall(C)"], last["FailedCall(C)"]
+	s.retrans = last["Retransmissions(C)"]
 	if s.calls < calls {
 		s.failed += calls - s.calls // calls sipp never completed
 	}

@@ -11,10 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
-	"github.com/callplane/callplane/db"
-	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/probe"
 	"github.com/callplane/callplane/nodes/settings"
@@ -24,8 +20,16 @@ import (
 // Fencer checks, inside a transaction, that this instance still leads
 // with epoch (server.Leader implements it). It returns nodes.ErrNotLeader
 // when a newer leader exists.
-type Fencer interface {
-	Fence(ctx context.Context, tx pgx.Tx, epoch int64) error
+type Fencer = nodes.Fencer
+
+// Domain is what the checker needs of the cluster domain (*nodes.Service
+// implements it): the nodes, a fenced transaction in which the domain
+// makes the checker's writes, and placing waiting work when nodes come
+// up. The checker decides; the domain owns the transactions and the SQL.
+type Domain interface {
+	ListNodes(ctx context.Context, f nodes.NodeFilter) ([]nodes.Node, error)
+	InCheckerTx(ctx context.Context, fence nodes.Fencer, epoch int64, fn func(*nodes.CheckerTx) error) error
+	PlaceAllUnplaced(ctx context.Context, cause string) int
 }
 
 // Leadership is what the checker needs of the leader elector: the fence of
@@ -42,7 +46,7 @@ const MaxConcurrentProbes = 64
 // Checker probes every node and applies the health state machine. Run it
 // on the leader only (server.Leader.WhileLeading).
 type Checker struct {
-	svc   *nodes.Service
+	svc   Domain
 	store *Store
 	lead  Leadership
 	log   *slog.Logger
@@ -60,7 +64,7 @@ type Checker struct {
 }
 
 // NewChecker returns a Checker.
-func NewChecker(svc *nodes.Service, store *Store, lead Leadership, log *slog.Logger) *Checker {
+func NewChecker(svc Domain, store *Store, lead Leadership, log *slog.Logger) *Checker {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -95,8 +99,8 @@ func (c *Checker) Run(ctx context.Context, epoch int64) {
 	stall := &atomic.Int64{}
 	stall.Store(int64(st.StallAfter()))
 	wg.Go(func() { c.watchdog(ctx, epoch, stall) })
-	if err := c.inTx(ctx, epoch, func(tx pgx.Tx) error {
-		return db.Q.CheckerStart(ctx, tx, dbsqlc.CheckerStartParams{Holder: c.holder(), Epoch: epoch})
+	if err := c.inTx(ctx, epoch, func(tx *nodes.CheckerTx) error {
+		return tx.CheckerStarted(ctx, c.holder(), epoch)
 	}); err != nil && ctx.Err() == nil {
 		c.log.Warn("record health checker start", "err", err)
 	}
@@ -160,22 +164,16 @@ func (c *Checker) holder() string {
 	return ""
 }
 
-// inTx runs fn in a transaction that first checks the leader fence, under
-// the database retry policy: when Postgres breaks a deadlock or a
-// serialization conflict by rolling it back, it runs again, so a race with
-// an administrator's change never drops a round.
-func (c *Checker) inTx(ctx context.Context, epoch int64, fn func(tx pgx.Tx) error) error {
-	return db.InTxRetry(ctx, c.svc.Pool(), func(tx pgx.Tx) error {
-		if err := c.lead.Fence(ctx, tx, epoch); err != nil {
-			return err
-		}
-		return fn(tx)
-	})
+// inTx runs fn in a domain transaction that first checks the leader
+// fence, under the database retry policy (nodes.Service.InCheckerTx), so
+// a race with an administrator's change never drops a round.
+func (c *Checker) inTx(ctx context.Context, epoch int64, fn func(tx *nodes.CheckerTx) error) error {
+	return c.svc.InCheckerTx(ctx, c.lead, epoch, fn)
 }
 
 // observation is one node's check in a round.
 type observation struct {
-	node    dbsqlc.Node
+	node    nodes.Node
 	verdict Verdict
 	ok      bool // verdict.OK, for the state machine
 	probeOK bool // the probe's own outcome, recorded in the probe history
@@ -218,7 +216,7 @@ func (c *Checker) proberFor(st settings.Settings) (*probe.Prober, error) {
 
 // check probes every node concurrently, each probe under its own timeout,
 // and judges each probe together with the agent's heartbeat.
-func (c *Checker) check(ctx context.Context, st settings.Settings, list []dbsqlc.Node, trusted bool) ([]observation, error) {
+func (c *Checker) check(ctx context.Context, st settings.Settings, list []nodes.Node, trusted bool) ([]observation, error) {
 	p, err := c.proberFor(st)
 	if err != nil {
 		return nil, err
@@ -238,7 +236,7 @@ func (c *Checker) check(ctx context.Context, st settings.Settings, list []dbsqlc
 			} else {
 				o.detail = probeName(n.Kind) + ": " + res.Detail
 			}
-			in := Observation{Health: n.Health, Enrolled: n.EnrolledAt != nil, ProbeOK: res.OK, Trusted: trusted}
+			in := Observation{Health: n.Health, Enrolled: n.Enrolled(), ProbeOK: res.OK, Trusted: trusted}
 			switch {
 			case n.LastHeartbeatAt == nil:
 				in.Heartbeat = HeartbeatNone
@@ -267,15 +265,11 @@ func (c *Checker) check(ctx context.Context, st settings.Settings, list []dbsqlc
 	return obs, ctx.Err()
 }
 
-func inMaintenance(n *dbsqlc.Node, now time.Time) bool {
-	return nodes.NodeFromRow(*n).InMaintenance(now)
-}
-
 // watched reports whether a node's failures count for the disruption
 // guard and raise alerts: it has been up, is not disabled and not in
 // maintenance.
-func watched(n *dbsqlc.Node, now time.Time) bool {
-	return n.Health != nodes.HealthPending && n.AdminState != nodes.StateDisabled && !inMaintenance(n, now)
+func watched(n nodes.Node, now time.Time) bool {
+	return n.Health != nodes.HealthPending && n.AdminState != nodes.StateDisabled && !n.InMaintenance(now)
 }
 
 // Round runs one probe round: probe, record, and apply every change. It
@@ -283,8 +277,7 @@ func watched(n *dbsqlc.Node, now time.Time) bool {
 func (c *Checker) Round(ctx context.Context, epoch int64, st settings.Settings) error {
 	metrics.CheckerRounds.Inc()
 	start := time.Now()
-	pool := c.svc.Pool()
-	list, err := db.Q.NodeList(ctx, pool)
+	list, err := c.svc.ListNodes(ctx, nodes.NodeFilter{})
 	if err != nil {
 		c.trustSince = time.Time{}
 		return fmt.Errorf("list nodes: %w", err)
@@ -302,52 +295,28 @@ func (c *Checker) Round(ctx context.Context, epoch int64, st settings.Settings) 
 		return c.failed(err)
 	}
 	th := Thresholds{Fail: st.FailThreshold, Recover: st.RecoverThreshold}
-	results := dbsqlc.ProbeResultInsertBatchParams{}
-	batch := dbsqlc.NodeProbeBatchParams{}
+	probes := make([]nodes.ProbeRecord, 0, len(obs))
+	var same []nodes.ProbeState
 	var changes, lost []observation
 	now := time.Now()
 	for _, o := range obs {
 		n := o.node
-		results.NodeIds = append(results.NodeIds, n.ID)
-		results.Oks = append(results.Oks, o.probeOK)
-		results.Latencies = append(results.Latencies, o.latency.Microseconds())
-		results.Details = append(results.Details, o.detail)
+		probes = append(probes, nodes.ProbeRecord{NodeID: n.ID, OK: o.probeOK, Latency: o.latency, Detail: o.detail})
 		if agentLostChanges(st, o, now) {
 			lost = append(lost, o)
 		}
-		cur := State{Health: n.Health, Fail: int(n.ConsecutiveFail), OK: int(n.ConsecutiveOk)}
-		held := n.HoldUntil != nil && n.HoldUntil.After(now)
+		cur := State{Health: n.Health, Fail: int(n.ConsecutiveFail), OK: int(n.ConsecutiveOK)}
+		held := n.Held(now)
 		next := Step(cur, o.ok, th, held)
 		if next.Health != cur.Health || n.Flapping != held {
 			changes = append(changes, o)
 			continue
 		}
-		batch.Ids = append(batch.Ids, n.ID)
-		batch.Healths = append(batch.Healths, n.Health)
-		batch.Fails = append(batch.Fails, int32(next.Fail))
-		batch.Oks = append(batch.Oks, int32(next.OK))
-		batch.Details = append(batch.Details, o.detail)
-		batch.Flappings = append(batch.Flappings, n.Flapping)
+		same = append(same, nodes.ProbeState{NodeID: n.ID, Health: n.Health, Fail: next.Fail, OK: next.OK, Detail: o.detail, Flapping: n.Flapping})
 	}
 	prune := time.Since(c.lastPrune) > time.Minute
-	err = c.inTx(ctx, epoch, func(tx pgx.Tx) error {
-		if err := db.Q.ProbeResultInsertBatch(ctx, tx, results); err != nil {
-			return fmt.Errorf("record probe results: %w", err)
-		}
-		if len(batch.Ids) > 0 {
-			if err := db.Q.NodeProbeBatch(ctx, tx, batch); err != nil {
-				return fmt.Errorf("record probe round: %w", err)
-			}
-		}
-		if prune {
-			if _, err := db.Q.ProbeResultPrune(ctx, tx); err != nil {
-				return fmt.Errorf("prune probe results: %w", err)
-			}
-			if _, err := db.Q.TransitionPrune(ctx, tx); err != nil {
-				return fmt.Errorf("prune health transitions: %w", err)
-			}
-		}
-		return nil
+	err = c.inTx(ctx, epoch, func(tx *nodes.CheckerTx) error {
+		return tx.RecordProbes(ctx, probes, same, prune)
 	})
 	if err != nil {
 		return c.failed(err)
@@ -355,13 +324,23 @@ func (c *Checker) Round(ctx context.Context, epoch int64, st settings.Settings) 
 	if prune {
 		c.lastPrune = time.Now()
 	}
+	var back []string
 	for _, o := range lost {
-		if err := c.agentLost(ctx, epoch, st, o); err != nil {
+		cleared, err := c.agentLost(ctx, epoch, st, o)
+		if err != nil {
 			if errors.Is(err, nodes.ErrNotLeader) || ctx.Err() != nil {
 				return err
 			}
 			c.log.Error("record agent lost", "node", o.node.Name, "err", err)
 		}
+		if cleared {
+			back = append(back, o.node.Name)
+		}
+	}
+	if len(back) > 0 {
+		// A node whose agent is lost takes no new assignments, so work
+		// may be waiting for it.
+		c.svc.PlaceAllUnplaced(ctx, "the agent of node "+strings.Join(back, ", ")+" is back")
 	}
 	var placeAfter []string
 	for _, o := range changes {
@@ -390,10 +369,8 @@ func (c *Checker) Round(ctx context.Context, epoch int64, st settings.Settings) 
 			}
 		}
 	}
-	err = c.inTx(ctx, epoch, func(tx pgx.Tx) error {
-		return db.Q.CheckerRound(ctx, tx, dbsqlc.CheckerRoundParams{
-			Holder: c.holder(), Epoch: epoch, RoundMs: int32(time.Since(start).Milliseconds()), Nodes: int32(len(list)),
-		})
+	err = c.inTx(ctx, epoch, func(tx *nodes.CheckerTx) error {
+		return tx.CheckerRoundDone(ctx, c.holder(), epoch, time.Since(start), len(list))
 	})
 	if err != nil {
 		return c.failed(err)
@@ -435,7 +412,7 @@ func (c *Checker) disruption(ctx context.Context, epoch int64, st settings.Setti
 	var total, fresh int
 	var failing []string
 	for _, o := range obs {
-		if !watched(&o.node, now) {
+		if !watched(o.node, now) {
 			continue
 		}
 		total++
@@ -449,8 +426,8 @@ func (c *Checker) disruption(ctx context.Context, epoch int64, st settings.Setti
 	starts := Disrupted(fresh, total, st.DisruptionShare)
 	lasts := Disrupted(len(failing), total, st.DisruptionShare)
 	guard := false
-	err := c.inTx(ctx, epoch, func(tx pgx.Tx) error {
-		cur, err := db.Q.DisruptionGet(ctx, tx)
+	err := c.inTx(ctx, epoch, func(tx *nodes.CheckerTx) error {
+		cur, err := tx.Disruption(ctx)
 		if err != nil {
 			return err
 		}
@@ -460,29 +437,29 @@ func (c *Checker) disruption(ctx context.Context, epoch int64, st settings.Setti
 		list := strings.Join(failing, ", ")
 		switch {
 		case disrupted && !active:
-			if err := db.Q.DisruptionSet(ctx, tx, dbsqlc.DisruptionSetParams{StartedAt: &now, Failing: int32(len(failing)), Total: int32(total), Nodes: list}); err != nil {
+			if err := tx.SetDisruption(ctx, &now, len(failing), total, list); err != nil {
 				return err
 			}
 			msg := fmt.Sprintf("Disruption: %d of %d nodes failed their checks at once (more than %d%%): %s. "+
 				"The checker's own network or the control plane is the likelier fault, so automatic failover and per-node alerts are held "+
 				"until it clears or an administrator confirms on the settings page", len(failing), total, st.DisruptionShare, list)
-			if err := c.svc.Event(ctx, tx, nil, "health", "critical", nodes.ActorChecker.Name, msg); err != nil {
+			if err := tx.Event(ctx, nil, "health", "critical", msg); err != nil {
 				return err
 			}
 			body, err := json.Marshal(DisruptionPayload{Failing: len(failing), Total: total, Share: st.DisruptionShare, Nodes: failing, At: now})
 			if err != nil {
 				return err
 			}
-			return db.Q.AlertInsert(ctx, tx, dbsqlc.AlertInsertParams{Type: AlertDisruption, Payload: body})
+			return tx.QueueAlert(ctx, AlertDisruption, "", body)
 		case disrupted:
-			return db.Q.DisruptionSet(ctx, tx, dbsqlc.DisruptionSetParams{StartedAt: cur.StartedAt, Failing: int32(len(failing)), Total: int32(total), Nodes: list})
+			return tx.SetDisruption(ctx, cur.StartedAt, len(failing), total, list)
 		case active:
-			if err := db.Q.DisruptionSet(ctx, tx, dbsqlc.DisruptionSetParams{}); err != nil {
+			if err := tx.SetDisruption(ctx, nil, 0, 0, ""); err != nil {
 				return err
 			}
 			msg := fmt.Sprintf("Disruption over after %s: %d of %d nodes failing now; automatic failover and alerts resume for nodes still down",
 				now.Sub(*cur.StartedAt).Round(time.Second), len(failing), total)
-			return c.svc.Event(ctx, tx, nil, "health", "info", nodes.ActorChecker.Name, msg)
+			return tx.Event(ctx, nil, "health", "info", msg)
 		}
 		return nil
 	})
@@ -497,7 +474,7 @@ func agentLostChanges(st settings.Settings, o observation, now time.Time) bool {
 	case o.verdict.AgentLost && n.AgentLostSince == nil:
 		return true
 	case o.verdict.AgentLost:
-		return !n.AgentLostAlerted && now.Sub(*n.AgentLostSince) >= st.AgentLostGrace && watched(&n, now)
+		return !n.AgentLostAlerted && now.Sub(*n.AgentLostSince) >= st.AgentLostGrace && watched(n, now)
 	case n.AgentLostSince != nil:
 		// Cleared only by a fresh heartbeat: a node whose probe fails
 		// now is failing, which says nothing new about its agent.
@@ -506,13 +483,17 @@ func agentLostChanges(st settings.Settings, o observation, now time.Time) bool {
 	return false
 }
 
-// agentLost sets, mails or clears a node's agent-lost flag. Agent lost
-// moves no work and changes no health: the service answers its probe.
-func (c *Checker) agentLost(ctx context.Context, epoch int64, st settings.Settings, o observation) error {
-	return c.inTx(ctx, epoch, func(tx pgx.Tx) error {
-		n, err := db.Q.NodeGetForUpdate(ctx, tx, o.node.ID)
+// agentLost sets, mails or clears a node's agent-lost flag, and reports
+// whether it cleared it. Agent lost moves no work and changes no health:
+// the service answers its probe. (The node takes no new assignments
+// meanwhile: see node_eligibility.)
+func (c *Checker) agentLost(ctx context.Context, epoch int64, st settings.Settings, o observation) (bool, error) {
+	cleared := false
+	err := c.inTx(ctx, epoch, func(tx *nodes.CheckerTx) error {
+		cleared = false
+		n, err := tx.LockNode(ctx, o.node.ID)
 		if err != nil {
-			return db.Translate(err)
+			return err
 		}
 		now := time.Now()
 		if !agentLostChanges(st, observation{node: n, verdict: o.verdict}, now) {
@@ -522,24 +503,25 @@ func (c *Checker) agentLost(ctx context.Context, epoch int64, st settings.Settin
 			Reason: o.detail, Policy: st.PolicyFor(n.Kind), WorkOutcome: "no work moved: the node's service answers its probe"}
 		switch {
 		case o.verdict.AgentLost && n.AgentLostSince == nil:
-			if err := db.Q.NodeSetAgentLost(ctx, tx, dbsqlc.NodeSetAgentLostParams{ID: n.ID, AgentLostSince: &now}); err != nil {
+			if err := tx.SetAgentLost(ctx, n.ID, &now, false); err != nil {
 				return err
 			}
 			msg := fmt.Sprintf("Node %s: agent lost: %s; its service answers, so it stays %s and keeps its work (mailed if it lasts %s)",
 				n.Name, o.detail, n.Health, st.AgentLostGrace)
-			return c.svc.Event(ctx, tx, &n, "health", "warning", nodes.ActorChecker.Name, msg)
+			return tx.Event(ctx, &n, "health", "warning", msg)
 		case o.verdict.AgentLost:
-			if err := db.Q.NodeSetAgentLost(ctx, tx, dbsqlc.NodeSetAgentLostParams{ID: n.ID, AgentLostSince: n.AgentLostSince, AgentLostAlerted: true}); err != nil {
+			if err := tx.SetAgentLost(ctx, n.ID, n.AgentLostSince, true); err != nil {
 				return err
 			}
 			payload.To, payload.Since = ToAgentLost, *n.AgentLostSince
 			return c.queueAlert(ctx, tx, &n, payload, "agent lost")
 		default:
-			if err := db.Q.NodeSetAgentLost(ctx, tx, dbsqlc.NodeSetAgentLostParams{ID: n.ID}); err != nil {
+			if err := tx.SetAgentLost(ctx, n.ID, nil, false); err != nil {
 				return err
 			}
+			cleared = true
 			msg := fmt.Sprintf("Node %s: agent heartbeating again after %s lost", n.Name, now.Sub(*n.AgentLostSince).Round(time.Second))
-			if err := c.svc.Event(ctx, tx, &n, "health", "info", nodes.ActorChecker.Name, msg); err != nil {
+			if err := tx.Event(ctx, &n, "health", "info", msg); err != nil {
 				return err
 			}
 			if !n.AgentLostAlerted {
@@ -549,34 +531,34 @@ func (c *Checker) agentLost(ctx context.Context, epoch int64, st settings.Settin
 			return c.queueAlert(ctx, tx, &n, payload, "agent back")
 		}
 	})
+	return cleared && err == nil, err
 }
 
 // queueAlert puts a health alert in the outbox and records that it did.
-func (c *Checker) queueAlert(ctx context.Context, tx pgx.Tx, n *dbsqlc.Node, p AlertPayload, what string) error {
+func (c *Checker) queueAlert(ctx context.Context, tx *nodes.CheckerTx, n *nodes.Node, p AlertPayload, what string) error {
 	body, err := json.Marshal(p)
 	if err != nil {
 		return err
 	}
-	if err := db.Q.AlertInsert(ctx, tx, dbsqlc.AlertInsertParams{Type: AlertHealth, NodeName: n.Name, Payload: body}); err != nil {
+	if err := tx.QueueAlert(ctx, AlertHealth, n.Name, body); err != nil {
 		return fmt.Errorf("queue alert: %w", err)
 	}
-	return c.svc.Event(ctx, tx, n, "alert", "info", nodes.ActorChecker.Name,
-		fmt.Sprintf("Alert email queued: node %s %s (%s)", n.Name, what, p.WorkOutcome))
+	return tx.Event(ctx, n, "alert", "info", fmt.Sprintf("Alert email queued: node %s %s (%s)", n.Name, what, p.WorkOutcome))
 }
 
 // failsOver reports whether work on node n, if it is down, moves away
 // automatically: its kind's policy is auto, it is not in maintenance and
 // not disabled (a disabled node's work has moved already).
-func failsOver(st settings.Settings, n *dbsqlc.Node, now time.Time) bool {
-	return nodes.NodeFromRow(*n).CanFailOver(st.PolicyFor(n.Kind), now)
+func failsOver(st settings.Settings, n *nodes.Node, now time.Time) bool {
+	return n.CanFailOver(st.PolicyFor(n.Kind), now)
 }
 
 // stillDownDue reports whether a node that is down needs the sweep: it is
 // watched again (maintenance ended, enabled, a disruption cleared) and
 // either was never mailed for this outage or carries work that automatic
 // failover should move.
-func stillDownDue(st settings.Settings, n *dbsqlc.Node, now time.Time) bool {
-	if n.Health != nodes.HealthDown || !watched(n, now) {
+func stillDownDue(st settings.Settings, n *nodes.Node, now time.Time) bool {
+	if n.Health != nodes.HealthDown || !watched(*n, now) {
 		return false
 	}
 	return !n.DownAlerted || (n.Used > 0 && failsOver(st, n, now))
@@ -586,14 +568,14 @@ func stillDownDue(st settings.Settings, n *dbsqlc.Node, now time.Time) bool {
 // went down: its maintenance ended, it was enabled, a disruption held
 // failover, or its kind's policy turned auto. It sends the DOWN email
 // then (once per outage) and moves its work under automatic failover.
-func (c *Checker) sweep(ctx context.Context, epoch int64, st settings.Settings, n dbsqlc.Node) error {
+func (c *Checker) sweep(ctx context.Context, epoch int64, st settings.Settings, n nodes.Node) error {
 	if !stillDownDue(st, &n, time.Now()) {
 		return nil
 	}
-	return c.inTx(ctx, epoch, func(tx pgx.Tx) error {
-		cur, err := db.Q.NodeGetForUpdate(ctx, tx, n.ID)
+	return c.inTx(ctx, epoch, func(tx *nodes.CheckerTx) error {
+		cur, err := tx.LockNode(ctx, n.ID)
 		if err != nil {
-			return db.Translate(err)
+			return err
 		}
 		now := time.Now()
 		if !stillDownDue(st, &cur, now) {
@@ -607,11 +589,11 @@ func (c *Checker) sweep(ctx context.Context, epoch int64, st settings.Settings, 
 		if cur.MaintenanceUntil != nil && !cur.MaintenanceUntil.After(now) {
 			why = "its maintenance ended at " + cur.MaintenanceUntil.UTC().Format(time.RFC3339)
 		}
-		if err := c.svc.Event(ctx, tx, &cur, "health", "critical", nodes.ActorChecker.Name,
+		if err := tx.Event(ctx, &cur, "health", "critical",
 			fmt.Sprintf("Node %s is still down now that %s: %s", cur.Name, why, cur.LastProbeDetail)); err != nil {
 			return err
 		}
-		if err := db.Q.NodeSetDownAlerted(ctx, tx, dbsqlc.NodeSetDownAlertedParams{ID: cur.ID, DownAlerted: true}); err != nil {
+		if err := tx.SetDownAlerted(ctx, cur.ID, true); err != nil {
 			return err
 		}
 		return c.queueAlert(ctx, tx, &cur, AlertPayload{
@@ -626,28 +608,28 @@ func (c *Checker) sweep(ctx context.Context, epoch int64, st settings.Settings, 
 // tx: under auto it moves the work away; otherwise it says what stays,
 // and whether the other nodes lack the room to take it (noRoom), as the
 // portal's disable preview does.
-func (c *Checker) downOutcome(ctx context.Context, tx pgx.Tx, st settings.Settings, n *dbsqlc.Node, cause string) (string, bool, error) {
+func (c *Checker) downOutcome(ctx context.Context, tx *nodes.CheckerTx, st settings.Settings, n *nodes.Node, cause string) (string, bool, error) {
 	wk := nodes.WorkKindFor(n.Kind)
 	now := time.Now()
 	if n.AdminState == nodes.StateDisabled {
 		return "the node is disabled; its work was already moved", false, nil
 	}
 	if failsOver(st, n, now) {
-		mr, err := c.svc.MoveAway(ctx, tx, n, cause, nodes.ActorChecker)
+		mr, err := tx.MoveAway(ctx, *n, cause)
 		if err != nil {
 			return "", false, fmt.Errorf("fail over %s: %w", n.Name, err)
 		}
 		return mr.Summary(wk), false, nil
 	}
-	live, err := db.Q.NodeLiveWorkCount(ctx, tx, &n.ID)
+	live, err := tx.LiveWork(ctx, n.ID)
 	if err != nil || live == 0 {
 		return "no work was on the node", false, err
 	}
-	if inMaintenance(n, now) {
+	if n.InMaintenance(now) {
 		return fmt.Sprintf("%s stay on the node (maintenance: no automatic failover)", nodes.WorkNoun(wk, live)), false, nil
 	}
 	out := fmt.Sprintf("%s stay on the node until an administrator disables it (manual failover)", nodes.WorkNoun(wk, live))
-	mr, err := c.svc.WouldStrand(ctx, tx, n)
+	mr, err := tx.WouldStrand(ctx, *n)
 	switch {
 	case err != nil:
 		return "", false, err
@@ -672,15 +654,15 @@ type applied struct {
 // alerts during an unconfirmed disruption.
 func (c *Checker) apply(ctx context.Context, epoch int64, st settings.Settings, th Thresholds, guard bool, o observation) (applied, error) {
 	var out applied
-	err := c.inTx(ctx, epoch, func(tx pgx.Tx) error {
+	err := c.inTx(ctx, epoch, func(tx *nodes.CheckerTx) error {
 		out = applied{}
-		n, err := db.Q.NodeGetForUpdate(ctx, tx, o.node.ID)
+		n, err := tx.LockNode(ctx, o.node.ID)
 		if err != nil {
-			return db.Translate(err)
+			return err
 		}
 		now := time.Now()
-		cur := State{Health: n.Health, Fail: int(n.ConsecutiveFail), OK: int(n.ConsecutiveOk)}
-		held := n.HoldUntil != nil && n.HoldUntil.After(now)
+		cur := State{Health: n.Health, Fail: int(n.ConsecutiveFail), OK: int(n.ConsecutiveOK)}
+		held := n.Held(now)
 		next := Step(cur, o.ok, th, held)
 		holdUntil := n.HoldUntil
 		if !held {
@@ -688,24 +670,20 @@ func (c *Checker) apply(ctx context.Context, epoch int64, st settings.Settings, 
 		}
 		startHold := false
 		if Flaps(cur.Health, next.Health) && !guard {
-			if err := db.Q.TransitionInsert(ctx, tx, dbsqlc.TransitionInsertParams{NodeID: n.ID, FromHealth: cur.Health, ToHealth: next.Health}); err != nil {
-				return err
-			}
-			count, err := db.Q.TransitionCount(ctx, tx, dbsqlc.TransitionCountParams{NodeID: n.ID, WindowSeconds: st.FlapWindow.Seconds()})
+			count, err := tx.RecordFlap(ctx, n.ID, cur.Health, next.Health, st.FlapWindow)
 			if err != nil {
 				return err
 			}
-			if int(count) >= st.FlapLimit && !held {
+			if count >= st.FlapLimit && !held {
 				held, startHold = true, true
 				until := now.Add(st.FlapWindow)
 				holdUntil = &until
 				next = Step(cur, o.ok, th, true)
 			}
 		}
-		updated, err := db.Q.NodeSetHealth(ctx, tx, dbsqlc.NodeSetHealthParams{
-			ID: n.ID, Health: next.Health, ConsecutiveFail: int32(next.Fail), ConsecutiveOk: int32(next.OK),
-			LastProbeDetail: o.detail, Flapping: held, HoldUntil: holdUntil,
-		})
+		updated, err := tx.SetHealth(ctx, nodes.ProbeState{
+			NodeID: n.ID, Health: next.Health, Fail: next.Fail, OK: next.OK, Detail: o.detail, Flapping: held,
+		}, holdUntil)
 		if err != nil {
 			return err
 		}
@@ -713,11 +691,11 @@ func (c *Checker) apply(ctx context.Context, epoch int64, st settings.Settings, 
 		case startHold:
 			msg := fmt.Sprintf("Node %s is flapping (%d up/down changes within %s): held down until %s unless an administrator clears the hold",
 				n.Name, st.FlapLimit, st.FlapWindow, holdUntil.UTC().Format(time.RFC3339))
-			if err := c.svc.Event(ctx, tx, &n, "health", "warning", nodes.ActorChecker.Name, msg); err != nil {
+			if err := tx.Event(ctx, &n, "health", "warning", msg); err != nil {
 				return err
 			}
 		case !held && n.Flapping:
-			if err := c.svc.Event(ctx, tx, &n, "health", "info", nodes.ActorChecker.Name,
+			if err := tx.Event(ctx, &n, "health", "info",
 				fmt.Sprintf("Node %s: flap hold ended; it comes up again once its checks pass", n.Name)); err != nil {
 				return err
 			}
@@ -730,9 +708,9 @@ func (c *Checker) apply(ctx context.Context, epoch int64, st settings.Settings, 
 	return out, err
 }
 
-func (c *Checker) transition(ctx context.Context, tx pgx.Tx, st settings.Settings, guard bool, old, n *dbsqlc.Node, cur, next State, o observation, out *applied) error {
+func (c *Checker) transition(ctx context.Context, tx *nodes.CheckerTx, st settings.Settings, guard bool, old, n *nodes.Node, cur, next State, o observation, out *applied) error {
 	now := time.Now()
-	inMaint := inMaintenance(n, now)
+	inMaint := n.InMaintenance(now)
 	disabled := n.AdminState == nodes.StateDisabled
 	quiet := ""
 	switch {
@@ -744,7 +722,7 @@ func (c *Checker) transition(ctx context.Context, tx pgx.Tx, st settings.Setting
 		quiet = " (disruption: automatic failover and the alert are held)"
 	}
 	event := func(sev, msg string) error {
-		return c.svc.Event(ctx, tx, n, "health", sev, nodes.ActorChecker.Name, msg+quiet)
+		return tx.Event(ctx, n, "health", sev, msg+quiet)
 	}
 	payload := AlertPayload{
 		Node: n.Name, Kind: n.Kind, Address: n.Address, From: cur.Health, To: next.Health,
@@ -767,7 +745,7 @@ func (c *Checker) transition(ctx context.Context, tx pgx.Tx, st settings.Setting
 			return err
 		}
 		payload.WorkOutcome, payload.NoRoom = outcome, noRoom
-		if err := db.Q.NodeSetDownAlerted(ctx, tx, dbsqlc.NodeSetDownAlertedParams{ID: n.ID, DownAlerted: true}); err != nil {
+		if err := tx.SetDownAlerted(ctx, n.ID, true); err != nil {
 			return err
 		}
 		return c.queueAlert(ctx, tx, n, payload, "down")
@@ -787,10 +765,10 @@ func (c *Checker) transition(ctx context.Context, tx pgx.Tx, st settings.Setting
 			// disruption): its recovery is no news either.
 			return event("info", fmt.Sprintf("Node %s recovered after %s down: %s (no DOWN email was sent, so no recovery email)", n.Name, down, o.detail))
 		}
-		if err := db.Q.NodeSetDownAlerted(ctx, tx, dbsqlc.NodeSetDownAlertedParams{ID: n.ID, DownAlerted: false}); err != nil {
+		if err := tx.SetDownAlerted(ctx, n.ID, false); err != nil {
 			return err
 		}
-		if ack, ok, err := c.svc.AckSince(ctx, tx, n.Name, old.HealthChangedAt); err != nil {
+		if ack, ok, err := tx.AckSince(ctx, n.Name, old.HealthChangedAt); err != nil {
 			return err
 		} else if ok {
 			payload.AckedBy, payload.AckNote = ack.By, ack.Note

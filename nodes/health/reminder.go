@@ -7,10 +7,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
-	"github.com/callplane/callplane/db"
-	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
 )
 
@@ -18,7 +14,7 @@ import (
 // has acknowledged it, every AlertReminder (a setting; off by default).
 // Run it on the leader only; its writes carry the leader's epoch.
 type Reminders struct {
-	svc   *nodes.Service
+	svc   ReminderDomain
 	store *Store
 	fence Fencer
 	log   *slog.Logger
@@ -26,8 +22,15 @@ type Reminders struct {
 	Every time.Duration
 }
 
+// ReminderDomain is what Reminders needs of the cluster domain
+// (*nodes.Service implements it): a fenced transaction in which it reads
+// the due reminders and queues them.
+type ReminderDomain interface {
+	InCheckerTx(ctx context.Context, fence nodes.Fencer, epoch int64, fn func(*nodes.CheckerTx) error) error
+}
+
 // NewReminders returns a Reminders.
-func NewReminders(svc *nodes.Service, store *Store, fence Fencer, log *slog.Logger) *Reminders {
+func NewReminders(svc ReminderDomain, store *Store, fence Fencer, log *slog.Logger) *Reminders {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -59,11 +62,9 @@ func (r *Reminders) Run(ctx context.Context, epoch int64) {
 // maintenance. It returns how many it queued.
 func (r *Reminders) Queue(ctx context.Context, epoch int64, every time.Duration) (int, error) {
 	queued := 0
-	err := db.InTx(ctx, r.svc.Pool(), func(tx pgx.Tx) error {
-		if err := r.fence.Fence(ctx, tx, epoch); err != nil {
-			return err
-		}
-		due, err := db.Q.AlertReminderDue(ctx, tx, every.Seconds())
+	err := r.svc.InCheckerTx(ctx, r.fence, epoch, func(tx *nodes.CheckerTx) error {
+		queued = 0
+		due, err := tx.RemindersDue(ctx, every)
 		if err != nil {
 			return fmt.Errorf("find due reminders: %w", err)
 		}
@@ -77,12 +78,12 @@ func (r *Reminders) Queue(ctx context.Context, epoch int64, every time.Duration)
 			if err != nil {
 				return err
 			}
-			if err := db.Q.AlertInsert(ctx, tx, dbsqlc.AlertInsertParams{Type: AlertHealth, NodeName: d.Name, Payload: body}); err != nil {
+			if err := tx.QueueAlert(ctx, AlertHealth, d.Node, body); err != nil {
 				return err
 			}
-			node := dbsqlc.Node{ID: d.ID, Name: d.Name}
-			msg := fmt.Sprintf("Reminder queued: node %s still down since %s and not acknowledged", d.Name, d.HealthChangedAt.UTC().Format(time.RFC3339))
-			if err := r.svc.Event(ctx, tx, &node, "alert", "warning", nodes.ActorChecker.Name, msg); err != nil {
+			node := nodes.Node{ID: d.NodeID, Name: d.Node}
+			msg := fmt.Sprintf("Reminder queued: node %s still down since %s and not acknowledged", d.Node, d.HealthChangedAt.UTC().Format(time.RFC3339))
+			if err := tx.Event(ctx, &node, "alert", "warning", msg); err != nil {
 				return err
 			}
 			queued++

@@ -54,7 +54,7 @@ func setupMailer(t *testing.T) mailerSetup {
 			t.Fatal("no leadership")
 		}
 	}
-	m := outbox.New(outbox.Config{Pool: pool, Store: store, Fence: leader, Log: log, PortalURL: "https://portal.example", GroupWindow: -1})
+	m := outbox.New(outbox.Config{Outbox: nodes.NewService(pool, log), Store: store, Fence: leader, Log: log, PortalURL: "https://portal.example", GroupWindow: -1})
 	return mailerSetup{pool: pool, sink: sink, m: m, epoch: epoch}
 }
 

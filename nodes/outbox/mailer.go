@@ -12,11 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/callplane/callplane/db"
-	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/alert"
 	"github.com/callplane/callplane/nodes/health"
@@ -36,6 +31,17 @@ const (
 	MaxBackoff = 5 * time.Minute
 )
 
+// Outbox is what the mailer needs of the alert outbox (*nodes.Service
+// implements it): how long the oldest due alert has waited, claiming the
+// due alerts behind the leader's fence, and recording what became of
+// them. The mailer decides; the domain owns the transactions and the SQL.
+type Outbox interface {
+	AlertDueAge(ctx context.Context) (time.Duration, bool, error)
+	ClaimAlerts(ctx context.Context, fence nodes.Fencer, epoch int64, abandonAfter time.Duration,
+		plan func(abandoned, due []nodes.Alert) nodes.OutboxPlan) error
+	RecordAlerts(ctx context.Context, p nodes.OutboxPlan) error
+}
+
 // SettingsSource is where the mailer reads the alert settings (SMTP
 // server, sender, recipients): a *settings.Store.
 type SettingsSource interface {
@@ -44,10 +50,10 @@ type SettingsSource interface {
 
 // Config configures a Mailer.
 type Config struct {
-	Pool  *pgxpool.Pool
-	Store SettingsSource
-	Fence health.Fencer
-	Log   *slog.Logger
+	Outbox Outbox
+	Store  SettingsSource
+	Fence  nodes.Fencer
+	Log    *slog.Logger
 	// PortalURL is the portal's base URL, for links in emails.
 	PortalURL string
 	// Every is how often the outbox is polled (DefaultEvery).
@@ -120,7 +126,7 @@ func (m *Mailer) Run(ctx context.Context, epoch int64) {
 
 // group is the alerts that go out as one email.
 type group struct {
-	rows    []dbsqlc.Alert
+	rows    []nodes.Alert
 	subject string
 	text    string
 	// nodes names what the alerts are about, for events.
@@ -179,11 +185,11 @@ func (m *Mailer) Tick(ctx context.Context, epoch int64) (int, error) {
 		return 0, nil
 	}
 	m.warned = false
-	age, err := db.Q.AlertDueAge(ctx, m.cfg.Pool)
+	age, due, err := m.cfg.Outbox.AlertDueAge(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("outbox: %w", err)
 	}
-	if age < 0 || age < m.cfg.GroupWindow.Seconds() {
+	if !due || age < m.cfg.GroupWindow {
 		return 0, nil
 	}
 	// Database work outlives a cancelled ctx (shutdown, lost lease) by a
@@ -217,19 +223,15 @@ func (m *Mailer) Tick(ctx context.Context, epoch int64) (int, error) {
 	// The outcomes are recorded without another fence check on purpose:
 	// the sending mark has kept every other mailer off these alerts, and
 	// recording what this one did is always right.
+	var p nodes.OutboxPlan
 	sent := 0
-	err = db.InTx(dbCtx, m.cfg.Pool, func(tx pgx.Tx) error {
-		sent = 0
-		for _, o := range outcomes {
-			n, err := m.record(dbCtx, tx, o, to)
-			if err != nil {
-				return err
-			}
-			sent += n
-		}
-		return nil
-	})
-	return sent, err
+	for _, o := range outcomes {
+		sent += m.record(&p, o, to)
+	}
+	if err := m.cfg.Outbox.RecordAlerts(dbCtx, p); err != nil {
+		return 0, err
+	}
+	return sent, nil
 }
 
 // errNotAttempted: the mailer stopped before this group's turn.
@@ -247,119 +249,87 @@ type outcome struct {
 // same email again.
 func (m *Mailer) claim(ctx context.Context, epoch int64) ([]group, error) {
 	var groups []group
-	err := db.InTx(ctx, m.cfg.Pool, func(tx pgx.Tx) error {
+	abandonAfter := m.cfg.SendTimeout + ShutdownGrace + 30*time.Second
+	err := m.cfg.Outbox.ClaimAlerts(ctx, m.cfg.Fence, epoch, abandonAfter, func(abandoned, due []nodes.Alert) nodes.OutboxPlan {
 		groups = nil
-		// Check leadership first, inside a savepoint rolled back at once:
-		// the check must not hold the lease row for long.
-		if err := m.fenceCheck(ctx, tx, epoch); err != nil {
-			return err
-		}
-		abandoned, err := db.Q.AlertResolveAbandoned(ctx, tx, (m.cfg.SendTimeout + ShutdownGrace + 30*time.Second).Seconds())
-		if err != nil {
-			return err
-		}
+		var p nodes.OutboxPlan
 		for _, a := range abandoned {
 			m.log.Warn("alert email delivery unconfirmed: the instance sending it stopped mid-send; not sent again", "alert", a.ID, "email_id", a.EmailID)
-			g := group{rows: []dbsqlc.Alert{a}, about: []string{a.NodeName}}
-			if err := m.events(ctx, tx, g, "warning", fmt.Sprintf("Alert email %s: delivery unconfirmed, the instance sending it stopped mid-send; not sent again to avoid a duplicate (check the mailbox)", a.EmailID)); err != nil {
-				return err
-			}
+			g := group{rows: []nodes.Alert{a}, about: []string{a.NodeName}}
+			m.events(&p, g, "warning", fmt.Sprintf("Alert email %s: delivery unconfirmed, the instance sending it stopped mid-send; not sent again to avoid a duplicate (check the mailbox)", a.EmailID))
 		}
-		rows, err := db.Q.AlertClaimDue(ctx, tx)
-		if err != nil || len(rows) == 0 {
-			return err
+		if len(due) == 0 {
+			return p
 		}
 		var bad []badAlert
-		groups, bad = m.compose(rows)
+		groups, bad = m.compose(due)
 		for _, b := range bad {
-			if err := m.markFailed(ctx, tx, group{rows: []dbsqlc.Alert{b.row}, about: []string{b.row.NodeName}}, b.err); err != nil {
-				return err
-			}
+			m.markFailed(&p, group{rows: []nodes.Alert{b.row}, about: []string{b.row.NodeName}}, b.err)
 		}
 		for _, g := range groups {
-			if err := db.Q.AlertMarkSending(ctx, tx, dbsqlc.AlertMarkSendingParams{Ids: g.ids(), EmailID: g.emailID()}); err != nil {
-				return err
-			}
+			p.Marks = append(p.Marks, nodes.AlertMark{IDs: g.ids(), Outcome: nodes.AlertSending, EmailID: g.emailID()})
 		}
-		return nil
+		return p
 	})
 	return groups, err
 }
 
-// record writes one group's outcome and returns how many alerts it sent.
-func (m *Mailer) record(ctx context.Context, tx pgx.Tx, o outcome, to []string) (int, error) {
+// record adds one group's outcome to p and returns how many alerts it
+// sent.
+func (m *Mailer) record(p *nodes.OutboxPlan, o outcome, to []string) int {
 	if !errors.Is(o.err, errNotAttempted) {
 		metrics.MailerAttempts.WithLabelValues(attemptResult(o.err)).Inc()
 	}
 	switch {
 	case o.err == nil:
-		if err := db.Q.AlertMarkSent(ctx, tx, dbsqlc.AlertMarkSentParams{Ids: o.g.ids(), EmailID: o.g.emailID()}); err != nil {
-			return 0, err
-		}
+		p.Marks = append(p.Marks, nodes.AlertMark{IDs: o.g.ids(), Outcome: nodes.AlertSent, EmailID: o.g.emailID()})
 		m.log.Info("alert email sent", "alerts", len(o.g.rows), "subject", o.g.subject, "reply", o.reply)
-		return len(o.g.rows), m.events(ctx, tx, o.g, "info", fmt.Sprintf("Alert email sent to %s: %q (%s)", strings.Join(to, ", "), o.g.subject, o.reply))
+		m.events(p, o.g, "info", fmt.Sprintf("Alert email sent to %s: %q (%s)", strings.Join(to, ", "), o.g.subject, o.reply))
+		return len(o.g.rows)
 	case errors.Is(o.err, errNotAttempted):
 		// Due again at once, attempts unchanged.
-		return 0, db.Q.AlertMarkRetry(ctx, tx, dbsqlc.AlertMarkRetryParams{Ids: o.g.ids(), LastError: "", DelaySeconds: 0})
+		p.Marks = append(p.Marks, nodes.AlertMark{IDs: o.g.ids(), Outcome: nodes.AlertRetry})
+		return 0
 	case alert.IsPermanent(o.err):
-		return 0, m.markFailed(ctx, tx, o.g, o.err)
+		m.markFailed(p, o.g, o.err)
+		return 0
 	}
 	delay := Backoff(o.g.maxAttempts())
-	if err := db.Q.AlertMarkRetry(ctx, tx, dbsqlc.AlertMarkRetryParams{Ids: o.g.ids(), LastError: o.err.Error(), DelaySeconds: delay.Seconds()}); err != nil {
-		return 0, err
-	}
+	p.Marks = append(p.Marks, nodes.AlertMark{IDs: o.g.ids(), Outcome: nodes.AlertRetry, LastError: o.err.Error(), Delay: delay})
 	m.log.Warn("alert email not sent; will retry", "alerts", len(o.g.rows), "retry_in", delay, "err", o.err)
 	if o.g.maxAttempts() == 0 {
-		return 0, m.events(ctx, tx, o.g, "warning", fmt.Sprintf("Alert email not sent yet, retrying with backoff: %v", o.err))
+		m.events(p, o.g, "warning", fmt.Sprintf("Alert email not sent yet, retrying with backoff: %v", o.err))
 	}
-	return 0, nil
+	return 0
 }
 
-func (m *Mailer) fenceCheck(ctx context.Context, tx pgx.Tx, epoch int64) error {
-	sp, err := tx.Begin(ctx)
-	if err != nil {
-		return err
-	}
-	err = m.cfg.Fence.Fence(ctx, sp, epoch)
-	if rerr := sp.Rollback(ctx); err == nil {
-		err = rerr
-	}
-	return err
-}
-
-func (m *Mailer) markFailed(ctx context.Context, tx pgx.Tx, g group, cause error) error {
-	if err := db.Q.AlertMarkFailed(ctx, tx, dbsqlc.AlertMarkFailedParams{Ids: g.ids(), LastError: cause.Error()}); err != nil {
-		return err
-	}
+func (m *Mailer) markFailed(p *nodes.OutboxPlan, g group, cause error) {
+	p.Marks = append(p.Marks, nodes.AlertMark{IDs: g.ids(), Outcome: nodes.AlertFailed, LastError: cause.Error()})
 	m.log.Error("alert email failed permanently", "alerts", len(g.rows), "err", cause)
-	return m.events(ctx, tx, g, "critical", fmt.Sprintf("Alert email failed permanently, not retried: %v (fix the alert settings; see /settings)", cause))
+	m.events(p, g, "critical", fmt.Sprintf("Alert email failed permanently, not retried: %v (fix the alert settings; see /settings)", cause))
 }
 
 // events records what happened to a group's email, once per node it is
 // about (or once without a node).
-func (m *Mailer) events(ctx context.Context, tx pgx.Tx, g group, severity, msg string) error {
+func (m *Mailer) events(p *nodes.OutboxPlan, g group, severity, msg string) {
 	about := g.about
 	if len(about) == 0 {
 		about = []string{""}
 	}
 	for _, name := range about {
-		p := dbsqlc.EventInsertParams{NodeName: name, Type: "alert", Severity: severity, Message: msg, Actor: "alert-mailer"}
-		if err := db.Q.EventInsert(ctx, tx, p); err != nil {
-			return err
-		}
+		p.Events = append(p.Events, nodes.OutboxEvent{Node: name, Severity: severity, Message: msg})
 	}
-	return nil
 }
 
 type badAlert struct {
-	row dbsqlc.Alert
+	row nodes.Alert
 	err error
 }
 
 // compose turns claimed alerts into emails: all health changes in one
 // (grouped) email, and one email per capacity alert. Alerts that cannot be
 // read are returned apart, to be marked failed.
-func (m *Mailer) compose(rows []dbsqlc.Alert) ([]group, []badAlert) {
+func (m *Mailer) compose(rows []nodes.Alert) ([]group, []badAlert) {
 	var groups []group
 	var bad []badAlert
 	var hg group
@@ -386,7 +356,7 @@ func (m *Mailer) compose(rows []dbsqlc.Alert) ([]group, []badAlert) {
 				kind = p.WorkKind
 			}
 			subject, text := alert.ComposeCapacity(kind, p.Unplaced, m.cfg.PortalURL)
-			groups = append(groups, group{rows: []dbsqlc.Alert{r}, subject: subject, text: text})
+			groups = append(groups, group{rows: []nodes.Alert{r}, subject: subject, text: text})
 		case health.AlertDisruption:
 			var p health.DisruptionPayload
 			if err := json.Unmarshal(r.Payload, &p); err != nil {
@@ -395,7 +365,7 @@ func (m *Mailer) compose(rows []dbsqlc.Alert) ([]group, []badAlert) {
 			}
 			subject, text := alert.ComposeDisruption(m.cfg.PortalURL, alert.Disruption{
 				Failing: p.Failing, Total: p.Total, Share: p.Share, Nodes: p.Nodes, At: p.At})
-			groups = append(groups, group{rows: []dbsqlc.Alert{r}, subject: subject, text: text})
+			groups = append(groups, group{rows: []nodes.Alert{r}, subject: subject, text: text})
 		case health.AlertHook:
 			var p nodes.HookPayload
 			if err := json.Unmarshal(r.Payload, &p); err != nil {
@@ -404,7 +374,7 @@ func (m *Mailer) compose(rows []dbsqlc.Alert) ([]group, []badAlert) {
 			}
 			subject, text := alert.ComposeHookFailure(m.cfg.PortalURL, alert.HookFailure{
 				Node: p.Node, Kind: p.Kind, Ref: p.Ref, WorkKind: p.WorkKind, Error: p.Error, Failures: int(p.Failures), At: p.At})
-			groups = append(groups, group{rows: []dbsqlc.Alert{r}, subject: subject, text: text, about: []string{p.Node}})
+			groups = append(groups, group{rows: []nodes.Alert{r}, subject: subject, text: text, about: []string{p.Node}})
 		default:
 			bad = append(bad, badAlert{r, fmt.Errorf("unknown alert type %q", r.Type)})
 		}

@@ -75,7 +75,7 @@ func TestBurstIsOneEmail(t *testing.T) {
 	if err := db.Q.AlertInsert(ctx, pool, dbsqlc.AlertInsertParams{Type: health.AlertCapacity, NodeName: "call", Payload: []byte(`{"work_kind":"call","unplaced":5}`)}); err != nil {
 		t.Fatal(err)
 	}
-	m := outbox.New(outbox.Config{Pool: pool, Store: store, Fence: leader, Log: log, PortalURL: "https://portal.example", GroupWindow: 300 * time.Millisecond})
+	m := outbox.New(outbox.Config{Outbox: nodes.NewService(pool, log), Store: store, Fence: leader, Log: log, PortalURL: "https://portal.example", GroupWindow: 300 * time.Millisecond})
 	// Inside the grouping window nothing is sent.
 	if n, err := m.Tick(ctx, epoch); err != nil || n != 0 {
 		t.Fatalf("tick inside the window: %d, %v", n, err)

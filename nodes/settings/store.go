@@ -174,9 +174,31 @@ var ErrNoSMTP = errors.New("alert email is not configured: set the SMTP URL, the
 // TestEmailTimeout bounds the test email, which the portal waits for.
 const TestEmailTimeout = 15 * time.Second
 
-// SendTest sends the test email with the saved settings and returns the
-// SMTP server's reply to the message.
-func (s *Store) SendTest(ctx context.Context) (string, error) {
+// TestEmail is the outcome of a test email: the SMTP server's reply to
+// the message, or why it was not sent.
+type TestEmail struct {
+	OK    bool
+	Reply string
+}
+
+// SendTest sends the test email with the saved settings on behalf of
+// actor and audits the attempt (settings.test_email, with the reply or
+// the failure). It fails only when the audit row cannot be written.
+func (s *Store) SendTest(ctx context.Context, actor nodes.Actor) (TestEmail, error) {
+	reply, err := s.sendTest(ctx)
+	res := TestEmail{OK: err == nil, Reply: reply}
+	row := dbsqlc.AuditInsertParams{Actor: actor.Name, Action: "settings.test_email", Target: "settings", Result: "ok", SourceAddr: actor.Addr, Detail: reply}
+	if err != nil {
+		res.Reply = err.Error()
+		row.Result, row.Detail = "error", err.Error()
+	}
+	if err := db.Q.AuditInsert(ctx, s.pool, row); err != nil {
+		return res, fmt.Errorf("audit the test email: %w", err)
+	}
+	return res, nil
+}
+
+func (s *Store) sendTest(ctx context.Context) (string, error) {
 	st, err := s.load(ctx)
 	if err != nil {
 		return "", err

@@ -2,6 +2,7 @@ package sipfront
 
 import (
 	"errors"
+	"time"
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
@@ -100,23 +101,49 @@ func (f *Front) inDialog(req *sip.Request, tx sip.ServerTransaction) {
 		}
 		return
 	}
-	final := f.forward(req, tx, fwd)
-	if req.Method == sip.BYE && final != 401 && final != 407 {
-		// The dialog is over whatever the BYE's answer (RFC 3261 section
-		// 15.1.1): a 2xx, or a node that no longer knows the call.
-		f.dialogs.forget(route.Ref)
-		f.writer.end(nodes.CallEnd{Ref: route.Ref, State: nodes.CallEnded, Cause: "bye"})
+	var beforeFinal func(code int)
+	if req.Method == sip.BYE {
+		beforeFinal = func(code int) {
+			if code == 401 || code == 407 {
+				return // challenged: the dialog goes on
+			}
+			// The dialog is over whatever the BYE's answer (RFC 3261
+			// section 15.1.1): a 2xx, or a node that no longer knows the
+			// call. The caller gets the answer once the end is durable;
+			// until then it holds the BYE and retransmits it.
+			f.dialogs.forget(route.Ref)
+			f.awaitEnd(f.writer.end(nodes.CallEnd{Ref: route.Ref, State: nodes.CallEnded, Cause: "bye"}))
+		}
+	}
+	f.forward(req, tx, fwd, beforeFinal)
+}
+
+// awaitEnd waits until a queued call end is committed, the front door
+// stops, or the caller has given up retransmitting.
+func (f *Front) awaitEnd(done <-chan struct{}) {
+	t := time.NewTimer(holdEnd)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-f.bg.Done():
+	case <-t.C:
 	}
 }
 
 // forward runs a client transaction for an in-dialog request and relays
-// its responses. It returns the final status code sent back (408 when
-// the next hop never answered).
-func (f *Front) forward(req *sip.Request, tx sip.ServerTransaction, fwd *sip.Request) int {
+// its responses; beforeFinal, when set, runs before the final response
+// (a 408 when the next hop never answered) is sent back.
+func (f *Front) forward(req *sip.Request, tx sip.ServerTransaction, fwd *sip.Request, beforeFinal func(code int)) {
+	final := func(code int) {
+		if beforeFinal != nil {
+			beforeFinal(code)
+		}
+	}
 	clTx, err := f.client.TransactionRequest(f.bg, fwd, sipgo.ClientRequestAddVia)
 	if err != nil {
+		final(503)
 		f.reply(tx, req, 503, "Service Unavailable")
-		return 503
+		return
 	}
 	defer clTx.Terminate()
 	for {
@@ -128,13 +155,16 @@ func (f *Front) forward(req *sip.Request, tx sip.ServerTransaction, fwd *sip.Req
 			if res.StatusCode == 100 {
 				continue
 			}
-			f.relay(tx, req, res)
 			if !res.IsProvisional() {
-				return int(res.StatusCode)
+				final(int(res.StatusCode))
+				f.relay(tx, req, res)
+				return
 			}
+			f.relay(tx, req, res)
 		case <-clTx.Done():
+			final(408)
 			f.reply(tx, req, 408, "Request Timeout")
-			return 408
+			return
 		}
 	}
 }

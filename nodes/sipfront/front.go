@@ -21,11 +21,9 @@ import (
 // Calls is what the front door needs from the cluster domain.
 type Calls interface {
 	PlaceSIPCall(ctx context.Context, id nodes.CallIdentity, exclude []int64, retry bool) (nodes.CallTarget, error)
-	PlaceCalls(ctx context.Context, ids []nodes.CallIdentity, instance string) ([]nodes.CallTarget, error)
-	EndCalls(ctx context.Context, ends []nodes.CallEnd) ([]int64, error)
+	CommitCalls(ctx context.Context, b nodes.CallBatch, instance string) (nodes.CallBatchResult, error)
 	FailoverCall(ctx context.Context, ref, cause string) (int64, error)
 	EndCall(ctx context.Context, id nodes.CallIdentity, state, cause string, record bool) (int64, bool, error)
-	CallsAnswered(ctx context.Context, answers []nodes.CallAnswer) error
 	LookupCall(ctx context.Context, callID string, refs []string) (nodes.CallRoute, error)
 	ExpireCalls(ctx context.Context, maxAge time.Duration) (int, error)
 	PruneCalls(ctx context.Context) (int64, error)
@@ -33,6 +31,9 @@ type Calls interface {
 	CallSettings(ctx context.Context) (map[string]string, error)
 	NotifyNodes(ctx context.Context, nodeIDs ...int64)
 }
+
+// udpBuffer is the receive and send buffer asked for the UDP socket.
+const udpBuffer = 4 << 20
 
 // Config sets the front door up.
 type Config struct {
@@ -64,7 +65,6 @@ type Front struct {
 	publicPort int
 	settings   atomic.Pointer[settings.SIP]
 	writer     *writer
-	placer     *placer
 	dialogs    dialogCache
 	bg         context.Context // lives as long as Run; calls outlive requests
 	stats      Counters
@@ -123,8 +123,7 @@ func New(cfg Config, calls Calls) (*Front, error) {
 		f.closeSockets()
 		return nil, fmt.Errorf("sip client: %w", err)
 	}
-	f.writer = newWriter(calls, f.log)
-	f.placer = newPlacer(calls, cfg.Instance)
+	f.writer = newWriter(calls, cfg.Instance, f.log)
 	f.routes()
 	return f, nil
 }
@@ -149,6 +148,14 @@ func (f *Front) bind(listen string) error {
 				continue
 			}
 			return fmt.Errorf("listen for SIP on tcp %s: %w", listen, err)
+		}
+		// A deep receive buffer rides out the moments the reading
+		// goroutine waits for a CPU: a datagram the kernel drops costs
+		// its sender a retransmission 500 ms later (T1). The kernel caps
+		// it at net.core.rmem_max.
+		if uc, ok := udp.(*net.UDPConn); ok {
+			_ = uc.SetReadBuffer(udpBuffer)
+			_ = uc.SetWriteBuffer(udpBuffer)
 		}
 		f.udp, f.tcp, f.listenHost, f.listenPort = udp, tcp, host, bound
 		la := udp.LocalAddr().(*net.UDPAddr)
@@ -195,9 +202,8 @@ func (f *Front) Run(ctx context.Context) {
 	}
 	serve("udp", func() error { return f.srv.ServeUDP(f.udp) })
 	serve("tcp", func() error { return f.srv.ServeTCP(f.tcp) })
-	wg.Add(3)
+	wg.Add(2)
 	go func() { defer wg.Done(); f.writer.run(ctx) }()
-	go func() { defer wg.Done(); f.placer.run(ctx) }()
 	go func() { defer wg.Done(); f.housekeeping(ctx) }()
 	f.log.Info("SIP front door listening", "listen", f.Addr(), "public", f.Public(), "settings", f.Settings().String())
 	<-ctx.Done()

@@ -103,7 +103,7 @@ func (c *call) run() {
 		var err error
 		if try == 1 {
 			// First tries are placed in batches (group commit).
-			if t, err = f.placer.place(ctx, c.id); err == nil && t.Merged {
+			if t, err = f.writer.place(ctx, c.id); err == nil && t.Merged {
 				err = nodes.ErrMergedCall
 			}
 		} else {
@@ -128,12 +128,13 @@ func (c *call) run() {
 			f.unavailable(c.tx, c.req)
 			return
 		}
-		f.writer.notify(t.NodeID)
+		if try > 1 {
+			f.writer.notify(t.NodeID) // first tries are notified by their batch
+		}
 		out := c.try(t, st)
 		switch out.kind {
 		case outAnswered:
 			f.stats.Answered.Add(1)
-			f.dialogs.put(c.id.Ref, c.id.FromTag, t.Address)
 			f.writer.answered(nodes.CallAnswer{Ref: c.id.Ref, ToTag: truncate(out.toTag, maxURILen), At: time.Now()})
 			return
 		case outRejected:
@@ -257,6 +258,11 @@ func (c *call) try(t nodes.CallTarget, st settings.SIP) outcome {
 			}
 			if code == 408 || res.IsServerError() {
 				return failover(strconv.Itoa(code), false)
+			}
+			if res.IsSuccess() {
+				// Known before the caller sees the 2xx, so its ACK and a
+				// quick BYE are routed from memory.
+				f.dialogs.put(c.id.Ref, c.id.FromTag, t.Address)
 			}
 			f.relay(c.tx, c.req, res)
 			if res.IsSuccess() {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes/agentproto"
 	"github.com/callplane/callplane/nodes/problem"
@@ -181,15 +182,23 @@ func (s *Service) AckBatch(ctx context.Context, nodeID int64, acks []agentproto.
 		}
 		return nil
 	}
-	var err error
-	if recount {
-		err = s.inTx(ctx, func(tx pgx.Tx) error { return apply(tx) })
-	} else {
-		// Only active acks: one statement is its own transaction, and
-		// the node's load does not change.
-		err = apply(s.pool)
+	if !recount {
+		// Only active acks: the node's load does not change, and they
+		// are committed with the active acks of other nodes.
+		errs, err := s.ackActive(ctx, nodeID, p.Ids, p.Epochs)
+		if err != nil {
+			return nil, err
+		}
+		k := 0
+		for i := range res {
+			if res[i].Err == nil {
+				res[i].Err = errs[k]
+				k++
+			}
+		}
+		return res, nil
 	}
-	if err != nil {
+	if err := s.inTx(ctx, func(tx pgx.Tx) error { return apply(tx) }); err != nil {
 		return nil, err
 	}
 	for i := range res {
@@ -245,4 +254,103 @@ func (s *Service) ackBatchRefusals(ctx context.Context, q dbsqlc.DBTX, nodeID in
 		out[id] = refusal(cur[id], nodeID, id, epochs[id])
 	}
 	return out, nil
+}
+
+// nodeAcks are active acks of one node: assignment ids and the epochs the
+// agent saw.
+type nodeAcks struct {
+	nodeID int64
+	ids    []int64
+	epochs []int64
+}
+
+// ackOutcome is what became of one nodeAcks: an error per ack (nil when
+// applied), or err for them all.
+type ackOutcome struct {
+	errs []error
+	err  error
+}
+
+// newAcker returns the group commit of active acks: the acks of many
+// agents, arriving at once, go in one statement and one WAL flush.
+func newAcker(s *Service) *groupCommit[nodeAcks, ackOutcome] {
+	return &groupCommit[nodeAcks, ackOutcome]{
+		maxItems: 4 * agentproto.MaxAckBatch,
+		size:     func(a nodeAcks) int { return len(a.ids) },
+		run:      s.ackActiveGroup,
+	}
+}
+
+// ackActive records active acks of one node, committed with those of
+// other nodes that arrive meanwhile. Each is fenced like Ack; a refused
+// one gets the error Ack would answer.
+func (s *Service) ackActive(ctx context.Context, nodeID int64, ids, epochs []int64) ([]error, error) {
+	o, err := s.acker.do(ctx, nodeAcks{nodeID: nodeID, ids: ids, epochs: epochs})
+	if err == nil {
+		err = o.err
+	}
+	return o.errs, err
+}
+
+// ackActiveGroup applies the active acks of a group in one statement and
+// says, for each that matched nothing, why (one read of those rows).
+func (s *Service) ackActiveGroup(ctx context.Context, group []nodeAcks) []ackOutcome {
+	var p dbsqlc.WorkAckActiveParams
+	for _, a := range group {
+		p.Ids = append(p.Ids, a.ids...)
+		p.Epochs = append(p.Epochs, a.epochs...)
+		for range a.ids {
+			p.NodeIds = append(p.NodeIds, a.nodeID)
+		}
+	}
+	out := make([]ackOutcome, len(group))
+	fail := func(err error) []ackOutcome {
+		for i := range out {
+			out[i].err = err
+		}
+		return out
+	}
+	// One statement, its own transaction; the items of many nodes may
+	// meet another writer's locks in another order, so a deadlock runs it
+	// again (it is idempotent: setting active what is active changes
+	// nothing the fence looks at).
+	var matched []dbsqlc.WorkAckActiveRow
+	err := db.Retry(ctx, func(int) error {
+		var err error
+		matched, err = s.q.WorkAckActive(ctx, s.pool, p)
+		return err
+	})
+	if err != nil {
+		return fail(err)
+	}
+	type key struct{ id, node, epoch int64 }
+	ok := make(map[key]bool, len(matched))
+	for _, m := range matched {
+		ok[key{m.ID, m.NodeID, m.Epoch}] = true
+	}
+	var missing []int64
+	for i, id := range p.Ids {
+		if !ok[key{id, p.NodeIds[i], p.Epochs[i]}] {
+			missing = append(missing, id)
+		}
+	}
+	cur := map[int64]*workState{}
+	if len(missing) > 0 {
+		rows, err := s.q.WorkGetByIDs(ctx, s.pool, missing)
+		if err != nil {
+			return fail(err)
+		}
+		for _, r := range rows {
+			cur[r.ID] = &workState{Epoch: r.Epoch, NodeID: r.NodeID, State: r.State}
+		}
+	}
+	for i, a := range group {
+		out[i].errs = make([]error, len(a.ids))
+		for j, id := range a.ids {
+			if !ok[key{id, a.nodeID, a.epochs[j]}] {
+				out[i].errs[j] = refusal(cur[id], a.nodeID, id, a.epochs[j])
+			}
+		}
+	}
+	return out
 }

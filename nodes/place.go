@@ -3,11 +3,10 @@ package nodes
 import (
 	"context"
 	"fmt"
+	"maps"
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -67,19 +66,25 @@ func ValidateWork(in WorkInput) problem.FieldErrors {
 
 // PlaceWork places a new work item on the eligible node Plan picks, or
 // records it unplaced (with an event and a capacity alert) when none has
-// room. Concurrent calls are committed together: while one placement
-// transaction runs, the calls that arrive queue up and go in the next one
-// (group commit), so a burst of single placements costs a few
-// transactions, not one each. An existing ref is ErrConflict.
+// room. Concurrent placements, single and batch, are committed together:
+// while one placement transaction runs, the calls that arrive queue up
+// and go in the next one (group commit), so a burst of placements costs a
+// few transactions, not one each. An existing ref is ErrConflict.
 func (s *Service) PlaceWork(ctx context.Context, actor Actor, in WorkInput) (Placement, error) {
 	if fe := ValidateWork(in); len(fe) > 0 {
 		return Placement{}, fe
 	}
-	p, err := s.placer.place(ctx, s, placeReq{in: in, actor: actor})
+	res, err := s.placer.do(ctx, placeUnit{reqs: []placeReq{{in: in, actor: actor}}})
 	if err == nil {
-		countPlaced(p.Kind, p.State, "new", 1)
+		err = res.err
 	}
-	return p, err
+	if err != nil {
+		return Placement{}, err
+	}
+	if res.out[0].err == nil {
+		countPlaced(res.out[0].p.Kind, res.out[0].p.State, "new", 1)
+	}
+	return res.out[0].p, res.out[0].err
 }
 
 // PlaceCall places a new call (work kind "call") of the given cost on a
@@ -92,25 +97,28 @@ func (s *Service) PlaceCall(ctx context.Context, actor Actor, ref string, cost i
 	return s.PlaceWork(ctx, actor, WorkInput{Kind: WorkCall, Ref: ref, Cost: cost, Exclude: exclude})
 }
 
-// PlaceWorkBatch places many new work items in one transaction. Every
-// item is validated first; an invalid item (BatchItemErrors) or a ref that
+// PlaceWorkBatch places many new work items at once, committed with the
+// placements that run at the same time (see PlaceWork). Every item is
+// validated first; an invalid item (BatchItemErrors) or a ref that
 // repeats or already exists (DuplicateRefsError) fails the whole batch
 // and writes nothing. The placements come back in input order.
 func (s *Service) PlaceWorkBatch(ctx context.Context, actor Actor, items []WorkInput) ([]Placement, error) {
 	if err := ValidateWorkBatch(items); err != nil {
 		return nil, err
 	}
-	reqs := make([]placeReq, len(items))
+	u := placeUnit{reqs: make([]placeReq, len(items)), strict: true}
 	for i, in := range items {
-		reqs[i] = placeReq{in: in, actor: actor}
+		u.reqs[i] = placeReq{in: in, actor: actor}
 	}
-	res, touched, err := s.placeNew(ctx, reqs, true)
+	res, err := s.placer.do(ctx, u)
+	if err == nil {
+		err = res.err
+	}
 	if err != nil {
 		return nil, err
 	}
-	s.notifyCommitted(ctx, touched...)
-	out := make([]Placement, len(res))
-	for i, r := range res {
+	out := make([]Placement, len(res.out))
+	for i, r := range res.out {
 		out[i] = r.p
 		countPlaced(r.p.Kind, r.p.State, "new", 1)
 	}
@@ -123,56 +131,94 @@ type placeReq struct {
 	actor Actor
 }
 
+// placeUnit is what one caller asked to place: one item, or a batch that
+// is placed whole or not at all (strict).
+type placeUnit struct {
+	reqs   []placeReq
+	strict bool
+}
+
 // placeOutcome is what became of one placeReq.
 type placeOutcome struct {
 	p   Placement
 	err error
 }
 
-// placeNew places reqs under the retry policy, in one transaction. With
-// strict, a ref that already exists fails (and rolls back) the whole
-// set; without, only that item fails, with ErrConflict. It returns the
-// nodes whose assignments changed, for notifyCommitted.
-func (s *Service) placeNew(ctx context.Context, reqs []placeReq, strict bool) ([]placeOutcome, []int64, error) {
-	var out []placeOutcome
+// unitOutcome is what became of one placeUnit: an outcome per item, or
+// err for the unit as a whole.
+type unitOutcome struct {
+	out []placeOutcome
+	err error
+}
+
+// placeNew places units under the retry policy, in one transaction, and
+// returns an outcome per unit and the nodes whose assignments changed,
+// for notifyCommitted. A ref that already exists, or that an earlier unit
+// of the group places, fails a strict unit whole (DuplicateRefsError) and
+// a single item with ErrConflict; the other units are placed.
+func (s *Service) placeNew(ctx context.Context, units []placeUnit) ([]unitOutcome, []int64, error) {
+	var out []unitOutcome
 	var touched []int64
+	n := 0
+	for _, u := range units {
+		n += len(u.reqs)
+	}
+	// taken collects the refs an attempt found in the database; the next
+	// attempt leaves out the units that name them.
+	taken := map[string]bool{}
 	err := db.Retry(ctx, func(attempt int) error {
 		return db.InTx(ctx, s.pool, func(tx pgx.Tx) error {
 			var err error
-			out, touched, err = s.placeNewTx(ctx, tx, reqs, strict, attempt)
+			out, touched, err = s.placeNewTx(ctx, tx, units, taken, attempt)
 			return err
 		})
 	})
 	if err != nil && db.Retryable(err) {
-		return nil, nil, fmt.Errorf("place %d work items: nodes too busy: %w", len(reqs), err)
+		return nil, nil, fmt.Errorf("place %d work items: nodes too busy: %w", n, err)
 	}
 	return out, touched, err
 }
 
-// placeNewTx is one attempt of placeNew. It reads the eligible nodes of
-// the items' kinds without locking them and plans with Plan; then it
-// locks only the nodes it chose, once and in id order, and checks the
-// plan against their latest state (db.ErrRetry when it no longer
-// holds). All work rows go in with one statement and the used counters
-// with one more. Placements of the same node kinds take turns on an
-// advisory lock, so they rarely invalidate each other's plans.
-func (s *Service) placeNewTx(ctx context.Context, tx pgx.Tx, reqs []placeReq, strict bool, attempt int) ([]placeOutcome, []int64, error) {
-	// Without strict, refs that exist already fail before planning, so
-	// that they take no room in the plan (one inserted meanwhile is caught
-	// by the insert). With strict, the insert finds them and the whole set
-	// rolls back: no need for the extra round trip.
-	if !strict {
-		refs := make([]string, len(reqs))
-		for i, r := range reqs {
-			refs[i] = r.in.Ref
+// placeNewTx is one attempt of placeNew, two statements: the first takes
+// the placement turn of the items' node kinds (placements of the same
+// kinds take turns across instances, so they do not invalidate each
+// other's plans) and reads the eligible nodes; Plan plans; the second
+// locks the chosen nodes in id order, checks the plan against their
+// latest state (a serialization failure, run again, when it no longer
+// holds), inserts the work rows and adds to the used counters. A ref that
+// turns out to exist already is added to taken and the attempt rolled
+// back, so the next one leaves its unit out.
+func (s *Service) placeNewTx(ctx context.Context, tx pgx.Tx, units []placeUnit, taken map[string]bool, attempt int) ([]unitOutcome, []int64, error) {
+	// Which units go ahead: a ref taken, or placed by an earlier unit of
+	// the group, fails its unit as it would one placement after another.
+	res := make([]unitOutcome, len(units))
+	used := maps.Clone(taken)
+	var reqs []placeReq
+	var at [][2]int // unit and item of each req
+	for ui, u := range units {
+		res[ui].out = make([]placeOutcome, len(u.reqs))
+		var dups []string
+		for _, r := range u.reqs {
+			if used[r.in.Ref] {
+				dups = append(dups, r.in.Ref)
+			}
 		}
-		taken, err := s.q.WorkRefsTaken(ctx, tx, refs)
-		if err != nil {
-			return nil, nil, err
+		switch {
+		case u.strict && len(dups) > 0:
+			res[ui] = unitOutcome{err: &DuplicateRefsError{Refs: dups}}
+			continue
+		case len(dups) > 0: // a single item
+			res[ui].out[0].err = fmt.Errorf("work %q: %w", u.reqs[0].in.Ref, ErrConflict)
+			continue
 		}
-		if len(taken) > 0 {
-			return s.placeNewTxWithout(ctx, tx, reqs, taken, attempt)
+		for i, r := range u.reqs {
+			used[r.in.Ref] = true
+			reqs = append(reqs, r)
+			at = append(at, [2]int{ui, i})
 		}
+	}
+	if len(reqs) == 0 {
+		return res, nil, nil
 	}
 	var nodeKinds []string
 	for _, r := range reqs {
@@ -181,131 +227,59 @@ func (s *Service) placeNewTx(ctx context.Context, tx pgx.Tx, reqs []placeReq, st
 			nodeKinds = append(nodeKinds, nk)
 		}
 	}
-	if err := s.q.NodePlacementTurn(ctx, tx, nodeKinds); err != nil {
-		return nil, nil, err
-	}
-	rows, err := s.q.NodeCandidates(ctx, tx, nodeKinds)
+	rows, err := s.q.NodePlacementCandidates(ctx, tx, nodeKinds)
 	if err != nil {
 		return nil, nil, err
 	}
 	cands, names := candidatesByKind(rows)
 	dest := planByKind(reqs, cands)
 
-	// Lock the chosen nodes and check the plan under the locks.
-	delta := map[int64]int32{}
-	for i, r := range reqs {
-		if dest[i] != 0 {
-			delta[dest[i]] += int32(r.in.Cost)
-		}
-	}
-	if len(delta) > 0 {
-		ids := make([]int64, 0, len(delta))
-		for id := range delta {
-			ids = append(ids, id)
-		}
-		locked, err := s.q.NodeLockForPlacement(ctx, tx, ids)
-		if err != nil {
-			return nil, nil, err
-		}
-		if len(locked) != len(delta) {
-			return nil, nil, db.ErrRetry // a node was removed meanwhile
-		}
-		for _, n := range locked {
-			if !n.Eligible || n.Used+delta[n.ID] > n.Capacity {
-				return nil, nil, db.ErrRetry
-			}
-		}
-	}
-
-	p := dbsqlc.WorkInsertBatchParams{
+	p := dbsqlc.WorkPlaceParams{
 		Refs: make([]string, len(reqs)), Kinds: make([]string, len(reqs)),
 		Costs: make([]int32, len(reqs)), NodeIds: dest,
 	}
 	for i, r := range reqs {
 		p.Refs[i], p.Kinds[i], p.Costs[i] = r.in.Ref, r.in.Kind, int32(r.in.Cost)
 	}
-	inserted, err := s.q.WorkInsertBatch(ctx, tx, p)
+	inserted, err := s.q.WorkPlace(ctx, tx, p)
 	if err != nil {
 		return nil, nil, err
 	}
-	byRef := make(map[string]dbsqlc.WorkInsertBatchRow, len(inserted))
+	byRef := make(map[string]dbsqlc.WorkPlaceRow, len(inserted))
 	for _, r := range inserted {
 		byRef[r.Ref] = r
 	}
-	out := make([]placeOutcome, len(reqs))
-	var dups []string
-	for i, r := range reqs {
-		row, ok := byRef[r.in.Ref]
-		if !ok {
-			// ON CONFLICT skipped a ref that exists already.
-			dups = append(dups, r.in.Ref)
-			out[i].err = fmt.Errorf("work %q: %w", r.in.Ref, ErrConflict)
-			if dest[i] != 0 {
-				delta[dest[i]] -= int32(r.in.Cost)
-				dest[i] = 0
+	if len(inserted) != len(reqs) {
+		for _, r := range reqs {
+			if _, ok := byRef[r.in.Ref]; !ok {
+				taken[r.in.Ref] = true
 			}
-			continue
 		}
+		return nil, nil, db.ErrRetry
+	}
+	out := make([]placeOutcome, len(reqs))
+	var touched []int64
+	for i, r := range reqs {
+		row := byRef[r.in.Ref]
 		out[i].p = Placement{ID: row.ID, Ref: r.in.Ref, Kind: r.in.Kind, Cost: int32(r.in.Cost), State: row.State,
 			Node: names[dest[i]], NodeID: dest[i], Epoch: row.Epoch, Attempts: attempt}
-	}
-	if strict && len(dups) > 0 {
-		return nil, nil, &DuplicateRefsError{Refs: dups}
-	}
-	var touched []int64
-	if len(delta) > 0 {
-		up := dbsqlc.NodeAddUsedParams{}
-		for id, d := range delta {
-			if d > 0 {
-				up.Ids = append(up.Ids, id)
-				up.Deltas = append(up.Deltas, d)
-			}
+		res[at[i][0]].out[at[i][1]] = out[i]
+		if dest[i] != 0 && !slices.Contains(touched, dest[i]) {
+			touched = append(touched, dest[i])
 		}
-		if len(up.Ids) > 0 {
-			if err := s.q.NodeAddUsed(ctx, tx, up); err != nil {
-				return nil, nil, err
-			}
-		}
-		touched = up.Ids
 	}
 	if err := s.recordUnplaced(ctx, tx, reqs, out, attempt); err != nil {
 		return nil, nil, err
 	}
-	return out, touched, nil
-}
-
-// placeNewTxWithout places the requests whose refs are not taken and
-// fails the others with ErrConflict.
-func (s *Service) placeNewTxWithout(ctx context.Context, tx pgx.Tx, reqs []placeReq, taken []string, attempt int) ([]placeOutcome, []int64, error) {
-	out := make([]placeOutcome, len(reqs))
-	var rest []placeReq
-	var idx []int
-	for i, r := range reqs {
-		if slices.Contains(taken, r.in.Ref) {
-			out[i].err = fmt.Errorf("work %q: %w", r.in.Ref, ErrConflict)
-			continue
-		}
-		rest = append(rest, r)
-		idx = append(idx, i)
-	}
-	if len(rest) == 0 {
-		return out, nil, nil
-	}
-	placed, touched, err := s.placeNewTx(ctx, tx, rest, false, attempt)
-	if err != nil {
-		return nil, nil, err
-	}
-	for j, i := range idx {
-		out[i] = placed[j]
-	}
-	return out, touched, nil
+	return res, touched, nil
 }
 
 // candidatesByKind groups candidate rows by node kind and names them.
-func candidatesByKind(rows []dbsqlc.NodeCandidatesRow) (map[string][]Candidate, map[int64]string) {
+func candidatesByKind[R dbsqlc.NodeCandidatesRow | dbsqlc.NodePlacementCandidatesRow](rows []R) (map[string][]Candidate, map[int64]string) {
 	cands := map[string][]Candidate{}
 	names := make(map[int64]string, len(rows))
-	for _, n := range rows {
+	for _, r := range rows {
+		n := dbsqlc.NodeCandidatesRow(r)
 		names[n.ID] = n.Name
 		cands[n.Kind] = append(cands[n.Kind], Candidate{ID: n.ID, Name: n.Name, Capacity: n.Capacity, Used: n.Used, Weight: n.Weight})
 	}
@@ -414,97 +388,26 @@ func (s *Service) recordUnplaced(ctx context.Context, tx pgx.Tx, reqs []placeReq
 	return nil
 }
 
-// placer commits concurrent single placements together. The first caller
-// to find it idle becomes the flusher: it takes everything queued (at most
-// MaxBatch items) into one transaction, hands each caller its outcome,
-// and, if more arrived meanwhile, leaves a goroutine to flush them so
-// that its own caller is not held up by others' work.
-type placer struct {
-	mu      sync.Mutex
-	pending []*placeWaiter
-	busy    bool
-}
+// maxGroupItems bounds the items of one group placement transaction.
+const maxGroupItems = 2 * MaxBatch
 
-type placeWaiter struct {
-	req  placeReq
-	done chan placeOutcome
-}
-
-// placeTimeout bounds one group placement transaction, retries included.
-// It is detached from the callers' contexts: a caller that gives up does
-// not fail the placements of the others in its group.
-const placeTimeout = time.Minute
-
-func (pl *placer) place(ctx context.Context, s *Service, req placeReq) (Placement, error) {
-	w := &placeWaiter{req: req, done: make(chan placeOutcome, 1)}
-	pl.mu.Lock()
-	pl.pending = append(pl.pending, w)
-	lead := !pl.busy
-	pl.busy = true
-	pl.mu.Unlock()
-	if lead {
-		pl.flush(s, w)
-	}
-	select {
-	case o := <-w.done:
-		return o.p, o.err
-	case <-ctx.Done():
-		// The placement still completes; its outcome is in the database.
-		return Placement{}, ctx.Err()
-	}
-}
-
-// flush places queued requests, group by group, until until's outcome is
-// known (nil: until the queue is empty); then it hands what is left to a
-// goroutine.
-func (pl *placer) flush(s *Service, until *placeWaiter) {
-	for {
-		pl.mu.Lock()
-		if len(pl.pending) == 0 {
-			pl.busy = false
-			pl.mu.Unlock()
-			return
-		}
-		if until != nil && len(until.done) > 0 {
-			pl.mu.Unlock()
-			go pl.flush(s, nil)
-			return
-		}
-		n := min(len(pl.pending), MaxBatch)
-		group := slices.Clone(pl.pending[:n])
-		pl.pending = slices.Delete(pl.pending, 0, n)
-		pl.mu.Unlock()
-		s.placeGroup(group)
-	}
-}
-
-// placeGroup places one group of single placements in one transaction.
-// A ref that repeats within the group goes to its first caller; the
-// others get ErrConflict, as they would one after the other.
-func (s *Service) placeGroup(group []*placeWaiter) {
-	ctx, cancel := context.WithTimeout(context.Background(), placeTimeout)
-	defer cancel()
-	seen := make(map[string]bool, len(group))
-	reqs := make([]placeReq, 0, len(group))
-	waiters := make([]*placeWaiter, 0, len(group))
-	for _, w := range group {
-		if seen[w.req.in.Ref] {
-			w.done <- placeOutcome{err: fmt.Errorf("work %q: %w", w.req.in.Ref, ErrConflict)}
-			continue
-		}
-		seen[w.req.in.Ref] = true
-		reqs = append(reqs, w.req)
-		waiters = append(waiters, w)
-	}
-	out, touched, err := s.placeNew(ctx, reqs, false)
-	if err == nil {
-		s.notifyCommitted(ctx, touched...)
-	}
-	for i, w := range waiters {
-		if err != nil {
-			w.done <- placeOutcome{err: err}
-			continue
-		}
-		w.done <- out[i]
+// newPlacer returns the group commit of placements: one transaction and
+// one notification of the agents per group.
+func newPlacer(s *Service) *groupCommit[placeUnit, unitOutcome] {
+	return &groupCommit[placeUnit, unitOutcome]{
+		maxItems: maxGroupItems,
+		size:     func(u placeUnit) int { return len(u.reqs) },
+		run: func(ctx context.Context, units []placeUnit) []unitOutcome {
+			out, touched, err := s.placeNew(ctx, units)
+			if err != nil {
+				out = make([]unitOutcome, len(units))
+				for i := range out {
+					out[i].err = err
+				}
+				return out
+			}
+			s.notifyCommitted(ctx, touched...)
+			return out
+		},
 	}
 }

@@ -130,27 +130,22 @@ func (s *Service) Version(ctx context.Context, nodeID int64) (int64, error) {
 // epoch, or for work not on the node, changes nothing. A failed start
 // (state "failed", with the agent's reason in in.Error) makes the item
 // wait unplaced, keeps it off this node and places it elsewhere.
-func (s *Service) Ack(ctx context.Context, nodeID int64, in agentproto.Ack) (Work, error) {
-	w, err := s.ack(ctx, nodeID, in)
-	return workFromRow(w), err
-}
-
-func (s *Service) ack(ctx context.Context, nodeID int64, in agentproto.Ack) (dbsqlc.Work, error) {
+func (s *Service) Ack(ctx context.Context, nodeID int64, in agentproto.Ack) error {
 	workID, epoch, state := in.ID, in.Epoch, in.State
 	if !slices.Contains([]string{WorkActive, "failed", WorkEnded}, state) {
-		return dbsqlc.Work{}, problem.FieldErrors{"state": "state must be active, failed or ended"}
+		return problem.FieldErrors{"state": "state must be active, failed or ended"}
+	}
+	if state == WorkActive {
+		// The common ack, one per assignment: the node's load does not
+		// change, nothing to recount, and it is committed with the
+		// active acks of other nodes that arrive meanwhile.
+		errs, err := s.ackActive(ctx, nodeID, []int64{workID}, []int64{epoch})
+		if err != nil {
+			return err
+		}
+		return errs[0]
 	}
 	p := dbsqlc.WorkAckParams{State: state, ID: workID, NodeID: &nodeID, Epoch: epoch}
-	if state == WorkActive {
-		// The common ack, one per assignment: a single conditional UPDATE
-		// is its own transaction, so it needs no BEGIN and COMMIT round
-		// trips (the node's load does not change, nothing to recount).
-		w, err := s.q.WorkAck(ctx, s.pool, p)
-		if db.IsNotFound(err) {
-			return w, s.ackRefused(ctx, s.pool, nodeID, workID, epoch)
-		}
-		return w, err
-	}
 	var w dbsqlc.Work
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		var err error
@@ -177,7 +172,7 @@ func (s *Service) ack(ctx context.Context, nodeID int64, in agentproto.Ack) (dbs
 	case err == nil && state == WorkEnded:
 		s.PlaceUnplaced(ctx, w.Kind, "capacity freed")
 	}
-	return w, err
+	return err
 }
 
 // ackRefused says why an ack matched no live assignment of the node.

@@ -28,7 +28,8 @@ type Service struct {
 	log    *slog.Logger
 	q      *dbsqlc.Queries
 	creds  credCache
-	placer placer
+	placer *groupCommit[placeUnit, unitOutcome]
+	acker  *groupCommit[nodeAcks, ackOutcome]
 }
 
 // NewService returns a Service on pool.
@@ -36,7 +37,10 @@ func NewService(pool *pgxpool.Pool, log *slog.Logger) *Service {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Service{pool: pool, log: log, q: db.Q}
+	s := &Service{pool: pool, log: log, q: db.Q}
+	s.placer = newPlacer(s)
+	s.acker = newAcker(s)
+	return s
 }
 
 // audit writes an audit row in the caller's transaction.

@@ -209,7 +209,7 @@ func (s *Server) ack(w http.ResponseWriter, r *http.Request) {
 		badJSON(w, err)
 		return
 	}
-	if _, err := s.nodes.Ack(r.Context(), a.NodeID, agentproto.Ack{ID: id, Epoch: req.Epoch, State: req.State, Error: req.Error}); err != nil {
+	if err := s.nodes.Ack(r.Context(), a.NodeID, agentproto.Ack{ID: id, Epoch: req.Epoch, State: req.State, Error: req.Error}); err != nil {
 		writeError(w, err)
 		return
 	}

@@ -10,26 +10,6 @@ import (
 	"time"
 )
 
-const nodeAddUsed = `-- name: NodeAddUsed :exec
-UPDATE nodes n SET used = n.used + d.delta, assign_version = nextval('assign_version_seq')
-FROM (SELECT unnest($1::bigint[]) AS id, unnest($2::int[]) AS delta) d
-WHERE n.id = d.id
-`
-
-type NodeAddUsedParams struct {
-	Ids    []int64
-	Deltas []int32
-}
-
-// NodeAddUsed adds each node's share of a placement to its used counter
-// and bumps its assignment version, in one statement. The nodes are
-// locked by NodeLockForPlacement in the same transaction, so the counter
-// stays equal to the sum of its live work.
-func (q *Queries) NodeAddUsed(ctx context.Context, db DBTX, arg NodeAddUsedParams) error {
-	_, err := db.Exec(ctx, nodeAddUsed, arg.Ids, arg.Deltas)
-	return err
-}
-
 const nodeAddresses = `-- name: NodeAddresses :many
 SELECT id, name, kind, address FROM nodes ORDER BY id
 `
@@ -91,8 +71,7 @@ type NodeCandidatesRow struct {
 }
 
 // NodeCandidates reads, without locking, the nodes that may take new work
-// of the given kinds (node_eligibility, migration 00004): what a
-// placement of new work plans on.
+// of the given kinds (node_eligibility, migration 00004).
 func (q *Queries) NodeCandidates(ctx context.Context, db DBTX, kinds []string) ([]NodeCandidatesRow, error) {
 	rows, err := db.Query(ctx, nodeCandidates, kinds)
 	if err != nil {
@@ -660,47 +639,6 @@ func (q *Queries) NodeListFiltered(ctx context.Context, db DBTX, arg NodeListFil
 	return items, nil
 }
 
-const nodeLockForPlacement = `-- name: NodeLockForPlacement :many
-SELECT id, capacity, used, eligible FROM node_eligibility
-WHERE id = ANY($1::bigint[])
-ORDER BY id FOR UPDATE
-`
-
-type NodeLockForPlacementRow struct {
-	ID       int64
-	Capacity int32
-	Used     int32
-	Eligible bool
-}
-
-// NodeLockForPlacement locks the nodes a placement plan chose, in id
-// order (the order every statement that locks several nodes takes), and
-// returns their latest state so the plan is checked under the locks.
-func (q *Queries) NodeLockForPlacement(ctx context.Context, db DBTX, ids []int64) ([]NodeLockForPlacementRow, error) {
-	rows, err := db.Query(ctx, nodeLockForPlacement, ids)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	items := []NodeLockForPlacementRow{}
-	for rows.Next() {
-		var i NodeLockForPlacementRow
-		if err := rows.Scan(
-			&i.ID,
-			&i.Capacity,
-			&i.Used,
-			&i.Eligible,
-		); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
-}
-
 const nodeNamesByID = `-- name: NodeNamesByID :many
 SELECT id, name FROM nodes WHERE id = ANY($1::bigint[])
 `
@@ -730,29 +668,49 @@ func (q *Queries) NodeNamesByID(ctx context.Context, db DBTX, ids []int64) ([]No
 	return items, nil
 }
 
-const nodePlacementTurn = `-- name: NodePlacementTurn :exec
-WITH turn AS (
-    SELECT count(*) AS n FROM (
-        SELECT pg_advisory_xact_lock(1885433171, hashtext(k))
-        FROM (SELECT DISTINCT unnest($1::text[]) AS k ORDER BY 1) ks) l
-)
-SELECT set_config('lock_timeout', '200ms', true) FROM turn
+const nodePlacementCandidates = `-- name: NodePlacementCandidates :many
+SELECT c.id::bigint AS id, c.name::text AS name, c.kind::text AS kind, c.capacity::int AS capacity,
+    c.used::int AS used, c.weight::int AS weight
+FROM node_placement_candidates($1::text[]) c
 `
 
-// NodePlacementTurn makes placements of new work of the same node kinds
-// take turns across instances (a transaction-level advisory lock per
-// node kind, in name order), then bounds how long the rest of the
-// transaction waits for a row lock, in one round trip. Placements would
-// otherwise plan on the same nodes and queue on the same rows; waiting for
-// the turn happens before any node is locked, so it cannot close a cycle.
-// A placement may then wait for one node while holding others; when that
-// closes a cycle with a writer that locks out of id order (SetAdminState
-// locks its node first), it gives up after 200 ms, well before Postgres's
-// deadlock detector (1 s by default) would pick a victim, and the retry
-// policy runs it again.
-func (q *Queries) NodePlacementTurn(ctx context.Context, db DBTX, kinds []string) error {
-	_, err := db.Exec(ctx, nodePlacementTurn, kinds)
-	return err
+type NodePlacementCandidatesRow struct {
+	ID       int64
+	Name     string
+	Kind     string
+	Capacity int32
+	Used     int32
+	Weight   int32
+}
+
+// NodePlacementCandidates takes the placement turn of the node kinds and
+// reads their eligible nodes (migrations/00009_placement_statements.sql):
+// what a placement of new work plans on.
+func (q *Queries) NodePlacementCandidates(ctx context.Context, db DBTX, kinds []string) ([]NodePlacementCandidatesRow, error) {
+	rows, err := db.Query(ctx, nodePlacementCandidates, kinds)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []NodePlacementCandidatesRow{}
+	for rows.Next() {
+		var i NodePlacementCandidatesRow
+		if err := rows.Scan(
+			&i.ID,
+			&i.Name,
+			&i.Kind,
+			&i.Capacity,
+			&i.Used,
+			&i.Weight,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }
 
 const nodeRecountUsed = `-- name: NodeRecountUsed :exec

@@ -50,6 +50,48 @@ func (q *Queries) WorkAck(ctx context.Context, db DBTX, arg WorkAckParams) (Work
 	return i, err
 }
 
+const workAckActive = `-- name: WorkAckActive :many
+UPDATE work w SET state = 'active', updated_at = now()
+FROM (SELECT unnest($1::bigint[]) AS id, unnest($2::bigint[]) AS epoch, unnest($3::bigint[]) AS node_id) a
+WHERE w.id = a.id AND w.node_id = a.node_id AND w.epoch = a.epoch AND w.state IN ('assigned', 'active')
+RETURNING w.id, a.node_id::bigint AS node_id, a.epoch::bigint AS epoch
+`
+
+type WorkAckActiveParams struct {
+	Ids     []int64
+	Epochs  []int64
+	NodeIds []int64
+}
+
+type WorkAckActiveRow struct {
+	ID     int64
+	NodeID int64
+	Epoch  int64
+}
+
+// WorkAckActive records active acks of many nodes in one statement, each
+// fenced like WorkAck by its node, its epoch and a live state. It returns
+// the acks that matched (an item acked twice in one statement matches once).
+func (q *Queries) WorkAckActive(ctx context.Context, db DBTX, arg WorkAckActiveParams) ([]WorkAckActiveRow, error) {
+	rows, err := db.Query(ctx, workAckActive, arg.Ids, arg.Epochs, arg.NodeIds)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []WorkAckActiveRow{}
+	for rows.Next() {
+		var i WorkAckActiveRow
+		if err := rows.Scan(&i.ID, &i.NodeID, &i.Epoch); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const workAckBatch = `-- name: WorkAckBatch :many
 UPDATE work w SET state = CASE WHEN a.state = 'failed' THEN 'unplaced' ELSE a.state END,
     node_id = CASE WHEN a.state = 'failed' THEN NULL ELSE w.node_id END,
@@ -484,62 +526,6 @@ func (q *Queries) WorkGetForUpdate(ctx context.Context, db DBTX, ref string) (Wo
 	return i, err
 }
 
-const workInsertBatch = `-- name: WorkInsertBatch :many
-INSERT INTO work (ref, kind, cost, state, node_id)
-SELECT t.ref, t.kind, t.cost, CASE WHEN t.node_id = 0 THEN 'unplaced' ELSE 'assigned' END, NULLIF(t.node_id, 0)
-FROM (SELECT unnest($1::text[]) AS ref, unnest($2::text[]) AS kind,
-             unnest($3::int[]) AS cost, unnest($4::bigint[]) AS node_id) t
-ON CONFLICT (ref) DO NOTHING
-RETURNING id, ref, state, epoch
-`
-
-type WorkInsertBatchParams struct {
-	Refs    []string
-	Kinds   []string
-	Costs   []int32
-	NodeIds []int64
-}
-
-type WorkInsertBatchRow struct {
-	ID    int64
-	Ref   string
-	State string
-	Epoch int64
-}
-
-// WorkInsertBatch inserts many new work items in one statement; node_id 0
-// means unplaced. A ref that already exists is skipped (and absent from
-// the answer), so the caller can name the conflicts and roll back.
-func (q *Queries) WorkInsertBatch(ctx context.Context, db DBTX, arg WorkInsertBatchParams) ([]WorkInsertBatchRow, error) {
-	rows, err := db.Query(ctx, workInsertBatch,
-		arg.Refs,
-		arg.Kinds,
-		arg.Costs,
-		arg.NodeIds,
-	)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	items := []WorkInsertBatchRow{}
-	for rows.Next() {
-		var i WorkInsertBatchRow
-		if err := rows.Scan(
-			&i.ID,
-			&i.Ref,
-			&i.State,
-			&i.Epoch,
-		); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
-}
-
 const workList = `-- name: WorkList :many
 SELECT w.id, w.ref, w.kind, w.cost, w.state, w.node_id, w.epoch, w.created_at, w.updated_at, w.ended_at, w.last_error, coalesce(n.name, '')::text AS node_name FROM work w LEFT JOIN nodes n ON n.id = w.node_id
 WHERE ($1::bigint = 0 OR w.node_id = $1)
@@ -669,6 +655,59 @@ func (q *Queries) WorkMove(ctx context.Context, db DBTX, arg WorkMoveParams) err
 	return err
 }
 
+const workPlace = `-- name: WorkPlace :many
+SELECT p.id::bigint AS id, p.ref::text AS ref, p.state::text AS state, p.epoch::bigint AS epoch
+FROM work_place($1::text[], $2::text[], $3::int[], $4::bigint[]) p
+`
+
+type WorkPlaceParams struct {
+	Refs    []string
+	Kinds   []string
+	Costs   []int32
+	NodeIds []int64
+}
+
+type WorkPlaceRow struct {
+	ID    int64
+	Ref   string
+	State string
+	Epoch int64
+}
+
+// WorkPlace writes a placement plan in one statement: it locks and
+// checks the chosen nodes, inserts the work rows (skipping refs that
+// exist) and adds to the nodes' used counters
+// (migrations/00009_placement_statements.sql).
+func (q *Queries) WorkPlace(ctx context.Context, db DBTX, arg WorkPlaceParams) ([]WorkPlaceRow, error) {
+	rows, err := db.Query(ctx, workPlace,
+		arg.Refs,
+		arg.Kinds,
+		arg.Costs,
+		arg.NodeIds,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []WorkPlaceRow{}
+	for rows.Next() {
+		var i WorkPlaceRow
+		if err := rows.Scan(
+			&i.ID,
+			&i.Ref,
+			&i.State,
+			&i.Epoch,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const workPruneEnded = `-- name: WorkPruneEnded :execrows
 DELETE FROM work WHERE id IN (
     SELECT id FROM work WHERE state = 'ended' AND ended_at < now() - make_interval(secs => $1::float8)
@@ -688,31 +727,6 @@ func (q *Queries) WorkPruneEnded(ctx context.Context, db DBTX, arg WorkPruneEnde
 		return 0, err
 	}
 	return result.RowsAffected(), nil
-}
-
-const workRefsTaken = `-- name: WorkRefsTaken :many
-SELECT ref FROM work WHERE ref = ANY($1::text[])
-`
-
-// WorkRefsTaken returns which of the given refs exist already.
-func (q *Queries) WorkRefsTaken(ctx context.Context, db DBTX, refs []string) ([]string, error) {
-	rows, err := db.Query(ctx, workRefsTaken, refs)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	items := []string{}
-	for rows.Next() {
-		var ref string
-		if err := rows.Scan(&ref); err != nil {
-			return nil, err
-		}
-		items = append(items, ref)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
 }
 
 const workSetLastError = `-- name: WorkSetLastError :exec

@@ -114,9 +114,16 @@ SELECT pg_advisory_xact_lock(4711001);
 -- name: NodeSetHookError :exec
 UPDATE nodes SET last_hook_error = @last_hook_error, last_hook_error_at = now() WHERE id = @id;
 
+-- NodePlacementCandidates takes the placement turn of the node kinds and
+-- reads their eligible nodes (migrations/00009_placement_statements.sql):
+-- what a placement of new work plans on.
+-- name: NodePlacementCandidates :many
+SELECT c.id::bigint AS id, c.name::text AS name, c.kind::text AS kind, c.capacity::int AS capacity,
+    c.used::int AS used, c.weight::int AS weight
+FROM node_placement_candidates(@kinds::text[]) c;
+
 -- NodeCandidates reads, without locking, the nodes that may take new work
--- of the given kinds (node_eligibility, migration 00004): what a
--- placement of new work plans on.
+-- of the given kinds (node_eligibility, migration 00004).
 -- name: NodeCandidates :many
 SELECT id, name, kind, capacity, used, weight FROM node_eligibility
 WHERE eligible AND kind = ANY(@kinds::text[])
@@ -128,42 +135,6 @@ ORDER BY id;
 SELECT id, name, kind, capacity, used, weight FROM node_eligibility
 WHERE eligible AND kind = @kind::text AND id <> @exclude_id::bigint
 ORDER BY id FOR UPDATE;
-
--- NodeLockForPlacement locks the nodes a placement plan chose, in id
--- order (the order every statement that locks several nodes takes), and
--- returns their latest state so the plan is checked under the locks.
--- name: NodeLockForPlacement :many
-SELECT id, capacity, used, eligible FROM node_eligibility
-WHERE id = ANY(@ids::bigint[])
-ORDER BY id FOR UPDATE;
-
--- NodeAddUsed adds each node's share of a placement to its used counter
--- and bumps its assignment version, in one statement. The nodes are
--- locked by NodeLockForPlacement in the same transaction, so the counter
--- stays equal to the sum of its live work.
--- name: NodeAddUsed :exec
-UPDATE nodes n SET used = n.used + d.delta, assign_version = nextval('assign_version_seq')
-FROM (SELECT unnest(@ids::bigint[]) AS id, unnest(@deltas::int[]) AS delta) d
-WHERE n.id = d.id;
-
--- NodePlacementTurn makes placements of new work of the same node kinds
--- take turns across instances (a transaction-level advisory lock per
--- node kind, in name order), then bounds how long the rest of the
--- transaction waits for a row lock, in one round trip. Placements would
--- otherwise plan on the same nodes and queue on the same rows; waiting for
--- the turn happens before any node is locked, so it cannot close a cycle.
--- A placement may then wait for one node while holding others; when that
--- closes a cycle with a writer that locks out of id order (SetAdminState
--- locks its node first), it gives up after 200 ms, well before Postgres's
--- deadlock detector (1 s by default) would pick a victim, and the retry
--- policy runs it again.
--- name: NodePlacementTurn :exec
-WITH turn AS (
-    SELECT count(*) AS n FROM (
-        SELECT pg_advisory_xact_lock(1885433171, hashtext(k))
-        FROM (SELECT DISTINCT unnest(@kinds::text[]) AS k ORDER BY 1) ks) l
-)
-SELECT set_config('lock_timeout', '200ms', true) FROM turn;
 
 -- name: NodeNamesByID :many
 SELECT id, name FROM nodes WHERE id = ANY(@ids::bigint[]);

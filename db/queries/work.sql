@@ -87,16 +87,14 @@ DELETE FROM work WHERE id IN (
     SELECT id FROM work WHERE state = 'ended' AND ended_at < now() - make_interval(secs => @older_than_seconds::float8)
     LIMIT @lim);
 
--- WorkInsertBatch inserts many new work items in one statement; node_id 0
--- means unplaced. A ref that already exists is skipped (and absent from
--- the answer), so the caller can name the conflicts and roll back.
--- name: WorkInsertBatch :many
-INSERT INTO work (ref, kind, cost, state, node_id)
-SELECT t.ref, t.kind, t.cost, CASE WHEN t.node_id = 0 THEN 'unplaced' ELSE 'assigned' END, NULLIF(t.node_id, 0)
-FROM (SELECT unnest(@refs::text[]) AS ref, unnest(@kinds::text[]) AS kind,
-             unnest(@costs::int[]) AS cost, unnest(@node_ids::bigint[]) AS node_id) t
-ON CONFLICT (ref) DO NOTHING
-RETURNING id, ref, state, epoch;
+-- WorkAckActive records active acks of many nodes in one statement, each
+-- fenced like WorkAck by its node, its epoch and a live state. It returns
+-- the acks that matched (an item acked twice in one statement matches once).
+-- name: WorkAckActive :many
+UPDATE work w SET state = 'active', updated_at = now()
+FROM (SELECT unnest(@ids::bigint[]) AS id, unnest(@epochs::bigint[]) AS epoch, unnest(@node_ids::bigint[]) AS node_id) a
+WHERE w.id = a.id AND w.node_id = a.node_id AND w.epoch = a.epoch AND w.state IN ('assigned', 'active')
+RETURNING w.id, a.node_id::bigint AS node_id, a.epoch::bigint AS epoch;
 
 -- WorkAckBatch applies many acks of one node in one statement, each fenced
 -- like WorkAck by its epoch, the node and a live state. It returns the
@@ -128,9 +126,13 @@ SELECT f.failures, f.last_error, f.last_at, w.ref, w.kind, w.state
 FROM work_failures f JOIN work w ON w.id = f.work_id
 WHERE f.node_id = @node_id ORDER BY f.last_at DESC LIMIT @lim;
 
--- WorkRefsTaken returns which of the given refs exist already.
--- name: WorkRefsTaken :many
-SELECT ref FROM work WHERE ref = ANY(@refs::text[]);
+-- WorkPlace writes a placement plan in one statement: it locks and
+-- checks the chosen nodes, inserts the work rows (skipping refs that
+-- exist) and adds to the nodes' used counters
+-- (migrations/00009_placement_statements.sql).
+-- name: WorkPlace :many
+SELECT p.id::bigint AS id, p.ref::text AS ref, p.state::text AS state, p.epoch::bigint AS epoch
+FROM work_place(@refs::text[], @kinds::text[], @costs::int[], @node_ids::bigint[]) p;
 
 -- WorkUnackedNodes lists the nodes holding assignments not acknowledged
 -- within the bound.

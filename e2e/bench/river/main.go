@@ -116,7 +116,10 @@ func run(url, mode string, jobs, clients, batch, workers int) error {
 		if err != nil {
 			return err
 		}
-		done, cancel := client.Subscribe(river.EventKindJobCompleted)
+		// Room for every completion: a subscription drops the events that
+		// overflow its buffer (1,000 by default), and a dropped one would
+		// keep this process waiting for a job that has long completed.
+		done, cancel := client.SubscribeConfig(&river.SubscribeConfig{ChanSize: jobs, Kinds: []river.EventKind{river.EventKindJobCompleted}})
 		defer cancel()
 		if err := client.Start(ctx); err != nil {
 			return err

@@ -175,7 +175,10 @@ func TestCallIsPlacedAnsweredAndEndedByBye(t *testing.T) {
 	if n := e.count(t, "SELECT used FROM nodes WHERE name = 'm1'"); n != 0 {
 		t.Fatalf("m1 used = %d after the call ended, want 0", n)
 	}
-	waitFor(t, "ACK and BYE at the media node", func() bool { return m.count(sip.ACK) == 1 && m.count(sip.BYE) == 1 })
+	// At least one of each: under load the media node may resend its 2xx
+	// before the ACK arrives, and the caller then acks it again (RFC 3261
+	// 13.2.2.4); that is not a fault of the front door.
+	waitFor(t, "ACK and BYE at the media node", func() bool { return m.count(sip.ACK) >= 1 && m.count(sip.BYE) >= 1 })
 }
 
 func TestFailoverOn503AndSilenceThenAnswer(t *testing.T) {
@@ -361,7 +364,10 @@ func TestInDialogRequestsThroughAnotherInstance(t *testing.T) {
 	if err != nil || bye.StatusCode != 200 {
 		t.Fatalf("BYE through instance b: %v %v", bye, err)
 	}
-	waitFor(t, "ACK and BYE at the media node", func() bool { return m.count(sip.ACK) == 1 && m.count(sip.BYE) == 1 })
+	// At least one of each: under load the media node may resend its 2xx
+	// before the ACK arrives, and the caller then acks it again (RFC 3261
+	// 13.2.2.4); that is not a fault of the front door.
+	waitFor(t, "ACK and BYE at the media node", func() bool { return m.count(sip.ACK) >= 1 && m.count(sip.BYE) >= 1 })
 	waitFor(t, "the call ended by the BYE through b", func() bool {
 		return a.text(t, "SELECT w.state || ' ' || c.cause || ' ' || c.instance FROM sip_calls c JOIN work w ON w.id = c.work_id WHERE c.ref = $1", ref) == "ended bye cm-a"
 	})

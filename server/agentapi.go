@@ -145,6 +145,22 @@ func (s *Server) assignments(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	wait = min(wait, agentproto.MaxPollWait)
+	delta := false
+	if ds := q.Get(agentproto.QueryDelta); ds != "" {
+		delta, err = strconv.ParseBool(ds)
+		if err != nil {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "delta must be 1 or 0"})
+			return
+		}
+	}
+	// read is the answer: what changed since the agent's version when it
+	// asked for a delta, else the whole set.
+	read := func() (agentproto.DesiredSet, error) {
+		if delta {
+			return s.nodes.DesiredSince(r.Context(), a.NodeID, since)
+		}
+		return s.nodes.Desired(r.Context(), a.NodeID)
+	}
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	// Take the wake channel before reading, so no change slips between.
@@ -164,17 +180,17 @@ func (s *Server) assignments(w http.ResponseWriter, r *http.Request) {
 			select {
 			case <-woken:
 			case <-timer.C:
-				s.answerDesired(w, r, a.NodeID)
+				answer(w, read)
 				return
 			case <-s.hub.Closing():
 				// Shutting down: answer now; the agent polls another instance.
-				s.answerDesired(w, r, a.NodeID)
+				answer(w, read)
 				return
 			case <-r.Context().Done():
 				return
 			}
 			woken = s.hub.Wait(a.NodeID)
-			ds, err := s.nodes.Desired(r.Context(), a.NodeID)
+			ds, err := read()
 			if err != nil {
 				writeError(w, err)
 				return
@@ -185,11 +201,12 @@ func (s *Server) assignments(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-	s.answerDesired(w, r, a.NodeID)
+	answer(w, read)
 }
 
-func (s *Server) answerDesired(w http.ResponseWriter, r *http.Request, nodeID int64) {
-	ds, err := s.nodes.Desired(r.Context(), nodeID)
+// answer writes the long-poll's answer.
+func answer(w http.ResponseWriter, read func() (agentproto.DesiredSet, error)) {
+	ds, err := read()
 	if err != nil {
 		writeError(w, err)
 		return

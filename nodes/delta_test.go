@@ -72,7 +72,6 @@ func (f *follower) matches(e *env, when string) {
 	}
 }
 
-
 func (e *env) nodeID(name string) int64 {
 	e.t.Helper()
 	return int64(e.count("SELECT id FROM nodes WHERE name = $1", name))

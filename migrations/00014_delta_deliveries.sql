@@ -25,6 +25,12 @@
 ALTER TABLE work_history ADD COLUMN version bigint; -- the node version the change was delivered at (NULL: not a delivery)
 CREATE INDEX work_history_node_version_idx ON work_history (node_id, version) WHERE version IS NOT NULL;
 
+-- History rows no longer reference their work row by a foreign key: the
+-- key's check locked the work row just written (a second WAL record for
+-- every placement and every ack). Pruning ended work deletes its history
+-- in the same statement (WorkPruneEnded), as the cascade did.
+ALTER TABLE work_history DROP CONSTRAINT work_history_work_id_fkey;
+
 -- resync_version: the agent must take the whole set again (work left the
 -- node, or reconciliation found the agent running something else): a
 -- delta is only served to an agent whose version is at least this one.
@@ -173,5 +179,7 @@ END
 $$;
 -- +goose StatementEnd
 ALTER TABLE nodes DROP COLUMN resync_version;
+DELETE FROM work_history h WHERE NOT EXISTS (SELECT 1 FROM work w WHERE w.id = h.work_id);
+ALTER TABLE work_history ADD CONSTRAINT work_history_work_id_fkey FOREIGN KEY (work_id) REFERENCES work (id) ON DELETE CASCADE;
 DROP INDEX work_history_node_version_idx;
 ALTER TABLE work_history DROP COLUMN version;

@@ -165,12 +165,23 @@ func (s *Server) assignments(w http.ResponseWriter, r *http.Request) {
 	defer timer.Stop()
 	// Take the wake channel before reading, so no change slips between.
 	woken := s.hub.Wait(a.NodeID)
-	v, err := s.nodes.Version(r.Context(), a.NodeID)
+	// A delta is small: read it at once and answer it when it is news. The
+	// whole set is not: read the version first.
+	var first agentproto.DesiredSet
+	if delta {
+		first, err = read()
+	} else {
+		first.Version, err = s.nodes.Version(r.Context(), a.NodeID)
+	}
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	if v <= since {
+	if delta && first.Version > since {
+		writeJSON(w, http.StatusOK, first)
+		return
+	}
+	if first.Version <= since {
 		metrics.LongPollWaiters.Inc()
 		defer metrics.LongPollWaiters.Dec()
 		// Nothing new yet: wait. A wake almost always means a new version,

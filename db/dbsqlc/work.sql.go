@@ -778,10 +778,16 @@ func (q *Queries) WorkPlace(ctx context.Context, db DBTX, arg WorkPlaceParams) (
 	return items, nil
 }
 
-const workPruneEnded = `-- name: WorkPruneEnded :execrows
-DELETE FROM work WHERE id IN (
-    SELECT id FROM work WHERE state = 'ended' AND ended_at < now() - make_interval(secs => $1::float8)
-    LIMIT $2)
+const workPruneEnded = `-- name: WorkPruneEnded :one
+WITH gone AS (
+    DELETE FROM work WHERE id IN (
+        SELECT id FROM work WHERE state = 'ended' AND ended_at < now() - make_interval(secs => $1::float8)
+        LIMIT $2)
+    RETURNING id
+), history AS (
+    DELETE FROM work_history h USING gone WHERE h.work_id = gone.id
+)
+SELECT count(*) FROM gone
 `
 
 type WorkPruneEndedParams struct {
@@ -790,13 +796,13 @@ type WorkPruneEndedParams struct {
 }
 
 // WorkPruneEnded deletes up to lim work items that ended longer ago than
-// the given age (retention; the leader runs it in batches).
+// the given age, with their history (retention; the leader runs it in
+// batches). It counts the work items.
 func (q *Queries) WorkPruneEnded(ctx context.Context, db DBTX, arg WorkPruneEndedParams) (int64, error) {
-	result, err := db.Exec(ctx, workPruneEnded, arg.OlderThanSeconds, arg.Lim)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
+	row := db.QueryRow(ctx, workPruneEnded, arg.OlderThanSeconds, arg.Lim)
+	var count int64
+	err := row.Scan(&count)
+	return count, err
 }
 
 const workSetLastError = `-- name: WorkSetLastError :exec

@@ -97,11 +97,18 @@ RETURNING *;
 SELECT * FROM work WHERE id = @id;
 
 -- WorkPruneEnded deletes up to lim work items that ended longer ago than
--- the given age (retention; the leader runs it in batches).
--- name: WorkPruneEnded :execrows
-DELETE FROM work WHERE id IN (
-    SELECT id FROM work WHERE state = 'ended' AND ended_at < now() - make_interval(secs => @older_than_seconds::float8)
-    LIMIT @lim);
+-- the given age, with their history (retention; the leader runs it in
+-- batches). It counts the work items.
+-- name: WorkPruneEnded :one
+WITH gone AS (
+    DELETE FROM work WHERE id IN (
+        SELECT id FROM work WHERE state = 'ended' AND ended_at < now() - make_interval(secs => @older_than_seconds::float8)
+        LIMIT @lim)
+    RETURNING id
+), history AS (
+    DELETE FROM work_history h USING gone WHERE h.work_id = gone.id
+)
+SELECT count(*) FROM gone;
 
 -- WorkAckActive records active acks of many nodes in one statement, each
 -- fenced like WorkAck by its node, its epoch and a live state. It returns

@@ -124,13 +124,13 @@ func (s *Service) Desired(ctx context.Context, nodeID int64) (agentproto.Desired
 // (reconciliation, work that left the node), or when the node's version is
 // below since (the agent's version came from another database, such as
 // one restored from a backup). A change wakes the long-polls of many nodes
-// at once: their reads go together in one statement (a group, like
+// at once: their reads go together in a few statements (groups, like
 // placements).
 func (s *Service) DesiredSince(ctx context.Context, nodeID, since int64) (agentproto.DesiredSet, error) {
 	if since <= 0 {
 		return s.Desired(ctx, nodeID)
 	}
-	o, err := s.deltas.do(ctx, deltaReq{nodeID: nodeID, since: since})
+	o, err := s.deltas[nodeID%deltaReaders].do(ctx, deltaReq{nodeID: nodeID, since: since})
 	if err == nil {
 		err = o.err
 	}
@@ -141,6 +141,11 @@ func (s *Service) DesiredSince(ctx context.Context, nodeID, since int64) (agentp
 }
 
 type deltaReq struct{ nodeID, since int64 }
+
+// deltaReaders is how many groups of delta reads may run at once (each
+// node's reads always go to the same one): enough to keep a few cores
+// busy while the next groups gather.
+const deltaReaders = 2
 
 // deltaLimit bounds the changes a delta carries; a node with more gets the
 // whole set.

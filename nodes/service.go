@@ -30,7 +30,7 @@ type Service struct {
 	creds  credCache
 	placer *groupCommit[placeUnit, unitOutcome]
 	acker  *groupCommit[nodeAcks, ackOutcome]
-	deltas *groupCommit[deltaReq, deltaOutcome]
+	deltas [deltaReaders]*groupCommit[deltaReq, deltaOutcome]
 }
 
 // NewService returns a Service on pool.
@@ -41,7 +41,9 @@ func NewService(pool *pgxpool.Pool, log *slog.Logger) *Service {
 	s := &Service{pool: pool, log: log, q: db.Q}
 	s.placer = newPlacer(s)
 	s.acker = newAcker(s)
-	s.deltas = newDeltaReader(s)
+	for i := range s.deltas {
+		s.deltas[i] = newDeltaReader(s)
+	}
 	return s
 }
 

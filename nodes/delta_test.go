@@ -203,7 +203,7 @@ func TestDeltaDeliveriesMatchTheWholeSet(t *testing.T) {
 	f := fs[names[2]]
 	wholes = f.wholes
 	f.since += 1 << 30
-	if ds := f.poll(e); ds.Delta {
+	if ds := f.poll(e); ds.Delta || f.wholes != wholes+1 {
 		t.Fatal("a version above the node's got a delta")
 	}
 	f.matches(e, "after a version from elsewhere")

@@ -29,8 +29,6 @@ type SettingsStore interface {
 	SendTest(ctx context.Context, actor nodes.Actor) (settings.TestEmail, error)
 	// Status is the health checker's last round and the disruption guard.
 	Status(ctx context.Context) (health.Status, error)
-	// ConfirmDisruption lets failover proceed during a disruption.
-	ConfirmDisruption(ctx context.Context, actor nodes.Actor) (health.Disruption, error)
 }
 
 type settingsView struct {

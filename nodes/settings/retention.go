@@ -7,10 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/callplane/callplane/db"
-	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/problem"
 )
@@ -164,17 +161,11 @@ func (s *Store) SaveRetention(ctx context.Context, actor nodes.Actor, form map[s
 	if detail == "" {
 		detail = "no change"
 	}
-	err = db.InTxRetry(ctx, s.pool, func(tx pgx.Tx) error {
-		for _, k := range RetentionKeys {
-			if err := db.Q.SettingUpsert(ctx, tx, dbsqlc.SettingUpsertParams{Key: k, Value: sqlInterval(next[k]), UpdatedBy: actor.Name}); err != nil {
-				return fmt.Errorf("save setting %s: %w", k, err)
-			}
-		}
-		return db.Q.AuditInsert(ctx, tx, dbsqlc.AuditInsertParams{
-			Actor: actor.Name, Action: "settings.retention", Target: "settings", Result: "ok", SourceAddr: actor.Addr, Detail: detail,
-		})
-	})
-	if err != nil {
+	values := map[string]string{}
+	for _, k := range RetentionKeys {
+		values[k] = sqlInterval(next[k])
+	}
+	if err := s.write(ctx, actor, RetentionKeys, values, "settings.retention", "settings", detail); err != nil {
 		return nil, err
 	}
 	return next, nil

@@ -1,6 +1,7 @@
 package nodes
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -111,13 +112,63 @@ func (s *Service) Desired(ctx context.Context, nodeID int64) (agentproto.Desired
 		if r.ID == nil {
 			continue // the node has no live work
 		}
-		a := agentproto.Assignment{ID: *r.ID, Ref: *r.Ref, Kind: *r.Kind, Cost: *r.Cost, Epoch: *r.Epoch, State: *r.State}
-		if r.CallID != nil {
-			a.CallID, a.From, a.To = *r.CallID, *r.FromUri, *r.ToUri
-		}
-		ds.Assignments = append(ds.Assignments, a)
+		ds.Assignments = append(ds.Assignments, assignment(*r.ID, *r.Ref, *r.Kind, *r.Cost, *r.Epoch, *r.State, r.CallID, r.FromUri, r.ToUri))
 	}
 	return ds, nil
+}
+
+// DesiredSince returns what changed in a node's desired set since the
+// version an agent has (a delta: added or changed items, and the ids of
+// removed ones), read by one statement. It answers the whole set instead
+// when since is 0, when the node asked its agent to take the whole set
+// again after since (reconciliation), or when the node's version is
+// below since (the agent's version came from another database, such as
+// one restored from a backup).
+func (s *Service) DesiredSince(ctx context.Context, nodeID, since int64) (agentproto.DesiredSet, error) {
+	if since <= 0 {
+		return s.Desired(ctx, nodeID)
+	}
+	rows, err := s.q.WorkDesiredDeltaForNode(ctx, s.pool, dbsqlc.WorkDesiredDeltaForNodeParams{NodeID: nodeID, Since: since})
+	if err != nil {
+		return agentproto.DesiredSet{}, err
+	}
+	if len(rows) == 0 {
+		return agentproto.DesiredSet{}, fmt.Errorf("node %d: %w", nodeID, db.ErrNotFound)
+	}
+	if since < rows[0].ResyncVersion || rows[0].AssignVersion < since {
+		return s.Desired(ctx, nodeID)
+	}
+	ds := agentproto.DesiredSet{Version: rows[0].AssignVersion, Delta: true, Assignments: []agentproto.Assignment{}}
+	slices.SortFunc(rows, func(a, b dbsqlc.WorkDesiredDeltaForNodeRow) int { return cmp.Compare(ptrOr(a.ID), ptrOr(b.ID)) })
+	for i, r := range rows {
+		switch {
+		case r.ID == nil:
+			// nothing changed
+		case i > 0 && rows[i-1].ID != nil && *rows[i-1].ID == *r.ID:
+			// changed more than once: one row is enough
+		case r.NodeID != nil && *r.NodeID == nodeID && (*r.State == WorkAssigned || *r.State == WorkActive):
+			ds.Assignments = append(ds.Assignments, assignment(*r.ID, *r.Ref, *r.Kind, *r.Cost, *r.Epoch, *r.State, r.CallID, r.FromUri, r.ToUri))
+		default:
+			ds.Removed = append(ds.Removed, *r.ID)
+		}
+	}
+	return ds, nil
+}
+
+func ptrOr(p *int64) int64 {
+	if p == nil {
+		return 0
+	}
+	return *p
+}
+
+// assignment is one item of a delivery, from a work row and its call.
+func assignment(id int64, ref, kind string, cost int32, epoch int64, state string, callID, from, to *string) agentproto.Assignment {
+	a := agentproto.Assignment{ID: id, Ref: ref, Kind: kind, Cost: cost, Epoch: epoch, State: state}
+	if callID != nil {
+		a.CallID, a.From, a.To = *callID, *from, *to
+	}
+	return a
 }
 
 // Version returns a node's assignment version.

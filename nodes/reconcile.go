@@ -56,7 +56,7 @@ func (s *Service) Reconcile(ctx context.Context, nodeID int64, running []agentpr
 			return changed, err
 		}
 		defer tx.Rollback(ctx)
-		if err := s.q.NodeBumpVersion(ctx, tx, []int64{nodeID}); err != nil {
+		if err := s.q.NodeRequestResync(ctx, tx, nodeID); err != nil {
 			return changed, err
 		}
 		if err := s.notify(ctx, tx, nodeID); err != nil {

@@ -47,6 +47,10 @@ func TestPruneByRetention(t *testing.T) {
 	if e.count("SELECT count(*) FROM work WHERE ref IN ('recent', 'running')") != 2 || e.count("SELECT count(*) FROM work WHERE ref = 'old'") != 0 {
 		t.Error("work pruned wrongly")
 	}
+	if e.count("SELECT count(*) FROM work_history WHERE work_id = $1", old.ID) != 0 ||
+		e.count("SELECT count(*) FROM work_history h JOIN work w ON w.id = h.work_id WHERE w.ref = 'recent'") == 0 {
+		t.Error("the history of pruned work must go with it, and only that")
+	}
 	if e.count("SELECT count(*) FROM events") != events-1 || e.count("SELECT count(*) FROM alerts WHERE state = 'pending'") != 1 {
 		t.Error("live rows pruned")
 	}

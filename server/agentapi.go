@@ -145,16 +145,43 @@ func (s *Server) assignments(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	wait = min(wait, agentproto.MaxPollWait)
+	delta := false
+	if ds := q.Get(agentproto.QueryDelta); ds != "" {
+		delta, err = strconv.ParseBool(ds)
+		if err != nil {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "delta must be 1 or 0"})
+			return
+		}
+	}
+	// read is the answer: what changed since the agent's version when it
+	// asked for a delta, else the whole set.
+	read := func() (agentproto.DesiredSet, error) {
+		if delta {
+			return s.nodes.DesiredSince(r.Context(), a.NodeID, since)
+		}
+		return s.nodes.Desired(r.Context(), a.NodeID)
+	}
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	// Take the wake channel before reading, so no change slips between.
 	woken := s.hub.Wait(a.NodeID)
-	v, err := s.nodes.Version(r.Context(), a.NodeID)
+	// A delta is small: read it at once and answer it when it is news. The
+	// whole set is not: read the version first.
+	var first agentproto.DesiredSet
+	if delta {
+		first, err = read()
+	} else {
+		first.Version, err = s.nodes.Version(r.Context(), a.NodeID)
+	}
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	if v <= since {
+	if delta && first.Version > since {
+		writeJSON(w, http.StatusOK, first)
+		return
+	}
+	if first.Version <= since {
 		metrics.LongPollWaiters.Inc()
 		defer metrics.LongPollWaiters.Dec()
 		// Nothing new yet: wait. A wake almost always means a new version,
@@ -164,17 +191,17 @@ func (s *Server) assignments(w http.ResponseWriter, r *http.Request) {
 			select {
 			case <-woken:
 			case <-timer.C:
-				s.answerDesired(w, r, a.NodeID)
+				answer(w, read)
 				return
 			case <-s.hub.Closing():
 				// Shutting down: answer now; the agent polls another instance.
-				s.answerDesired(w, r, a.NodeID)
+				answer(w, read)
 				return
 			case <-r.Context().Done():
 				return
 			}
 			woken = s.hub.Wait(a.NodeID)
-			ds, err := s.nodes.Desired(r.Context(), a.NodeID)
+			ds, err := read()
 			if err != nil {
 				writeError(w, err)
 				return
@@ -185,11 +212,12 @@ func (s *Server) assignments(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-	s.answerDesired(w, r, a.NodeID)
+	answer(w, read)
 }
 
-func (s *Server) answerDesired(w http.ResponseWriter, r *http.Request, nodeID int64) {
-	ds, err := s.nodes.Desired(r.Context(), nodeID)
+// answer writes the long-poll's answer.
+func answer(w http.ResponseWriter, read func() (agentproto.DesiredSet, error)) {
+	ds, err := read()
 	if err != nil {
 		writeError(w, err)
 		return

@@ -494,3 +494,45 @@ func TestDisableThroughOneInstanceRefusesAgentOnAnother(t *testing.T) {
 		return r.StatusCode == http.StatusUnauthorized
 	})
 }
+
+// The long-poll answers the whole set unless the agent asks for a delta
+// (DESIGN.md's form stays the default); with delta=1 it answers only what
+// changed since the agent's version, removals included; a bad delta is a
+// 400 naming it.
+func TestLongPollDelta(t *testing.T) {
+	t.Parallel()
+	in := cluster(t, 100, "m1")
+	cred := enrol(t, in, "m1")
+	for i := range 3 {
+		place(t, in, "call", fmt.Sprintf("d%d", i), 1)
+	}
+	_, first := api(t, in, "GET", "/api/v1/assignments?since=0&wait=0s&delta=1", cred, nil)
+	if first["delta"] != nil || len(first["assignments"].([]any)) != 3 {
+		t.Fatalf("the first answer must be the whole set: %v", first)
+	}
+	v := int64(first["version"].(float64))
+	place(t, in, "call", "d3", 1)
+	if _, err := in.Nodes().EndWork(context.Background(), testActor, "d0"); err != nil {
+		t.Fatal(err)
+	}
+	_, whole := api(t, in, "GET", fmt.Sprintf("/api/v1/assignments?since=%d&wait=0s", v), cred, nil)
+	if whole["delta"] != nil || len(whole["assignments"].([]any)) != 3 {
+		t.Fatalf("without delta=1 the answer must be the whole set (d1, d2, d3): %v", whole)
+	}
+	r, delta := api(t, in, "GET", fmt.Sprintf("/api/v1/assignments?since=%d&wait=0s&delta=1", v), cred, nil)
+	if r.StatusCode != 200 || delta["delta"] != true {
+		t.Fatalf("delta=1 after a change: %d %v", r.StatusCode, delta)
+	}
+	as := delta["assignments"].([]any)
+	removed, _ := delta["removed"].([]any)
+	if len(as) != 1 || as[0].(map[string]any)["ref"] != "d3" || len(removed) != 1 {
+		t.Fatalf("the delta must carry d3 and the removal of d0: %v", delta)
+	}
+	if delta["version"] != whole["version"] {
+		t.Fatalf("the delta's version %v differs from the whole set's %v", delta["version"], whole["version"])
+	}
+	r, _ = api(t, in, "GET", fmt.Sprintf("/api/v1/assignments?since=%d&wait=0s&delta=yes", v), cred, nil)
+	if r.StatusCode != 400 || !strings.Contains(string(r.Body), "delta") {
+		t.Fatalf("a bad delta: %d %s", r.StatusCode, r.Body)
+	}
+}

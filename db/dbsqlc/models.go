@@ -183,6 +183,7 @@ type Node struct {
 	HoldUntil         *time.Time
 	LastHookError     string
 	LastHookErrorAt   *time.Time
+	ResyncVersion     int64
 }
 
 type NodeCredential struct {
@@ -297,4 +298,5 @@ type WorkHistory struct {
 	NodeID   *int64
 	NodeName string
 	Epoch    int64
+	Version  *int64
 }

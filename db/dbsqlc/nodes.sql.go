@@ -46,15 +46,6 @@ func (q *Queries) NodeAddresses(ctx context.Context, db DBTX) ([]NodeAddressesRo
 	return items, nil
 }
 
-const nodeBumpVersion = `-- name: NodeBumpVersion :exec
-UPDATE nodes SET assign_version = nextval('assign_version_seq') WHERE id = ANY($1::bigint[])
-`
-
-func (q *Queries) NodeBumpVersion(ctx context.Context, db DBTX, ids []int64) error {
-	_, err := db.Exec(ctx, nodeBumpVersion, ids)
-	return err
-}
-
 const nodeCandidates = `-- name: NodeCandidates :many
 SELECT id, name, kind, capacity, used, weight FROM node_eligibility
 WHERE eligible AND kind = ANY($1::text[])
@@ -161,7 +152,7 @@ const nodeEnroll = `-- name: NodeEnroll :one
 UPDATE nodes SET enrolled_at = now(), agent_version = $1,
     address = CASE WHEN $2::text = '' THEN address ELSE $2 END,
     updated_at = now()
-WHERE id = $3 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at
+WHERE id = $3 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version
 `
 
 type NodeEnrollParams struct {
@@ -208,12 +199,13 @@ func (q *Queries) NodeEnroll(ctx context.Context, db DBTX, arg NodeEnrollParams)
 		&i.HoldUntil,
 		&i.LastHookError,
 		&i.LastHookErrorAt,
+		&i.ResyncVersion,
 	)
 	return i, err
 }
 
 const nodeGet = `-- name: NodeGet :one
-SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at FROM nodes WHERE id = $1
+SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version FROM nodes WHERE id = $1
 `
 
 func (q *Queries) NodeGet(ctx context.Context, db DBTX, id int64) (Node, error) {
@@ -254,12 +246,13 @@ func (q *Queries) NodeGet(ctx context.Context, db DBTX, id int64) (Node, error) 
 		&i.HoldUntil,
 		&i.LastHookError,
 		&i.LastHookErrorAt,
+		&i.ResyncVersion,
 	)
 	return i, err
 }
 
 const nodeGetByName = `-- name: NodeGetByName :one
-SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at FROM nodes WHERE name = $1
+SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version FROM nodes WHERE name = $1
 `
 
 func (q *Queries) NodeGetByName(ctx context.Context, db DBTX, name string) (Node, error) {
@@ -300,12 +293,13 @@ func (q *Queries) NodeGetByName(ctx context.Context, db DBTX, name string) (Node
 		&i.HoldUntil,
 		&i.LastHookError,
 		&i.LastHookErrorAt,
+		&i.ResyncVersion,
 	)
 	return i, err
 }
 
 const nodeGetByNameForUpdate = `-- name: NodeGetByNameForUpdate :one
-SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at FROM nodes WHERE name = $1 FOR UPDATE
+SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version FROM nodes WHERE name = $1 FOR UPDATE
 `
 
 func (q *Queries) NodeGetByNameForUpdate(ctx context.Context, db DBTX, name string) (Node, error) {
@@ -346,13 +340,14 @@ func (q *Queries) NodeGetByNameForUpdate(ctx context.Context, db DBTX, name stri
 		&i.HoldUntil,
 		&i.LastHookError,
 		&i.LastHookErrorAt,
+		&i.ResyncVersion,
 	)
 	return i, err
 }
 
 const nodeHeartbeatBatch = `-- name: NodeHeartbeatBatch :exec
 WITH locked AS (
-    SELECT id FROM nodes WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE
+    SELECT id FROM nodes WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE
 )
 UPDATE nodes n SET last_heartbeat_at = b.at, reported_load = b.load, agent_version = b.version
 FROM (SELECT unnest($1::bigint[]) AS id, unnest($2::timestamptz[]) AS at,
@@ -384,7 +379,7 @@ func (q *Queries) NodeHeartbeatBatch(ctx context.Context, db DBTX, arg NodeHeart
 const nodeInsert = `-- name: NodeInsert :one
 INSERT INTO nodes (name, kind, address, capacity, weight, region, description, admin_state, updated_by)
 VALUES ($1, $2, $3, $4, $5, $6, $7, 'enabled', $8)
-RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at
+RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version
 `
 
 type NodeInsertParams struct {
@@ -445,6 +440,7 @@ func (q *Queries) NodeInsert(ctx context.Context, db DBTX, arg NodeInsertParams)
 		&i.HoldUntil,
 		&i.LastHookError,
 		&i.LastHookErrorAt,
+		&i.ResyncVersion,
 	)
 	return i, err
 }
@@ -505,7 +501,7 @@ func (q *Queries) NodeKindSummary(ctx context.Context, db DBTX) ([]NodeKindSumma
 }
 
 const nodeList = `-- name: NodeList :many
-SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at FROM nodes ORDER BY kind, name
+SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version FROM nodes ORDER BY kind, name
 `
 
 func (q *Queries) NodeList(ctx context.Context, db DBTX) ([]Node, error) {
@@ -552,6 +548,7 @@ func (q *Queries) NodeList(ctx context.Context, db DBTX) ([]Node, error) {
 			&i.HoldUntil,
 			&i.LastHookError,
 			&i.LastHookErrorAt,
+			&i.ResyncVersion,
 		); err != nil {
 			return nil, err
 		}
@@ -564,7 +561,7 @@ func (q *Queries) NodeList(ctx context.Context, db DBTX) ([]Node, error) {
 }
 
 const nodeListFiltered = `-- name: NodeListFiltered :many
-SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at FROM nodes
+SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version FROM nodes
 WHERE ($1::text = '' OR kind = $1)
   AND ($2::text = '' OR admin_state = $2)
   AND ($3::text = '' OR health = $3)
@@ -628,6 +625,7 @@ func (q *Queries) NodeListFiltered(ctx context.Context, db DBTX, arg NodeListFil
 			&i.HoldUntil,
 			&i.LastHookError,
 			&i.LastHookErrorAt,
+			&i.ResyncVersion,
 		); err != nil {
 			return nil, err
 		}
@@ -734,10 +732,23 @@ func (q *Queries) NodeRegistryLock(ctx context.Context, db DBTX) error {
 	return err
 }
 
+const nodeRequestResync = `-- name: NodeRequestResync :exec
+UPDATE nodes SET assign_version = nextval('assign_version_seq'), resync_version = currval('assign_version_seq')
+WHERE id = $1
+`
+
+// NodeRequestResync makes a node's agent take its whole desired set at its
+// next poll: it bumps the version (the UPDATE draws it once it holds the
+// row) and no delta is served below it (resync_version).
+func (q *Queries) NodeRequestResync(ctx context.Context, db DBTX, id int64) error {
+	_, err := db.Exec(ctx, nodeRequestResync, id)
+	return err
+}
+
 const nodeSetAdminState = `-- name: NodeSetAdminState :one
 UPDATE nodes SET admin_state = $1, updated_at = now(), updated_by = $2,
     assign_version = nextval('assign_version_seq')
-WHERE id = $3 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at
+WHERE id = $3 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version
 `
 
 type NodeSetAdminStateParams struct {
@@ -784,6 +795,7 @@ func (q *Queries) NodeSetAdminState(ctx context.Context, db DBTX, arg NodeSetAdm
 		&i.HoldUntil,
 		&i.LastHookError,
 		&i.LastHookErrorAt,
+		&i.ResyncVersion,
 	)
 	return i, err
 }
@@ -793,7 +805,7 @@ UPDATE nodes SET health = $1, health_changed_at = CASE WHEN health <> $1 THEN no
     consecutive_fail = $2, consecutive_ok = $3,
     last_probe_at = now(), last_probe_detail = $4, flapping = $5,
     hold_until = $6
-WHERE id = $7 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at
+WHERE id = $7 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version
 `
 
 type NodeSetHealthParams struct {
@@ -852,6 +864,7 @@ func (q *Queries) NodeSetHealth(ctx context.Context, db DBTX, arg NodeSetHealthP
 		&i.HoldUntil,
 		&i.LastHookError,
 		&i.LastHookErrorAt,
+		&i.ResyncVersion,
 	)
 	return i, err
 }
@@ -873,7 +886,7 @@ func (q *Queries) NodeSetHookError(ctx context.Context, db DBTX, arg NodeSetHook
 const nodeSetMaintenance = `-- name: NodeSetMaintenance :one
 UPDATE nodes SET maintenance_until = $1, maintenance_reason = $2,
     updated_at = now(), updated_by = $3
-WHERE id = $4 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at
+WHERE id = $4 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version
 `
 
 type NodeSetMaintenanceParams struct {
@@ -926,6 +939,7 @@ func (q *Queries) NodeSetMaintenance(ctx context.Context, db DBTX, arg NodeSetMa
 		&i.HoldUntil,
 		&i.LastHookError,
 		&i.LastHookErrorAt,
+		&i.ResyncVersion,
 	)
 	return i, err
 }
@@ -950,7 +964,7 @@ func (q *Queries) NodeSetRotateRequested(ctx context.Context, db DBTX, arg NodeS
 const nodeUpdate = `-- name: NodeUpdate :one
 UPDATE nodes SET address = $1, capacity = $2, weight = $3,
     region = $4, description = $5, updated_at = now(), updated_by = $6
-WHERE id = $7 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at
+WHERE id = $7 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version
 `
 
 type NodeUpdateParams struct {
@@ -1009,6 +1023,7 @@ func (q *Queries) NodeUpdate(ctx context.Context, db DBTX, arg NodeUpdateParams)
 		&i.HoldUntil,
 		&i.LastHookError,
 		&i.LastHookErrorAt,
+		&i.ResyncVersion,
 	)
 	return i, err
 }

@@ -11,18 +11,25 @@ import (
 
 const workActivateRunning = `-- name: WorkActivateRunning :execrows
 UPDATE work w SET state = 'active', updated_at = now()
-FROM (SELECT unnest($2::bigint[]) AS id, unnest($3::bigint[]) AS epoch) r
-WHERE w.id = r.id AND w.epoch = r.epoch AND w.node_id = $1 AND w.state = 'assigned'
+FROM (SELECT x.id FROM work x
+      JOIN (SELECT unnest($1::bigint[]) AS id, unnest($2::bigint[]) AS epoch) r ON r.id = x.id AND r.epoch = x.epoch
+      WHERE x.node_id = $3 AND x.state = 'assigned'
+      ORDER BY x.id FOR UPDATE OF x SKIP LOCKED) l
+WHERE w.id = l.id
 `
 
 type WorkActivateRunningParams struct {
-	NodeID *int64
 	Ids    []int64
 	Epochs []int64
+	NodeID *int64
 }
 
+// WorkActivateRunning marks active the work an agent reports running that
+// is still recorded as assigned (its ack was lost). Rows another statement
+// holds are skipped: that is an ack in flight, which activates them itself,
+// and waiting for it would only queue the heartbeat behind it.
 func (q *Queries) WorkActivateRunning(ctx context.Context, db DBTX, arg WorkActivateRunningParams) (int64, error) {
-	result, err := db.Exec(ctx, workActivateRunning, arg.NodeID, arg.Ids, arg.Epochs)
+	result, err := db.Exec(ctx, workActivateRunning, arg.Ids, arg.Epochs, arg.NodeID)
 	if err != nil {
 		return 0, err
 	}

@@ -211,6 +211,76 @@ func (q *Queries) WorkCountsByNode(ctx context.Context, db DBTX, nodeID *int64) 
 	return items, nil
 }
 
+const workDesiredDeltaForNode = `-- name: WorkDesiredDeltaForNode :many
+SELECT n.assign_version, n.resync_version, w.id, w.node_id, w.ref, w.kind, w.cost, w.epoch, w.state,
+    c.call_id, c.from_uri, c.to_uri
+FROM nodes n
+LEFT JOIN work_history h ON h.node_id = n.id AND h.version > (SELECT $1::bigint)
+LEFT JOIN work w ON w.id = h.work_id
+LEFT JOIN sip_calls c ON c.ref = w.ref AND w.kind = 'call'
+WHERE n.id = $2
+`
+
+type WorkDesiredDeltaForNodeParams struct {
+	Since  int64
+	NodeID int64
+}
+
+type WorkDesiredDeltaForNodeRow struct {
+	AssignVersion int64
+	ResyncVersion int64
+	ID            *int64
+	NodeID        *int64
+	Ref           *string
+	Kind          *string
+	Cost          *int32
+	Epoch         *int64
+	State         *string
+	CallID        *string
+	FromUri       *string
+	ToUri         *string
+}
+
+// WorkDesiredDeltaForNode returns what changed on a node since a version,
+// with the node's version and resync floor: the current row of every work
+// item with a delivery to this node stamped after since (an item changed
+// twice comes twice). A row no longer live on the node is a removal.
+// since is compared through a sub-select so that every call estimates it
+// alike and Postgres settles on one generic plan instead of planning each
+// call (which cost more than running it).
+func (q *Queries) WorkDesiredDeltaForNode(ctx context.Context, db DBTX, arg WorkDesiredDeltaForNodeParams) ([]WorkDesiredDeltaForNodeRow, error) {
+	rows, err := db.Query(ctx, workDesiredDeltaForNode, arg.Since, arg.NodeID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []WorkDesiredDeltaForNodeRow{}
+	for rows.Next() {
+		var i WorkDesiredDeltaForNodeRow
+		if err := rows.Scan(
+			&i.AssignVersion,
+			&i.ResyncVersion,
+			&i.ID,
+			&i.NodeID,
+			&i.Ref,
+			&i.Kind,
+			&i.Cost,
+			&i.Epoch,
+			&i.State,
+			&i.CallID,
+			&i.FromUri,
+			&i.ToUri,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const workDesiredForNode = `-- name: WorkDesiredForNode :many
 SELECT id, ref, kind, cost, epoch, state FROM work
 WHERE node_id = $1 AND state IN ('assigned', 'active') ORDER BY id
@@ -708,10 +778,16 @@ func (q *Queries) WorkPlace(ctx context.Context, db DBTX, arg WorkPlaceParams) (
 	return items, nil
 }
 
-const workPruneEnded = `-- name: WorkPruneEnded :execrows
-DELETE FROM work WHERE id IN (
-    SELECT id FROM work WHERE state = 'ended' AND ended_at < now() - make_interval(secs => $1::float8)
-    LIMIT $2)
+const workPruneEnded = `-- name: WorkPruneEnded :one
+WITH gone AS (
+    DELETE FROM work WHERE id IN (
+        SELECT id FROM work WHERE state = 'ended' AND ended_at < now() - make_interval(secs => $1::float8)
+        LIMIT $2)
+    RETURNING id
+), history AS (
+    DELETE FROM work_history h USING gone WHERE h.work_id = gone.id
+)
+SELECT count(*) FROM gone
 `
 
 type WorkPruneEndedParams struct {
@@ -720,13 +796,13 @@ type WorkPruneEndedParams struct {
 }
 
 // WorkPruneEnded deletes up to lim work items that ended longer ago than
-// the given age (retention; the leader runs it in batches).
+// the given age, with their history (retention; the leader runs it in
+// batches). It counts the work items.
 func (q *Queries) WorkPruneEnded(ctx context.Context, db DBTX, arg WorkPruneEndedParams) (int64, error) {
-	result, err := db.Exec(ctx, workPruneEnded, arg.OlderThanSeconds, arg.Lim)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
+	row := db.QueryRow(ctx, workPruneEnded, arg.OlderThanSeconds, arg.Lim)
+	var count int64
+	err := row.Scan(&count)
+	return count, err
 }
 
 const workSetLastError = `-- name: WorkSetLastError :exec

@@ -10,7 +10,7 @@ import (
 )
 
 const workHistoryList = `-- name: WorkHistoryList :many
-SELECT id, work_id, at, state, node_id, node_name, epoch FROM work_history WHERE work_id = $1 ORDER BY id LIMIT $2
+SELECT id, work_id, at, state, node_id, node_name, epoch, version FROM work_history WHERE work_id = $1 ORDER BY id LIMIT $2
 `
 
 type WorkHistoryListParams struct {
@@ -35,6 +35,7 @@ func (q *Queries) WorkHistoryList(ctx context.Context, db DBTX, arg WorkHistoryL
 			&i.NodeID,
 			&i.NodeName,
 			&i.Epoch,
+			&i.Version,
 		); err != nil {
 			return nil, err
 		}

@@ -53,7 +53,7 @@ WHERE id = @id RETURNING *;
 -- nodes, so it cannot deadlock with a move or a batch placement.
 -- name: NodeHeartbeatBatch :exec
 WITH locked AS (
-    SELECT id FROM nodes WHERE id = ANY(@ids::bigint[]) ORDER BY id FOR UPDATE
+    SELECT id FROM nodes WHERE id = ANY(@ids::bigint[]) ORDER BY id FOR NO KEY UPDATE
 )
 UPDATE nodes n SET last_heartbeat_at = b.at, reported_load = b.load, agent_version = b.version
 FROM (SELECT unnest(@ids::bigint[]) AS id, unnest(@ats::timestamptz[]) AS at,
@@ -81,8 +81,12 @@ UPDATE nodes n SET used = coalesce((SELECT sum(w.cost) FROM work w
     assign_version = nextval('assign_version_seq')
 WHERE n.id = ANY(@ids::bigint[]);
 
--- name: NodeBumpVersion :exec
-UPDATE nodes SET assign_version = nextval('assign_version_seq') WHERE id = ANY(@ids::bigint[]);
+-- NodeRequestResync makes a node's agent take its whole desired set at its
+-- next poll: it bumps the version (the UPDATE draws it once it holds the
+-- row) and no delta is served below it (resync_version).
+-- name: NodeRequestResync :exec
+UPDATE nodes SET assign_version = nextval('assign_version_seq'), resync_version = currval('assign_version_seq')
+WHERE id = @id;
 
 -- name: NodeSetHealth :one
 UPDATE nodes SET health = @health, health_changed_at = CASE WHEN health <> @health THEN now() ELSE health_changed_at END,

@@ -49,6 +49,22 @@ LEFT JOIN sip_calls c ON c.ref = w.ref AND w.kind = 'call'
 WHERE n.id = @node_id
 ORDER BY w.id;
 
+-- WorkDesiredDeltaForNode returns what changed on a node since a version,
+-- with the node's version and resync floor: the current row of every work
+-- item with a delivery to this node stamped after since (an item changed
+-- twice comes twice). A row no longer live on the node is a removal.
+-- since is compared through a sub-select so that every call estimates it
+-- alike and Postgres settles on one generic plan instead of planning each
+-- call (which cost more than running it).
+-- name: WorkDesiredDeltaForNode :many
+SELECT n.assign_version, n.resync_version, w.id, w.node_id, w.ref, w.kind, w.cost, w.epoch, w.state,
+    c.call_id, c.from_uri, c.to_uri
+FROM nodes n
+LEFT JOIN work_history h ON h.node_id = n.id AND h.version > (SELECT @since::bigint)
+LEFT JOIN work w ON w.id = h.work_id
+LEFT JOIN sip_calls c ON c.ref = w.ref AND w.kind = 'call'
+WHERE n.id = @node_id;
+
 -- WorkMove applies a computed placement to many work items in one
 -- statement; node_id 0 means unplaced. The epoch grows on every move.
 -- name: WorkMove :exec
@@ -81,11 +97,18 @@ RETURNING *;
 SELECT * FROM work WHERE id = @id;
 
 -- WorkPruneEnded deletes up to lim work items that ended longer ago than
--- the given age (retention; the leader runs it in batches).
--- name: WorkPruneEnded :execrows
-DELETE FROM work WHERE id IN (
-    SELECT id FROM work WHERE state = 'ended' AND ended_at < now() - make_interval(secs => @older_than_seconds::float8)
-    LIMIT @lim);
+-- the given age, with their history (retention; the leader runs it in
+-- batches). It counts the work items.
+-- name: WorkPruneEnded :one
+WITH gone AS (
+    DELETE FROM work WHERE id IN (
+        SELECT id FROM work WHERE state = 'ended' AND ended_at < now() - make_interval(secs => @older_than_seconds::float8)
+        LIMIT @lim)
+    RETURNING id
+), history AS (
+    DELETE FROM work_history h USING gone WHERE h.work_id = gone.id
+)
+SELECT count(*) FROM gone;
 
 -- WorkAckActive records active acks of many nodes in one statement, each
 -- fenced like WorkAck by its node, its epoch and a live state. It returns

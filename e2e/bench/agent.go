@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -202,10 +203,13 @@ func (a *simAgent) heartbeatLoop(ctx context.Context) {
 
 func (a *simAgent) pollLoop(ctx context.Context, acks chan<- []agentproto.Assignment) {
 	var since int64
-	seen := map[int64]int64{} // id -> epoch
+	var held map[int64]agentproto.Assignment // the desired set as delivered
 	for ctx.Err() == nil {
 		var ds agentproto.DesiredSet
-		_, err := doJSON(ctx, a.hc, http.MethodGet, a.base+agentproto.Prefix+agentproto.PollPath(since, agentproto.DefaultPollWait), a.cred, nil, &ds)
+		// Like nodeagent: deltas after the first whole set (-full-sets: the
+		// whole set every time, as before deltas).
+		path := agentproto.PollPath(since, agentproto.DefaultPollWait, !opt.fullSets && held != nil)
+		_, err := doJSON(ctx, a.hc, http.MethodGet, a.base+agentproto.Prefix+path, a.cred, nil, &ds)
 		at := time.Now()
 		if err != nil {
 			if ctx.Err() == nil {
@@ -216,17 +220,16 @@ func (a *simAgent) pollLoop(ctx context.Context, acks chan<- []agentproto.Assign
 		}
 		a.polls.Add(1)
 		since = ds.Version
-		next := make(map[int64]int64, len(ds.Assignments))
+		before := held
+		held = ds.Apply(maps.Clone(held))
 		var fresh []agentproto.Assignment
 		for _, as := range ds.Assignments {
-			next[as.ID] = as.Epoch
-			if e, ok := seen[as.ID]; !ok || e != as.Epoch {
+			if old, ok := before[as.ID]; !ok || old.Epoch != as.Epoch {
 				fresh = append(fresh, as)
 			}
 		}
-		seen = next
-		running := make([]agentproto.Running, 0, len(ds.Assignments))
-		for _, as := range ds.Assignments {
+		running := make([]agentproto.Running, 0, len(held))
+		for _, as := range held {
 			running = append(running, agentproto.Running{ID: as.ID, Epoch: as.Epoch})
 		}
 		a.mu.Lock()

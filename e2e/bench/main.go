@@ -48,6 +48,8 @@ type options struct {
 
 	profileDir string
 	waits      bool
+	statements bool
+	fullSets   bool
 }
 
 var opt options
@@ -83,6 +85,8 @@ func main() {
 	flag.DurationVar(&opt.ffTimeout, "ff-timeout", 450*time.Millisecond, "probe timeout during the false-failover run (800ms in production)")
 	flag.DurationVar(&opt.ffJitter, "ff-jitter", 200*time.Millisecond, "injected delay on probe answers, uniform in [0, jitter]")
 	flag.StringVar(&opt.profileDir, "profile-dir", "", "save a CPU profile of the call manager for each phase here")
+	flag.BoolVar(&opt.fullSets, "full-sets", false, "agents take the whole desired set on every delivery (as before delta deliveries), to compare")
+	flag.BoolVar(&opt.statements, "statements", false, "report the statements that took the most Postgres time in each load phase (pg_stat_statements)")
 	flag.BoolVar(&opt.waits, "waits", false, "sample what Postgres backends wait on during the load phases")
 	flag.Parse()
 	if err := run(); err != nil {
@@ -136,7 +140,7 @@ func run() error {
 	}
 	machine()
 	pg, err := localpg.Start(ctx, localpg.Options{Dir: filepath.Join(root, "postgres"), Fast: false, Log: quiet,
-		Settings: map[string]string{"max_connections": "800"}})
+		Settings: pgSettings()})
 	if err != nil {
 		return fmt.Errorf("start postgres: %w", err)
 	}
@@ -177,4 +181,14 @@ func machine() {
 
 func logf(format string, args ...any) {
 	fmt.Printf("  . "+format+"\n", args...)
+}
+
+// pgSettings are the bench's Postgres settings.
+func pgSettings() map[string]string {
+	s := map[string]string{"max_connections": "800"}
+	if opt.statements {
+		s["shared_preload_libraries"] = "pg_stat_statements"
+		s["pg_stat_statements.track"] = "all" // statements inside SQL functions too
+	}
+	return s
 }

@@ -240,8 +240,9 @@ func (sc *scene) profile(ctx context.Context, phase string, d time.Duration) fun
 // sampleWaits counts what Postgres backends wait on while a phase runs
 // (-waits), to tell lock queues from disk and CPU.
 func (sc *scene) sampleWaits(ctx context.Context, phase string) func() {
+	stopStatements := sc.topStatements(ctx, phase)
 	if !opt.waits {
-		return func() {}
+		return stopStatements
 	}
 	counts := map[string]int{}
 	stop := make(chan struct{})
@@ -275,6 +276,7 @@ func (sc *scene) sampleWaits(ctx context.Context, phase string) func() {
 	return func() {
 		close(stop)
 		<-done
+		stopStatements()
 		type kv struct {
 			k string
 			v int
@@ -292,5 +294,38 @@ func (sc *scene) sampleWaits(ctx context.Context, phase string) func() {
 			parts = append(parts, fmt.Sprintf("%s=%d", x.k, x.v))
 		}
 		logf("%s: postgres backends waiting on (samples): %s", phase, strings.Join(parts, " "))
+	}
+}
+
+// topStatements (-statements) resets pg_stat_statements when a phase
+// starts and, when it ends, prints the statements that took the most
+// Postgres time in it: where the database's work per item goes.
+func (sc *scene) topStatements(ctx context.Context, phase string) func() {
+	if !opt.statements {
+		return func() {}
+	}
+	// Benchmark-only diagnostics, not application SQL.
+	if _, err := sc.pool.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS pg_stat_statements`); err != nil {
+		logf("%s: pg_stat_statements: %v", phase, err)
+		return func() {}
+	}
+	_, _ = sc.pool.Exec(ctx, `SELECT pg_stat_statements_reset()`)
+	return func() {
+		rows, err := sc.pool.Query(ctx, `SELECT calls, rows, total_exec_time, regexp_replace(left(query, 110), '\s+', ' ', 'g')
+			FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 12`)
+		if err != nil {
+			logf("%s: pg_stat_statements: %v", phase, err)
+			return
+		}
+		defer rows.Close()
+		logf("%s: statements by Postgres time (calls, rows, total ms, query):", phase)
+		for rows.Next() {
+			var calls, n int64
+			var total float64
+			var q string
+			if rows.Scan(&calls, &n, &total, &q) == nil {
+				logf("    %7d %8d %9.0f  %s", calls, n, total, q)
+			}
+		}
 	}
 }

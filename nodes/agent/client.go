@@ -311,9 +311,9 @@ func (c *apiClient) heartbeat(ctx context.Context, timeout time.Duration, req ag
 
 // assignments long-polls the desired set. The request may take up to wait
 // plus a margin for the server and the network.
-func (c *apiClient) assignments(ctx context.Context, since int64, wait time.Duration) (*agentproto.DesiredSet, error) {
+func (c *apiClient) assignments(ctx context.Context, since int64, wait time.Duration, delta bool) (*agentproto.DesiredSet, error) {
 	var resp agentproto.DesiredSet
-	if err := c.do(ctx, wait+15*time.Second, http.MethodGet, agentproto.Prefix+agentproto.PollPath(since, wait), nil, &resp); err != nil {
+	if err := c.do(ctx, wait+15*time.Second, http.MethodGet, agentproto.Prefix+agentproto.PollPath(since, wait, delta), nil, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

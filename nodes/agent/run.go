@@ -1,10 +1,12 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net/http"
 	"slices"
@@ -421,6 +423,9 @@ func (a *agent) kickHeartbeat() {
 func (a *agent) pollLoop(ctx context.Context) error {
 	bo := a.newBackoff()
 	var since int64
+	// held is the desired set as delivered: deltas are merged into it.
+	var held map[int64]agentproto.Assignment
+	var answered, full time.Time // when the last answer, and the last whole set, came
 	disabled := false
 	for {
 		wait := a.opts.PollWait
@@ -428,7 +433,11 @@ func (a *agent) pollLoop(ctx context.Context) error {
 			wait = min(wait, ackRetryWait)
 		}
 		asked := time.Now()
-		resp, err := a.api.assignments(ctx, since, wait)
+		// Deltas only follow a recent answer, and the whole set is taken
+		// again now and then: a delta can only be computed from history the
+		// server still keeps.
+		delta := held != nil && asked.Sub(answered) < deltaAfter && asked.Sub(full) < resyncEvery
+		resp, err := a.api.assignments(ctx, since, wait, delta)
 		var delay time.Duration
 		switch status := statusOf(err); {
 		case err == nil:
@@ -438,8 +447,12 @@ func (a *agent) pollLoop(ctx context.Context) error {
 				disabled = false
 			}
 			unchanged := resp.Version == since
-			since = resp.Version
-			if err := a.apply(ctx, resp.Assignments); err != nil {
+			since, answered = resp.Version, time.Now()
+			if !resp.Delta {
+				full = answered
+			}
+			held = resp.Apply(held)
+			if err := a.apply(ctx, slices.SortedFunc(maps.Values(held), byID)); err != nil {
 				return err
 			}
 			// A server that answers an unchanged set without waiting would
@@ -461,7 +474,7 @@ func (a *agent) pollLoop(ctx context.Context) error {
 				a.log.Warn("node disabled by administrator; stopping its work", "running", a.count())
 				a.stopAll(ctx)
 			}
-			since = 0 // ask for the whole set at once when enabled again
+			since, held = 0, nil // ask for the whole set at once when enabled again
 		default:
 			delay = bo.next()
 			a.log.Warn("assignment poll failed", "err", err, "retry_in", delay.Round(time.Millisecond))
@@ -482,6 +495,16 @@ func (a *agent) pollLoop(ctx context.Context) error {
 		}
 	}
 }
+
+// deltaAfter bounds the gap between two answers after which an agent asks
+// for the whole set rather than a delta; resyncEvery is how often it takes
+// the whole set anyway.
+const (
+	deltaAfter  = time.Minute + agentproto.MaxPollWait
+	resyncEvery = 5 * time.Minute
+)
+
+func byID(a, b agentproto.Assignment) int { return cmp.Compare(a.ID, b.ID) }
 
 // isPinMismatch reports a server whose key no longer matches the stored
 // pin. That needs an operator (a re-keyed call manager means re-joining), so

@@ -30,12 +30,20 @@ func AckPath(id int64) string {
 const (
 	QuerySince = "since" // the version the agent has; answer when newer
 	QueryWait  = "wait"  // how long to wait for a newer version, a Go duration
+	QueryDelta = "delta" // "1": answer what changed since the version, not the whole set
 )
 
 // PollPath is the long-poll of the desired set newer than since, waiting at
-// most wait.
-func PollPath(since int64, wait time.Duration) string {
-	return AssignmentsPath + "?" + QuerySince + "=" + strconv.FormatInt(since, 10) + "&" + QueryWait + "=" + wait.String()
+// most wait. With delta (and since > 0) it asks for what changed since
+// then instead of the whole set; the server may still answer the whole set
+// (DesiredSet.Delta false), and a server that does not know the parameter
+// always does.
+func PollPath(since int64, wait time.Duration, delta bool) string {
+	p := AssignmentsPath + "?" + QuerySince + "=" + strconv.FormatInt(since, 10) + "&" + QueryWait + "=" + wait.String()
+	if delta && since > 0 {
+		p += "&" + QueryDelta + "=1"
+	}
+	return p
 }
 
 // Timing of the protocol.
@@ -143,10 +151,30 @@ type Assignment struct {
 }
 
 // DesiredSet is the answer to the long-poll: the full set of work the node
-// should run, at a version.
+// should run, at a version. When Delta is set (only when the agent asked
+// with QueryDelta), it is what changed since the agent's version instead:
+// Assignments are the items added or changed, Removed the ids of items
+// the node no longer runs; the rest is as the agent had it.
 type DesiredSet struct {
 	Version     int64        `json:"version"`
 	Assignments []Assignment `json:"assignments"`
+	Delta       bool         `json:"delta,omitempty"`
+	Removed     []int64      `json:"removed,omitempty"`
+}
+
+// Apply merges a delivery into the set an agent holds (id → assignment):
+// a full set replaces it, a delta updates it. It returns the set to hold.
+func (ds DesiredSet) Apply(held map[int64]Assignment) map[int64]Assignment {
+	if !ds.Delta || held == nil {
+		held = make(map[int64]Assignment, len(ds.Assignments))
+	}
+	for _, id := range ds.Removed {
+		delete(held, id)
+	}
+	for _, a := range ds.Assignments {
+		held[a.ID] = a
+	}
+	return held
 }
 
 // AckRequest is the body of POST AckPath(id).

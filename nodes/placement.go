@@ -119,47 +119,93 @@ func (s *Service) Desired(ctx context.Context, nodeID int64) (agentproto.Desired
 
 // DesiredSince returns what changed in a node's desired set since the
 // version an agent has (a delta: added or changed items, and the ids of
-// removed ones), read by one statement. It answers the whole set instead
-// when since is 0, when the node asked its agent to take the whole set
-// again after since (reconciliation), or when the node's version is
+// removed ones). It answers the whole set instead when since is 0, when
+// the node asked its agent to take the whole set again after since
+// (reconciliation, work that left the node), or when the node's version is
 // below since (the agent's version came from another database, such as
-// one restored from a backup).
+// one restored from a backup). A change wakes the long-polls of many nodes
+// at once: their reads go together in one statement (a group, like
+// placements).
 func (s *Service) DesiredSince(ctx context.Context, nodeID, since int64) (agentproto.DesiredSet, error) {
 	if since <= 0 {
 		return s.Desired(ctx, nodeID)
 	}
-	rows, err := s.q.WorkDesiredDeltaForNode(ctx, s.pool, dbsqlc.WorkDesiredDeltaForNodeParams{NodeID: nodeID, Since: since})
-	if err != nil {
-		return agentproto.DesiredSet{}, err
+	o, err := s.deltas.do(ctx, deltaReq{nodeID: nodeID, since: since})
+	if err == nil {
+		err = o.err
 	}
-	if len(rows) == 0 {
-		return agentproto.DesiredSet{}, fmt.Errorf("node %d: %w", nodeID, db.ErrNotFound)
-	}
-	if since < rows[0].ResyncVersion || rows[0].AssignVersion < since {
+	if err == nil && o.whole {
 		return s.Desired(ctx, nodeID)
 	}
-	ds := agentproto.DesiredSet{Version: rows[0].AssignVersion, Delta: true, Assignments: []agentproto.Assignment{}}
-	slices.SortFunc(rows, func(a, b dbsqlc.WorkDesiredDeltaForNodeRow) int { return cmp.Compare(ptrOr(a.ID), ptrOr(b.ID)) })
-	for i, r := range rows {
-		switch {
-		case r.ID == nil:
-			// nothing changed
-		case i > 0 && rows[i-1].ID != nil && *rows[i-1].ID == *r.ID:
-			// changed more than once: one row is enough
-		case r.NodeID != nil && *r.NodeID == nodeID && (*r.State == WorkAssigned || *r.State == WorkActive):
-			ds.Assignments = append(ds.Assignments, assignment(*r.ID, *r.Ref, *r.Kind, *r.Cost, *r.Epoch, *r.State, r.CallID, r.FromUri, r.ToUri))
-		default:
-			ds.Removed = append(ds.Removed, *r.ID)
-		}
-	}
-	return ds, nil
+	return o.ds, err
 }
 
-func ptrOr(p *int64) int64 {
-	if p == nil {
-		return 0
+type deltaReq struct{ nodeID, since int64 }
+
+// deltaLimit bounds the changes a delta carries; a node with more gets the
+// whole set.
+const deltaLimit = 2000
+
+type deltaOutcome struct {
+	ds    agentproto.DesiredSet
+	whole bool // the agent must take the whole set
+	err   error
+}
+
+func newDeltaReader(s *Service) *groupCommit[deltaReq, deltaOutcome] {
+	return &groupCommit[deltaReq, deltaOutcome]{maxItems: 1000, size: func(deltaReq) int { return 1 }, run: s.readDeltas}
+}
+
+// readDeltas reads the deltas of a group of long-polls in one statement.
+func (s *Service) readDeltas(ctx context.Context, group []deltaReq) []deltaOutcome {
+	out := make([]deltaOutcome, len(group))
+	p := dbsqlc.WorkDesiredDeltasParams{NodeIds: make([]int64, len(group)), Sinces: make([]int64, len(group)), Lim: deltaLimit}
+	for i, r := range group {
+		p.NodeIds[i], p.Sinces[i] = r.nodeID, r.since
 	}
-	return *p
+	rows, err := s.q.WorkDesiredDeltas(ctx, s.pool, p)
+	if err != nil {
+		for i := range out {
+			out[i].err = err
+		}
+		return out
+	}
+	byNode := make(map[int64][]dbsqlc.WorkDesiredDeltasRow, len(group))
+	for _, r := range rows {
+		byNode[r.ForNode] = append(byNode[r.ForNode], r)
+	}
+	for i, r := range group {
+		out[i] = deltaFromRows(r, byNode[r.nodeID])
+	}
+	return out
+}
+
+// deltaFromRows is one node's delta, from its rows of WorkDesiredDeltas.
+func deltaFromRows(r deltaReq, rows []dbsqlc.WorkDesiredDeltasRow) deltaOutcome {
+	if len(rows) == 0 {
+		return deltaOutcome{err: fmt.Errorf("node %d: %w", r.nodeID, db.ErrNotFound)}
+	}
+	if r.since < rows[0].ResyncVersion || rows[0].AssignVersion < r.since {
+		return deltaOutcome{whole: true}
+	}
+	if len(rows) >= deltaLimit {
+		return deltaOutcome{whole: true} // so much changed that the whole set is smaller
+	}
+	ds := agentproto.DesiredSet{Version: rows[0].AssignVersion, Delta: true, Assignments: []agentproto.Assignment{}}
+	slices.SortFunc(rows, func(a, b dbsqlc.WorkDesiredDeltasRow) int { return cmp.Compare(a.ID, b.ID) })
+	for i, w := range rows {
+		switch {
+		case w.ID == 0:
+			// nothing changed
+		case i > 0 && rows[i-1].ID == w.ID:
+			// changed more than once: one row is enough
+		case w.NodeID != nil && *w.NodeID == r.nodeID && (w.State == WorkAssigned || w.State == WorkActive):
+			ds.Assignments = append(ds.Assignments, assignment(w.ID, w.Ref, w.Kind, w.Cost, w.Epoch, w.State, w.CallID, w.FromUri, w.ToUri))
+		default:
+			ds.Removed = append(ds.Removed, w.ID)
+		}
+	}
+	return deltaOutcome{ds: ds}
 }
 
 // assignment is one item of a delivery, from a work row and its call.

@@ -30,6 +30,7 @@ type Service struct {
 	creds  credCache
 	placer *groupCommit[placeUnit, unitOutcome]
 	acker  *groupCommit[nodeAcks, ackOutcome]
+	deltas *groupCommit[deltaReq, deltaOutcome]
 }
 
 // NewService returns a Service on pool.
@@ -40,6 +41,7 @@ func NewService(pool *pgxpool.Pool, log *slog.Logger) *Service {
 	s := &Service{pool: pool, log: log, q: db.Q}
 	s.placer = newPlacer(s)
 	s.acker = newAcker(s)
+	s.deltas = newDeltaReader(s)
 	return s
 }
 

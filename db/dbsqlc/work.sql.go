@@ -211,53 +211,65 @@ func (q *Queries) WorkCountsByNode(ctx context.Context, db DBTX, nodeID *int64) 
 	return items, nil
 }
 
-const workDesiredDeltaForNode = `-- name: WorkDesiredDeltaForNode :many
-SELECT n.assign_version, n.resync_version, w.id, w.node_id, w.ref, w.kind, w.cost, w.epoch, w.state,
-    c.call_id, c.from_uri, c.to_uri
-FROM nodes n
-LEFT JOIN work_history h ON h.node_id = n.id AND h.version > (SELECT $1::bigint)
-LEFT JOIN work w ON w.id = h.work_id
-LEFT JOIN sip_calls c ON c.ref = w.ref AND w.kind = 'call'
-WHERE n.id = $2
+const workDesiredDeltas = `-- name: WorkDesiredDeltas :many
+SELECT q.node_id::bigint AS for_node, n.assign_version, n.resync_version,
+    coalesce(d.id, 0)::bigint AS id, d.node_id, coalesce(d.ref, '')::text AS ref, coalesce(d.kind, '')::text AS kind,
+    coalesce(d.cost, 0)::int AS cost, coalesce(d.epoch, 0)::bigint AS epoch, coalesce(d.state, '')::text AS state,
+    d.call_id, d.from_uri, d.to_uri
+FROM (SELECT unnest($1::bigint[]) AS node_id, unnest($2::bigint[]) AS since) q
+JOIN nodes n ON n.id = q.node_id
+LEFT JOIN LATERAL (
+    SELECT w.id, w.node_id, w.ref, w.kind, w.cost, w.epoch, w.state, c.call_id, c.from_uri, c.to_uri
+    FROM work_history h
+    JOIN work w ON w.id = h.work_id
+    LEFT JOIN sip_calls c ON c.ref = w.ref AND w.kind = 'call'
+    WHERE h.node_id = q.node_id AND h.version > q.since
+    ORDER BY h.version
+    LIMIT $3::int
+) d ON true
 `
 
-type WorkDesiredDeltaForNodeParams struct {
-	Since  int64
-	NodeID int64
+type WorkDesiredDeltasParams struct {
+	NodeIds []int64
+	Sinces  []int64
+	Lim     int32
 }
 
-type WorkDesiredDeltaForNodeRow struct {
+type WorkDesiredDeltasRow struct {
+	ForNode       int64
 	AssignVersion int64
 	ResyncVersion int64
-	ID            *int64
+	ID            int64
 	NodeID        *int64
-	Ref           *string
-	Kind          *string
-	Cost          *int32
-	Epoch         *int64
-	State         *string
+	Ref           string
+	Kind          string
+	Cost          int32
+	Epoch         int64
+	State         string
 	CallID        *string
 	FromUri       *string
 	ToUri         *string
 }
 
-// WorkDesiredDeltaForNode returns what changed on a node since a version,
-// with the node's version and resync floor: the current row of every work
-// item with a delivery to this node stamped after since (an item changed
-// twice comes twice). A row no longer live on the node is a removal.
-// since is compared through a sub-select so that every call estimates it
-// alike and Postgres settles on one generic plan instead of planning each
-// call (which cost more than running it).
-func (q *Queries) WorkDesiredDeltaForNode(ctx context.Context, db DBTX, arg WorkDesiredDeltaForNodeParams) ([]WorkDesiredDeltaForNodeRow, error) {
-	rows, err := db.Query(ctx, workDesiredDeltaForNode, arg.Since, arg.NodeID)
+// WorkDesiredDeltas returns what changed on several nodes, each since its
+// own version, with each node's version and resync floor: the current row
+// of every work item with a delivery to the node stamped after its since
+// (an item changed twice comes twice), at most @lim rows a node (more:
+// the caller sends the whole set). A row no longer live on the node is a
+// removal. A node without changes comes once, with id 0. The
+// lateral read in version order keeps every plan on the history's (node,
+// version) index whatever the table sizes.
+func (q *Queries) WorkDesiredDeltas(ctx context.Context, db DBTX, arg WorkDesiredDeltasParams) ([]WorkDesiredDeltasRow, error) {
+	rows, err := db.Query(ctx, workDesiredDeltas, arg.NodeIds, arg.Sinces, arg.Lim)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	items := []WorkDesiredDeltaForNodeRow{}
+	items := []WorkDesiredDeltasRow{}
 	for rows.Next() {
-		var i WorkDesiredDeltaForNodeRow
+		var i WorkDesiredDeltasRow
 		if err := rows.Scan(
+			&i.ForNode,
 			&i.AssignVersion,
 			&i.ResyncVersion,
 			&i.ID,

@@ -49,21 +49,30 @@ LEFT JOIN sip_calls c ON c.ref = w.ref AND w.kind = 'call'
 WHERE n.id = @node_id
 ORDER BY w.id;
 
--- WorkDesiredDeltaForNode returns what changed on a node since a version,
--- with the node's version and resync floor: the current row of every work
--- item with a delivery to this node stamped after since (an item changed
--- twice comes twice). A row no longer live on the node is a removal.
--- since is compared through a sub-select so that every call estimates it
--- alike and Postgres settles on one generic plan instead of planning each
--- call (which cost more than running it).
--- name: WorkDesiredDeltaForNode :many
-SELECT n.assign_version, n.resync_version, w.id, w.node_id, w.ref, w.kind, w.cost, w.epoch, w.state,
-    c.call_id, c.from_uri, c.to_uri
-FROM nodes n
-LEFT JOIN work_history h ON h.node_id = n.id AND h.version > (SELECT @since::bigint)
-LEFT JOIN work w ON w.id = h.work_id
-LEFT JOIN sip_calls c ON c.ref = w.ref AND w.kind = 'call'
-WHERE n.id = @node_id;
+-- WorkDesiredDeltas returns what changed on several nodes, each since its
+-- own version, with each node's version and resync floor: the current row
+-- of every work item with a delivery to the node stamped after its since
+-- (an item changed twice comes twice), at most @lim rows a node (more:
+-- the caller sends the whole set). A row no longer live on the node is a
+-- removal. A node without changes comes once, with id 0. The
+-- lateral read in version order keeps every plan on the history's (node,
+-- version) index whatever the table sizes.
+-- name: WorkDesiredDeltas :many
+SELECT q.node_id::bigint AS for_node, n.assign_version, n.resync_version,
+    coalesce(d.id, 0)::bigint AS id, d.node_id, coalesce(d.ref, '')::text AS ref, coalesce(d.kind, '')::text AS kind,
+    coalesce(d.cost, 0)::int AS cost, coalesce(d.epoch, 0)::bigint AS epoch, coalesce(d.state, '')::text AS state,
+    d.call_id, d.from_uri, d.to_uri
+FROM (SELECT unnest(@node_ids::bigint[]) AS node_id, unnest(@sinces::bigint[]) AS since) q
+JOIN nodes n ON n.id = q.node_id
+LEFT JOIN LATERAL (
+    SELECT w.id, w.node_id, w.ref, w.kind, w.cost, w.epoch, w.state, c.call_id, c.from_uri, c.to_uri
+    FROM work_history h
+    JOIN work w ON w.id = h.work_id
+    LEFT JOIN sip_calls c ON c.ref = w.ref AND w.kind = 'call'
+    WHERE h.node_id = q.node_id AND h.version > q.since
+    ORDER BY h.version
+    LIMIT @lim::int
+) d ON true;
 
 -- WorkMove applies a computed placement to many work items in one
 -- statement; node_id 0 means unplaced. The epoch grows on every move.

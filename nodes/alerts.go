@@ -136,6 +136,19 @@ func (s *Service) DownAlert(ctx context.Context, n Node) (*Alert, error) {
 	return &out, nil
 }
 
+// AlertTally counts the outbox's alerts of one type in one state, with
+// their send attempts and how many an administrator acknowledged.
+type AlertTally struct {
+	Type, State        string
+	N, Attempts, Acked int64
+}
+
+// AlertTallies counts the alert outbox by type and state.
+func (s *Service) AlertTallies(ctx context.Context) ([]AlertTally, error) {
+	rows, err := s.q.AlertTally(ctx, s.pool)
+	return fromRows(rows, func(r dbsqlc.AlertTallyRow) AlertTally { return AlertTally(r) }), err
+}
+
 // OutboxStatus is the state of the alert outbox, for the settings page.
 type OutboxStatus struct {
 	Pending, Sent, Failed int64

@@ -230,23 +230,10 @@ func (t *CheckerTx) AckSince(ctx context.Context, nodeName string, since time.Ti
 	return Ack{By: row.AckedBy, Note: row.AckNote, At: *row.AckedAt}, true, nil
 }
 
-// DisruptionState is the disruption guard's row: since when nodes fail
-// at once (nil: no disruption), how many of how many, which, and whether
-// an administrator confirmed it.
-type DisruptionState struct {
-	StartedAt   *time.Time
-	Failing     int
-	Total       int
-	Nodes       string
-	ConfirmedAt *time.Time
-	ConfirmedBy string
-}
-
 // Disruption reads the disruption guard's state.
-func (t *CheckerTx) Disruption(ctx context.Context) (DisruptionState, error) {
+func (t *CheckerTx) Disruption(ctx context.Context) (Disruption, error) {
 	d, err := t.s.q.DisruptionGet(ctx, t.tx)
-	return DisruptionState{StartedAt: d.StartedAt, Failing: int(d.Failing), Total: int(d.Total), Nodes: d.Nodes,
-		ConfirmedAt: d.ConfirmedAt, ConfirmedBy: d.ConfirmedBy}, err
+	return disruptionFromRow(d), err
 }
 
 // SetDisruption starts or updates the disruption (startedAt set) or ends

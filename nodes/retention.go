@@ -3,213 +3,64 @@ package nodes
 import (
 	"context"
 	"fmt"
-	"strconv"
-	"strings"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/dbsqlc"
-	"github.com/callplane/callplane/nodes/problem"
 )
 
-// Retention settings: how long history is kept before the leader prunes
-// it. They are stored in the settings table like the health settings.
-const (
-	KeyRetentionWork   = "retention_work"   // ended work items
-	KeyRetentionEvents = "retention_events" // the event log
-	KeyRetentionAudit  = "retention_audit"  // the audit log
-	KeyRetentionAlerts = "retention_alerts" // sent or failed alerts (pending ones are never pruned)
-	KeyRetentionProbes = "retention_probes" // probe results
-)
-
-// RetentionKeys lists the retention settings in display order.
-var RetentionKeys = []string{KeyRetentionWork, KeyRetentionEvents, KeyRetentionAudit, KeyRetentionAlerts, KeyRetentionProbes}
-
-// Bounds of a retention period.
-const (
-	MinRetention = 10 * time.Minute
-	MaxRetention = 10 * 365 * 24 * time.Hour
-)
-
-// Retention says how long each kind of history is kept.
-type Retention map[string]time.Duration
-
-// DefaultRetention keeps ended work a week, events and alerts 90 days, the
-// audit log a year and probe results an hour.
-func DefaultRetention() Retention {
-	return Retention{
-		KeyRetentionWork:   7 * 24 * time.Hour,
-		KeyRetentionEvents: 90 * 24 * time.Hour,
-		KeyRetentionAudit:  365 * 24 * time.Hour,
-		KeyRetentionAlerts: 90 * 24 * time.Hour,
-		KeyRetentionProbes: time.Hour,
-	}
+// PruneAges says how old each history may grow before Prune deletes it;
+// the retention settings (nodes/settings) give them. Probe results have
+// no age here: their statement reads retention_probes from the settings
+// table itself, so the health checker's own pruning agrees.
+type PruneAges struct {
+	Work   time.Duration // ended work items
+	Events time.Duration // the event log
+	Audit  time.Duration // the audit log
+	Alerts time.Duration // sent or failed alerts (pending ones are never pruned)
 }
 
-// FormatRetention writes a period for people and for the settings table:
-// whole days as "90d", else a Go duration ("1h0m0s" as "1h").
-func FormatRetention(d time.Duration) string {
-	if d >= 24*time.Hour && d%(24*time.Hour) == 0 {
-		return strconv.Itoa(int(d/(24*time.Hour))) + "d"
-	}
-	s := d.String()
-	s = strings.TrimSuffix(s, "0s")
-	s = strings.TrimSuffix(s, "0m")
-	return s
+// Pruned counts the rows one retention pass deleted, per history.
+type Pruned struct {
+	Work, Events, Audit, Alerts, Probes int64
 }
-
-// ParseRetention reads a period: "90d", "36h", "30m".
-func ParseRetention(s string) (time.Duration, error) {
-	s = strings.TrimSpace(s)
-	if n, ok := strings.CutSuffix(s, "d"); ok {
-		days, err := strconv.Atoi(n)
-		if err != nil {
-			return 0, fmt.Errorf("use whole days (90d) or a duration (36h)")
-		}
-		return time.Duration(days) * 24 * time.Hour, checkRetention(time.Duration(days) * 24 * time.Hour)
-	}
-	d, err := time.ParseDuration(s)
-	if err != nil {
-		return 0, fmt.Errorf("use whole days (90d) or a duration (36h)")
-	}
-	return d, checkRetention(d)
-}
-
-func checkRetention(d time.Duration) error {
-	switch {
-	case d < MinRetention:
-		return fmt.Errorf("keep history at least %s", FormatRetention(MinRetention))
-	case d > MaxRetention:
-		return fmt.Errorf("keep history at most %s", FormatRetention(MaxRetention))
-	case d%time.Second != 0:
-		return fmt.Errorf("use whole seconds")
-	}
-	return nil
-}
-
-// sqlInterval is the period as Postgres reads it (the probe-result prune
-// casts the stored value to interval).
-func sqlInterval(d time.Duration) string {
-	return strconv.FormatInt(int64(d/time.Second), 10) + " seconds"
-}
-
-// Retention returns the retention periods in force: the defaults
-// overridden by what was saved. A saved value that no longer parses
-// falls back to its default.
-func (s *Service) Retention(ctx context.Context) (Retention, error) {
-	rows, err := s.q.SettingList(ctx, s.pool)
-	if err != nil {
-		return nil, fmt.Errorf("load retention settings: %w", err)
-	}
-	r := DefaultRetention()
-	for _, row := range rows {
-		if _, known := r[row.Key]; !known {
-			continue
-		}
-		// Stored as "N seconds" (see sqlInterval).
-		if n, ok := strings.CutSuffix(row.Value, " seconds"); ok {
-			if secs, err := strconv.ParseInt(n, 10, 64); err == nil && checkRetention(time.Duration(secs)*time.Second) == nil {
-				r[row.Key] = time.Duration(secs) * time.Second
-			}
-		}
-	}
-	return r, nil
-}
-
-// SaveRetention validates and stores the retention periods of form (keys
-// RetentionKeys, values such as "90d" or "36h") with an audit row, in one
-// transaction. Invalid input is problem.FieldErrors naming each field and saves
-// nothing.
-func (s *Service) SaveRetention(ctx context.Context, actor Actor, form map[string]string) (Retention, error) {
-	cur, err := s.Retention(ctx)
-	if err != nil {
-		return nil, err
-	}
-	next := Retention{}
-	fe := problem.FieldErrors{}
-	for _, k := range RetentionKeys {
-		v, ok := form[k]
-		if !ok || strings.TrimSpace(v) == "" {
-			next[k] = cur[k]
-			continue
-		}
-		d, err := ParseRetention(v)
-		if err != nil {
-			fe.Add(k, err.Error())
-			continue
-		}
-		next[k] = d
-	}
-	if err := fe.Err(); err != nil {
-		return nil, err
-	}
-	var changes []string
-	for _, k := range RetentionKeys {
-		if next[k] != cur[k] {
-			changes = append(changes, fmt.Sprintf("%s: %s -> %s", k, FormatRetention(cur[k]), FormatRetention(next[k])))
-		}
-	}
-	detail := strings.Join(changes, "; ")
-	if detail == "" {
-		detail = "no change"
-	}
-	err = s.inTx(ctx, func(tx pgx.Tx) error {
-		for _, k := range RetentionKeys {
-			if err := s.q.SettingUpsert(ctx, tx, dbsqlc.SettingUpsertParams{Key: k, Value: sqlInterval(next[k]), UpdatedBy: actor.Name}); err != nil {
-				return fmt.Errorf("save setting %s: %w", k, err)
-			}
-		}
-		return s.audit(ctx, tx, actor, "settings.retention", "settings", detail)
-	})
-	if err != nil {
-		return nil, err
-	}
-	return next, nil
-}
-
-// Pruned counts the rows one retention pass deleted, per setting.
-type Pruned map[string]int64
 
 // pruneBatch bounds the rows one prune statement deletes, so a first pass
 // over a large history does not hold one long transaction.
 const pruneBatch = 10000
 
-// Prune deletes the history older than its retention period: ended work,
-// events, audit rows, alerts that were sent or given up on, and probe
-// results. The leader runs it periodically; it deletes in batches until a
-// batch comes back short, and stops with ctx.
-func (s *Service) Prune(ctx context.Context, r Retention) (Pruned, error) {
-	secs := func(k string) float64 { return r[k].Seconds() }
+// Prune deletes the history older than its age: ended work, events,
+// audit rows, alerts that were sent or given up on, and probe results.
+// The leader runs it periodically; it deletes in batches until a batch
+// comes back short, and stops with ctx.
+func (s *Service) Prune(ctx context.Context, a PruneAges) (Pruned, error) {
+	var out Pruned
 	steps := []struct {
-		key string
-		fn  func() (int64, error)
+		what  string
+		count *int64
+		fn    func() (int64, error)
 	}{
-		{KeyRetentionWork, func() (int64, error) {
-			return s.q.WorkPruneEnded(ctx, s.pool, dbsqlc.WorkPruneEndedParams{OlderThanSeconds: secs(KeyRetentionWork), Lim: pruneBatch})
+		{"ended work", &out.Work, func() (int64, error) {
+			return s.q.WorkPruneEnded(ctx, s.pool, dbsqlc.WorkPruneEndedParams{OlderThanSeconds: a.Work.Seconds(), Lim: pruneBatch})
 		}},
-		{KeyRetentionEvents, func() (int64, error) {
-			return s.q.EventPrune(ctx, s.pool, dbsqlc.EventPruneParams{OlderThanSeconds: secs(KeyRetentionEvents), Lim: pruneBatch})
+		{"events", &out.Events, func() (int64, error) {
+			return s.q.EventPrune(ctx, s.pool, dbsqlc.EventPruneParams{OlderThanSeconds: a.Events.Seconds(), Lim: pruneBatch})
 		}},
-		{KeyRetentionAudit, func() (int64, error) {
-			return s.q.AuditPrune(ctx, s.pool, dbsqlc.AuditPruneParams{OlderThanSeconds: secs(KeyRetentionAudit), Lim: pruneBatch})
+		{"audit log", &out.Audit, func() (int64, error) {
+			return s.q.AuditPrune(ctx, s.pool, dbsqlc.AuditPruneParams{OlderThanSeconds: a.Audit.Seconds(), Lim: pruneBatch})
 		}},
-		{KeyRetentionAlerts, func() (int64, error) {
-			return s.q.AlertPrune(ctx, s.pool, dbsqlc.AlertPruneParams{OlderThanSeconds: secs(KeyRetentionAlerts), Lim: pruneBatch})
+		{"alerts", &out.Alerts, func() (int64, error) {
+			return s.q.AlertPrune(ctx, s.pool, dbsqlc.AlertPruneParams{OlderThanSeconds: a.Alerts.Seconds(), Lim: pruneBatch})
 		}},
-		// Probe results: the statement reads its period from the settings
-		// table itself, so the health checker's own pruning agrees.
-		{KeyRetentionProbes, func() (int64, error) { return s.q.ProbeResultPrune(ctx, s.pool) }},
+		{"probe results", &out.Probes, func() (int64, error) { return s.q.ProbeResultPrune(ctx, s.pool) }},
 	}
-	out := Pruned{}
 	for _, st := range steps {
 		for {
 			n, err := st.fn()
 			if err != nil {
-				return out, fmt.Errorf("prune %s: %w", st.key, db.Translate(err))
+				return out, fmt.Errorf("prune %s: %w", st.what, db.Translate(err))
 			}
-			out[st.key] += n
+			*st.count += n
 			if n < pruneBatch || ctx.Err() != nil {
 				break
 			}

@@ -1,43 +1,11 @@
 package nodes_test
 
 import (
-	"errors"
 	"testing"
-	"time"
 
 	"github.com/callplane/callplane/nodes"
-	"github.com/callplane/callplane/nodes/problem"
+	"github.com/callplane/callplane/nodes/settings"
 )
-
-func TestRetentionSettings(t *testing.T) {
-	t.Parallel()
-	e := setup(t)
-	r, err := e.svc.Retention(e.ctx)
-	if err != nil || r[nodes.KeyRetentionAudit] != 365*24*time.Hour || r[nodes.KeyRetentionProbes] != time.Hour {
-		t.Fatalf("defaults: %v %v", r, err)
-	}
-	var fe problem.FieldErrors
-	_, err = e.svc.SaveRetention(e.ctx, actor, map[string]string{nodes.KeyRetentionEvents: "soon", nodes.KeyRetentionAudit: "1m"})
-	if !errors.As(err, &fe) || fe[nodes.KeyRetentionEvents] == "" || fe[nodes.KeyRetentionAudit] == "" {
-		t.Fatalf("bad input: %v", err)
-	}
-	if e.count("SELECT count(*) FROM settings WHERE key LIKE 'retention_%'") != 0 {
-		t.Fatal("invalid input saved something")
-	}
-	if _, err := e.svc.SaveRetention(e.ctx, actor, map[string]string{nodes.KeyRetentionEvents: "30d", nodes.KeyRetentionProbes: "36h"}); err != nil {
-		t.Fatal(err)
-	}
-	r, _ = e.svc.Retention(e.ctx)
-	if r[nodes.KeyRetentionEvents] != 30*24*time.Hour || r[nodes.KeyRetentionProbes] != 36*time.Hour || r[nodes.KeyRetentionWork] != 7*24*time.Hour {
-		t.Fatalf("saved: %v", r)
-	}
-	if got := nodes.FormatRetention(r[nodes.KeyRetentionEvents]) + " " + nodes.FormatRetention(r[nodes.KeyRetentionProbes]); got != "30d 36h" {
-		t.Fatalf("shown as %q", got)
-	}
-	if e.count("SELECT count(*) FROM audit_log WHERE action = 'settings.retention' AND detail LIKE '%retention_events: 90d -> 30d%'") != 1 {
-		t.Fatal("the change is not audited")
-	}
-}
 
 // Prune deletes exactly the history older than its setting and nothing
 // live: running and waiting work, pending alerts and recent rows stay.
@@ -64,16 +32,17 @@ func TestPruneByRetention(t *testing.T) {
 	e.exec("INSERT INTO probe_results (node_id, ok, latency_us, detail) SELECT id, true, 1, 'x' FROM nodes")
 	events := e.count("SELECT count(*) FROM events")
 
-	r, _ := e.svc.Retention(e.ctx)
-	pruned, err := e.svc.Prune(e.ctx, r)
+	store := settings.NewStore(e.pool, settings.Defaults{}, "", nil)
+	r, err := store.Retention(e.ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := nodes.Pruned{nodes.KeyRetentionWork: 1, nodes.KeyRetentionEvents: 1, nodes.KeyRetentionAudit: 1, nodes.KeyRetentionAlerts: 1, nodes.KeyRetentionProbes: 1}
-	for k, n := range want {
-		if pruned[k] != n {
-			t.Errorf("%s: pruned %d, want %d", k, pruned[k], n)
-		}
+	pruned, err := e.svc.Prune(e.ctx, r.PruneAges())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (nodes.Pruned{Work: 1, Events: 1, Audit: 1, Alerts: 1, Probes: 1}); pruned != want {
+		t.Errorf("pruned %+v, want %+v", pruned, want)
 	}
 	if e.count("SELECT count(*) FROM work WHERE ref IN ('recent', 'running')") != 2 || e.count("SELECT count(*) FROM work WHERE ref = 'old'") != 0 {
 		t.Error("work pruned wrongly")
@@ -86,12 +55,12 @@ func TestPruneByRetention(t *testing.T) {
 		t.Error("live rows pruned")
 	}
 	// The probe period comes from the stored setting: keep them 3 hours.
-	if _, err := e.svc.SaveRetention(e.ctx, actor, map[string]string{nodes.KeyRetentionProbes: "3h"}); err != nil {
+	if _, err := store.SaveRetention(e.ctx, actor, map[string]string{settings.KeyRetentionProbes: "3h"}); err != nil {
 		t.Fatal(err)
 	}
 	e.exec("INSERT INTO probe_results (node_id, ok, latency_us, detail, at) SELECT id, true, 1, 'x', now() - interval '2 hours' FROM nodes")
-	r, _ = e.svc.Retention(e.ctx)
-	if pruned, _ := e.svc.Prune(e.ctx, r); pruned[nodes.KeyRetentionProbes] != 0 {
+	r, _ = store.Retention(e.ctx)
+	if pruned, _ := e.svc.Prune(e.ctx, r.PruneAges()); pruned.Probes != 0 {
 		t.Fatal("a 2-hour-old probe result was pruned under a 3-hour retention")
 	}
 }

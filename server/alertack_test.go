@@ -74,7 +74,7 @@ func TestAlertAckAndReminders(t *testing.T) {
 	// interval): one for ivr-2, none for the acknowledged ivr-1.
 	epoch, ok := in.Leader().Epoch()
 	waitWithin(t, "leadership", 30*time.Second, func() bool { epoch, ok = in.Leader().Epoch(); return ok })
-	rem := health.NewReminders(in.Nodes(), health.NewStore(env.pool, settings.Defaults{}, "", nil), in.Leader(), nil)
+	rem := health.NewReminders(in.Nodes(), health.NewStore(in.Nodes(), env.pool, settings.Defaults{}, "", nil), in.Leader(), nil)
 	n, err := rem.Queue(context.Background(), epoch, 0)
 	if err != nil || n != 1 {
 		t.Fatalf("reminders queued: %d, %v", n, err)

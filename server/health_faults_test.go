@@ -29,7 +29,7 @@ import (
 // save stores settings over the test's defaults.
 func (env *healthEnv) save(t *testing.T, over map[string]string) {
 	t.Helper()
-	store := health.NewStore(env.pool, settings.Defaults{}, "https://portal.example", nil)
+	store := settings.NewStore(env.pool, settings.Defaults{}, "https://portal.example", nil)
 	cur, err := store.Load(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -155,7 +155,7 @@ func TestHeartbeatStalenessCountsOnlyAfterTheGrace(t *testing.T) {
 	go lead.Run(lctx)
 	var epoch int64
 	waitWithin(t, "leadership", 10*time.Second, func() bool { var ok bool; epoch, ok = lead.Epoch(); return ok })
-	store := health.NewStore(env.pool, settings.Defaults{}, "", log)
+	store := health.NewStore(svc, env.pool, settings.Defaults{}, "", log)
 	st, err := store.Load(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -631,7 +631,7 @@ func TestStalledCheckerStepsDown(t *testing.T) {
 	lctx, stop := context.WithCancel(ctx)
 	t.Cleanup(stop)
 	svc := nodes.NewService(env.pool, log)
-	store := health.NewStore(env.pool, settings.Defaults{}, "", log)
+	store := health.NewStore(svc, env.pool, settings.Defaults{}, "", log)
 	chk := health.NewChecker(svc, store, lead, log)
 	go lead.Run(lctx)
 	go lead.WhileLeading(lctx, chk.Run)

@@ -54,7 +54,7 @@ func setupHealth(t *testing.T) *healthEnv {
 	v[settings.KeySMTPURL] = env.smtp.URL()
 	v[settings.KeyAlertFrom] = "Callplane <alerts@example.com>"
 	v[settings.KeyAlertTo] = "ops@example.com"
-	store := health.NewStore(pool, settings.Defaults{}, "https://portal.example", nil)
+	store := settings.NewStore(pool, settings.Defaults{}, "https://portal.example", nil)
 	if _, err := store.Save(context.Background(), nodes.Actor{Name: "test"}, v); err != nil {
 		t.Fatalf("save settings: %v", err)
 	}
@@ -542,7 +542,7 @@ func TestPausedExLeaderWriteIsIgnored(t *testing.T) {
 		t.Fatalf("fenced write with the old epoch: %v; want ErrNotLeader", err)
 	}
 	// A whole checker round with the old epoch writes nothing.
-	store := health.NewStore(env.pool, settings.Defaults{}, "", log)
+	store := health.NewStore(svc, env.pool, settings.Defaults{}, "", log)
 	st, err := store.Load(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -590,7 +590,7 @@ func TestStillDownNodeFailsOverWhenPolicyTurnsAuto(t *testing.T) {
 	if got := liveWork(t, env.pool, "queue-1"); got != stuck {
 		t.Fatalf("manual policy moved work: %d left of %d", got, stuck)
 	}
-	store := health.NewStore(env.pool, settings.Defaults{}, "https://portal.example", nil)
+	store := settings.NewStore(env.pool, settings.Defaults{}, "https://portal.example", nil)
 	cur, err := store.Load(context.Background())
 	if err != nil {
 		t.Fatal(err)

@@ -110,6 +110,13 @@ func (l *Leader) Current(ctx context.Context) string {
 	return row.Holder
 }
 
+// LeaseEpoch reads the lease's epoch, whoever holds it and whether or
+// not it has expired.
+func (l *Leader) LeaseEpoch(ctx context.Context) (int64, error) {
+	row, err := db.Q.LeaderGet(ctx, l.pool)
+	return row.Epoch, err
+}
+
 // Fence checks, inside tx, that this instance still leads with the epoch
 // it thinks it has, and holds the lease row so it cannot change hands
 // before tx ends. It returns nodes.ErrNotLeader otherwise.

@@ -15,7 +15,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/server/metrics"
 )
@@ -104,8 +103,8 @@ func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 func (c *clusterCollector) collectDB(ctx context.Context, gauge func(*prometheus.Desc, float64, ...string)) error {
-	q, pool := db.Q, c.s.pool
-	list, err := q.MetricsNodes(ctx, pool)
+	svc := c.s.nodes
+	list, err := svc.ListNodes(ctx, nodes.NodeFilter{})
 	if err != nil {
 		return err
 	}
@@ -120,7 +119,7 @@ func (c *clusterCollector) collectDB(ctx context.Context, gauge func(*prometheus
 		if n.LastHeartbeatAt != nil {
 			gauge(c.hbAge, now.Sub(*n.LastHeartbeatAt).Seconds(), n.Name, n.Kind)
 		}
-		gauge(c.maint, b2f(n.InMaintenance), n.Name, n.Kind)
+		gauge(c.maint, b2f(n.InMaintenance(now)), n.Name, n.Kind)
 		gauge(c.flapping, b2f(n.Flapping), n.Name, n.Kind)
 		if n.LastProbeAt != nil && n.LastProbeAt.After(lastRound) {
 			lastRound = *n.LastProbeAt
@@ -138,7 +137,7 @@ func (c *clusterCollector) collectDB(ctx context.Context, gauge func(*prometheus
 	if !lastRound.IsZero() {
 		gauge(c.lastRound, float64(lastRound.UnixNano())/1e9)
 	}
-	wc, err := q.WorkCounts(ctx, pool)
+	wc, err := svc.WorkCounts(ctx)
 	if err != nil {
 		return err
 	}
@@ -153,7 +152,7 @@ func (c *clusterCollector) collectDB(ctx context.Context, gauge func(*prometheus
 			gauge(c.workCost, float64(units[ks{k, st}]), k, st)
 		}
 	}
-	ac, err := q.MetricsAlerts(ctx, pool)
+	ac, err := svc.AlertTallies(ctx)
 	if err != nil {
 		return err
 	}
@@ -171,12 +170,12 @@ func (c *clusterCollector) collectDB(ctx context.Context, gauge func(*prometheus
 		}
 		gauge(c.alertsAcked, float64(acked[t]), t)
 	}
-	lease, err := q.MetricsLeader(ctx, pool)
+	epoch, err := c.s.leader.LeaseEpoch(ctx)
 	if err != nil {
 		return err
 	}
-	gauge(c.leaderEpoch, float64(lease.Epoch))
-	mw, err := q.MaintenanceListCurrent(ctx, pool)
+	gauge(c.leaderEpoch, float64(epoch))
+	mw, err := svc.ListCurrentMaintenance(ctx)
 	if err != nil {
 		return err
 	}

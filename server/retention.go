@@ -3,6 +3,8 @@ package server
 import (
 	"context"
 	"time"
+
+	"github.com/callplane/callplane/nodes"
 )
 
 // retentionEvery is how often the leader prunes history.
@@ -16,14 +18,12 @@ func (s *Server) retain(ctx context.Context, _ int64) {
 	t := time.NewTicker(retentionEvery)
 	defer t.Stop()
 	for {
-		r, err := s.nodes.Retention(ctx)
+		r, err := s.settings.Retention(ctx)
 		if err == nil {
-			var pruned map[string]int64
-			pruned, err = s.nodes.Prune(ctx, r)
-			for k, n := range pruned {
-				if n > 0 {
-					s.log.Info("pruned history", "setting", k, "rows", n)
-				}
+			var p nodes.Pruned
+			p, err = s.nodes.Prune(ctx, r.PruneAges())
+			if p != (nodes.Pruned{}) {
+				s.log.Info("pruned history", "work", p.Work, "events", p.Events, "audit", p.Audit, "alerts", p.Alerts, "probe_results", p.Probes)
 			}
 		}
 		if err != nil && ctx.Err() == nil {

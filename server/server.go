@@ -118,7 +118,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		s.close()
 		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
-	s.settings = health.NewStore(s.pool, settings.Defaults{SMTPURL: cfg.SMTPURL, AlertFrom: cfg.AlertFrom, AlertTo: cfg.AlertTo}, s.URL(), log)
+	s.settings = health.NewStore(s.nodes, s.pool, settings.Defaults{SMTPURL: cfg.SMTPURL, AlertFrom: cfg.AlertFrom, AlertTo: cfg.AlertTo}, s.URL(), log)
 	checker := health.NewChecker(s.nodes, s.settings, s.leader, log)
 	mailer := outbox.New(outbox.Config{Outbox: s.nodes, Store: s.settings, Fence: s.leader, Log: log, PortalURL: s.URL()})
 	s.AddBackground(func(ctx context.Context) { s.leader.WhileLeading(ctx, checker.Run) })
@@ -341,7 +341,7 @@ func (s *Server) checkerReport(ctx context.Context) map[string]any {
 	out := map[string]any{
 		"leader": st.Holder, "epoch": st.Epoch, "stalled": st.Stalled, "stall_after_s": st.StallAfter.Seconds(),
 		"last_round_at": nil, "last_round_age_s": nil, "nodes": st.Nodes, "round_ms": st.RoundTook.Milliseconds(),
-		"disruption": st.Disruption.Active && st.Disruption.ConfirmedAt == nil,
+		"disruption": st.Disruption.Held(),
 	}
 	if st.RoundAt != nil {
 		out["last_round_at"] = st.RoundAt.UTC().Format(time.RFC3339Nano)

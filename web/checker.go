@@ -29,7 +29,7 @@ func checkerView(st health.Status) layout.Checker {
 	if age := st.LastRoundAge(); age >= 0 {
 		c.LastRound = age.Round(time.Second).String() + " ago"
 	}
-	if d := st.Disruption; d.Active && d.ConfirmedAt == nil {
+	if d := st.Disruption; d.Held() {
 		c.Disruption = fmt.Sprintf("Disruption since %s: %d of %d nodes failing at once (%s). Automatic failover and per-node alerts are held until it clears or an administrator confirms.",
 			d.Since.UTC().Format("15:04:05 MST"), d.Failing, d.Total, d.Nodes)
 	}
@@ -38,7 +38,7 @@ func checkerView(st health.Status) layout.Checker {
 
 // disruptionConfirm lets failover proceed during a disruption (admin).
 func (h *Handler) disruptionConfirm(w http.ResponseWriter, r *http.Request) error {
-	d, err := h.Settings.ConfirmDisruption(r.Context(), actor(r))
+	d, err := h.Nodes.ConfirmDisruption(r.Context(), actor(r))
 	fe, status, err := formOutcome(err)
 	if err != nil {
 		return err

@@ -4,8 +4,8 @@ import (
 	"errors"
 	"net/http"
 
-	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/problem"
+	"github.com/callplane/callplane/nodes/settings"
 )
 
 // retentionView is the retention section of the settings page.
@@ -17,13 +17,13 @@ type retentionView struct {
 }
 
 func (h *Handler) retentionView(r *http.Request) (retentionView, error) {
-	ret, err := h.Nodes.Retention(r.Context())
+	ret, err := h.Settings.Retention(r.Context())
 	if err != nil {
 		return retentionView{}, err
 	}
 	v := retentionView{Values: map[string]string{}, Errors: map[string]string{}, CanEdit: canChange(r)}
-	for _, k := range nodes.RetentionKeys {
-		v.Values[k] = nodes.FormatRetention(ret[k])
+	for _, k := range settings.RetentionKeys {
+		v.Values[k] = settings.FormatRetention(ret[k])
 	}
 	return v, nil
 }
@@ -35,11 +35,11 @@ func (h *Handler) retentionSave(w http.ResponseWriter, r *http.Request) error {
 		return errBadRequest
 	}
 	form := map[string]string{}
-	for _, k := range nodes.RetentionKeys {
+	for _, k := range settings.RetentionKeys {
 		form[k] = r.PostFormValue(k)
 	}
 	ctx := r.Context()
-	_, err := h.Nodes.SaveRetention(ctx, actor(r), form)
+	_, err := h.Settings.SaveRetention(ctx, actor(r), form)
 	var fe problem.FieldErrors
 	if err != nil && !errors.As(err, &fe) {
 		return err

@@ -10,7 +10,7 @@ import "github.com/a-h/templ"
 import templruntime "github.com/a-h/templ/runtime"
 
 import (
-	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/settings"
 	"github.com/callplane/callplane/web/layout"
 )
 
@@ -54,23 +54,23 @@ func retentionSection(v retentionView) templ.Component {
 		if templ_7745c5c3_Err != nil {
 			return templ_7745c5c3_Err
 		}
-		templ_7745c5c3_Err = layout.Field("Ended work", nodes.KeyRetentionWork, "text", v.Values[nodes.KeyRetentionWork], v.Errors[nodes.KeyRetentionWork], templ.Attributes{"required": true}).Render(ctx, templ_7745c5c3_Buffer)
+		templ_7745c5c3_Err = layout.Field("Ended work", settings.KeyRetentionWork, "text", v.Values[settings.KeyRetentionWork], v.Errors[settings.KeyRetentionWork], templ.Attributes{"required": true}).Render(ctx, templ_7745c5c3_Buffer)
 		if templ_7745c5c3_Err != nil {
 			return templ_7745c5c3_Err
 		}
-		templ_7745c5c3_Err = layout.Field("Events", nodes.KeyRetentionEvents, "text", v.Values[nodes.KeyRetentionEvents], v.Errors[nodes.KeyRetentionEvents], templ.Attributes{"required": true}).Render(ctx, templ_7745c5c3_Buffer)
+		templ_7745c5c3_Err = layout.Field("Events", settings.KeyRetentionEvents, "text", v.Values[settings.KeyRetentionEvents], v.Errors[settings.KeyRetentionEvents], templ.Attributes{"required": true}).Render(ctx, templ_7745c5c3_Buffer)
 		if templ_7745c5c3_Err != nil {
 			return templ_7745c5c3_Err
 		}
-		templ_7745c5c3_Err = layout.Field("Audit log", nodes.KeyRetentionAudit, "text", v.Values[nodes.KeyRetentionAudit], v.Errors[nodes.KeyRetentionAudit], templ.Attributes{"required": true}).Render(ctx, templ_7745c5c3_Buffer)
+		templ_7745c5c3_Err = layout.Field("Audit log", settings.KeyRetentionAudit, "text", v.Values[settings.KeyRetentionAudit], v.Errors[settings.KeyRetentionAudit], templ.Attributes{"required": true}).Render(ctx, templ_7745c5c3_Buffer)
 		if templ_7745c5c3_Err != nil {
 			return templ_7745c5c3_Err
 		}
-		templ_7745c5c3_Err = layout.Field("Sent and failed alerts", nodes.KeyRetentionAlerts, "text", v.Values[nodes.KeyRetentionAlerts], v.Errors[nodes.KeyRetentionAlerts], templ.Attributes{"required": true}).Render(ctx, templ_7745c5c3_Buffer)
+		templ_7745c5c3_Err = layout.Field("Sent and failed alerts", settings.KeyRetentionAlerts, "text", v.Values[settings.KeyRetentionAlerts], v.Errors[settings.KeyRetentionAlerts], templ.Attributes{"required": true}).Render(ctx, templ_7745c5c3_Buffer)
 		if templ_7745c5c3_Err != nil {
 			return templ_7745c5c3_Err
 		}
-		templ_7745c5c3_Err = layout.Field("Probe results", nodes.KeyRetentionProbes, "text", v.Values[nodes.KeyRetentionProbes], v.Errors[nodes.KeyRetentionProbes], templ.Attributes{"required": true}).Render(ctx, templ_7745c5c3_Buffer)
+		templ_7745c5c3_Err = layout.Field("Probe results", settings.KeyRetentionProbes, "text", v.Values[settings.KeyRetentionProbes], v.Errors[settings.KeyRetentionProbes], templ.Attributes{"required": true}).Render(ctx, templ_7745c5c3_Buffer)
 		if templ_7745c5c3_Err != nil {
 			return templ_7745c5c3_Err
 		}

@@ -27,10 +27,14 @@ type SettingsStore interface {
 	// SendTest sends the test email and audits it; it returns the SMTP
 	// server's reply or why nothing was sent.
 	SendTest(ctx context.Context, actor nodes.Actor) (settings.TestEmail, error)
+	// Retention is how long each history is kept.
+	Retention(ctx context.Context) (settings.Retention, error)
+	// SaveRetention validates and stores the retention periods with an
+	// audit row; invalid input returns problem.FieldErrors and saves
+	// nothing.
+	SaveRetention(ctx context.Context, actor nodes.Actor, form map[string]string) (settings.Retention, error)
 	// Status is the health checker's last round and the disruption guard.
 	Status(ctx context.Context) (health.Status, error)
-	// ConfirmDisruption lets failover proceed during a disruption.
-	ConfirmDisruption(ctx context.Context, actor nodes.Actor) (health.Disruption, error)
 }
 
 type settingsView struct {

@@ -527,3 +527,45 @@ func (q *Queries) AlertResolveAbandoned(ctx context.Context, db DBTX, afterSecon
 	}
 	return items, nil
 }
+
+const alertTally = `-- name: AlertTally :many
+SELECT type, state, count(*)::bigint AS n, coalesce(sum(attempts), 0)::bigint AS attempts,
+    count(*) FILTER (WHERE acked_at IS NOT NULL)::bigint AS acked
+FROM alerts GROUP BY type, state
+`
+
+type AlertTallyRow struct {
+	Type     string
+	State    string
+	N        int64
+	Attempts int64
+	Acked    int64
+}
+
+// AlertTally counts the outbox by type and state, with the send attempts
+// and acknowledgements, for /metrics: one scan, bounded cardinality.
+func (q *Queries) AlertTally(ctx context.Context, db DBTX) ([]AlertTallyRow, error) {
+	rows, err := db.Query(ctx, alertTally)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []AlertTallyRow{}
+	for rows.Next() {
+		var i AlertTallyRow
+		if err := rows.Scan(
+			&i.Type,
+			&i.State,
+			&i.N,
+			&i.Attempts,
+			&i.Acked,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}

@@ -40,6 +40,13 @@ SELECT * FROM alerts ORDER BY id DESC LIMIT @lim;
 -- name: AlertCounts :many
 SELECT state, count(*)::bigint AS n FROM alerts GROUP BY state;
 
+-- AlertTally counts the outbox by type and state, with the send attempts
+-- and acknowledgements, for /metrics: one scan, bounded cardinality.
+-- name: AlertTally :many
+SELECT type, state, count(*)::bigint AS n, coalesce(sum(attempts), 0)::bigint AS attempts,
+    count(*) FILTER (WHERE acked_at IS NOT NULL)::bigint AS acked
+FROM alerts GROUP BY type, state;
+
 -- name: AlertRecentOfType :one
 SELECT count(*) FROM alerts WHERE type = @type AND node_name = @node_name
   AND created_at > now() - make_interval(secs => @window_seconds::float8);

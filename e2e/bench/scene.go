@@ -20,7 +20,6 @@ import (
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/localpg"
 	"github.com/callplane/callplane/nodes"
-	"github.com/callplane/callplane/nodes/health"
 	"github.com/callplane/callplane/nodes/settings"
 )
 
@@ -75,7 +74,7 @@ func newScene(ctx context.Context, pg *localpg.Server, root, name string, settin
 
 // saveSettings stores health settings as the portal would.
 func saveSettings(ctx context.Context, pool *pgxpool.Pool, kv map[string]string) error {
-	store := health.NewStore(pool, settings.Defaults{}, "", quiet)
+	store := settings.NewStore(pool, settings.Defaults{}, "", quiet)
 	st, err := store.Load(ctx)
 	if err != nil {
 		return err

@@ -144,6 +144,9 @@ func TestHashingConcurrencyBounded(t *testing.T) {
 	var once sync.Once
 	open := func() { once.Do(func() { close(release) }) }
 	t.Cleanup(open)
+	// A sign-in may wait an hour for a worker, and every hash waits at the
+	// gate until the test opens it: nothing here races a clock. The test
+	// only waits, under generous bounds, for states that must come.
 	accounts.SetHashPool(e.s, workers, time.Hour, func() { <-release })
 
 	errs := make(chan error, logins)
@@ -153,22 +156,36 @@ func TestHashingConcurrencyBounded(t *testing.T) {
 			errs <- err
 		}()
 	}
-	waitFor(t, "every sign-in at the hashing pool", func() bool {
+	// The gauges are read while the sign-ins move: one counted as waiting
+	// may not have taken a free worker yet. So wait for the one state
+	// the pool must settle in, every worker held at the gate and the rest
+	// queued; a sign-in that ends early, or more hashes running than
+	// workers, fails at once.
+	waitFor(t, "every worker busy and the other sign-ins queued", func() bool {
 		select {
 		case err := <-errs:
 			t.Fatalf("a sign-in ended before any hash was let through: %v (pool %+v)", err, e.s.HashStats())
 		default:
 		}
 		st := e.s.HashStats()
-		return st.Running+st.Waiting == logins
+		if st.Running > workers || st.Peak > workers {
+			t.Fatalf("more hashes at once than the pool's %d workers: %+v", workers, st)
+		}
+		return st.Running == workers && st.Waiting == logins-workers
 	})
-	if st := e.s.HashStats(); st.Running != workers || st.Waiting != logins-workers || st.Workers != workers {
-		t.Errorf("pool with every sign-in in: %+v, want %d running and %d waiting", st, workers, logins-workers)
+	if st := e.s.HashStats(); st.Workers != workers || st.Total != workers {
+		t.Errorf("pool with every sign-in in: %+v, want %d workers and %d hashes started", st, workers, workers)
 	}
 	open()
+	deadline := time.After(time.Minute)
 	for range logins {
-		if err := <-errs; err != nil {
-			t.Errorf("sign-in: %v", err)
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Errorf("sign-in: %v", err)
+			}
+		case <-deadline:
+			t.Fatalf("sign-ins still running a minute after the gate opened (pool %+v)", e.s.HashStats())
 		}
 	}
 	if st := e.s.HashStats(); st.Peak != workers || st.Total != logins || st.Running != 0 || st.Waiting != 0 {

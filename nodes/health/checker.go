@@ -431,7 +431,7 @@ func (c *Checker) disruption(ctx context.Context, epoch int64, st settings.Setti
 		if err != nil {
 			return err
 		}
-		active := cur.StartedAt != nil
+		active := cur.Active
 		disrupted := starts || (active && lasts)
 		guard = disrupted && cur.ConfirmedAt == nil
 		list := strings.Join(failing, ", ")
@@ -452,13 +452,13 @@ func (c *Checker) disruption(ctx context.Context, epoch int64, st settings.Setti
 			}
 			return tx.QueueAlert(ctx, AlertDisruption, "", body)
 		case disrupted:
-			return tx.SetDisruption(ctx, cur.StartedAt, len(failing), total, list)
+			return tx.SetDisruption(ctx, &cur.Since, len(failing), total, list)
 		case active:
 			if err := tx.SetDisruption(ctx, nil, 0, 0, ""); err != nil {
 				return err
 			}
 			msg := fmt.Sprintf("Disruption over after %s: %d of %d nodes failing now; automatic failover and alerts resume for nodes still down",
-				now.Sub(*cur.StartedAt).Round(time.Second), len(failing), total)
+				now.Sub(cur.Since).Round(time.Second), len(failing), total)
 			return tx.Event(ctx, nil, "health", "info", msg)
 		}
 		return nil

@@ -8,5 +8,7 @@
 // the move of the node's work.
 //
 // Its settings live in nodes/settings; Store adds what the portal reads of
-// the checker beside them (its status, the disruption guard, the outbox).
+// the checker beside them: its status and the disruption guard's, read
+// from the domain through StatusDomain. Like the checker's own writes
+// (nodes.CheckerTx), nothing here runs a query of its own.
 package health

@@ -151,17 +151,7 @@ func (s *Store) Save(ctx context.Context, actor nodes.Actor, form map[string]str
 	if detail == "" {
 		detail = "no change"
 	}
-	err = db.InTx(ctx, s.pool, func(tx pgx.Tx) error {
-		for _, k := range Keys() {
-			if err := db.Q.SettingUpsert(ctx, tx, dbsqlc.SettingUpsertParams{Key: k, Value: newV[k], UpdatedBy: actor.Name}); err != nil {
-				return fmt.Errorf("save setting %s: %w", k, err)
-			}
-		}
-		return db.Q.AuditInsert(ctx, tx, dbsqlc.AuditInsertParams{
-			Actor: actor.Name, Action: "settings.update", Target: "settings", Result: "ok", SourceAddr: actor.Addr, Detail: detail,
-		})
-	})
-	if err != nil {
+	if err := s.write(ctx, actor, Keys(), newV, "settings.update", "settings", detail); err != nil {
 		return Settings{}, err
 	}
 	s.Invalidate()
@@ -187,7 +177,7 @@ type TestEmail struct {
 func (s *Store) SendTest(ctx context.Context, actor nodes.Actor) (TestEmail, error) {
 	reply, err := s.sendTest(ctx)
 	res := TestEmail{OK: err == nil, Reply: reply}
-	row := dbsqlc.AuditInsertParams{Actor: actor.Name, Action: "settings.test_email", Target: "settings", Result: "ok", SourceAddr: actor.Addr, Detail: reply}
+	row := auditRow(actor, "settings.test_email", "settings", reply)
 	if err != nil {
 		res.Reply = err.Error()
 		row.Result, row.Detail = "error", err.Error()
@@ -226,18 +216,26 @@ func (s *Store) SaveSIP(ctx context.Context, actor nodes.Actor, form map[string]
 	for _, k := range SIPKeys() {
 		values[k] = form[k]
 	}
-	err := db.InTxRetry(ctx, s.pool, func(tx pgx.Tx) error {
-		for _, k := range SIPKeys() {
+	if err := s.write(ctx, actor, SIPKeys(), values, "sip.settings", "sip", fmt.Sprint(values)); err != nil {
+		return SIP{}, err
+	}
+	return st, nil
+}
+
+// write stores values of keys (in that order) with an audit row of the
+// change, in one transaction under the database retry policy.
+func (s *Store) write(ctx context.Context, actor nodes.Actor, keys []string, values map[string]string, action, target, detail string) error {
+	return db.InTxRetry(ctx, s.pool, func(tx pgx.Tx) error {
+		for _, k := range keys {
 			if err := db.Q.SettingUpsert(ctx, tx, dbsqlc.SettingUpsertParams{Key: k, Value: values[k], UpdatedBy: actor.Name}); err != nil {
 				return fmt.Errorf("save setting %s: %w", k, err)
 			}
 		}
-		return db.Q.AuditInsert(ctx, tx, dbsqlc.AuditInsertParams{
-			Actor: actor.Name, Action: "sip.settings", Target: "sip", Result: "ok", SourceAddr: actor.Addr, Detail: fmt.Sprint(values),
-		})
+		return db.Q.AuditInsert(ctx, tx, auditRow(actor, action, target, detail))
 	})
-	if err != nil {
-		return SIP{}, err
-	}
-	return st, nil
+}
+
+// auditRow is a successful change's audit row by actor.
+func auditRow(actor nodes.Actor, action, target, detail string) dbsqlc.AuditInsertParams {
+	return dbsqlc.AuditInsertParams{Actor: actor.Name, Action: action, Target: target, Result: "ok", SourceAddr: actor.Addr, Detail: detail}
 }

@@ -31,6 +31,14 @@ CREATE INDEX work_history_node_version_idx ON work_history (node_id, version) WH
 -- in the same statement (WorkPruneEnded), as the cascade did.
 ALTER TABLE work_history DROP CONSTRAINT work_history_work_id_fkey;
 
+-- A node's row is rewritten many times a second under load (its counter
+-- and version with every placement, heartbeats, probes). Full pages made
+-- every such update a new tuple on another page with new index entries,
+-- and the table grew by thousands of dead rows a minute between vacuums,
+-- which every read of nodes then walked. With room left on each page the
+-- updates stay on their page (HOT) and are pruned in place.
+ALTER TABLE nodes SET (fillfactor = 25);
+
 -- resync_version: the agent must take the whole set again (work left the
 -- node, or reconciliation found the agent running something else): a
 -- delta is only served to an agent whose version is at least this one.
@@ -124,6 +132,7 @@ $$;
 -- +goose StatementEnd
 
 -- +goose Down
+ALTER TABLE nodes RESET (fillfactor);
 -- +goose StatementBegin
 CREATE OR REPLACE FUNCTION work_place(p_refs text[], p_kinds text[], p_costs integer[], p_node_ids bigint[])
 RETURNS TABLE (id bigint, ref text, state text, epoch bigint)

@@ -216,7 +216,7 @@ SELECT q.node_id::bigint AS for_node, n.assign_version, n.resync_version,
     coalesce(d.id, 0)::bigint AS id, d.node_id, coalesce(d.ref, '')::text AS ref, coalesce(d.kind, '')::text AS kind,
     coalesce(d.cost, 0)::int AS cost, coalesce(d.epoch, 0)::bigint AS epoch, coalesce(d.state, '')::text AS state,
     d.call_id, d.from_uri, d.to_uri
-FROM (SELECT unnest($1::bigint[]) AS node_id, unnest($2::bigint[]) AS since) q
+FROM (SELECT unnest((SELECT $1::bigint[])) AS node_id, unnest((SELECT $2::bigint[])) AS since) q
 JOIN nodes n ON n.id = q.node_id
 LEFT JOIN LATERAL (
     SELECT w.id, w.node_id, w.ref, w.kind, w.cost, w.epoch, w.state, c.call_id, c.from_uri, c.to_uri
@@ -258,7 +258,10 @@ type WorkDesiredDeltasRow struct {
 // the caller sends the whole set). A row no longer live on the node is a
 // removal. A node without changes comes once, with id 0. The
 // lateral read in version order keeps every plan on the history's (node,
-// version) index whatever the table sizes.
+// version) index whatever the table sizes; the arrays go through
+// sub-selects so that every call estimates them alike and Postgres keeps
+// one generic plan rather than planning each call (which cost more than
+// running it).
 func (q *Queries) WorkDesiredDeltas(ctx context.Context, db DBTX, arg WorkDesiredDeltasParams) ([]WorkDesiredDeltasRow, error) {
 	rows, err := db.Query(ctx, workDesiredDeltas, arg.NodeIds, arg.Sinces, arg.Lim)
 	if err != nil {

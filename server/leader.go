@@ -113,8 +113,7 @@ func (l *Leader) Current(ctx context.Context) string {
 // LeaseEpoch reads the lease's epoch, whoever holds it and whether or
 // not it has expired.
 func (l *Leader) LeaseEpoch(ctx context.Context) (int64, error) {
-	row, err := db.Q.LeaderGet(ctx, l.pool)
-	return row.Epoch, err
+	return db.Q.LeaderEpoch(ctx, l.pool)
 }
 
 // Fence checks, inside tx, that this instance still leads with the epoch

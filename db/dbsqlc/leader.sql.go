@@ -28,6 +28,20 @@ func (q *Queries) LeaderAcquire(ctx context.Context, db DBTX, arg LeaderAcquireP
 	return epoch, err
 }
 
+const leaderEpoch = `-- name: LeaderEpoch :one
+SELECT epoch FROM leader_lease WHERE id = 1
+`
+
+// LeaderEpoch is the lease's epoch, whoever holds it and whether or not it
+// has expired (before the first leader, expires_at is -infinity, which
+// a time.Time cannot hold).
+func (q *Queries) LeaderEpoch(ctx context.Context, db DBTX) (int64, error) {
+	row := db.QueryRow(ctx, leaderEpoch)
+	var epoch int64
+	err := row.Scan(&epoch)
+	return epoch, err
+}
+
 const leaderFence = `-- name: LeaderFence :one
 SELECT epoch FROM leader_lease WHERE id = 1 AND holder = $1 AND epoch = $2 AND expires_at > now() FOR SHARE
 `

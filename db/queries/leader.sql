@@ -20,3 +20,9 @@ SELECT epoch FROM leader_lease WHERE id = 1 AND holder = @holder AND epoch = @ep
 
 -- name: LeaderGet :one
 SELECT * FROM leader_lease WHERE id = 1;
+
+-- LeaderEpoch is the lease's epoch, whoever holds it and whether or not it
+-- has expired (before the first leader, expires_at is -infinity, which
+-- a time.Time cannot hold).
+-- name: LeaderEpoch :one
+SELECT epoch FROM leader_lease WHERE id = 1;

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"net/url"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -214,6 +215,23 @@ func TestBodyLimitsAndStrictJSON(t *testing.T) {
 	}
 	if n := count(t, in, "SELECT count(*) FROM nodes WHERE name = 'n1'"); n != 0 {
 		t.Error("node with a negative weight was written")
+	}
+	// A JSON body declared as a form (curl's -d alone): 415 naming the
+	// header, not a puzzling "not a JSON value"; nothing written. No
+	// Content-Type at all is taken as JSON (202: no node to place it on).
+	for ct, want := range map[string]int{"application/x-www-form-urlencoded": 415, "text/plain": 415, "": 202} {
+		req, _ := http.NewRequest("POST", in.URL+"/api/v1/work", strings.NewReader(`{"kind":"call","ref":"ct-`+strconv.Itoa(want)+`","cost":1}`))
+		if ct != "" {
+			req.Header.Set("Content-Type", ct)
+		}
+		req.Header.Set("Authorization", "Bearer "+tok)
+		r := in.Do(t, in.Client(t), req)
+		if r.StatusCode != want || (want == 415 && !strings.Contains(string(r.Body), "Content-Type")) {
+			t.Errorf("Content-Type %q: %d %s; want %d", ct, r.StatusCode, r.Body, want)
+		}
+	}
+	if n := count(t, in, "SELECT count(*) FROM work WHERE ref = 'ct-415'"); n != 0 {
+		t.Error("a body declared as a form was written")
 	}
 }
 

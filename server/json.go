@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net/http"
 	"os"
 	"reflect"
@@ -73,8 +74,16 @@ func decodeStrict(data []byte, v any) error {
 }
 
 // readJSON reads and strictly decodes a JSON request body. The body's size
-// and read time are bounded by the route's limits (limits.go).
+// and read time are bounded by the route's limits (limits.go). A body
+// declared as anything but JSON is refused with 415 naming the header
+// (curl's -d alone declares a form, whose body the input checks have
+// already read as one); no Content-Type at all is taken as JSON.
 func readJSON(r *http.Request, v any) error {
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		if mt, _, _ := mime.ParseMediaType(ct); mt != "application/json" && !strings.HasSuffix(mt, "+json") {
+			return &inputError{status: http.StatusUnsupportedMediaType, field: "Content-Type", msg: "must be application/json"}
+		}
+	}
 	data, err := io.ReadAll(r.Body)
 	if err != nil {
 		return bodyError(err)

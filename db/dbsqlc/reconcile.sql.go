@@ -12,7 +12,7 @@ import (
 const workActivateRunning = `-- name: WorkActivateRunning :execrows
 UPDATE work w SET state = 'active', updated_at = now()
 FROM (SELECT x.id FROM work x
-      JOIN (SELECT unnest($1::bigint[]) AS id, unnest($2::bigint[]) AS epoch) r ON r.id = x.id AND r.epoch = x.epoch
+      JOIN (SELECT unnest((SELECT $1::bigint[])) AS id, unnest((SELECT $2::bigint[])) AS epoch) r ON r.id = x.id AND r.epoch = x.epoch
       WHERE x.node_id = $3 AND x.state = 'assigned'
       ORDER BY x.id FOR UPDATE OF x SKIP LOCKED) l
 WHERE w.id = l.id

@@ -52,7 +52,7 @@ func (q *Queries) WorkAck(ctx context.Context, db DBTX, arg WorkAckParams) (Work
 
 const workAckActive = `-- name: WorkAckActive :many
 UPDATE work w SET state = 'active', updated_at = now()
-FROM (SELECT unnest($1::bigint[]) AS id, unnest($2::bigint[]) AS epoch, unnest($3::bigint[]) AS node_id) a
+FROM (SELECT unnest((SELECT $1::bigint[])) AS id, unnest((SELECT $2::bigint[])) AS epoch, unnest((SELECT $3::bigint[])) AS node_id) a
 WHERE w.id = a.id AND w.node_id = a.node_id AND w.epoch = a.epoch AND w.state IN ('assigned', 'active')
 RETURNING w.id, a.node_id::bigint AS node_id, a.epoch::bigint AS epoch
 `
@@ -72,6 +72,10 @@ type WorkAckActiveRow struct {
 // WorkAckActive records active acks of many nodes in one statement, each
 // fenced like WorkAck by its node, its epoch and a live state. It returns
 // the acks that matched (an item acked twice in one statement matches once).
+// The arrays go through sub-selects (here and in the other batch updates
+// of work): knowing their length, Postgres planned a hash join over a
+// sequential scan of all work, which grows with every call kept, instead
+// of a lookup by key per item.
 func (q *Queries) WorkAckActive(ctx context.Context, db DBTX, arg WorkAckActiveParams) ([]WorkAckActiveRow, error) {
 	rows, err := db.Query(ctx, workAckActive, arg.Ids, arg.Epochs, arg.NodeIds)
 	if err != nil {
@@ -97,7 +101,7 @@ UPDATE work w SET state = CASE WHEN a.state = 'failed' THEN 'unplaced' ELSE a.st
     node_id = CASE WHEN a.state = 'failed' THEN NULL ELSE w.node_id END,
     ended_at = CASE WHEN a.state = 'ended' THEN now() ELSE w.ended_at END,
     updated_at = now()
-FROM (SELECT unnest($2::bigint[]) AS id, unnest($3::bigint[]) AS epoch, unnest($4::text[]) AS state) a
+FROM (SELECT unnest((SELECT $2::bigint[])) AS id, unnest((SELECT $3::bigint[])) AS epoch, unnest((SELECT $4::text[])) AS state) a
 WHERE w.id = a.id AND w.node_id = $1::bigint AND w.epoch = a.epoch AND w.state IN ('assigned', 'active')
 RETURNING w.id, w.kind, a.state::text AS acked_state
 `
@@ -724,7 +728,7 @@ const workMove = `-- name: WorkMove :exec
 UPDATE work w SET node_id = NULLIF(m.node_id, 0),
     state = CASE WHEN m.node_id = 0 THEN 'unplaced' ELSE 'assigned' END,
     epoch = w.epoch + 1, updated_at = now()
-FROM (SELECT unnest($1::bigint[]) AS id, unnest($2::bigint[]) AS node_id) m
+FROM (SELECT unnest((SELECT $1::bigint[])) AS id, unnest((SELECT $2::bigint[])) AS node_id) m
 WHERE w.id = m.id
 `
 

@@ -83,7 +83,7 @@ LEFT JOIN LATERAL (
 UPDATE work w SET node_id = NULLIF(m.node_id, 0),
     state = CASE WHEN m.node_id = 0 THEN 'unplaced' ELSE 'assigned' END,
     epoch = w.epoch + 1, updated_at = now()
-FROM (SELECT unnest(@ids::bigint[]) AS id, unnest(@node_ids::bigint[]) AS node_id) m
+FROM (SELECT unnest((SELECT @ids::bigint[])) AS id, unnest((SELECT @node_ids::bigint[])) AS node_id) m
 WHERE w.id = m.id;
 
 -- WorkUnplacedForKind returns waiting work with the nodes each item must
@@ -125,9 +125,13 @@ SELECT count(*) FROM gone;
 -- WorkAckActive records active acks of many nodes in one statement, each
 -- fenced like WorkAck by its node, its epoch and a live state. It returns
 -- the acks that matched (an item acked twice in one statement matches once).
+-- The arrays go through sub-selects (here and in the other batch updates
+-- of work): knowing their length, Postgres planned a hash join over a
+-- sequential scan of all work, which grows with every call kept, instead
+-- of a lookup by key per item.
 -- name: WorkAckActive :many
 UPDATE work w SET state = 'active', updated_at = now()
-FROM (SELECT unnest(@ids::bigint[]) AS id, unnest(@epochs::bigint[]) AS epoch, unnest(@node_ids::bigint[]) AS node_id) a
+FROM (SELECT unnest((SELECT @ids::bigint[])) AS id, unnest((SELECT @epochs::bigint[])) AS epoch, unnest((SELECT @node_ids::bigint[])) AS node_id) a
 WHERE w.id = a.id AND w.node_id = a.node_id AND w.epoch = a.epoch AND w.state IN ('assigned', 'active')
 RETURNING w.id, a.node_id::bigint AS node_id, a.epoch::bigint AS epoch;
 
@@ -139,7 +143,7 @@ UPDATE work w SET state = CASE WHEN a.state = 'failed' THEN 'unplaced' ELSE a.st
     node_id = CASE WHEN a.state = 'failed' THEN NULL ELSE w.node_id END,
     ended_at = CASE WHEN a.state = 'ended' THEN now() ELSE w.ended_at END,
     updated_at = now()
-FROM (SELECT unnest(@ids::bigint[]) AS id, unnest(@epochs::bigint[]) AS epoch, unnest(@states::text[]) AS state) a
+FROM (SELECT unnest((SELECT @ids::bigint[])) AS id, unnest((SELECT @epochs::bigint[])) AS epoch, unnest((SELECT @states::text[])) AS state) a
 WHERE w.id = a.id AND w.node_id = @node_id::bigint AND w.epoch = a.epoch AND w.state IN ('assigned', 'active')
 RETURNING w.id, w.kind, a.state::text AS acked_state;
 

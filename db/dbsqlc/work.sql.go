@@ -15,7 +15,7 @@ UPDATE work SET state = CASE WHEN $1::text = 'failed' THEN 'unplaced' ELSE $1 EN
     node_id = CASE WHEN $1::text IN ('failed') THEN NULL ELSE node_id END,
     ended_at = CASE WHEN $1::text = 'ended' THEN now() ELSE ended_at END,
     updated_at = now()
-WHERE id = $2 AND node_id = $3 AND epoch = $4 AND state IN ('assigned', 'active')
+WHERE id = $2 AND node_id IS NOT DISTINCT FROM $3 AND epoch = $4 AND state NOT IN ('ended', 'unplaced')
 RETURNING id, ref, kind, cost, state, node_id, epoch, created_at, updated_at, ended_at, last_error
 `
 
@@ -26,6 +26,7 @@ type WorkAckParams struct {
 	Epoch  int64
 }
 
+// WorkAck is fenced like WorkAckActive (below), by key only.
 func (q *Queries) WorkAck(ctx context.Context, db DBTX, arg WorkAckParams) (Work, error) {
 	row := db.QueryRow(ctx, workAck,
 		arg.State,
@@ -53,7 +54,7 @@ func (q *Queries) WorkAck(ctx context.Context, db DBTX, arg WorkAckParams) (Work
 const workAckActive = `-- name: WorkAckActive :many
 UPDATE work w SET state = 'active', updated_at = now()
 FROM (SELECT unnest((SELECT $1::bigint[])) AS id, unnest((SELECT $2::bigint[])) AS epoch, unnest((SELECT $3::bigint[])) AS node_id) a
-WHERE w.id = a.id AND w.node_id = a.node_id AND w.epoch = a.epoch AND w.state IN ('assigned', 'active')
+WHERE w.id = a.id AND w.node_id IS NOT DISTINCT FROM a.node_id AND w.epoch = a.epoch AND w.state NOT IN ('ended', 'unplaced')
 RETURNING w.id, a.node_id::bigint AS node_id, a.epoch::bigint AS epoch
 `
 
@@ -76,6 +77,15 @@ type WorkAckActiveRow struct {
 // of work): knowing their length, Postgres planned a hash join over a
 // sequential scan of all work, which grows with every call kept, instead
 // of a lookup by key per item.
+//
+// The acks' fences are written so that the primary key is the only index
+// that fits them (IS NOT DISTINCT FROM and NOT IN use no index; the two
+// states a live item may not be in are the two the states check leaves
+// out). Before the work table had statistics (a cluster's first minute
+// of load, or the bench), Postgres found each item through the index of
+// its node's live work and filtered the node's hundreds of rows per item:
+// 0.23 ms per item, 158 ms for an ack of 687, against a few microseconds
+// by key.
 func (q *Queries) WorkAckActive(ctx context.Context, db DBTX, arg WorkAckActiveParams) ([]WorkAckActiveRow, error) {
 	rows, err := db.Query(ctx, workAckActive, arg.Ids, arg.Epochs, arg.NodeIds)
 	if err != nil {
@@ -102,7 +112,7 @@ UPDATE work w SET state = CASE WHEN a.state = 'failed' THEN 'unplaced' ELSE a.st
     ended_at = CASE WHEN a.state = 'ended' THEN now() ELSE w.ended_at END,
     updated_at = now()
 FROM (SELECT unnest((SELECT $2::bigint[])) AS id, unnest((SELECT $3::bigint[])) AS epoch, unnest((SELECT $4::text[])) AS state) a
-WHERE w.id = a.id AND w.node_id = $1::bigint AND w.epoch = a.epoch AND w.state IN ('assigned', 'active')
+WHERE w.id = a.id AND w.node_id IS NOT DISTINCT FROM $1::bigint AND w.epoch = a.epoch AND w.state NOT IN ('ended', 'unplaced')
 RETURNING w.id, w.kind, a.state::text AS acked_state
 `
 
@@ -121,7 +131,7 @@ type WorkAckBatchRow struct {
 
 // WorkAckBatch applies many acks of one node in one statement, each fenced
 // like WorkAck by its epoch, the node and a live state. It returns the
-// acks that matched.
+// acks that matched, found by key like WorkAckActive's.
 func (q *Queries) WorkAckBatch(ctx context.Context, db DBTX, arg WorkAckBatchParams) ([]WorkAckBatchRow, error) {
 	rows, err := db.Query(ctx, workAckBatch,
 		arg.NodeID,

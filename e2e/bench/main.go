@@ -50,6 +50,7 @@ type options struct {
 	waits      bool
 	statements bool
 	fullSets   bool
+	explain    time.Duration
 }
 
 var opt options
@@ -87,6 +88,7 @@ func main() {
 	flag.StringVar(&opt.profileDir, "profile-dir", "", "save a CPU profile of the call manager for each phase here")
 	flag.BoolVar(&opt.fullSets, "full-sets", false, "agents take the whole desired set on every delivery (as before delta deliveries), to compare")
 	flag.BoolVar(&opt.statements, "statements", false, "report the statements that took the most Postgres time in each load phase (pg_stat_statements)")
+	flag.DurationVar(&opt.explain, "explain", 0, "log the plans of statements slower than this, nested ones included, to the Postgres log (auto_explain; use with -keep)")
 	flag.BoolVar(&opt.waits, "waits", false, "sample what Postgres backends wait on during the load phases")
 	flag.Parse()
 	if err := run(); err != nil {
@@ -186,9 +188,19 @@ func logf(format string, args ...any) {
 // pgSettings are the bench's Postgres settings.
 func pgSettings() map[string]string {
 	s := map[string]string{"max_connections": "800"}
+	var preload []string
 	if opt.statements {
-		s["shared_preload_libraries"] = "pg_stat_statements"
+		preload = append(preload, "pg_stat_statements")
 		s["pg_stat_statements.track"] = "all" // statements inside SQL functions too
+	}
+	if opt.explain > 0 {
+		preload = append(preload, "auto_explain")
+		s["auto_explain.log_min_duration"] = fmt.Sprintf("%dms", opt.explain.Milliseconds())
+		s["auto_explain.log_analyze"] = "on"
+		s["auto_explain.log_nested_statements"] = "on"
+	}
+	if len(preload) > 0 {
+		s["shared_preload_libraries"] = strings.Join(preload, ",")
 	}
 	return s
 }

@@ -1,0 +1,171 @@
+package nodes_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/callplane/callplane/db/dbtest"
+	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/agentproto"
+)
+
+// planLog collects the plans Postgres's auto_explain sends to the client:
+// the plan of every statement, nested ones (the history trigger's) too,
+// with the rows each step examined and threw away.
+type planLog struct {
+	mu    sync.Mutex
+	plans []string
+}
+
+func (l *planLog) take() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	p := l.plans
+	l.plans = nil
+	return p
+}
+
+// examined counts the rows a plan read: every row a scan produced or
+// filtered out, and every pair a join's filter threw away, on all loops.
+func examined(n map[string]any) float64 {
+	num := func(k string) float64 { f, _ := n[k].(float64); return f }
+	loops := max(num("Actual Loops"), 1)
+	total := (num("Rows Removed by Filter") + num("Rows Removed by Join Filter")) * loops
+	if strings.HasSuffix(n["Node Type"].(string), "Scan") {
+		total += num("Actual Rows") * loops
+	}
+	children, _ := n["Plans"].([]any)
+	for _, c := range children {
+		total += examined(c.(map[string]any))
+	}
+	return total
+}
+
+// An ack of many items reads each item's row a few times, not once per
+// other item. In a session whose first change of work was one row, the
+// history trigger kept a nested loop over its transition tables and
+// compared every old row with every new one (quadratic: 15.7 million
+// pairs for an ack of 3,962 items, 1.4 s). The test runs on one
+// connection, so that a small ack comes first in the session the big ones
+// use, and counts the rows every plan read (auto_explain, nested
+// statements included). It also bounds how the acks find their rows: in
+// the bench, before the work table had statistics, Postgres found each
+// item through its node's live work (hundreds of rows per item); that
+// plan does not come up on this small table, but would fail the bound.
+func TestAcksOfManyItemsExamineEachRowOnce(t *testing.T) {
+	const nodesN, perNode = 4, 500
+	log := &planLog{}
+	cfg, err := pgxpool.ParseConfig(dbtest.URL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 1
+	cfg.ConnConfig.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) {
+		if _, plan, ok := strings.Cut(n.Message, "plan:\n"); ok {
+			log.mu.Lock()
+			log.plans = append(log.plans, plan)
+			log.mu.Unlock()
+		}
+	}
+	cfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
+		for _, s := range []string{`LOAD 'auto_explain'`, `SET auto_explain.log_min_duration = 0`,
+			`SET auto_explain.log_analyze = on`, `SET auto_explain.log_format = json`, `SET auto_explain.log_nested_statements = on`,
+			`SET client_min_messages = log`} {
+			if _, err := c.Exec(ctx, s); err != nil {
+				return fmt.Errorf("%s: %w", s, err)
+			}
+		}
+		return nil
+	}
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	e := &env{t: t, ctx: context.Background(), pool: pool, svc: nodes.NewService(pool, nil), port: 5060}
+	var ids []int64
+	for i := range nodesN {
+		name := "media-" + strconv.Itoa(i+1)
+		e.node(name, nodes.KindMedia, 100_000, 1)
+		ids = append(ids, e.nodeID(name))
+	}
+
+	// One item placed and acked first: the session's first change of work
+	// is a single row.
+	first := e.place("call", "first", 1)
+	if res, err := e.svc.AckBatch(e.ctx, first.NodeID, []agentproto.Ack{{ID: first.ID, Epoch: first.Epoch, State: nodes.WorkActive}}); err != nil || res[0].Err != nil {
+		t.Fatalf("ack of the first item: %v %v", err, res)
+	}
+
+	var items []nodes.WorkInput
+	for i := range nodesN * perNode {
+		items = append(items, nodes.WorkInput{Kind: "call", Ref: fmt.Sprintf("call-%d", i), Cost: 1})
+	}
+	acks := map[int64][]agentproto.Ack{}
+	for batch := range slices.Chunk(items, 1000) {
+		placed, err := e.svc.PlaceWorkBatch(e.ctx, actor, batch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range placed {
+			acks[p.NodeID] = append(acks[p.NodeID], agentproto.Ack{ID: p.ID, Epoch: p.Epoch, State: nodes.WorkActive})
+		}
+	}
+	log.take()
+	for _, id := range ids {
+		if len(acks[id]) < perNode/2 {
+			t.Fatalf("node %d got %d of %d items: the placement did not spread them", id, len(acks[id]), len(items))
+		}
+		res, err := e.svc.AckBatch(e.ctx, id, acks[id])
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range res {
+			if r.Err != nil {
+				t.Fatalf("ack of %d on node %d: %v", r.ID, id, r.Err)
+			}
+		}
+	}
+	plans := log.take()
+	if n := e.count("SELECT count(*) FROM work WHERE state = 'active'"); n != len(items)+1 {
+		t.Fatalf("%d items active after the acks, want %d", n, len(items)+1)
+	}
+	if len(plans) == 0 {
+		t.Fatal("auto_explain sent no plans")
+	}
+	total, worst, worstN := 0.0, "", 0.0
+	for _, p := range plans {
+		var doc struct {
+			Query string         `json:"Query Text"`
+			Plan  map[string]any `json:"Plan"`
+		}
+		if err := json.Unmarshal([]byte(p), &doc); err != nil {
+			t.Fatalf("plan: %v\n%s", err, p)
+		}
+		n := examined(doc.Plan)
+		total += n
+		if n > worstN {
+			worst, worstN = p, n
+		}
+	}
+	// Each item's row is read a few times: by the update (by key, or in a
+	// hash join over the live work, which on a table this small and without
+	// statistics is a fair choice for acks of 500), by the trigger pairing
+	// the statement's old and new rows, by the history insert. A plan that
+	// reads a node's live work per item, or pairs every old row with every
+	// new one, reads hundreds per item.
+	if limit := 20 * float64(len(items)); total > limit {
+		t.Fatalf("the acks of %d items read %.0f rows (limit %.0f); the worst plan (%.0f rows):\n%s", len(items), total, limit, worstN, worst)
+	}
+	t.Logf("the acks of %d items read %.0f rows in %d statements", len(items), total, len(plans))
+}

@@ -9,12 +9,6 @@ import (
 	"github.com/callplane/callplane/nodes/agentproto"
 )
 
-// ReconcileEvery is how often, at most, one node's reported running set is
-// compared with its desired set. Agents report the set when it changes and
-// every tenth heartbeat; comparing each report would cost a query per
-// change on a busy node, and drift (a lost ack, a missed delivery) is rare.
-const ReconcileEvery = 5 * time.Second
-
 // reconciler remembers when each node was last reconciled.
 type reconciler struct {
 	mu   sync.Mutex
@@ -27,7 +21,10 @@ func (rc *reconciler) due(nodeID int64) bool {
 	if rc.last == nil {
 		rc.last = map[int64]time.Time{}
 	}
-	if time.Since(rc.last[nodeID]) < ReconcileEvery {
+	// A tenth of slack: an agent reports a changed set ReconcileEvery after
+	// its last report, and that one may have been stamped here a little
+	// late; without it every other report would fall just short.
+	if time.Since(rc.last[nodeID]) < agentproto.ReconcileEvery*9/10 {
 		return false
 	}
 	rc.last[nodeID] = time.Now()
@@ -35,7 +32,7 @@ func (rc *reconciler) due(nodeID int64) bool {
 }
 
 // maybeReconcile compares what an agent reports running with what it
-// should run, at most every ReconcileEvery per node.
+// should run, at most every agentproto.ReconcileEvery per node.
 func (s *Server) maybeReconcile(ctx context.Context, a nodes.NodeAuth, running []agentproto.Running) {
 	if !s.recon.due(a.NodeID) {
 		return

@@ -169,6 +169,7 @@ func (a *simAgent) heartbeatLoop(ctx context.Context) {
 	t := time.NewTimer(first)
 	defer t.Stop()
 	beat := 0
+	var reported time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -177,18 +178,23 @@ func (a *simAgent) heartbeatLoop(ctx context.Context) {
 		}
 		t.Reset(agentproto.HeartbeatInterval)
 		var out agentproto.HeartbeatResponse
+		// Like nodeagent: the running set rides on a beat when it changed
+		// (no oftener than ReconcileEvery) and on every FullReportEvery-th
+		// beat.
 		a.mu.Lock()
-		running, changed := a.running, a.runningChanged
-		a.runningChanged = false
+		running := a.running
+		report := beat%agentproto.FullReportEvery == 0 || (a.runningChanged && time.Since(reported) >= agentproto.ReconcileEvery)
+		if report {
+			a.runningChanged = false
+		}
 		a.mu.Unlock()
 		if running == nil {
 			running = []agentproto.Running{}
 		}
-		// Like nodeagent: the running set rides on a beat when it changed
-		// and on every FullReportEvery-th beat.
 		body := agentproto.HeartbeatRequest{Load: int32(len(running)), Version: "bench"}
-		if changed || beat%agentproto.FullReportEvery == 0 {
+		if report {
 			body.Running = running
+			reported = time.Now()
 		}
 		beat++
 		if _, err := doJSON(ctx, a.hc, http.MethodPost, a.base+agentproto.Prefix+agentproto.HeartbeatPath, a.cred, body, &out); err != nil {

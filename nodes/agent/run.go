@@ -66,6 +66,10 @@ type RunOptions struct {
 	PollWait     time.Duration // long-poll wait asked of the server (default 30s)
 	MinBackoff   time.Duration // first retry delay when the server fails (default 0.5s)
 	MaxBackoff   time.Duration // largest retry delay (default 30s)
+	// ReportEvery is the least time between two heartbeats that carry
+	// the running set because it changed (default
+	// agentproto.ReconcileEvery, how often the server compares it).
+	ReportEvery time.Duration
 }
 
 func (o RunOptions) withDefaults() RunOptions {
@@ -91,6 +95,9 @@ func (o RunOptions) withDefaults() RunOptions {
 		o.MaxBackoff = DefaultMaxBackoff
 	}
 	o.MaxBackoff = max(o.MaxBackoff, o.MinBackoff)
+	if o.ReportEvery <= 0 {
+		o.ReportEvery = agentproto.ReconcileEvery
+	}
 	return o
 }
 
@@ -234,10 +241,11 @@ type agent struct {
 
 	mu      sync.Mutex
 	running map[int64]*localAssignment
-	// runningChanged and beats decide when a heartbeat carries the running
-	// set (see report).
+	// runningChanged, beats and reported (when the set last went) decide
+	// when a heartbeat carries the running set (see report).
 	runningChanged bool
 	beats          int
+	reported       time.Time
 	// dead holds, per id, the epoch this process refused or lost (start hook
 	// failed, stale epoch, not ours) so a repeated delivery of that same
 	// epoch does not start it again.
@@ -263,10 +271,11 @@ func (a *agent) report() agentproto.HeartbeatRequest {
 		req.Load += l.Cost
 	}
 	// The running set is what the call manager reconciles against; it is
-	// sent when it changed and on every agentproto.FullReportEvery-th beat, not each
-	// second, so a thousand agents' heartbeats stay small.
+	// sent when it changed (no oftener than the server compares it) and on
+	// every agentproto.FullReportEvery-th beat, not each second, so a
+	// thousand agents' heartbeats stay small.
 	a.beats++
-	if a.runningChanged || a.beats%agentproto.FullReportEvery == 1 {
+	if (a.runningChanged && a.reportDue()) || a.beats%agentproto.FullReportEvery == 1 {
 		list := make([]agentproto.Running, 0, len(a.running))
 		for _, l := range a.running {
 			list = append(list, agentproto.Running{ID: l.ID, Epoch: l.Epoch})
@@ -274,9 +283,14 @@ func (a *agent) report() agentproto.HeartbeatRequest {
 		slices.SortFunc(list, func(x, y agentproto.Running) int { return int(x.ID - y.ID) })
 		req.Running = list
 		a.runningChanged = false
+		a.reported = time.Now()
 	}
 	return req
 }
+
+// reportDue says whether a changed running set may go now. The caller
+// holds a.mu.
+func (a *agent) reportDue() bool { return time.Since(a.reported) >= a.opts.ReportEvery }
 
 func (a *agent) heartbeatLoop(ctx context.Context) error {
 	bo := a.newBackoff()
@@ -410,10 +424,16 @@ func (a *agent) sleepUntilReached(ctx context.Context, d time.Duration) bool {
 	return true
 }
 
+// kickHeartbeat marks the running set changed and, when a report of it is
+// due, asks the heartbeat loop to send one now.
 func (a *agent) kickHeartbeat() {
 	a.mu.Lock()
 	a.runningChanged = true
+	due := a.reportDue()
 	a.mu.Unlock()
+	if !due {
+		return // a later beat carries it
+	}
 	select {
 	case a.kick <- struct{}{}:
 	default:

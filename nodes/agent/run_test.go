@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"github.com/callplane/callplane/nodes/agentproto"
 	"log/slog"
 	"net"
@@ -52,6 +53,7 @@ func setup(t *testing.T, tweak func(*RunOptions)) *runEnv {
 		HookTimeout: 5 * time.Second,
 		HookRetry:   10 * time.Millisecond,
 		PollWait:    200 * time.Millisecond,
+		ReportEvery: time.Millisecond,
 		MinBackoff:  10 * time.Millisecond,
 		MaxBackoff:  50 * time.Millisecond,
 	}
@@ -538,5 +540,40 @@ func TestRunPollDoesNotSpin(t *testing.T) {
 	}
 	if n := polls.Load(); n < 2 || n > 15 {
 		t.Fatalf("%d polls in 500ms against an impatient server", n)
+	}
+}
+
+// A changed running set rides a heartbeat no oftener than ReportEvery (the
+// server compares it no oftener): with the gap long, only every
+// FullReportEvery-th beat carries it, however often the work changes, and
+// no change sends a heartbeat of its own. The load still goes on every
+// beat.
+func TestRunReportsChangedRunningSetAtMostEveryReportEvery(t *testing.T) {
+	e := setup(t, func(o *RunOptions) { o.ReportEvery = time.Hour })
+	_, _, _, before := e.cm.snapshot()
+	var set []agentproto.Assignment
+	const changes = 6
+	for i := range changes {
+		set = append(set, agentproto.Assignment{ID: int64(80 + i), Ref: fmt.Sprintf("call-%d", i), Kind: "call", Cost: 1, Epoch: 1, State: agentproto.StateAssigned})
+		e.cm.setDesired(set...)
+		eventually(t, "the new item acked", func() bool { _, _, acks, _ := e.cm.snapshot(); return len(acks) == i+1 })
+		// A few beats between changes, as on a node taking work steadily.
+		n := len(before)
+		eventually(t, "three more heartbeats", func() bool { _, _, _, hbs := e.cm.snapshot(); return len(hbs) >= n+3 })
+		_, _, _, before = e.cm.snapshot()
+	}
+	eventually(t, "the load of every item reported", func() bool {
+		_, _, _, hbs := e.cm.snapshot()
+		return len(hbs) > 0 && hbs[len(hbs)-1].Load == changes
+	})
+	_, _, _, hbs := e.cm.snapshot()
+	reports := 0
+	for _, hb := range hbs {
+		if hb.Running != nil {
+			reports++
+		}
+	}
+	if limit := len(hbs)/agentproto.FullReportEvery + 1; reports > limit {
+		t.Fatalf("%d of %d heartbeats carried the running set over %d changes, want at most %d (every %dth beat)", reports, len(hbs), changes, limit, agentproto.FullReportEvery)
 	}
 }

@@ -58,8 +58,16 @@ const (
 	MaxPollWait = 60 * time.Second
 	// FullReportEvery is how often, in heartbeats, an agent reports its
 	// running set even when it did not change (it also does when it
-	// changes).
+	// changes, at most every ReconcileEvery).
 	FullReportEvery = 10
+	// ReconcileEvery is how often, at most, a call manager compares one
+	// node's reported running set with its desired set: drift (a lost
+	// ack, a missed delivery) is rare, and comparing every change would
+	// cost a query per change on a busy node. Agents report a changed
+	// running set no more often than this: a report in between would be
+	// decoded and ignored (on a node taking work every second, that was a
+	// heartbeat with hundreds of entries every second).
+	ReconcileEvery = 5 * time.Second
 	// MaxAckBatch bounds the acks of one batch request.
 	MaxAckBatch = 1000
 )

@@ -27,6 +27,7 @@ func (s *Server) agentRoutes(r chi.Router) {
 	r.Group(func(r chi.Router) {
 		r.Use(s.nodeAuth)
 		r.Get(agentproto.AssignmentsPath, s.assignments)
+		r.Post(agentproto.AssignmentsPath, s.assignments) // with the acks the agent owes
 		r.Post(agentproto.AckBatchPath, s.ackBatch)
 		r.Post(agentproto.AckPattern, s.ack)
 	})
@@ -125,6 +126,12 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
 
 // assignments answers at once when the node's assignment version is newer
 // than since, else when a notification says it changed, else at wait.
+//
+// A POST carries in its body the acks the agent owes from its last answer
+// ({"acks": [...]}, as the batch ack): they are recorded first, exactly as
+// the batch ack records them, and their results come back with the answer
+// ("acks", in input order). An agent that has just applied a delivery thus
+// acks it and asks for the next one in one request instead of two.
 func (s *Server) assignments(w http.ResponseWriter, r *http.Request) {
 	a := nodeFrom(r.Context())
 	q := r.URL.Query()
@@ -153,6 +160,42 @@ func (s *Server) assignments(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	// Carried acks are recorded while the poll goes on (an active ack
+	// moves no version, so the poll need not wait for it: waiting would
+	// add the ack's commit to the delivery of whatever comes next); the
+	// answer waits for them and carries their results.
+	var acked []agentproto.AckResult
+	var ackErr error
+	var acking chan struct{}
+	if r.Method == http.MethodPost {
+		var req agentproto.AckBatchRequest
+		if err := readJSON(r, &req); err != nil {
+			badJSON(w, err)
+			return
+		}
+		if len(req.Acks) > 0 {
+			acking = make(chan struct{})
+			go func() {
+				defer close(acking)
+				acked, ackErr = s.recordAcks(r.Context(), a, req.Acks)
+			}()
+			defer func() { <-acking }()
+		}
+	}
+	respond := func(ds agentproto.DesiredSet, err error) {
+		if acking != nil {
+			<-acking
+			ds.Acks = acked
+			if err == nil {
+				err = ackErr
+			}
+		}
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, ds)
+	}
 	// read is the answer: what changed since the agent's version when it
 	// asked for a delta, else the whole set.
 	read := func() (agentproto.DesiredSet, error) {
@@ -173,12 +216,8 @@ func (s *Server) assignments(w http.ResponseWriter, r *http.Request) {
 	} else {
 		first.Version, err = s.nodes.Version(r.Context(), a.NodeID)
 	}
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	if delta && first.Version > since {
-		writeJSON(w, http.StatusOK, first)
+	if err != nil || (delta && first.Version > since) {
+		respond(first, err)
 		return
 	}
 	if first.Version <= since {
@@ -191,38 +230,24 @@ func (s *Server) assignments(w http.ResponseWriter, r *http.Request) {
 			select {
 			case <-woken:
 			case <-timer.C:
-				answer(w, read)
+				respond(read())
 				return
 			case <-s.hub.Closing():
 				// Shutting down: answer now; the agent polls another instance.
-				answer(w, read)
+				respond(read())
 				return
 			case <-r.Context().Done():
 				return
 			}
 			woken = s.hub.Wait(a.NodeID)
 			ds, err := read()
-			if err != nil {
-				writeError(w, err)
-				return
-			}
-			if ds.Version > since {
-				writeJSON(w, http.StatusOK, ds)
+			if err != nil || ds.Version > since {
+				respond(ds, err)
 				return
 			}
 		}
 	}
-	answer(w, read)
-}
-
-// answer writes the long-poll's answer.
-func answer(w http.ResponseWriter, read func() (agentproto.DesiredSet, error)) {
-	ds, err := read()
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, ds)
+	respond(read())
 }
 
 func (s *Server) ack(w http.ResponseWriter, r *http.Request) {
@@ -254,20 +279,32 @@ func (s *Server) ackBatch(w http.ResponseWriter, r *http.Request) {
 		badJSON(w, err)
 		return
 	}
-	res, err := s.nodes.AckBatch(r.Context(), a.NodeID, req.Acks)
+	results, err := s.recordAcks(r.Context(), a, req.Acks)
 	if err != nil {
-		if problem.HTTPStatus(err) == http.StatusInternalServerError {
-			s.log.Error("ack batch", "node", a.Name, "acks", len(req.Acks), "err", err)
-		}
 		writeError(w, err)
 		return
 	}
-	out := agentproto.AckBatchResponse{Results: make([]agentproto.AckResult, len(res))}
+	writeJSON(w, http.StatusOK, agentproto.AckBatchResponse{Results: results})
+}
+
+// recordAcks records acks of the calling node in one statement and
+// returns one result per ack in input order: ok, or the error and the
+// status the single ack would have answered. The error is for the batch
+// as a whole (bad size, database failure).
+func (s *Server) recordAcks(ctx context.Context, a nodes.NodeAuth, acks []agentproto.Ack) ([]agentproto.AckResult, error) {
+	res, err := s.nodes.AckBatch(ctx, a.NodeID, acks)
+	if err != nil {
+		if problem.HTTPStatus(err) == http.StatusInternalServerError {
+			s.log.Error("ack batch", "node", a.Name, "acks", len(acks), "err", err)
+		}
+		return nil, err
+	}
+	out := make([]agentproto.AckResult, len(res))
 	for i, x := range res {
-		out.Results[i] = agentproto.AckResult{ID: x.ID, OK: x.Err == nil}
+		out[i] = agentproto.AckResult{ID: x.ID, OK: x.Err == nil}
 		if x.Err != nil {
-			out.Results[i].Status, out.Results[i].Error = problem.HTTPStatus(x.Err), problem.Message(x.Err)
+			out[i].Status, out[i].Error = problem.HTTPStatus(x.Err), problem.Message(x.Err)
 		}
 	}
-	writeJSON(w, http.StatusOK, out)
+	return out, nil
 }

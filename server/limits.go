@@ -23,8 +23,9 @@ const (
 
 // largeBodyRoutes take LargeBodyLimit; every other route DefaultBodyLimit.
 var largeBodyRoutes = map[string]bool{
-	"POST " + agentproto.Prefix + agentproto.HeartbeatPath: true,
-	"POST " + agentproto.Prefix + agentproto.AckBatchPath:  true,
+	"POST " + agentproto.Prefix + agentproto.HeartbeatPath:   true,
+	"POST " + agentproto.Prefix + agentproto.AckBatchPath:    true,
+	"POST " + agentproto.Prefix + agentproto.AssignmentsPath: true,
 	"POST /api/v1/work": true,
 }
 

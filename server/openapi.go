@@ -56,13 +56,19 @@ var (
 	pUntil  = q("until", "string", "RFC 3339 upper bound of the time (exclusive)")
 )
 
+// pollParams are the query parameters of the long-poll, GET or POST.
+var pollParams = []apiParam{q("since", "integer", "last version seen"), q("wait", "string", "how long to wait, e.g. 30s (max 60s)"),
+	q("delta", "string", "1: answer what changed since the version, not the whole set")}
+
 // apiOps lists every /api/v1 route. A test checks it against the router
 // both ways.
 var apiOps = []apiOp{
 	{method: "POST", path: "/enroll", summary: "Enrol a node agent with a one-time join token", body: "EnrollRequest", status: "200", result: "EnrollResult"},
 	{method: "POST", path: "/heartbeat", summary: "Agent heartbeat", auth: "node", body: "Heartbeat", status: "200", result: "HeartbeatResult"},
 	{method: "GET", path: "/assignments", summary: "Long-poll the node's desired assignments", auth: "node",
-		params: []apiParam{q("since", "integer", "last version seen"), q("wait", "string", "how long to wait, e.g. 30s (max 60s)")}, status: "200", result: "DesiredSet"},
+		params: pollParams, status: "200", result: "DesiredSet"},
+	{method: "POST", path: "/assignments", summary: "Long-poll carrying the acks the last answer owes (recorded as by the batch ack; their results in the answer's acks)", auth: "node",
+		params: pollParams, body: "AckBatch", status: "200", result: "DesiredSet"},
 	{method: "POST", path: "/assignments/ack", summary: "Acknowledge several assignments", auth: "node", body: "AckBatch", status: "200", result: "Object"},
 	{method: "POST", path: "/assignments/{id}/ack", summary: "Acknowledge one assignment", auth: "node", params: []apiParam{pID}, body: "Ack", status: "200", result: "Object"},
 
@@ -145,9 +151,10 @@ func schemas() map[string]any {
 		"EnrollResult":    obj(map[string]any{"node_id": tInt, "node_name": tStr, "kind": tStr, "credential": tStr, "heartbeat_interval_ms": tInt}),
 		"Heartbeat":       obj(map[string]any{"load": tInt, "version": tStr, "running": arr(tObject)}),
 		"HeartbeatResult": obj(map[string]any{"admin_state": tStr, "heartbeat_interval_ms": tInt, "credential": tStr}),
-		"DesiredSet":      obj(map[string]any{"version": tInt, "assignments": arr(tObject)}),
-		"Ack":             obj(map[string]any{"epoch": tInt, "state": map[string]any{"type": "string", "enum": []string{"active", "failed", "ended"}}}, "epoch", "state"),
-		"AckBatch":        obj(map[string]any{"acks": arr(obj(map[string]any{"id": tInt, "epoch": tInt, "state": tStr}))}),
+		"DesiredSet": obj(map[string]any{"version": tInt, "assignments": arr(tObject), "delta": tBool, "removed": arr(tInt),
+			"acks": arr(obj(map[string]any{"id": tInt, "ok": tBool, "error": tStr, "status": tInt}))}),
+		"Ack":      obj(map[string]any{"epoch": tInt, "state": map[string]any{"type": "string", "enum": []string{"active", "failed", "ended"}}}, "epoch", "state"),
+		"AckBatch": obj(map[string]any{"acks": arr(obj(map[string]any{"id": tInt, "epoch": tInt, "state": tStr}))}),
 		"Node": obj(map[string]any{"id": tInt, "name": tStr, "kind": tStr, "address": tStr, "capacity": tInt, "weight": tInt,
 			"region": tStr, "description": tStr, "admin_state": tStr, "health": tStr, "health_changed_at": tTime, "load": tInt,
 			"reported_load": tInt, "enrolled": tBool, "agent_version": tStr, "last_heartbeat_at": tTimeN, "maintenance": tBool,

@@ -536,3 +536,69 @@ func TestLongPollDelta(t *testing.T) {
 		t.Fatalf("a bad delta: %d %s", r.StatusCode, r.Body)
 	}
 }
+
+// A POST of the long-poll records the acks it carries, exactly as the
+// batch ack does, before it polls, and answers their results with the
+// desired set: a delivery is acked and the next asked for in one request.
+func TestLongPollCarriesAcks(t *testing.T) {
+	t.Parallel()
+	in := cluster(t, 100, "m1")
+	cred := enrol(t, in, "m1")
+	for i := range 2 {
+		place(t, in, "call", fmt.Sprintf("p%d", i), 1)
+	}
+	_, first := api(t, in, "GET", "/api/v1/assignments?since=0&wait=0s&delta=1", cred, nil)
+	v := int64(first["version"].(float64))
+	var acks []map[string]any
+	for _, x := range first["assignments"].([]any) {
+		a := x.(map[string]any)
+		acks = append(acks, map[string]any{"id": a["id"], "epoch": a["epoch"], "state": "active"})
+	}
+	stale := map[string]any{"id": acks[0]["id"], "epoch": 99, "state": "active"}
+	path := fmt.Sprintf("/api/v1/assignments?since=%d&wait=0s&delta=1", v)
+	r, ans := api(t, in, "POST", path, cred, map[string]any{"acks": acks})
+	if r.StatusCode != 200 {
+		t.Fatalf("poll with acks: %d %s", r.StatusCode, r.Body)
+	}
+	results, _ := ans["acks"].([]any)
+	if len(results) != 2 || results[0].(map[string]any)["ok"] != true || results[1].(map[string]any)["ok"] != true {
+		t.Fatalf("ack results = %v, want two ok", ans["acks"])
+	}
+	if n := count(t, in, "SELECT count(*) FROM work WHERE state = 'active'"); n != 2 {
+		t.Fatalf("%d items active after the poll carried their acks, want 2", n)
+	}
+	if int64(ans["version"].(float64)) != v || len(ans["assignments"].([]any)) != 0 {
+		t.Fatalf("the answer after the agent's own acks must be an empty delta at version %d: %v", v, ans)
+	}
+	r, ans = api(t, in, "POST", path, cred, map[string]any{"acks": []any{stale}})
+	if results, _ := ans["acks"].([]any); r.StatusCode != 200 || len(results) != 1 || results[0].(map[string]any)["status"] != float64(409) {
+		t.Fatalf("a stale epoch: %d %s, want its result 409", r.StatusCode, r.Body)
+	}
+
+	// A poll with no acks is a plain poll.
+	r, ans = api(t, in, "POST", path, cred, map[string]any{"acks": []any{}})
+	if r.StatusCode != 200 || ans["acks"] != nil {
+		t.Fatalf("poll with no acks: %d %s", r.StatusCode, r.Body)
+	}
+	// Bad acks are refused with the field named and change nothing.
+	place(t, in, "call", "p2", 1)
+	r, _ = api(t, in, "POST", path, cred, map[string]any{"acks": []any{map[string]any{"id": 1, "epoch": 1, "state": "running"}}})
+	if r.StatusCode != 200 || !strings.Contains(string(r.Body), "state must be") {
+		t.Fatalf("a bad ack state: %d %s", r.StatusCode, r.Body)
+	}
+	r, _ = api(t, in, "POST", path, cred, `{"acks": [{"id": "x"}]}`)
+	if r.StatusCode != 400 || !strings.Contains(string(r.Body), "id") {
+		t.Fatalf("a bad ack body: %d %s", r.StatusCode, r.Body)
+	}
+	many := make([]map[string]any, 1001)
+	for i := range many {
+		many[i] = map[string]any{"id": i + 1, "epoch": 1, "state": "active"}
+	}
+	r, _ = api(t, in, "POST", path, cred, map[string]any{"acks": many})
+	if r.StatusCode != 400 || !strings.Contains(string(r.Body), "acks") {
+		t.Fatalf("too many acks: %d %s", r.StatusCode, r.Body)
+	}
+	if n := count(t, in, "SELECT count(*) FROM work WHERE state = 'active'"); n != 2 {
+		t.Fatalf("%d items active after refused acks, want 2", n)
+	}
+}

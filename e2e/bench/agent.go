@@ -76,27 +76,24 @@ func doJSON(ctx context.Context, hc *http.Client, method, url, bearer string, in
 	return res.StatusCode, nil
 }
 
-// recorder notes when assignments first reach an agent and when their acks
-// were answered, by work id.
+// recorder notes when assignments first reach an agent, by work id, and
+// the agents' errors. (When acks landed is read from the database: see
+// scene.activeWork.)
 type recorder struct {
 	mu       sync.Mutex
 	received map[int64]time.Time
-	acked    map[int64]time.Time
-	nAcked   atomic.Int64
 	errs     atomic.Int64
 	lastErr  atomic.Value
 }
 
 func newRecorder() *recorder {
-	return &recorder{received: map[int64]time.Time{}, acked: map[int64]time.Time{}}
+	return &recorder{received: map[int64]time.Time{}}
 }
 
 func (r *recorder) reset() {
 	r.mu.Lock()
 	r.received = map[int64]time.Time{}
-	r.acked = map[int64]time.Time{}
 	r.mu.Unlock()
-	r.nAcked.Store(0)
 }
 
 func (r *recorder) err(err error) {
@@ -210,20 +207,29 @@ func (a *simAgent) heartbeatLoop(ctx context.Context) {
 func (a *simAgent) pollLoop(ctx context.Context, acks chan<- []agentproto.Assignment) {
 	var since int64
 	var held map[int64]agentproto.Assignment // the desired set as delivered
+	var owed []agentproto.Assignment         // acks that ride the next poll
 	for ctx.Err() == nil {
 		var ds agentproto.DesiredSet
 		// Like nodeagent: deltas after the first whole set (-full-sets: the
-		// whole set every time, as before deltas).
+		// whole set every time, as before deltas), and the acks of the last
+		// delivery on the next poll (-ack-requests: in requests of their
+		// own, as before).
 		path := agentproto.PollPath(since, agentproto.DefaultPollWait, !opt.fullSets && held != nil)
-		_, err := doJSON(ctx, a.hc, http.MethodGet, a.base+agentproto.Prefix+path, a.cred, nil, &ds)
+		method, body := http.MethodGet, any(nil)
+		if len(owed) > 0 {
+			method, body = http.MethodPost, ackBatch(owed)
+		}
+		_, err := doJSON(ctx, a.hc, method, a.base+agentproto.Prefix+path, a.cred, body, &ds)
 		at := time.Now()
 		if err != nil {
 			if ctx.Err() == nil {
 				a.rec.err(err)
 				time.Sleep(100 * time.Millisecond)
 			}
-			continue
+			continue // the owed acks ride the next try
 		}
+		owed = nil
+		a.ackResults(ds.Acks)
 		a.polls.Add(1)
 		since = ds.Version
 		before := held
@@ -253,17 +259,17 @@ func (a *simAgent) pollLoop(ctx context.Context, acks chan<- []agentproto.Assign
 		}
 		a.rec.mu.Unlock()
 		if a.ack {
-			var owed []agentproto.Assignment
 			for _, as := range fresh {
 				if as.State == agentproto.StateAssigned {
 					owed = append(owed, as)
 				}
 			}
-			if len(owed) > 0 {
+			if len(owed) > 0 && (singleAcks.Load() || opt.ackRequests) {
 				select {
 				case acks <- owed:
 				default:
 				}
+				owed = nil
 			}
 		}
 	}
@@ -308,40 +314,37 @@ func (a *simAgent) ackOne(ctx context.Context, as agentproto.Assignment) {
 		if ctx.Err() == nil && !strings.Contains(err.Error(), "409") {
 			a.rec.err(err)
 		}
-		return
 	}
-	at := time.Now()
-	a.rec.nAcked.Add(1)
-	a.rec.mu.Lock()
-	a.rec.acked[as.ID] = at
-	a.rec.mu.Unlock()
 }
 
-// ackBatch acks many assignments with one POST of agentproto.AckBatchPath.
-func (a *simAgent) ackBatch(ctx context.Context, owed []agentproto.Assignment) {
+// ackBatch is the body that acks owed active.
+func ackBatch(owed []agentproto.Assignment) agentproto.AckBatchRequest {
 	body := agentproto.AckBatchRequest{Acks: make([]agentproto.Ack, len(owed))}
 	for i, as := range owed {
 		body.Acks[i] = agentproto.Ack{ID: as.ID, Epoch: as.Epoch, State: agentproto.StateActive}
 	}
+	return body
+}
+
+// ackBatch acks many assignments with one POST of agentproto.AckBatchPath.
+func (a *simAgent) ackBatch(ctx context.Context, owed []agentproto.Assignment) {
 	var out agentproto.AckBatchResponse
-	_, err := doJSON(ctx, a.hc, http.MethodPost, a.base+agentproto.Prefix+agentproto.AckBatchPath, a.cred, body, &out)
+	_, err := doJSON(ctx, a.hc, http.MethodPost, a.base+agentproto.Prefix+agentproto.AckBatchPath, a.cred, ackBatch(owed), &out)
 	if err != nil {
 		if ctx.Err() == nil {
 			a.rec.err(err)
 		}
 		return
 	}
-	at := time.Now()
-	var n int64
-	a.rec.mu.Lock()
-	for _, r := range out.Results {
-		if r.OK {
-			a.rec.acked[r.ID] = at
-			n++
-		} else if !strings.Contains(r.Error, "stale epoch") {
+	a.ackResults(out.Results)
+}
+
+// ackResults notes the acks the server refused for another reason than a
+// stale epoch (work moved meanwhile).
+func (a *simAgent) ackResults(results []agentproto.AckResult) {
+	for _, r := range results {
+		if !r.OK && !strings.Contains(r.Error, "stale epoch") {
 			a.rec.lastErr.Store(r.Error)
 		}
 	}
-	a.rec.mu.Unlock()
-	a.rec.nAcked.Add(n)
 }

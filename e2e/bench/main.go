@@ -46,11 +46,12 @@ type options struct {
 	ffTimeout  time.Duration
 	ffJitter   time.Duration
 
-	profileDir string
-	waits      bool
-	statements bool
-	fullSets   bool
-	explain    time.Duration
+	profileDir  string
+	waits       bool
+	statements  bool
+	fullSets    bool
+	ackRequests bool
+	explain     time.Duration
 }
 
 var opt options
@@ -87,6 +88,7 @@ func main() {
 	flag.DurationVar(&opt.ffJitter, "ff-jitter", 200*time.Millisecond, "injected delay on probe answers, uniform in [0, jitter]")
 	flag.StringVar(&opt.profileDir, "profile-dir", "", "save a CPU profile of the call manager for each phase here")
 	flag.BoolVar(&opt.fullSets, "full-sets", false, "agents take the whole desired set on every delivery (as before delta deliveries), to compare")
+	flag.BoolVar(&opt.ackRequests, "ack-requests", false, "agents ack in requests of their own (as before acks rode the next poll), to compare")
 	flag.BoolVar(&opt.statements, "statements", false, "report the statements that took the most Postgres time in each load phase (pg_stat_statements)")
 	flag.DurationVar(&opt.explain, "explain", 0, "log the plans of statements slower than this, nested ones included, to the Postgres log (auto_explain; use with -keep)")
 	flag.BoolVar(&opt.waits, "waits", false, "sample what Postgres backends wait on during the load phases")

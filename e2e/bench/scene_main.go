@@ -156,12 +156,17 @@ func phaseLongPoll(ctx context.Context, sc *scene, label string, rate, n int) er
 		time.Sleep(100 * time.Millisecond)
 	}
 	// And for the agents' acks to land, so the calls are active.
-	for time.Now().Before(deadline) && sc.rec.nAcked.Load() < int64(len(commits)) {
+	acked, _, err := sc.activeWork(ctx, label)
+	for err == nil && time.Now().Before(deadline) && acked < int64(len(commits)) {
 		time.Sleep(100 * time.Millisecond)
+		acked, _, err = sc.activeWork(ctx, label)
+	}
+	if err != nil {
+		return err
 	}
 	achieved := float64(len(commits)) / elapsed.Seconds()
 	logf("long-poll: %d assignments committed at %.0f/s to %d agents; %d not delivered, %d placement errors, %d acked, agent errors %d",
-		len(commits), achieved, opt.portalNodes, missing, failed.Load(), sc.rec.nAcked.Load(), sc.rec.errs.Load())
+		len(commits), achieved, opt.portalNodes, missing, failed.Load(), acked, sc.rec.errs.Load())
 	p50, p99 := percentile(lat, 0.50), percentile(lat, 0.99)
 	note := fmt.Sprintf("%d agents, %.0f assignments/s achieved, max %s", opt.portalNodes, achieved, ms(percentile(lat, 1)))
 	name := "long-poll delivery latency"
@@ -453,20 +458,18 @@ func runPlacement(ctx context.Context, sc *scene, label string, workers, per int
 	logf("%s: %s", label, shares())
 	stopWaits()
 	stopProf()
-	// Wait (bounded) for the acks.
+	// Wait (bounded) for the acks, as the call manager recorded them: an
+	// agent learns how its acks went with its next answer, which at the
+	// end of the phase comes at the poll's wait.
 	limit := time.Now().Add(20 * time.Second)
-	for time.Now().Before(limit) && sc.rec.nAcked.Load() < created.Load() {
-		time.Sleep(50 * time.Millisecond)
+	acked, lastAck, err := sc.activeWork(ctx, label)
+	for err == nil && time.Now().Before(limit) && acked < created.Load() {
+		time.Sleep(100 * time.Millisecond)
+		acked, lastAck, err = sc.activeWork(ctx, label)
 	}
-	var lastAck time.Time
-	sc.rec.mu.Lock()
-	for _, t := range sc.rec.acked {
-		if t.After(lastAck) {
-			lastAck = t
-		}
+	if err != nil {
+		return placementResult{}, err
 	}
-	sc.rec.mu.Unlock()
-	acked := sc.rec.nAcked.Load()
 	span := lastAck.Sub(start)
 	rate := float64(acked) / span.Seconds()
 	if e := lastErr.Load(); e != nil {
@@ -480,6 +483,19 @@ func runPlacement(ctx context.Context, sc *scene, label string, workers, per int
 		label, created.Load(), createdIn.Round(time.Millisecond), float64(created.Load())/createdIn.Seconds(), requests.Load(),
 		p50.Round(10*time.Microsecond), p99.Round(10*time.Microsecond), acked, span.Round(time.Millisecond), failed.Load())
 	return placementResult{rate: rate}, nil
+}
+
+// activeWork counts the work of a phase (refs label-N) the agents have
+// acked active, and says when the last ack was recorded.
+func (sc *scene) activeWork(ctx context.Context, label string) (int64, time.Time, error) {
+	var n int64
+	var last *time.Time
+	err := sc.pool.QueryRow(ctx, `SELECT count(*), max(updated_at) FROM work
+		WHERE ref ~ ('^' || $1 || '-[0-9]+$') AND state = 'active'`, label).Scan(&n, &last)
+	if last == nil {
+		return n, time.Time{}, err
+	}
+	return n, *last, err
 }
 
 // latencies collects durations from several goroutines.

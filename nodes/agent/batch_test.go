@@ -87,3 +87,45 @@ func TestRunFallsBackToSingleAcks(t *testing.T) {
 		t.Errorf("fallback not logged:\n%s", e.logs.String())
 	}
 }
+
+func (cm *callManager) pollAckStats() (items, batchCalls, acks int) {
+	cm.mu.Lock()
+	defer cm.mu.Unlock()
+	return cm.pollAckItems, cm.batchCalls, len(cm.acks)
+}
+
+// The acks a delivery owes ride the next poll, answered with its results:
+// no ack request of their own. A failed hook goes as failed, and a stale
+// epoch in the results drops that assignment as a 409 to its own ack would.
+func TestRunAcksRideTheNextPoll(t *testing.T) {
+	e := setup(t, nil)
+	e.cm.mu.Lock()
+	e.cm.batchAck, e.cm.pollAcks = true, true
+	e.cm.ackStatus[73] = 409
+	e.cm.mu.Unlock()
+	e.cm.setDesired(
+		agentproto.Assignment{ID: 70, Ref: "call-70", Kind: "call", Cost: 1, Epoch: 1, State: agentproto.StateAssigned},
+		agentproto.Assignment{ID: 72, Ref: "bad", Kind: "call", Cost: 1, Epoch: 3, State: agentproto.StateAssigned},
+		agentproto.Assignment{ID: 73, Ref: "call-moved", Kind: "call", Cost: 1, Epoch: 4, State: agentproto.StateAssigned},
+	)
+	eventually(t, "stale assignment stopped", func() bool {
+		return slices.Contains(e.hookLines(t), "stop id=73 ref=call-moved kind=call cost=1 epoch=4 node=media-1")
+	})
+	e.waitRunning(t, 1, agentproto.Running{ID: 70, Epoch: 1})
+	items, batches, acks := e.cm.pollAckStats()
+	if items != 3 || batches != 0 || acks != 3 {
+		t.Fatalf("%d acks on polls, %d batch requests, %d acks in all; want 3, 0, 3", items, batches, acks)
+	}
+	if e.cm.ackError(72) == "" {
+		t.Fatal("the failed start's reason did not ride the poll")
+	}
+	// The server now has 70 active: a later delivery owes nothing.
+	e.cm.setDesired(
+		agentproto.Assignment{ID: 70, Ref: "call-70", Kind: "call", Cost: 1, Epoch: 1, State: agentproto.StateActive},
+		agentproto.Assignment{ID: 74, Ref: "call-74", Kind: "call", Cost: 1, Epoch: 1, State: agentproto.StateAssigned},
+	)
+	eventually(t, "the new item acked on a poll", func() bool { items, _, _ := e.cm.pollAckStats(); return items == 4 })
+	if items, batches, acks := e.cm.pollAckStats(); batches != 0 || acks != 4 {
+		t.Fatalf("after the second delivery: %d acks on polls, %d batch requests, %d acks; want 4, 0, 4", items, batches, acks)
+	}
+}

@@ -310,10 +310,16 @@ func (c *apiClient) heartbeat(ctx context.Context, timeout time.Duration, req ag
 }
 
 // assignments long-polls the desired set. The request may take up to wait
-// plus a margin for the server and the network.
-func (c *apiClient) assignments(ctx context.Context, since int64, wait time.Duration, delta bool) (*agentproto.DesiredSet, error) {
+// plus a margin for the server and the network. Acks, when given, ride the
+// poll (a POST); their results come back in the answer's Acks. A server
+// older than that answers 405.
+func (c *apiClient) assignments(ctx context.Context, since int64, wait time.Duration, delta bool, acks []agentproto.Ack) (*agentproto.DesiredSet, error) {
 	var resp agentproto.DesiredSet
-	if err := c.do(ctx, wait+15*time.Second, http.MethodGet, agentproto.Prefix+agentproto.PollPath(since, wait, delta), nil, &resp); err != nil {
+	method, body := http.MethodGet, any(nil)
+	if len(acks) > 0 {
+		method, body = http.MethodPost, agentproto.AckBatchRequest{Acks: acks}
+	}
+	if err := c.do(ctx, wait+15*time.Second, method, agentproto.Prefix+agentproto.PollPath(since, wait, delta), body, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

@@ -110,9 +110,12 @@ func (o RunOptions) withDefaults() RunOptions {
 // idempotently: an assignment new to this process (or back with a new epoch)
 // runs the start hook and is acked active with its epoch, one that left the
 // set runs the stop hook, and one unchanged is left alone, so a duplicate
-// delivery changes nothing. The acks of one delivery go in one batch
-// request (POST /api/v1/assignments/ack) once its start hooks have run; a
-// server without the batch API (404) gets them one by one. After a restart the server hands back the set
+// delivery changes nothing. The acks of one delivery go, once its start
+// hooks have run, with the next poll (a POST of the long-poll, answered
+// with their results): one request acks a delivery and asks for the next.
+// A server without that (405) gets them in a batch request (POST
+// /api/v1/assignments/ack), and one without the batch API (404) one by
+// one. After a restart the server hands back the set
 // with state "active": the agent runs the start hook once for this process
 // (hooks must therefore be idempotent) and does not ack again. A start hook
 // that fails is acked "failed"; an ack answered 409 (stale epoch) or 404
@@ -253,6 +256,9 @@ type agent struct {
 	// noBatchUntil: the server answered 404 to a batch ack; ack one by
 	// one until then.
 	noBatchUntil time.Time
+	// noPollAcksUntil: the server refused acks on the poll; send them on
+	// their own until then.
+	noPollAcksUntil time.Time
 }
 
 // pendingAck is an ack that applying a desired set owes the server.
@@ -447,9 +453,27 @@ func (a *agent) pollLoop(ctx context.Context) error {
 	var held map[int64]agentproto.Assignment
 	var answered, full time.Time // when the last answer, and the last whole set, came
 	disabled := false
+	// owed are the acks the last answer's set owes the server; they ride
+	// the next poll.
+	var owed []pendingAck
 	for {
+		// Acks go with the poll when the server takes them there (every
+		// call manager of this version); else, and when there are more
+		// than one request may carry, on their own first.
+		var carried []pendingAck
+		if len(owed) > 0 && a.pollAcks() && len(owed) <= agentproto.MaxAckBatch {
+			carried = owed
+		} else if len(owed) > 0 {
+			if err := a.sendAcks(ctx, owed); err != nil {
+				return err
+			}
+		}
+		owed = nil
 		wait := a.opts.PollWait
-		if a.hasUnacked() {
+		// Acks carried by this poll get their answers with it; others
+		// still outstanding shorten it, so the set comes back soon and
+		// they are sent again.
+		if len(carried) == 0 && a.hasUnacked() {
 			wait = min(wait, ackRetryWait)
 		}
 		asked := time.Now()
@@ -457,7 +481,7 @@ func (a *agent) pollLoop(ctx context.Context) error {
 		// again now and then: a delta can only be computed from history the
 		// server still keeps.
 		delta := held != nil && asked.Sub(answered) < deltaAfter && asked.Sub(full) < resyncEvery
-		resp, err := a.api.assignments(ctx, since, wait, delta)
+		resp, err := a.api.assignments(ctx, since, wait, delta, ackItems(carried))
 		var delay time.Duration
 		switch status := statusOf(err); {
 		case err == nil:
@@ -466,15 +490,16 @@ func (a *agent) pollLoop(ctx context.Context) error {
 				a.log.Info("node enabled again")
 				disabled = false
 			}
+			if err := a.ackResults(ctx, carried, resp.Acks); err != nil {
+				return err
+			}
 			unchanged := resp.Version == since
 			since, answered = resp.Version, time.Now()
 			if !resp.Delta {
 				full = answered
 			}
 			held = resp.Apply(held)
-			if err := a.apply(ctx, slices.SortedFunc(maps.Values(held), byID)); err != nil {
-				return err
-			}
+			owed = a.apply(ctx, slices.SortedFunc(maps.Values(held), byID))
 			// A server that answers an unchanged set without waiting would
 			// otherwise make this loop spin.
 			if !unchanged || time.Since(asked) >= a.opts.MinBackoff {
@@ -487,6 +512,15 @@ func (a *agent) pollLoop(ctx context.Context) error {
 			return ErrCredentialRejected
 		case isPinMismatch(err):
 			return err
+		case len(carried) > 0 && (status == http.StatusMethodNotAllowed || status == http.StatusNotFound):
+			// A call manager older than acks on the poll: send them on
+			// their own, and poll as before for a while.
+			a.mu.Lock()
+			a.noPollAcksUntil = time.Now().Add(batchAckRetry)
+			a.mu.Unlock()
+			a.log.Info("server takes no acks on the poll; sending them on their own", "acks", len(carried))
+			owed = carried
+			continue
 		case status == http.StatusForbidden:
 			delay = bo.next()
 			if !disabled {
@@ -551,10 +585,11 @@ func (a *agent) hasUnacked() bool {
 	return false
 }
 
-// apply makes the running set match the desired set. It only returns
-// ErrCredentialRejected; other failures are logged and retried on a later
+// apply makes the running set match the desired set and returns the acks
+// that owes the server: starts (active or failed) and running work the
+// server still has as assigned. Failures are logged and retried on a later
 // delivery.
-func (a *agent) apply(ctx context.Context, desired []agentproto.Assignment) error {
+func (a *agent) apply(ctx context.Context, desired []agentproto.Assignment) []pendingAck {
 	want := make(map[int64]agentproto.Assignment, len(desired))
 	order := make([]int64, 0, len(desired))
 	for _, d := range desired {
@@ -597,7 +632,7 @@ func (a *agent) apply(ctx context.Context, desired []agentproto.Assignment) erro
 
 	// Stops go first so that freed resources are available to new work.
 	_ = each(stops, func(x agentproto.Assignment) error { a.stop(ctx, x, "removed from the desired set"); return nil })
-	// Then the start hooks; the acks they owe are sent together after.
+	// Then the start hooks; the acks they owe are returned, to go together.
 	var pmu sync.Mutex
 	pending := make([]pendingAck, 0, len(starts)+len(acks))
 	_ = each(starts, func(x agentproto.Assignment) error {
@@ -611,7 +646,7 @@ func (a *agent) apply(ctx context.Context, desired []agentproto.Assignment) erro
 	for _, d := range acks {
 		pending = append(pending, pendingAck{d: d, state: agentproto.StateActive})
 	}
-	return a.sendAcks(ctx, pending)
+	return pending
 }
 
 // sendAcks sends the acks one delivery owes: several in batch requests,
@@ -635,17 +670,51 @@ func (a *agent) batchAcks() bool {
 	return time.Now().After(a.noBatchUntil)
 }
 
+func (a *agent) pollAcks() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return time.Now().After(a.noPollAcksUntil)
+}
+
+// ackItems is the wire form of pending acks.
+func ackItems(pending []pendingAck) []agentproto.Ack {
+	if len(pending) == 0 {
+		return nil
+	}
+	items := make([]agentproto.Ack, len(pending))
+	for i, p := range pending {
+		items[i] = agentproto.Ack{ID: p.d.ID, Epoch: p.d.Epoch, State: p.state, Error: p.reason}
+	}
+	return items
+}
+
+// ackResults acts on the server's results for acks sent together (in a
+// batch, or on the poll). It only returns ErrCredentialRejected.
+func (a *agent) ackResults(ctx context.Context, sent []pendingAck, res []agentproto.AckResult) error {
+	byID := make(map[int64]agentproto.AckResult, len(res))
+	for _, r := range res {
+		byID[r.ID] = r
+	}
+	return each(sent, func(p pendingAck) error {
+		r, ok := byID[p.d.ID]
+		switch {
+		case !ok:
+			return a.ackDone(ctx, p, &statusError{Message: "no result for this ack in the answer"})
+		case r.OK:
+			return a.ackDone(ctx, p, nil)
+		default:
+			return a.ackDone(ctx, p, &statusError{Status: r.Status, Message: oneLine(r.Error, 200)})
+		}
+	})
+}
+
 // sendAckBatches sends pending in batch requests of at most agentproto.MaxAckBatch.
 // It returns the acks still to send one by one: those from the first
 // request a server without the batch API refused on.
 func (a *agent) sendAckBatches(ctx context.Context, pending []pendingAck) ([]pendingAck, error) {
 	for len(pending) > 0 {
 		chunk := pending[:min(len(pending), agentproto.MaxAckBatch)]
-		items := make([]agentproto.Ack, len(chunk))
-		for i, p := range chunk {
-			items[i] = agentproto.Ack{ID: p.d.ID, Epoch: p.d.Epoch, State: p.state, Error: p.reason}
-		}
-		res, err := a.api.ackBatch(ctx, items)
+		res, err := a.api.ackBatch(ctx, ackItems(chunk))
 		switch status := statusOf(err); {
 		case err == nil:
 		case status == http.StatusNotFound || status == http.StatusMethodNotAllowed:
@@ -665,21 +734,7 @@ func (a *agent) sendAckBatches(ctx context.Context, pending []pendingAck) ([]pen
 			pending = pending[len(chunk):]
 			continue
 		}
-		byID := make(map[int64]agentproto.AckResult, len(res))
-		for _, r := range res {
-			byID[r.ID] = r
-		}
-		if err := each(chunk, func(p pendingAck) error {
-			r, ok := byID[p.d.ID]
-			switch {
-			case !ok:
-				return a.ackDone(ctx, p, &statusError{Message: "no result for this ack in the batch answer"})
-			case r.OK:
-				return a.ackDone(ctx, p, nil)
-			default:
-				return a.ackDone(ctx, p, &statusError{Status: r.Status, Message: oneLine(r.Error, 200)})
-			}
-		}); err != nil {
+		if err := a.ackResults(ctx, chunk, res); err != nil {
 			return nil, err
 		}
 		pending = pending[len(chunk):]

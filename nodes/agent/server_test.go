@@ -56,9 +56,13 @@ type callManager struct {
 	batchAck   bool
 	batchCalls int // batch ack requests, answered 404 or not
 	batchItems int // acks that came in batch requests
-	version    int64
-	set        []agentproto.Assignment
-	changed    chan struct{} // closed when the set changes
+	// pollAcks serves POST /api/v1/assignments (acks on the poll); without
+	// it the stand-in is a server older than that (405).
+	pollAcks     bool
+	pollAckItems int // acks that came on polls
+	version      int64
+	set          []agentproto.Assignment
+	changed      chan struct{} // closed when the set changes
 }
 
 func newCallManager() *callManager {
@@ -99,41 +103,26 @@ func (cm *callManager) handler() http.Handler {
 		}
 		writeJSON(w, 200, map[string]any{"admin_state": "enabled", "heartbeat_interval_ms": 20})
 	}))
-	mux.HandleFunc("GET /api/v1/assignments", cm.authed(func(w http.ResponseWriter, r *http.Request) {
-		since, err1 := strconv.ParseInt(r.URL.Query().Get("since"), 10, 64)
-		wait, err2 := time.ParseDuration(r.URL.Query().Get("wait"))
-		if err1 != nil || err2 != nil {
-			writeJSON(w, 400, map[string]any{"error": "bad since or wait"})
+	mux.HandleFunc("POST /api/v1/assignments", cm.authed(func(w http.ResponseWriter, r *http.Request) {
+		cm.mu.Lock()
+		enabled := cm.pollAcks
+		cm.mu.Unlock()
+		if !enabled {
+			writeJSON(w, 405, map[string]any{"error": "method not allowed"})
+			return
+		}
+		var req agentproto.AckBatchRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			writeJSON(w, 400, map[string]any{"error": "malformed JSON"})
 			return
 		}
 		cm.mu.Lock()
-		cm.polls++
-		status := cm.pollStatus
+		cm.pollAckItems += len(req.Acks)
+		results := cm.ackAllLocked(req.Acks)
 		cm.mu.Unlock()
-		if status != 0 {
-			writeJSON(w, status, map[string]any{"error": http.StatusText(status)})
-			return
-		}
-		timer := time.NewTimer(wait)
-		defer timer.Stop()
-		for {
-			cm.mu.Lock()
-			v, set, changed := cm.version, append([]agentproto.Assignment{}, cm.set...), cm.changed
-			cm.mu.Unlock()
-			if v > since {
-				writeJSON(w, 200, agentproto.DesiredSet{Version: v, Assignments: set})
-				return
-			}
-			select {
-			case <-changed:
-			case <-timer.C:
-				writeJSON(w, 200, agentproto.DesiredSet{Version: v, Assignments: set})
-				return
-			case <-r.Context().Done():
-				return
-			}
-		}
+		cm.poll(w, r, results)
 	}))
+	mux.HandleFunc("GET /api/v1/assignments", cm.authed(func(w http.ResponseWriter, r *http.Request) { cm.poll(w, r, nil) }))
 	mux.HandleFunc("POST /api/v1/assignments/{id}/ack", cm.authed(func(w http.ResponseWriter, r *http.Request) {
 		id, _ := strconv.ParseInt(r.PathValue("id"), 10, 64)
 		var req agentproto.AckRequest
@@ -168,16 +157,7 @@ func (cm *callManager) handler() http.Handler {
 		cm.mu.Lock()
 		defer cm.mu.Unlock()
 		cm.batchItems += len(req.Acks)
-		results := make([]map[string]any, len(req.Acks))
-		for i, a := range req.Acks {
-			cm.noteError(a.ID, a.Error)
-			if status, msg := cm.ackLocked(a.ID, a.State, a.Epoch); status != 200 {
-				results[i] = map[string]any{"id": a.ID, "error": msg, "status": status}
-			} else {
-				results[i] = map[string]any{"id": a.ID, "ok": true}
-			}
-		}
-		writeJSON(w, 200, map[string]any{"results": results})
+		writeJSON(w, 200, agentproto.AckBatchResponse{Results: cm.ackAllLocked(req.Acks)})
 	}))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		cm.mu.Lock()
@@ -185,6 +165,57 @@ func (cm *callManager) handler() http.Handler {
 		cm.mu.Unlock()
 		mux.ServeHTTP(w, r)
 	})
+}
+
+// poll answers the long-poll, with the results of the acks it carried.
+func (cm *callManager) poll(w http.ResponseWriter, r *http.Request, acked []agentproto.AckResult) {
+	since, err1 := strconv.ParseInt(r.URL.Query().Get("since"), 10, 64)
+	wait, err2 := time.ParseDuration(r.URL.Query().Get("wait"))
+	if err1 != nil || err2 != nil {
+		writeJSON(w, 400, map[string]any{"error": "bad since or wait"})
+		return
+	}
+	cm.mu.Lock()
+	cm.polls++
+	status := cm.pollStatus
+	cm.mu.Unlock()
+	if status != 0 {
+		writeJSON(w, status, map[string]any{"error": http.StatusText(status)})
+		return
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for {
+		cm.mu.Lock()
+		v, set, changed := cm.version, append([]agentproto.Assignment{}, cm.set...), cm.changed
+		cm.mu.Unlock()
+		if v > since {
+			writeJSON(w, 200, agentproto.DesiredSet{Version: v, Assignments: set, Acks: acked})
+			return
+		}
+		select {
+		case <-changed:
+		case <-timer.C:
+			writeJSON(w, 200, agentproto.DesiredSet{Version: v, Assignments: set, Acks: acked})
+			return
+		case <-r.Context().Done():
+			return
+		}
+	}
+}
+
+// ackAllLocked records acks sent together and returns their results (mu
+// held).
+func (cm *callManager) ackAllLocked(acks []agentproto.Ack) []agentproto.AckResult {
+	results := make([]agentproto.AckResult, len(acks))
+	for i, a := range acks {
+		cm.noteError(a.ID, a.Error)
+		results[i] = agentproto.AckResult{ID: a.ID, OK: true}
+		if status, msg := cm.ackLocked(a.ID, a.State, a.Epoch); status != 200 {
+			results[i] = agentproto.AckResult{ID: a.ID, Error: msg, Status: status}
+		}
+	}
+	return results
 }
 
 // noteError records why an ack reported a failed start (mu held).

@@ -16,7 +16,7 @@ const Prefix = "/api/v1"
 const (
 	EnrollPath      = "/enroll"
 	HeartbeatPath   = "/heartbeat"
-	AssignmentsPath = "/assignments"
+	AssignmentsPath = "/assignments" // GET: long-poll; POST: the same, carrying acks
 	AckBatchPath    = "/assignments/ack"
 	AckPattern      = "/assignments/{id}/ack"
 )
@@ -168,6 +168,9 @@ type DesiredSet struct {
 	Assignments []Assignment `json:"assignments"`
 	Delta       bool         `json:"delta,omitempty"`
 	Removed     []int64      `json:"removed,omitempty"`
+	// Acks are the results of the acks a POST of the long-poll carried,
+	// one per ack in input order, as AckBatchResponse.Results.
+	Acks []AckResult `json:"acks,omitempty"`
 }
 
 // Apply merges a delivery into the set an agent holds (id → assignment):
@@ -202,7 +205,8 @@ type Ack struct {
 	Error string `json:"error,omitempty"`
 }
 
-// AckBatchRequest is the body of POST AckBatchPath.
+// AckBatchRequest is the body of POST AckBatchPath, and of a POST of the
+// long-poll (AssignmentsPath), which records the acks before it polls.
 type AckBatchRequest struct {
 	Acks []Ack `json:"acks"`
 }

@@ -515,12 +515,13 @@ func primaryWithReplica(s *run) string {
 var pair struct{ primary, replica *localpg.Server }
 
 // promoteReplica loses the primary (immediate stop, as a crash) and
-// promotes the replica, as an operator's or Patroni's failover would.
+// promotes the replica, as an operator's or Patroni's failover would. It
+// first waits for the replica to have replayed what the primary has
+// written: the scenario is about the call managers across a failover, not
+// about the last transactions an asynchronous replica may lose (calls
+// placed a moment before the crash would come back unknown, and their
+// agents be told to stop them).
 func promoteReplica(s *run) {
-	if err := pair.primary.StopImmediate(); err != nil {
-		s.t.Fatal(err)
-	}
-	s.failDuring()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	conn, err := pgx.Connect(ctx, pair.replica.URL("faults"))
@@ -528,9 +529,43 @@ func promoteReplica(s *run) {
 		s.t.Fatalf("connect to the replica: %v", err)
 	}
 	defer conn.Close(ctx)
+	waitReplayed(ctx, s.t, conn)
+	if err := pair.primary.StopImmediate(); err != nil {
+		s.t.Fatal(err)
+	}
+	s.failDuring()
 	var ok bool
 	if err := conn.QueryRow(ctx, "SELECT pg_promote(true, 60)").Scan(&ok); err != nil || !ok {
 		s.t.Fatalf("promote the replica: %v %v", ok, err)
+	}
+}
+
+// waitReplayed waits (bounded) until the replica has replayed the
+// primary's WAL as it stands now.
+func waitReplayed(ctx context.Context, t *testing.T, replica *pgx.Conn) {
+	t.Helper()
+	primary, err := pgx.Connect(ctx, pair.primary.URL("faults"))
+	if err != nil {
+		t.Fatalf("connect to the primary: %v", err)
+	}
+	defer primary.Close(ctx)
+	var lsn string
+	if err := primary.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&lsn); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		var done bool
+		if err := replica.QueryRow(ctx, "SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn", lsn).Scan(&done); err != nil {
+			t.Fatalf("replica replay position: %v", err)
+		}
+		if done {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the replica did not replay the primary's WAL up to %s", lsn)
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 }
 

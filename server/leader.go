@@ -101,13 +101,15 @@ func (l *Leader) StepDown(epoch int64, reason string) {
 	l.set(0)
 }
 
-// Current names the instance whose lease is live, or "".
+// Current names the instance whose lease is live, or "" (also when the
+// database cannot say: every portal page shows it, and the page says
+// what is wrong with the database).
 func (l *Leader) Current(ctx context.Context) string {
-	row, err := db.Q.LeaderGet(ctx, l.pool)
-	if err != nil || row.ExpiresAt.Before(time.Now()) {
+	holder, err := db.Q.LeaderHolder(ctx, l.pool)
+	if err != nil {
 		return ""
 	}
-	return row.Holder
+	return holder
 }
 
 // LeaseEpoch reads the lease's epoch, whoever holds it and whether or

@@ -61,21 +61,17 @@ func (q *Queries) LeaderFence(ctx context.Context, db DBTX, arg LeaderFenceParam
 	return epoch, err
 }
 
-const leaderGet = `-- name: LeaderGet :one
-SELECT id, holder, epoch, expires_at, acquired_at FROM leader_lease WHERE id = 1
+const leaderHolder = `-- name: LeaderHolder :one
+SELECT holder FROM leader_lease WHERE id = 1 AND expires_at > now()
 `
 
-func (q *Queries) LeaderGet(ctx context.Context, db DBTX) (LeaderLease, error) {
-	row := db.QueryRow(ctx, leaderGet)
-	var i LeaderLease
-	err := row.Scan(
-		&i.ID,
-		&i.Holder,
-		&i.Epoch,
-		&i.ExpiresAt,
-		&i.AcquiredAt,
-	)
-	return i, err
+// LeaderHolder is the instance that holds an unexpired lease (no row: no
+// leader), judged by the database's clock like the lease itself.
+func (q *Queries) LeaderHolder(ctx context.Context, db DBTX) (string, error) {
+	row := db.QueryRow(ctx, leaderHolder)
+	var holder string
+	err := row.Scan(&holder)
+	return holder, err
 }
 
 const leaderRelease = `-- name: LeaderRelease :exec

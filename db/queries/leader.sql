@@ -18,8 +18,10 @@ UPDATE leader_lease SET expires_at = '-infinity' WHERE id = 1 AND holder = @hold
 -- name: LeaderFence :one
 SELECT epoch FROM leader_lease WHERE id = 1 AND holder = @holder AND epoch = @epoch AND expires_at > now() FOR SHARE;
 
--- name: LeaderGet :one
-SELECT * FROM leader_lease WHERE id = 1;
+-- LeaderHolder is the instance that holds an unexpired lease (no row: no
+-- leader), judged by the database's clock like the lease itself.
+-- name: LeaderHolder :one
+SELECT holder FROM leader_lease WHERE id = 1 AND expires_at > now();
 
 -- LeaderEpoch is the lease's epoch, whoever holds it and whether or not it
 -- has expired (before the first leader, expires_at is -infinity, which

@@ -68,7 +68,8 @@ func sceneMain(ctx context.Context, pg *localpg.Server, root string) error {
 	}
 	if more := opt.agents - len(first); more > 0 {
 		t0 = time.Now()
-		second, err := sc.addNodes(ctx, "n", more, 2000, addr)
+		// The next loopback addresses: two nodes may not share one.
+		second, err := sc.addNodes(ctx, "n", more, 2000, func(i int) string { return addr(len(first) + i) })
 		if err != nil {
 			return err
 		}

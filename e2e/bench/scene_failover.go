@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -45,16 +46,32 @@ func sceneFailover(ctx context.Context, pg *localpg.Server, root string) error {
 	if err := sc.waitHealth(ctx, victim, nodes.HealthUp, 30*time.Second); err != nil {
 		return err
 	}
-	// The victim is the only media node up: every call goes to it.
+	// The victim is the only media node up: every call goes to it. One
+	// that does not (the victim looked down or lost for a moment, on a
+	// machine busy with the scene before) is a figure, not the end of the
+	// run; the scene's other figures need every call on the victim.
 	t0 := time.Now()
+	var astray atomic.Int64
+	var firstAstray atomic.Value
 	if err := parallel(opt.calls, 16, func(i int) error {
 		p, err := sc.svc.PlaceWork(ctx, actor, nodes.WorkInput{Kind: nodes.WorkCall, Ref: fmt.Sprintf("fo-%06d", i), Cost: 1})
 		if err == nil && p.Node != victim[0] {
-			err = fmt.Errorf("call %s went to %q", p.Ref, p.Node)
+			if astray.Add(1) == 1 {
+				firstAstray.Store(fmt.Sprintf("%s went to %q (state %s) after %s", p.Ref, p.Node, p.State, time.Since(t0).Round(100*time.Millisecond)))
+			}
 		}
 		return err
 	}); err != nil {
 		return err
+	}
+	if n := astray.Load(); n > 0 {
+		health := "?"
+		if v, err := sc.svc.GetNode(ctx, victim[0]); err == nil {
+			health = v.Health
+		}
+		report("failover: calls placed on the victim before the kill", fmt.Sprintf("%d of %d went elsewhere", n, opt.calls), "all on the victim", false,
+			fmt.Sprintf("first: %s; the victim is %s now; the scene's other figures are not measured", firstAstray.Load(), health))
+		return nil
 	}
 	logf("%d calls placed on %s in %s", opt.calls, victim[0], time.Since(t0).Round(100*time.Millisecond))
 

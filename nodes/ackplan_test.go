@@ -51,19 +51,10 @@ func examined(n map[string]any) float64 {
 	return total
 }
 
-// An ack of many items reads each item's row a few times, not once per
-// other item. In a session whose first change of work was one row, the
-// history trigger kept a nested loop over its transition tables and
-// compared every old row with every new one (quadratic: 15.7 million
-// pairs for an ack of 3,962 items, 1.4 s). The test runs on one
-// connection, so that a small ack comes first in the session the big ones
-// use, and counts the rows every plan read (auto_explain, nested
-// statements included). It also bounds how the acks find their rows: in
-// the bench, before the work table had statistics, Postgres found each
-// item through its node's live work (hundreds of rows per item); that
-// plan does not come up on this small table, but would fail the bound.
-func TestAcksOfManyItemsExamineEachRowOnce(t *testing.T) {
-	const nodesN, perNode = 4, 500
+// explainEnv is a test env on one connection that sends the plan of
+// every statement it runs, nested ones included, to log.
+func explainEnv(t *testing.T) (*env, *planLog) {
+	t.Helper()
 	log := &planLog{}
 	cfg, err := pgxpool.ParseConfig(dbtest.URL(t))
 	if err != nil {
@@ -92,7 +83,46 @@ func TestAcksOfManyItemsExamineEachRowOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	e := &env{t: t, ctx: context.Background(), pool: pool, svc: nodes.NewService(pool, nil), port: 5060}
+	return &env{t: t, ctx: context.Background(), pool: pool, svc: nodes.NewService(pool, nil), port: 5060}, log
+}
+
+// rowsRead sums the rows every plan read and returns the plan that read
+// the most.
+func rowsRead(t *testing.T, plans []string) (total float64, worst string, worstN float64) {
+	t.Helper()
+	if len(plans) == 0 {
+		t.Fatal("auto_explain sent no plans")
+	}
+	for _, p := range plans {
+		var doc struct {
+			Plan map[string]any `json:"Plan"`
+		}
+		if err := json.Unmarshal([]byte(p), &doc); err != nil {
+			t.Fatalf("plan: %v\n%s", err, p)
+		}
+		n := examined(doc.Plan)
+		total += n
+		if n > worstN {
+			worst, worstN = p, n
+		}
+	}
+	return total, worst, worstN
+}
+
+// An ack of many items reads each item's row a few times, not once per
+// other item. In a session whose first change of work was one row, the
+// history trigger kept a nested loop over its transition tables and
+// compared every old row with every new one (quadratic: 15.7 million
+// pairs for an ack of 3,962 items, 1.4 s). The test runs on one
+// connection, so that a small ack comes first in the session the big ones
+// use, and counts the rows every plan read (auto_explain, nested
+// statements included). It also bounds how the acks find their rows: in
+// the bench, before the work table had statistics, Postgres found each
+// item through its node's live work (hundreds of rows per item); that
+// plan does not come up on this small table, but would fail the bound.
+func TestAcksOfManyItemsExamineEachRowOnce(t *testing.T) {
+	const nodesN, perNode = 4, 500
+	e, log := explainEnv(t)
 	var ids []int64
 	for i := range nodesN {
 		name := "media-" + strconv.Itoa(i+1)
@@ -140,24 +170,7 @@ func TestAcksOfManyItemsExamineEachRowOnce(t *testing.T) {
 	if n := e.count("SELECT count(*) FROM work WHERE state = 'active'"); n != len(items)+1 {
 		t.Fatalf("%d items active after the acks, want %d", n, len(items)+1)
 	}
-	if len(plans) == 0 {
-		t.Fatal("auto_explain sent no plans")
-	}
-	total, worst, worstN := 0.0, "", 0.0
-	for _, p := range plans {
-		var doc struct {
-			Query string         `json:"Query Text"`
-			Plan  map[string]any `json:"Plan"`
-		}
-		if err := json.Unmarshal([]byte(p), &doc); err != nil {
-			t.Fatalf("plan: %v\n%s", err, p)
-		}
-		n := examined(doc.Plan)
-		total += n
-		if n > worstN {
-			worst, worstN = p, n
-		}
-	}
+	total, worst, worstN := rowsRead(t, plans)
 	// Each item's row is read a few times: by the update (by key, or in a
 	// hash join over the live work, which on a table this small and without
 	// statistics is a fair choice for acks of 500), by the trigger pairing
@@ -168,4 +181,42 @@ func TestAcksOfManyItemsExamineEachRowOnce(t *testing.T) {
 		t.Fatalf("the acks of %d items read %.0f rows (limit %.0f); the worst plan (%.0f rows):\n%s", len(items), total, limit, worstN, worst)
 	}
 	t.Logf("the acks of %d items read %.0f rows in %d statements", len(items), total, len(plans))
+}
+
+// A heartbeat reporting a node's running work activates the items whose
+// ack was lost, each found by key. Found through the node's live work,
+// every reported item was compared with every row of the node: a
+// heartbeat reporting 10,000 items took 11 s, long enough for the node to
+// look lost.
+func TestReconcileOfManyItemsExamineEachRowOnce(t *testing.T) {
+	e, log := explainEnv(t)
+	e.node("media-1", nodes.KindMedia, 100_000, 1)
+	node := e.nodeID("media-1")
+	var running []agentproto.Running
+	for batch := range 2 {
+		var items []nodes.WorkInput
+		for i := range 1000 {
+			items = append(items, nodes.WorkInput{Kind: "call", Ref: fmt.Sprintf("lost-%d-%d", batch, i), Cost: 1})
+		}
+		placed, err := e.svc.PlaceWorkBatch(e.ctx, actor, items)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range placed {
+			running = append(running, agentproto.Running{ID: p.ID, Epoch: p.Epoch})
+		}
+	}
+	log.take()
+	if _, err := e.svc.Reconcile(e.ctx, node, running); err != nil {
+		t.Fatal(err)
+	}
+	plans := log.take()
+	if n := e.count("SELECT count(*) FROM work WHERE state = 'active'"); n != len(running) {
+		t.Fatalf("%d items active after the reconciliation, want %d", n, len(running))
+	}
+	total, worst, worstN := rowsRead(t, plans)
+	if limit := 20 * float64(len(running)); total > limit {
+		t.Fatalf("reconciling %d items read %.0f rows (limit %.0f); the worst plan (%.0f rows):\n%s", len(running), total, limit, worstN, worst)
+	}
+	t.Logf("reconciling %d items read %.0f rows in %d statements", len(running), total, len(plans))
 }

@@ -13,7 +13,7 @@ const workActivateRunning = `-- name: WorkActivateRunning :execrows
 UPDATE work w SET state = 'active', updated_at = now()
 FROM (SELECT x.id FROM work x
       JOIN (SELECT unnest((SELECT $1::bigint[])) AS id, unnest((SELECT $2::bigint[])) AS epoch) r ON r.id = x.id AND r.epoch = x.epoch
-      WHERE x.node_id = $3 AND x.state = 'assigned'
+      WHERE x.node_id IS NOT DISTINCT FROM $3 AND x.state NOT IN ('active', 'ended', 'unplaced')
       ORDER BY x.id FOR UPDATE OF x SKIP LOCKED) l
 WHERE w.id = l.id
 `
@@ -28,6 +28,12 @@ type WorkActivateRunningParams struct {
 // is still recorded as assigned (its ack was lost). Rows another statement
 // holds are skipped: that is an ack in flight, which activates them itself,
 // and waiting for it would only queue the heartbeat behind it.
+//
+// Each item is found by key, like the acks' (WorkAckActive): the node and
+// state conditions are written so no other index fits. Found through the
+// index of the node's live work, the reported items were compared with
+// each of the node's rows: a heartbeat reporting 10,000 items took 11 s,
+// long enough for the node to look lost.
 func (q *Queries) WorkActivateRunning(ctx context.Context, db DBTX, arg WorkActivateRunningParams) (int64, error) {
 	result, err := db.Exec(ctx, workActivateRunning, arg.Ids, arg.Epochs, arg.NodeID)
 	if err != nil {

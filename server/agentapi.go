@@ -128,9 +128,9 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
 // than since, else when a notification says it changed, else at wait.
 //
 // A POST carries in its body the acks the agent owes from its last answer
-// ({"acks": [...]}, as the batch ack): they are recorded first, exactly as
-// the batch ack records them, and their results come back with the answer
-// ("acks", in input order). An agent that has just applied a delivery thus
+// ({"acks": [...]}, as the batch ack): they are recorded exactly as the
+// batch ack records them, while the poll goes on, and their results come
+// back with the answer ("acks", in input order). An agent that has just applied a delivery thus
 // acks it and asks for the next one in one request instead of two.
 func (s *Server) assignments(w http.ResponseWriter, r *http.Request) {
 	a := nodeFrom(r.Context())

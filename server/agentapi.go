@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"strconv"
@@ -108,10 +109,27 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.hb.Record(a.NodeID, max(req.Load, 0), req.Version)
+	resp := agentproto.HeartbeatResponse{AdminState: a.AdminState, HeartbeatIntervalMS: agentproto.HeartbeatInterval.Milliseconds()}
+	if len(req.Acks) > 0 {
+		// The acks of an agent that streams its deliveries. A disabled
+		// node's are refused, as its ack requests are (403).
+		if a.AdminState == nodes.StateDisabled {
+			resp.Acks = make([]agentproto.AckResult, len(req.Acks))
+			for i, x := range req.Acks {
+				resp.Acks[i] = agentproto.AckResult{ID: x.ID, Status: http.StatusForbidden, Error: problem.Message(nodes.ErrForbidden)}
+			}
+		} else {
+			acked, err := s.recordAcks(r.Context(), a, req.Acks)
+			if err != nil {
+				writeError(w, err) // the beat itself is recorded; the agent sends the acks again
+				return
+			}
+			resp.Acks = acked
+		}
+	}
 	if req.Running != nil && a.AdminState != nodes.StateDisabled { // only some heartbeats carry the running set
 		s.maybeReconcile(r.Context(), a, req.Running)
 	}
-	resp := agentproto.HeartbeatResponse{AdminState: a.AdminState, HeartbeatIntervalMS: agentproto.HeartbeatInterval.Milliseconds()}
 	if a.RotateRequested {
 		cred, err := s.nodes.RotateCredential(r.Context(), a)
 		if err != nil {
@@ -152,13 +170,21 @@ func (s *Server) assignments(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	wait = min(wait, agentproto.MaxPollWait)
-	delta := false
-	if ds := q.Get(agentproto.QueryDelta); ds != "" {
-		delta, err = strconv.ParseBool(ds)
-		if err != nil {
-			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "delta must be 1 or 0"})
+	delta, ok := boolParam(w, q.Get(agentproto.QueryDelta), agentproto.QueryDelta)
+	if !ok {
+		return
+	}
+	stream, ok := boolParam(w, q.Get(agentproto.QueryStream), agentproto.QueryStream)
+	if !ok {
+		return
+	}
+	if stream {
+		if r.Method != http.MethodGet {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "stream: a streamed long-poll is a GET; acks ride the heartbeats"})
 			return
 		}
+		s.streamAssignments(w, r, a, since, wait)
+		return
 	}
 	// Carried acks are recorded while the poll goes on (an active ack
 	// moves no version, so the poll need not wait for it: waiting would
@@ -248,6 +274,74 @@ func (s *Server) assignments(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	respond(read())
+}
+
+// boolParam reads an optional boolean query parameter ("1", "0", "true"
+// ...; empty is false), answering 400 naming it when it is not one.
+func boolParam(w http.ResponseWriter, v, name string) (bool, bool) {
+	if v == "" {
+		return false, true
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": name + " must be 1 or 0"})
+		return false, false
+	}
+	return b, true
+}
+
+// streamAssignments is the streamed long-poll (agentproto.QueryStream):
+// one DesiredSet per line, the first once the node's version is newer
+// than since, then a delta at every change, until wait has passed, the
+// instance shuts down or the agent goes away. A node with work arriving
+// every second costs one line written per delivery instead of an answer
+// and the agent's next request. An error after the first line ends the
+// stream (the agent opens another from the version it has).
+func (s *Server) streamAssignments(w http.ResponseWriter, r *http.Request, a nodes.NodeAuth, since int64, wait time.Duration) {
+	ctx := r.Context()
+	rc := http.NewResponseController(w)
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	metrics.LongPollWaiters.Inc()
+	defer metrics.LongPollWaiters.Dec()
+	started := false
+	for {
+		// Take the wake channel before reading, so no change slips between.
+		woken := s.hub.Wait(a.NodeID)
+		ds, err := s.nodes.DesiredSince(ctx, a.NodeID, since)
+		if err != nil {
+			if !started {
+				writeError(w, err)
+			} else if ctx.Err() == nil {
+				s.log.Warn("assignment stream ended", "node", a.Name, "err", err)
+			}
+			return
+		}
+		if !started {
+			w.Header().Set("Content-Type", agentproto.StreamContentType)
+			w.Header().Set("Cache-Control", "no-store")
+			w.WriteHeader(http.StatusOK)
+			started = true
+		}
+		if ds.Version > since {
+			if err := json.NewEncoder(w).Encode(ds); err != nil {
+				return
+			}
+			since = ds.Version
+		}
+		if err := rc.Flush(); err != nil {
+			return
+		}
+		select {
+		case <-woken:
+		case <-timer.C:
+			return
+		case <-s.hub.Closing():
+			return // shutting down: the agent streams from another instance
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 func (s *Server) ack(w http.ResponseWriter, r *http.Request) {

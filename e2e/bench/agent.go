@@ -4,9 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -117,8 +117,9 @@ type simAgent struct {
 	polls  atomic.Int64
 	beats  atomic.Int64
 
-	mu      sync.Mutex
-	running []agentproto.Running // what this agent runs: its last desired set
+	mu   sync.Mutex
+	held map[int64]agentproto.Assignment // what this agent runs: its desired set as delivered
+	owed []agentproto.Ack                // acks for the next heartbeat (-stream)
 	// runningChanged makes the next heartbeat carry the running set.
 	runningChanged bool
 }
@@ -147,7 +148,14 @@ func (a *simAgent) start(ctx context.Context) {
 	acks := make(chan []agentproto.Assignment, 100000)
 	a.done.Add(3)
 	go func() { defer a.done.Done(); a.heartbeatLoop(ctx) }()
-	go func() { defer a.done.Done(); a.pollLoop(ctx, acks) }()
+	go func() {
+		defer a.done.Done()
+		if !opt.longPoll {
+			a.streamLoop(ctx, acks)
+			return
+		}
+		a.pollLoop(ctx, acks)
+	}()
 	go func() { defer a.done.Done(); a.ackLoop(ctx, acks) }()
 }
 
@@ -179,29 +187,128 @@ func (a *simAgent) heartbeatLoop(ctx context.Context) {
 		// (no oftener than ReconcileEvery) and on every FullReportEvery-th
 		// beat.
 		a.mu.Lock()
-		running := a.running
 		report := beat%agentproto.FullReportEvery == 0 || (a.runningChanged && time.Since(reported) >= agentproto.ReconcileEvery)
+		body := agentproto.HeartbeatRequest{Load: int32(len(a.held)), Version: "bench"}
+		n := min(len(a.owed), agentproto.MaxAckBatch)
+		body.Acks = a.owed[:n:n]
+		a.owed = a.owed[n:]
 		if report {
 			a.runningChanged = false
-		}
-		a.mu.Unlock()
-		if running == nil {
-			running = []agentproto.Running{}
-		}
-		body := agentproto.HeartbeatRequest{Load: int32(len(running)), Version: "bench"}
-		if report {
-			body.Running = running
+			body.Running = make([]agentproto.Running, 0, len(a.held))
+			for _, as := range a.held {
+				body.Running = append(body.Running, agentproto.Running{ID: as.ID, Epoch: as.Epoch})
+			}
 			reported = time.Now()
 		}
+		a.mu.Unlock()
 		beat++
 		if _, err := doJSON(ctx, a.hc, http.MethodPost, a.base+agentproto.Prefix+agentproto.HeartbeatPath, a.cred, body, &out); err != nil {
 			if ctx.Err() == nil {
 				a.rec.err(err)
 			}
+			if len(body.Acks) > 0 { // they ride the next beat
+				a.mu.Lock()
+				a.owed = append(body.Acks, a.owed...)
+				a.mu.Unlock()
+			}
 			continue
 		}
+		a.ackResults(out.Acks)
 		a.beats.Add(1)
 	}
+}
+
+// streamLoop takes the deliveries as a stream (like nodeagent): one
+// request open at a time, a line per delivery; the acks ride the next
+// heartbeat (singleAcks: each in a request of its own).
+func (a *simAgent) streamLoop(ctx context.Context, acks chan<- []agentproto.Assignment) {
+	var since int64
+	var held map[int64]agentproto.Assignment
+	for ctx.Err() == nil {
+		err := a.stream(ctx, &since, &held, acks)
+		if err != nil && ctx.Err() == nil {
+			a.rec.err(err)
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+}
+
+func (a *simAgent) stream(ctx context.Context, since *int64, held *map[int64]agentproto.Assignment, acks chan<- []agentproto.Assignment) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.base+agentproto.Prefix+agentproto.StreamPath(*since, agentproto.DefaultPollWait), nil)
+	if err != nil {
+		return err
+	}
+	agentproto.SetBearer(req.Header, a.cred)
+	res, err := a.hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(res.Body)
+		return fmt.Errorf("stream: %d %s", res.StatusCode, strings.TrimSpace(string(b)))
+	}
+	dec := json.NewDecoder(res.Body)
+	for {
+		var ds agentproto.DesiredSet
+		if err := dec.Decode(&ds); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		at := time.Now()
+		a.polls.Add(1)
+		*since = ds.Version
+		fresh := a.take(ds, held)
+		a.record(fresh, at)
+		if a.ack && singleAcks.Load() {
+			select {
+			case acks <- fresh:
+			default:
+			}
+		} else if a.ack {
+			a.mu.Lock()
+			for _, as := range fresh {
+				if as.State == agentproto.StateAssigned {
+					a.owed = append(a.owed, agentproto.Ack{ID: as.ID, Epoch: as.Epoch, State: agentproto.StateActive})
+				}
+			}
+			a.mu.Unlock()
+		}
+	}
+}
+
+// take applies a delivery to the held set and returns what is new in it.
+func (a *simAgent) take(ds agentproto.DesiredSet, held *map[int64]agentproto.Assignment) []agentproto.Assignment {
+	// What is new, against what was held before this delivery; the
+	// set is then updated in place (the heartbeat reads it under mu).
+	var fresh []agentproto.Assignment
+	for _, as := range ds.Assignments {
+		if old, ok := (*held)[as.ID]; !ok || old.Epoch != as.Epoch {
+			fresh = append(fresh, as)
+		}
+	}
+	a.mu.Lock()
+	*held = ds.Apply(*held)
+	a.held = *held
+	a.runningChanged = true
+	a.mu.Unlock()
+	return fresh
+}
+
+// record notes when fresh assignments first reached an agent.
+func (a *simAgent) record(fresh []agentproto.Assignment, at time.Time) {
+	if len(fresh) == 0 {
+		return
+	}
+	a.rec.mu.Lock()
+	for _, as := range fresh {
+		if _, ok := a.rec.received[as.ID]; !ok {
+			a.rec.received[as.ID] = at
+		}
+	}
+	a.rec.mu.Unlock()
 }
 
 func (a *simAgent) pollLoop(ctx context.Context, acks chan<- []agentproto.Assignment) {
@@ -232,32 +339,11 @@ func (a *simAgent) pollLoop(ctx context.Context, acks chan<- []agentproto.Assign
 		a.ackResults(ds.Acks)
 		a.polls.Add(1)
 		since = ds.Version
-		before := held
-		held = ds.Apply(maps.Clone(held))
-		var fresh []agentproto.Assignment
-		for _, as := range ds.Assignments {
-			if old, ok := before[as.ID]; !ok || old.Epoch != as.Epoch {
-				fresh = append(fresh, as)
-			}
-		}
-		running := make([]agentproto.Running, 0, len(held))
-		for _, as := range held {
-			running = append(running, agentproto.Running{ID: as.ID, Epoch: as.Epoch})
-		}
-		a.mu.Lock()
-		a.running = running
-		a.runningChanged = true
-		a.mu.Unlock()
+		fresh := a.take(ds, &held)
 		if len(fresh) == 0 {
 			continue
 		}
-		a.rec.mu.Lock()
-		for _, as := range fresh {
-			if _, ok := a.rec.received[as.ID]; !ok {
-				a.rec.received[as.ID] = at
-			}
-		}
-		a.rec.mu.Unlock()
+		a.record(fresh, at)
 		if a.ack {
 			for _, as := range fresh {
 				if as.State == agentproto.StateAssigned {

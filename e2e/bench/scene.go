@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -212,11 +213,21 @@ func dbWrites(ctx context.Context, pool *pgxpool.Pool) (records, syncs int64) {
 	return
 }
 
-// profile captures a CPU profile of the call manager for d in the
+// profile captures CPU profiles of the call manager and of the load driver for d in the
 // background when -profile-dir is set.
 func (sc *scene) profile(ctx context.Context, phase string, d time.Duration) func() {
 	if opt.profileDir == "" {
 		return func() {}
+	}
+	// The load driver's own profile (the simulated agents and clients)
+	// beside the call manager's, to tell what each side costs.
+	var self *os.File
+	if f, err := os.Create(filepath.Join(opt.profileDir, phase+"-driver.pprof")); err == nil {
+		if pprof.StartCPUProfile(f) == nil {
+			self = f
+		} else {
+			f.Close()
+		}
 	}
 	done := make(chan struct{})
 	go func() {
@@ -234,7 +245,13 @@ func (sc *scene) profile(ctx context.Context, phase string, d time.Duration) fun
 		defer f.Close()
 		_, _ = io.Copy(f, res.Body)
 	}()
-	return func() { <-done }
+	return func() {
+		<-done
+		if self != nil {
+			pprof.StopCPUProfile()
+			self.Close()
+		}
+	}
 }
 
 // sampleWaits counts what Postgres backends wait on while a phase runs
@@ -258,7 +275,9 @@ func (sc *scene) sampleWaits(ctx context.Context, phase string) func() {
 			case <-t.C:
 			}
 			// Benchmark-only diagnostics query, not application SQL.
-			rows, err := sc.pool.Query(ctx, `SELECT coalesce(wait_event_type,'CPU')||':'||coalesce(wait_event,'running') AS w, count(*)
+			// A lock wait names its statement (sqlc's name, else its start).
+			rows, err := sc.pool.Query(ctx, `SELECT coalesce(wait_event_type,'CPU')||':'||coalesce(wait_event,'running')
+					|| CASE WHEN wait_event_type = 'Lock' THEN '@' || coalesce(substring(query from '-- name: (\w+)'), left(query, 30)) ELSE '' END AS w, count(*)
 				FROM pg_stat_activity WHERE state = 'active' AND backend_type = 'client backend' AND pid <> pg_backend_pid() GROUP BY 1`)
 			if err != nil {
 				continue
@@ -288,7 +307,7 @@ func (sc *scene) sampleWaits(ctx context.Context, phase string) func() {
 		slices.SortFunc(all, func(a, b kv) int { return b.v - a.v })
 		var parts []string
 		for i, x := range all {
-			if i == 8 {
+			if i == 12 {
 				break
 			}
 			parts = append(parts, fmt.Sprintf("%s=%d", x.k, x.v))

@@ -365,8 +365,8 @@ func phasePlacement(ctx context.Context, sc *scene, pg *localpg.Server) error {
 		return err
 	}
 	report("placement throughput (created→acked)", fmt.Sprintf("%.0f assignments/s", batch.rate), ">= 6,000/s sustained", batch.rate >= 6000,
-		fmt.Sprintf("%d clients x %d items per request, batch acks, %s, %d agents; %.1fx the single-item figure",
-			opt.placeBatchWorkers, opt.placeBatch, opt.placeDuration, len(sc.agents), batch.rate/max(single.rate, 1)))
+		fmt.Sprintf("%d clients x %d items per request, %s, %s, %d agents; %.1fx the single-item figure",
+			opt.placeBatchWorkers, opt.placeBatch, deliveryMode(), opt.placeDuration, len(sc.agents), batch.rate/max(single.rate, 1)))
 
 	// The peer, same run, same Postgres: absolute figures on a shared
 	// machine swing 2x between runs, their ratio much less.
@@ -405,6 +405,7 @@ func runPlacement(ctx context.Context, sc *scene, label string, workers, per int
 	stopWaits := sc.sampleWaits(ctx, label)
 	shares := cpuShares(sc.cm.pid())
 	var reqLat latencies
+	polls0 := sc.polls()
 	start := time.Now()
 	deadline := start.Add(opt.placeDuration)
 	var seq atomic.Int64
@@ -473,6 +474,7 @@ func runPlacement(ctx context.Context, sc *scene, label string, workers, per int
 	}
 	span := lastAck.Sub(start)
 	rate := float64(acked) / span.Seconds()
+	polls := sc.polls() - polls0
 	if e := lastErr.Load(); e != nil {
 		logf("%s: last error: %s", label, e)
 	}
@@ -480,10 +482,29 @@ func runPlacement(ctx context.Context, sc *scene, label string, workers, per int
 		logf("%s: agent errors %d, last: %s", label, sc.rec.errs.Load(), e)
 	}
 	p50, p99 := reqLat.p(50), reqLat.p(99)
-	logf("%s: %d created in %s (%.0f/s at the API, %d requests, request p50 %s p99 %s), %d acked active by the agents in %s, %d failed",
+	logf("%s: %d created in %s (%.0f/s at the API, %d requests, request p50 %s p99 %s), %d acked active by the agents in %s, %d failed; %d deliveries (%.2f items each)",
 		label, created.Load(), createdIn.Round(time.Millisecond), float64(created.Load())/createdIn.Seconds(), requests.Load(),
-		p50.Round(10*time.Microsecond), p99.Round(10*time.Microsecond), acked, span.Round(time.Millisecond), failed.Load())
+		p50.Round(10*time.Microsecond), p99.Round(10*time.Microsecond), acked, span.Round(time.Millisecond), failed.Load(),
+		polls, float64(acked)/float64(max(polls, 1)))
 	return placementResult{rate: rate}, nil
+}
+
+// deliveryMode says how the simulated agents take deliveries and ack.
+func deliveryMode() string {
+	if opt.longPoll {
+		return "long-polls, acks on the next poll"
+	}
+	return "streamed deliveries, acks on the heartbeats"
+}
+
+// polls is how many deliveries (long-poll answers or stream lines) the
+// agents have had.
+func (sc *scene) polls() int64 {
+	var n int64
+	for _, a := range sc.agents {
+		n += a.polls.Load()
+	}
+	return n
 }
 
 // activeWork counts the work of a phase (refs label-N) the agents have

@@ -98,6 +98,8 @@ func TestRunFallsBackToSingleAcks(t *testing.T) {
 // The acks a delivery owes ride the next poll, answered with its results:
 // no ack request of their own. A failed hook goes as failed, and a stale
 // epoch in the results drops that assignment as a 409 to its own ack would.
+// (The stand-in answers a stream with one set, as a call manager older
+// than streams does: the agent long-polls from then on.)
 func TestRunAcksRideTheNextPoll(t *testing.T) {
 	e := setup(t, nil)
 	e.cm.mu.Lock()
@@ -119,6 +121,9 @@ func TestRunAcksRideTheNextPoll(t *testing.T) {
 	}
 	if e.cm.ackError(72) == "" {
 		t.Fatal("the failed start's reason did not ride the poll")
+	}
+	if !strings.Contains(e.logs.String(), "server does not stream deliveries; long-polling") {
+		t.Fatalf("the agent did not say it fell back to the long-poll:\n%s", e.logs)
 	}
 	// The server now has 70 active: a later delivery owes nothing.
 	e.cm.setDesired(

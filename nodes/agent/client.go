@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mime"
 	"net"
 	"net/http"
 	"net/url"
@@ -228,9 +229,13 @@ func (c *apiClient) once(ctx context.Context, perTry time.Duration, switched <-c
 		return c.transportError(ctx, tctx, base, err)
 	}
 	defer resp.Body.Close()
-	// A desired set of many thousand assignments fits in 16 MiB; more is a
-	// broken or hostile server.
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if h, ok := out.(answerReader); ok && resp.StatusCode == http.StatusOK {
+		if err := h(resp); err != nil {
+			return c.transportError(ctx, tctx, base, err)
+		}
+		return nil
+	}
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
 	if err != nil {
 		return c.transportError(ctx, tctx, base, err)
 	}
@@ -251,6 +256,15 @@ func (c *apiClient) once(ctx context.Context, perTry time.Duration, switched <-c
 	}
 	return nil
 }
+
+// maxAnswer bounds one answer, or one line of a stream: a desired set of
+// many thousand assignments fits in 16 MiB; more is a broken or hostile
+// server.
+const maxAnswer = 16 << 20
+
+// answerReader, passed to once as out, reads a 200 answer itself (a
+// stream) instead of having it decoded whole.
+type answerReader func(*http.Response) error
 
 // errTryTimeout is the cause of an attempt that took longer than its bound.
 var errTryTimeout = errors.New("no answer in time")
@@ -323,6 +337,67 @@ func (c *apiClient) assignments(ctx context.Context, since int64, wait time.Dura
 		return nil, err
 	}
 	return &resp, nil
+}
+
+// stream takes the desired set as a stream (agentproto.QueryStream):
+// onSet gets each delivery as it arrives, with streamed true, until the
+// server ends the stream (nil) or it fails. A server older than streams
+// answers one set, as to a long-poll: onSet gets it with streamed false.
+// since is asked again for each server tried. Once a delivery has
+// arrived, a stream cut short is not retried here: the caller opens the
+// next one from the version it has.
+func (c *apiClient) stream(ctx context.Context, since func() int64, wait time.Duration, onSet func(ds *agentproto.DesiredSet, streamed bool)) error {
+	got := false
+	read := answerReader(func(resp *http.Response) error {
+		if mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type")); mt != agentproto.StreamContentType {
+			var ds agentproto.DesiredSet
+			data, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
+			if err != nil {
+				return err
+			}
+			if err := json.Unmarshal(data, &ds); err != nil {
+				return fmt.Errorf("decode answer: %w", err)
+			}
+			got = true
+			onSet(&ds, false)
+			return nil
+		}
+		lr := &io.LimitedReader{R: resp.Body}
+		dec := json.NewDecoder(lr)
+		for {
+			lr.N = maxAnswer // per line
+			var ds agentproto.DesiredSet
+			if err := dec.Decode(&ds); err != nil {
+				if errors.Is(err, io.EOF) && lr.N > 0 {
+					return nil // the server ended the stream
+				}
+				return fmt.Errorf("read stream: %w", err)
+			}
+			got = true
+			onSet(&ds, true)
+		}
+	})
+	var err error
+	for tries := 0; tries < len(c.servers); {
+		idx, base, switched := c.current()
+		path := agentproto.Prefix + agentproto.StreamPath(since(), wait)
+		err = c.once(ctx, wait+15*time.Second, switched, base, http.MethodGet, path, nil, read)
+		switch {
+		case err == nil || ctx.Err() != nil:
+			return err
+		case got && errors.Is(err, errSwitched):
+			return nil // open the next stream on the new server
+		case got:
+			return err
+		case errors.Is(err, errSwitched):
+			continue
+		case !failoverWorthy(err):
+			return err
+		}
+		c.failover(idx, err)
+		tries++
+	}
+	return err
 }
 
 // ackTimeout bounds one ack attempt.

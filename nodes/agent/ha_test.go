@@ -96,6 +96,11 @@ func freeAddr(t *testing.T) string {
 // runAgent enrols node m1 with the servers of the join command and runs
 // the agent until the test ends.
 func (h *haCluster) runAgent(t *testing.T, servers string) (stateDir string, logs *syncBuffer) {
+	return h.runAgentPolling(t, servers, 5*time.Second)
+}
+
+// runAgentPolling is runAgent with the agent's long-poll (or stream) wait.
+func (h *haCluster) runAgentPolling(t *testing.T, servers string, pollWait time.Duration) (stateDir string, logs *syncBuffer) {
 	t.Helper()
 	ctx := context.Background()
 	h.a.AddNode(t, "m1", "media", "127.0.0.1:5999", 100)
@@ -112,7 +117,7 @@ func (h *haCluster) runAgent(t *testing.T, servers string) (stateDir string, log
 	rctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
-		done <- agent.Run(rctx, agent.RunOptions{StateDir: stateDir, Version: "test", PollWait: 5 * time.Second,
+		done <- agent.Run(rctx, agent.RunOptions{StateDir: stateDir, Version: "test", PollWait: pollWait,
 			Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	}()
 	t.Cleanup(func() {

@@ -188,6 +188,7 @@ func Run(ctx context.Context, opts RunOptions) error {
 		}
 	})
 	wg.Wait()
+	a.results.Wait()
 
 	if cause := context.Cause(loopCtx); ctx.Err() == nil && cause != nil {
 		if errors.Is(cause, ErrCredentialRejected) {
@@ -259,6 +260,16 @@ type agent struct {
 	// noPollAcksUntil: the server refused acks on the poll; send them on
 	// their own until then.
 	noPollAcksUntil time.Time
+	// noStreamUntil: the server answered a stream with one set, or
+	// refused acks on a heartbeat (older than streams); long-poll until then.
+	noStreamUntil time.Time
+	// heartbeatAcks are what streamed deliveries owe the server: they
+	// ride the next heartbeat. refusedAcks are acks a heartbeat could not
+	// carry (an older server): the poll loop sends them.
+	heartbeatAcks, refusedAcks []pendingAck
+	// results runs the handling of the acks' results (a stale epoch runs
+	// the stop hook) off the heartbeat loop.
+	results sync.WaitGroup
 }
 
 // pendingAck is an ack that applying a desired set owes the server.
@@ -268,11 +279,17 @@ type pendingAck struct {
 	reason string // why the start failed
 }
 
-// report is the heartbeat body: the load and the assignments running here.
-func (a *agent) report() agentproto.HeartbeatRequest {
+// report is the heartbeat body: the load, the assignments running here
+// and the acks streamed deliveries owe (also returned, to match with
+// their results).
+func (a *agent) report() (agentproto.HeartbeatRequest, []pendingAck) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	req := agentproto.HeartbeatRequest{Version: a.opts.Version}
+	n := min(len(a.heartbeatAcks), agentproto.MaxAckBatch)
+	sent := a.heartbeatAcks[:n:n]
+	a.heartbeatAcks = a.heartbeatAcks[n:]
+	req.Acks = ackItems(sent)
 	for _, l := range a.running {
 		req.Load += l.Cost
 	}
@@ -291,7 +308,32 @@ func (a *agent) report() agentproto.HeartbeatRequest {
 		a.runningChanged = false
 		a.reported = time.Now()
 	}
-	return req
+	return req, sent
+}
+
+// unsent puts acks a heartbeat did not deliver back: first in line for the
+// next beat, or, when the server refused them there (older than streams),
+// for the poll loop to send, which then long-polls for a while.
+func (a *agent) unsent(sent []pendingAck, refused bool) {
+	if len(sent) == 0 {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !refused {
+		a.heartbeatAcks = append(sent, a.heartbeatAcks...)
+		return
+	}
+	a.noStreamUntil = time.Now().Add(batchAckRetry)
+	a.refusedAcks = append(append(a.refusedAcks, sent...), a.heartbeatAcks...)
+	a.heartbeatAcks = nil
+}
+
+// streams says whether to take deliveries as a stream.
+func (a *agent) streams() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return time.Now().After(a.noStreamUntil)
 }
 
 // reportDue says whether a changed running set may go now. The caller
@@ -304,7 +346,17 @@ func (a *agent) heartbeatLoop(ctx context.Context) error {
 	adminState := ""
 	failing := false
 	for {
-		resp, err := a.api.heartbeat(ctx, a.heartbeatTimeout(interval), a.report())
+		req, sent := a.report()
+		resp, err := a.api.heartbeat(ctx, a.heartbeatTimeout(interval), req)
+		if err != nil {
+			status := statusOf(err)
+			a.unsent(sent, status == http.StatusBadRequest)
+			if status == http.StatusBadRequest && len(sent) > 0 {
+				a.log.Info("server takes no acks on heartbeats; long-polling and acking on the poll", "acks", len(sent))
+			}
+		} else if len(sent) > 0 {
+			a.results.Go(func() { _ = a.ackResults(ctx, sent, resp.Acks) }) // a 401 also ends the heartbeats
+		}
 		var wait time.Duration
 		switch status := statusOf(err); {
 		case err == nil:
@@ -453,53 +505,97 @@ func (a *agent) pollLoop(ctx context.Context) error {
 	var held map[int64]agentproto.Assignment
 	var answered, full time.Time // when the last answer, and the last whole set, came
 	disabled := false
-	// owed are the acks the last answer's set owes the server; they ride
-	// the next poll.
+	// owed are the acks the last long-poll answer's set owes the server;
+	// they ride the next poll.
 	var owed []pendingAck
+	// take applies one delivery and returns the acks it owes.
+	take := func(ds *agentproto.DesiredSet) []pendingAck {
+		since, answered = ds.Version, time.Now()
+		if !ds.Delta {
+			full = answered
+		}
+		held = ds.Apply(held)
+		return a.apply(ctx, slices.SortedFunc(maps.Values(held), byID))
+	}
 	for {
-		// Acks go with the poll when the server takes them there (every
-		// call manager of this version); else, and when there are more
-		// than one request may carry, on their own first.
-		var carried []pendingAck
-		if len(owed) > 0 && a.pollAcks() && len(owed) <= agentproto.MaxAckBatch {
-			carried = owed
-		} else if len(owed) > 0 {
-			if err := a.sendAcks(ctx, owed); err != nil {
-				return err
-			}
-		}
-		owed = nil
-		wait := a.opts.PollWait
-		// Acks carried by this poll get their answers with it; others
-		// still outstanding shorten it, so the set comes back soon and
-		// they are sent again.
-		if len(carried) == 0 && a.hasUnacked() {
-			wait = min(wait, ackRetryWait)
-		}
+		a.mu.Lock()
+		owed = append(owed, a.refusedAcks...)
+		a.refusedAcks = nil
+		a.mu.Unlock()
 		asked := time.Now()
 		// Deltas only follow a recent answer, and the whole set is taken
 		// again now and then: a delta can only be computed from history the
 		// server still keeps.
 		delta := held != nil && asked.Sub(answered) < deltaAfter && asked.Sub(full) < resyncEvery
-		resp, err := a.api.assignments(ctx, since, wait, delta, ackItems(carried))
+		var resp *agentproto.DesiredSet
+		var err error
+		var carried []pendingAck
+		if len(owed) == 0 && a.streams() {
+			// Deliveries as a stream, acks on the heartbeats.
+			got, streamed := false, false
+			err = a.api.stream(ctx, func() int64 {
+				if delta {
+					return since
+				}
+				return 0 // the whole set at once
+			}, a.opts.PollWait, func(ds *agentproto.DesiredSet, s bool) {
+				got, streamed = true, s
+				pending := take(ds)
+				if !s {
+					owed = pending // an older server: they ride the next poll
+					return
+				}
+				a.mu.Lock()
+				a.heartbeatAcks = append(a.heartbeatAcks, pending...)
+				a.mu.Unlock()
+			})
+			if err == nil {
+				bo.reset()
+				disabled = a.enabledAgain(disabled)
+				if got && !streamed {
+					a.mu.Lock()
+					a.noStreamUntil = time.Now().Add(batchAckRetry)
+					a.mu.Unlock()
+					a.log.Info("server does not stream deliveries; long-polling")
+				}
+				// A server that ends streams without waiting would
+				// otherwise make this loop spin.
+				if !got && time.Since(asked) < a.opts.MinBackoff && !a.sleep(ctx, a.opts.MinBackoff, false) {
+					return nil
+				}
+				continue
+			}
+		} else {
+			// Acks go with the poll when the server takes them there (every
+			// call manager of this version); else, and when there are more
+			// than one request may carry, on their own first.
+			if len(owed) > 0 && a.pollAcks() && len(owed) <= agentproto.MaxAckBatch {
+				carried = owed
+			} else if len(owed) > 0 {
+				if err := a.sendAcks(ctx, owed); err != nil {
+					return err
+				}
+			}
+			owed = nil
+			wait := a.opts.PollWait
+			// Acks carried by this poll get their answers with it; others
+			// still outstanding shorten it, so the set comes back soon and
+			// they are sent again.
+			if len(carried) == 0 && a.hasUnacked() {
+				wait = min(wait, ackRetryWait)
+			}
+			resp, err = a.api.assignments(ctx, since, wait, delta, ackItems(carried))
+		}
 		var delay time.Duration
 		switch status := statusOf(err); {
 		case err == nil:
 			bo.reset()
-			if disabled {
-				a.log.Info("node enabled again")
-				disabled = false
-			}
+			disabled = a.enabledAgain(disabled)
 			if err := a.ackResults(ctx, carried, resp.Acks); err != nil {
 				return err
 			}
 			unchanged := resp.Version == since
-			since, answered = resp.Version, time.Now()
-			if !resp.Delta {
-				full = answered
-			}
-			held = resp.Apply(held)
-			owed = a.apply(ctx, slices.SortedFunc(maps.Values(held), byID))
+			owed = take(resp)
 			// A server that answers an unchanged set without waiting would
 			// otherwise make this loop spin.
 			if !unchanged || time.Since(asked) >= a.opts.MinBackoff {
@@ -530,6 +626,7 @@ func (a *agent) pollLoop(ctx context.Context) error {
 			}
 			since, held = 0, nil // ask for the whole set at once when enabled again
 		default:
+			owed = append(owed, carried...) // they ride the next try
 			delay = bo.next()
 			a.log.Warn("assignment poll failed", "err", err, "retry_in", delay.Round(time.Millisecond))
 			// A heartbeat getting through again ends the wait: the call
@@ -548,6 +645,15 @@ func (a *agent) pollLoop(ctx context.Context) error {
 			return nil
 		}
 	}
+}
+
+// enabledAgain logs that a disabled node answers again and returns false
+// (no longer disabled).
+func (a *agent) enabledAgain(disabled bool) bool {
+	if disabled {
+		a.log.Info("node enabled again")
+	}
+	return false
 }
 
 // deltaAfter bounds the gap between two answers after which an agent asks

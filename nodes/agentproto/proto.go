@@ -31,7 +31,24 @@ const (
 	QuerySince = "since" // the version the agent has; answer when newer
 	QueryWait  = "wait"  // how long to wait for a newer version, a Go duration
 	QueryDelta = "delta" // "1": answer what changed since the version, not the whole set
+	// QueryStream "1" makes the long-poll a stream (GET only): the
+	// answer is newline-delimited JSON, one DesiredSet per line, the first
+	// when the node's version is newer than since and then one at every
+	// change (deltas after the first line, as with QueryDelta), until wait
+	// has passed or the call manager shuts down. Acks then ride the
+	// heartbeats (HeartbeatRequest.Acks).
+	QueryStream = "stream"
 )
+
+// StreamContentType is the media type of a streamed long-poll answer.
+const StreamContentType = "application/x-ndjson"
+
+// StreamPath is the streamed long-poll (QueryStream) of the desired set
+// newer than since, open at most wait.
+func StreamPath(since int64, wait time.Duration) string {
+	return AssignmentsPath + "?" + QuerySince + "=" + strconv.FormatInt(since, 10) + "&" + QueryWait + "=" + wait.String() +
+		"&" + QueryDelta + "=1&" + QueryStream + "=1"
+}
 
 // PollPath is the long-poll of the desired set newer than since, waiting at
 // most wait. With delta (and since > 0) it asks for what changed since
@@ -133,6 +150,10 @@ type HeartbeatRequest struct {
 	// out) when this heartbeat does not report it, an empty list when
 	// nothing runs.
 	Running []Running `json:"running,omitzero"`
+	// Acks are acks the agent owes, as AckBatchRequest.Acks (at most
+	// MaxAckBatch): an agent that takes its deliveries as a stream acks
+	// them here, with the beat it sends anyway.
+	Acks []Ack `json:"acks,omitempty"`
 }
 
 // HeartbeatResponse is the answer to a heartbeat.
@@ -142,6 +163,9 @@ type HeartbeatResponse struct {
 	// Credential is set when an administrator rotated the node's
 	// credential: the agent stores it and uses it from then on.
 	Credential string `json:"credential,omitempty"`
+	// Acks are the results of the heartbeat's acks, one per ack in input
+	// order, as AckBatchResponse.Results.
+	Acks []AckResult `json:"acks,omitempty"`
 }
 
 // Assignment is one unit of work the call manager wants a node to run.

@@ -1,0 +1,71 @@
+package agent_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/callplane/callplane/db/dbtest"
+	"github.com/callplane/callplane/server/metrics"
+	"github.com/callplane/callplane/server/servertest"
+)
+
+// agentRequests counts the agent API requests the call managers of this
+// process have finished, by method and route: what reached the server.
+func agentRequests(t *testing.T) map[string]float64 {
+	t.Helper()
+	families, err := metrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, f := range families {
+		if !strings.HasSuffix(f.GetName(), "http_requests_total") {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			out[labels["method"]+" "+labels["route"]] += m.GetCounter().GetValue()
+		}
+	}
+	return out
+}
+
+// nodeagent takes its deliveries from a call manager that streams them on
+// one open request, and acks them on its heartbeats: placements one after
+// another go active with no ack request and no poll carrying acks, and
+// fewer long-polls end than deliveries arrive (a long-poll ends with each).
+func TestRunStreamsDeliveriesAndAcksOnHeartbeats(t *testing.T) {
+	url := dbtest.URL(t)
+	h := &haCluster{a: servertest.Start(t, servertest.Options{DatabaseURL: url, Settings: servertest.NoProbes}), dbURL: url}
+	// The stream stays open at most this long: far longer than the
+	// placements below take on any machine that runs the suite.
+	const wait = time.Minute
+	_, logs := h.runAgentPolling(t, h.a.URL, wait)
+	h.placeActive(t, "warm-up")
+	before := agentRequests(t)
+	const deliveries = 3
+	for i := range deliveries {
+		h.placeActive(t, fmt.Sprintf("call-%d", i))
+	}
+	after := agentRequests(t)
+	diff := func(key string) float64 { return after[key] - before[key] }
+	if n := diff("GET /api/v1/assignments"); n >= deliveries {
+		t.Fatalf("%v long-polls ended for %d deliveries: the agent did not stream\n%s", n, deliveries, logs)
+	}
+	for _, key := range []string{"POST /api/v1/assignments", "POST /api/v1/assignments/ack", "POST /api/v1/assignments/{id}/ack"} {
+		if n := diff(key); n != 0 {
+			t.Fatalf("%v requests %s: acks must ride the heartbeats\n%s", n, key, logs)
+		}
+	}
+	if n := diff("POST /api/v1/heartbeat"); n == 0 {
+		t.Fatal("no heartbeat during the placements")
+	}
+	if !strings.Contains(logs.String(), "assignment active") {
+		t.Fatalf("the agent did not log its acks' results:\n%s", logs)
+	}
+}

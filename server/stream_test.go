@@ -1,0 +1,191 @@
+package server_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/callplane/callplane/server/servertest"
+)
+
+// streamLines opens a streamed long-poll and sends each line's desired set
+// on the returned channel, closed when the stream ends; the content type
+// of the answer comes first on ct.
+func streamLines(t *testing.T, in *servertest.Instance, path, cred string, timeout time.Duration) (<-chan map[string]any, <-chan string) {
+	t.Helper()
+	lines := make(chan map[string]any, 16)
+	ct := make(chan string, 1)
+	// Not api(): its client gives up after 30 s, and a test goroutine
+	// must not call t.Fatal.
+	c := in.Client(t)
+	c.Timeout = timeout
+	url := in.URL + path
+	go func() {
+		defer close(lines)
+		req, _ := http.NewRequest("GET", url, nil)
+		req.Header.Set("Authorization", "Bearer "+cred)
+		resp, err := c.Do(req)
+		if err != nil {
+			ct <- "error: " + err.Error()
+			return
+		}
+		defer resp.Body.Close()
+		ct <- fmt.Sprintf("%d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(nil, 1<<20)
+		for sc.Scan() {
+			var m map[string]any
+			if json.Unmarshal(sc.Bytes(), &m) != nil {
+				m = map[string]any{"bad line": sc.Text()}
+			}
+			lines <- m
+		}
+	}()
+	return lines, ct
+}
+
+func nextLine(t *testing.T, lines <-chan map[string]any, within time.Duration, what string) map[string]any {
+	t.Helper()
+	select {
+	case m, ok := <-lines:
+		if !ok {
+			t.Fatalf("%s: the stream ended", what)
+		}
+		return m
+	case <-time.After(within):
+		t.Fatalf("%s: no line within %s", what, within)
+	}
+	return nil
+}
+
+func refs(m map[string]any) []string {
+	var out []string
+	as, _ := m["assignments"].([]any)
+	for _, x := range as {
+		out = append(out, x.(map[string]any)["ref"].(string))
+	}
+	return out
+}
+
+// A streamed long-poll answers every change on one request, a line each:
+// the whole set first, then deltas, each as soon as the change is
+// notified. The stream ends at its wait.
+func TestStreamDeliversEveryChangeOnOneRequest(t *testing.T) {
+	t.Parallel()
+	in := cluster(t, 100, "m1")
+	cred := enrol(t, in, "m1")
+	place(t, in, "call", "s0", 1)
+	// Only the notification can bring a line before the stream's wait
+	// ends it, so each line is asked for within half that wait: a bound
+	// no busy machine comes near and a missing notification cannot meet.
+	const wait = 60 * time.Second
+	lines, ct := streamLines(t, in, fmt.Sprintf("/api/v1/assignments?since=0&wait=%s&delta=1&stream=1", wait), cred, 2*wait)
+	if got := <-ct; got != "200 application/x-ndjson" {
+		t.Fatalf("stream answer: %s", got)
+	}
+	first := nextLine(t, lines, wait/2, "the whole set")
+	if first["delta"] == true || strings.Join(refs(first), ",") != "s0" {
+		t.Fatalf("first line = %v, want the whole set with s0", first)
+	}
+	v := first["version"].(float64)
+	for _, ref := range []string{"s1", "s2"} {
+		place(t, in, "call", ref, 1)
+		m := nextLine(t, lines, wait/2, ref)
+		if m["delta"] != true || strings.Join(refs(m), ",") != ref || m["version"].(float64) <= v {
+			t.Fatalf("line after placing %s = %v, want a delta with it alone after version %v", ref, m, v)
+		}
+		v = m["version"].(float64)
+	}
+
+	// Nothing new: a stream that ends at its wait, without a line.
+	short, ct := streamLines(t, in, fmt.Sprintf("/api/v1/assignments?since=%d&wait=1s&delta=1&stream=1", int64(v)), cred, 2*wait)
+	if got := <-ct; !strings.HasPrefix(got, "200 ") {
+		t.Fatalf("short stream: %s", got)
+	}
+	select {
+	case m, ok := <-short:
+		if ok {
+			t.Fatalf("a stream with nothing new sent %v", m)
+		}
+	case <-time.After(wait / 2):
+		t.Fatal("a stream asked to wait 1s was still open after 30s")
+	}
+
+	// A stream carries no acks, and its parameter is a boolean.
+	if r, _ := api(t, in, "POST", "/api/v1/assignments?since=0&stream=1", cred, map[string]any{"acks": []any{}}); r.StatusCode != 400 || !strings.Contains(string(r.Body), "stream") {
+		t.Fatalf("POST of a stream: %d %s", r.StatusCode, r.Body)
+	}
+	if r, _ := api(t, in, "GET", "/api/v1/assignments?since=0&stream=yes", cred, nil); r.StatusCode != 400 || !strings.Contains(string(r.Body), "stream") {
+		t.Fatalf("stream=yes: %d %s", r.StatusCode, r.Body)
+	}
+}
+
+// An agent that streams acks on its heartbeats: they are recorded as the
+// batch ack records them and their results come in the answer; bad acks
+// are refused with the field named and change nothing; a disabled node's
+// are refused one by one (403), its beat still counted.
+func TestHeartbeatCarriesAcks(t *testing.T) {
+	t.Parallel()
+	in := cluster(t, 100, "m1")
+	cred := enrol(t, in, "m1")
+	for i := range 2 {
+		place(t, in, "call", fmt.Sprintf("h%d", i), 1)
+	}
+	_, set := api(t, in, "GET", "/api/v1/assignments?since=0&wait=0s", cred, nil)
+	var acks []map[string]any
+	for _, x := range set["assignments"].([]any) {
+		a := x.(map[string]any)
+		acks = append(acks, map[string]any{"id": a["id"], "epoch": a["epoch"], "state": "active"})
+	}
+	beat := func(acks any) (*http.Response, map[string]any, string) {
+		r, m := api(t, in, "POST", "/api/v1/heartbeat", cred, map[string]any{"load": 2, "version": "t", "acks": acks})
+		return &http.Response{StatusCode: r.StatusCode}, m, string(r.Body)
+	}
+	stale := map[string]any{"id": acks[0]["id"], "epoch": 99, "state": "active"}
+	r, m, body := beat(acks)
+	results, _ := m["acks"].([]any)
+	if r.StatusCode != 200 || len(results) != 2 || results[0].(map[string]any)["ok"] != true || results[1].(map[string]any)["ok"] != true {
+		t.Fatalf("heartbeat with acks: %d %s, want two ok", r.StatusCode, body)
+	}
+	r, m, body = beat([]any{stale})
+	if results, _ := m["acks"].([]any); r.StatusCode != 200 || len(results) != 1 || results[0].(map[string]any)["status"] != float64(409) {
+		t.Fatalf("a stale epoch: %d %s, want its result 409", r.StatusCode, body)
+	}
+	if n := count(t, in, "SELECT count(*) FROM work WHERE state = 'active'"); n != 2 {
+		t.Fatalf("%d items active after the heartbeat carried their acks, want 2", n)
+	}
+
+	place(t, in, "call", "h2", 1)
+	if _, _, body := beat([]any{map[string]any{"id": 1, "epoch": 1, "state": "running"}}); !strings.Contains(body, "state must be") {
+		t.Fatalf("a bad ack state: %s", body)
+	}
+	if r, _, body := beat(`x`); r.StatusCode != 400 || !strings.Contains(body, "acks") {
+		t.Fatalf("acks of the wrong type: %d %s", r.StatusCode, body)
+	}
+	many := make([]map[string]any, 1001)
+	for i := range many {
+		many[i] = map[string]any{"id": i + 1, "epoch": 1, "state": "active"}
+	}
+	if r, _, body := beat(many); r.StatusCode != 400 || !strings.Contains(body, "acks") {
+		t.Fatalf("too many acks: %d %s", r.StatusCode, body)
+	}
+	if n := count(t, in, "SELECT count(*) FROM work WHERE state = 'active'"); n != 2 {
+		t.Fatalf("%d items active after refused acks, want 2", n)
+	}
+
+	// A disabled node: its acks are refused, its heartbeat still counts.
+	if _, _, err := in.Nodes().SetAdminState(context.Background(), testActor, "m1", "disabled"); err != nil {
+		t.Fatal(err)
+	}
+	unknown := []any{map[string]any{"id": 999999, "epoch": 1, "state": "active"}} // 404 while enabled
+	waitFor(t, "a disabled node's ack to be refused (403)", func() bool {
+		r, m, _ := beat(unknown)
+		results, _ := m["acks"].([]any)
+		return r.StatusCode == 200 && len(results) == 1 && results[0].(map[string]any)["status"] == float64(403)
+	})
+}

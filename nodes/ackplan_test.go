@@ -220,3 +220,71 @@ func TestReconcileOfManyItemsExamineEachRowOnce(t *testing.T) {
 	}
 	t.Logf("reconciling %d items read %.0f rows in %d statements", len(running), total, len(plans))
 }
+
+// Acks arrive a few at a time from many agents (on their heartbeats) while
+// the work table holds many live items, though the plan of the ack
+// statement may have been made when it was small (a new cluster's first
+// minutes, a burst of placements: Postgres keeps a generic plan of a
+// prepared statement). Each small group of acks must find its rows by
+// key: a plan that scans the live work reads the whole table every time.
+func TestSmallAckGroupsOnABigTableReadByKey(t *testing.T) {
+	e, log := explainEnv(t)
+	const nodesN = 4
+	var ids []int64
+	for i := range nodesN {
+		name := "media-" + strconv.Itoa(i+1)
+		e.node(name, nodes.KindMedia, 100_000, 1)
+		ids = append(ids, e.nodeID(name))
+	}
+	// Acks while the table is small: Postgres may keep a generic plan of
+	// the prepared ack statement made for this size.
+	for i := range 10 {
+		p := e.place("call", fmt.Sprintf("small-%d", i), 1)
+		if res, err := e.svc.AckBatch(e.ctx, p.NodeID, []agentproto.Ack{{ID: p.ID, Epoch: p.Epoch, State: nodes.WorkActive}}); err != nil || res[0].Err != nil {
+			t.Fatalf("ack of small-%d: %v %v", i, err, res)
+		}
+	}
+	acks := map[int64][]agentproto.Ack{}
+	for b := range 10 {
+		var items []nodes.WorkInput
+		for i := range 1000 {
+			items = append(items, nodes.WorkInput{Kind: "call", Ref: fmt.Sprintf("big-%d-%d", b, i), Cost: 1})
+		}
+		placed, err := e.svc.PlaceWorkBatch(e.ctx, actor, items)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range placed {
+			acks[p.NodeID] = append(acks[p.NodeID], agentproto.Ack{ID: p.ID, Epoch: p.Epoch, State: nodes.WorkActive})
+		}
+	}
+	log.take()
+	const groups, per = 20, 5
+	acked := 0
+	for g := range groups {
+		node := ids[g%nodesN]
+		group := acks[node][:per]
+		acks[node] = acks[node][per:]
+		res, err := e.svc.AckBatch(e.ctx, node, group)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range res {
+			if r.Err != nil {
+				t.Fatalf("ack of %d: %v", r.ID, r.Err)
+			}
+		}
+		acked += len(group)
+	}
+	plans := log.take()
+	if n := e.count("SELECT count(*) FROM work WHERE state = 'active'"); n != acked+10 {
+		t.Fatalf("%d items active after the acks, want %d", n, acked+10)
+	}
+	total, worst, worstN := rowsRead(t, plans)
+	// By key, each acked row is read a few times (see above); a scan of the
+	// live work reads 10,000 rows per group.
+	if limit := 20 * float64(acked); total > limit {
+		t.Fatalf("%d groups of %d acks read %.0f rows (limit %.0f); the worst plan (%.0f rows):\n%s", groups, per, total, limit, worstN, worst)
+	}
+	t.Logf("%d groups of %d acks read %.0f rows in %d statements", groups, per, total, len(plans))
+}

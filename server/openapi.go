@@ -58,7 +58,8 @@ var (
 
 // pollParams are the query parameters of the long-poll, GET or POST.
 var pollParams = []apiParam{q("since", "integer", "last version seen"), q("wait", "string", "how long to wait, e.g. 30s (max 60s)"),
-	q("delta", "string", "1: answer what changed since the version, not the whole set")}
+	q("delta", "string", "1: answer what changed since the version, not the whole set"),
+	q("stream", "string", "1 (GET only): keep answering, one desired set per line (application/x-ndjson) at every change until wait; acks then ride the heartbeats")}
 
 // apiOps lists every /api/v1 route. A test checks it against the router
 // both ways.
@@ -143,18 +144,19 @@ func schemas() map[string]any {
 	workItem := obj(map[string]any{"ref": tStr, "kind": tStr, "cost": tInt})
 	maint := obj(map[string]any{"id": tInt, "node": tStr, "start": tTime, "end": tTime, "reason": tStr, "created_by": tStr,
 		"created_at": tTime, "active": tBool, "cancelled_at": tTime, "cancelled_by": tStr})
+	ackResults := arr(obj(map[string]any{"id": tInt, "ok": tBool, "error": tStr, "status": tInt}))
 	return map[string]any{
 		"Error":  obj(map[string]any{"error": str("what went wrong")}, "error"),
 		"Object": tObject,
 		"EnrollRequest": obj(map[string]any{"token": str("cpj_… join token"), "address": str("service address"),
 			"version": str("agent version")}, "token"),
-		"EnrollResult":    obj(map[string]any{"node_id": tInt, "node_name": tStr, "kind": tStr, "credential": tStr, "heartbeat_interval_ms": tInt}),
-		"Heartbeat":       obj(map[string]any{"load": tInt, "version": tStr, "running": arr(tObject)}),
-		"HeartbeatResult": obj(map[string]any{"admin_state": tStr, "heartbeat_interval_ms": tInt, "credential": tStr}),
-		"DesiredSet": obj(map[string]any{"version": tInt, "assignments": arr(tObject), "delta": tBool, "removed": arr(tInt),
-			"acks": arr(obj(map[string]any{"id": tInt, "ok": tBool, "error": tStr, "status": tInt}))}),
-		"Ack":      obj(map[string]any{"epoch": tInt, "state": map[string]any{"type": "string", "enum": []string{"active", "failed", "ended"}}}, "epoch", "state"),
-		"AckBatch": obj(map[string]any{"acks": arr(obj(map[string]any{"id": tInt, "epoch": tInt, "state": tStr}))}),
+		"EnrollResult": obj(map[string]any{"node_id": tInt, "node_name": tStr, "kind": tStr, "credential": tStr, "heartbeat_interval_ms": tInt}),
+		"Heartbeat": obj(map[string]any{"load": tInt, "version": tStr, "running": arr(tObject),
+			"acks": arr(obj(map[string]any{"id": tInt, "epoch": tInt, "state": tStr}))}),
+		"HeartbeatResult": obj(map[string]any{"admin_state": tStr, "heartbeat_interval_ms": tInt, "credential": tStr, "acks": ackResults}),
+		"DesiredSet":      obj(map[string]any{"version": tInt, "assignments": arr(tObject), "delta": tBool, "removed": arr(tInt), "acks": ackResults}),
+		"Ack":             obj(map[string]any{"epoch": tInt, "state": map[string]any{"type": "string", "enum": []string{"active", "failed", "ended"}}}, "epoch", "state"),
+		"AckBatch":        obj(map[string]any{"acks": arr(obj(map[string]any{"id": tInt, "epoch": tInt, "state": tStr}))}),
 		"Node": obj(map[string]any{"id": tInt, "name": tStr, "kind": tStr, "address": tStr, "capacity": tInt, "weight": tInt,
 			"region": tStr, "description": tStr, "admin_state": tStr, "health": tStr, "health_changed_at": tTime, "load": tInt,
 			"reported_load": tInt, "enrolled": tBool, "agent_version": tStr, "last_heartbeat_at": tTimeN, "maintenance": tBool,

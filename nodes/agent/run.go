@@ -106,16 +106,21 @@ func (o RunOptions) withDefaults() RunOptions {
 //
 // Two loops share one pinned HTTPS client. The heartbeat loop reports the
 // load and the assignments really running, at the interval the server asks
-// for. The poll loop long-polls the node's full desired set and applies it
-// idempotently: an assignment new to this process (or back with a new epoch)
-// runs the start hook and is acked active with its epoch, one that left the
-// set runs the stop hook, and one unchanged is left alone, so a duplicate
-// delivery changes nothing. The acks of one delivery go, once its start
-// hooks have run, with the next poll (a POST of the long-poll, answered
-// with their results): one request acks a delivery and asks for the next.
-// A server without that (405) gets them in a batch request (POST
-// /api/v1/assignments/ack), and one without the batch API (404) one by
-// one. After a restart the server hands back the set
+// for. The poll loop takes the node's desired set as a stream (one open
+// request, a line per change: a delta after the first whole set) and
+// applies each delivery idempotently: an assignment new to this process
+// (or back with a new epoch) runs the start hook and is acked active with
+// its epoch, one that left the set runs the stop hook, and one unchanged
+// is left alone, so a duplicate delivery changes nothing. The acks of a
+// streamed delivery ride the next heartbeat, answered with their results,
+// so an assignment turns active within a heartbeat interval.
+//
+// A call manager older than streams answers the stream with one set: the
+// agent then long-polls for a while (and also when a heartbeat's acks are
+// refused), and the acks of one delivery go with the next poll (a POST
+// of the long-poll, answered with their results). A server without that
+// (405) gets them in a batch request (POST /api/v1/assignments/ack), and
+// one without the batch API (404) one by one. After a restart the server hands back the set
 // with state "active": the agent runs the start hook once for this process
 // (hooks must therefore be idempotent) and does not ack again. A start hook
 // that fails is acked "failed"; an ack answered 409 (stale epoch) or 404

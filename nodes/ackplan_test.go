@@ -193,18 +193,8 @@ func TestReconcileOfManyItemsExamineEachRowOnce(t *testing.T) {
 	e.node("media-1", nodes.KindMedia, 100_000, 1)
 	node := e.nodeID("media-1")
 	var running []agentproto.Running
-	for batch := range 2 {
-		var items []nodes.WorkInput
-		for i := range 1000 {
-			items = append(items, nodes.WorkInput{Kind: "call", Ref: fmt.Sprintf("lost-%d-%d", batch, i), Cost: 1})
-		}
-		placed, err := e.svc.PlaceWorkBatch(e.ctx, actor, items)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, p := range placed {
-			running = append(running, agentproto.Running{ID: p.ID, Epoch: p.Epoch})
-		}
+	for _, p := range e.placeCalls("lost", 2) {
+		running = append(running, agentproto.Running{ID: p.ID, Epoch: p.Epoch})
 	}
 	log.take()
 	if _, err := e.svc.Reconcile(e.ctx, node, running); err != nil {
@@ -245,18 +235,8 @@ func TestSmallAckGroupsOnABigTableReadByKey(t *testing.T) {
 		}
 	}
 	acks := map[int64][]agentproto.Ack{}
-	for b := range 10 {
-		var items []nodes.WorkInput
-		for i := range 1000 {
-			items = append(items, nodes.WorkInput{Kind: "call", Ref: fmt.Sprintf("big-%d-%d", b, i), Cost: 1})
-		}
-		placed, err := e.svc.PlaceWorkBatch(e.ctx, actor, items)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, p := range placed {
-			acks[p.NodeID] = append(acks[p.NodeID], agentproto.Ack{ID: p.ID, Epoch: p.Epoch, State: nodes.WorkActive})
-		}
+	for _, p := range e.placeCalls("big", 10) {
+		acks[p.NodeID] = append(acks[p.NodeID], agentproto.Ack{ID: p.ID, Epoch: p.Epoch, State: nodes.WorkActive})
 	}
 	log.take()
 	const groups, per = 20, 5
@@ -287,4 +267,22 @@ func TestSmallAckGroupsOnABigTableReadByKey(t *testing.T) {
 		t.Fatalf("%d groups of %d acks read %.0f rows (limit %.0f); the worst plan (%.0f rows):\n%s", groups, per, total, limit, worstN, worst)
 	}
 	t.Logf("%d groups of %d acks read %.0f rows in %d statements", groups, per, total, len(plans))
+}
+
+// placeCalls places batches of 1,000 calls of cost 1, named prefix-b-i.
+func (e *env) placeCalls(prefix string, batches int) []nodes.Placement {
+	e.t.Helper()
+	var out []nodes.Placement
+	for b := range batches {
+		items := make([]nodes.WorkInput, 1000)
+		for i := range items {
+			items[i] = nodes.WorkInput{Kind: "call", Ref: fmt.Sprintf("%s-%d-%d", prefix, b, i), Cost: 1}
+		}
+		placed, err := e.svc.PlaceWorkBatch(e.ctx, actor, items)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		out = append(out, placed...)
+	}
+	return out
 }

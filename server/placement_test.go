@@ -544,16 +544,7 @@ func TestLongPollCarriesAcks(t *testing.T) {
 	t.Parallel()
 	in := cluster(t, 100, "m1")
 	cred := enrol(t, in, "m1")
-	for i := range 2 {
-		place(t, in, "call", fmt.Sprintf("p%d", i), 1)
-	}
-	_, first := api(t, in, "GET", "/api/v1/assignments?since=0&wait=0s&delta=1", cred, nil)
-	v := int64(first["version"].(float64))
-	var acks []map[string]any
-	for _, x := range first["assignments"].([]any) {
-		a := x.(map[string]any)
-		acks = append(acks, map[string]any{"id": a["id"], "epoch": a["epoch"], "state": "active"})
-	}
+	acks, v := placeForAcks(t, in, cred, "p", 2)
 	stale := map[string]any{"id": acks[0]["id"], "epoch": 99, "state": "active"}
 	path := fmt.Sprintf("/api/v1/assignments?since=%d&wait=0s&delta=1", v)
 	r, ans := api(t, in, "POST", path, cred, map[string]any{"acks": acks})

@@ -133,15 +133,7 @@ func TestHeartbeatCarriesAcks(t *testing.T) {
 	t.Parallel()
 	in := cluster(t, 100, "m1")
 	cred := enrol(t, in, "m1")
-	for i := range 2 {
-		place(t, in, "call", fmt.Sprintf("h%d", i), 1)
-	}
-	_, set := api(t, in, "GET", "/api/v1/assignments?since=0&wait=0s", cred, nil)
-	var acks []map[string]any
-	for _, x := range set["assignments"].([]any) {
-		a := x.(map[string]any)
-		acks = append(acks, map[string]any{"id": a["id"], "epoch": a["epoch"], "state": "active"})
-	}
+	acks, _ := placeForAcks(t, in, cred, "h", 2)
 	beat := func(acks any) (*http.Response, map[string]any, string) {
 		r, m := api(t, in, "POST", "/api/v1/heartbeat", cred, map[string]any{"load": 2, "version": "t", "acks": acks})
 		return &http.Response{StatusCode: r.StatusCode}, m, string(r.Body)
@@ -188,4 +180,21 @@ func TestHeartbeatCarriesAcks(t *testing.T) {
 		results, _ := m["acks"].([]any)
 		return r.StatusCode == 200 && len(results) == 1 && results[0].(map[string]any)["status"] == float64(403)
 	})
+}
+
+// placeForAcks places n calls (prefix0, prefix1, ...) on the agent's node
+// and returns the acks that make them active, from the node's whole set,
+// and that set's version.
+func placeForAcks(t *testing.T, in *servertest.Instance, cred, prefix string, n int) ([]map[string]any, int64) {
+	t.Helper()
+	for i := range n {
+		place(t, in, "call", fmt.Sprintf("%s%d", prefix, i), 1)
+	}
+	_, set := api(t, in, "GET", "/api/v1/assignments?since=0&wait=0s", cred, nil)
+	var acks []map[string]any
+	for _, x := range set["assignments"].([]any) {
+		a := x.(map[string]any)
+		acks = append(acks, map[string]any{"id": a["id"], "epoch": a["epoch"], "state": "active"})
+	}
+	return acks, int64(set["version"].(float64))
 }

@@ -326,12 +326,35 @@ func (a *agent) unsent(sent []pendingAck, refused bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if !refused {
-		a.heartbeatAcks = append(sent, a.heartbeatAcks...)
+		a.heartbeatAcks = distinctAcks(append(sent, a.heartbeatAcks...))
 		return
 	}
 	a.noStreamUntil = time.Now().Add(batchAckRetry)
 	a.refusedAcks = append(append(a.refusedAcks, sent...), a.heartbeatAcks...)
 	a.heartbeatAcks = nil
+}
+
+// queueAcks queues acks for the next heartbeat. An ack already queued is
+// not queued twice: every delivery re-applies the whole held set, whose
+// items still show as assigned until their acks have gone, and the server
+// refuses an item acked twice in one batch.
+func (a *agent) queueAcks(pending []pendingAck) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.heartbeatAcks = distinctAcks(append(a.heartbeatAcks, pending...))
+}
+
+// distinctAcks keeps the first ack of each assignment and epoch.
+func distinctAcks(acks []pendingAck) []pendingAck {
+	seen := make(map[[2]int64]bool, len(acks))
+	out := acks[:0]
+	for _, p := range acks {
+		if k := [2]int64{p.d.ID, p.d.Epoch}; !seen[k] {
+			seen[k] = true
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // streams says whether to take deliveries as a stream.
@@ -550,9 +573,7 @@ func (a *agent) pollLoop(ctx context.Context) error {
 					owed = pending // an older server: they ride the next poll
 					return
 				}
-				a.mu.Lock()
-				a.heartbeatAcks = append(a.heartbeatAcks, pending...)
-				a.mu.Unlock()
+				a.queueAcks(pending)
 			})
 			if err == nil {
 				bo.reset()

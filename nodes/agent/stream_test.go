@@ -1,12 +1,14 @@
 package agent_test
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/callplane/callplane/db/dbtest"
+	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/server/metrics"
 	"github.com/callplane/callplane/server/servertest"
 )
@@ -67,5 +69,21 @@ func TestRunStreamsDeliveriesAndAcksOnHeartbeats(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "assignment active") {
 		t.Fatalf("the agent did not log its acks' results:\n%s", logs)
+	}
+
+	// A burst: each delivery comes before the earlier items' acks have
+	// gone, and re-applies them still assigned. Each is acked once.
+	for i := range 5 {
+		if _, err := h.a.Nodes().PlaceWork(context.Background(), nodes.Actor{Name: "test"}, nodes.WorkInput{Kind: "call", Ref: fmt.Sprintf("burst-%d", i), Cost: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitUntil(t, 30*time.Second, "the burst active", func() bool {
+		var n int
+		_ = h.a.Pool().QueryRow(context.Background(), "SELECT count(*) FROM work WHERE ref LIKE 'burst-%' AND state = 'active'").Scan(&n)
+		return n == 5
+	})
+	if strings.Contains(logs.String(), "acked twice") {
+		t.Fatalf("the agent acked an item twice in one heartbeat:\n%s", logs)
 	}
 }

@@ -300,6 +300,9 @@ func boolParam(w http.ResponseWriter, v, name string) (bool, bool) {
 func (s *Server) streamAssignments(w http.ResponseWriter, r *http.Request, a nodes.NodeAuth, since int64, wait time.Duration) {
 	ctx := r.Context()
 	rc := http.NewResponseController(w)
+	// The connection may serve the agent's next request: no deadline
+	// set below outlives this one.
+	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	metrics.LongPollWaiters.Inc()
@@ -323,6 +326,9 @@ func (s *Server) streamAssignments(w http.ResponseWriter, r *http.Request, a nod
 			w.WriteHeader(http.StatusOK)
 			started = true
 		}
+		// An agent that stops reading does not hold this handler (and a
+		// graceful shutdown) past the write deadline.
+		_ = rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
 		if ds.Version > since {
 			if err := json.NewEncoder(w).Encode(ds); err != nil {
 				return
@@ -343,6 +349,9 @@ func (s *Server) streamAssignments(w http.ResponseWriter, r *http.Request, a nod
 		}
 	}
 }
+
+// streamWriteTimeout bounds writing one line of a stream.
+const streamWriteTimeout = 10 * time.Second
 
 func (s *Server) ack(w http.ResponseWriter, r *http.Request) {
 	a := nodeFrom(r.Context())

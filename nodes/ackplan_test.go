@@ -166,21 +166,13 @@ func TestAcksOfManyItemsExamineEachRowOnce(t *testing.T) {
 			}
 		}
 	}
-	plans := log.take()
-	if n := e.count("SELECT count(*) FROM work WHERE state = 'active'"); n != len(items)+1 {
-		t.Fatalf("%d items active after the acks, want %d", n, len(items)+1)
-	}
-	total, worst, worstN := rowsRead(t, plans)
 	// Each item's row is read a few times: by the update (by key, or in a
 	// hash join over the live work, which on a table this small and without
 	// statistics is a fair choice for acks of 500), by the trigger pairing
 	// the statement's old and new rows, by the history insert. A plan that
 	// reads a node's live work per item, or pairs every old row with every
 	// new one, reads hundreds per item.
-	if limit := 20 * float64(len(items)); total > limit {
-		t.Fatalf("the acks of %d items read %.0f rows (limit %.0f); the worst plan (%.0f rows):\n%s", len(items), total, limit, worstN, worst)
-	}
-	t.Logf("the acks of %d items read %.0f rows in %d statements", len(items), total, len(plans))
+	e.checkRowsRead(log.take(), len(items)+1, len(items), fmt.Sprintf("the acks of %d items", len(items)))
 }
 
 // A heartbeat reporting a node's running work activates the items whose
@@ -200,15 +192,7 @@ func TestReconcileOfManyItemsExamineEachRowOnce(t *testing.T) {
 	if _, err := e.svc.Reconcile(e.ctx, node, running); err != nil {
 		t.Fatal(err)
 	}
-	plans := log.take()
-	if n := e.count("SELECT count(*) FROM work WHERE state = 'active'"); n != len(running) {
-		t.Fatalf("%d items active after the reconciliation, want %d", n, len(running))
-	}
-	total, worst, worstN := rowsRead(t, plans)
-	if limit := 20 * float64(len(running)); total > limit {
-		t.Fatalf("reconciling %d items read %.0f rows (limit %.0f); the worst plan (%.0f rows):\n%s", len(running), total, limit, worstN, worst)
-	}
-	t.Logf("reconciling %d items read %.0f rows in %d statements", len(running), total, len(plans))
+	e.checkRowsRead(log.take(), len(running), len(running), fmt.Sprintf("reconciling %d items", len(running)))
 }
 
 // Acks arrive a few at a time from many agents (on their heartbeats) while
@@ -256,17 +240,9 @@ func TestSmallAckGroupsOnABigTableReadByKey(t *testing.T) {
 		}
 		acked += len(group)
 	}
-	plans := log.take()
-	if n := e.count("SELECT count(*) FROM work WHERE state = 'active'"); n != acked+10 {
-		t.Fatalf("%d items active after the acks, want %d", n, acked+10)
-	}
-	total, worst, worstN := rowsRead(t, plans)
 	// By key, each acked row is read a few times (see above); a scan of the
 	// live work reads 10,000 rows per group.
-	if limit := 20 * float64(acked); total > limit {
-		t.Fatalf("%d groups of %d acks read %.0f rows (limit %.0f); the worst plan (%.0f rows):\n%s", groups, per, total, limit, worstN, worst)
-	}
-	t.Logf("%d groups of %d acks read %.0f rows in %d statements", groups, per, total, len(plans))
+	e.checkRowsRead(log.take(), acked+10, acked, fmt.Sprintf("%d groups of %d acks", groups, per))
 }
 
 // placeCalls places batches of 1,000 calls of cost 1, named prefix-b-i.
@@ -285,4 +261,19 @@ func (e *env) placeCalls(prefix string, batches int) []nodes.Placement {
 		out = append(out, placed...)
 	}
 	return out
+}
+
+// checkRowsRead checks that active work items are active after what (the
+// operation, for messages), and that its plans read at most 20 rows for
+// each of its items.
+func (e *env) checkRowsRead(plans []string, active, items int, what string) {
+	e.t.Helper()
+	if n := e.count("SELECT count(*) FROM work WHERE state = 'active'"); n != active {
+		e.t.Fatalf("%d items active after %s, want %d", n, what, active)
+	}
+	total, worst, worstN := rowsRead(e.t, plans)
+	if limit := 20 * float64(items); total > limit {
+		e.t.Fatalf("%s read %.0f rows (limit %.0f); the worst plan (%.0f rows):\n%s", what, total, limit, worstN, worst)
+	}
+	e.t.Logf("%s read %.0f rows in %d statements", what, total, len(plans))
 }

@@ -4,6 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net"
 	"net/http"
 	"strconv"
 	"time"
@@ -179,10 +183,6 @@ func (s *Server) assignments(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if stream {
-		if r.Method != http.MethodGet {
-			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "stream: a streamed long-poll is a GET; acks ride the heartbeats"})
-			return
-		}
 		s.streamAssignments(w, r, a, since, wait)
 		return
 	}
@@ -297,17 +297,54 @@ func boolParam(w http.ResponseWriter, v, name string) (bool, bool) {
 // every second costs one line written per delivery instead of an answer
 // and the agent's next request. An error after the first line ends the
 // stream (the agent opens another from the version it has).
+//
+// A POST stream reads the agent's acks from its body while it streams
+// (see streamAcks) and writes each line's results as a line of their own.
 func (s *Server) streamAssignments(w http.ResponseWriter, r *http.Request, a nodes.NodeAuth, since int64, wait time.Duration) {
 	ctx := r.Context()
 	rc := http.NewResponseController(w)
 	// The connection may serve the agent's next request: no deadline
 	// set below outlives this one.
 	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
+	var acked <-chan agentproto.DesiredSet
+	if r.Method == http.MethodPost {
+		if ct := r.Header.Get("Content-Type"); ct != "" {
+			if mt, _, _ := mime.ParseMediaType(ct); mt != agentproto.StreamContentType && mt != "application/json" {
+				writeJSON(w, http.StatusUnsupportedMediaType, map[string]string{"error": "Content-Type: must be " + agentproto.StreamContentType})
+				return
+			}
+		}
+		if err := rc.EnableFullDuplex(); err != nil {
+			writeError(w, err)
+			return
+		}
+		done := make(chan struct{})
+		defer close(done)
+		acked = s.streamAcks(r, rc, a, wait, done)
+		// A stream that ends before the agent's body does closes the
+		// connection: Go's server cannot yet reuse a full-duplex
+		// connection whose body ends after the handler has returned.
+		defer func() {
+			if acked != nil {
+				dropConn(rc)
+			}
+		}()
+	}
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	metrics.LongPollWaiters.Inc()
 	defer metrics.LongPollWaiters.Dec()
 	started := false
+	// flush sends what is written at once. An agent that stops reading
+	// does not hold this handler (and a graceful shutdown) past the write
+	// deadline.
+	flush := func() bool {
+		_ = rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
+		return rc.Flush() == nil
+	}
+	write := func(ds agentproto.DesiredSet) bool {
+		return json.NewEncoder(w).Encode(ds) == nil && flush()
+	}
 	for {
 		// Take the wake channel before reading, so no change slips between.
 		woken := s.hub.Wait(a.NodeID)
@@ -325,29 +362,153 @@ func (s *Server) streamAssignments(w http.ResponseWriter, r *http.Request, a nod
 			w.Header().Set("Cache-Control", "no-store")
 			w.WriteHeader(http.StatusOK)
 			started = true
+			// The header goes at once, so the agent knows this call
+			// manager streams even while nothing is new.
+			if ds.Version <= since && !flush() {
+				return
+			}
 		}
-		// An agent that stops reading does not hold this handler (and a
-		// graceful shutdown) past the write deadline.
-		_ = rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
 		if ds.Version > since {
-			if err := json.NewEncoder(w).Encode(ds); err != nil {
+			if !write(ds) {
 				return
 			}
 			since = ds.Version
 		}
-		if err := rc.Flush(); err != nil {
-			return
-		}
-		select {
-		case <-woken:
-		case <-timer.C:
-			return
-		case <-s.hub.Closing():
-			return // shutting down: the agent streams from another instance
-		case <-ctx.Done():
-			return
+		for woke := false; !woke; {
+			select {
+			case <-woken:
+				woke = true
+			case res, ok := <-acked:
+				if !ok {
+					acked = nil // the agent ended its body; deliveries go on
+					continue
+				}
+				res.Version, res.Delta = since, true
+				if !write(res) || res.Error != "" {
+					return // the rest of the body is not read
+				}
+			case <-timer.C:
+				acked = endAckStream(acked, since, write)
+				return
+			case <-s.hub.Closing():
+				// Shutting down: the agent streams from another instance.
+				acked = endAckStream(acked, since, write)
+				return
+			case <-ctx.Done():
+				return
+			}
 		}
 	}
+}
+
+// endAckStream ends a POST stream: it says End, writes the results of
+// acks still on their way, and waits (at most streamWriteTimeout) for the
+// agent to end its body. It returns acked, or nil once the body has
+// ended.
+func endAckStream(acked <-chan agentproto.DesiredSet, since int64, write func(agentproto.DesiredSet) bool) <-chan agentproto.DesiredSet {
+	if acked == nil {
+		return nil
+	}
+	if !write(agentproto.DesiredSet{Version: since, Delta: true, End: true}) {
+		return acked
+	}
+	limit := time.NewTimer(streamWriteTimeout)
+	defer limit.Stop()
+	for {
+		select {
+		case res, ok := <-acked:
+			if !ok {
+				return nil
+			}
+			res.Version, res.Delta = since, true
+			if !write(res) {
+				return acked
+			}
+		case <-limit.C:
+			return acked
+		}
+	}
+}
+
+// dropConn closes the connection of a stream once its answer is written.
+func dropConn(rc *http.ResponseController) {
+	if conn, _, err := rc.Hijack(); err == nil {
+		_ = conn.Close()
+	}
+}
+
+// streamAcks reads the acks of a POST stream, one agentproto.AckBatchRequest
+// per line, records each line as the batch ack does, and sends its results
+// to the stream's writer, until the body ends (the channel closes) or done
+// closes. A line it cannot read ends the stream with an error line; its
+// acks are sent again on the agent's next stream or heartbeat. The body
+// has no overall size bound (limitBody leaves POST streams alone): each
+// line has LargeBodyLimit, and the body as a whole the stream's wait plus
+// time to end it, after which the connection is closed.
+func (s *Server) streamAcks(r *http.Request, rc *http.ResponseController, a nodes.NodeAuth, wait time.Duration, done <-chan struct{}) <-chan agentproto.DesiredSet {
+	_ = rc.SetReadDeadline(time.Now().Add(wait + 2*streamWriteTimeout))
+	out := make(chan agentproto.DesiredSet)
+	go func() {
+		send := func(ds agentproto.DesiredSet) bool {
+			select {
+			case out <- ds:
+				return true
+			case <-done:
+				return false
+			}
+		}
+		lr := &io.LimitedReader{R: r.Body}
+		dec := json.NewDecoder(lr)
+		dec.DisallowUnknownFields()
+		for line := 1; ; line++ {
+			lr.N = LargeBodyLimit
+			var req agentproto.AckBatchRequest
+			if err := dec.Decode(&req); err != nil {
+				if errors.Is(err, io.EOF) && lr.N > 0 {
+					close(out) // the agent ended its body
+					return
+				}
+				// out stays open: the body did not end, and the stream
+				// drops the connection when it ends.
+				if ctx := r.Context(); ctx.Err() == nil && !isNetError(err) {
+					msg := fmt.Sprintf("acks: line %d: %s", line, ackLineError(err, lr.N == 0))
+					s.log.Warn("assignment stream: unreadable acks", "node", a.Name, "err", msg)
+					send(agentproto.DesiredSet{Error: msg})
+				}
+				return
+			}
+			if len(req.Acks) == 0 {
+				continue // an empty line keeps nothing waiting
+			}
+			res, err := s.recordAcks(r.Context(), a, req.Acks)
+			if err != nil {
+				// The batch as a whole was refused: each ack gets why.
+				res = make([]agentproto.AckResult, len(req.Acks))
+				for i, x := range req.Acks {
+					res[i] = agentproto.AckResult{ID: x.ID, Status: problem.HTTPStatus(err), Error: problem.Message(err)}
+				}
+			}
+			if !send(agentproto.DesiredSet{Acks: res}) {
+				return
+			}
+		}
+	}()
+	return out
+}
+
+// ackLineError says what was wrong with a line of acks.
+func ackLineError(err error, tooLong bool) string {
+	if tooLong {
+		return fmt.Sprintf("longer than %d bytes", LargeBodyLimit)
+	}
+	return "invalid JSON: " + err.Error()
+}
+
+// isNetError reports a body read that failed on the connection (the
+// agent went away, or the read deadline passed) rather than on its content.
+func isNetError(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
 // streamWriteTimeout bounds writing one line of a stream.
@@ -397,7 +558,7 @@ func (s *Server) ackBatch(w http.ResponseWriter, r *http.Request) {
 func (s *Server) recordAcks(ctx context.Context, a nodes.NodeAuth, acks []agentproto.Ack) ([]agentproto.AckResult, error) {
 	res, err := s.nodes.AckBatch(ctx, a.NodeID, acks)
 	if err != nil {
-		if problem.HTTPStatus(err) == http.StatusInternalServerError {
+		if problem.HTTPStatus(err) == http.StatusInternalServerError && ctx.Err() == nil {
 			s.log.Error("ack batch", "node", a.Name, "acks", len(acks), "err", err)
 		}
 		return nil, err

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -45,7 +46,9 @@ func BodyLimit(method, path string) int64 {
 func limitBody(timeout time.Duration) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.Body != nil && r.Body != http.NoBody {
+			// A POST stream's body lasts as long as the stream and bounds
+			// itself per line (see Server.streamAcks).
+			if r.Body != nil && r.Body != http.NoBody && !isAckStream(r) {
 				rc := http.NewResponseController(w)
 				_ = rc.SetReadDeadline(time.Now().Add(timeout))
 				r.Body = &deadlineBody{ReadCloser: http.MaxBytesReader(w, r.Body, BodyLimit(r.Method, r.URL.Path)), rc: rc}
@@ -53,6 +56,16 @@ func limitBody(timeout time.Duration) func(http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 		})
 	}
+}
+
+// isAckStream reports a POST stream of the agent API, whose body is the
+// agent's acks while the answer streams (agentproto.QueryStream).
+func isAckStream(r *http.Request) bool {
+	if r.Method != http.MethodPost || strings.TrimSuffix(r.URL.Path, "/") != agentproto.Prefix+agentproto.AssignmentsPath {
+		return false
+	}
+	stream, err := strconv.ParseBool(r.URL.Query().Get(agentproto.QueryStream))
+	return err == nil && stream
 }
 
 type deadlineBody struct {

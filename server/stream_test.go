@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptrace"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +20,13 @@ import (
 // of the answer comes first on ct.
 func streamLines(t *testing.T, in *servertest.Instance, path, cred string, timeout time.Duration) (<-chan map[string]any, <-chan string) {
 	t.Helper()
+	return streamLinesWith(t, in, "GET", path, cred, nil, timeout)
+}
+
+// streamLinesWith is streamLines with a method and a request body (a POST
+// stream's acks).
+func streamLinesWith(t *testing.T, in *servertest.Instance, method, path, cred string, body io.Reader, timeout time.Duration) (<-chan map[string]any, <-chan string) {
+	t.Helper()
 	lines := make(chan map[string]any, 16)
 	ct := make(chan string, 1)
 	// Not api(): its client gives up after 30 s, and a test goroutine
@@ -27,8 +36,11 @@ func streamLines(t *testing.T, in *servertest.Instance, path, cred string, timeo
 	url := in.URL + path
 	go func() {
 		defer close(lines)
-		req, _ := http.NewRequest("GET", url, nil)
+		req, _ := http.NewRequest(method, url, body)
 		req.Header.Set("Authorization", "Bearer "+cred)
+		if body != nil {
+			req.Header.Set("Content-Type", "application/x-ndjson")
+		}
 		resp, err := c.Do(req)
 		if err != nil {
 			ct <- "error: " + err.Error()
@@ -116,10 +128,7 @@ func TestStreamDeliversEveryChangeOnOneRequest(t *testing.T) {
 		t.Fatal("a stream asked to wait 1s was still open after 30s")
 	}
 
-	// A stream carries no acks, and its parameter is a boolean.
-	if r, _ := api(t, in, "POST", "/api/v1/assignments?since=0&stream=1", cred, map[string]any{"acks": []any{}}); r.StatusCode != 400 || !strings.Contains(string(r.Body), "stream") {
-		t.Fatalf("POST of a stream: %d %s", r.StatusCode, r.Body)
-	}
+	// Its parameter is a boolean.
 	if r, _ := api(t, in, "GET", "/api/v1/assignments?since=0&stream=yes", cred, nil); r.StatusCode != 400 || !strings.Contains(string(r.Body), "stream") {
 		t.Fatalf("stream=yes: %d %s", r.StatusCode, r.Body)
 	}
@@ -197,4 +206,172 @@ func placeForAcks(t *testing.T, in *servertest.Instance, cred, prefix string, n 
 		acks = append(acks, map[string]any{"id": a["id"], "epoch": a["epoch"], "state": "active"})
 	}
 	return acks, int64(set["version"].(float64))
+}
+
+// A POST stream carries the acks both ways on the one request: each line
+// the agent writes is recorded as the batch ack records it, and its
+// results come back as a line of their own while deliveries go on. A bad
+// batch is refused ack by ack with the field named and writes nothing; a
+// line that is not JSON ends the stream with an error line naming it.
+func TestPostStreamCarriesAcksBothWays(t *testing.T) {
+	t.Parallel()
+	in := cluster(t, 100, "m1")
+	cred := enrol(t, in, "m1")
+	acks, version := placeForAcks(t, in, cred, "d", 2)
+	const wait = 60 * time.Second
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	lines, ct := streamLinesWith(t, in, "POST", fmt.Sprintf("/api/v1/assignments?since=0&wait=%s&delta=1&stream=1", wait), cred, pr, 2*wait)
+	if got := <-ct; got != "200 application/x-ndjson" {
+		t.Fatalf("POST stream answer: %s", got)
+	}
+	if first := nextLine(t, lines, wait/2, "the whole set"); len(refs(first)) != 2 {
+		t.Fatalf("first line = %v, want the whole set of two", first)
+	}
+	send := func(line string) {
+		t.Helper()
+		if _, err := io.WriteString(pw, line+"\n"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	results := func(m map[string]any) []float64 {
+		t.Helper()
+		if m["version"] != float64(version) || m["delta"] != true || len(refs(m)) != 0 {
+			t.Fatalf("a line of results = %v, want no change at version %d", m, version)
+		}
+		var out []float64
+		for _, x := range m["acks"].([]any) {
+			r := x.(map[string]any)
+			if r["ok"] == true {
+				out = append(out, 200)
+			} else {
+				out = append(out, r["status"].(float64))
+			}
+		}
+		return out
+	}
+	b, _ := json.Marshal(map[string]any{"acks": acks})
+	send(string(b))
+	// Only the ack line brings a line before the wait: nothing else changes.
+	if got := results(nextLine(t, lines, wait/2, "the acks' results")); fmt.Sprint(got) != "[200 200]" {
+		t.Fatalf("results %v, want two ok", got)
+	}
+	if n := count(t, in, "SELECT count(*) FROM work WHERE state = 'active'"); n != 2 {
+		t.Fatalf("%d items active after the stream carried their acks, want 2", n)
+	}
+	b, _ = json.Marshal(map[string]any{"acks": []any{map[string]any{"id": acks[0]["id"], "epoch": 99, "state": "active"}}})
+	send(string(b))
+	if got := results(nextLine(t, lines, wait/2, "a stale ack's result")); fmt.Sprint(got) != "[409]" {
+		t.Fatalf("a stale epoch: results %v, want [409]", got)
+	}
+
+	// Deliveries go on between the results.
+	place(t, in, "call", "d2", 1)
+	m := nextLine(t, lines, wait/2, "the delivery of d2")
+	if strings.Join(refs(m), ",") != "d2" {
+		t.Fatalf("line after placing d2 = %v, want a delta with it", m)
+	}
+	version = int64(m["version"].(float64))
+	d2 := m["assignments"].([]any)[0].(map[string]any)
+
+	many := make([]map[string]any, 1001)
+	for i := range many {
+		many[i] = map[string]any{"id": d2["id"], "epoch": d2["epoch"], "state": "active"}
+	}
+	b, _ = json.Marshal(map[string]any{"acks": many})
+	send(string(b))
+	m = nextLine(t, lines, wait/2, "too many acks' results")
+	if got := results(m); len(got) != 1001 || got[0] != 400 || !strings.Contains(fmt.Sprint(m["acks"]), "acks") {
+		t.Fatalf("1,001 acks: %v, want each refused 400 naming acks", m["acks"])
+	}
+	if n := count(t, in, "SELECT count(*) FROM work WHERE state = 'active'"); n != 2 {
+		t.Fatalf("%d items active after a refused batch, want 2", n)
+	}
+
+	send(`{"acks": [{"id": 1, "epoch": 1, "state": "active"`)
+	send(`}`) // the object is over: the next line is not JSON
+	send(`not json`)
+	m = nextLine(t, lines, wait/2, "the error line")
+	if e, _ := m["error"].(string); !strings.Contains(e, "acks: line") {
+		t.Fatalf("a line that is not JSON: %v, want an error naming the acks line", m)
+	}
+	select {
+	case m, ok := <-lines:
+		if ok {
+			t.Fatalf("the stream went on after its error line: %v", m)
+		}
+	case <-time.After(wait / 2):
+		t.Fatal("the stream did not end after its error line")
+	}
+
+	// The body of a POST stream is newline-delimited JSON.
+	req, _ := http.NewRequest("POST", in.URL+"/api/v1/assignments?since=0&stream=1", strings.NewReader("x"))
+	req.Header.Set("Content-Type", "text/plain")
+	req.Header.Set("Authorization", "Bearer "+cred)
+	if r := in.Do(t, in.Client(t), req); r.StatusCode != 415 || !strings.Contains(r.Body, "Content-Type") {
+		t.Fatalf("POST stream of text/plain: %d %s", r.StatusCode, r.Body)
+	}
+}
+
+// When a POST stream's wait is over, the call manager says end; the agent
+// ends its body, the answer ends cleanly and the connection serves the
+// agent's next request. An agent that keeps its body open past that has
+// its connection closed.
+func TestPostStreamEndsWithTheAgentsBody(t *testing.T) {
+	t.Parallel()
+	in := cluster(t, 100, "m1")
+	cred := enrol(t, in, "m1")
+	placeForAcks(t, in, cred, "e", 1)
+	c := in.Client(t)
+	c.Timeout = 2 * time.Minute
+	open := func() (*json.Decoder, *io.PipeWriter, func()) {
+		t.Helper()
+		pr, pw := io.Pipe()
+		req, _ := http.NewRequest("POST", in.URL+"/api/v1/assignments?since=0&wait=1s&delta=1&stream=1", pr)
+		req.ContentLength = -1
+		req.Header.Set("Content-Type", "application/x-ndjson")
+		req.Header.Set("Authorization", "Bearer "+cred)
+		resp, err := c.Do(req)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("POST stream: %v %v", resp, err)
+		}
+		return json.NewDecoder(resp.Body), pw, func() { resp.Body.Close(); pw.Close() }
+	}
+	untilEnd := func(dec *json.Decoder) {
+		t.Helper()
+		for {
+			var m map[string]any
+			if err := dec.Decode(&m); err != nil {
+				t.Fatalf("the stream ended without saying end: %v", err)
+			}
+			if m["end"] == true {
+				return
+			}
+		}
+	}
+
+	dec, pw, done := open()
+	untilEnd(dec)
+	pw.Close()
+	var m map[string]any
+	if err := dec.Decode(&m); err != io.EOF {
+		t.Fatalf("after the agent ended its body: %v %v, want the answer's clean end", m, err)
+	}
+	done()
+	reused := false
+	trace := &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { reused = i.Reused }}
+	req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), "POST", in.URL+"/api/v1/heartbeat", strings.NewReader(`{"load": 0}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+cred)
+	if r := in.Do(t, c, req); r.StatusCode != 200 || !reused {
+		t.Fatalf("heartbeat after the stream: %d, connection reused %v, want 200 on the stream's connection", r.StatusCode, reused)
+	}
+
+	// An agent that does not end its body.
+	dec, _, done = open()
+	defer done()
+	untilEnd(dec)
+	if err := dec.Decode(&m); err == nil || err == io.EOF {
+		t.Fatalf("an agent that kept its body open: %v %v, want its connection closed", m, err)
+	}
 }

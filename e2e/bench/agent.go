@@ -116,10 +116,15 @@ type simAgent struct {
 	done   sync.WaitGroup
 	polls  atomic.Int64
 	beats  atomic.Int64
+	// acks sent on stream bodies and on heartbeats
+	streamAcks, beatAcks atomic.Int64
 
 	mu   sync.Mutex
 	held map[int64]agentproto.Assignment // what this agent runs: its desired set as delivered
-	owed []agentproto.Ack                // acks for the next heartbeat (-stream)
+	owed []agentproto.Ack                // acks for the stream's body, or the next heartbeat
+	kick chan struct{}                   // acks are owed
+	// inflight are acks sent on the stream, by id, until their results come.
+	inflight map[int64]inflightAck
 	// runningChanged makes the next heartbeat carry the running set.
 	runningChanged bool
 }
@@ -133,7 +138,7 @@ func enrollAgent(ctx context.Context, base, pin string, index int, token string,
 	if _, err := doJSON(ctx, hc, http.MethodPost, base+agentproto.Prefix+agentproto.EnrollPath, "", agentproto.EnrollRequest{Token: token, Version: "bench"}, &er); err != nil {
 		return nil, fmt.Errorf("enrol: %w", err)
 	}
-	return &simAgent{index: index, nodeID: er.NodeID, name: er.NodeName, cred: er.Credential, base: base, hc: hc, rec: rec, ack: ack}, nil
+	return &simAgent{index: index, nodeID: er.NodeID, name: er.NodeName, cred: er.Credential, base: base, hc: hc, rec: rec, ack: ack, kick: make(chan struct{}, 1), inflight: map[int64]inflightAck{}}, nil
 }
 
 // singleAcks makes the agents ack every assignment with its own request,
@@ -215,6 +220,7 @@ func (a *simAgent) heartbeatLoop(ctx context.Context) {
 		}
 		a.ackResults(out.Acks)
 		a.beats.Add(1)
+		a.beatAcks.Add(int64(len(body.Acks)))
 	}
 }
 
@@ -234,11 +240,46 @@ func (a *simAgent) streamLoop(ctx context.Context, acks chan<- []agentproto.Assi
 }
 
 func (a *simAgent) stream(ctx context.Context, since *int64, held *map[int64]agentproto.Assignment, acks chan<- []agentproto.Assignment) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.base+agentproto.Prefix+agentproto.StreamPath(*since, agentproto.DefaultPollWait), nil)
+	// Like nodeagent: a POST stream carries the acks on its body as they
+	// fall due (-heartbeat-acks: a GET stream, acks on the heartbeats).
+	method, body := http.MethodGet, io.Reader(nil)
+	var pw *io.PipeWriter
+	duplex := a.ack && !opt.hbAcks && !singleAcks.Load()
+	if duplex {
+		var pr *io.PipeReader
+		pr, pw = io.Pipe()
+		method, body = http.MethodPost, pr
+	}
+	req, err := http.NewRequestWithContext(ctx, method, a.base+agentproto.Prefix+agentproto.StreamPath(*since, agentproto.DefaultPollWait), body)
 	if err != nil {
 		return err
 	}
+	if duplex {
+		// A body of unknown length, sent as it comes: without this the
+		// client waits up to 200 ms for its first byte before sending
+		// the request.
+		req.ContentLength = -1
+	}
 	agentproto.SetBearer(req.Header, a.cred)
+	if duplex {
+		req.Header.Set("Content-Type", agentproto.StreamContentType)
+		sctx, stop := context.WithCancel(ctx)
+		var writer sync.WaitGroup
+		writer.Go(func() { a.writeAcks(sctx, pw) })
+		defer func() {
+			// The body ends with the answer; acks sent without a result
+			// ride the next heartbeat or stream.
+			pw.Close()
+			stop()
+			writer.Wait()
+			a.mu.Lock()
+			for _, x := range a.inflight {
+				a.owed = append(a.owed, x.Ack)
+			}
+			clear(a.inflight)
+			a.mu.Unlock()
+		}()
+	}
 	res, err := a.hc.Do(req)
 	if err != nil {
 		return err
@@ -256,6 +297,24 @@ func (a *simAgent) stream(ctx context.Context, since *int64, held *map[int64]age
 				return nil
 			}
 			return err
+		}
+		if ds.AckLine() {
+			a.mu.Lock()
+			for _, r := range ds.Acks {
+				if x, ok := a.inflight[r.ID]; ok {
+					ackRTT.add(time.Since(x.sent))
+				}
+				delete(a.inflight, r.ID)
+			}
+			a.mu.Unlock()
+			a.ackResults(ds.Acks)
+			if ds.Error != "" {
+				return errors.New(ds.Error)
+			}
+			if ds.End {
+				pw.Close() // results of acks on their way may follow
+			}
+			continue
 		}
 		at := time.Now()
 		a.polls.Add(1)
@@ -275,7 +334,54 @@ func (a *simAgent) stream(ctx context.Context, since *int64, held *map[int64]age
 				}
 			}
 			a.mu.Unlock()
+			if duplex && len(fresh) > 0 {
+				select {
+				case a.kick <- struct{}{}:
+				default:
+				}
+			}
 		}
+	}
+}
+
+// inflightAck is an ack sent on a stream and when.
+type inflightAck struct {
+	agentproto.Ack
+	sent time.Time
+}
+
+// ackRTT is how long acks sent on streams took to have their results.
+var ackRTT latencies
+
+// writeAcks writes the owed acks to a POST stream's body as they fall
+// due, one line per write, until ctx ends. They are in flight until their
+// results come back.
+func (a *simAgent) writeAcks(ctx context.Context, body io.Writer) {
+	for first := true; ; first = false {
+		if !first { // acks owed from an earlier stream go at once
+			select {
+			case <-ctx.Done():
+				return
+			case <-a.kick:
+			}
+		}
+		a.mu.Lock()
+		n := min(len(a.owed), agentproto.MaxAckBatch)
+		line := agentproto.AckBatchRequest{Acks: a.owed[:n:n]}
+		a.owed = a.owed[n:]
+		now := time.Now()
+		for _, x := range line.Acks {
+			a.inflight[x.ID] = inflightAck{x, now}
+		}
+		a.mu.Unlock()
+		if n == 0 {
+			continue
+		}
+		b, _ := json.Marshal(line)
+		if _, err := body.Write(append(b, '\n')); err != nil {
+			return // the stream is over: its end puts them back
+		}
+		a.streamAcks.Add(int64(n))
 	}
 }
 

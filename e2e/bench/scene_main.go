@@ -406,6 +406,8 @@ func runPlacement(ctx context.Context, sc *scene, label string, workers, per int
 	shares := cpuShares(sc.cm.pid())
 	var reqLat latencies
 	polls0 := sc.polls()
+	stream0, beats0 := sc.ackPaths()
+	ackRTT.reset()
 	start := time.Now()
 	deadline := start.Add(opt.placeDuration)
 	var seq atomic.Int64
@@ -475,6 +477,10 @@ func runPlacement(ctx context.Context, sc *scene, label string, workers, per int
 	span := lastAck.Sub(start)
 	rate := float64(acked) / span.Seconds()
 	polls := sc.polls() - polls0
+	onStream, onBeats := sc.ackPaths()
+	logf("%s: acks sent on streams %d (results after p50 %s, p99 %s, max %s), on heartbeats %d in the phase; last delivery %s after the start",
+		label, onStream-stream0, ackRTT.p(50).Round(10*time.Microsecond), ackRTT.p(99).Round(10*time.Microsecond), ackRTT.p(100).Round(10*time.Microsecond),
+		onBeats-beats0, sc.lastDelivery().Sub(start).Round(time.Millisecond))
 	if e := lastErr.Load(); e != nil {
 		logf("%s: last error: %s", label, e)
 	}
@@ -489,12 +495,38 @@ func runPlacement(ctx context.Context, sc *scene, label string, workers, per int
 	return placementResult{rate: rate}, nil
 }
 
+// ackPaths is how many acks the agents sent on stream bodies and on
+// heartbeats.
+func (sc *scene) ackPaths() (onStream, onBeats int64) {
+	for _, a := range sc.agents {
+		onStream += a.streamAcks.Load()
+		onBeats += a.beatAcks.Load()
+	}
+	return onStream, onBeats
+}
+
+// lastDelivery is when an assignment last first reached an agent.
+func (sc *scene) lastDelivery() time.Time {
+	sc.rec.mu.Lock()
+	defer sc.rec.mu.Unlock()
+	var last time.Time
+	for _, at := range sc.rec.received {
+		if at.After(last) {
+			last = at
+		}
+	}
+	return last
+}
+
 // deliveryMode says how the simulated agents take deliveries and ack.
 func deliveryMode() string {
 	if opt.longPoll {
 		return "long-polls, acks on the next poll"
 	}
-	return "streamed deliveries, acks on the heartbeats"
+	if opt.hbAcks {
+		return "streamed deliveries, acks on the heartbeats"
+	}
+	return "streamed deliveries, acks on the stream"
 }
 
 // polls is how many deliveries (long-poll answers or stream lines) the
@@ -541,4 +573,10 @@ func (l *latencies) p(q float64) time.Duration {
 	s := slices.Clone(l.d)
 	slices.Sort(s)
 	return s[min(len(s)-1, int(float64(len(s))*q/100))]
+}
+
+func (l *latencies) reset() {
+	l.mu.Lock()
+	l.d = nil
+	l.mu.Unlock()
 }

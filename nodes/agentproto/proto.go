@@ -31,12 +31,19 @@ const (
 	QuerySince = "since" // the version the agent has; answer when newer
 	QueryWait  = "wait"  // how long to wait for a newer version, a Go duration
 	QueryDelta = "delta" // "1": answer what changed since the version, not the whole set
-	// QueryStream "1" makes the long-poll a stream (GET only): the
-	// answer is newline-delimited JSON, one DesiredSet per line, the first
-	// when the node's version is newer than since and then one at every
-	// change (deltas after the first line, as with QueryDelta), until wait
-	// has passed or the call manager shuts down. Acks then ride the
-	// heartbeats (HeartbeatRequest.Acks).
+	// QueryStream "1" makes the long-poll a stream: the answer is
+	// newline-delimited JSON, one DesiredSet per line, the first when the
+	// node's version is newer than since and then one at every change
+	// (deltas after the first line, as with QueryDelta), until wait has
+	// passed or the call manager shuts down.
+	//
+	// A GET stream's acks ride the heartbeats (HeartbeatRequest.Acks). A
+	// POST stream carries them itself, both ways at once: its body is
+	// newline-delimited JSON too, one AckBatchRequest per line, sent while
+	// the answer streams, and each line's results come back as a line of
+	// their own (an AckLine). When its wait is over the call manager says
+	// End; the agent then ends its body, and the answer ends once the
+	// acks already sent have their results.
 	QueryStream = "stream"
 )
 
@@ -193,8 +200,24 @@ type DesiredSet struct {
 	Delta       bool         `json:"delta,omitempty"`
 	Removed     []int64      `json:"removed,omitempty"`
 	// Acks are the results of the acks a POST of the long-poll carried,
-	// one per ack in input order, as AckBatchResponse.Results.
+	// one per ack in input order, as AckBatchResponse.Results. On a POST
+	// stream they come on lines of their own (see AckLine).
 	Acks []AckResult `json:"acks,omitempty"`
+	// Error, on a POST stream only, says why the call manager ends the
+	// stream early: a line of acks it could not read. The agent sends
+	// those acks again.
+	Error string `json:"error,omitempty"`
+	// End, on a POST stream only, is the call manager's last line but for
+	// the results of acks already on their way: the agent ends its body
+	// (sends no more acks on this stream) and reads on to the end.
+	End bool `json:"end,omitempty"`
+}
+
+// AckLine says whether a line of a POST stream is about acks, not a
+// delivery: their results (Acks), an Error, or the End. Its Version is
+// the last delivered.
+func (ds DesiredSet) AckLine() bool {
+	return (len(ds.Acks) > 0 || ds.Error != "" || ds.End) && len(ds.Assignments) == 0 && len(ds.Removed) == 0
 }
 
 // Apply merges a delivery into the set an agent holds (id → assignment):

@@ -25,16 +25,28 @@ import (
 // agentRoutes serves the agent API (package agentproto) under
 // agentproto.Prefix.
 func (s *Server) agentRoutes(r chi.Router) {
-	r.Post(agentproto.EnrollPath, s.enroll)
-	// A disabled node keeps heartbeating, so its real health shows and
-	// enabling it is no false recovery; it gets no work (403 below).
-	r.With(s.nodeAuthAllowDisabled).Post(agentproto.HeartbeatPath, s.heartbeat)
 	r.Group(func(r chi.Router) {
-		r.Use(s.nodeAuth)
-		r.Get(agentproto.AssignmentsPath, s.assignments)
-		r.Post(agentproto.AssignmentsPath, s.assignments) // with the acks the agent owes
-		r.Post(agentproto.AckBatchPath, s.ackBatch)
-		r.Post(agentproto.AckPattern, s.ack)
+		r.Use(agentFeatures)
+		r.Post(agentproto.EnrollPath, s.enroll)
+		// A disabled node keeps heartbeating, so its real health shows and
+		// enabling it is no false recovery; it gets no work (403 below).
+		r.With(s.nodeAuthAllowDisabled).Post(agentproto.HeartbeatPath, s.heartbeat)
+		r.Group(func(r chi.Router) {
+			r.Use(s.nodeAuth)
+			r.Get(agentproto.AssignmentsPath, s.assignments)
+			r.Post(agentproto.AssignmentsPath, s.assignments) // with the acks the agent owes
+			r.Post(agentproto.AckBatchPath, s.ackBatch)
+			r.Post(agentproto.AckPattern, s.ack)
+		})
+	})
+}
+
+// agentFeatures says on every answer what this call manager takes beyond
+// the oldest agent API (agentproto.FeaturesHeader).
+func agentFeatures(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(agentproto.FeaturesHeader, agentproto.FeatureAckStream)
+		next.ServeHTTP(w, r)
 	})
 }
 
@@ -123,7 +135,7 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
 				resp.Acks[i] = agentproto.AckResult{ID: x.ID, Status: http.StatusForbidden, Error: problem.Message(nodes.ErrForbidden)}
 			}
 		} else {
-			acked, err := s.recordAcks(r.Context(), a, req.Acks)
+			acked, err := s.recordAcks(r.Context(), a, "heartbeat", req.Acks)
 			if err != nil {
 				writeError(w, err) // the beat itself is recorded; the agent sends the acks again
 				return
@@ -203,7 +215,7 @@ func (s *Server) assignments(w http.ResponseWriter, r *http.Request) {
 			acking = make(chan struct{})
 			go func() {
 				defer close(acking)
-				acked, ackErr = s.recordAcks(r.Context(), a, req.Acks)
+				acked, ackErr = s.recordAcks(r.Context(), a, "poll", req.Acks)
 			}()
 			defer func() { <-acking }()
 		}
@@ -480,7 +492,7 @@ func (s *Server) streamAcks(r *http.Request, rc *http.ResponseController, a node
 			if len(req.Acks) == 0 {
 				continue // an empty line keeps nothing waiting
 			}
-			res, err := s.recordAcks(r.Context(), a, req.Acks)
+			res, err := s.recordAcks(r.Context(), a, "stream", req.Acks)
 			if err != nil {
 				// The batch as a whole was refused: each ack gets why.
 				res = make([]agentproto.AckResult, len(req.Acks))
@@ -526,6 +538,7 @@ func (s *Server) ack(w http.ResponseWriter, r *http.Request) {
 		badJSON(w, err)
 		return
 	}
+	metrics.AgentAcks.WithLabelValues("single").Inc()
 	if err := s.nodes.Ack(r.Context(), a.NodeID, agentproto.Ack{ID: id, Epoch: req.Epoch, State: req.State, Error: req.Error}); err != nil {
 		writeError(w, err)
 		return
@@ -543,7 +556,7 @@ func (s *Server) ackBatch(w http.ResponseWriter, r *http.Request) {
 		badJSON(w, err)
 		return
 	}
-	results, err := s.recordAcks(r.Context(), a, req.Acks)
+	results, err := s.recordAcks(r.Context(), a, "batch", req.Acks)
 	if err != nil {
 		writeError(w, err)
 		return
@@ -551,11 +564,13 @@ func (s *Server) ackBatch(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, agentproto.AckBatchResponse{Results: results})
 }
 
-// recordAcks records acks of the calling node in one statement and
+// recordAcks records acks of the calling node, which came by way of via
+// (the label of metrics.AgentAcks), in one statement and
 // returns one result per ack in input order: ok, or the error and the
 // status the single ack would have answered. The error is for the batch
 // as a whole (bad size, database failure).
-func (s *Server) recordAcks(ctx context.Context, a nodes.NodeAuth, acks []agentproto.Ack) ([]agentproto.AckResult, error) {
+func (s *Server) recordAcks(ctx context.Context, a nodes.NodeAuth, via string, acks []agentproto.Ack) ([]agentproto.AckResult, error) {
+	metrics.AgentAcks.WithLabelValues(via).Add(float64(len(acks)))
 	res, err := s.nodes.AckBatch(ctx, a.NodeID, acks)
 	if err != nil {
 		if problem.HTTPStatus(err) == http.StatusInternalServerError && ctx.Err() == nil {

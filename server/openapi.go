@@ -59,7 +59,7 @@ var (
 // pollParams are the query parameters of the long-poll, GET or POST.
 var pollParams = []apiParam{q("since", "integer", "last version seen"), q("wait", "string", "how long to wait, e.g. 30s (max 60s)"),
 	q("delta", "string", "1: answer what changed since the version, not the whole set"),
-	q("stream", "string", "1 (GET only): keep answering, one desired set per line (application/x-ndjson) at every change until wait; acks then ride the heartbeats")}
+	q("stream", "string", "1: keep answering, one desired set per line (application/x-ndjson) at every change until wait. A GET's acks ride the heartbeats; a POST's body is its acks, one AckBatch per line while the answer streams, each line's results a line of their own, and {\"end\": true} before the answer ends")}
 
 // apiOps lists every /api/v1 route. A test checks it against the router
 // both ways.
@@ -68,7 +68,7 @@ var apiOps = []apiOp{
 	{method: "POST", path: "/heartbeat", summary: "Agent heartbeat", auth: "node", body: "Heartbeat", status: "200", result: "HeartbeatResult"},
 	{method: "GET", path: "/assignments", summary: "Long-poll the node's desired assignments", auth: "node",
 		params: pollParams, status: "200", result: "DesiredSet"},
-	{method: "POST", path: "/assignments", summary: "Long-poll carrying the acks the last answer owes (recorded as by the batch ack; their results in the answer's acks)", auth: "node",
+	{method: "POST", path: "/assignments", summary: "Long-poll carrying the acks the last answer owes (recorded as by the batch ack; their results in the answer's acks); with stream=1, a stream whose body carries the acks as they fall due", auth: "node",
 		params: pollParams, body: "AckBatch", status: "200", result: "DesiredSet"},
 	{method: "POST", path: "/assignments/ack", summary: "Acknowledge several assignments", auth: "node", body: "AckBatch", status: "200", result: "Object"},
 	{method: "POST", path: "/assignments/{id}/ack", summary: "Acknowledge one assignment", auth: "node", params: []apiParam{pID}, body: "Ack", status: "200", result: "Object"},

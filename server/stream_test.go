@@ -363,8 +363,14 @@ func TestPostStreamEndsWithTheAgentsBody(t *testing.T) {
 	req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), "POST", in.URL+"/api/v1/heartbeat", strings.NewReader(`{"load": 0}`))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Authorization", "Bearer "+cred)
-	if r := in.Do(t, c, req); r.StatusCode != 200 || !reused {
+	r := in.Do(t, c, req)
+	if r.StatusCode != 200 || !reused {
 		t.Fatalf("heartbeat after the stream: %d, connection reused %v, want 200 on the stream's connection", r.StatusCode, reused)
+	}
+	// Agents ask for a POST stream only of a call manager that says it
+	// takes one: an older one would not answer it.
+	if got := r.Header.Get("Callplane-Features"); got != "ack-stream" {
+		t.Fatalf("Callplane-Features = %q, want ack-stream", got)
 	}
 
 	// An agent that does not end its body.

@@ -62,6 +62,9 @@ type apiClient struct {
 	curMu    sync.Mutex
 	cur      int           // index of the current server
 	switched chan struct{} // closed when cur changes
+	// features is what each server said it takes in its last answer
+	// (agentproto.FeaturesHeader), by base URL.
+	features map[string]string
 }
 
 func newAPIClient(servers []string, pin, credential, version string, log *slog.Logger) (*apiClient, error) {
@@ -102,6 +105,7 @@ func newAPIClient(servers []string, pin, credential, version string, log *slog.L
 		userAgent:  "callplane-nodeagent/" + version,
 		log:        log,
 		switched:   make(chan struct{}),
+		features:   map[string]string{},
 	}, nil
 }
 
@@ -125,6 +129,22 @@ func (c *apiClient) current() (int, string, <-chan struct{}) {
 	c.curMu.Lock()
 	defer c.curMu.Unlock()
 	return c.cur, c.servers[c.cur], c.switched
+}
+
+// noteFeatures records what base said it takes.
+func (c *apiClient) noteFeatures(base, header string) {
+	c.curMu.Lock()
+	defer c.curMu.Unlock()
+	c.features[base] = header
+}
+
+// has reports whether base said it takes feature in its last answer, and
+// whether it has answered (since it last failed to).
+func (c *apiClient) has(base, feature string) (has, known bool) {
+	c.curMu.Lock()
+	defer c.curMu.Unlock()
+	h, known := c.features[base]
+	return agentproto.HasFeature(h, feature), known
 }
 
 // failover moves to the server after from, unless another request already
@@ -165,7 +185,7 @@ func (c *apiClient) do(ctx context.Context, perTry time.Duration, method, path s
 	var err error
 	for tries := 0; tries < len(c.servers); {
 		idx, base, switched := c.current()
-		err = c.once(ctx, perTry, switched, base, method, path, body, out)
+		err = c.once(ctx, perTry, switched, base, method, path, body, nil, out)
 		switch {
 		case err == nil || ctx.Err() != nil:
 			return err
@@ -194,7 +214,9 @@ func failoverWorthy(err error) bool {
 
 // once is one attempt against base, ended early when the client moves away
 // from base (errSwitched).
-func (c *apiClient) once(ctx context.Context, perTry time.Duration, switched <-chan struct{}, base, method, path string, body []byte, out any) error {
+// A POST stream sends stream (its acks, as they fall due) instead of a
+// JSON body.
+func (c *apiClient) once(ctx context.Context, perTry time.Duration, switched <-chan struct{}, base, method, path string, body []byte, stream io.Reader, out any) error {
 	tctx, cancel := context.WithTimeoutCause(ctx, perTry, errTryTimeout)
 	defer cancel()
 	tctx, cancelSwitch := context.WithCancelCause(tctx)
@@ -208,7 +230,7 @@ func (c *apiClient) once(ctx context.Context, perTry time.Duration, switched <-c
 		case <-stop:
 		}
 	}()
-	var rd io.Reader
+	rd := stream
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
@@ -216,8 +238,14 @@ func (c *apiClient) once(ctx context.Context, perTry time.Duration, switched <-c
 	if err != nil {
 		return fmt.Errorf("build request: %w", err)
 	}
-	if body != nil {
+	switch {
+	case body != nil:
 		req.Header.Set("Content-Type", "application/json")
+	case stream != nil:
+		req.Header.Set("Content-Type", agentproto.StreamContentType)
+		// Sent as it comes: without this the client waits up to 200 ms
+		// for the body's first byte before it sends the request.
+		req.ContentLength = -1
 	}
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", c.userAgent)
@@ -226,9 +254,16 @@ func (c *apiClient) once(ctx context.Context, perTry time.Duration, switched <-c
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
+		if stream != nil {
+			// Ask again before the next stream with a body.
+			c.curMu.Lock()
+			delete(c.features, base)
+			c.curMu.Unlock()
+		}
 		return c.transportError(ctx, tctx, base, err)
 	}
 	defer resp.Body.Close()
+	c.noteFeatures(base, resp.Header.Get(agentproto.FeaturesHeader))
 	if h, ok := out.(answerReader); ok && resp.StatusCode == http.StatusOK {
 		if err := h(resp); err != nil {
 			return c.transportError(ctx, tctx, base, err)
@@ -340,14 +375,19 @@ func (c *apiClient) assignments(ctx context.Context, since int64, wait time.Dura
 }
 
 // stream takes the desired set as a stream (agentproto.QueryStream):
-// onSet gets each delivery as it arrives, with streamed true, until the
+// onSet gets each line as it arrives, with streamed true, until the
 // server ends the stream (nil) or it fails. A server older than streams
 // answers one set, as to a long-poll: onSet gets it with streamed false.
-// since is asked again for each server tried. Once a delivery has
-// arrived, a stream cut short is not retried here: the caller opens the
-// next one from the version it has.
-func (c *apiClient) stream(ctx context.Context, since func() int64, wait time.Duration, onSet func(ds *agentproto.DesiredSet, streamed bool)) error {
-	got := false
+// since is asked again for each server tried. Once a line has arrived, a
+// stream cut short is not retried here: the caller opens the next one
+// from the version it has.
+//
+// With acks, a server that said it takes them (agentproto.FeatureAckStream)
+// gets a POST whose body is acks.body(), opened anew for each server
+// tried: the agent's acks as they fall due. Their results come to onSet
+// as lines of their own (DesiredSet.AckLine). Other servers get a GET.
+func (c *apiClient) stream(ctx context.Context, since func() int64, wait time.Duration, acks *ackStream, onSet func(ds *agentproto.DesiredSet, streamed bool)) error {
+	got, post := false, false
 	read := answerReader(func(resp *http.Response) error {
 		if mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type")); mt != agentproto.StreamContentType {
 			var ds agentproto.DesiredSet
@@ -374,14 +414,30 @@ func (c *apiClient) stream(ctx context.Context, since func() int64, wait time.Du
 				return fmt.Errorf("read stream: %w", err)
 			}
 			got = true
+			if post {
+				acks.answering()
+				if ds.End {
+					acks.end()
+				}
+			}
 			onSet(&ds, true)
 		}
 	})
 	var err error
 	for tries := 0; tries < len(c.servers); {
 		idx, base, switched := c.current()
-		path := agentproto.Prefix + agentproto.StreamPath(since(), wait)
-		err = c.once(ctx, wait+15*time.Second, switched, base, http.MethodGet, path, nil, read)
+		method, body, w := http.MethodGet, io.Reader(nil), wait
+		has, known := c.has(base, agentproto.FeatureAckStream)
+		switch post = acks != nil && has; {
+		case post:
+			method, body = http.MethodPost, acks.body()
+		case acks != nil && !known:
+			// A GET while this server has not said whether it takes acks
+			// on the stream: a short one, which answers that too.
+			w = min(wait, featureProbeWait)
+		}
+		path := agentproto.Prefix + agentproto.StreamPath(since(), w)
+		err = c.once(ctx, w+15*time.Second, switched, base, method, path, nil, body, read)
 		switch {
 		case err == nil || ctx.Err() != nil:
 			return err
@@ -399,6 +455,10 @@ func (c *apiClient) stream(ctx context.Context, since func() int64, wait time.Du
 	}
 	return err
 }
+
+// featureProbeWait is the wait of a stream to a server whose features are
+// not known yet.
+const featureProbeWait = time.Second
 
 // ackTimeout bounds one ack attempt.
 const ackTimeout = 10 * time.Second

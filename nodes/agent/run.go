@@ -111,11 +111,15 @@ func (o RunOptions) withDefaults() RunOptions {
 // applies each delivery idempotently: an assignment new to this process
 // (or back with a new epoch) runs the start hook and is acked active with
 // its epoch, one that left the set runs the stop hook, and one unchanged
-// is left alone, so a duplicate delivery changes nothing. The acks of a
-// streamed delivery ride the next heartbeat, answered with their results,
-// so an assignment turns active within a heartbeat interval.
+// is left alone, so a duplicate delivery changes nothing. The stream is a
+// POST whose body carries the acks of its deliveries as they fall due; the
+// call manager answers their results on the stream, so an assignment turns
+// active as soon as its start hook has run.
 //
-// A call manager older than streams answers the stream with one set: the
+// A call manager older than acks on the stream refuses the POST (4xx): the
+// stream is then a GET, and the acks ride the next heartbeat, answered
+// with their results (an assignment turns active within a heartbeat
+// interval). A call manager older than streams answers with one set: the
 // agent then long-polls for a while (and also when a heartbeat's acks are
 // refused), and the acks of one delivery go with the next poll (a POST
 // of the long-poll, answered with their results). A server without that
@@ -160,6 +164,7 @@ func Run(ctx context.Context, opts RunOptions) error {
 		log:     log,
 		opts:    opts,
 		kick:    make(chan struct{}, 1),
+		acksDue: make(chan struct{}, 1),
 		reached: make(chan struct{}, 1),
 		running: make(map[int64]*localAssignment),
 		dead:    make(map[int64]int64),
@@ -268,10 +273,19 @@ type agent struct {
 	// noStreamUntil: the server answered a stream with one set, or
 	// refused acks on a heartbeat (older than streams); long-poll until then.
 	noStreamUntil time.Time
-	// heartbeatAcks are what streamed deliveries owe the server: they
-	// ride the next heartbeat. refusedAcks are acks a heartbeat could not
-	// carry (an older server): the poll loop sends them.
-	heartbeatAcks, refusedAcks []pendingAck
+	// streamedAcks are what streamed deliveries owe the server: they go
+	// on the stream's body when it carries them (acksDue says there are
+	// some), else on the next heartbeat. refusedAcks are acks a heartbeat
+	// could not carry (an older server): the poll loop sends them.
+	streamedAcks, refusedAcks []pendingAck
+	acksDue                   chan struct{}
+	// acksOnStream: a stream that carries acks is open and answering;
+	// the heartbeats leave streamedAcks to it.
+	acksOnStream bool
+	// noAckStreamUntil: the server refused a POST stream (older than
+	// acks on the stream); streams are a GET, acks on the heartbeats,
+	// until then.
+	noAckStreamUntil time.Time
 	// results runs the handling of the acks' results (a stale epoch runs
 	// the stop hook) off the heartbeat loop.
 	results sync.WaitGroup
@@ -285,16 +299,19 @@ type pendingAck struct {
 }
 
 // report is the heartbeat body: the load, the assignments running here
-// and the acks streamed deliveries owe (also returned, to match with
-// their results).
+// and the acks streamed deliveries owe when no stream carries them (also
+// returned, to match with their results).
 func (a *agent) report() (agentproto.HeartbeatRequest, []pendingAck) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	req := agentproto.HeartbeatRequest{Version: a.opts.Version}
-	n := min(len(a.heartbeatAcks), agentproto.MaxAckBatch)
-	sent := a.heartbeatAcks[:n:n]
-	a.heartbeatAcks = a.heartbeatAcks[n:]
-	req.Acks = ackItems(sent)
+	var sent []pendingAck
+	if !a.acksOnStream {
+		n := min(len(a.streamedAcks), agentproto.MaxAckBatch)
+		sent = a.streamedAcks[:n:n]
+		a.streamedAcks = a.streamedAcks[n:]
+		req.Acks = ackItems(sent)
+	}
 	for _, l := range a.running {
 		req.Load += l.Cost
 	}
@@ -326,12 +343,13 @@ func (a *agent) unsent(sent []pendingAck, refused bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if !refused {
-		a.heartbeatAcks = distinctAcks(append(sent, a.heartbeatAcks...))
+		a.streamedAcks = distinctAcks(append(sent, a.streamedAcks...))
+		a.ackDue()
 		return
 	}
 	a.noStreamUntil = time.Now().Add(batchAckRetry)
-	a.refusedAcks = append(append(a.refusedAcks, sent...), a.heartbeatAcks...)
-	a.heartbeatAcks = nil
+	a.refusedAcks = append(append(a.refusedAcks, sent...), a.streamedAcks...)
+	a.streamedAcks = nil
 }
 
 // queueAcks queues acks for the next heartbeat. An ack already queued is
@@ -341,7 +359,18 @@ func (a *agent) unsent(sent []pendingAck, refused bool) {
 func (a *agent) queueAcks(pending []pendingAck) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.heartbeatAcks = distinctAcks(append(a.heartbeatAcks, pending...))
+	a.streamedAcks = distinctAcks(append(a.streamedAcks, pending...))
+	if len(pending) > 0 {
+		a.ackDue()
+	}
+}
+
+// ackDue tells the stream's body that acks are queued.
+func (a *agent) ackDue() {
+	select {
+	case a.acksDue <- struct{}{}:
+	default:
+	}
 }
 
 // distinctAcks keeps the first ack of each assignment and epoch.
@@ -357,11 +386,13 @@ func distinctAcks(acks []pendingAck) []pendingAck {
 	return out
 }
 
-// streams says whether to take deliveries as a stream.
-func (a *agent) streams() bool {
+// streams says whether to take deliveries as a stream, and whether its
+// body carries the acks.
+func (a *agent) streams() (stream, acks bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return time.Now().After(a.noStreamUntil)
+	now := time.Now()
+	return now.After(a.noStreamUntil), now.After(a.noAckStreamUntil)
 }
 
 // reportDue says whether a changed running set may go now. The caller
@@ -558,16 +589,27 @@ func (a *agent) pollLoop(ctx context.Context) error {
 		var resp *agentproto.DesiredSet
 		var err error
 		var carried []pendingAck
-		if len(owed) == 0 && a.streams() {
-			// Deliveries as a stream, acks on the heartbeats.
+		if stream, onBody := a.streams(); len(owed) == 0 && stream {
+			// Deliveries as a stream, acks on its body (or the heartbeats).
+			var acks *ackStream
+			if onBody {
+				acks = a.newAckStream()
+			}
 			got, streamed := false, false
 			err = a.api.stream(ctx, func() int64 {
 				if delta {
 					return since
 				}
 				return 0 // the whole set at once
-			}, a.opts.PollWait, func(ds *agentproto.DesiredSet, s bool) {
+			}, a.opts.PollWait, acks, func(ds *agentproto.DesiredSet, s bool) {
 				got, streamed = true, s
+				if s && ds.AckLine() {
+					acks.results(ctx, ds.Acks)
+					if ds.Error != "" {
+						a.log.Warn("call manager could not read the acks sent on the stream; sending them again", "err", ds.Error)
+					}
+					return
+				}
 				pending := take(ds)
 				if !s {
 					owed = pending // an older server: they ride the next poll
@@ -575,6 +617,16 @@ func (a *agent) pollLoop(ctx context.Context) error {
 				}
 				a.queueAcks(pending)
 			})
+			acks.finish()
+			if status := statusOf(err); acks != nil && !got && status >= 400 && status < 500 &&
+				status != http.StatusUnauthorized && status != http.StatusForbidden {
+				// A call manager older than acks on the stream.
+				a.mu.Lock()
+				a.noAckStreamUntil = time.Now().Add(batchAckRetry)
+				a.mu.Unlock()
+				a.log.Info("server takes no acks on the stream; acking on the heartbeats", "answer", err)
+				continue
+			}
 			if err == nil {
 				bo.reset()
 				disabled = a.enabledAgain(disabled)

@@ -37,11 +37,36 @@ func agentRequests(t *testing.T) map[string]float64 {
 	return out
 }
 
+// ackCounts reads metrics.AgentAcks: the acks the call managers of this
+// process received, by how they came.
+func ackCounts(t *testing.T) map[string]float64 {
+	t.Helper()
+	families, err := metrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, f := range families {
+		if f.GetName() != "callplane_agent_acks_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "via" {
+					out[l.GetValue()] += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return out
+}
+
 // nodeagent takes its deliveries from a call manager that streams them on
-// one open request, and acks them on its heartbeats: placements one after
-// another go active with no ack request and no poll carrying acks, and
-// fewer long-polls end than deliveries arrive (a long-poll ends with each).
-func TestRunStreamsDeliveriesAndAcksOnHeartbeats(t *testing.T) {
+// one open request, and acks them on that request's body: placements one
+// after another go active with every ack on the stream, none in a request
+// of its own or on a heartbeat, and fewer streams end than deliveries
+// arrive (a long-poll ends with each).
+func TestRunStreamsDeliveriesAndAcksOnTheStream(t *testing.T) {
 	url := dbtest.URL(t)
 	h := &haCluster{a: servertest.Start(t, servertest.Options{DatabaseURL: url, Settings: servertest.NoProbes}), dbURL: url}
 	// The stream stays open at most this long: far longer than the
@@ -49,23 +74,28 @@ func TestRunStreamsDeliveriesAndAcksOnHeartbeats(t *testing.T) {
 	const wait = time.Minute
 	_, logs := h.runAgentPolling(t, h.a.URL, wait)
 	h.placeActive(t, "warm-up")
-	before := agentRequests(t)
+	before, acksBefore := agentRequests(t), ackCounts(t)
 	const deliveries = 3
 	for i := range deliveries {
 		h.placeActive(t, fmt.Sprintf("call-%d", i))
 	}
-	after := agentRequests(t)
+	after, acksAfter := agentRequests(t), ackCounts(t)
 	diff := func(key string) float64 { return after[key] - before[key] }
-	if n := diff("GET /api/v1/assignments"); n >= deliveries {
+	if n := diff("GET /api/v1/assignments") + diff("POST /api/v1/assignments"); n >= deliveries {
 		t.Fatalf("%v long-polls ended for %d deliveries: the agent did not stream\n%s", n, deliveries, logs)
 	}
-	for _, key := range []string{"POST /api/v1/assignments", "POST /api/v1/assignments/ack", "POST /api/v1/assignments/{id}/ack"} {
+	for _, key := range []string{"POST /api/v1/assignments/ack", "POST /api/v1/assignments/{id}/ack"} {
 		if n := diff(key); n != 0 {
-			t.Fatalf("%v requests %s: acks must ride the heartbeats\n%s", n, key, logs)
+			t.Fatalf("%v requests %s: acks must ride the stream\n%s", n, key, logs)
 		}
 	}
-	if n := diff("POST /api/v1/heartbeat"); n == 0 {
-		t.Fatal("no heartbeat during the placements")
+	if n := acksAfter["stream"] - acksBefore["stream"]; n != deliveries {
+		t.Fatalf("%v acks came on the stream for %d deliveries (all acks: %v before, %v after)\n%s", n, deliveries, acksBefore, acksAfter, logs)
+	}
+	for _, via := range []string{"heartbeat", "poll", "batch", "single"} {
+		if n := acksAfter[via] - acksBefore[via]; n != 0 {
+			t.Fatalf("%v acks came by %s: they must ride the stream\n%s", n, via, logs)
+		}
 	}
 	if !strings.Contains(logs.String(), "assignment active") {
 		t.Fatalf("the agent did not log its acks' results:\n%s", logs)
@@ -84,6 +114,6 @@ func TestRunStreamsDeliveriesAndAcksOnHeartbeats(t *testing.T) {
 		return n == 5
 	})
 	if strings.Contains(logs.String(), "acked twice") {
-		t.Fatalf("the agent acked an item twice in one heartbeat:\n%s", logs)
+		t.Fatalf("the agent acked an item twice in one batch:\n%s", logs)
 	}
 }

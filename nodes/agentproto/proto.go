@@ -47,6 +47,27 @@ const (
 	QueryStream = "stream"
 )
 
+// FeaturesHeader, on every answer of the agent API, lists what this call
+// manager takes beyond the oldest agent API, comma-separated. An agent
+// asks for a feature only of a call manager that said it has it: a call
+// manager without it may not even answer (Go's server reads a request's
+// body to its end before answering a handler that did not, and a POST
+// stream's body ends only with the stream).
+const FeaturesHeader = "Callplane-Features"
+
+// FeatureAckStream: POST streams carry acks (QueryStream).
+const FeatureAckStream = "ack-stream"
+
+// HasFeature reports whether a FeaturesHeader value lists feature.
+func HasFeature(header, feature string) bool {
+	for f := range strings.SplitSeq(header, ",") {
+		if strings.TrimSpace(f) == feature {
+			return true
+		}
+	}
+	return false
+}
+
 // StreamContentType is the media type of a streamed long-poll answer.
 const StreamContentType = "application/x-ndjson"
 

@@ -88,6 +88,13 @@ var (
 		Buckets: []float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10, 30, 60},
 	}, []string{"method", "route"}))
 
+	// AgentAcks counts the acks agents sent, by the way they came: on a
+	// POST stream, a heartbeat, a long-poll, a batch or a single ack.
+	AgentAcks = register(prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "agent_acks_total",
+		Help: "Assignment acks received from agents, by how they came (stream, heartbeat, poll, batch, single).",
+	}, []string{"via"}))
+
 	// LongPollWaiters is the number of agent long-polls waiting now.
 	LongPollWaiters = register(prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: Namespace, Name: "longpoll_waiters",

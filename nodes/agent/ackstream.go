@@ -1,0 +1,166 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"sync"
+
+	"github.com/callplane/callplane/nodes/agentproto"
+)
+
+// ackStream is the body of a POST stream (agentproto.QueryStream): the
+// acks streamed deliveries owe, written as they fall due, a line each;
+// their results come back as lines of the stream. Acks it has sent but
+// has no result for when an attempt or the stream ends go back in the
+// queue, first in line for the next stream or heartbeat.
+type ackStream struct {
+	a    *agent
+	stop chan struct{}
+	// writers are the goroutines writing the bodies, one per attempt.
+	writers sync.WaitGroup
+
+	mu       sync.Mutex
+	pw       *io.PipeWriter       // the current attempt's body
+	inflight map[int64]pendingAck // sent, by assignment id, until their results come
+}
+
+func (a *agent) newAckStream() *ackStream {
+	return &ackStream{a: a, stop: make(chan struct{}), inflight: map[int64]pendingAck{}}
+}
+
+// body opens the body of one attempt (a nil stream has none). The acks
+// sent on an earlier attempt without results are queued again: that
+// attempt got no answer.
+func (s *ackStream) body() io.Reader {
+	if s == nil {
+		return nil
+	}
+	pr, pw := io.Pipe()
+	s.mu.Lock()
+	old := s.pw
+	s.pw = pw
+	s.mu.Unlock()
+	if old != nil {
+		_ = old.Close()
+		s.requeue()
+	}
+	s.writers.Go(func() { s.write(pw) })
+	return pr
+}
+
+// write sends the queued acks on pw until the stream stops or the body
+// is ended: at once what is queued, then whenever more is.
+func (s *ackStream) write(pw *io.PipeWriter) {
+	for {
+		s.mu.Lock()
+		current := s.pw == pw
+		s.mu.Unlock()
+		if !current {
+			return
+		}
+		s.a.mu.Lock()
+		n := min(len(s.a.streamedAcks), agentproto.MaxAckBatch)
+		sent := s.a.streamedAcks[:n:n]
+		s.a.streamedAcks = s.a.streamedAcks[n:]
+		s.a.mu.Unlock()
+		if n == 0 {
+			select {
+			case <-s.stop:
+				return
+			case <-s.a.acksDue:
+				continue
+			}
+		}
+		s.mu.Lock()
+		for _, p := range sent {
+			s.inflight[p.d.ID] = p
+		}
+		s.mu.Unlock()
+		line, err := json.Marshal(agentproto.AckBatchRequest{Acks: ackItems(sent)})
+		if err != nil {
+			return
+		}
+		if _, err := pw.Write(append(line, '\n')); err != nil {
+			// The body is over: they did not go.
+			s.mu.Lock()
+			for _, p := range sent {
+				delete(s.inflight, p.d.ID)
+			}
+			s.mu.Unlock()
+			s.a.unsent(sent, false)
+			return
+		}
+	}
+}
+
+// answering says the call manager answers the stream: from now until
+// the stream finishes, acks go on its body and not on the heartbeats.
+func (s *ackStream) answering() {
+	if s == nil {
+		return
+	}
+	s.a.mu.Lock()
+	s.a.acksOnStream = true
+	s.a.mu.Unlock()
+}
+
+// end ends the current body: the call manager said End.
+func (s *ackStream) end() {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	pw := s.pw
+	s.mu.Unlock()
+	if pw != nil {
+		_ = pw.Close()
+	}
+}
+
+// results acts on a line of results (off the stream's reader: a stale
+// epoch runs the stop hook).
+func (s *ackStream) results(ctx context.Context, res []agentproto.AckResult) {
+	if s == nil {
+		return // a GET stream has none
+	}
+	s.mu.Lock()
+	var sent []pendingAck
+	for _, r := range res {
+		if p, ok := s.inflight[r.ID]; ok {
+			sent = append(sent, p)
+			delete(s.inflight, r.ID)
+		}
+	}
+	s.mu.Unlock()
+	if len(sent) > 0 {
+		s.a.results.Go(func() { _ = s.a.ackResults(ctx, sent, res) }) // a 401 also ends the stream
+	}
+}
+
+// finish ends the stream's bodies and writers and queues again what had
+// no result.
+func (s *ackStream) finish() {
+	if s == nil {
+		return
+	}
+	close(s.stop)
+	s.end()
+	s.writers.Wait()
+	s.a.mu.Lock()
+	s.a.acksOnStream = false
+	s.a.mu.Unlock()
+	s.requeue()
+}
+
+// requeue puts the acks in flight back in the queue.
+func (s *ackStream) requeue() {
+	s.mu.Lock()
+	back := make([]pendingAck, 0, len(s.inflight))
+	for _, p := range s.inflight {
+		back = append(back, p)
+	}
+	clear(s.inflight)
+	s.mu.Unlock()
+	s.a.unsent(back, false)
+}

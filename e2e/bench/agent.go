@@ -125,6 +125,8 @@ type simAgent struct {
 	kick chan struct{}                   // acks are owed
 	// inflight are acks sent on the stream, by id, until their results come.
 	inflight map[int64]inflightAck
+	// acksOnStream: a stream that carries acks is open and answering.
+	acksOnStream bool
 	// runningChanged makes the next heartbeat carry the running set.
 	runningChanged bool
 }
@@ -194,9 +196,11 @@ func (a *simAgent) heartbeatLoop(ctx context.Context) {
 		a.mu.Lock()
 		report := beat%agentproto.FullReportEvery == 0 || (a.runningChanged && time.Since(reported) >= agentproto.ReconcileEvery)
 		body := agentproto.HeartbeatRequest{Load: int32(len(a.held)), Version: "bench"}
-		n := min(len(a.owed), agentproto.MaxAckBatch)
-		body.Acks = a.owed[:n:n]
-		a.owed = a.owed[n:]
+		if !a.acksOnStream { // like nodeagent: an open stream carries them
+			n := min(len(a.owed), agentproto.MaxAckBatch)
+			body.Acks = a.owed[:n:n]
+			a.owed = a.owed[n:]
+		}
 		if report {
 			a.runningChanged = false
 			body.Running = make([]agentproto.Running, 0, len(a.held))
@@ -273,6 +277,7 @@ func (a *simAgent) stream(ctx context.Context, since *int64, held *map[int64]age
 			stop()
 			writer.Wait()
 			a.mu.Lock()
+			a.acksOnStream = false
 			for _, x := range a.inflight {
 				a.owed = append(a.owed, x.Ack)
 			}
@@ -288,6 +293,11 @@ func (a *simAgent) stream(ctx context.Context, since *int64, held *map[int64]age
 	if res.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(res.Body)
 		return fmt.Errorf("stream: %d %s", res.StatusCode, strings.TrimSpace(string(b)))
+	}
+	if duplex {
+		a.mu.Lock()
+		a.acksOnStream = true
+		a.mu.Unlock()
 	}
 	dec := json.NewDecoder(res.Body)
 	for {

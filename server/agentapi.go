@@ -326,21 +326,10 @@ func (s *Server) streamAssignments(w http.ResponseWriter, r *http.Request, a nod
 				return
 			}
 		}
-		if err := rc.EnableFullDuplex(); err != nil {
-			writeError(w, err)
-			return
-		}
+		// The body and the answer go at once (serveAckStream).
 		done := make(chan struct{})
 		defer close(done)
 		acked = s.streamAcks(r, rc, a, wait, done)
-		// A stream that ends before the agent's body does closes the
-		// connection: Go's server cannot yet reuse a full-duplex
-		// connection whose body ends after the handler has returned.
-		defer func() {
-			if acked != nil {
-				dropConn(rc)
-			}
-		}()
 	}
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
@@ -400,11 +389,11 @@ func (s *Server) streamAssignments(w http.ResponseWriter, r *http.Request, a nod
 					return // the rest of the body is not read
 				}
 			case <-timer.C:
-				acked = endAckStream(acked, since, write)
+				endAckStream(acked, since, write)
 				return
 			case <-s.hub.Closing():
 				// Shutting down: the agent streams from another instance.
-				acked = endAckStream(acked, since, write)
+				endAckStream(acked, since, write)
 				return
 			case <-ctx.Done():
 				return
@@ -415,14 +404,11 @@ func (s *Server) streamAssignments(w http.ResponseWriter, r *http.Request, a nod
 
 // endAckStream ends a POST stream: it says End, writes the results of
 // acks still on their way, and waits (at most streamWriteTimeout) for the
-// agent to end its body. It returns acked, or nil once the body has
-// ended.
-func endAckStream(acked <-chan agentproto.DesiredSet, since int64, write func(agentproto.DesiredSet) bool) <-chan agentproto.DesiredSet {
-	if acked == nil {
-		return nil
-	}
-	if !write(agentproto.DesiredSet{Version: since, Delta: true, End: true}) {
-		return acked
+// agent to end its body, so the connection is left ready for the agent's
+// next request (else serveAckStream closes it).
+func endAckStream(acked <-chan agentproto.DesiredSet, since int64, write func(agentproto.DesiredSet) bool) {
+	if acked == nil || !write(agentproto.DesiredSet{Version: since, Delta: true, End: true}) {
+		return
 	}
 	limit := time.NewTimer(streamWriteTimeout)
 	defer limit.Stop()
@@ -430,22 +416,15 @@ func endAckStream(acked <-chan agentproto.DesiredSet, since int64, write func(ag
 		select {
 		case res, ok := <-acked:
 			if !ok {
-				return nil
+				return
 			}
 			res.Version, res.Delta = since, true
 			if !write(res) {
-				return acked
+				return
 			}
 		case <-limit.C:
-			return acked
+			return
 		}
-	}
-}
-
-// dropConn closes the connection of a stream once its answer is written.
-func dropConn(rc *http.ResponseController) {
-	if conn, _, err := rc.Hijack(); err == nil {
-		_ = conn.Close()
 	}
 }
 
@@ -454,9 +433,9 @@ func dropConn(rc *http.ResponseController) {
 // to the stream's writer, until the body ends (the channel closes) or done
 // closes. A line it cannot read ends the stream with an error line; its
 // acks are sent again on the agent's next stream or heartbeat. The body
-// has no overall size bound (limitBody leaves POST streams alone): each
-// line has LargeBodyLimit, and the body as a whole the stream's wait plus
-// time to end it, after which the connection is closed.
+// has no overall size bound (see serveAckStream): each line has
+// LargeBodyLimit, and the body as a whole the stream's wait plus time to
+// end it, after which the connection is closed.
 func (s *Server) streamAcks(r *http.Request, rc *http.ResponseController, a nodes.NodeAuth, wait time.Duration, done <-chan struct{}) <-chan agentproto.DesiredSet {
 	_ = rc.SetReadDeadline(time.Now().Add(wait + 2*streamWriteTimeout))
 	out := make(chan agentproto.DesiredSet)
@@ -480,8 +459,8 @@ func (s *Server) streamAcks(r *http.Request, rc *http.ResponseController, a node
 					close(out) // the agent ended its body
 					return
 				}
-				// out stays open: the body did not end, and the stream
-				// drops the connection when it ends.
+				// out stays open: the body did not end (the connection
+				// closes with the answer).
 				if ctx := r.Context(); ctx.Err() == nil && !isNetError(err) {
 					msg := fmt.Sprintf("acks: line %d: %s", line, ackLineError(err, lr.N == 0))
 					s.log.Warn("assignment stream: unreadable acks", "node", a.Name, "err", msg)

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/callplane/callplane/nodes/agentproto"
@@ -46,9 +47,11 @@ func BodyLimit(method, path string) int64 {
 func limitBody(timeout time.Duration) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			// A POST stream's body lasts as long as the stream and bounds
-			// itself per line (see Server.streamAcks).
-			if r.Body != nil && r.Body != http.NoBody && !isAckStream(r) {
+			if isAckStream(r) {
+				serveAckStream(w, r, next)
+				return
+			}
+			if r.Body != nil && r.Body != http.NoBody {
 				rc := http.NewResponseController(w)
 				_ = rc.SetReadDeadline(time.Now().Add(timeout))
 				r.Body = &deadlineBody{ReadCloser: http.MaxBytesReader(w, r.Body, BodyLimit(r.Method, r.URL.Path)), rc: rc}
@@ -66,6 +69,46 @@ func isAckStream(r *http.Request) bool {
 	}
 	stream, err := strconv.ParseBool(r.URL.Query().Get(agentproto.QueryStream))
 	return err == nil && stream
+}
+
+// serveAckStream serves a POST stream, whose body (the agent's acks)
+// lasts as long as its answer: the two go at once (full duplex), so no
+// answer waits for the body's end, as Go's server otherwise makes it. The
+// body is bounded per line by the stream (Server.streamAcks) and as a
+// whole by the longest stream and the time to end it. An answer that
+// leaves the body unread to its end (a refusal, an error, an agent that
+// keeps its body open) closes the connection: Go's server cannot yet
+// reuse a full-duplex connection whose body ends after the handler.
+func serveAckStream(w http.ResponseWriter, r *http.Request, next http.Handler) {
+	rc := http.NewResponseController(w)
+	if err := rc.EnableFullDuplex(); err != nil {
+		writeError(w, err)
+		return
+	}
+	_ = rc.SetReadDeadline(time.Now().Add(agentproto.MaxPollWait + 2*streamWriteTimeout))
+	body := &eofBody{ReadCloser: r.Body}
+	r.Body = body
+	next.ServeHTTP(w, r)
+	if !body.eof.Load() {
+		_ = rc.Flush()
+		if conn, _, err := rc.Hijack(); err == nil {
+			_ = conn.Close()
+		}
+	}
+}
+
+// eofBody notes when its reader has seen the body's end.
+type eofBody struct {
+	io.ReadCloser
+	eof atomic.Bool
+}
+
+func (b *eofBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if errors.Is(err, io.EOF) {
+		b.eof.Store(true)
+	}
+	return n, err
 }
 
 type deadlineBody struct {

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/callplane/callplane/server"
 	"github.com/callplane/callplane/server/servertest"
 )
 
@@ -319,7 +320,12 @@ func TestPostStreamCarriesAcksBothWays(t *testing.T) {
 // its connection closed.
 func TestPostStreamEndsWithTheAgentsBody(t *testing.T) {
 	t.Parallel()
-	in := cluster(t, 100, "m1")
+	// Bodies may take ten minutes to arrive here: an answer that waited
+	// for a body's end would not come within a client's 30 s.
+	in := servertest.Start(t, servertest.Options{Settings: servertest.NoProbes,
+		Configure: func(c *server.Config) { c.BodyTimeout = 10 * time.Minute }})
+	in.AddNode(t, "m1", "media", "127.0.0.1:5060", 100)
+	exec(t, in, "UPDATE nodes SET health = 'up', enrolled_at = coalesce(enrolled_at, now())")
 	cred := enrol(t, in, "m1")
 	placeForAcks(t, in, cred, "e", 1)
 	c := in.Client(t)
@@ -371,6 +377,20 @@ func TestPostStreamEndsWithTheAgentsBody(t *testing.T) {
 	// takes one: an older one would not answer it.
 	if got := r.Header.Get("Callplane-Features"); got != "ack-stream" {
 		t.Fatalf("Callplane-Features = %q, want ack-stream", got)
+	}
+
+	// A refusal does not wait for the body's end.
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	req, _ = http.NewRequest("POST", in.URL+"/api/v1/assignments?since=0&wait=1s&stream=1", pr)
+	req.ContentLength = -1
+	req.Header.Set("Authorization", "Bearer not-a-credential")
+	quick := in.Client(t)
+	quick.Timeout = 30 * time.Second
+	if resp, err := quick.Do(req); err != nil || resp.StatusCode != 401 {
+		t.Fatalf("POST stream with a wrong credential: %v %v, want 401 at once", resp, err)
+	} else {
+		resp.Body.Close()
 	}
 
 	// An agent that does not end its body.

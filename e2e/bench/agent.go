@@ -248,7 +248,7 @@ func (a *simAgent) stream(ctx context.Context, since *int64, held *map[int64]age
 	// fall due (-heartbeat-acks: a GET stream, acks on the heartbeats).
 	method, body := http.MethodGet, io.Reader(nil)
 	var pw *io.PipeWriter
-	duplex := a.ack && !opt.hbAcks && !singleAcks.Load()
+	duplex := a.ack && !opt.hbAcks
 	if duplex {
 		var pr *io.PipeReader
 		pr, pw = io.Pipe()

@@ -125,8 +125,8 @@ type simAgent struct {
 	kick chan struct{}                   // acks are owed
 	// inflight are acks sent on the stream, by id, until their results come.
 	inflight map[int64]inflightAck
-	// acksOnStream: a stream that carries acks is open and answering.
-	acksOnStream bool
+	// lastOwed is when a delivery last owed acks.
+	lastOwed time.Time
 	// runningChanged makes the next heartbeat carry the running set.
 	runningChanged bool
 }
@@ -196,11 +196,9 @@ func (a *simAgent) heartbeatLoop(ctx context.Context) {
 		a.mu.Lock()
 		report := beat%agentproto.FullReportEvery == 0 || (a.runningChanged && time.Since(reported) >= agentproto.ReconcileEvery)
 		body := agentproto.HeartbeatRequest{Load: int32(len(a.held)), Version: "bench"}
-		if !a.acksOnStream { // like nodeagent: an open stream carries them
-			n := min(len(a.owed), agentproto.MaxAckBatch)
-			body.Acks = a.owed[:n:n]
-			a.owed = a.owed[n:]
-		}
+		n := min(len(a.owed), agentproto.MaxAckBatch)
+		body.Acks = a.owed[:n:n]
+		a.owed = a.owed[n:]
 		if report {
 			a.runningChanged = false
 			body.Running = make([]agentproto.Running, 0, len(a.held))
@@ -244,8 +242,8 @@ func (a *simAgent) streamLoop(ctx context.Context, acks chan<- []agentproto.Assi
 }
 
 func (a *simAgent) stream(ctx context.Context, since *int64, held *map[int64]agentproto.Assignment, acks chan<- []agentproto.Assignment) error {
-	// Like nodeagent: a POST stream carries the acks on its body as they
-	// fall due (-heartbeat-acks: a GET stream, acks on the heartbeats).
+	// Like nodeagent: a POST stream, which carries the acks of a delivery
+	// after a quiet spell (-heartbeat-acks: a GET stream).
 	method, body := http.MethodGet, io.Reader(nil)
 	var pw *io.PipeWriter
 	duplex := a.ack && !opt.hbAcks
@@ -277,7 +275,6 @@ func (a *simAgent) stream(ctx context.Context, since *int64, held *map[int64]age
 			stop()
 			writer.Wait()
 			a.mu.Lock()
-			a.acksOnStream = false
 			for _, x := range a.inflight {
 				a.owed = append(a.owed, x.Ack)
 			}
@@ -293,11 +290,6 @@ func (a *simAgent) stream(ctx context.Context, since *int64, held *map[int64]age
 	if res.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(res.Body)
 		return fmt.Errorf("stream: %d %s", res.StatusCode, strings.TrimSpace(string(b)))
-	}
-	if duplex {
-		a.mu.Lock()
-		a.acksOnStream = true
-		a.mu.Unlock()
 	}
 	dec := json.NewDecoder(res.Body)
 	for {
@@ -337,14 +329,23 @@ func (a *simAgent) stream(ctx context.Context, since *int64, held *map[int64]age
 			default:
 			}
 		} else if a.ack {
+			// Like nodeagent: the acks ride the next heartbeat, or go at
+			// once on the stream after a quiet spell (the last delivery
+			// that owed acks came a heartbeat interval ago or more).
 			a.mu.Lock()
+			owes := false
 			for _, as := range fresh {
 				if as.State == agentproto.StateAssigned {
 					a.owed = append(a.owed, agentproto.Ack{ID: as.ID, Epoch: as.Epoch, State: agentproto.StateActive})
+					owes = true
 				}
 			}
+			quiet := owes && time.Since(a.lastOwed) >= agentproto.HeartbeatInterval
+			if owes {
+				a.lastOwed = time.Now()
+			}
 			a.mu.Unlock()
-			if duplex && len(fresh) > 0 {
+			if duplex && quiet {
 				select {
 				case a.kick <- struct{}{}:
 				default:

@@ -526,7 +526,7 @@ func deliveryMode() string {
 	if opt.hbAcks {
 		return "streamed deliveries, acks on the heartbeats"
 	}
-	return "streamed deliveries, acks on the stream"
+	return "streamed deliveries, acks on the heartbeats or after a quiet spell on the stream"
 }
 
 // polls is how many deliveries (long-poll answers or stream lines) the

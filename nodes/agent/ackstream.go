@@ -10,10 +10,11 @@ import (
 )
 
 // ackStream is the body of a POST stream (agentproto.QueryStream): the
-// acks streamed deliveries owe, written as they fall due, a line each;
-// their results come back as lines of the stream. Acks it has sent but
-// has no result for when an attempt or the stream ends go back in the
-// queue, first in line for the next stream or heartbeat.
+// acks streamed deliveries owe, written when the agent says they are due
+// (agent.acksDue), a line each; their results come back as lines of the
+// stream. Acks it has sent but has no result for when an attempt or the
+// stream ends go back in the queue, first in line for the next stream or
+// heartbeat.
 type ackStream struct {
 	a    *agent
 	stop chan struct{}
@@ -94,17 +95,6 @@ func (s *ackStream) write(pw *io.PipeWriter) {
 	}
 }
 
-// answering says the call manager answers the stream: from now until
-// the stream finishes, acks go on its body and not on the heartbeats.
-func (s *ackStream) answering() {
-	if s == nil {
-		return
-	}
-	s.a.mu.Lock()
-	s.a.acksOnStream = true
-	s.a.mu.Unlock()
-}
-
 // end ends the current body: the call manager said End.
 func (s *ackStream) end() {
 	if s == nil {
@@ -147,9 +137,6 @@ func (s *ackStream) finish() {
 	close(s.stop)
 	s.end()
 	s.writers.Wait()
-	s.a.mu.Lock()
-	s.a.acksOnStream = false
-	s.a.mu.Unlock()
 	s.requeue()
 }
 

@@ -414,11 +414,8 @@ func (c *apiClient) stream(ctx context.Context, since func() int64, wait time.Du
 				return fmt.Errorf("read stream: %w", err)
 			}
 			got = true
-			if post {
-				acks.answering()
-				if ds.End {
-					acks.end()
-				}
+			if post && ds.End {
+				acks.end()
 			}
 			onSet(&ds, true)
 		}

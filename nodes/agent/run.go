@@ -111,10 +111,12 @@ func (o RunOptions) withDefaults() RunOptions {
 // applies each delivery idempotently: an assignment new to this process
 // (or back with a new epoch) runs the start hook and is acked active with
 // its epoch, one that left the set runs the stop hook, and one unchanged
-// is left alone, so a duplicate delivery changes nothing. The stream is a
-// POST whose body carries the acks of its deliveries as they fall due; the
-// call manager answers their results on the stream, so an assignment turns
-// active as soon as its start hook has run.
+// is left alone, so a duplicate delivery changes nothing. The acks of a
+// streamed delivery ride the next heartbeat, answered with their results,
+// when deliveries come more often than heartbeats; a delivery after a
+// quiet spell is acked at once on the stream's body (a POST, answered on
+// the stream), so a quiet node's work turns active as soon as its start
+// hook has run (see queueAcks).
 //
 // A call manager older than acks on the stream refuses the POST (4xx): the
 // stream is then a GET, and the acks ride the next heartbeat, answered
@@ -273,15 +275,16 @@ type agent struct {
 	// noStreamUntil: the server answered a stream with one set, or
 	// refused acks on a heartbeat (older than streams); long-poll until then.
 	noStreamUntil time.Time
-	// streamedAcks are what streamed deliveries owe the server: they go
-	// on the stream's body when it carries them (acksDue says there are
-	// some), else on the next heartbeat. refusedAcks are acks a heartbeat
-	// could not carry (an older server): the poll loop sends them.
+	// streamedAcks are what streamed deliveries owe the server: they ride
+	// the next heartbeat, or go at once on the stream's body when acksDue
+	// says so (see queueAcks). refusedAcks are acks a heartbeat could not
+	// carry (an older server): the poll loop sends them.
 	streamedAcks, refusedAcks []pendingAck
 	acksDue                   chan struct{}
-	// acksOnStream: a stream that carries acks is open and answering;
-	// the heartbeats leave streamedAcks to it.
-	acksOnStream bool
+	// lastOwed is when a delivery last owed acks; beatEvery the heartbeat
+	// interval the server asks for.
+	lastOwed  time.Time
+	beatEvery time.Duration
 	// noAckStreamUntil: the server refused a POST stream (older than
 	// acks on the stream); streams are a GET, acks on the heartbeats,
 	// until then.
@@ -299,19 +302,16 @@ type pendingAck struct {
 }
 
 // report is the heartbeat body: the load, the assignments running here
-// and the acks streamed deliveries owe when no stream carries them (also
-// returned, to match with their results).
+// and the acks streamed deliveries owe (also returned, to match with
+// their results).
 func (a *agent) report() (agentproto.HeartbeatRequest, []pendingAck) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	req := agentproto.HeartbeatRequest{Version: a.opts.Version}
-	var sent []pendingAck
-	if !a.acksOnStream {
-		n := min(len(a.streamedAcks), agentproto.MaxAckBatch)
-		sent = a.streamedAcks[:n:n]
-		a.streamedAcks = a.streamedAcks[n:]
-		req.Acks = ackItems(sent)
-	}
+	n := min(len(a.streamedAcks), agentproto.MaxAckBatch)
+	sent := a.streamedAcks[:n:n]
+	a.streamedAcks = a.streamedAcks[n:]
+	req.Acks = ackItems(sent)
 	for _, l := range a.running {
 		req.Load += l.Cost
 	}
@@ -352,17 +352,28 @@ func (a *agent) unsent(sent []pendingAck, refused bool) {
 	a.streamedAcks = nil
 }
 
-// queueAcks queues acks for the next heartbeat. An ack already queued is
-// not queued twice: every delivery re-applies the whole held set, whose
-// items still show as assigned until their acks have gone, and the server
-// refuses an item acked twice in one batch.
+// queueAcks queues the acks a streamed delivery owes. They ride the next
+// heartbeat, which the agent sends anyway, when deliveries come often
+// (the last that owed acks came less than a heartbeat interval ago): a
+// busy node's acks then cost no request or line of their own. A quiet
+// node's go at once on the stream's body, when it carries acks, so its
+// work turns active without waiting for the beat.
+//
+// An ack already queued is not queued twice: every delivery re-applies
+// the whole held set, whose items still show as assigned until their acks
+// have gone, and the server refuses an item acked twice in one batch.
 func (a *agent) queueAcks(pending []pendingAck) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.streamedAcks = distinctAcks(append(a.streamedAcks, pending...))
-	if len(pending) > 0 {
+	if len(pending) == 0 {
+		return
+	}
+	now := time.Now()
+	if now.Sub(a.lastOwed) >= cmp.Or(a.beatEvery, agentproto.HeartbeatInterval) {
 		a.ackDue()
 	}
+	a.lastOwed = now
 }
 
 // ackDue tells the stream's body that acks are queued.
@@ -433,6 +444,9 @@ func (a *agent) heartbeatLoop(ctx context.Context) error {
 			}
 			interval = heartbeatInterval(resp.HeartbeatIntervalMS)
 			wait = interval
+			a.mu.Lock()
+			a.beatEvery = interval
+			a.mu.Unlock()
 			if resp.Credential != "" {
 				a.rotate(resp.Credential)
 			}

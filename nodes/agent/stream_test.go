@@ -62,19 +62,20 @@ func ackCounts(t *testing.T) map[string]float64 {
 }
 
 // nodeagent takes its deliveries from a call manager that streams them on
-// one open request, and acks them on that request's body: placements one
-// after another go active with every ack on the stream, none in a request
-// of its own or on a heartbeat, and fewer streams end than deliveries
-// arrive (a long-poll ends with each).
+// one open request: placements one after another go active with every ack
+// on the stream's body or a heartbeat, none in a request of its own, the
+// first (after a quiet spell) on the stream; and fewer streams end than
+// deliveries arrive (a long-poll ends with each).
 func TestRunStreamsDeliveriesAndAcksOnTheStream(t *testing.T) {
 	url := dbtest.URL(t)
 	h := &haCluster{a: servertest.Start(t, servertest.Options{DatabaseURL: url, Settings: servertest.NoProbes}), dbURL: url}
 	// The stream stays open at most this long: far longer than the
 	// placements below take on any machine that runs the suite.
 	const wait = time.Minute
+	acksBefore := ackCounts(t)
 	_, logs := h.runAgentPolling(t, h.a.URL, wait)
 	h.placeActive(t, "warm-up")
-	before, acksBefore := agentRequests(t), ackCounts(t)
+	before := agentRequests(t)
 	const deliveries = 3
 	for i := range deliveries {
 		h.placeActive(t, fmt.Sprintf("call-%d", i))
@@ -86,16 +87,14 @@ func TestRunStreamsDeliveriesAndAcksOnTheStream(t *testing.T) {
 	}
 	for _, key := range []string{"POST /api/v1/assignments/ack", "POST /api/v1/assignments/{id}/ack"} {
 		if n := diff(key); n != 0 {
-			t.Fatalf("%v requests %s: acks must ride the stream\n%s", n, key, logs)
+			t.Fatalf("%v requests %s: acks must ride the stream or the heartbeats\n%s", n, key, logs)
 		}
 	}
-	if n := acksAfter["stream"] - acksBefore["stream"]; n != deliveries {
-		t.Fatalf("%v acks came on the stream for %d deliveries (all acks: %v before, %v after)\n%s", n, deliveries, acksBefore, acksAfter, logs)
-	}
-	for _, via := range []string{"heartbeat", "poll", "batch", "single"} {
-		if n := acksAfter[via] - acksBefore[via]; n != 0 {
-			t.Fatalf("%v acks came by %s: they must ride the stream\n%s", n, via, logs)
-		}
+	acked := func(via string) float64 { return acksAfter[via] - acksBefore[via] }
+	// The warm-up came first, after no delivery at all: its ack went at once.
+	if acked("stream") < 1 || acked("stream")+acked("heartbeat") != deliveries+1 {
+		t.Fatalf("acks by way: %v before, %v after; want the %d on the stream or heartbeats, at least the first on the stream\n%s",
+			acksBefore, acksAfter, deliveries+1, logs)
 	}
 	if !strings.Contains(logs.String(), "assignment active") {
 		t.Fatalf("the agent did not log its acks' results:\n%s", logs)

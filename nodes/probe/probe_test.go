@@ -786,3 +786,39 @@ func TestWebRTCEchoMismatch(t *testing.T) {
 	p := newTestProber(t, Config{Timeout: 5 * time.Second})
 	wantFail(t, probeWithin(t, p, KindMeeting, srv.URL, 5*time.Second+generous), "echo mismatch")
 }
+
+// Every OPTIONS over UDP to an IPv4 address leaves from one socket of the prober, however
+// many nodes it probes, and is answered on it: one socket, reader and buffer in all
+// instead of one each per node.
+func TestSIPProbesOverUDPShareOneSocket(t *testing.T) {
+	t.Parallel()
+	p := newTestProber(t, Config{Timeout: 2 * time.Second})
+	sources := make(chan string, 3)
+	for range 3 {
+		conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		go func() {
+			buf := make([]byte, 65535)
+			n, from, err := conn.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			req := bytes.Clone(buf[:n])
+			sources <- from.String()
+			callID := strings.TrimSpace(strings.SplitN(headerLines(req, "Call-ID")[0], ":", 2)[1])
+			_, _ = conn.WriteTo(forgedResponse(req, "200 OK", callID), from)
+		}()
+		wantOK(t, probeWithin(t, p, KindMedia, conn.LocalAddr().String(), 2*time.Second+generous))
+	}
+	close(sources)
+	var seen []string
+	for s := range sources {
+		seen = append(seen, s)
+	}
+	if len(seen) != 3 || seen[0] != seen[1] || seen[1] != seen[2] {
+		t.Fatalf("probes of three nodes came from %v, want one socket", seen)
+	}
+}

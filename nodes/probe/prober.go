@@ -55,10 +55,15 @@ type Prober struct {
 
 	ua        *sipgo.UserAgent
 	sipClient *sipgo.Client
-	rtc       *webrtc.API
-	http      *http.Client
-	transport *http.Transport
-	dialer    net.Dialer
+	// udp4 is the one socket every OPTIONS over UDP to an IPv4 address
+	// leaves from and is answered on, sent by udp4Client (see
+	// newUDP4Socket). Others go through sipClient.
+	udp4       net.PacketConn
+	udp4Client *sipgo.Client
+	rtc        *webrtc.API
+	http       *http.Client
+	transport  *http.Transport
+	dialer     net.Dialer
 
 	closed atomic.Bool
 }
@@ -105,6 +110,11 @@ func NewProber(cfg Config) (*Prober, error) {
 		_ = ua.Close()
 		return nil, fmt.Errorf("new prober: sip client: %w", err)
 	}
+	udp4, udp4Client, err := newUDP4Socket(ua, logger)
+	if err != nil {
+		_ = ua.Close()
+		return nil, fmt.Errorf("new prober: %w", err)
+	}
 
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	// Probes go straight to the node: an HTTP(S)_PROXY meant for the outside world must
@@ -116,13 +126,15 @@ func NewProber(cfg Config) (*Prober, error) {
 	transport.MaxIdleConnsPerHost = 2
 
 	return &Prober{
-		timeout:   timeout,
-		sipOK:     okCodes,
-		ua:        ua,
-		sipClient: client,
-		rtc:       newWebRTCAPI(),
-		http:      &http.Client{Transport: transport},
-		transport: transport,
+		timeout:    timeout,
+		sipOK:      okCodes,
+		ua:         ua,
+		sipClient:  client,
+		udp4:       udp4,
+		udp4Client: udp4Client,
+		rtc:        newWebRTCAPI(),
+		http:       &http.Client{Transport: transport},
+		transport:  transport,
 	}, nil
 }
 
@@ -167,6 +179,7 @@ func (p *Prober) Close() error {
 		return nil
 	}
 	p.transport.CloseIdleConnections()
+	_ = p.udp4.Close()
 	// The SIP stack pools a TCP connection under two keys and closes it twice; that
 	// second close is not a failure.
 	if err := p.ua.Close(); err != nil && !errors.Is(err, net.ErrClosed) {

@@ -13,9 +13,9 @@ import (
 	"github.com/callplane/callplane/server/servertest"
 )
 
-// agentRequests counts the agent API requests the call managers of this
-// process have finished, by method and route: what reached the server.
-func agentRequests(t *testing.T) map[string]float64 {
+// counters sums the counters of this process's call managers named
+// name, by the labels key names, joined by a space.
+func counters(t *testing.T, name string, key ...string) map[string]float64 {
 	t.Helper()
 	families, err := metrics.Registry.Gather()
 	if err != nil {
@@ -23,7 +23,7 @@ func agentRequests(t *testing.T) map[string]float64 {
 	}
 	out := map[string]float64{}
 	for _, f := range families {
-		if !strings.HasSuffix(f.GetName(), "http_requests_total") {
+		if f.GetName() != name {
 			continue
 		}
 		for _, m := range f.GetMetric() {
@@ -31,34 +31,26 @@ func agentRequests(t *testing.T) map[string]float64 {
 			for _, l := range m.GetLabel() {
 				labels[l.GetName()] = l.GetValue()
 			}
-			out[labels["method"]+" "+labels["route"]] += m.GetCounter().GetValue()
+			var k []string
+			for _, n := range key {
+				k = append(k, labels[n])
+			}
+			out[strings.Join(k, " ")] += m.GetCounter().GetValue()
 		}
 	}
 	return out
 }
 
+// agentRequests counts the agent API requests the call managers of this
+// process have finished, by method and route: what reached the server.
+func agentRequests(t *testing.T) map[string]float64 {
+	return counters(t, "callplane_http_requests_total", "method", "route")
+}
+
 // ackCounts reads metrics.AgentAcks: the acks the call managers of this
 // process received, by how they came.
 func ackCounts(t *testing.T) map[string]float64 {
-	t.Helper()
-	families, err := metrics.Registry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]float64{}
-	for _, f := range families {
-		if f.GetName() != "callplane_agent_acks_total" {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "via" {
-					out[l.GetValue()] += m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return out
+	return counters(t, "callplane_agent_acks_total", "via")
 }
 
 // nodeagent takes its deliveries from a call manager that streams them on

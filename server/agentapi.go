@@ -461,8 +461,8 @@ func (s *Server) streamAcks(r *http.Request, rc *http.ResponseController, a node
 				}
 				// out stays open: the body did not end (the connection
 				// closes with the answer).
-				if ctx := r.Context(); ctx.Err() == nil && !isNetError(err) {
-					msg := fmt.Sprintf("acks: line %d: %s", line, ackLineError(err, lr.N == 0))
+				if tooLong := lr.N == 0; r.Context().Err() == nil && (tooLong || !isNetError(err)) {
+					msg := fmt.Sprintf("acks: line %d: %s", line, ackLineError(err, tooLong))
 					s.log.Warn("assignment stream: unreadable acks", "node", a.Name, "err", msg)
 					send(agentproto.DesiredSet{Error: msg})
 				}

@@ -305,6 +305,28 @@ func TestPostStreamCarriesAcksBothWays(t *testing.T) {
 		t.Fatal("the stream did not end after its error line")
 	}
 
+	// A line over the limit, or with a NUL byte, is named and ends its stream.
+	for name, line := range map[string]string{
+		"too long": `{"acks": [` + strings.Repeat(`{"id": 1, "epoch": 1, "state": "active"},`, 30000),
+		"NUL":      "{\"acks\": [{\"id\": 1, \"epoch\": 1, \"state\": \"act\x00ive\"}]}",
+	} {
+		pr, pw := io.Pipe()
+		lines, ct := streamLinesWith(t, in, "POST", "/api/v1/assignments?since=0&wait=60s&delta=1&stream=1", cred, pr, 2*wait)
+		if got := <-ct; got != "200 application/x-ndjson" {
+			t.Fatalf("%s: %s", name, got)
+		}
+		nextLine(t, lines, wait/2, name+": the whole set")
+		go func() { _, _ = io.WriteString(pw, line+"\n") }()
+		m := nextLine(t, lines, wait/2, name+": the error line")
+		if e, _ := m["error"].(string); !strings.Contains(e, "acks: line 1") {
+			t.Fatalf("%s: %v, want an error naming the acks line", name, m)
+		}
+		pw.Close()
+	}
+	if n := count(t, in, "SELECT count(*) FROM work WHERE state = 'active'"); n != 2 {
+		t.Fatalf("%d items active after refused lines, want 2", n)
+	}
+
 	// The body of a POST stream is newline-delimited JSON.
 	req, _ := http.NewRequest("POST", in.URL+"/api/v1/assignments?since=0&stream=1", strings.NewReader("x"))
 	req.Header.Set("Content-Type", "text/plain")

@@ -118,10 +118,11 @@ func (o RunOptions) withDefaults() RunOptions {
 // the stream), so a quiet node's work turns active as soon as its start
 // hook has run (see queueAcks).
 //
-// A call manager older than acks on the stream refuses the POST (4xx): the
-// stream is then a GET, and the acks ride the next heartbeat, answered
-// with their results (an assignment turns active within a heartbeat
-// interval). A call manager older than streams answers with one set: the
+// A call manager that does not say it takes acks on the stream
+// (agentproto.FeatureAckStream), or refuses the POST (4xx), gets a GET
+// stream, and the acks ride the next heartbeat, answered with their
+// results (an assignment turns active within a heartbeat interval). A call
+// manager older than streams answers with one set: the
 // agent then long-polls for a while (and also when a heartbeat's acks are
 // refused), and the acks of one delivery go with the next poll (a POST
 // of the long-poll, answered with their results). A server without that

@@ -45,10 +45,13 @@ func (s *Server) agentRoutes(r chi.Router) {
 // the oldest agent API (agentproto.FeaturesHeader).
 func agentFeatures(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set(agentproto.FeaturesHeader, agentproto.FeatureAckStream)
+		w.Header().Set(agentproto.FeaturesHeader, agentFeatureList)
 		next.ServeHTTP(w, r)
 	})
 }
+
+// agentFeatureList is this call manager's agentproto.FeaturesHeader.
+var agentFeatureList = agentproto.FeatureAckStream + ", " + agentproto.FeatureBeatStream
 
 type nodeAuthKey struct{}
 
@@ -118,12 +121,27 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
-	a := nodeFrom(r.Context())
 	var req agentproto.HeartbeatRequest
 	if err := readJSON(r, &req); err != nil {
 		badJSON(w, err)
 		return
 	}
+	resp, err := s.beat(r.Context(), nodeFrom(r.Context()), "request", req)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// beat does what a heartbeat of node a asks, which came by way of via
+// (the label of metrics.AgentHeartbeats: a request of its own, or a line
+// of a POST stream): it records the beat and its load, records the acks
+// it carries, compares its running set, and hands out a credential an
+// administrator asked to rotate. An error is for the answer as a whole;
+// the beat itself is recorded, and the agent sends the acks again.
+func (s *Server) beat(ctx context.Context, a nodes.NodeAuth, via string, req agentproto.HeartbeatRequest) (agentproto.HeartbeatResponse, error) {
+	metrics.AgentHeartbeats.WithLabelValues(via).Inc()
 	s.hb.Record(a.NodeID, max(req.Load, 0), req.Version)
 	resp := agentproto.HeartbeatResponse{AdminState: a.AdminState, HeartbeatIntervalMS: agentproto.HeartbeatInterval.Milliseconds()}
 	if len(req.Acks) > 0 {
@@ -135,27 +153,25 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
 				resp.Acks[i] = agentproto.AckResult{ID: x.ID, Status: http.StatusForbidden, Error: problem.Message(nodes.ErrForbidden)}
 			}
 		} else {
-			acked, err := s.recordAcks(r.Context(), a, "heartbeat", req.Acks)
+			acked, err := s.recordAcks(ctx, a, "heartbeat", req.Acks)
 			if err != nil {
-				writeError(w, err) // the beat itself is recorded; the agent sends the acks again
-				return
+				return resp, err
 			}
 			resp.Acks = acked
 		}
 	}
 	if req.Running != nil && a.AdminState != nodes.StateDisabled { // only some heartbeats carry the running set
-		s.maybeReconcile(r.Context(), a, req.Running)
+		s.maybeReconcile(ctx, a, req.Running)
 	}
 	if a.RotateRequested {
-		cred, err := s.nodes.RotateCredential(r.Context(), a)
+		cred, err := s.nodes.RotateCredential(ctx, a)
 		if err != nil {
-			writeError(w, err)
-			return
+			return resp, err
 		}
 		resp.Credential = cred
 		s.log.Info("node credential rotated", "node", a.Name)
 	}
-	writeJSON(w, http.StatusOK, resp)
+	return resp, nil
 }
 
 // assignments answers at once when the node's assignment version is newer
@@ -453,7 +469,7 @@ func (s *Server) streamAcks(r *http.Request, rc *http.ResponseController, a node
 		dec.DisallowUnknownFields()
 		for line := 1; ; line++ {
 			lr.N = LargeBodyLimit
-			var req agentproto.AckBatchRequest
+			var req agentproto.StreamLine
 			if err := dec.Decode(&req); err != nil {
 				if errors.Is(err, io.EOF) && lr.N > 0 {
 					close(out) // the agent ended its body
@@ -468,16 +484,18 @@ func (s *Server) streamAcks(r *http.Request, rc *http.ResponseController, a node
 				}
 				return
 			}
+			if req.Beat != nil {
+				ds, ok := s.streamBeat(r, a, line, *req.Beat)
+				if !send(ds) || !ok {
+					return
+				}
+			}
 			if len(req.Acks) == 0 {
 				continue // an empty line keeps nothing waiting
 			}
 			res, err := s.recordAcks(r.Context(), a, "stream", req.Acks)
 			if err != nil {
-				// The batch as a whole was refused: each ack gets why.
-				res = make([]agentproto.AckResult, len(req.Acks))
-				for i, x := range req.Acks {
-					res[i] = agentproto.AckResult{ID: x.ID, Status: problem.HTTPStatus(err), Error: problem.Message(err)}
-				}
+				res = refusedAcks(req.Acks, err)
 			}
 			if !send(agentproto.DesiredSet{Acks: res}) {
 				return
@@ -485,6 +503,44 @@ func (s *Server) streamAcks(r *http.Request, rc *http.ResponseController, a node
 		}
 	}()
 	return out
+}
+
+// refusedAcks gives each of acks the error that refused them all.
+func refusedAcks(acks []agentproto.Ack, err error) []agentproto.AckResult {
+	res := make([]agentproto.AckResult, len(acks))
+	for i, x := range acks {
+		res[i] = agentproto.AckResult{ID: x.ID, Status: problem.HTTPStatus(err), Error: problem.Message(err)}
+	}
+	return res
+}
+
+// streamBeat answers a heartbeat that came on line of a POST stream's
+// body, as POST /heartbeat would: the credential is checked again (the
+// stream may outlive its revocation; a disabled node still beats), the
+// beat recorded and its answer returned as a line. A credential no longer
+// good, or no way to check it, ends the stream with an error line (false):
+// the agent then beats in requests of their own, which say why.
+func (s *Server) streamBeat(r *http.Request, opened nodes.NodeAuth, line int, req agentproto.HeartbeatRequest) (agentproto.DesiredSet, bool) {
+	a, err := s.nodes.AuthNode(r.Context(), bearer(r))
+	if errors.Is(err, nodes.ErrForbidden) && a.NodeID == opened.NodeID {
+		err = nil
+	}
+	if err != nil {
+		msg := fmt.Sprintf("beat: line %d: %s", line, problem.Message(err))
+		s.log.Warn("assignment stream: beat refused", "node", opened.Name, "err", msg)
+		return agentproto.DesiredSet{Error: msg}, false
+	}
+	resp, err := s.beat(r.Context(), a, "stream", req)
+	if err != nil {
+		// The beat is recorded; its acks are refused (recordAcks logged
+		// why), or the rotated credential goes with a later beat.
+		if len(req.Acks) > 0 && resp.Acks == nil {
+			resp.Acks = refusedAcks(req.Acks, err)
+		} else {
+			s.log.Warn("assignment stream: rotate credential", "node", a.Name, "err", err)
+		}
+	}
+	return agentproto.DesiredSet{Beat: &resp}, true
 }
 
 // ackLineError says what was wrong with a line of acks.

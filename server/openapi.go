@@ -59,7 +59,7 @@ var (
 // pollParams are the query parameters of the long-poll, GET or POST.
 var pollParams = []apiParam{q("since", "integer", "last version seen"), q("wait", "string", "how long to wait, e.g. 30s (max 60s)"),
 	q("delta", "string", "1: answer what changed since the version, not the whole set"),
-	q("stream", "string", "1: keep answering, one desired set per line (application/x-ndjson) at every change until wait. A GET's acks ride the heartbeats; a POST's body is its acks, one AckBatch per line while the answer streams, each line's results a line of their own, and {\"end\": true} before the answer ends")}
+	q("stream", "string", "1: keep answering, one desired set per line (application/x-ndjson) at every change until wait. A GET's acks ride the heartbeats; a POST's body is its acks, one AckBatch per line while the answer streams, each line's results a line of their own, and {\"end\": true} before the answer ends; with the beat-stream feature a body line may be {\"beat\": heartbeat request}, answered by a line {\"beat\": heartbeat answer}")}
 
 // apiOps lists every /api/v1 route. A test checks it against the router
 // both ways.

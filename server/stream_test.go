@@ -397,8 +397,8 @@ func TestPostStreamEndsWithTheAgentsBody(t *testing.T) {
 	}
 	// Agents ask for a POST stream only of a call manager that says it
 	// takes one: an older one would not answer it.
-	if got := r.Header.Get("Callplane-Features"); got != "ack-stream" {
-		t.Fatalf("Callplane-Features = %q, want ack-stream", got)
+	if got := r.Header.Get("Callplane-Features"); got != "ack-stream, beat-stream" {
+		t.Fatalf("Callplane-Features = %q, want ack-stream, beat-stream", got)
 	}
 
 	// A refusal does not wait for the body's end.
@@ -421,5 +421,120 @@ func TestPostStreamEndsWithTheAgentsBody(t *testing.T) {
 	untilEnd(dec)
 	if err := dec.Decode(&m); err == nil || err == io.EOF {
 		t.Fatalf("an agent that kept its body open: %v %v, want its connection closed", m, err)
+	}
+}
+
+// A POST stream's body carries the agent's heartbeats too: each beat line
+// is recorded as POST /heartbeat records it (its load and version, its
+// acks), and answered with a line that says what the heartbeat's answer
+// says. A disabled node's beats still count and its acks are refused; a
+// credential an administrator asked to rotate comes with the answer; a
+// credential no longer good ends the stream with an error line.
+func TestPostStreamCarriesBeats(t *testing.T) {
+	t.Parallel()
+	in := cluster(t, 100, "m1")
+	cred := enrol(t, in, "m1")
+	acks, _ := placeForAcks(t, in, cred, "b", 1)
+	r, _ := api(t, in, "POST", "/api/v1/heartbeat", cred, map[string]any{"load": 0, "version": "t0"})
+	if f := r.Header.Get("Callplane-Features"); !strings.Contains(f, "beat-stream") {
+		t.Fatalf("features %q, want beat-stream listed", f)
+	}
+	const wait = 60 * time.Second
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	lines, ct := streamLinesWith(t, in, "POST", fmt.Sprintf("/api/v1/assignments?since=0&wait=%s&delta=1&stream=1", wait), cred, pr, 2*wait)
+	if got := <-ct; got != "200 application/x-ndjson" {
+		t.Fatalf("POST stream answer: %s", got)
+	}
+	nextLine(t, lines, wait/2, "the whole set")
+	line := 0
+	beat := func(what string, b map[string]any) map[string]any {
+		t.Helper()
+		line++
+		data, _ := json.Marshal(map[string]any{"beat": b})
+		if _, err := pw.Write(append(data, '\n')); err != nil {
+			t.Fatal(err)
+		}
+		// Deliveries may come first (disabling the node moves its work).
+		for {
+			m := nextLine(t, lines, wait/2, what)
+			if answer, _ := m["beat"].(map[string]any); answer != nil {
+				return answer
+			}
+			if len(m) == 0 || m["error"] != nil || m["acks"] != nil {
+				t.Fatalf("%s: line %v, want a beat's answer", what, m)
+			}
+		}
+	}
+	status := func(answer map[string]any) []any {
+		var out []any
+		for _, x := range answer["acks"].([]any) {
+			r := x.(map[string]any)
+			if r["ok"] == true {
+				out = append(out, "ok")
+			} else {
+				out = append(out, r["status"])
+			}
+		}
+		return out
+	}
+
+	answer := beat("a beat with an ack", map[string]any{"load": 7, "version": "t1", "acks": acks})
+	if answer["admin_state"] != "enabled" || answer["heartbeat_interval_ms"] != float64(1000) || fmt.Sprint(status(answer)) != "[ok]" {
+		t.Fatalf("a beat's answer = %v, want enabled, the interval and its ack ok", answer)
+	}
+	if n := count(t, in, "SELECT count(*) FROM work WHERE state = 'active'"); n != 1 {
+		t.Fatalf("%d items active after the beat carried the ack, want 1", n)
+	}
+	waitFor(t, "the beat's load and version recorded", func() bool {
+		var load int
+		var version string
+		_ = in.Pool().QueryRow(context.Background(), "SELECT reported_load, agent_version FROM nodes WHERE name = 'm1'").Scan(&load, &version)
+		return load == 7 && version == "t1"
+	})
+
+	if _, _, err := in.Nodes().SetAdminState(context.Background(), testActor, "m1", "disabled"); err != nil {
+		t.Fatal(err)
+	}
+	answer = beat("a disabled node's beat", map[string]any{"load": 0, "version": "t2", "acks": acks})
+	if answer["admin_state"] != "disabled" || fmt.Sprint(status(answer)) != "[403]" {
+		t.Fatalf("a disabled node's beat: %v, want disabled and its ack refused 403", answer)
+	}
+	if _, _, err := in.Nodes().SetAdminState(context.Background(), testActor, "m1", "enabled"); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := in.Nodes().RequestRotation(context.Background(), testActor, "m1"); err != nil {
+		t.Fatal(err)
+	}
+	answer = beat("a beat after a rotation was asked", map[string]any{"load": 0, "version": "t3"})
+	rotated, _ := answer["credential"].(string)
+	if !strings.HasPrefix(rotated, "cpn_") {
+		t.Fatalf("a beat after a rotation was asked: %v, want the new credential", answer)
+	}
+	if r, _ := api(t, in, "POST", "/api/v1/heartbeat", rotated, map[string]any{"load": 0, "version": "t4"}); r.StatusCode != 200 {
+		t.Fatalf("a heartbeat with the rotated credential: %d", r.StatusCode)
+	}
+
+	// The credential the stream opened with is revoked behind its back.
+	if _, err := in.Pool().Exec(context.Background(), "DELETE FROM node_credentials WHERE node_id = (SELECT id FROM nodes WHERE name = 'm1')"); err != nil {
+		t.Fatal(err)
+	}
+	in.Nodes().ForgetCredentials(nil)
+	line++
+	if _, err := io.WriteString(pw, `{"beat": {"load": 0, "version": "t5"}}`+"\n"); err != nil {
+		t.Fatal(err)
+	}
+	m := nextLine(t, lines, wait/2, "the revoked credential's error line")
+	if e, _ := m["error"].(string); !strings.Contains(e, fmt.Sprintf("beat: line %d", line)) {
+		t.Fatalf("a beat with a revoked credential: %v, want an error naming the beat's line", m)
+	}
+	select {
+	case m, ok := <-lines:
+		if ok {
+			t.Fatalf("the stream went on after its error line: %v", m)
+		}
+	case <-time.After(wait / 2):
+		t.Fatal("the stream did not end after its error line")
 	}
 }

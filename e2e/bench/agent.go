@@ -118,6 +118,8 @@ type simAgent struct {
 	beats  atomic.Int64
 	// acks sent on stream bodies and on heartbeats
 	streamAcks, beatAcks atomic.Int64
+	// beats sent on stream bodies
+	streamBeats atomic.Int64
 
 	mu   sync.Mutex
 	held map[int64]agentproto.Assignment // what this agent runs: its desired set as delivered
@@ -129,6 +131,10 @@ type simAgent struct {
 	lastOwed time.Time
 	// runningChanged makes the next heartbeat carry the running set.
 	runningChanged bool
+	// beatBody is the open POST stream's body, which carries the beats
+	// (nil: they go in requests); beatAnswer brings their answers.
+	beatBody   *io.PipeWriter
+	beatAnswer chan agentproto.HeartbeatResponse
 }
 
 func enrollAgent(ctx context.Context, base, pin string, index int, token string, rec *recorder, ack bool) (*simAgent, error) {
@@ -140,7 +146,7 @@ func enrollAgent(ctx context.Context, base, pin string, index int, token string,
 	if _, err := doJSON(ctx, hc, http.MethodPost, base+agentproto.Prefix+agentproto.EnrollPath, "", agentproto.EnrollRequest{Token: token, Version: "bench"}, &er); err != nil {
 		return nil, fmt.Errorf("enrol: %w", err)
 	}
-	return &simAgent{index: index, nodeID: er.NodeID, name: er.NodeName, cred: er.Credential, base: base, hc: hc, rec: rec, ack: ack, kick: make(chan struct{}, 1), inflight: map[int64]inflightAck{}}, nil
+	return &simAgent{index: index, nodeID: er.NodeID, name: er.NodeName, cred: er.Credential, base: base, hc: hc, rec: rec, ack: ack, kick: make(chan struct{}, 1), beatAnswer: make(chan agentproto.HeartbeatResponse, 1), inflight: map[int64]inflightAck{}}, nil
 }
 
 // singleAcks makes the agents ack every assignment with its own request,
@@ -209,6 +215,13 @@ func (a *simAgent) heartbeatLoop(ctx context.Context) {
 		}
 		a.mu.Unlock()
 		beat++
+		if out, ok := a.beatOnStream(body); ok {
+			a.ackResults(out.Acks)
+			a.beats.Add(1)
+			a.streamBeats.Add(1)
+			a.beatAcks.Add(int64(len(body.Acks)))
+			continue
+		}
 		if _, err := doJSON(ctx, a.hc, http.MethodPost, a.base+agentproto.Prefix+agentproto.HeartbeatPath, a.cred, body, &out); err != nil {
 			if ctx.Err() == nil {
 				a.rec.err(err)
@@ -223,6 +236,34 @@ func (a *simAgent) heartbeatLoop(ctx context.Context) {
 		a.ackResults(out.Acks)
 		a.beats.Add(1)
 		a.beatAcks.Add(int64(len(body.Acks)))
+	}
+}
+
+// beatOnStream sends a beat on the open POST stream's body, like
+// nodeagent, and waits (bounded) for its answer; false: it goes in a
+// request of its own.
+func (a *simAgent) beatOnStream(body agentproto.HeartbeatRequest) (agentproto.HeartbeatResponse, bool) {
+	a.mu.Lock()
+	pw := a.beatBody
+	a.mu.Unlock()
+	if pw == nil {
+		return agentproto.HeartbeatResponse{}, false
+	}
+	select {
+	case <-a.beatAnswer: // late, for an earlier beat
+	default:
+	}
+	line, _ := json.Marshal(agentproto.StreamLine{Beat: &body})
+	if _, err := pw.Write(append(line, '\n')); err != nil {
+		return agentproto.HeartbeatResponse{}, false
+	}
+	t := time.NewTimer(agentproto.HeartbeatInterval)
+	defer t.Stop()
+	select {
+	case out := <-a.beatAnswer:
+		return out, true
+	case <-t.C:
+		return agentproto.HeartbeatResponse{}, false
 	}
 }
 
@@ -268,7 +309,15 @@ func (a *simAgent) stream(ctx context.Context, since *int64, held *map[int64]age
 		sctx, stop := context.WithCancel(ctx)
 		var writer sync.WaitGroup
 		writer.Go(func() { a.writeAcks(sctx, pw) })
+		if !opt.requestBeats {
+			a.mu.Lock()
+			a.beatBody = pw
+			a.mu.Unlock()
+		}
 		defer func() {
+			a.mu.Lock()
+			a.beatBody = nil
+			a.mu.Unlock()
 			// The body ends with the answer; acks sent without a result
 			// ride the next heartbeat or stream.
 			pw.Close()
@@ -310,6 +359,12 @@ func (a *simAgent) stream(ctx context.Context, since *int64, held *map[int64]age
 			}
 			a.mu.Unlock()
 			a.ackResults(ds.Acks)
+			if ds.Beat != nil {
+				select {
+				case a.beatAnswer <- *ds.Beat:
+				default:
+				}
+			}
 			if ds.Error != "" {
 				return errors.New(ds.Error)
 			}

@@ -47,14 +47,15 @@ type options struct {
 	ffTimeout  time.Duration
 	ffJitter   time.Duration
 
-	profileDir  string
-	waits       bool
-	statements  bool
-	fullSets    bool
-	ackRequests bool
-	longPoll    bool
-	hbAcks      bool
-	explain     time.Duration
+	profileDir   string
+	waits        bool
+	statements   bool
+	fullSets     bool
+	ackRequests  bool
+	longPoll     bool
+	hbAcks       bool
+	requestBeats bool
+	explain      time.Duration
 }
 
 var opt options
@@ -94,6 +95,7 @@ func main() {
 	flag.BoolVar(&opt.ackRequests, "ack-requests", false, "with -long-poll: agents ack in requests of their own (as before acks rode the next poll), to compare")
 	flag.BoolVar(&opt.longPoll, "long-poll", false, "agents long-poll and ack on the next poll (as before streamed deliveries), to compare")
 	flag.BoolVar(&opt.hbAcks, "heartbeat-acks", false, "agents stream deliveries on a GET and ack only on their heartbeats (as before acks on the stream after a quiet spell), to compare")
+	flag.BoolVar(&opt.requestBeats, "request-beats", false, "agents send their heartbeats in requests of their own, not on their POST streams' bodies (as before beats on the stream), to compare")
 	flag.BoolVar(&opt.statements, "statements", false, "report the statements that took the most Postgres time in each load phase (pg_stat_statements)")
 	flag.DurationVar(&opt.explain, "explain", 0, "log the plans of statements slower than this, nested ones included, to the Postgres log (auto_explain; use with -keep)")
 	flag.BoolVar(&opt.waits, "waits", false, "sample what Postgres backends wait on during the load phases")

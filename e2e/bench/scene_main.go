@@ -406,7 +406,7 @@ func runPlacement(ctx context.Context, sc *scene, label string, workers, per int
 	shares := cpuShares(sc.cm.pid())
 	var reqLat latencies
 	polls0 := sc.polls()
-	stream0, beats0 := sc.ackPaths()
+	stream0, beats0, streamBeats0, allBeats0 := sc.ackPaths()
 	ackRTT.reset()
 	start := time.Now()
 	deadline := start.Add(opt.placeDuration)
@@ -477,10 +477,10 @@ func runPlacement(ctx context.Context, sc *scene, label string, workers, per int
 	span := lastAck.Sub(start)
 	rate := float64(acked) / span.Seconds()
 	polls := sc.polls() - polls0
-	onStream, onBeats := sc.ackPaths()
-	logf("%s: acks sent on streams %d (results after p50 %s, p99 %s, max %s), on heartbeats %d in the phase; last delivery %s after the start",
+	onStream, onBeats, streamBeats, allBeats := sc.ackPaths()
+	logf("%s: acks sent on streams %d (results after p50 %s, p99 %s, max %s), on heartbeats %d in the phase (%d of %d beats on stream bodies); last delivery %s after the start",
 		label, onStream-stream0, ackRTT.p(50).Round(10*time.Microsecond), ackRTT.p(99).Round(10*time.Microsecond), ackRTT.p(100).Round(10*time.Microsecond),
-		onBeats-beats0, sc.lastDelivery().Sub(start).Round(time.Millisecond))
+		onBeats-beats0, streamBeats-streamBeats0, allBeats-allBeats0, sc.lastDelivery().Sub(start).Round(time.Millisecond))
 	if e := lastErr.Load(); e != nil {
 		logf("%s: last error: %s", label, e)
 	}
@@ -495,14 +495,17 @@ func runPlacement(ctx context.Context, sc *scene, label string, workers, per int
 	return placementResult{rate: rate}, nil
 }
 
-// ackPaths is how many acks the agents sent on stream bodies and on
-// heartbeats.
-func (sc *scene) ackPaths() (onStream, onBeats int64) {
+// ackPaths is how many acks the agents sent on stream bodies (lines of
+// their own) and on heartbeats, and how many of their beats went on
+// stream bodies, of how many.
+func (sc *scene) ackPaths() (onStream, onBeats, streamBeats, beats int64) {
 	for _, a := range sc.agents {
 		onStream += a.streamAcks.Load()
 		onBeats += a.beatAcks.Load()
+		streamBeats += a.streamBeats.Load()
+		beats += a.beats.Load()
 	}
-	return onStream, onBeats
+	return onStream, onBeats, streamBeats, beats
 }
 
 // lastDelivery is when an assignment last first reached an agent.
@@ -526,7 +529,10 @@ func deliveryMode() string {
 	if opt.hbAcks {
 		return "streamed deliveries, acks on the heartbeats"
 	}
-	return "streamed deliveries, acks on the heartbeats or after a quiet spell on the stream"
+	if opt.requestBeats {
+		return "streamed deliveries, acks on the heartbeats (requests) or after a quiet spell on the stream"
+	}
+	return "streamed deliveries, beats and their acks on the stream's body, other acks after a quiet spell"
 }
 
 // polls is how many deliveries (long-poll answers or stream lines) the

@@ -3,8 +3,10 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"sync"
+	"time"
 
 	"github.com/callplane/callplane/nodes/agentproto"
 )
@@ -24,30 +26,105 @@ type ackStream struct {
 	mu       sync.Mutex
 	pw       *io.PipeWriter       // the current attempt's body
 	inflight map[int64]pendingAck // sent, by assignment id, until their results come
+	// beats says the current attempt's body takes heartbeats (its call
+	// manager has agentproto.FeatureBeatStream); answered brings their
+	// answers, and gone closes when the attempt's answer is over.
+	beats    bool
+	answered chan agentproto.HeartbeatResponse
+	gone     chan struct{}
 }
 
 func (a *agent) newAckStream() *ackStream {
-	return &ackStream{a: a, stop: make(chan struct{}), inflight: map[int64]pendingAck{}}
+	return &ackStream{a: a, stop: make(chan struct{}), inflight: map[int64]pendingAck{}, answered: make(chan agentproto.HeartbeatResponse, 1)}
 }
 
-// body opens the body of one attempt (a nil stream has none). The acks
-// sent on an earlier attempt without results are queued again: that
-// attempt got no answer.
-func (s *ackStream) body() io.Reader {
+// body opens the body of one attempt (a nil stream has none), which
+// carries heartbeats when beats says so. The acks sent on an earlier
+// attempt without results are queued again: that attempt got no answer.
+func (s *ackStream) body(beats bool) io.Reader {
 	if s == nil {
 		return nil
 	}
 	pr, pw := io.Pipe()
 	s.mu.Lock()
-	old := s.pw
-	s.pw = pw
+	old, oldGone := s.pw, s.gone
+	s.pw, s.beats, s.gone = pw, beats, make(chan struct{})
 	s.mu.Unlock()
 	if old != nil {
 		_ = old.Close()
+		if oldGone != nil {
+			close(oldGone)
+		}
 		s.requeue()
 	}
 	s.writers.Go(func() { s.write(pw) })
 	return pr
+}
+
+// errNoBeat: the heartbeat did not go on the stream, or had no answer
+// there in time; it goes in a request of its own.
+var errNoBeat = errors.New("no heartbeat on the stream")
+
+// beat sends a heartbeat on the current attempt's body, when it takes
+// them, and waits at most timeout for its answer. Without one the
+// attempt is ended (a call manager that does not answer a beat is no
+// stream to wait on) and errNoBeat returned: the caller sends the beat in
+// a request of its own, which also moves to the next call manager when
+// this one is gone.
+func (s *ackStream) beat(timeout time.Duration, req agentproto.HeartbeatRequest) (*agentproto.HeartbeatResponse, error) {
+	if s == nil {
+		return nil, errNoBeat
+	}
+	s.mu.Lock()
+	pw, gone, ok := s.pw, s.gone, s.beats
+	s.mu.Unlock()
+	if !ok || pw == nil {
+		return nil, errNoBeat
+	}
+	select {
+	case <-s.answered: // a late answer to an earlier beat
+	default:
+	}
+	line, err := json.Marshal(agentproto.StreamLine{Beat: &req})
+	if err != nil {
+		return nil, err
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	written := make(chan error, 1)
+	go func() {
+		_, err := pw.Write(append(line, '\n'))
+		written <- err
+	}()
+	select {
+	case err := <-written:
+		if err != nil {
+			return nil, errNoBeat // the body is over: nothing went
+		}
+	case <-t.C:
+		_ = pw.CloseWithError(errNoBeat)
+		return nil, errNoBeat
+	}
+	select {
+	case resp := <-s.answered:
+		return &resp, nil
+	case <-gone:
+	case <-t.C:
+		_ = pw.CloseWithError(errNoBeat)
+	}
+	return nil, errNoBeat
+}
+
+// answer hands a beat's answer, a line of the stream, to the beat waiting
+// for it.
+func (s *ackStream) answer(resp agentproto.HeartbeatResponse) {
+	if s == nil {
+		return
+	}
+	select {
+	case s.answered <- resp:
+	default: // nobody waits: the beat went in a request after all
+	}
 }
 
 // write sends the queued acks on pw until the stream stops or the body
@@ -136,6 +213,12 @@ func (s *ackStream) finish() {
 	}
 	close(s.stop)
 	s.end()
+	s.mu.Lock()
+	if s.gone != nil {
+		close(s.gone)
+		s.gone = nil
+	}
+	s.mu.Unlock()
 	s.writers.Wait()
 	s.requeue()
 }

@@ -427,7 +427,8 @@ func (c *apiClient) stream(ctx context.Context, since func() int64, wait time.Du
 		has, known := c.has(base, agentproto.FeatureAckStream)
 		switch post = acks != nil && has; {
 		case post:
-			method, body = http.MethodPost, acks.body()
+			beats, _ := c.has(base, agentproto.FeatureBeatStream)
+			method, body = http.MethodPost, acks.body(beats)
 		case acks != nil && !known:
 			// A GET while this server has not said whether it takes acks
 			// on the stream: a short one, which answers that too.

@@ -290,6 +290,9 @@ type agent struct {
 	// acks on the stream); streams are a GET, acks on the heartbeats,
 	// until then.
 	noAckStreamUntil time.Time
+	// stream is the POST stream open now, if any: heartbeats go on its
+	// body when its call manager takes them there.
+	stream *ackStream
 	// results runs the handling of the acks' results (a stale epoch runs
 	// the stop hook) off the heartbeat loop.
 	results sync.WaitGroup
@@ -418,7 +421,7 @@ func (a *agent) heartbeatLoop(ctx context.Context) error {
 	failing := false
 	for {
 		req, sent := a.report()
-		resp, err := a.api.heartbeat(ctx, a.heartbeatTimeout(interval), req)
+		resp, err := a.heartbeat(ctx, a.heartbeatTimeout(interval), req)
 		if err != nil {
 			status := statusOf(err)
 			a.unsent(sent, status == http.StatusBadRequest)
@@ -476,6 +479,19 @@ func (a *agent) heartbeatLoop(ctx context.Context) error {
 			return nil
 		}
 	}
+}
+
+// heartbeat sends a beat on the open stream's body, when its call manager
+// takes beats there (a line each way instead of a request), else, or when
+// it had no answer there within half the timeout, in a request of its own.
+func (a *agent) heartbeat(ctx context.Context, timeout time.Duration, req agentproto.HeartbeatRequest) (*agentproto.HeartbeatResponse, error) {
+	a.mu.Lock()
+	s := a.stream
+	a.mu.Unlock()
+	if resp, err := s.beat(timeout/2, req); err == nil {
+		return resp, nil
+	}
+	return a.api.heartbeat(ctx, timeout, req)
 }
 
 // heartbeatTimeout bounds one heartbeat attempt. With several call
@@ -610,6 +626,9 @@ func (a *agent) pollLoop(ctx context.Context) error {
 			if onBody {
 				acks = a.newAckStream()
 			}
+			a.mu.Lock()
+			a.stream = acks
+			a.mu.Unlock()
 			got, streamed := false, false
 			err = a.api.stream(ctx, func() int64 {
 				if delta {
@@ -620,8 +639,11 @@ func (a *agent) pollLoop(ctx context.Context) error {
 				got, streamed = true, s
 				if s && ds.AckLine() {
 					acks.results(ctx, ds.Acks)
+					if ds.Beat != nil {
+						acks.answer(*ds.Beat)
+					}
 					if ds.Error != "" {
-						a.log.Warn("call manager could not read the acks sent on the stream; sending them again", "err", ds.Error)
+						a.log.Warn("call manager ended the stream over what its body carried; sending it again", "err", ds.Error)
 					}
 					return
 				}
@@ -632,6 +654,9 @@ func (a *agent) pollLoop(ctx context.Context) error {
 				}
 				a.queueAcks(pending)
 			})
+			a.mu.Lock()
+			a.stream = nil
+			a.mu.Unlock()
 			acks.finish()
 			if status := statusOf(err); acks != nil && !got && status >= 400 && status < 500 &&
 				status != http.StatusUnauthorized && status != http.StatusForbidden {

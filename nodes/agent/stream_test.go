@@ -9,6 +9,7 @@ import (
 
 	"github.com/callplane/callplane/db/dbtest"
 	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/agent"
 	"github.com/callplane/callplane/server/metrics"
 	"github.com/callplane/callplane/server/servertest"
 )
@@ -107,4 +108,63 @@ func TestRunStreamsDeliveriesAndAcksOnTheStream(t *testing.T) {
 	if strings.Contains(logs.String(), "acked twice") {
 		t.Fatalf("the agent acked an item twice in one batch:\n%s", logs)
 	}
+}
+
+// beatCounts reads metrics.AgentHeartbeats: the heartbeats the call
+// managers of this process received, by how they came.
+func beatCounts(t *testing.T) map[string]float64 {
+	return counters(t, "callplane_agent_heartbeats_total", "via")
+}
+
+// nodeagent sends its heartbeats on its POST stream's body to a call
+// manager that takes them there, and acts on their answers as on a
+// heartbeat request's: a credential an administrator asked to rotate is
+// taken from a beat's answer and used from then on.
+func TestRunBeatsOnTheStream(t *testing.T) {
+	url := dbtest.URL(t)
+	h := &haCluster{a: servertest.Start(t, servertest.Options{DatabaseURL: url, Settings: servertest.NoProbes}), dbURL: url}
+	before := beatCounts(t)
+	stateDir, logs := h.runAgentPolling(t, h.a.URL, time.Minute)
+	h.placeActive(t, "warm-up") // the stream is open
+	waitUntil(t, 30*time.Second, "a beat on the stream", func() bool {
+		return beatCounts(t)["stream"]-before["stream"] >= 1
+	})
+	// From then on the beats go on the stream, answered there: a beat
+	// without its answer in time is sent again in a request.
+	onStream, requests := beatCounts(t)["stream"], agentRequests(t)["POST /api/v1/heartbeat"]
+	waitUntil(t, 30*time.Second, "four more beats on the stream", func() bool {
+		return beatCounts(t)["stream"]-onStream >= 4
+	})
+	if n, m := agentRequests(t)["POST /api/v1/heartbeat"]-requests, beatCounts(t)["stream"]-onStream; 2*n >= m {
+		t.Fatalf("%v heartbeat requests beside %v beats on the stream: the beats had no answer there\n%s", n, m, logs)
+	}
+	if age := h.heartbeatAge(t); age > 10*time.Second {
+		t.Fatalf("the node's last heartbeat is %s old with its beats on the stream", age)
+	}
+
+	old := storedCredential(t, stateDir)
+	if err := h.a.Nodes().RequestRotation(context.Background(), nodes.Actor{Name: "test"}, "m1"); err != nil {
+		t.Fatal(err)
+	}
+	atRotation := beatCounts(t)
+	waitUntil(t, 30*time.Second, "the rotated credential stored", func() bool {
+		return storedCredential(t, stateDir) != old
+	})
+	if beatCounts(t)["stream"] == atRotation["stream"] {
+		t.Fatalf("the credential was rotated without a beat on the stream (beats %v)\n%s", beatCounts(t), logs)
+	}
+	if !strings.Contains(logs.String(), "node credential rotated") {
+		t.Fatalf("the agent did not log the rotation:\n%s", logs)
+	}
+	// The new credential works: the next item goes active.
+	h.placeActive(t, "after-rotation")
+}
+
+func storedCredential(t *testing.T, dir string) string {
+	t.Helper()
+	st, err := agent.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Credential
 }

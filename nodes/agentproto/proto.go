@@ -44,6 +44,12 @@ const (
 	// their own (an AckLine). When its wait is over the call manager says
 	// End; the agent then ends its body, and the answer ends once the
 	// acks already sent have their results.
+	//
+	// With FeatureBeatStream the body also carries the agent's heartbeats
+	// (a StreamLine with Beat, the body of a heartbeat request), and each
+	// beat's answer comes back as a line (DesiredSet.Beat, the body of a
+	// heartbeat answer): a thousand agents' beats then cost the call
+	// manager a line read and a line written each, not a request.
 	QueryStream = "stream"
 )
 
@@ -57,6 +63,9 @@ const FeaturesHeader = "Callplane-Features"
 
 // FeatureAckStream: POST streams carry acks (QueryStream).
 const FeatureAckStream = "ack-stream"
+
+// FeatureBeatStream: POST streams carry heartbeats too (StreamLine.Beat).
+const FeatureBeatStream = "beat-stream"
 
 // HasFeature reports whether a FeaturesHeader value lists feature.
 func HasFeature(header, feature string) bool {
@@ -232,13 +241,16 @@ type DesiredSet struct {
 	// the results of acks already on their way: the agent ends its body
 	// (sends no more acks on this stream) and reads on to the end.
 	End bool `json:"end,omitempty"`
+	// Beat, on a POST stream only, answers a heartbeat the agent sent on
+	// the stream's body (StreamLine.Beat), as a heartbeat request's answer.
+	Beat *HeartbeatResponse `json:"beat,omitempty"`
 }
 
-// AckLine says whether a line of a POST stream is about acks, not a
-// delivery: their results (Acks), an Error, or the End. Its Version is
-// the last delivered.
+// AckLine says whether a line of a POST stream answers the agent's body,
+// not a delivery: results of acks (Acks), a beat's answer (Beat), an
+// Error, or the End. Its Version is the last delivered.
 func (ds DesiredSet) AckLine() bool {
-	return (len(ds.Acks) > 0 || ds.Error != "" || ds.End) && len(ds.Assignments) == 0 && len(ds.Removed) == 0
+	return (len(ds.Acks) > 0 || ds.Beat != nil || ds.Error != "" || ds.End) && len(ds.Assignments) == 0 && len(ds.Removed) == 0
 }
 
 // Apply merges a delivery into the set an agent holds (id → assignment):
@@ -277,6 +289,16 @@ type Ack struct {
 // long-poll (AssignmentsPath), which records the acks before it polls.
 type AckBatchRequest struct {
 	Acks []Ack `json:"acks"`
+}
+
+// StreamLine is one line of a POST stream's body (QueryStream): acks the
+// agent owes, as AckBatchRequest, or, to a call manager with
+// FeatureBeatStream, a heartbeat, as the body of POST HeartbeatPath
+// (its acks inside it). The call manager answers a beat with a line
+// whose Beat is the heartbeat's answer.
+type StreamLine struct {
+	Acks []Ack             `json:"acks,omitempty"`
+	Beat *HeartbeatRequest `json:"beat,omitempty"`
 }
 
 // AckResult is the answer for one ack of a batch: ok, or the error and

@@ -95,6 +95,13 @@ var (
 		Help: "Assignment acks received from agents, by how they came (stream, heartbeat, poll, batch, single).",
 	}, []string{"via"}))
 
+	// AgentHeartbeats counts the heartbeats agents sent, by the way they
+	// came: a request of its own, or a line of a POST stream.
+	AgentHeartbeats = register(prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "agent_heartbeats_total",
+		Help: "Heartbeats received from agents, by how they came (request, stream).",
+	}, []string{"via"}))
+
 	// LongPollWaiters is the number of agent long-polls waiting now.
 	LongPollWaiters = register(prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: Namespace, Name: "longpoll_waiters",

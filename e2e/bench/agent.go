@@ -292,6 +292,11 @@ func (a *simAgent) stream(ctx context.Context, since *int64, held *map[int64]age
 		var pr *io.PipeReader
 		pr, pw = io.Pipe()
 		method, body = http.MethodPost, pr
+		// Like nodeagent: the body ends with the request, or Go's
+		// transport would wait for it before giving up on the request.
+		rctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		context.AfterFunc(rctx, func() { _ = pr.CloseWithError(context.Cause(rctx)) })
 	}
 	req, err := http.NewRequestWithContext(ctx, method, a.base+agentproto.Prefix+agentproto.StreamPath(*since, agentproto.DefaultPollWait), body)
 	if err != nil {

@@ -234,6 +234,13 @@ func (c *apiClient) once(ctx context.Context, perTry time.Duration, switched <-c
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
+	if pr, ok := stream.(*io.PipeReader); ok {
+		// Go's transport waits for a request body's copy to end before it
+		// gives up on the request, and this body ends only when the agent
+		// ends it: so it ends with the try (timed out, moved to another
+		// server, shut down, or answered).
+		context.AfterFunc(tctx, func() { _ = pr.CloseWithError(context.Cause(tctx)) })
+	}
 	req, err := http.NewRequestWithContext(tctx, method, base+path, rd)
 	if err != nil {
 		return fmt.Errorf("build request: %w", err)

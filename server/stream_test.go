@@ -76,6 +76,33 @@ func nextLine(t *testing.T, lines <-chan map[string]any, within time.Duration, w
 	return nil
 }
 
+// openPostStream opens a POST stream from version 0, open at most wait,
+// and returns its lines and its body (ended when the test ends).
+func openPostStream(t *testing.T, in *servertest.Instance, cred string, wait time.Duration) (<-chan map[string]any, *io.PipeWriter) {
+	t.Helper()
+	pr, pw := io.Pipe()
+	t.Cleanup(func() { pw.Close() })
+	lines, ct := streamLinesWith(t, in, "POST", fmt.Sprintf("/api/v1/assignments?since=0&wait=%s&delta=1&stream=1", wait), cred, pr, 2*wait)
+	if got := <-ct; got != "200 application/x-ndjson" {
+		t.Fatalf("POST stream answer: %s", got)
+	}
+	return lines, pw
+}
+
+// streamEnds fails unless the stream ends, with no further line, within
+// the given time.
+func streamEnds(t *testing.T, lines <-chan map[string]any, within time.Duration, what string) {
+	t.Helper()
+	select {
+	case m, ok := <-lines:
+		if ok {
+			t.Fatalf("the stream went on (%s): %v", what, m)
+		}
+	case <-time.After(within):
+		t.Fatalf("the stream did not end (%s) within %s", what, within)
+	}
+}
+
 func refs(m map[string]any) []string {
 	var out []string
 	as, _ := m["assignments"].([]any)
@@ -120,14 +147,7 @@ func TestStreamDeliversEveryChangeOnOneRequest(t *testing.T) {
 	if got := <-ct; !strings.HasPrefix(got, "200 ") {
 		t.Fatalf("short stream: %s", got)
 	}
-	select {
-	case m, ok := <-short:
-		if ok {
-			t.Fatalf("a stream with nothing new sent %v", m)
-		}
-	case <-time.After(wait / 2):
-		t.Fatal("a stream asked to wait 1s was still open after 30s")
-	}
+	streamEnds(t, short, wait/2, "with nothing new, at its wait of 1s")
 
 	// Its parameter is a boolean.
 	if r, _ := api(t, in, "GET", "/api/v1/assignments?since=0&stream=yes", cred, nil); r.StatusCode != 400 || !strings.Contains(string(r.Body), "stream") {
@@ -220,12 +240,7 @@ func TestPostStreamCarriesAcksBothWays(t *testing.T) {
 	cred := enrol(t, in, "m1")
 	acks, version := placeForAcks(t, in, cred, "d", 2)
 	const wait = 60 * time.Second
-	pr, pw := io.Pipe()
-	defer pw.Close()
-	lines, ct := streamLinesWith(t, in, "POST", fmt.Sprintf("/api/v1/assignments?since=0&wait=%s&delta=1&stream=1", wait), cred, pr, 2*wait)
-	if got := <-ct; got != "200 application/x-ndjson" {
-		t.Fatalf("POST stream answer: %s", got)
-	}
+	lines, pw := openPostStream(t, in, cred, wait)
 	if first := nextLine(t, lines, wait/2, "the whole set"); len(refs(first)) != 2 {
 		t.Fatalf("first line = %v, want the whole set of two", first)
 	}
@@ -296,14 +311,7 @@ func TestPostStreamCarriesAcksBothWays(t *testing.T) {
 	if e, _ := m["error"].(string); !strings.Contains(e, "acks: line") {
 		t.Fatalf("a line that is not JSON: %v, want an error naming the acks line", m)
 	}
-	select {
-	case m, ok := <-lines:
-		if ok {
-			t.Fatalf("the stream went on after its error line: %v", m)
-		}
-	case <-time.After(wait / 2):
-		t.Fatal("the stream did not end after its error line")
-	}
+	streamEnds(t, lines, wait/2, "after its error line")
 
 	// A line over the limit, or with a NUL byte, is named and ends its stream.
 	for name, line := range map[string]string{
@@ -440,12 +448,7 @@ func TestPostStreamCarriesBeats(t *testing.T) {
 		t.Fatalf("features %q, want beat-stream listed", f)
 	}
 	const wait = 60 * time.Second
-	pr, pw := io.Pipe()
-	defer pw.Close()
-	lines, ct := streamLinesWith(t, in, "POST", fmt.Sprintf("/api/v1/assignments?since=0&wait=%s&delta=1&stream=1", wait), cred, pr, 2*wait)
-	if got := <-ct; got != "200 application/x-ndjson" {
-		t.Fatalf("POST stream answer: %s", got)
-	}
+	lines, pw := openPostStream(t, in, cred, wait)
 	nextLine(t, lines, wait/2, "the whole set")
 	line := 0
 	beat := func(what string, b map[string]any) map[string]any {
@@ -529,12 +532,5 @@ func TestPostStreamCarriesBeats(t *testing.T) {
 	if e, _ := m["error"].(string); !strings.Contains(e, fmt.Sprintf("beat: line %d", line)) {
 		t.Fatalf("a beat with a revoked credential: %v, want an error naming the beat's line", m)
 	}
-	select {
-	case m, ok := <-lines:
-		if ok {
-			t.Fatalf("the stream went on after its error line: %v", m)
-		}
-	case <-time.After(wait / 2):
-		t.Fatal("the stream did not end after its error line")
-	}
+	streamEnds(t, lines, wait/2, "after its error line")
 }

@@ -280,3 +280,40 @@ func TestDeltaDeliveriesUnderConcurrentChanges(t *testing.T) {
 		}
 	}
 }
+
+// A batch placement writes one history row per item, placed or not, as
+// the history trigger writes for any other insert: the node's name and,
+// for a placed item, the version its node was moved to; an unplaced item
+// has neither. One version per placement, and each node's version is it.
+// Work inserted by any other statement still gets its row from the
+// trigger.
+func TestPlacementWritesOneHistoryRowPerItem(t *testing.T) {
+	e := setup(t)
+	e.node("m1", nodes.KindMedia, 3, 1)
+	e.node("m2", nodes.KindMedia, 3, 1)
+	items := make([]nodes.WorkInput, 8) // room for six
+	for i := range items {
+		items[i] = nodes.WorkInput{Kind: nodes.WorkCall, Ref: fmt.Sprintf("h%d", i), Cost: 1}
+	}
+	if _, err := e.svc.PlaceWorkBatch(e.ctx, actor, items); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.count("SELECT count(*) FROM work w WHERE ref LIKE 'h%' AND (SELECT count(*) FROM work_history h WHERE h.work_id = w.id) <> 1"); n != 0 {
+		t.Fatalf("%d placed items without exactly one history row", n)
+	}
+	if n := e.count(`SELECT count(*) FROM work w JOIN work_history h ON h.work_id = w.id JOIN nodes n ON n.id = w.node_id
+		WHERE w.ref LIKE 'h%' AND h.node_id = n.id AND h.node_name = n.name AND h.version = n.assign_version AND h.state = 'assigned' AND h.epoch = w.epoch`); n != 6 {
+		t.Fatalf("%d of 6 placed items have a history row naming their node at its version", n)
+	}
+	if n := e.count(`SELECT count(*) FROM work w JOIN work_history h ON h.work_id = w.id
+		WHERE w.ref LIKE 'h%' AND w.state = 'unplaced' AND h.node_id IS NULL AND h.node_name = '' AND h.version IS NULL`); n != 2 {
+		t.Fatalf("%d of 2 unplaced items have a history row without node or version", n)
+	}
+	if n := e.count("SELECT count(DISTINCT version) FROM work_history h JOIN work w ON w.id = h.work_id WHERE w.ref LIKE 'h%' AND h.version IS NOT NULL"); n != 1 {
+		t.Fatalf("one placement stamped %d versions, want 1", n)
+	}
+	e.exec("INSERT INTO work (ref, kind, cost, state, node_id) VALUES ('raw', 'call', 1, 'unplaced', NULL)")
+	if n := e.count("SELECT count(*) FROM work_history h JOIN work w ON w.id = h.work_id WHERE w.ref = 'raw'"); n != 1 {
+		t.Fatalf("work inserted outside a placement has %d history rows, want the trigger's 1", n)
+	}
+}

@@ -519,6 +519,28 @@ func TestPostStreamCarriesBeats(t *testing.T) {
 		t.Fatalf("a heartbeat with the rotated credential: %d", r.StatusCode)
 	}
 
+	// A version with a NUL byte, invalid UTF-8 and a negative load: the
+	// beat counts, what is kept of it is clean.
+	line++
+	if _, err := pw.Write([]byte("{\"beat\": {\"load\": -5, \"version\": \"v\\u0000x\xff\"}}\n")); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		m := nextLine(t, lines, wait/2, "a hostile beat's answer")
+		if m["beat"] != nil {
+			break
+		}
+		if m["error"] != nil {
+			t.Fatalf("a beat with a NUL byte and invalid UTF-8 in its version ended the stream: %v", m)
+		}
+	}
+	waitFor(t, "the hostile beat recorded clean", func() bool {
+		var load int
+		var version string
+		_ = in.Pool().QueryRow(context.Background(), "SELECT reported_load, agent_version FROM nodes WHERE name = 'm1'").Scan(&load, &version)
+		return load == 0 && version == "vx\uFFFD"
+	})
+
 	// The credential the stream opened with is revoked behind its back.
 	if _, err := in.Pool().Exec(context.Background(), "DELETE FROM node_credentials WHERE node_id = (SELECT id FROM nodes WHERE name = 'm1')"); err != nil {
 		t.Fatal(err)

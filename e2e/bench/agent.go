@@ -127,8 +127,10 @@ type simAgent struct {
 	kick chan struct{}                   // acks are owed
 	// inflight are acks sent on the stream, by id, until their results come.
 	inflight map[int64]inflightAck
-	// lastOwed is when a delivery last owed acks.
+	// lastOwed is when a delivery last owed acks; ackHeld says they are
+	// held for the next heartbeat, -ack-hold at most.
 	lastOwed time.Time
+	ackHeld  bool
 	// runningChanged makes the next heartbeat carry the running set.
 	runningChanged bool
 	// beatBody is the open POST stream's body, which carries the beats
@@ -389,9 +391,11 @@ func (a *simAgent) stream(ctx context.Context, since *int64, held *map[int64]age
 			default:
 			}
 		} else if a.ack {
-			// Like nodeagent: the acks ride the next heartbeat, or go at
-			// once on the stream after a quiet spell (the last delivery
-			// that owed acks came a heartbeat interval ago or more).
+			// Like nodeagent: the acks go at once on the stream after a
+			// quiet spell (the last delivery that owed acks came a
+			// heartbeat interval ago or more), else ride the next
+			// heartbeat if it comes within the hold, or go on the stream
+			// then (-ack-hold 0: they always wait for the heartbeat).
 			a.mu.Lock()
 			owes := false
 			for _, as := range fresh {
@@ -401,17 +405,32 @@ func (a *simAgent) stream(ctx context.Context, since *int64, held *map[int64]age
 				}
 			}
 			quiet := owes && time.Since(a.lastOwed) >= agentproto.HeartbeatInterval
+			hold := owes && !quiet && !a.ackHeld && opt.ackHold > 0
 			if owes {
 				a.lastOwed = time.Now()
 			}
+			a.ackHeld = a.ackHeld || hold
 			a.mu.Unlock()
 			if duplex && quiet {
-				select {
-				case a.kick <- struct{}{}:
-				default:
-				}
+				a.kickAcks()
+			}
+			if duplex && hold {
+				time.AfterFunc(opt.ackHold, func() {
+					a.mu.Lock()
+					a.ackHeld = false
+					a.mu.Unlock()
+					a.kickAcks()
+				})
 			}
 		}
+	}
+}
+
+// kickAcks tells the stream's body that acks are owed.
+func (a *simAgent) kickAcks() {
+	select {
+	case a.kick <- struct{}{}:
+	default:
 	}
 }
 

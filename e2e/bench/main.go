@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/callplane/callplane/db/localpg"
+	"github.com/callplane/callplane/nodes/agentproto"
 )
 
 type options struct {
@@ -55,6 +56,7 @@ type options struct {
 	longPoll     bool
 	hbAcks       bool
 	requestBeats bool
+	ackHold      time.Duration
 	explain      time.Duration
 }
 
@@ -96,6 +98,7 @@ func main() {
 	flag.BoolVar(&opt.longPoll, "long-poll", false, "agents long-poll and ack on the next poll (as before streamed deliveries), to compare")
 	flag.BoolVar(&opt.hbAcks, "heartbeat-acks", false, "agents stream deliveries on a GET and ack only on their heartbeats (as before acks on the stream after a quiet spell), to compare")
 	flag.BoolVar(&opt.requestBeats, "request-beats", false, "agents send their heartbeats in requests of their own, not on their POST streams' bodies (as before beats on the stream), to compare")
+	flag.DurationVar(&opt.ackHold, "ack-hold", agentproto.AckHold, "the longest a busy agent's acks wait for its next heartbeat before going on the stream (0: always wait for it, as before the hold), to compare")
 	flag.BoolVar(&opt.statements, "statements", false, "report the statements that took the most Postgres time in each load phase (pg_stat_statements)")
 	flag.DurationVar(&opt.explain, "explain", 0, "log the plans of statements slower than this, nested ones included, to the Postgres log (auto_explain; use with -keep)")
 	flag.BoolVar(&opt.waits, "waits", false, "sample what Postgres backends wait on during the load phases")

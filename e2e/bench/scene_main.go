@@ -532,7 +532,10 @@ func deliveryMode() string {
 	if opt.requestBeats {
 		return "streamed deliveries, acks on the heartbeats (requests) or after a quiet spell on the stream"
 	}
-	return "streamed deliveries, beats and their acks on the stream's body, other acks after a quiet spell"
+	if opt.ackHold <= 0 {
+		return "streamed deliveries, beats and their acks on the stream's body, other acks after a quiet spell"
+	}
+	return fmt.Sprintf("streamed deliveries, beats and their acks on the stream's body, acks held %v at most", opt.ackHold)
 }
 
 // polls is how many deliveries (long-poll answers or stream lines) the

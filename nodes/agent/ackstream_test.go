@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/callplane/callplane/nodes/agentproto"
 )
 
 // A call manager that takes a POST stream's request and never answers it
@@ -36,5 +38,35 @@ func TestStreamTryEndsWhileItsBodyIsOpen(t *testing.T) {
 		}
 	case <-time.After(time.Minute):
 		t.Fatal("a try of a stream with an open body did not end at its timeout (1 s) within a minute")
+	}
+}
+
+// A busy node's acks (a delivery that owes some less than a heartbeat
+// interval after the last) wait for the next beat, but not longer than
+// agentproto.AckHold: then the stream's body is told to send them. A
+// quiet node's are due at once.
+func TestBusyAcksAreHeldNoLongerThanTheHold(t *testing.T) {
+	a := &agent{acksDue: make(chan struct{}, 1)}
+	ack := func(id int64) []pendingAck {
+		return []pendingAck{{d: agentproto.Assignment{ID: id, Epoch: 1}, state: agentproto.StateActive}}
+	}
+	a.queueAcks(ack(1))
+	select {
+	case <-a.acksDue:
+	default:
+		t.Fatal("the first delivery's ack (after a quiet spell) is not due at once")
+	}
+	a.queueAcks(ack(2)) // busy: held for the beat
+	a.queueAcks(ack(3)) // one hold covers both
+	select {
+	case <-a.acksDue:
+	case <-time.After(time.Minute):
+		t.Fatalf("a busy node's acks were held a minute, not %v at most", agentproto.AckHold)
+	}
+	a.mu.Lock()
+	n := len(a.streamedAcks)
+	a.mu.Unlock()
+	if n != 3 {
+		t.Fatalf("%d acks queued, want the 3 (nothing took them)", n)
 	}
 }

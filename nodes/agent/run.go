@@ -113,9 +113,10 @@ func (o RunOptions) withDefaults() RunOptions {
 // its epoch, one that left the set runs the stop hook, and one unchanged
 // is left alone, so a duplicate delivery changes nothing. The acks of a
 // streamed delivery ride the next heartbeat, answered with their results,
-// when deliveries come more often than heartbeats; a delivery after a
-// quiet spell is acked at once on the stream's body (a POST, answered on
-// the stream), so a quiet node's work turns active as soon as its start
+// when deliveries come more often than heartbeats and the beat is due
+// within agentproto.AckHold, else they go on the stream's body (a POST,
+// answered on the stream) then; a delivery after a quiet spell is acked
+// there at once, so a quiet node's work turns active as soon as its start
 // hook has run (see queueAcks).
 //
 // A call manager that does not say it takes acks on the stream
@@ -283,9 +284,11 @@ type agent struct {
 	streamedAcks, refusedAcks []pendingAck
 	acksDue                   chan struct{}
 	// lastOwed is when a delivery last owed acks; beatEvery the heartbeat
-	// interval the server asks for.
+	// interval the server asks for; ackHeld says a busy node's acks are
+	// held for agentproto.AckHold at most.
 	lastOwed  time.Time
 	beatEvery time.Duration
+	ackHeld   bool
 	// noAckStreamUntil: the server refused a POST stream (older than
 	// acks on the stream); streams are a GET, acks on the heartbeats,
 	// until then.
@@ -356,10 +359,12 @@ func (a *agent) unsent(sent []pendingAck, refused bool) {
 	a.streamedAcks = nil
 }
 
-// queueAcks queues the acks a streamed delivery owes. They ride the next
-// heartbeat, which the agent sends anyway, when deliveries come often
-// (the last that owed acks came less than a heartbeat interval ago): a
-// busy node's acks then cost no request or line of their own. A quiet
+// queueAcks queues the acks a streamed delivery owes. When deliveries
+// come often (the last that owed acks came less than a heartbeat interval
+// ago) they ride the next heartbeat, which the agent sends anyway, if it
+// comes within agentproto.AckHold, else they go on the stream's body then,
+// with every ack owed by that time: a busy node's acks cost a few lines a
+// second at most, and its work turns active within AckHold. A quiet
 // node's go at once on the stream's body, when it carries acks, so its
 // work turns active without waiting for the beat.
 //
@@ -374,8 +379,19 @@ func (a *agent) queueAcks(pending []pendingAck) {
 		return
 	}
 	now := time.Now()
-	if now.Sub(a.lastOwed) >= cmp.Or(a.beatEvery, agentproto.HeartbeatInterval) {
+	switch {
+	case now.Sub(a.lastOwed) >= cmp.Or(a.beatEvery, agentproto.HeartbeatInterval):
 		a.ackDue()
+	case !a.ackHeld:
+		// Busy: the acks wait for the next beat, agentproto.AckHold at
+		// most, then go on the stream with whatever else is owed by then.
+		a.ackHeld = true
+		time.AfterFunc(agentproto.AckHold, func() {
+			a.mu.Lock()
+			a.ackHeld = false
+			a.mu.Unlock()
+			a.ackDue()
+		})
 	}
 	a.lastOwed = now
 }

@@ -124,6 +124,13 @@ const (
 	ReconcileEvery = 5 * time.Second
 	// MaxAckBatch bounds the acks of one batch request.
 	MaxAckBatch = 1000
+	// AckHold is the longest a busy node's acks wait to ride a heartbeat:
+	// acks a streamed delivery owes go with the next beat when it comes
+	// within this time, else on their own line of the stream's body, so
+	// work turns active this soon after its start hook has run while a
+	// node taking work several times a second still sends a few ack lines
+	// a second at most, each carrying every ack owed by then.
+	AckHold = 250 * time.Millisecond
 )
 
 // Assignment states an agent sees in its desired set and acks.

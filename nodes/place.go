@@ -2,12 +2,13 @@ package nodes
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"maps"
 	"regexp"
 	"slices"
 	"strings"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/dbsqlc"
@@ -152,11 +153,12 @@ type unitOutcome struct {
 
 // placeNew places units under the retry policy, in one transaction, and
 // returns an outcome per unit and the nodes whose assignments changed,
-// for notifyCommitted, unless it has notified them (notified). A ref that
-// already exists, or that an earlier unit of the group places, fails a
-// strict unit whole (DuplicateRefsError) and a single item with
-// ErrConflict; the other units are placed.
-func (s *Service) placeNew(ctx context.Context, units []placeUnit) (out []unitOutcome, touched []int64, notified bool, err error) {
+// for notifyCommitted. A ref that already exists, or that an earlier unit
+// of the group places, fails a strict unit whole (DuplicateRefsError) and
+// a single item with ErrConflict; the other units are placed.
+func (s *Service) placeNew(ctx context.Context, units []placeUnit) ([]unitOutcome, []int64, error) {
+	var out []unitOutcome
+	var touched []int64
 	n := 0
 	for _, u := range units {
 		n += len(u.reqs)
@@ -164,17 +166,17 @@ func (s *Service) placeNew(ctx context.Context, units []placeUnit) (out []unitOu
 	// taken collects the refs an attempt found in the database; the next
 	// attempt leaves out the units that name them.
 	taken := map[string]bool{}
-	err = db.Retry(ctx, func(attempt int) error {
-		return db.InPipe(ctx, s.pool, func(p *db.Pipe) error {
+	err := db.Retry(ctx, func(attempt int) error {
+		return db.InTx(ctx, s.pool, func(tx pgx.Tx) error {
 			var err error
-			out, touched, notified, err = s.placeNewTx(ctx, p, units, taken, attempt)
+			out, touched, err = s.placeNewTx(ctx, tx, units, taken, attempt)
 			return err
 		})
 	})
 	if err != nil && db.Retryable(err) {
-		return nil, nil, false, fmt.Errorf("place %d work items: nodes too busy: %w", n, err)
+		return nil, nil, fmt.Errorf("place %d work items: nodes too busy: %w", n, err)
 	}
-	return out, touched, notified, err
+	return out, touched, err
 }
 
 // placeNewTx is one attempt of placeNew, two statements: the first takes
@@ -184,15 +186,9 @@ func (s *Service) placeNew(ctx context.Context, units []placeUnit) (out []unitOu
 // locks the chosen nodes in id order, checks the plan against their
 // latest state (a serialization failure, run again, when it no longer
 // holds), inserts the work rows and adds to the used counters. A ref that
-// turns out to exist already fails the second whole: it is added to taken
-// and the attempt rolled back, so the next one leaves its unit out.
-//
-// Each statement is one round trip with the transaction's BEGIN or
-// COMMIT: when every item has a node, the second is the last, and the
-// notification of the nodes goes after its COMMIT in the same round trip
-// (notified). Placement groups run one after another, so each round
-// trip less is a shorter wait for every caller queued behind.
-func (s *Service) placeNewTx(ctx context.Context, p *db.Pipe, units []placeUnit, taken map[string]bool, attempt int) ([]unitOutcome, []int64, bool, error) {
+// turns out to exist already is added to taken and the attempt rolled
+// back, so the next one leaves its unit out.
+func (s *Service) placeNewTx(ctx context.Context, tx pgx.Tx, units []placeUnit, taken map[string]bool, attempt int) ([]unitOutcome, []int64, error) {
 	// Which units go ahead: a ref taken, or placed by an earlier unit of
 	// the group, fails its unit as it would one placement after another.
 	res := make([]unitOutcome, len(units))
@@ -222,7 +218,7 @@ func (s *Service) placeNewTx(ctx context.Context, p *db.Pipe, units []placeUnit,
 		}
 	}
 	if len(reqs) == 0 {
-		return res, nil, false, nil
+		return res, nil, nil
 	}
 	var nodeKinds []string
 	for _, r := range reqs {
@@ -231,63 +227,51 @@ func (s *Service) placeNewTx(ctx context.Context, p *db.Pipe, units []placeUnit,
 			nodeKinds = append(nodeKinds, nk)
 		}
 	}
-	rows, err := s.q.NodePlacementCandidates(ctx, p, nodeKinds)
+	rows, err := s.q.NodePlacementCandidates(ctx, tx, nodeKinds)
 	if err != nil {
-		return nil, nil, false, err
+		return nil, nil, err
 	}
 	cands, names := candidatesByKind(rows)
 	dest := planByKind(reqs, cands)
 
-	params := dbsqlc.WorkPlaceParams{
+	p := dbsqlc.WorkPlaceParams{
 		Refs: make([]string, len(reqs)), Kinds: make([]string, len(reqs)),
 		Costs: make([]int32, len(reqs)), NodeIds: dest,
 	}
-	var touched []int64
 	for i, r := range reqs {
-		params.Refs[i], params.Kinds[i], params.Costs[i] = r.in.Ref, r.in.Kind, int32(r.in.Cost)
-		if dest[i] != 0 && !slices.Contains(touched, dest[i]) {
-			touched = append(touched, dest[i])
-		}
+		p.Refs[i], p.Kinds[i], p.Costs[i] = r.in.Ref, r.in.Kind, int32(r.in.Cost)
 	}
-	// Unplaced items are written up after the placing statement, which
-	// is then not the last.
-	last := !slices.Contains(dest, 0)
-	if last {
-		notify := dbsqlc.NotifyAsyncParams{Channel: AssignChannel, Payload: notifyPayload(touched)}
-		if err := p.CommitWithNext(func(q db.DBTX) error { return s.q.NotifyAsync(ctx, q, notify) }); err != nil {
-			return nil, nil, false, err
-		}
-	}
-	inserted, err := s.q.WorkPlace(ctx, p, params)
-	if errors.Is(db.Translate(err), db.ErrConflict) {
-		// A ref exists: which ones, read apart from this failed attempt.
-		refs, err := s.q.WorkRefsTaken(ctx, s.pool, params.Refs)
-		if err != nil {
-			return nil, nil, false, err
-		}
-		for _, ref := range refs {
-			taken[ref] = true
-		}
-		return nil, nil, false, db.ErrRetry
-	}
+	inserted, err := s.q.WorkPlace(ctx, tx, p)
 	if err != nil {
-		return nil, nil, false, err
+		return nil, nil, err
 	}
 	byRef := make(map[string]dbsqlc.WorkPlaceRow, len(inserted))
 	for _, r := range inserted {
 		byRef[r.Ref] = r
 	}
+	if len(inserted) != len(reqs) {
+		for _, r := range reqs {
+			if _, ok := byRef[r.in.Ref]; !ok {
+				taken[r.in.Ref] = true
+			}
+		}
+		return nil, nil, db.ErrRetry
+	}
 	out := make([]placeOutcome, len(reqs))
+	var touched []int64
 	for i, r := range reqs {
 		row := byRef[r.in.Ref]
 		out[i].p = Placement{ID: row.ID, Ref: r.in.Ref, Kind: r.in.Kind, Cost: int32(r.in.Cost), State: row.State,
 			Node: names[dest[i]], NodeID: dest[i], Epoch: row.Epoch, Attempts: attempt}
 		res[at[i][0]].out[at[i][1]] = out[i]
+		if dest[i] != 0 && !slices.Contains(touched, dest[i]) {
+			touched = append(touched, dest[i])
+		}
 	}
-	if err := s.recordUnplaced(ctx, p, reqs, out, attempt); err != nil {
-		return nil, nil, false, err
+	if err := s.recordUnplaced(ctx, tx, reqs, out, attempt); err != nil {
+		return nil, nil, err
 	}
-	return res, touched, last, nil
+	return res, touched, nil
 }
 
 // candidatesByKind groups candidate rows by node kind and names them.
@@ -328,7 +312,7 @@ func planByKind(reqs []placeReq, cands map[string][]Candidate) []int64 {
 // since the plan was read (work ended, a node came up), it asks for the
 // transaction to run again (db.ErrRetry) rather than leave work waiting
 // needlessly, while attempts remain.
-func (s *Service) recordUnplaced(ctx context.Context, tx dbsqlc.DBTX, reqs []placeReq, out []placeOutcome, attempt int) error {
+func (s *Service) recordUnplaced(ctx context.Context, tx pgx.Tx, reqs []placeReq, out []placeOutcome, attempt int) error {
 	type group struct {
 		kind  string
 		actor string
@@ -414,7 +398,7 @@ func newPlacer(s *Service) *groupCommit[placeUnit, unitOutcome] {
 		maxItems: maxGroupItems,
 		size:     func(u placeUnit) int { return len(u.reqs) },
 		run: func(ctx context.Context, units []placeUnit) []unitOutcome {
-			out, touched, notified, err := s.placeNew(ctx, units)
+			out, touched, err := s.placeNew(ctx, units)
 			if err != nil {
 				out = make([]unitOutcome, len(units))
 				for i := range out {
@@ -422,9 +406,7 @@ func newPlacer(s *Service) *groupCommit[placeUnit, unitOutcome] {
 				}
 				return out
 			}
-			if !notified {
-				s.notifyCommitted(ctx, touched...)
-			}
+			s.notifyCommitted(ctx, touched...)
 			return out
 		},
 	}

@@ -762,10 +762,9 @@ type WorkPlaceRow struct {
 }
 
 // WorkPlace writes a placement plan in one statement: it locks and
-// checks the chosen nodes, inserts the work rows and their history and
-// adds to the nodes' used counters, or fails whole with a unique
-// violation when a ref exists (migrations/00009_placement_statements.sql,
-// 00018, 00019).
+// checks the chosen nodes, inserts the work rows (skipping refs that
+// exist) and adds to the nodes' used counters
+// (migrations/00009_placement_statements.sql).
 func (q *Queries) WorkPlace(ctx context.Context, db DBTX, arg WorkPlaceParams) ([]WorkPlaceRow, error) {
 	rows, err := db.Query(ctx, workPlace,
 		arg.Refs,
@@ -821,31 +820,6 @@ func (q *Queries) WorkPruneEnded(ctx context.Context, db DBTX, arg WorkPruneEnde
 	var count int64
 	err := row.Scan(&count)
 	return count, err
-}
-
-const workRefsTaken = `-- name: WorkRefsTaken :many
-SELECT ref FROM work WHERE ref = ANY($1::text[])
-`
-
-// WorkRefsTaken lists which of the refs name work that exists.
-func (q *Queries) WorkRefsTaken(ctx context.Context, db DBTX, refs []string) ([]string, error) {
-	rows, err := db.Query(ctx, workRefsTaken, refs)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	items := []string{}
-	for rows.Next() {
-		var ref string
-		if err := rows.Scan(&ref); err != nil {
-			return nil, err
-		}
-		items = append(items, ref)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
 }
 
 const workSetLastError = `-- name: WorkSetLastError :exec

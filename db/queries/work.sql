@@ -164,17 +164,12 @@ FROM work_failures f JOIN work w ON w.id = f.work_id
 WHERE f.node_id = @node_id ORDER BY f.last_at DESC LIMIT @lim;
 
 -- WorkPlace writes a placement plan in one statement: it locks and
--- checks the chosen nodes, inserts the work rows and their history and
--- adds to the nodes' used counters, or fails whole with a unique
--- violation when a ref exists (migrations/00009_placement_statements.sql,
--- 00018, 00019).
+-- checks the chosen nodes, inserts the work rows (skipping refs that
+-- exist) and adds to the nodes' used counters
+-- (migrations/00009_placement_statements.sql).
 -- name: WorkPlace :many
 SELECT p.id::bigint AS id, p.ref::text AS ref, p.state::text AS state, p.epoch::bigint AS epoch
 FROM work_place(@refs::text[], @kinds::text[], @costs::int[], @node_ids::bigint[]) p;
-
--- WorkRefsTaken lists which of the refs name work that exists.
--- name: WorkRefsTaken :many
-SELECT ref FROM work WHERE ref = ANY(@refs::text[]);
 
 -- WorkUnackedNodes lists the nodes holding assignments not acknowledged
 -- within the bound.

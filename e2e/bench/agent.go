@@ -160,7 +160,13 @@ var singleAcks atomic.Bool
 
 func (a *simAgent) start(ctx context.Context) {
 	ctx, a.cancel = context.WithCancel(ctx)
-	acks := make(chan []agentproto.Assignment, 100000)
+	// The acks of deliveries, for ackLoop (when agents ack in requests).
+	// A buffer of a hundred thousand slots per agent was a 2.4 MB object
+	// full of pointers that the driver's garbage collector scanned in
+	// every cycle, for each of a thousand agents: in some runs the driver
+	// took most of a core from the call manager and Postgres under test.
+	// A delivery waits for room instead.
+	acks := make(chan []agentproto.Assignment, 64)
 	a.done.Add(3)
 	go func() { defer a.done.Done(); a.heartbeatLoop(ctx) }()
 	go func() {
@@ -388,7 +394,8 @@ func (a *simAgent) stream(ctx context.Context, since *int64, held *map[int64]age
 		if a.ack && singleAcks.Load() {
 			select {
 			case acks <- fresh:
-			default:
+			case <-ctx.Done():
+				return ctx.Err()
 			}
 		} else if a.ack {
 			// Like nodeagent: the acks go at once on the stream after a
@@ -549,7 +556,8 @@ func (a *simAgent) pollLoop(ctx context.Context, acks chan<- []agentproto.Assign
 			if len(owed) > 0 && (singleAcks.Load() || opt.ackRequests) {
 				select {
 				case acks <- owed:
-				default:
+				case <-ctx.Done():
+					return
 				}
 				owed = nil
 			}

@@ -214,7 +214,7 @@ func dbWrites(ctx context.Context, pool *pgxpool.Pool) (records, syncs int64) {
 }
 
 // profile captures CPU profiles of the call manager and of the load driver for d in the
-// background when -profile-dir is set.
+// background when -profile-dir is set, and the driver's heap at the end.
 func (sc *scene) profile(ctx context.Context, phase string, d time.Duration) func() {
 	if opt.profileDir == "" {
 		return func() {}
@@ -250,6 +250,11 @@ func (sc *scene) profile(ctx context.Context, phase string, d time.Duration) fun
 		if self != nil {
 			pprof.StopCPUProfile()
 			self.Close()
+		}
+		// And what the driver holds at the phase's end.
+		if f, err := os.Create(filepath.Join(opt.profileDir, phase+"-driver-heap.pprof")); err == nil {
+			_ = pprof.Lookup("heap").WriteTo(f, 0)
+			f.Close()
 		}
 	}
 }

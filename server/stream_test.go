@@ -489,12 +489,16 @@ func TestPostStreamCarriesBeats(t *testing.T) {
 	if n := count(t, in, "SELECT count(*) FROM work WHERE state = 'active'"); n != 1 {
 		t.Fatalf("%d items active after the beat carried the ack, want 1", n)
 	}
-	waitFor(t, "the beat's load and version recorded", func() bool {
-		var load int
-		var version string
-		_ = in.Pool().QueryRow(context.Background(), "SELECT reported_load, agent_version FROM nodes WHERE name = 'm1'").Scan(&load, &version)
-		return load == 7 && version == "t1"
-	})
+	// recorded says whether m1's row shows a beat's load and version.
+	recorded := func(wantLoad int, wantVersion string) func() bool {
+		return func() bool {
+			var load int
+			var version string
+			_ = in.Pool().QueryRow(context.Background(), "SELECT reported_load, agent_version FROM nodes WHERE name = 'm1'").Scan(&load, &version)
+			return load == wantLoad && version == wantVersion
+		}
+	}
+	waitFor(t, "the beat's load and version recorded", recorded(7, "t1"))
 
 	if _, _, err := in.Nodes().SetAdminState(context.Background(), testActor, "m1", "disabled"); err != nil {
 		t.Fatal(err)
@@ -534,12 +538,7 @@ func TestPostStreamCarriesBeats(t *testing.T) {
 			t.Fatalf("a beat with a NUL byte and invalid UTF-8 in its version ended the stream: %v", m)
 		}
 	}
-	waitFor(t, "the hostile beat recorded clean", func() bool {
-		var load int
-		var version string
-		_ = in.Pool().QueryRow(context.Background(), "SELECT reported_load, agent_version FROM nodes WHERE name = 'm1'").Scan(&load, &version)
-		return load == 0 && version == "vx\uFFFD"
-	})
+	waitFor(t, "the hostile beat recorded clean", recorded(0, "vx\uFFFD"))
 
 	// The credential the stream opened with is revoked behind its back.
 	if _, err := in.Pool().Exec(context.Background(), "DELETE FROM node_credentials WHERE node_id = (SELECT id FROM nodes WHERE name = 'm1')"); err != nil {

@@ -362,6 +362,33 @@ func (s *Server) streamAssignments(w http.ResponseWriter, r *http.Request, a nod
 	write := func(ds agentproto.DesiredSet) bool {
 		return json.NewEncoder(w).Encode(ds) == nil && flush()
 	}
+	// Results of acks are held (written, not sent) for ackResultHold at
+	// most: a delivery or a beat's answer going meanwhile takes them along
+	// in its send. The agent does not wait on them (they only settle what
+	// it has in flight), and a busy node's results then cost no send of
+	// their own: each send is a system call on either side.
+	var resultsDue <-chan time.Time
+	held := time.NewTimer(ackResultHold)
+	held.Stop()
+	defer held.Stop()
+	send := func(ds agentproto.DesiredSet) bool {
+		if resultsDue != nil {
+			held.Stop()
+			resultsDue = nil
+		}
+		return write(ds)
+	}
+	hold := func(ds agentproto.DesiredSet) bool {
+		_ = rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
+		if json.NewEncoder(w).Encode(ds) != nil {
+			return false
+		}
+		if resultsDue == nil {
+			held.Reset(ackResultHold)
+			resultsDue = held.C
+		}
+		return true
+	}
 	for {
 		// Take the wake channel before reading, so no change slips between.
 		woken := s.hub.Wait(a.NodeID)
@@ -386,7 +413,7 @@ func (s *Server) streamAssignments(w http.ResponseWriter, r *http.Request, a nod
 			}
 		}
 		if ds.Version > since {
-			if !write(ds) {
+			if !send(ds) {
 				return
 			}
 			since = ds.Version
@@ -401,15 +428,26 @@ func (s *Server) streamAssignments(w http.ResponseWriter, r *http.Request, a nod
 					continue
 				}
 				res.Version, res.Delta = since, true
-				if !write(res) || res.Error != "" {
+				if res.Beat == nil && res.Error == "" {
+					if !hold(res) {
+						return
+					}
+					continue
+				}
+				if !send(res) || res.Error != "" {
 					return // the rest of the body is not read
 				}
+			case <-resultsDue:
+				resultsDue = nil
+				if !flush() {
+					return
+				}
 			case <-timer.C:
-				endAckStream(acked, since, write)
+				endAckStream(acked, since, send)
 				return
 			case <-s.hub.Closing():
 				// Shutting down: the agent streams from another instance.
-				endAckStream(acked, since, write)
+				endAckStream(acked, since, send)
 				return
 			case <-ctx.Done():
 				return
@@ -560,6 +598,11 @@ func isNetError(err error) bool {
 
 // streamWriteTimeout bounds writing one line of a stream.
 const streamWriteTimeout = 10 * time.Second
+
+// ackResultHold is the longest the results of a stream's acks wait for
+// a delivery or a beat's answer to go with (see streamAssignments): as
+// long as a busy agent holds its acks for a beat.
+const ackResultHold = agentproto.AckHold
 
 func (s *Server) ack(w http.ResponseWriter, r *http.Request) {
 	a := nodeFrom(r.Context())

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/callplane/callplane/nodes/agentproto"
 	"github.com/callplane/callplane/server"
 	"github.com/callplane/callplane/server/servertest"
 )
@@ -341,6 +342,53 @@ func TestPostStreamCarriesAcksBothWays(t *testing.T) {
 	req.Header.Set("Authorization", "Bearer "+cred)
 	if r := in.Do(t, in.Client(t), req); r.StatusCode != 415 || !strings.Contains(r.Body, "Content-Type") {
 		t.Fatalf("POST stream of text/plain: %d %s", r.StatusCode, r.Body)
+	}
+}
+
+// The results of a line of acks are held for a send going anyway (a
+// delivery, a beat's answer), agentproto.AckHold at most: alone on the
+// stream they come no sooner than that, and a delivery meanwhile takes
+// them along, ahead of it.
+func TestPostStreamHoldsAckResultsForTheNextSend(t *testing.T) {
+	t.Parallel()
+	in := cluster(t, 100, "m1")
+	cred := enrol(t, in, "m1")
+	acks, _ := placeForAcks(t, in, cred, "h", 2)
+	const wait = 60 * time.Second
+	lines, pw := openPostStream(t, in, cred, wait)
+	nextLine(t, lines, wait/2, "the whole set")
+	ackLine := func(a map[string]any) {
+		t.Helper()
+		b, _ := json.Marshal(map[string]any{"acks": []any{a}})
+		if _, err := io.WriteString(pw, string(b)+"\n"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sent := time.Now()
+	ackLine(acks[0])
+	m := nextLine(t, lines, wait/2, "the first ack's result")
+	if took := time.Since(sent); took < agentproto.AckHold {
+		t.Fatalf("the result came %s after its ack, want it held %s for a send going anyway", took, agentproto.AckHold)
+	}
+	if fmt.Sprint(m["acks"]) != fmt.Sprintf("[map[id:%v ok:true]]", acks[0]["id"]) {
+		t.Fatalf("results line = %v, want the first ack ok", m)
+	}
+	// The ack is recorded before its result is written: once it is active
+	// the result waits in the stream, and the delivery placed next takes it.
+	ackLine(acks[1])
+	for deadline := time.Now().Add(wait / 2); count(t, in, "SELECT count(*) FROM work WHERE state = 'active'") != 2; {
+		if time.Now().After(deadline) {
+			t.Fatal("the second ack was not recorded")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	place(t, in, "call", "h-next", 1)
+	m = nextLine(t, lines, wait/2, "the second ack's result")
+	if fmt.Sprint(m["acks"]) != fmt.Sprintf("[map[id:%v ok:true]]", acks[1]["id"]) {
+		t.Fatalf("line after the second ack = %v, want its result", m)
+	}
+	if m = nextLine(t, lines, wait/2, "the delivery"); strings.Join(refs(m), ",") != "h-next" {
+		t.Fatalf("line after the result = %v, want the delivery of h-next", m)
 	}
 }
 

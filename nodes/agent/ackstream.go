@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"slices"
 	"sync"
 	"time"
 
@@ -172,6 +173,23 @@ func (s *ackStream) write(pw *io.PipeWriter) {
 	}
 }
 
+// notInFlight leaves out of pending the acks this stream has sent and has
+// no result for yet. A delivery re-applies the whole held set, whose items
+// show as assigned until their acks' results come, and the call manager
+// holds a line of results for a send going anyway (a delivery, a beat's
+// answer): acking them again would only cost a line and a statement.
+func (s *ackStream) notInFlight(pending []pendingAck) []pendingAck {
+	if s == nil {
+		return pending
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.DeleteFunc(pending, func(p pendingAck) bool {
+		q, ok := s.inflight[p.d.ID]
+		return ok && q.d.Epoch == p.d.Epoch && q.state == p.state
+	})
+}
+
 // end ends the current body: the call manager said End.
 func (s *ackStream) end() {
 	if s == nil {
@@ -200,9 +218,24 @@ func (s *ackStream) results(ctx context.Context, res []agentproto.AckResult) {
 		}
 	}
 	s.mu.Unlock()
-	if len(sent) > 0 {
-		s.a.results.Go(func() { _ = s.a.ackResults(ctx, sent, res) }) // a 401 also ends the stream
+	if len(sent) == 0 {
+		return
 	}
+	// The items acked active are marked so before the next line is read:
+	// a delivery that comes with these results (they wait for a send
+	// going anyway) must not owe their acks again.
+	ok := make(map[int64]bool, len(res))
+	for _, r := range res {
+		ok[r.ID] = r.OK
+	}
+	s.a.mu.Lock()
+	for _, p := range sent {
+		if l, running := s.a.running[p.d.ID]; running && ok[p.d.ID] && p.state == agentproto.StateActive && l.Epoch == p.d.Epoch {
+			l.acked = true
+		}
+	}
+	s.a.mu.Unlock()
+	s.a.results.Go(func() { _ = s.a.ackResults(ctx, sent, res) }) // a 401 also ends the stream
 }
 
 // finish ends the stream's bodies and writers and queues again what had

@@ -668,7 +668,7 @@ func (a *agent) pollLoop(ctx context.Context) error {
 					owed = pending // an older server: they ride the next poll
 					return
 				}
-				a.queueAcks(pending)
+				a.queueAcks(acks.notInFlight(pending))
 			})
 			a.mu.Lock()
 			a.stream = nil

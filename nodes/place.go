@@ -156,9 +156,9 @@ type unitOutcome struct {
 // for notifyCommitted. A ref that already exists, or that an earlier unit
 // of the group places, fails a strict unit whole (DuplicateRefsError) and
 // a single item with ErrConflict; the other units are placed.
-func (s *Service) placeNew(ctx context.Context, units []placeUnit) ([]unitOutcome, []int64, error) {
+func (s *Service) placeNew(ctx context.Context, units []placeUnit) ([]unitOutcome, map[int64]*recentSegment, error) {
 	var out []unitOutcome
-	var touched []int64
+	var placed map[int64]*recentSegment
 	n := 0
 	for _, u := range units {
 		n += len(u.reqs)
@@ -169,14 +169,14 @@ func (s *Service) placeNew(ctx context.Context, units []placeUnit) ([]unitOutcom
 	err := db.Retry(ctx, func(attempt int) error {
 		return db.InTx(ctx, s.pool, func(tx pgx.Tx) error {
 			var err error
-			out, touched, err = s.placeNewTx(ctx, tx, units, taken, attempt)
+			out, placed, err = s.placeNewTx(ctx, tx, units, taken, attempt)
 			return err
 		})
 	})
 	if err != nil && db.Retryable(err) {
 		return nil, nil, fmt.Errorf("place %d work items: nodes too busy: %w", n, err)
 	}
-	return out, touched, err
+	return out, placed, err
 }
 
 // placeNewTx is one attempt of placeNew, two statements: the first takes
@@ -188,7 +188,7 @@ func (s *Service) placeNew(ctx context.Context, units []placeUnit) ([]unitOutcom
 // holds), inserts the work rows and adds to the used counters. A ref that
 // turns out to exist already is added to taken and the attempt rolled
 // back, so the next one leaves its unit out.
-func (s *Service) placeNewTx(ctx context.Context, tx pgx.Tx, units []placeUnit, taken map[string]bool, attempt int) ([]unitOutcome, []int64, error) {
+func (s *Service) placeNewTx(ctx context.Context, tx pgx.Tx, units []placeUnit, taken map[string]bool, attempt int) ([]unitOutcome, map[int64]*recentSegment, error) {
 	// Which units go ahead: a ref taken, or placed by an earlier unit of
 	// the group, fails its unit as it would one placement after another.
 	res := make([]unitOutcome, len(units))
@@ -258,20 +258,28 @@ func (s *Service) placeNewTx(ctx context.Context, tx pgx.Tx, units []placeUnit, 
 		return nil, nil, db.ErrRetry
 	}
 	out := make([]placeOutcome, len(reqs))
-	var touched []int64
+	// What each node got, from its version before to the group's: the
+	// deltas its agent's stream takes without reading them back.
+	placed := map[int64]*recentSegment{}
 	for i, r := range reqs {
 		row := byRef[r.in.Ref]
 		out[i].p = Placement{ID: row.ID, Ref: r.in.Ref, Kind: r.in.Kind, Cost: int32(r.in.Cost), State: row.State,
 			Node: names[dest[i]], NodeID: dest[i], Epoch: row.Epoch, Attempts: attempt}
 		res[at[i][0]].out[at[i][1]] = out[i]
-		if dest[i] != 0 && !slices.Contains(touched, dest[i]) {
-			touched = append(touched, dest[i])
+		if row.NodeID == 0 {
+			continue
 		}
+		sg := placed[row.NodeID]
+		if sg == nil {
+			sg = &recentSegment{prev: row.PrevVersion, version: row.NewVersion}
+			placed[row.NodeID] = sg
+		}
+		sg.items = append(sg.items, assignment(row.ID, r.in.Ref, r.in.Kind, int32(r.in.Cost), row.Epoch, row.State, nil, nil, nil))
 	}
 	if err := s.recordUnplaced(ctx, tx, reqs, out, attempt); err != nil {
 		return nil, nil, err
 	}
-	return res, touched, nil
+	return res, placed, nil
 }
 
 // candidatesByKind groups candidate rows by node kind and names them.
@@ -398,7 +406,7 @@ func newPlacer(s *Service) *groupCommit[placeUnit, unitOutcome] {
 		maxItems: maxGroupItems,
 		size:     func(u placeUnit) int { return len(u.reqs) },
 		run: func(ctx context.Context, units []placeUnit) []unitOutcome {
-			out, touched, err := s.placeNew(ctx, units)
+			out, placed, err := s.placeNew(ctx, units)
 			if err != nil {
 				out = make([]unitOutcome, len(units))
 				for i := range out {
@@ -406,7 +414,16 @@ func newPlacer(s *Service) *groupCommit[placeUnit, unitOutcome] {
 				}
 				return out
 			}
-			s.notifyCommitted(ctx, touched...)
+			// Kept before the notification goes, so the streams it wakes
+			// here find them (see recentDeltas).
+			touched := make([]int64, 0, len(placed))
+			var version int64
+			for id, sg := range placed {
+				s.recent.placed(id, sg.prev, sg.version, sg.items)
+				touched = append(touched, id)
+				version = sg.version
+			}
+			s.notifyPlaced(ctx, version, touched)
 			return out
 		},
 	}

@@ -29,9 +29,19 @@ import (
 // the commit and the notification, the agent's long-poll answers at its
 // wait (at most a minute) and sees the change then: nothing is lost.
 func (s *Service) notifyCommitted(ctx context.Context, nodeIDs ...int64) {
+	s.notifyPlaced(ctx, 0, nodeIDs)
+}
+
+// notifyPlaced is notifyCommitted for a placement group, whose
+// notification also names the version it drew (",@version" after the
+// ids; listeners that do not know it skip it as an id they cannot read).
+func (s *Service) notifyPlaced(ctx context.Context, version int64, nodeIDs []int64) {
 	payload := notifyPayload(nodeIDs)
 	if payload == "" {
 		return
+	}
+	if payload != "*" && version > 0 {
+		payload += ",@" + strconv.FormatInt(version, 10)
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()

@@ -14,7 +14,8 @@ import (
 )
 
 // AssignChannel is the Postgres channel that wakes assignment long-polls.
-// Its payload is a comma-separated list of node ids, or "*" for all.
+// Its payload is a comma-separated list of node ids, or "*" for all; a
+// placement group's ends with ",@" and the version it drew.
 const AssignChannel = "callplane_assign"
 
 // AccessChannel carries the ids of nodes whose agents' access changed
@@ -31,6 +32,7 @@ type Service struct {
 	placer *groupCommit[placeUnit, unitOutcome]
 	acker  *groupCommit[nodeAcks, ackOutcome]
 	deltas [deltaReaders]*groupCommit[deltaReq, deltaOutcome]
+	recent recentDeltas
 }
 
 // NewService returns a Service on pool.

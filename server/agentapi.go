@@ -389,10 +389,23 @@ func (s *Server) streamAssignments(w http.ResponseWriter, r *http.Request, a nod
 		}
 		return true
 	}
-	for {
+	// mark is noted before each read of the database: until a change is
+	// notified without a version, a wake may be answered from what this
+	// instance placed (nodes.Service.RecentDelta).
+	var mark uint64
+	for read := false; ; {
 		// Take the wake channel before reading, so no change slips between.
 		woken := s.hub.Wait(a.NodeID)
-		ds, err := s.nodes.DesiredSince(ctx, a.NodeID, since)
+		var ds agentproto.DesiredSet
+		ok, from := false, "placed"
+		if read {
+			ds, ok = s.nodes.RecentDelta(a.NodeID, since, mark)
+		}
+		var err error
+		if !ok {
+			from, mark, read = "database", s.nodes.DeltaMark(a.NodeID), true
+			ds, err = s.nodes.DesiredSince(ctx, a.NodeID, since)
+		}
 		if err != nil {
 			if !started {
 				writeError(w, err)
@@ -417,6 +430,7 @@ func (s *Server) streamAssignments(w http.ResponseWriter, r *http.Request, a nod
 				return
 			}
 			since = ds.Version
+			metrics.StreamDeliveries.WithLabelValues(from).Inc()
 		}
 		for woke := false; !woke; {
 			select {

@@ -28,6 +28,9 @@ type Hub struct {
 	// (nil: all nodes, after a reconnect), so caches of credential checks
 	// stay current on every instance.
 	OnAccess func(ids []int64)
+	// OnAssign, when set, hears every assignment notification's payload
+	// (and "*" after a reconnect) before the waiters it names wake.
+	OnAssign func(payload string)
 }
 
 // NewHub returns an idle hub; Run connects it.
@@ -49,20 +52,21 @@ func (h *Hub) Wait(nodeID int64) <-chan struct{} {
 }
 
 func (h *Hub) wake(payload string) {
+	// What the notification says is recorded before anyone wakes to it.
+	if h.OnAssign != nil {
+		h.OnAssign(payload)
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if payload == "*" || payload == "" {
+	ids := nodes.ParseAssignPayload(payload)
+	if ids == nil {
 		for id, ch := range h.waiters {
 			close(ch)
 			delete(h.waiters, id)
 		}
 		return
 	}
-	for _, part := range strings.Split(payload, ",") {
-		id, err := strconv.ParseInt(part, 10, 64)
-		if err != nil {
-			continue
-		}
+	for _, id := range ids {
 		if ch, ok := h.waiters[id]; ok {
 			close(ch)
 			delete(h.waiters, id)

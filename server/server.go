@@ -110,6 +110,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s.nodes = nodes.NewService(s.pool, log)
 	s.hub.OnAccess = s.nodes.ForgetCredentials
+	s.hub.OnAssign = s.nodes.Notified
 	s.auth = accounts.NewService(s.pool, log)
 	s.hb = s.nodes.NewHeartbeats(cfg.HeartbeatFlush)
 	s.leader = NewLeader(s.pool, cfg.InstanceID, cfg.LeaseTTL, log)

@@ -12,8 +12,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/callplane/callplane/db/dbtest"
+	"github.com/callplane/callplane/nodes"
 	"github.com/callplane/callplane/nodes/agentproto"
 	"github.com/callplane/callplane/server"
+	"github.com/callplane/callplane/server/metrics"
 	"github.com/callplane/callplane/server/servertest"
 )
 
@@ -602,4 +607,94 @@ func TestPostStreamCarriesBeats(t *testing.T) {
 		t.Fatalf("a beat with a revoked credential: %v, want an error naming the beat's line", m)
 	}
 	streamEnds(t, lines, wait/2, "after its error line")
+}
+
+// A stream hands its agent what its own instance placed without reading
+// it back (stream_deliveries_total{from="placed"}), and reads the database
+// whenever that is not the whole story: a change notified without a
+// version (an end), or a placement by another instance. After every
+// change the agent holds exactly the node's desired set. Not parallel:
+// the counters are process-wide.
+func TestStreamDeliversWhatItPlacedWithoutReadingItBack(t *testing.T) {
+	url := dbtest.URL(t)
+	a := servertest.Start(t, servertest.Options{DatabaseURL: url, InstanceID: "cm-a", Settings: servertest.NoProbes})
+	b := servertest.Start(t, servertest.Options{DatabaseURL: url, InstanceID: "cm-b", Settings: servertest.NoProbes})
+	a.AddNode(t, "m1", "media", "127.0.0.1:5060", 100)
+	exec(t, a, "UPDATE nodes SET health = 'up', enrolled_at = now()")
+	cred := enrol(t, a, "m1")
+	const wait = 60 * time.Second
+	lines, ct := streamLines(t, a, "/api/v1/assignments?since=0&wait=60s&delta=1&stream=1", cred, 2*wait)
+	if got := <-ct; !strings.HasPrefix(got, "200") {
+		t.Fatalf("stream: %s", got)
+	}
+	var node int64
+	held := map[float64]string{}
+	version := 0.0
+	// follow reads lines until the agent is at the node's version, then
+	// checks it holds the node's whole desired set.
+	follow := func(when string) {
+		t.Helper()
+		if node == 0 {
+			node = int64(count(t, a, "SELECT id FROM nodes WHERE name = 'm1'"))
+		}
+		whole, err := a.Nodes().Desired(context.Background(), node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for version < float64(whole.Version) {
+			m := nextLine(t, lines, wait/2, when)
+			if m["delta"] != true {
+				clear(held)
+			}
+			for _, x := range m["assignments"].([]any) {
+				as := x.(map[string]any)
+				held[as["id"].(float64)] = fmt.Sprintf("%s@%v %s", as["ref"], as["epoch"], as["state"])
+			}
+			removed, _ := m["removed"].([]any)
+			for _, id := range removed {
+				delete(held, id.(float64))
+			}
+			version = m["version"].(float64)
+		}
+		want := map[float64]string{}
+		for _, as := range whole.Assignments {
+			want[float64(as.ID)] = fmt.Sprintf("%s@%d %s", as.Ref, as.Epoch, as.State)
+		}
+		if version != float64(whole.Version) || fmt.Sprint(held) != fmt.Sprint(want) {
+			t.Fatalf("%s: the agent holds %v at version %v, the node's set is %v at %d", when, held, version, want, whole.Version)
+		}
+	}
+	counted := func() (placed, database float64) {
+		return testutil.ToFloat64(metrics.StreamDeliveries.WithLabelValues("placed")),
+			testutil.ToFloat64(metrics.StreamDeliveries.WithLabelValues("database"))
+	}
+	follow("the whole set")
+	placed0, db0 := counted()
+	for i := range 3 {
+		place(t, a, "call", fmt.Sprintf("a%d", i), 1)
+		follow(fmt.Sprintf("placed a%d here", i))
+	}
+	if placed, db := counted(); placed-placed0 != 3 || db != db0 {
+		t.Fatalf("three placements here: %v delivered as placed, %v read from the database; want 3 and 0", placed-placed0, db-db0)
+	}
+	if _, err := a.Nodes().EndWork(context.Background(), testActor, "a1"); err != nil {
+		t.Fatal(err)
+	}
+	follow("ended a1")
+	place(t, b, "call", "b0", 1)
+	follow("placed b0 on the other instance")
+	if placed, db := counted(); placed-placed0 != 3 || db-db0 != 2 {
+		t.Fatalf("an end and a placement elsewhere: %v delivered as placed, %v read from the database; want 3 and 2", placed-placed0, db-db0)
+	}
+	place(t, a, "call", "a3", 1)
+	follow("placed a3 here after reading the database")
+	if _, err := a.Nodes().PlaceWorkBatch(context.Background(), testActor, []nodes.WorkInput{
+		{Kind: "call", Ref: "a4", Cost: 1}, {Kind: "call", Ref: "a5", Cost: 2},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	follow("placed a batch here")
+	if placed, _ := counted(); placed-placed0 != 5 {
+		t.Fatalf("five deliveries of placements here: %v from what was placed", placed-placed0)
+	}
 }

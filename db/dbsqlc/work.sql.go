@@ -743,7 +743,9 @@ func (q *Queries) WorkMove(ctx context.Context, db DBTX, arg WorkMoveParams) err
 }
 
 const workPlace = `-- name: WorkPlace :many
-SELECT p.id::bigint AS id, p.ref::text AS ref, p.state::text AS state, p.epoch::bigint AS epoch
+SELECT p.id::bigint AS id, p.ref::text AS ref, p.state::text AS state, p.epoch::bigint AS epoch,
+    coalesce(p.node, 0)::bigint AS node_id, coalesce(p.prev_version, 0)::bigint AS prev_version,
+    coalesce(p.new_version, 0)::bigint AS new_version
 FROM work_place($1::text[], $2::text[], $3::int[], $4::bigint[]) p
 `
 
@@ -755,10 +757,13 @@ type WorkPlaceParams struct {
 }
 
 type WorkPlaceRow struct {
-	ID    int64
-	Ref   string
-	State string
-	Epoch int64
+	ID          int64
+	Ref         string
+	State       string
+	Epoch       int64
+	NodeID      int64
+	PrevVersion int64
+	NewVersion  int64
 }
 
 // WorkPlace writes a placement plan in one statement: it locks and
@@ -784,6 +789,9 @@ func (q *Queries) WorkPlace(ctx context.Context, db DBTX, arg WorkPlaceParams) (
 			&i.Ref,
 			&i.State,
 			&i.Epoch,
+			&i.NodeID,
+			&i.PrevVersion,
+			&i.NewVersion,
 		); err != nil {
 			return nil, err
 		}

@@ -168,7 +168,9 @@ WHERE f.node_id = @node_id ORDER BY f.last_at DESC LIMIT @lim;
 -- exist) and adds to the nodes' used counters
 -- (migrations/00009_placement_statements.sql).
 -- name: WorkPlace :many
-SELECT p.id::bigint AS id, p.ref::text AS ref, p.state::text AS state, p.epoch::bigint AS epoch
+SELECT p.id::bigint AS id, p.ref::text AS ref, p.state::text AS state, p.epoch::bigint AS epoch,
+    coalesce(p.node, 0)::bigint AS node_id, coalesce(p.prev_version, 0)::bigint AS prev_version,
+    coalesce(p.new_version, 0)::bigint AS new_version
 FROM work_place(@refs::text[], @kinds::text[], @costs::int[], @node_ids::bigint[]) p;
 
 -- WorkUnackedNodes lists the nodes holding assignments not acknowledged

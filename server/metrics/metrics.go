@@ -102,6 +102,14 @@ var (
 		Help: "Heartbeats received from agents, by how they came (request, stream).",
 	}, []string{"via"}))
 
+	// StreamDeliveries counts the lines of deliveries written on streams,
+	// by where their delta came from: what this instance had just placed
+	// (not read back), or a read of the database.
+	StreamDeliveries = register(prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "stream_deliveries_total",
+		Help: "Deliveries written on assignment streams, by where they were read (placed: kept by this instance's placements; database).",
+	}, []string{"from"}))
+
 	// LongPollWaiters is the number of agent long-polls waiting now.
 	LongPollWaiters = register(prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: Namespace, Name: "longpoll_waiters",

@@ -40,6 +40,7 @@ func (e *env) usedMatchesWork() {
 		WHERE w.node_id = n.id AND w.state IN ('assigned', 'active'))`); n != 0 {
 		e.t.Fatalf("%d media nodes whose used count is not their live work", n)
 	}
+	e.digestsHold("the front door's calls")
 }
 
 // The front door's batches: ends sent twice (in one batch and in later

@@ -70,6 +70,17 @@ func (f *follower) matches(e *env, when string) {
 	if f.since != whole.Version {
 		e.t.Fatalf("%s: node %d: follower at version %d, node at %d", when, f.node, f.since, whole.Version)
 	}
+	e.digestsHold(when)
+}
+
+// digestsHold fails the test unless every node's live_digest is the
+// digest of its live work, as reconciliation relies on (migration 00020).
+func (e *env) digestsHold(when string) {
+	e.t.Helper()
+	if n := e.count(`SELECT count(*) FROM nodes n WHERE n.live_digest <> coalesce((SELECT bit_xor(work_digest(w.id, w.epoch))
+		FROM work w WHERE w.node_id = n.id AND w.state IN ('assigned', 'active')), 0)`); n != 0 {
+		e.t.Fatalf("%s: %d nodes' live_digest is not the digest of their live work", when, n)
+	}
 }
 
 func (e *env) nodeID(name string) int64 {

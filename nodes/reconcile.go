@@ -2,9 +2,13 @@ package nodes
 
 import (
 	"context"
+	"crypto/md5"
+	"encoding/binary"
+	"strconv"
 
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes/agentproto"
+	"github.com/callplane/callplane/server/metrics"
 )
 
 // Reconcile compares what an agent runs with the node's desired set. Work
@@ -14,7 +18,20 @@ import (
 // bumps the node's assignment version, so the agent's long-poll hands it
 // the desired set again and it converges. It reports whether it changed
 // anything.
+//
+// Most reports match: when the report's digest is the node's (see
+// migration 00020), one statement reads the node's row and activates its
+// items still assigned, without reading the rest of its live work.
 func (s *Service) Reconcile(ctx context.Context, nodeID int64, running []agentproto.Running) (bool, error) {
+	same, err := s.q.WorkReconcileSame(ctx, s.pool, dbsqlc.WorkReconcileSameParams{NodeID: nodeID, Digest: runningDigest(running)})
+	if err != nil {
+		return false, err
+	}
+	if same.Same {
+		metrics.Reconciles.WithLabelValues("same").Inc()
+		return same.Activated > 0, nil
+	}
+	metrics.Reconciles.WithLabelValues("compared").Inc()
 	desired, err := s.q.WorkDesiredForNode(ctx, s.pool, &nodeID)
 	if err != nil {
 		return false, err
@@ -68,4 +85,22 @@ func (s *Service) Reconcile(ctx context.Context, nodeID int64, running []agentpr
 		changed = true
 	}
 	return changed, nil
+}
+
+// workDigest is an item's share of its node's live_digest: the first 64
+// bits of the MD5 of "id:epoch", as SQL's work_digest computes it.
+func workDigest(id, epoch int64) int64 {
+	sum := md5.Sum(strconv.AppendInt(append(strconv.AppendInt(nil, id, 10), ':'), epoch, 10))
+	return int64(binary.BigEndian.Uint64(sum[:8]))
+}
+
+// runningDigest is the digest of what an agent runs: the XOR of its
+// items' shares, so the order does not matter (an item listed twice
+// cancels out, and the digests then differ).
+func runningDigest(running []agentproto.Running) int64 {
+	var d int64
+	for _, r := range running {
+		d ^= workDigest(r.ID, r.Epoch)
+	}
+	return d
 }

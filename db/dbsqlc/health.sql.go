@@ -146,7 +146,7 @@ func (q *Queries) DisruptionSet(ctx context.Context, db DBTX, arg DisruptionSetP
 
 const nodeClearHold = `-- name: NodeClearHold :one
 UPDATE nodes SET flapping = false, hold_until = NULL, updated_at = now(), updated_by = $1
-WHERE id = $2 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version
+WHERE id = $2 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version, live_digest
 `
 
 type NodeClearHoldParams struct {
@@ -193,12 +193,13 @@ func (q *Queries) NodeClearHold(ctx context.Context, db DBTX, arg NodeClearHoldP
 		&i.LastHookError,
 		&i.LastHookErrorAt,
 		&i.ResyncVersion,
+		&i.LiveDigest,
 	)
 	return i, err
 }
 
 const nodeGetForUpdate = `-- name: NodeGetForUpdate :one
-SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version FROM nodes WHERE id = $1 FOR UPDATE
+SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version, live_digest FROM nodes WHERE id = $1 FOR UPDATE
 `
 
 func (q *Queries) NodeGetForUpdate(ctx context.Context, db DBTX, id int64) (Node, error) {
@@ -240,6 +241,7 @@ func (q *Queries) NodeGetForUpdate(ctx context.Context, db DBTX, id int64) (Node
 		&i.LastHookError,
 		&i.LastHookErrorAt,
 		&i.ResyncVersion,
+		&i.LiveDigest,
 	)
 	return i, err
 }

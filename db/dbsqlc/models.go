@@ -184,6 +184,7 @@ type Node struct {
 	LastHookError     string
 	LastHookErrorAt   *time.Time
 	ResyncVersion     int64
+	LiveDigest        int64
 }
 
 type NodeCredential struct {

@@ -152,7 +152,7 @@ const nodeEnroll = `-- name: NodeEnroll :one
 UPDATE nodes SET enrolled_at = now(), agent_version = $1,
     address = CASE WHEN $2::text = '' THEN address ELSE $2 END,
     updated_at = now()
-WHERE id = $3 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version
+WHERE id = $3 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version, live_digest
 `
 
 type NodeEnrollParams struct {
@@ -200,12 +200,13 @@ func (q *Queries) NodeEnroll(ctx context.Context, db DBTX, arg NodeEnrollParams)
 		&i.LastHookError,
 		&i.LastHookErrorAt,
 		&i.ResyncVersion,
+		&i.LiveDigest,
 	)
 	return i, err
 }
 
 const nodeGet = `-- name: NodeGet :one
-SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version FROM nodes WHERE id = $1
+SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version, live_digest FROM nodes WHERE id = $1
 `
 
 func (q *Queries) NodeGet(ctx context.Context, db DBTX, id int64) (Node, error) {
@@ -247,12 +248,13 @@ func (q *Queries) NodeGet(ctx context.Context, db DBTX, id int64) (Node, error) 
 		&i.LastHookError,
 		&i.LastHookErrorAt,
 		&i.ResyncVersion,
+		&i.LiveDigest,
 	)
 	return i, err
 }
 
 const nodeGetByName = `-- name: NodeGetByName :one
-SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version FROM nodes WHERE name = $1
+SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version, live_digest FROM nodes WHERE name = $1
 `
 
 func (q *Queries) NodeGetByName(ctx context.Context, db DBTX, name string) (Node, error) {
@@ -294,12 +296,13 @@ func (q *Queries) NodeGetByName(ctx context.Context, db DBTX, name string) (Node
 		&i.LastHookError,
 		&i.LastHookErrorAt,
 		&i.ResyncVersion,
+		&i.LiveDigest,
 	)
 	return i, err
 }
 
 const nodeGetByNameForUpdate = `-- name: NodeGetByNameForUpdate :one
-SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version FROM nodes WHERE name = $1 FOR UPDATE
+SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version, live_digest FROM nodes WHERE name = $1 FOR UPDATE
 `
 
 func (q *Queries) NodeGetByNameForUpdate(ctx context.Context, db DBTX, name string) (Node, error) {
@@ -341,6 +344,7 @@ func (q *Queries) NodeGetByNameForUpdate(ctx context.Context, db DBTX, name stri
 		&i.LastHookError,
 		&i.LastHookErrorAt,
 		&i.ResyncVersion,
+		&i.LiveDigest,
 	)
 	return i, err
 }
@@ -379,7 +383,7 @@ func (q *Queries) NodeHeartbeatBatch(ctx context.Context, db DBTX, arg NodeHeart
 const nodeInsert = `-- name: NodeInsert :one
 INSERT INTO nodes (name, kind, address, capacity, weight, region, description, admin_state, updated_by)
 VALUES ($1, $2, $3, $4, $5, $6, $7, 'enabled', $8)
-RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version
+RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version, live_digest
 `
 
 type NodeInsertParams struct {
@@ -441,6 +445,7 @@ func (q *Queries) NodeInsert(ctx context.Context, db DBTX, arg NodeInsertParams)
 		&i.LastHookError,
 		&i.LastHookErrorAt,
 		&i.ResyncVersion,
+		&i.LiveDigest,
 	)
 	return i, err
 }
@@ -501,7 +506,7 @@ func (q *Queries) NodeKindSummary(ctx context.Context, db DBTX) ([]NodeKindSumma
 }
 
 const nodeList = `-- name: NodeList :many
-SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version FROM nodes ORDER BY kind, name
+SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version, live_digest FROM nodes ORDER BY kind, name
 `
 
 func (q *Queries) NodeList(ctx context.Context, db DBTX) ([]Node, error) {
@@ -549,6 +554,7 @@ func (q *Queries) NodeList(ctx context.Context, db DBTX) ([]Node, error) {
 			&i.LastHookError,
 			&i.LastHookErrorAt,
 			&i.ResyncVersion,
+			&i.LiveDigest,
 		); err != nil {
 			return nil, err
 		}
@@ -561,7 +567,7 @@ func (q *Queries) NodeList(ctx context.Context, db DBTX) ([]Node, error) {
 }
 
 const nodeListFiltered = `-- name: NodeListFiltered :many
-SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version FROM nodes
+SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version, live_digest FROM nodes
 WHERE ($1::text = '' OR kind = $1)
   AND ($2::text = '' OR admin_state = $2)
   AND ($3::text = '' OR health = $3)
@@ -626,6 +632,7 @@ func (q *Queries) NodeListFiltered(ctx context.Context, db DBTX, arg NodeListFil
 			&i.LastHookError,
 			&i.LastHookErrorAt,
 			&i.ResyncVersion,
+			&i.LiveDigest,
 		); err != nil {
 			return nil, err
 		}
@@ -748,7 +755,7 @@ func (q *Queries) NodeRequestResync(ctx context.Context, db DBTX, id int64) erro
 const nodeSetAdminState = `-- name: NodeSetAdminState :one
 UPDATE nodes SET admin_state = $1, updated_at = now(), updated_by = $2,
     assign_version = nextval('assign_version_seq')
-WHERE id = $3 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version
+WHERE id = $3 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version, live_digest
 `
 
 type NodeSetAdminStateParams struct {
@@ -796,6 +803,7 @@ func (q *Queries) NodeSetAdminState(ctx context.Context, db DBTX, arg NodeSetAdm
 		&i.LastHookError,
 		&i.LastHookErrorAt,
 		&i.ResyncVersion,
+		&i.LiveDigest,
 	)
 	return i, err
 }
@@ -805,7 +813,7 @@ UPDATE nodes SET health = $1, health_changed_at = CASE WHEN health <> $1 THEN no
     consecutive_fail = $2, consecutive_ok = $3,
     last_probe_at = now(), last_probe_detail = $4, flapping = $5,
     hold_until = $6
-WHERE id = $7 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version
+WHERE id = $7 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version, live_digest
 `
 
 type NodeSetHealthParams struct {
@@ -865,6 +873,7 @@ func (q *Queries) NodeSetHealth(ctx context.Context, db DBTX, arg NodeSetHealthP
 		&i.LastHookError,
 		&i.LastHookErrorAt,
 		&i.ResyncVersion,
+		&i.LiveDigest,
 	)
 	return i, err
 }
@@ -886,7 +895,7 @@ func (q *Queries) NodeSetHookError(ctx context.Context, db DBTX, arg NodeSetHook
 const nodeSetMaintenance = `-- name: NodeSetMaintenance :one
 UPDATE nodes SET maintenance_until = $1, maintenance_reason = $2,
     updated_at = now(), updated_by = $3
-WHERE id = $4 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version
+WHERE id = $4 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version, live_digest
 `
 
 type NodeSetMaintenanceParams struct {
@@ -940,6 +949,7 @@ func (q *Queries) NodeSetMaintenance(ctx context.Context, db DBTX, arg NodeSetMa
 		&i.LastHookError,
 		&i.LastHookErrorAt,
 		&i.ResyncVersion,
+		&i.LiveDigest,
 	)
 	return i, err
 }
@@ -964,7 +974,7 @@ func (q *Queries) NodeSetRotateRequested(ctx context.Context, db DBTX, arg NodeS
 const nodeUpdate = `-- name: NodeUpdate :one
 UPDATE nodes SET address = $1, capacity = $2, weight = $3,
     region = $4, description = $5, updated_at = now(), updated_by = $6
-WHERE id = $7 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version
+WHERE id = $7 RETURNING id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version, live_digest
 `
 
 type NodeUpdateParams struct {
@@ -1024,6 +1034,7 @@ func (q *Queries) NodeUpdate(ctx context.Context, db DBTX, arg NodeUpdateParams)
 		&i.LastHookError,
 		&i.LastHookErrorAt,
 		&i.ResyncVersion,
+		&i.LiveDigest,
 	)
 	return i, err
 }

@@ -15,3 +15,23 @@ FROM (SELECT x.id FROM work x
       WHERE x.node_id IS NOT DISTINCT FROM @node_id AND x.state NOT IN ('active', 'ended', 'unplaced')
       ORDER BY x.id FOR UPDATE OF x SKIP LOCKED) l
 WHERE w.id = l.id;
+
+-- WorkReconcileSame reconciles a node's report in one read of the node's
+-- row when the report's digest (nodes.workDigest over what the agent
+-- runs) is the node's live_digest: the agent runs exactly the node's live
+-- work, so its items still recorded as assigned have started (their acks
+-- were lost or are on their way) and become active. same is false, and
+-- nothing is written, when the digests differ.
+-- name: WorkReconcileSame :one
+WITH n AS (
+    SELECT live_digest = @digest::bigint AS same FROM nodes WHERE id = @node_id::bigint
+), started AS (
+    SELECT x.id FROM work x
+    WHERE (SELECT same FROM n) AND x.node_id = @node_id::bigint AND x.state = 'assigned'
+    ORDER BY x.id FOR UPDATE OF x SKIP LOCKED
+), activated AS (
+    UPDATE work w SET state = 'active', updated_at = now()
+    FROM started s WHERE w.id = s.id
+    RETURNING w.id
+)
+SELECT coalesce((SELECT same FROM n), false)::boolean AS same, (SELECT count(*) FROM activated)::bigint AS activated;

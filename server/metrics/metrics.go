@@ -110,6 +110,15 @@ var (
 		Help: "Deliveries written on assignment streams, by where they were read (placed: kept by this instance's placements; database).",
 	}, []string{"from"}))
 
+	// Reconciles counts the comparisons of an agent's report of what it
+	// runs with its node's live work, by how they went: "same" (the
+	// report's digest was the node's: one row read) or "compared" (the
+	// node's live work read and compared item by item).
+	Reconciles = register(prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "reconciles_total",
+		Help: "Reconciliations of agents' running reports, by result (same: the digests matched; compared: item by item).",
+	}, []string{"result"}))
+
 	// LongPollWaiters is the number of agent long-polls waiting now.
 	LongPollWaiters = register(prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: Namespace, Name: "longpoll_waiters",

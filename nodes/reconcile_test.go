@@ -1,0 +1,79 @@
+package nodes_test
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/callplane/callplane/nodes"
+	"github.com/callplane/callplane/nodes/agentproto"
+	"github.com/callplane/callplane/server/metrics"
+)
+
+// An agent's report that is exactly its node's live work is reconciled
+// by the digests (reconciles_total{result="same"}), its items still
+// assigned turning active; a report that differs (a stray item, an active
+// item missing) is compared item by item and asks for the whole set
+// again. The digest follows every change to the node's work. Not parallel:
+// the counters are process-wide.
+func TestReconcileOfAMatchingReportComparesDigests(t *testing.T) {
+	e := setup(t)
+	e.node("m1", nodes.KindMedia, 100, 1)
+	node := e.nodeID("m1")
+	var running []agentproto.Running
+	var ps []nodes.Placement
+	for i := range 4 {
+		p := e.place(nodes.WorkCall, fmt.Sprintf("r%d", i), 1)
+		ps = append(ps, p)
+		running = append(running, agentproto.Running{ID: p.ID, Epoch: p.Epoch})
+	}
+	if err := e.svc.Ack(e.ctx, node, agentproto.Ack{ID: ps[0].ID, Epoch: ps[0].Epoch, State: nodes.WorkActive}); err != nil {
+		t.Fatal(err)
+	}
+	counts := func() (same, compared float64) {
+		return testutil.ToFloat64(metrics.Reconciles.WithLabelValues("same")), testutil.ToFloat64(metrics.Reconciles.WithLabelValues("compared"))
+	}
+	reconcile := func(report []agentproto.Running, wantChanged bool, wantSame, wantCompared float64, what string) {
+		t.Helper()
+		same0, compared0 := counts()
+		changed, err := e.svc.Reconcile(e.ctx, node, report)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		same, compared := counts()
+		if changed != wantChanged || same-same0 != wantSame || compared-compared0 != wantCompared {
+			t.Fatalf("%s: changed=%v, %v by digest and %v compared; want changed=%v, %v and %v",
+				what, changed, same-same0, compared-compared0, wantChanged, wantSame, wantCompared)
+		}
+	}
+	reversed := []agentproto.Running{running[3], running[2], running[1], running[0]}
+	reconcile(reversed, true, 1, 0, "the agent runs the node's work, three items still assigned")
+	if n := e.count("SELECT count(*) FROM work WHERE state = 'active'"); n != 4 {
+		t.Fatalf("%d items active after reconciling a report of all four, want 4", n)
+	}
+	reconcile(running, false, 1, 0, "the same report again")
+
+	version := e.count("SELECT assign_version FROM nodes WHERE id = $1", node)
+	stray := append(append([]agentproto.Running{}, running...), agentproto.Running{ID: 1 << 40, Epoch: 1})
+	reconcile(stray, true, 0, 1, "a stray item")
+	reconcile(running[1:], true, 0, 1, "an active item missing")
+	if v := e.count("SELECT assign_version FROM nodes WHERE id = $1", node); v == version {
+		t.Fatal("a report that differs did not ask the agent for its set again (the version did not move)")
+	}
+
+	// The digest follows ends, moves and new placements.
+	if _, err := e.svc.EndWork(e.ctx, actor, "r1"); err != nil {
+		t.Fatal(err)
+	}
+	e.node("m2", nodes.KindMedia, 100, 1)
+	q := e.place(nodes.WorkCall, "r4", 1)
+	e.digestsHold("after an end and a placement")
+	var now []agentproto.Running
+	for _, x := range []nodes.Placement{ps[0], ps[2], ps[3], q} {
+		if x.NodeID == node {
+			now = append(now, agentproto.Running{ID: x.ID, Epoch: x.Epoch})
+		}
+	}
+	reconcile(now, q.NodeID == node, 1, 0, "the report after an end and a placement")
+}

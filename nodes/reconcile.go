@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"strconv"
 
+	"github.com/callplane/callplane/db"
 	"github.com/callplane/callplane/db/dbsqlc"
 	"github.com/callplane/callplane/nodes/agentproto"
 	"github.com/callplane/callplane/server/metrics"
@@ -20,16 +21,20 @@ import (
 // anything.
 //
 // Most reports match: when the report's digest is the node's (see
-// migration 00020), one statement reads the node's row and activates its
-// items still assigned, without reading the rest of its live work.
+// migration 00020), the node's row and its items still assigned are read,
+// not the rest of its live work, and those items are activated.
 func (s *Service) Reconcile(ctx context.Context, nodeID int64, running []agentproto.Running) (bool, error) {
-	same, err := s.q.WorkReconcileSame(ctx, s.pool, dbsqlc.WorkReconcileSameParams{NodeID: nodeID, Digest: runningDigest(running)})
+	match, err := s.q.NodeLiveDigestMatch(ctx, s.pool, dbsqlc.NodeLiveDigestMatchParams{NodeID: nodeID, Digest: runningDigest(running)})
 	if err != nil {
-		return false, err
+		return false, db.Translate(err)
 	}
-	if same.Same {
+	if match.Same {
 		metrics.Reconciles.WithLabelValues("same").Inc()
-		return same.Activated > 0, nil
+		if len(match.AssignedIds) == 0 {
+			return false, nil
+		}
+		n, err := s.q.WorkActivateRunning(ctx, s.pool, dbsqlc.WorkActivateRunningParams{Ids: match.AssignedIds, Epochs: match.AssignedEpochs, NodeID: &nodeID})
+		return n > 0, err
 	}
 	metrics.Reconciles.WithLabelValues("compared").Inc()
 	desired, err := s.q.WorkDesiredForNode(ctx, s.pool, &nodeID)

@@ -9,6 +9,41 @@ import (
 	"context"
 )
 
+const nodeLiveDigestMatch = `-- name: NodeLiveDigestMatch :one
+SELECT n.live_digest = $1::bigint AS same,
+    coalesce(a.ids, '{}')::bigint[] AS assigned_ids, coalesce(a.epochs, '{}')::bigint[] AS assigned_epochs
+FROM nodes n
+LEFT JOIN LATERAL (
+    SELECT array_agg(w.id ORDER BY w.id) AS ids, array_agg(w.epoch ORDER BY w.id) AS epochs
+    FROM work w WHERE n.live_digest = $1::bigint AND w.node_id = n.id AND w.state = 'assigned'
+) a ON true
+WHERE n.id = $2::bigint
+`
+
+type NodeLiveDigestMatchParams struct {
+	Digest int64
+	NodeID int64
+}
+
+type NodeLiveDigestMatchRow struct {
+	Same           bool
+	AssignedIds    []int64
+	AssignedEpochs []int64
+}
+
+// NodeLiveDigestMatch says whether a report's digest (nodes.workDigest
+// over what the agent runs) is the node's live_digest and, when it is,
+// lists the node's items still recorded as assigned: the agent runs
+// exactly the node's live work, so those have started (their acks were
+// lost or are on their way). It reads the node's row and its assigned
+// items, not the rest of its live work.
+func (q *Queries) NodeLiveDigestMatch(ctx context.Context, db DBTX, arg NodeLiveDigestMatchParams) (NodeLiveDigestMatchRow, error) {
+	row := db.QueryRow(ctx, nodeLiveDigestMatch, arg.Digest, arg.NodeID)
+	var i NodeLiveDigestMatchRow
+	err := row.Scan(&i.Same, &i.AssignedIds, &i.AssignedEpochs)
+	return i, err
+}
+
 const workActivateRunning = `-- name: WorkActivateRunning :execrows
 UPDATE work w SET state = 'active', updated_at = now()
 FROM (SELECT x.id FROM work x
@@ -40,42 +75,4 @@ func (q *Queries) WorkActivateRunning(ctx context.Context, db DBTX, arg WorkActi
 		return 0, err
 	}
 	return result.RowsAffected(), nil
-}
-
-const workReconcileSame = `-- name: WorkReconcileSame :one
-WITH n AS (
-    SELECT live_digest = $1::bigint AS same FROM nodes WHERE id = $2::bigint
-), started AS (
-    SELECT x.id FROM work x
-    WHERE (SELECT same FROM n) AND x.node_id = $2::bigint AND x.state = 'assigned'
-    ORDER BY x.id FOR UPDATE OF x SKIP LOCKED
-), activated AS (
-    UPDATE work w SET state = 'active', updated_at = now()
-    FROM started s WHERE w.id = s.id
-    RETURNING w.id
-)
-SELECT coalesce((SELECT same FROM n), false)::boolean AS same, (SELECT count(*) FROM activated)::bigint AS activated
-`
-
-type WorkReconcileSameParams struct {
-	Digest int64
-	NodeID int64
-}
-
-type WorkReconcileSameRow struct {
-	Same      bool
-	Activated int64
-}
-
-// WorkReconcileSame reconciles a node's report in one read of the node's
-// row when the report's digest (nodes.workDigest over what the agent
-// runs) is the node's live_digest: the agent runs exactly the node's live
-// work, so its items still recorded as assigned have started (their acks
-// were lost or are on their way) and become active. same is false, and
-// nothing is written, when the digests differ.
-func (q *Queries) WorkReconcileSame(ctx context.Context, db DBTX, arg WorkReconcileSameParams) (WorkReconcileSameRow, error) {
-	row := db.QueryRow(ctx, workReconcileSame, arg.Digest, arg.NodeID)
-	var i WorkReconcileSameRow
-	err := row.Scan(&i.Same, &i.Activated)
-	return i, err
 }

@@ -334,7 +334,30 @@ func (sc *scene) topStatements(ctx context.Context, phase string) func() {
 		return func() {}
 	}
 	_, _ = sc.pool.Exec(ctx, `SELECT pg_stat_statements_reset()`)
+	updates := func() map[string][2]int64 {
+		out := map[string][2]int64{}
+		rows, err := sc.pool.Query(ctx, `SELECT relname::text, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
+			WHERE relname IN ('nodes', 'work')`)
+		if err != nil {
+			return out
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var t string
+			var upd, hot int64
+			if rows.Scan(&t, &upd, &hot) == nil {
+				out[t] = [2]int64{upd, hot}
+			}
+		}
+		return out
+	}
+	before := updates()
 	return func() {
+		after := updates()
+		for _, t := range []string{"nodes", "work"} {
+			upd, hot := after[t][0]-before[t][0], after[t][1]-before[t][1]
+			logf("%s: %s rows updated %d, of which HOT %d (%.0f%%)", phase, t, upd, hot, 100*float64(hot)/float64(max(upd, 1)))
+		}
 		rows, err := sc.pool.Query(ctx, `SELECT calls, rows, total_exec_time, regexp_replace(left(query, 110), '\s+', ' ', 'g')
 			FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 12`)
 		if err != nil {

@@ -155,9 +155,9 @@ func parseAssignPayload(payload string) ([]int64, int64) {
 	return ids, version
 }
 
-// ParseAssignPayload reads an AssignChannel payload for the hub: the
-// node ids to wake, nil for all.
-func ParseAssignPayload(payload string) []int64 {
+// ParseNodeIDs reads the node ids of an AssignChannel or AccessChannel
+// payload, nil for all.
+func ParseNodeIDs(payload string) []int64 {
 	ids, _ := parseAssignPayload(payload)
 	return ids
 }

@@ -127,7 +127,7 @@ func TestAssignPayloadCarriesThePlacementsVersion(t *testing.T) {
 			t.Errorf("%q: %s, want %s", payload, g, want)
 		}
 	}
-	if ids := ParseAssignPayload("*"); ids != nil {
+	if ids := ParseNodeIDs("*"); ids != nil {
 		t.Errorf("* wakes every node: got %v, want nil", ids)
 	}
 }

@@ -3,8 +3,6 @@ package server
 import (
 	"context"
 	"log/slog"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -58,7 +56,7 @@ func (h *Hub) wake(payload string) {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	ids := nodes.ParseAssignPayload(payload)
+	ids := nodes.ParseNodeIDs(payload)
 	if ids == nil {
 		for id, ch := range h.waiters {
 			close(ch)
@@ -137,21 +135,6 @@ func (h *Hub) listen(ctx context.Context, connString string) error {
 
 func (h *Hub) access(payload string) {
 	if h.OnAccess != nil {
-		h.OnAccess(parseIDs(payload))
+		h.OnAccess(nodes.ParseNodeIDs(payload))
 	}
-}
-
-// parseIDs reads a notification payload: node ids, or nil for all.
-func parseIDs(payload string) []int64 {
-	if payload == "*" || payload == "" {
-		return nil
-	}
-	parts := strings.Split(payload, ",")
-	ids := make([]int64, 0, len(parts))
-	for _, p := range parts {
-		if id, err := strconv.ParseInt(p, 10, 64); err == nil {
-			ids = append(ids, id)
-		}
-	}
-	return ids
 }

@@ -426,11 +426,12 @@ func (s *Server) streamAssignments(w http.ResponseWriter, r *http.Request, a nod
 			}
 		}
 		if ds.Version > since {
+			// Counted before it goes, so whoever reads the line sees it counted.
+			metrics.StreamDeliveries.WithLabelValues(from).Inc()
 			if !send(ds) {
 				return
 			}
 			since = ds.Version
-			metrics.StreamDeliveries.WithLabelValues(from).Inc()
 		}
 		for woke := false; !woke; {
 			select {

@@ -1,6 +1,7 @@
 package nodes
 
 import (
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,10 +48,12 @@ type recentNode struct {
 }
 
 // recentSegment is what one placement group placed on a node: the items,
-// taking the node from version prev to version.
+// taking the node from version prev to version, and their share of the
+// node's live_digest.
 type recentSegment struct {
 	prev, version int64
 	items         []agentproto.Assignment
+	digest        int64
 }
 
 func (r *recentDeltas) node(id int64) *recentNode {
@@ -65,12 +68,21 @@ func (r *recentDeltas) node(id int64) *recentNode {
 	return n
 }
 
-// placed keeps what a committed placement group put on a node.
+// placed keeps what a committed placement group put on a node, in version
+// order.
 func (r *recentDeltas) placed(nodeID, prev, version int64, items []agentproto.Assignment) {
+	var digest int64
+	for _, a := range items {
+		digest ^= workDigest(a.ID, a.Epoch)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	n := r.node(nodeID)
-	n.segs = append(n.segs, recentSegment{prev: prev, version: version, items: items})
+	i := len(n.segs)
+	for i > 0 && n.segs[i-1].version > version {
+		i--
+	}
+	n.segs = slices.Insert(n.segs, i, recentSegment{prev: prev, version: version, items: items, digest: digest})
 	if len(n.segs) > recentSegments {
 		n.segs = append(n.segs[:0:0], n.segs[len(n.segs)-recentSegments:]...)
 	}
@@ -132,6 +144,36 @@ func (r *recentDeltas) delta(nodeID, since int64, mark uint64) (agentproto.Desir
 		return agentproto.DesiredSet{}, false
 	}
 	return ds, true
+}
+
+// unapplied is what an agent's report may lack of its node's live work
+// because the deliveries are still on their way: the latest placements
+// kept here, newest first. The i-th lag is the last i+1 placements
+// together: their digest, and their items' ids.
+func (r *recentDeltas) unapplied(nodeID int64) []lag {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := r.nodes[nodeID]
+	if n == nil {
+		return nil
+	}
+	lags := make([]lag, 0, len(n.segs))
+	var l lag
+	for i := len(n.segs) - 1; i >= 0; i-- {
+		l.digest ^= n.segs[i].digest
+		l.ids = slices.Clone(l.ids)
+		for _, a := range n.segs[i].items {
+			l.ids = append(l.ids, a.ID)
+		}
+		lags = append(lags, l)
+	}
+	return lags
+}
+
+// lag is placements a report may not show yet (see unapplied).
+type lag struct {
+	digest int64
+	ids    []int64
 }
 
 // parseAssignPayload reads an AssignChannel payload: the node ids (nil for

@@ -131,3 +131,31 @@ func TestAssignPayloadCarriesThePlacementsVersion(t *testing.T) {
 		t.Errorf("* wakes every node: got %v, want nil", ids)
 	}
 }
+
+// Placements kept out of order (two groups committing close together)
+// still chain in version order, and a lagging report's candidates are the
+// newest placements first, each with the items it adds.
+func TestRecentDeltasKeepVersionOrderAndListTheUnapplied(t *testing.T) {
+	var r recentDeltas
+	const n = 3
+	mark := r.mark(n)
+	r.placed(n, 20, 30, items(3))
+	r.placed(n, 10, 20, items(1, 2))
+	r.notified([]int64{n}, 30)
+	if g := got(&r, n, 10, mark); g != "v30 [1 2 3]" {
+		t.Fatalf("two placements kept out of order: %s, want v30 [1 2 3]", g)
+	}
+	lags := r.unapplied(n)
+	if len(lags) != 2 || fmt.Sprint(lags[0].ids) != "[3]" || fmt.Sprint(lags[1].ids) != "[3 1 2]" {
+		t.Fatalf("unapplied: %+v, want [3] then [3 1 2]", lags)
+	}
+	if want := workDigest(3, 1); lags[0].digest != want {
+		t.Fatalf("the newest placement's digest is %x, want %x", lags[0].digest, want)
+	}
+	if want := workDigest(1, 1) ^ workDigest(2, 1) ^ workDigest(3, 1); lags[1].digest != want {
+		t.Fatalf("the last two placements' digest is %x, want %x", lags[1].digest, want)
+	}
+	if r.unapplied(n+1) != nil {
+		t.Fatal("a node with nothing kept has unapplied placements")
+	}
+}

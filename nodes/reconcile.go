@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/md5"
 	"encoding/binary"
+	"slices"
 	"strconv"
 
 	"github.com/callplane/callplane/db"
@@ -22,18 +23,47 @@ import (
 //
 // Most reports match: when the report's digest is the node's (see
 // migration 00020), the node's row and its items still assigned are read,
-// not the rest of its live work, and those items are activated.
+// not the rest of its live work, and those items are activated. On a busy
+// node a report often lags by the deliveries still on their way: when the
+// report with this instance's latest placements on the node added is the
+// node's work (and shows none of them), it matches too, and those stay
+// assigned.
 func (s *Service) Reconcile(ctx context.Context, nodeID int64, running []agentproto.Running) (bool, error) {
-	match, err := s.q.NodeLiveDigestMatch(ctx, s.pool, dbsqlc.NodeLiveDigestMatchParams{NodeID: nodeID, Digest: runningDigest(running)})
+	digest := runningDigest(running)
+	lags := s.recent.unapplied(nodeID)
+	digests := make([]int64, 1, 1+len(lags))
+	digests[0] = digest
+	for _, l := range lags {
+		digests = append(digests, digest^l.digest)
+	}
+	match, err := s.q.NodeLiveDigestMatch(ctx, s.pool, dbsqlc.NodeLiveDigestMatchParams{NodeID: nodeID, Digests: digests})
 	if err != nil {
 		return false, db.Translate(err)
 	}
-	if match.Same {
-		metrics.Reconciles.WithLabelValues("same").Inc()
-		if len(match.AssignedIds) == 0 {
+	var pending []int64
+	if match.Matched > 1 {
+		pending = lags[match.Matched-2].ids
+		if slices.ContainsFunc(running, func(r agentproto.Running) bool { return slices.Contains(pending, r.ID) }) {
+			match.Matched = 0 // it shows some of them: compare
+		}
+	}
+	if match.Matched > 0 {
+		result := "same"
+		if match.Matched > 1 {
+			result = "behind"
+		}
+		metrics.Reconciles.WithLabelValues(result).Inc()
+		var ids, epochs []int64
+		for i, id := range match.AssignedIds {
+			if !slices.Contains(pending, id) {
+				ids = append(ids, id)
+				epochs = append(epochs, match.AssignedEpochs[i])
+			}
+		}
+		if len(ids) == 0 {
 			return false, nil
 		}
-		n, err := s.q.WorkActivateRunning(ctx, s.pool, dbsqlc.WorkActivateRunningParams{Ids: match.AssignedIds, Epochs: match.AssignedEpochs, NodeID: &nodeID})
+		n, err := s.q.WorkActivateRunning(ctx, s.pool, dbsqlc.WorkActivateRunningParams{Ids: ids, Epochs: epochs, NodeID: &nodeID})
 		return n > 0, err
 	}
 	metrics.Reconciles.WithLabelValues("compared").Inc()

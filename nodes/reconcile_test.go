@@ -77,3 +77,68 @@ func TestReconcileOfAMatchingReportComparesDigests(t *testing.T) {
 	}
 	reconcile(now, q.NodeID == node, 1, 0, "the report after an end and a placement")
 }
+
+// On a busy node a report often lags the deliveries still on their way:
+// when the report with this instance's latest placements on the node
+// added is the node's work, it matches (reconciles_total{result="behind"})
+// without reading the node's live work, the items it shows turn active
+// and the ones on their way stay assigned. A report that shows a later
+// placement but not an earlier one is compared item by item. Not
+// parallel: the counters are process-wide.
+func TestReconcileOfAReportBehindItsDeliveriesMatches(t *testing.T) {
+	e := setup(t)
+	e.node("m1", nodes.KindMedia, 100, 1)
+	node := e.nodeID("m1")
+	var ps []nodes.Placement
+	for i := range 4 {
+		ps = append(ps, e.place(nodes.WorkCall, fmt.Sprintf("b%d", i), 1))
+	}
+	runs := func(idx ...int) []agentproto.Running {
+		var out []agentproto.Running
+		for _, i := range idx {
+			out = append(out, agentproto.Running{ID: ps[i].ID, Epoch: ps[i].Epoch})
+		}
+		return out
+	}
+	counts := func() [3]float64 {
+		return [3]float64{testutil.ToFloat64(metrics.Reconciles.WithLabelValues("same")),
+			testutil.ToFloat64(metrics.Reconciles.WithLabelValues("behind")),
+			testutil.ToFloat64(metrics.Reconciles.WithLabelValues("compared"))}
+	}
+	state := func(i int) string {
+		t.Helper()
+		var s string
+		if err := e.pool.QueryRow(e.ctx, "SELECT state FROM work WHERE id = $1", ps[i].ID).Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	reconcile := func(report []agentproto.Running, wantChanged bool, want [3]float64, what string) {
+		t.Helper()
+		before := counts()
+		changed, err := e.svc.Reconcile(e.ctx, node, report)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		after := counts()
+		got := [3]float64{after[0] - before[0], after[1] - before[1], after[2] - before[2]}
+		if changed != wantChanged || got != want {
+			t.Fatalf("%s: changed=%v, same/behind/compared %v; want changed=%v, %v", what, changed, got, wantChanged, want)
+		}
+	}
+	reconcile(runs(0, 1), true, [3]float64{0, 1, 0}, "a report without the last two placements")
+	for i, want := range []string{nodes.WorkActive, nodes.WorkActive, nodes.WorkAssigned, nodes.WorkAssigned} {
+		if got := state(i); got != want {
+			t.Fatalf("item %d is %s after a report of items 0 and 1, want %s", i, got, want)
+		}
+	}
+	reconcile(runs(0), false, [3]float64{0, 1, 0}, "a report without the last three")
+	reconcile(runs(0, 1, 3), true, [3]float64{0, 0, 1}, "a report that shows the last placement but not the one before")
+	if got := state(3); got != nodes.WorkActive {
+		t.Fatalf("item 3 is %s after a report that shows it, want active", got)
+	}
+	reconcile(runs(0, 1, 2, 3), true, [3]float64{1, 0, 0}, "the whole set")
+	if got := state(2); got != nodes.WorkActive {
+		t.Fatalf("item 2 is %s after a report of the whole set, want active", got)
+	}
+}

@@ -352,15 +352,26 @@ func (s *Server) streamAssignments(w http.ResponseWriter, r *http.Request, a nod
 	metrics.LongPollWaiters.Inc()
 	defer metrics.LongPollWaiters.Dec()
 	started := false
-	// flush sends what is written at once. An agent that stops reading
-	// does not hold this handler (and a graceful shutdown) past the write
-	// deadline.
+	// An agent that stops reading does not hold this handler (and a
+	// graceful shutdown) past the write deadline. It is moved on when a
+	// quarter of it has passed, not at each line (each move is a timer
+	// change on the connection): a write then has between three quarters
+	// of streamWriteTimeout and all of it.
+	var deadline time.Time
+	extend := func() {
+		if now := time.Now(); deadline.Sub(now) < streamWriteTimeout*3/4 {
+			deadline = now.Add(streamWriteTimeout)
+			_ = rc.SetWriteDeadline(deadline)
+		}
+	}
+	enc := json.NewEncoder(w)
+	// flush sends what is written at once.
 	flush := func() bool {
-		_ = rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
+		extend()
 		return rc.Flush() == nil
 	}
 	write := func(ds agentproto.DesiredSet) bool {
-		return json.NewEncoder(w).Encode(ds) == nil && flush()
+		return enc.Encode(ds) == nil && flush()
 	}
 	// Results of acks are held (written, not sent) for ackResultHold at
 	// most: a delivery or a beat's answer going meanwhile takes them along
@@ -379,8 +390,8 @@ func (s *Server) streamAssignments(w http.ResponseWriter, r *http.Request, a nod
 		return write(ds)
 	}
 	hold := func(ds agentproto.DesiredSet) bool {
-		_ = rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
-		if json.NewEncoder(w).Encode(ds) != nil {
+		extend()
+		if enc.Encode(ds) != nil {
 			return false
 		}
 		if resultsDue == nil {

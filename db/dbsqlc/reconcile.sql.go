@@ -10,37 +10,37 @@ import (
 )
 
 const nodeLiveDigestMatch = `-- name: NodeLiveDigestMatch :one
-SELECT n.live_digest = $1::bigint AS same,
+SELECT coalesce(array_position($1::bigint[], n.live_digest), 0)::int AS matched,
     coalesce(a.ids, '{}')::bigint[] AS assigned_ids, coalesce(a.epochs, '{}')::bigint[] AS assigned_epochs
 FROM nodes n
 LEFT JOIN LATERAL (
     SELECT array_agg(w.id ORDER BY w.id) AS ids, array_agg(w.epoch ORDER BY w.id) AS epochs
-    FROM work w WHERE n.live_digest = $1::bigint AND w.node_id = n.id AND w.state = 'assigned'
+    FROM work w WHERE n.live_digest = ANY($1::bigint[]) AND w.node_id = n.id AND w.state = 'assigned'
 ) a ON true
 WHERE n.id = $2::bigint
 `
 
 type NodeLiveDigestMatchParams struct {
-	Digest int64
-	NodeID int64
+	Digests []int64
+	NodeID  int64
 }
 
 type NodeLiveDigestMatchRow struct {
-	Same           bool
+	Matched        int32
 	AssignedIds    []int64
 	AssignedEpochs []int64
 }
 
-// NodeLiveDigestMatch says whether a report's digest (nodes.workDigest
-// over what the agent runs) is the node's live_digest and, when it is,
-// lists the node's items still recorded as assigned: the agent runs
-// exactly the node's live work, so those have started (their acks were
-// lost or are on their way). It reads the node's row and its assigned
-// items, not the rest of its live work.
+// NodeLiveDigestMatch says which of a report's digests (nodes.workDigest
+// over what the agent runs, then that XOR the items of this instance's
+// latest placements on the node, newest first: a report may lag the
+// deliveries on their way) is the node's live_digest, 1-based, 0 for none,
+// and, when one is, lists the node's items still assigned. It reads the
+// node's row and its assigned items, not the rest of its live work.
 func (q *Queries) NodeLiveDigestMatch(ctx context.Context, db DBTX, arg NodeLiveDigestMatchParams) (NodeLiveDigestMatchRow, error) {
-	row := db.QueryRow(ctx, nodeLiveDigestMatch, arg.Digest, arg.NodeID)
+	row := db.QueryRow(ctx, nodeLiveDigestMatch, arg.Digests, arg.NodeID)
 	var i NodeLiveDigestMatchRow
-	err := row.Scan(&i.Same, &i.AssignedIds, &i.AssignedEpochs)
+	err := row.Scan(&i.Matched, &i.AssignedIds, &i.AssignedEpochs)
 	return i, err
 }
 

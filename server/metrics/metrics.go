@@ -112,11 +112,12 @@ var (
 
 	// Reconciles counts the comparisons of an agent's report of what it
 	// runs with its node's live work, by how they went: "same" (the
-	// report's digest was the node's: one row read) or "compared" (the
+	// report's digest was the node's: one row read), "behind" (it was,
+	// with the deliveries still on their way added) or "compared" (the
 	// node's live work read and compared item by item).
 	Reconciles = register(prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: Namespace, Name: "reconciles_total",
-		Help: "Reconciliations of agents' running reports, by result (same: the digests matched; compared: item by item).",
+		Help: "Reconciliations of agents' running reports, by result (same: the digests matched; behind: they matched with the deliveries on their way; compared: item by item).",
 	}, []string{"result"}))
 
 	// LongPollWaiters is the number of agent long-polls waiting now.

@@ -2,6 +2,7 @@ package nodes
 
 import (
 	"context"
+	"maps"
 	"sync"
 	"time"
 
@@ -17,6 +18,9 @@ type heartbeat struct {
 	at      time.Time
 	load    int32
 	version string
+	// skipped: a flush found the node locked by another transaction and
+	// left its beat for the next, which waits for the lock.
+	skipped bool
 }
 
 // Heartbeats collects agent heartbeats in memory and writes them to
@@ -38,7 +42,8 @@ func (s *Service) NewHeartbeats(every time.Duration) *Heartbeats {
 // Record notes a heartbeat; the next flush writes it.
 func (h *Heartbeats) Record(nodeID int64, load int32, version string) {
 	h.mu.Lock()
-	h.pending[nodeID] = heartbeat{at: time.Now(), load: load, version: safetext.Sanitize(version, MaxAgentVersion)}
+	h.pending[nodeID] = heartbeat{at: time.Now(), load: load, version: safetext.Sanitize(version, MaxAgentVersion),
+		skipped: h.pending[nodeID].skipped}
 	h.mu.Unlock()
 }
 
@@ -59,7 +64,7 @@ func (h *Heartbeats) Run(ctx context.Context) {
 	}
 }
 
-func (h *Heartbeats) write(ctx context.Context, batch map[int64]heartbeat) error {
+func heartbeatParams(batch map[int64]heartbeat) dbsqlc.NodeHeartbeatBatchParams {
 	p := dbsqlc.NodeHeartbeatBatchParams{}
 	for id, b := range batch {
 		p.Ids = append(p.Ids, id)
@@ -67,7 +72,30 @@ func (h *Heartbeats) write(ctx context.Context, batch map[int64]heartbeat) error
 		p.Loads = append(p.Loads, b.load)
 		p.Versions = append(p.Versions, b.version)
 	}
-	return h.svc.q.NodeHeartbeatBatch(ctx, h.svc.pool, p)
+	return p
+}
+
+// write writes the beats, waiting for nodes another transaction holds.
+func (h *Heartbeats) write(ctx context.Context, batch map[int64]heartbeat) error {
+	return h.svc.q.NodeHeartbeatBatch(ctx, h.svc.pool, heartbeatParams(batch))
+}
+
+// writeUnlocked writes the beats of the nodes no other transaction holds
+// and returns the others, marked skipped.
+func (h *Heartbeats) writeUnlocked(ctx context.Context, batch map[int64]heartbeat) (map[int64]heartbeat, error) {
+	written, err := h.svc.q.NodeHeartbeatBatchSkipLocked(ctx, h.svc.pool, dbsqlc.NodeHeartbeatBatchSkipLockedParams(heartbeatParams(batch)))
+	if err != nil {
+		return nil, err
+	}
+	left := maps.Clone(batch)
+	for _, id := range written {
+		delete(left, id)
+	}
+	for id, b := range left {
+		b.skipped = true
+		left[id] = b
+	}
+	return left, nil
 }
 
 // requeue keeps beats for the next flush unless a newer beat arrived, so
@@ -76,8 +104,13 @@ func (h *Heartbeats) requeue(batch map[int64]heartbeat) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for id, b := range batch {
-		if _, newer := h.pending[id]; !newer {
+		cur, newer := h.pending[id]
+		switch {
+		case !newer:
 			h.pending[id] = b
+		case b.skipped:
+			cur.skipped = true
+			h.pending[id] = cur
 		}
 	}
 }
@@ -93,6 +126,35 @@ func (h *Heartbeats) Flush(ctx context.Context) {
 	}
 	// A heartbeat never changes health: the checker brings a node up
 	// when its probe and its agent agree.
+	//
+	// A beat does not wait for a node another transaction holds (a
+	// placement group, to its commit): it is written at the next flush,
+	// which waits then, so a beat is late by one flush at most.
+	fresh := map[int64]heartbeat{}
+	for id, b := range batch {
+		if !b.skipped {
+			fresh[id] = b
+			delete(batch, id)
+		}
+	}
+	if len(fresh) > 0 {
+		left, err := h.writeUnlocked(ctx, fresh)
+		switch {
+		case err == nil:
+			h.requeue(left)
+		case db.Unreachable(err) || ctx.Err() != nil:
+			maps.Copy(batch, fresh)
+			h.svc.log.Error("write heartbeats; retrying at the next flush", "nodes", len(batch), "err", err)
+			h.requeue(batch)
+			return
+		default:
+			maps.Copy(batch, fresh) // refused on its data: see below
+		}
+	}
+	if len(batch) == 0 {
+		h.signalFlushed()
+		return
+	}
 	if err := h.write(ctx, batch); err != nil {
 		if db.Unreachable(err) || ctx.Err() != nil {
 			h.svc.log.Error("write heartbeats; retrying at the next flush", "nodes", len(batch), "err", err)
@@ -113,6 +175,10 @@ func (h *Heartbeats) Flush(ctx context.Context) {
 			}
 		}
 	}
+	h.signalFlushed()
+}
+
+func (h *Heartbeats) signalFlushed() {
 	select {
 	case h.flushed <- struct{}{}:
 	default:

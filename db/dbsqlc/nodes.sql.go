@@ -380,6 +380,55 @@ func (q *Queries) NodeHeartbeatBatch(ctx context.Context, db DBTX, arg NodeHeart
 	return err
 }
 
+const nodeHeartbeatBatchSkipLocked = `-- name: NodeHeartbeatBatchSkipLocked :many
+WITH locked AS (
+    SELECT id FROM nodes WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE SKIP LOCKED
+)
+UPDATE nodes n SET last_heartbeat_at = b.at, reported_load = b.load, agent_version = b.version
+FROM (SELECT unnest($1::bigint[]) AS id, unnest($2::timestamptz[]) AS at,
+             unnest($3::int[]) AS load, unnest($4::text[]) AS version) b
+WHERE n.id = b.id AND n.id IN (SELECT id FROM locked)
+RETURNING n.id
+`
+
+type NodeHeartbeatBatchSkipLockedParams struct {
+	Ids      []int64
+	Ats      []time.Time
+	Loads    []int32
+	Versions []string
+}
+
+// NodeHeartbeatBatchSkipLocked is NodeHeartbeatBatch for the nodes no other
+// transaction holds: a placement group holds its nodes to its commit, and
+// a batch of heartbeats waiting for them held the others it had locked,
+// which the next group then waited for. It returns the nodes it wrote;
+// the others' beats are written at the next flush, waiting then
+// (nodes.Heartbeats).
+func (q *Queries) NodeHeartbeatBatchSkipLocked(ctx context.Context, db DBTX, arg NodeHeartbeatBatchSkipLockedParams) ([]int64, error) {
+	rows, err := db.Query(ctx, nodeHeartbeatBatchSkipLocked,
+		arg.Ids,
+		arg.Ats,
+		arg.Loads,
+		arg.Versions,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []int64{}
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		items = append(items, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const nodeInsert = `-- name: NodeInsert :one
 INSERT INTO nodes (name, kind, address, capacity, weight, region, description, admin_state, updated_by)
 VALUES ($1, $2, $3, $4, $5, $6, $7, 'enabled', $8)

@@ -60,6 +60,22 @@ FROM (SELECT unnest(@ids::bigint[]) AS id, unnest(@ats::timestamptz[]) AS at,
              unnest(@loads::int[]) AS load, unnest(@versions::text[]) AS version) b
 WHERE n.id = b.id AND n.id IN (SELECT id FROM locked);
 
+-- NodeHeartbeatBatchSkipLocked is NodeHeartbeatBatch for the nodes no other
+-- transaction holds: a placement group holds its nodes to its commit, and
+-- a batch of heartbeats waiting for them held the others it had locked,
+-- which the next group then waited for. It returns the nodes it wrote;
+-- the others' beats are written at the next flush, waiting then
+-- (nodes.Heartbeats).
+-- name: NodeHeartbeatBatchSkipLocked :many
+WITH locked AS (
+    SELECT id FROM nodes WHERE id = ANY(@ids::bigint[]) ORDER BY id FOR NO KEY UPDATE SKIP LOCKED
+)
+UPDATE nodes n SET last_heartbeat_at = b.at, reported_load = b.load, agent_version = b.version
+FROM (SELECT unnest(@ids::bigint[]) AS id, unnest(@ats::timestamptz[]) AS at,
+             unnest(@loads::int[]) AS load, unnest(@versions::text[]) AS version) b
+WHERE n.id = b.id AND n.id IN (SELECT id FROM locked)
+RETURNING n.id;
+
 -- name: NodeKindSummary :many
 SELECT kind,
     count(*) FILTER (WHERE health = 'up' AND admin_state <> 'disabled')::int AS up,

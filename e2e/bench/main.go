@@ -32,6 +32,7 @@ type options struct {
 	lpRate            int
 	lpLowRate         int
 	placeDuration     time.Duration
+	placeRounds       int
 	placeWorkers      int
 	placeBatch        int
 	placeBatchWorkers int
@@ -79,6 +80,7 @@ func main() {
 	flag.IntVar(&opt.lpRate, "lp-rate", 1000, "assignments per second for the long-poll figure")
 	flag.IntVar(&opt.lpLowRate, "lp-low-rate", 250, "a second, lower long-poll rate measured first for 4 s (0: skip)")
 	flag.DurationVar(&opt.placeDuration, "placement-duration", 10*time.Second, "placement throughput phase length")
+	flag.IntVar(&opt.placeRounds, "placement-rounds", 2, "rounds of the batch placement figure, each followed by the River peer's (the ratio is of their sums)")
 	flag.IntVar(&opt.placeWorkers, "placement-workers", 64, "concurrent POST /api/v1/work clients for the single-item comparison")
 	flag.IntVar(&opt.placeBatch, "placement-batch", 100, "work items per POST /api/v1/work request for the placement figure")
 	flag.IntVar(&opt.placeBatchWorkers, "placement-batch-workers", 8, "concurrent batch POST /api/v1/work clients for the placement figure")

@@ -24,11 +24,11 @@ const riverDir = "e2e/bench/river"
 // the placement figure: jobs inserted in batches of 100 by 8 clients and
 // worked by 100 workers in a separate process with River's own benchmark
 // tuning, created to completed. It returns jobs per second.
-func runRiverPeer(ctx context.Context, pg *localpg.Server, dir string, jobs int) (float64, error) {
-	if err := pg.EnsureDatabase(ctx, "riverpeer"); err != nil {
+func runRiverPeer(ctx context.Context, pg *localpg.Server, dir, database string, jobs int) (float64, error) {
+	if err := pg.EnsureDatabase(ctx, database); err != nil {
 		return 0, err
 	}
-	url := pg.URL("riverpeer")
+	url := pg.URL(database)
 	bin, err := filepath.Abs(filepath.Join(dir, "riverpeer"))
 	if err != nil {
 		return 0, err

@@ -102,6 +102,12 @@ func (h *haCluster) runAgent(t *testing.T, servers string) (stateDir string, log
 // runAgentPolling is runAgent with the agent's long-poll (or stream) wait.
 func (h *haCluster) runAgentPolling(t *testing.T, servers string, pollWait time.Duration) (stateDir string, logs *syncBuffer) {
 	t.Helper()
+	return h.runAgentWith(t, servers, pollWait, nil)
+}
+
+// runAgentWith is runAgentPolling with tweak applied to the agent's options.
+func (h *haCluster) runAgentWith(t *testing.T, servers string, pollWait time.Duration, tweak func(*agent.RunOptions)) (stateDir string, logs *syncBuffer) {
+	t.Helper()
 	ctx := context.Background()
 	h.a.AddNode(t, "m1", "media", "127.0.0.1:5999", 100)
 	jt, err := h.a.Nodes().CreateJoinToken(ctx, nodes.Actor{Name: "test"}, "m1", time.Hour)
@@ -116,10 +122,12 @@ func (h *haCluster) runAgentPolling(t *testing.T, servers string, pollWait time.
 	logs = &syncBuffer{}
 	rctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() {
-		done <- agent.Run(rctx, agent.RunOptions{StateDir: stateDir, Version: "test", PollWait: pollWait,
-			Logger: slog.New(slog.NewTextHandler(logs, nil))})
-	}()
+	opts := agent.RunOptions{StateDir: stateDir, Version: "test", PollWait: pollWait,
+		Logger: slog.New(slog.NewTextHandler(logs, nil))}
+	if tweak != nil {
+		tweak(&opts)
+	}
+	go func() { done <- agent.Run(rctx, opts) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -164,6 +172,12 @@ func (h *haCluster) placeActive(t *testing.T, ref string) {
 	if _, err := h.a.Nodes().PlaceWork(context.Background(), nodes.Actor{Name: "test"}, nodes.WorkInput{Kind: "call", Ref: ref, Cost: 1}); err != nil {
 		t.Fatalf("place %s: %v", ref, err)
 	}
+	h.waitActive(t, ref)
+}
+
+// waitActive waits until the work ref is active.
+func (h *haCluster) waitActive(t *testing.T, ref string) {
+	t.Helper()
 	waitUntil(t, 30*time.Second, ref+" active on m1", func() bool {
 		conn, err := pgx.Connect(context.Background(), h.dbURL)
 		if err != nil {

@@ -646,7 +646,23 @@ func (a *agent) pollLoop(ctx context.Context) error {
 			a.stream = acks
 			a.mu.Unlock()
 			got, streamed := false, false
+			// The stream's reader merges each delivery into held and an
+			// applier applies the latest set: start hooks never hold up the
+			// reading of the stream (a beat's answer read late ends it).
+			var heldMu sync.Mutex
+			kick, applied := make(chan struct{}, 1), make(chan struct{})
+			go func() {
+				defer close(applied)
+				for range kick {
+					heldMu.Lock()
+					set := slices.SortedFunc(maps.Values(held), byID)
+					heldMu.Unlock()
+					a.queueAcks(a.stillOwed(acks.notInFlight(a.apply(ctx, set))))
+				}
+			}()
 			err = a.api.stream(ctx, func() int64 {
+				heldMu.Lock()
+				defer heldMu.Unlock()
 				if delta {
 					return since
 				}
@@ -663,13 +679,24 @@ func (a *agent) pollLoop(ctx context.Context) error {
 					}
 					return
 				}
-				pending := take(ds)
 				if !s {
-					owed = pending // an older server: they ride the next poll
+					owed = take(ds) // an older server: they ride the next poll
 					return
 				}
-				a.queueAcks(acks.notInFlight(pending))
+				heldMu.Lock()
+				since, answered = ds.Version, time.Now()
+				if !ds.Delta {
+					full = answered
+				}
+				held = ds.Apply(held)
+				heldMu.Unlock()
+				select {
+				case kick <- struct{}{}:
+				default: // the applier takes the latest set when it is free
+				}
 			})
+			close(kick)
+			<-applied
 			a.mu.Lock()
 			a.stream = nil
 			a.mu.Unlock()
@@ -887,6 +914,17 @@ func (a *agent) apply(ctx context.Context, desired []agentproto.Assignment) []pe
 		pending = append(pending, pendingAck{d: d, state: agentproto.StateActive})
 	}
 	return pending
+}
+
+// stillOwed drops the active acks of items a result marked acked while
+// the set that owed them was being applied.
+func (a *agent) stillOwed(pending []pendingAck) []pendingAck {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.DeleteFunc(pending, func(p pendingAck) bool {
+		l, running := a.running[p.d.ID]
+		return p.state == agentproto.StateActive && running && l.acked && l.Epoch == p.d.Epoch
+	})
 }
 
 // sendAcks sends the acks one delivery owes: several in batch requests,

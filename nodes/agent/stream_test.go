@@ -3,6 +3,8 @@ package agent_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -165,4 +167,35 @@ func storedCredential(t *testing.T, dir string) string {
 		t.Fatal(err)
 	}
 	return st.Credential
+}
+
+// A start hook runs beside the stream, not in its reader: while a hook
+// takes longer than a beat's answer may (half a heartbeat interval), the
+// beats still go on the stream and are answered there. Read in the
+// reader, the delivery held up the beat's answer, which ended the stream,
+// and the agent reconnected with a back-off while its beats went in
+// requests of their own.
+func TestRunSlowStartHookKeepsTheStream(t *testing.T) {
+	url := dbtest.URL(t)
+	h := &haCluster{a: servertest.Start(t, servertest.Options{DatabaseURL: url, Settings: servertest.NoProbes}), dbURL: url}
+	dir := t.TempDir()
+	started, finished := filepath.Join(dir, "started"), filepath.Join(dir, "finished")
+	hook := fmt.Sprintf(`[ "$CALLPLANE_REF" != slow ] || [ "$CALLPLANE_ACTION" != start ] || { touch %q; sleep 6; touch %q; }`, started, finished)
+	_, logs := h.runAgentWith(t, h.a.URL, time.Minute, func(o *agent.RunOptions) {
+		o.OnAssign = hook
+		o.HookTimeout = time.Minute
+	})
+	h.placeActive(t, "warm-up") // the stream is open
+	if _, err := h.a.Nodes().PlaceWork(context.Background(), nodes.Actor{Name: "test"}, nodes.WorkInput{Kind: "call", Ref: "slow", Cost: 1}); err != nil {
+		t.Fatal(err)
+	}
+	exists := func(p string) bool { _, err := os.Stat(p); return err == nil }
+	waitUntil(t, 30*time.Second, "the slow start hook running", func() bool { return exists(started) })
+	during := beatCounts(t)["stream"]
+	waitUntil(t, 60*time.Second, "the slow start hook done", func() bool { return exists(finished) })
+	if n := beatCounts(t)["stream"] - during; n < 2 {
+		t.Fatalf("%v beats on the stream during a 6 s start hook, want 2 or more\n%s", n, logs)
+	}
+	h.waitActive(t, "slow")
+	h.placeActive(t, "after") // and the stream still delivers
 }

@@ -615,12 +615,16 @@ func (a *agent) pollLoop(ctx context.Context) error {
 	// they ride the next poll.
 	var owed []pendingAck
 	// take applies one delivery and returns the acks it owes.
-	take := func(ds *agentproto.DesiredSet) []pendingAck {
+	// merge takes one delivery into held.
+	merge := func(ds *agentproto.DesiredSet) {
 		since, answered = ds.Version, time.Now()
 		if !ds.Delta {
 			full = answered
 		}
 		held = ds.Apply(held)
+	}
+	take := func(ds *agentproto.DesiredSet) []pendingAck {
+		merge(ds)
 		return a.apply(ctx, slices.SortedFunc(maps.Values(held), byID))
 	}
 	for {
@@ -684,11 +688,7 @@ func (a *agent) pollLoop(ctx context.Context) error {
 					return
 				}
 				heldMu.Lock()
-				since, answered = ds.Version, time.Now()
-				if !ds.Delta {
-					full = answered
-				}
-				held = ds.Apply(held)
+				merge(ds)
 				heldMu.Unlock()
 				select {
 				case kick <- struct{}{}:

@@ -247,7 +247,7 @@ func (q *Queries) NodeGetForUpdate(ctx context.Context, db DBTX, id int64) (Node
 }
 
 const nodeLiveWorkCount = `-- name: NodeLiveWorkCount :one
-SELECT count(*)::bigint FROM work WHERE node_id = $1 AND state IN ('assigned', 'active')
+SELECT count(*)::bigint FROM work WHERE node_id = $1 AND phase = 'live'
 `
 
 func (q *Queries) NodeLiveWorkCount(ctx context.Context, db DBTX, nodeID *int64) (int64, error) {

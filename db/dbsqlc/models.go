@@ -281,6 +281,7 @@ type Work struct {
 	UpdatedAt time.Time
 	EndedAt   *time.Time
 	LastError string
+	Phase     string
 }
 
 type WorkFailure struct {

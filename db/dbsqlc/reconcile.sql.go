@@ -15,7 +15,7 @@ SELECT coalesce(array_position($1::bigint[], n.live_digest), 0)::int AS matched,
 FROM nodes n
 LEFT JOIN LATERAL (
     SELECT array_agg(w.id ORDER BY w.id) AS ids, array_agg(w.epoch ORDER BY w.id) AS epochs
-    FROM work w WHERE n.live_digest = ANY($1::bigint[]) AND w.node_id = n.id AND w.state = 'assigned'
+    FROM work w WHERE n.live_digest = ANY($1::bigint[]) AND w.node_id = n.id AND w.phase = 'live' AND w.state = 'assigned'
 ) a ON true
 WHERE n.id = $2::bigint
 `

@@ -253,7 +253,7 @@ SELECT n.name, n.address, n.capacity, n.weight, n.health, n.admin_state,
        (n.maintenance_until IS NOT NULL AND n.maintenance_until > now())::boolean AS in_maintenance,
        count(w.id)::bigint AS calls
 FROM nodes n
-LEFT JOIN work w ON w.node_id = n.id AND w.kind = 'call' AND w.state IN ('assigned', 'active')
+LEFT JOIN work w ON w.node_id = n.id AND w.kind = 'call' AND w.phase = 'live'
 WHERE n.kind = 'media'
 GROUP BY n.id ORDER BY n.name
 `

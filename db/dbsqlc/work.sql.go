@@ -16,7 +16,7 @@ UPDATE work SET state = CASE WHEN $1::text = 'failed' THEN 'unplaced' ELSE $1 EN
     ended_at = CASE WHEN $1::text = 'ended' THEN now() ELSE ended_at END,
     updated_at = now()
 WHERE id = $2 AND node_id IS NOT DISTINCT FROM $3 AND epoch = $4 AND state NOT IN ('ended', 'unplaced')
-RETURNING id, ref, kind, cost, state, node_id, epoch, created_at, updated_at, ended_at, last_error
+RETURNING id, ref, kind, cost, state, node_id, epoch, created_at, updated_at, ended_at, last_error, phase
 `
 
 type WorkAckParams struct {
@@ -47,6 +47,7 @@ func (q *Queries) WorkAck(ctx context.Context, db DBTX, arg WorkAckParams) (Work
 		&i.UpdatedAt,
 		&i.EndedAt,
 		&i.LastError,
+		&i.Phase,
 	)
 	return i, err
 }
@@ -184,7 +185,7 @@ func (q *Queries) WorkCounts(ctx context.Context, db DBTX) ([]WorkCountsRow, err
 
 const workCountsByNode = `-- name: WorkCountsByNode :many
 SELECT kind, count(*)::bigint AS n, coalesce(sum(cost), 0)::bigint AS cost
-FROM work WHERE node_id = $1 AND state IN ('assigned', 'active') GROUP BY kind ORDER BY kind
+FROM work WHERE node_id = $1 AND phase = 'live' GROUP BY kind ORDER BY kind
 `
 
 type WorkCountsByNodeRow struct {
@@ -300,7 +301,7 @@ func (q *Queries) WorkDesiredDeltas(ctx context.Context, db DBTX, arg WorkDesire
 
 const workDesiredForNode = `-- name: WorkDesiredForNode :many
 SELECT id, ref, kind, cost, epoch, state FROM work
-WHERE node_id = $1 AND state IN ('assigned', 'active') ORDER BY id
+WHERE node_id = $1 AND phase = 'live' ORDER BY id
 `
 
 type WorkDesiredForNodeRow struct {
@@ -343,7 +344,7 @@ const workDesiredSetForNode = `-- name: WorkDesiredSetForNode :many
 SELECT n.assign_version, w.id, w.ref, w.kind, w.cost, w.epoch, w.state,
     c.call_id, c.from_uri, c.to_uri
 FROM nodes n
-LEFT JOIN work w ON w.node_id = n.id AND w.state IN ('assigned', 'active')
+LEFT JOIN work w ON w.node_id = n.id AND w.phase = 'live'
 LEFT JOIN sip_calls c ON c.ref = w.ref AND w.kind = 'call'
 WHERE n.id = $1
 ORDER BY w.id
@@ -402,7 +403,7 @@ func (q *Queries) WorkDesiredSetForNode(ctx context.Context, db DBTX, nodeID int
 
 const workEnd = `-- name: WorkEnd :one
 UPDATE work SET state = 'ended', ended_at = now(), updated_at = now(), node_id = node_id
-WHERE id = $1 RETURNING id, ref, kind, cost, state, node_id, epoch, created_at, updated_at, ended_at, last_error
+WHERE id = $1 RETURNING id, ref, kind, cost, state, node_id, epoch, created_at, updated_at, ended_at, last_error, phase
 `
 
 func (q *Queries) WorkEnd(ctx context.Context, db DBTX, id int64) (Work, error) {
@@ -420,6 +421,7 @@ func (q *Queries) WorkEnd(ctx context.Context, db DBTX, id int64) (Work, error) 
 		&i.UpdatedAt,
 		&i.EndedAt,
 		&i.LastError,
+		&i.Phase,
 	)
 	return i, err
 }
@@ -493,7 +495,7 @@ func (q *Queries) WorkFailuresOnNode(ctx context.Context, db DBTX, arg WorkFailu
 }
 
 const workGetByID = `-- name: WorkGetByID :one
-SELECT id, ref, kind, cost, state, node_id, epoch, created_at, updated_at, ended_at, last_error FROM work WHERE id = $1
+SELECT id, ref, kind, cost, state, node_id, epoch, created_at, updated_at, ended_at, last_error, phase FROM work WHERE id = $1
 `
 
 func (q *Queries) WorkGetByID(ctx context.Context, db DBTX, id int64) (Work, error) {
@@ -511,6 +513,7 @@ func (q *Queries) WorkGetByID(ctx context.Context, db DBTX, id int64) (Work, err
 		&i.UpdatedAt,
 		&i.EndedAt,
 		&i.LastError,
+		&i.Phase,
 	)
 	return i, err
 }
@@ -552,7 +555,7 @@ func (q *Queries) WorkGetByIDs(ctx context.Context, db DBTX, ids []int64) ([]Wor
 }
 
 const workGetByRef = `-- name: WorkGetByRef :one
-SELECT w.id, w.ref, w.kind, w.cost, w.state, w.node_id, w.epoch, w.created_at, w.updated_at, w.ended_at, w.last_error, coalesce(n.name, '')::text AS node_name FROM work w LEFT JOIN nodes n ON n.id = w.node_id WHERE w.ref = $1
+SELECT w.id, w.ref, w.kind, w.cost, w.state, w.node_id, w.epoch, w.created_at, w.updated_at, w.ended_at, w.last_error, w.phase, coalesce(n.name, '')::text AS node_name FROM work w LEFT JOIN nodes n ON n.id = w.node_id WHERE w.ref = $1
 `
 
 type WorkGetByRefRow struct {
@@ -567,6 +570,7 @@ type WorkGetByRefRow struct {
 	UpdatedAt time.Time
 	EndedAt   *time.Time
 	LastError string
+	Phase     string
 	NodeName  string
 }
 
@@ -585,13 +589,14 @@ func (q *Queries) WorkGetByRef(ctx context.Context, db DBTX, ref string) (WorkGe
 		&i.UpdatedAt,
 		&i.EndedAt,
 		&i.LastError,
+		&i.Phase,
 		&i.NodeName,
 	)
 	return i, err
 }
 
 const workGetForUpdate = `-- name: WorkGetForUpdate :one
-SELECT id, ref, kind, cost, state, node_id, epoch, created_at, updated_at, ended_at, last_error FROM work WHERE ref = $1 FOR UPDATE
+SELECT id, ref, kind, cost, state, node_id, epoch, created_at, updated_at, ended_at, last_error, phase FROM work WHERE ref = $1 FOR UPDATE
 `
 
 func (q *Queries) WorkGetForUpdate(ctx context.Context, db DBTX, ref string) (Work, error) {
@@ -609,12 +614,13 @@ func (q *Queries) WorkGetForUpdate(ctx context.Context, db DBTX, ref string) (Wo
 		&i.UpdatedAt,
 		&i.EndedAt,
 		&i.LastError,
+		&i.Phase,
 	)
 	return i, err
 }
 
 const workList = `-- name: WorkList :many
-SELECT w.id, w.ref, w.kind, w.cost, w.state, w.node_id, w.epoch, w.created_at, w.updated_at, w.ended_at, w.last_error, coalesce(n.name, '')::text AS node_name FROM work w LEFT JOIN nodes n ON n.id = w.node_id
+SELECT w.id, w.ref, w.kind, w.cost, w.state, w.node_id, w.epoch, w.created_at, w.updated_at, w.ended_at, w.last_error, w.phase, coalesce(n.name, '')::text AS node_name FROM work w LEFT JOIN nodes n ON n.id = w.node_id
 WHERE ($1::bigint = 0 OR w.node_id = $1)
   AND ($2::text = '' OR w.kind = $2)
   AND ($3::text = '' OR w.state = $3)
@@ -642,6 +648,7 @@ type WorkListRow struct {
 	UpdatedAt time.Time
 	EndedAt   *time.Time
 	LastError string
+	Phase     string
 	NodeName  string
 }
 
@@ -672,6 +679,7 @@ func (q *Queries) WorkList(ctx context.Context, db DBTX, arg WorkListParams) ([]
 			&i.UpdatedAt,
 			&i.EndedAt,
 			&i.LastError,
+			&i.Phase,
 			&i.NodeName,
 		); err != nil {
 			return nil, err
@@ -685,7 +693,7 @@ func (q *Queries) WorkList(ctx context.Context, db DBTX, arg WorkListParams) ([]
 }
 
 const workLiveOnNode = `-- name: WorkLiveOnNode :many
-SELECT id, ref, kind, cost FROM work WHERE node_id = $1 AND state IN ('assigned', 'active') ORDER BY id FOR UPDATE
+SELECT id, ref, kind, cost FROM work WHERE node_id = $1 AND phase = 'live' ORDER BY id FOR UPDATE
 `
 
 type WorkLiveOnNodeRow struct {
@@ -806,7 +814,7 @@ func (q *Queries) WorkPlace(ctx context.Context, db DBTX, arg WorkPlaceParams) (
 const workPruneEnded = `-- name: WorkPruneEnded :one
 WITH gone AS (
     DELETE FROM work WHERE id IN (
-        SELECT id FROM work WHERE state = 'ended' AND ended_at < now() - make_interval(secs => $1::float8)
+        SELECT id FROM work WHERE phase = 'ended' AND ended_at < now() - make_interval(secs => $1::float8)
         LIMIT $2)
     RETURNING id
 ), history AS (
@@ -846,7 +854,7 @@ func (q *Queries) WorkSetLastError(ctx context.Context, db DBTX, arg WorkSetLast
 
 const workUnackedNodes = `-- name: WorkUnackedNodes :many
 SELECT DISTINCT node_id::bigint AS node_id FROM work
-WHERE state = 'assigned' AND node_id IS NOT NULL
+WHERE phase = 'live' AND state = 'assigned' AND node_id IS NOT NULL
   AND updated_at < now() - make_interval(secs => $1::float8)
 `
 
@@ -874,7 +882,7 @@ func (q *Queries) WorkUnackedNodes(ctx context.Context, db DBTX, olderThanSecond
 
 const workUnackedOnNodeForUpdate = `-- name: WorkUnackedOnNodeForUpdate :many
 SELECT id, cost FROM work
-WHERE state = 'assigned' AND node_id = $1
+WHERE phase = 'live' AND state = 'assigned' AND node_id = $1
   AND updated_at < now() - make_interval(secs => $2::float8)
 ORDER BY id FOR UPDATE
 `
@@ -913,7 +921,7 @@ const workUnplacedForKind = `-- name: WorkUnplacedForKind :many
 SELECT w.id, w.ref, w.kind, w.cost,
     coalesce((SELECT array_agg(f.node_id) FROM work_failures f
               WHERE f.work_id = w.id AND f.last_at > now() - interval '1 hour'), '{}')::bigint[] AS avoid
-FROM work w WHERE w.kind = $1 AND w.state = 'unplaced' ORDER BY w.id LIMIT $2 FOR UPDATE SKIP LOCKED
+FROM work w WHERE w.kind = $1 AND w.phase = 'unplaced' ORDER BY w.id LIMIT $2 FOR UPDATE SKIP LOCKED
 `
 
 type WorkUnplacedForKindParams struct {
@@ -958,7 +966,7 @@ func (q *Queries) WorkUnplacedForKind(ctx context.Context, db DBTX, arg WorkUnpl
 }
 
 const workUnplacedKinds = `-- name: WorkUnplacedKinds :many
-SELECT DISTINCT kind FROM work WHERE state = 'unplaced'
+SELECT DISTINCT kind FROM work WHERE phase = 'unplaced'
 `
 
 func (q *Queries) WorkUnplacedKinds(ctx context.Context, db DBTX) ([]string, error) {

@@ -20,7 +20,7 @@ WHERE n.id = b.id AND n.health = b.health AND n.id IN (SELECT id FROM locked);
 SELECT * FROM nodes WHERE id = @id FOR UPDATE;
 
 -- name: NodeLiveWorkCount :one
-SELECT count(*)::bigint FROM work WHERE node_id = @node_id AND state IN ('assigned', 'active');
+SELECT count(*)::bigint FROM work WHERE node_id = @node_id AND phase = 'live';
 
 -- name: CheckerStart :exec
 UPDATE checker_status SET holder = @holder, epoch = @epoch, started_at = now() WHERE id = 1;

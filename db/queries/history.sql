@@ -83,7 +83,7 @@ SELECT n.id, n.name, n.kind, n.health, n.health_changed_at, n.last_probe_detail,
 FROM nodes n
 LEFT JOIN LATERAL (
     SELECT count(*) AS items, sum(cost) AS units FROM work
-    WHERE node_id = n.id AND state IN ('assigned', 'active')
+    WHERE node_id = n.id AND phase = 'live'
 ) w ON true
 WHERE n.health IN ('down', 'suspect') AND n.admin_state <> 'disabled'
 ORDER BY n.health = 'suspect', n.health_changed_at, n.name

@@ -93,7 +93,7 @@ SELECT assign_version, admin_state FROM nodes WHERE id = @id;
 
 -- name: NodeRecountUsed :exec
 UPDATE nodes n SET used = coalesce((SELECT sum(w.cost) FROM work w
-    WHERE w.node_id = n.id AND w.state IN ('assigned', 'active')), 0),
+    WHERE w.node_id = n.id AND w.phase = 'live'), 0),
     assign_version = nextval('assign_version_seq')
 WHERE n.id = ANY(@ids::bigint[]);
 

@@ -28,6 +28,6 @@ SELECT coalesce(array_position(@digests::bigint[], n.live_digest), 0)::int AS ma
 FROM nodes n
 LEFT JOIN LATERAL (
     SELECT array_agg(w.id ORDER BY w.id) AS ids, array_agg(w.epoch ORDER BY w.id) AS epochs
-    FROM work w WHERE n.live_digest = ANY(@digests::bigint[]) AND w.node_id = n.id AND w.state = 'assigned'
+    FROM work w WHERE n.live_digest = ANY(@digests::bigint[]) AND w.node_id = n.id AND w.phase = 'live' AND w.state = 'assigned'
 ) a ON true
 WHERE n.id = @node_id::bigint;

@@ -22,16 +22,16 @@ FROM work WHERE state <> 'ended' GROUP BY kind, state ORDER BY kind, state;
 
 -- name: WorkCountsByNode :many
 SELECT kind, count(*)::bigint AS n, coalesce(sum(cost), 0)::bigint AS cost
-FROM work WHERE node_id = @node_id AND state IN ('assigned', 'active') GROUP BY kind ORDER BY kind;
+FROM work WHERE node_id = @node_id AND phase = 'live' GROUP BY kind ORDER BY kind;
 
 -- WorkLiveOnNode locks a node's live work, oldest first: what a move
 -- off the node plans on.
 -- name: WorkLiveOnNode :many
-SELECT id, ref, kind, cost FROM work WHERE node_id = @node_id AND state IN ('assigned', 'active') ORDER BY id FOR UPDATE;
+SELECT id, ref, kind, cost FROM work WHERE node_id = @node_id AND phase = 'live' ORDER BY id FOR UPDATE;
 
 -- name: WorkDesiredForNode :many
 SELECT id, ref, kind, cost, epoch, state FROM work
-WHERE node_id = @node_id AND state IN ('assigned', 'active') ORDER BY id;
+WHERE node_id = @node_id AND phase = 'live' ORDER BY id;
 
 -- WorkDesiredSetForNode reads a node's assignment version and its live
 -- work in one statement, so one snapshot covers both without an explicit
@@ -44,7 +44,7 @@ WHERE node_id = @node_id AND state IN ('assigned', 'active') ORDER BY id;
 SELECT n.assign_version, w.id, w.ref, w.kind, w.cost, w.epoch, w.state,
     c.call_id, c.from_uri, c.to_uri
 FROM nodes n
-LEFT JOIN work w ON w.node_id = n.id AND w.state IN ('assigned', 'active')
+LEFT JOIN work w ON w.node_id = n.id AND w.phase = 'live'
 LEFT JOIN sip_calls c ON c.ref = w.ref AND w.kind = 'call'
 WHERE n.id = @node_id
 ORDER BY w.id;
@@ -92,10 +92,10 @@ WHERE w.id = m.id;
 SELECT w.id, w.ref, w.kind, w.cost,
     coalesce((SELECT array_agg(f.node_id) FROM work_failures f
               WHERE f.work_id = w.id AND f.last_at > now() - interval '1 hour'), '{}')::bigint[] AS avoid
-FROM work w WHERE w.kind = @kind AND w.state = 'unplaced' ORDER BY w.id LIMIT @lim FOR UPDATE SKIP LOCKED;
+FROM work w WHERE w.kind = @kind AND w.phase = 'unplaced' ORDER BY w.id LIMIT @lim FOR UPDATE SKIP LOCKED;
 
 -- name: WorkUnplacedKinds :many
-SELECT DISTINCT kind FROM work WHERE state = 'unplaced';
+SELECT DISTINCT kind FROM work WHERE phase = 'unplaced';
 
 -- WorkAck is fenced like WorkAckActive (below), by key only.
 -- name: WorkAck :one
@@ -115,7 +115,7 @@ SELECT * FROM work WHERE id = @id;
 -- name: WorkPruneEnded :one
 WITH gone AS (
     DELETE FROM work WHERE id IN (
-        SELECT id FROM work WHERE state = 'ended' AND ended_at < now() - make_interval(secs => @older_than_seconds::float8)
+        SELECT id FROM work WHERE phase = 'ended' AND ended_at < now() - make_interval(secs => @older_than_seconds::float8)
         LIMIT @lim)
     RETURNING id
 ), history AS (
@@ -177,11 +177,11 @@ FROM work_place(@refs::text[], @kinds::text[], @costs::int[], @node_ids::bigint[
 -- within the bound.
 -- name: WorkUnackedNodes :many
 SELECT DISTINCT node_id::bigint AS node_id FROM work
-WHERE state = 'assigned' AND node_id IS NOT NULL
+WHERE phase = 'live' AND state = 'assigned' AND node_id IS NOT NULL
   AND updated_at < now() - make_interval(secs => @older_than_seconds::float8);
 
 -- name: WorkUnackedOnNodeForUpdate :many
 SELECT id, cost FROM work
-WHERE state = 'assigned' AND node_id = @node_id
+WHERE phase = 'live' AND state = 'assigned' AND node_id = @node_id
   AND updated_at < now() - make_interval(secs => @older_than_seconds::float8)
 ORDER BY id FOR UPDATE;

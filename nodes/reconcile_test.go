@@ -142,3 +142,62 @@ func TestReconcileOfAReportBehindItsDeliveriesMatches(t *testing.T) {
 		t.Fatalf("item 2 is %s after a report of the whole set, want active", got)
 	}
 }
+
+// Several nodes' reports are reconciled together, each as it would be
+// alone: one that is its node's work activates its items still assigned,
+// one with a stray item asks its node's agent for the whole set again, a
+// node reported twice is reconciled with its last report, and a node with
+// no report is left alone. Not parallel: the counters are process-wide.
+func TestReconcileReportsOfSeveralNodes(t *testing.T) {
+	e := setup(t)
+	names := []string{"m1", "m2", "m3", "m4"}
+	for _, n := range names {
+		e.node(n, nodes.KindMedia, 100, 1)
+	}
+	running := map[int64][]agentproto.Running{}
+	for i := range 12 {
+		p := e.place(nodes.WorkCall, fmt.Sprintf("s%d", i), 1)
+		running[p.NodeID] = append(running[p.NodeID], agentproto.Running{ID: p.ID, Epoch: p.Epoch})
+	}
+	m1, m2, m3, m4 := e.nodeID("m1"), e.nodeID("m2"), e.nodeID("m3"), e.nodeID("m4")
+	if len(running[m1]) == 0 || len(running[m2]) == 0 || len(running[m3]) == 0 || len(running[m4]) == 0 {
+		t.Fatalf("placements did not reach every node: %v", running)
+	}
+	version := func(id int64) int { return e.count("SELECT assign_version FROM nodes WHERE id = $1", id) }
+	live := func(id int64, state string) int {
+		return e.count("SELECT count(*) FROM work WHERE node_id = $1 AND state = $2", id, state)
+	}
+	v2, v4 := version(m2), version(m4)
+	stray := append(append([]agentproto.Running{}, running[m2]...), agentproto.Running{ID: 1 << 40, Epoch: 1})
+	same0 := testutil.ToFloat64(metrics.Reconciles.WithLabelValues("same"))
+	compared0 := testutil.ToFloat64(metrics.Reconciles.WithLabelValues("compared"))
+	res := e.svc.ReconcileReports(e.ctx, []nodes.Report{
+		{NodeID: m3, Running: stray}, // replaced by m3's later report
+		{NodeID: m1, Running: running[m1]},
+		{NodeID: m2, Running: stray},
+		{NodeID: m3, Running: running[m3]},
+	})
+	want := []bool{true, true, true, true}
+	for i, r := range res {
+		if r.Err != nil || r.Changed != want[i] {
+			t.Fatalf("report %d: changed=%v err=%v; want changed=%v: %+v", i, r.Changed, r.Err, want[i], res)
+		}
+	}
+	if same := testutil.ToFloat64(metrics.Reconciles.WithLabelValues("same")) - same0; same != 2 {
+		t.Fatalf("%v reports matched by digest, want 2 (m1, m3's last)", same)
+	}
+	if compared := testutil.ToFloat64(metrics.Reconciles.WithLabelValues("compared")) - compared0; compared != 1 {
+		t.Fatalf("%v reports compared item by item, want 1 (m2)", compared)
+	}
+	for _, id := range []int64{m1, m3} {
+		if n := live(id, nodes.WorkAssigned); n != 0 {
+			t.Fatalf("node %d: %d items still assigned after a report of its whole work", id, n)
+		}
+	}
+	if version(m2) <= v2 {
+		t.Fatal("a report with a stray item did not ask its agent for the whole set again")
+	}
+	if version(m4) != v4 || live(m4, nodes.WorkAssigned) != len(running[m4]) {
+		t.Fatal("a node without a report was changed")
+	}
+}

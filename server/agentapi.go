@@ -161,7 +161,7 @@ func (s *Server) beat(ctx context.Context, a nodes.NodeAuth, via string, req age
 		}
 	}
 	if req.Running != nil && a.AdminState != nodes.StateDisabled { // only some heartbeats carry the running set
-		s.maybeReconcile(ctx, a, req.Running)
+		s.maybeReconcile(a, req.Running)
 	}
 	if a.RotateRequested {
 		cred, err := s.nodes.RotateCredential(ctx, a)

@@ -433,17 +433,19 @@ func TestHeartbeatReconcilesRunningWork(t *testing.T) {
 	if r, _ := api(t, in, "POST", "/api/v1/heartbeat", cred1, map[string]any{"load": 1, "running": []map[string]int64{{"id": p.ID, "epoch": p.Epoch}}}); r.StatusCode != 200 {
 		t.Fatalf("heartbeat: %d", r.StatusCode)
 	}
-	if n := count(t, in, "SELECT count(*) FROM work WHERE id = $1 AND state = 'active'", p.ID); n != 1 {
-		t.Fatal("running work reported in a heartbeat was not marked active")
-	}
+	// Reports are reconciled together at the next flush, after the beat's
+	// answer.
+	waitFor(t, "running work reported in a heartbeat marked active", func() bool {
+		return count(t, in, "SELECT count(*) FROM work WHERE id = $1 AND state = 'active'", p.ID) == 1
+	})
 	// An agent running work it should not gets its desired set re-sent.
 	exec(t, in, "UPDATE nodes SET admin_state = 'enabled' WHERE name = 'm2'")
 	cred2 := enrol(t, in, "m2")
 	before := count(t, in, "SELECT assign_version FROM nodes WHERE name = 'm2'")
 	api(t, in, "POST", "/api/v1/heartbeat", cred2, map[string]any{"running": []map[string]int64{{"id": p.ID, "epoch": p.Epoch}}})
-	if after := count(t, in, "SELECT assign_version FROM nodes WHERE name = 'm2'"); after <= before {
-		t.Fatal("a stray running assignment did not bump the node's version")
-	}
+	waitFor(t, "a stray running assignment bumps the node's version", func() bool {
+		return count(t, in, "SELECT assign_version FROM nodes WHERE name = 'm2'") > before
+	})
 	if n := count(t, in, "SELECT count(*) FROM work WHERE id = $1 AND state = 'active' AND node_id = (SELECT id FROM nodes WHERE name = 'm1')", p.ID); n != 1 {
 		t.Fatal("reconciling another node changed the work")
 	}

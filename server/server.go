@@ -275,6 +275,7 @@ func (s *Server) Run(ctx context.Context) error {
 	tasks := append([]func(context.Context){
 		func(ctx context.Context) { s.hub.Run(ctx, s.dbURL) },
 		s.hb.Run,
+		s.runReconciles,
 		s.leader.Run,
 		s.housekeeping,
 	}, s.background...)

@@ -9,39 +9,65 @@ import (
 	"context"
 )
 
-const nodeLiveDigestMatch = `-- name: NodeLiveDigestMatch :one
-SELECT coalesce(array_position($1::bigint[], n.live_digest), 0)::int AS matched,
+const nodeLiveDigestMatchBatch = `-- name: NodeLiveDigestMatchBatch :many
+SELECT m.node_id::bigint AS node_id, m.matched::int AS matched,
     coalesce(a.ids, '{}')::bigint[] AS assigned_ids, coalesce(a.epochs, '{}')::bigint[] AS assigned_epochs
-FROM nodes n
+FROM (
+    SELECT n.id AS node_id, min(c.ord) AS matched
+    FROM (SELECT unnest($1::bigint[]) AS node_id, unnest($2::bigint[]) AS digest, unnest($3::int[]) AS ord) c
+    JOIN nodes n ON n.id = c.node_id AND n.live_digest = c.digest
+    GROUP BY n.id
+) m
 LEFT JOIN LATERAL (
     SELECT array_agg(w.id ORDER BY w.id) AS ids, array_agg(w.epoch ORDER BY w.id) AS epochs
-    FROM work w WHERE n.live_digest = ANY($1::bigint[]) AND w.node_id = n.id AND w.phase = 'live' AND w.state = 'assigned'
+    FROM work w WHERE w.node_id = m.node_id AND w.phase = 'live' AND w.state = 'assigned'
 ) a ON true
-WHERE n.id = $2::bigint
 `
 
-type NodeLiveDigestMatchParams struct {
+type NodeLiveDigestMatchBatchParams struct {
+	NodeIds []int64
 	Digests []int64
-	NodeID  int64
+	Ords    []int32
 }
 
-type NodeLiveDigestMatchRow struct {
+type NodeLiveDigestMatchBatchRow struct {
+	NodeID         int64
 	Matched        int32
 	AssignedIds    []int64
 	AssignedEpochs []int64
 }
 
-// NodeLiveDigestMatch says which of a report's digests (nodes.workDigest
-// over what the agent runs, then that XOR the items of this instance's
-// latest placements on the node, newest first: a report may lag the
-// deliveries on their way) is the node's live_digest, 1-based, 0 for none,
-// and, when one is, lists the node's items still assigned. It reads the
-// node's row and its assigned items, not the rest of its live work.
-func (q *Queries) NodeLiveDigestMatch(ctx context.Context, db DBTX, arg NodeLiveDigestMatchParams) (NodeLiveDigestMatchRow, error) {
-	row := db.QueryRow(ctx, nodeLiveDigestMatch, arg.Digests, arg.NodeID)
-	var i NodeLiveDigestMatchRow
-	err := row.Scan(&i.Matched, &i.AssignedIds, &i.AssignedEpochs)
-	return i, err
+// NodeLiveDigestMatchBatch says, for several nodes' reports at once,
+// which of each report's digests (nodes.workDigest over what the agent
+// runs, ord 1, then that XOR the items of this instance's latest
+// placements on the node, newest first, ord 2 on: a report may lag the
+// deliveries on their way) is its node's live_digest, the first by ord,
+// and lists that node's items still assigned. Nodes none of whose digests
+// match are left out. It reads the nodes' rows and the live items of the
+// nodes that match, not the rest of their work.
+func (q *Queries) NodeLiveDigestMatchBatch(ctx context.Context, db DBTX, arg NodeLiveDigestMatchBatchParams) ([]NodeLiveDigestMatchBatchRow, error) {
+	rows, err := db.Query(ctx, nodeLiveDigestMatchBatch, arg.NodeIds, arg.Digests, arg.Ords)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []NodeLiveDigestMatchBatchRow{}
+	for rows.Next() {
+		var i NodeLiveDigestMatchBatchRow
+		if err := rows.Scan(
+			&i.NodeID,
+			&i.Matched,
+			&i.AssignedIds,
+			&i.AssignedEpochs,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }
 
 const workActivateRunning = `-- name: WorkActivateRunning :execrows

@@ -16,18 +16,24 @@ FROM (SELECT x.id FROM work x
       ORDER BY x.id FOR UPDATE OF x SKIP LOCKED) l
 WHERE w.id = l.id;
 
--- NodeLiveDigestMatch says which of a report's digests (nodes.workDigest
--- over what the agent runs, then that XOR the items of this instance's
--- latest placements on the node, newest first: a report may lag the
--- deliveries on their way) is the node's live_digest, 1-based, 0 for none,
--- and, when one is, lists the node's items still assigned. It reads the
--- node's row and its assigned items, not the rest of its live work.
--- name: NodeLiveDigestMatch :one
-SELECT coalesce(array_position(@digests::bigint[], n.live_digest), 0)::int AS matched,
+-- NodeLiveDigestMatchBatch says, for several nodes' reports at once,
+-- which of each report's digests (nodes.workDigest over what the agent
+-- runs, ord 1, then that XOR the items of this instance's latest
+-- placements on the node, newest first, ord 2 on: a report may lag the
+-- deliveries on their way) is its node's live_digest, the first by ord,
+-- and lists that node's items still assigned. Nodes none of whose digests
+-- match are left out. It reads the nodes' rows and the live items of the
+-- nodes that match, not the rest of their work.
+-- name: NodeLiveDigestMatchBatch :many
+SELECT m.node_id::bigint AS node_id, m.matched::int AS matched,
     coalesce(a.ids, '{}')::bigint[] AS assigned_ids, coalesce(a.epochs, '{}')::bigint[] AS assigned_epochs
-FROM nodes n
+FROM (
+    SELECT n.id AS node_id, min(c.ord) AS matched
+    FROM (SELECT unnest(@node_ids::bigint[]) AS node_id, unnest(@digests::bigint[]) AS digest, unnest(@ords::int[]) AS ord) c
+    JOIN nodes n ON n.id = c.node_id AND n.live_digest = c.digest
+    GROUP BY n.id
+) m
 LEFT JOIN LATERAL (
     SELECT array_agg(w.id ORDER BY w.id) AS ids, array_agg(w.epoch ORDER BY w.id) AS epochs
-    FROM work w WHERE n.live_digest = ANY(@digests::bigint[]) AND w.node_id = n.id AND w.phase = 'live' AND w.state = 'assigned'
-) a ON true
-WHERE n.id = @node_id::bigint;
+    FROM work w WHERE w.node_id = m.node_id AND w.phase = 'live' AND w.state = 'assigned'
+) a ON true;

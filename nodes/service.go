@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"strconv"
 
 	"github.com/jackc/pgx/v5"
@@ -118,9 +119,31 @@ type NodeFilter struct {
 
 // ListNodes returns the nodes matching the filter, by kind and name.
 func (s *Service) ListNodes(ctx context.Context, f NodeFilter) ([]Node, error) {
-	rows, err := s.q.NodeListFiltered(ctx, s.pool, dbsqlc.NodeListFilteredParams{Kind: f.Kind, AdminState: f.AdminState, Health: f.Health, Q: f.Q})
-	if err != nil {
-		return nil, err
+	list, _, err := s.ListNodesPage(ctx, f, 0, math.MaxInt32)
+	return list, err
+}
+
+// ListNodesPage returns a page of the nodes matching the filter, by kind
+// and name (at most limit, after the first offset), and how many match in
+// all. A page past the last is empty (with the total).
+func (s *Service) ListNodesPage(ctx context.Context, f NodeFilter, offset, limit int) ([]Node, int, error) {
+	p := dbsqlc.NodeListFilteredParams{Kind: f.Kind, AdminState: f.AdminState, Health: f.Health, Q: f.Q,
+		Off: int32(min(max(offset, 0), math.MaxInt32)), Lim: int32(min(max(limit, 0), math.MaxInt32))}
+	rows, err := s.q.NodeListFiltered(ctx, s.pool, p)
+	if err == nil && len(rows) == 0 && p.Off > 0 {
+		// Past the last page: the count comes with a row.
+		p.Off, p.Lim = 0, 1
+		var first []dbsqlc.NodeListFilteredRow
+		if first, err = s.q.NodeListFiltered(ctx, s.pool, p); err == nil && len(first) > 0 {
+			return nil, int(first[0].Total), nil
+		}
 	}
-	return fromRows(rows, nodeFromRow), nil
+	if err != nil || len(rows) == 0 {
+		return nil, 0, err
+	}
+	list := make([]Node, len(rows))
+	for i, r := range rows {
+		list[i] = nodeFromRow(r.Node)
+	}
+	return list, int(rows[0].Total), nil
 }

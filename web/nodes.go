@@ -87,14 +87,20 @@ func (v nodesView) To() int   { return (v.Filter.Page-1)*nodesPerPage + len(v.No
 
 func (h *Handler) nodesPage(w http.ResponseWriter, r *http.Request) error {
 	f := nodeFilterFrom(r)
-	list, err := h.Nodes.ListNodes(r.Context(), nodes.NodeFilter{Kind: f.Kind, AdminState: f.State, Health: f.Health, Q: f.Q})
+	filter := nodes.NodeFilter{Kind: f.Kind, AdminState: f.State, Health: f.Health, Q: f.Q}
+	// Only the page's rows are read (the live table polls this).
+	list, total, err := h.Nodes.ListNodesPage(r.Context(), filter, (f.Page-1)*nodesPerPage, nodesPerPage)
 	if err != nil {
 		return err
 	}
-	pages := max((len(list)+nodesPerPage-1)/nodesPerPage, 1)
-	f.Page = min(f.Page, pages)
-	start := (f.Page - 1) * nodesPerPage
-	v := nodesView{Nodes: list[start:min(start+nodesPerPage, len(list))], Total: len(list), Pages: pages, Filter: f, CanChange: canChange(r)}
+	pages := max((total+nodesPerPage-1)/nodesPerPage, 1)
+	if f.Page > pages { // past the last page: the last
+		f.Page = pages
+		if list, total, err = h.Nodes.ListNodesPage(r.Context(), filter, (pages-1)*nodesPerPage, nodesPerPage); err != nil {
+			return err
+		}
+	}
+	v := nodesView{Nodes: list, Total: total, Pages: pages, Filter: f, CanChange: canChange(r)}
 	if isHTMX(r) {
 		return h.render(w, r, "Nodes", "nodes", nodesTable(v))
 	}

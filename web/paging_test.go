@@ -33,9 +33,22 @@ func TestNodeListPages(t *testing.T) {
 	if strings.Contains(r.Body, "<html") || !strings.Contains(r.Body, "node-row-im-119") {
 		t.Fatal("second page partial is wrong")
 	}
+	// Rendered whole before it is sent: one write, with its length.
+	if r.ContentLength != int64(len(r.Body)) {
+		t.Fatalf("partial sent with length %d, body %d bytes", r.ContentLength, len(r.Body))
+	}
+	// A page past the last shows the last (only a page's rows are read).
+	r = in.HTMX(t, c, "GET", "/nodes?page=9", nil)
+	if n, _ := servertest.TestID(r.Body, "nodes-count"); strings.Count(r.Body, `data-testid="node-row-`) != 20 || !strings.Contains(n, "101–120 of 120 nodes") {
+		t.Fatalf("page past the last: %q, %d rows", n, strings.Count(r.Body, `data-testid="node-row-`))
+	}
 	// A filter narrows the count.
 	r = in.Get(t, c, "/nodes?q=im-00")
 	if n, _ := servertest.TestID(r.Body, "nodes-count"); !strings.Contains(n, "of 10 nodes") {
 		t.Fatalf("filtered count: %q", n)
+	}
+	r = in.Get(t, c, "/nodes?q=nothing-matches&page=3")
+	if r.StatusCode != 200 || strings.Count(r.Body, `data-testid="node-row-`) != 0 {
+		t.Fatalf("a filter that matches nothing: %d, %d rows", r.StatusCode, strings.Count(r.Body, `data-testid="node-row-`))
 	}
 }

@@ -616,12 +616,13 @@ func (q *Queries) NodeList(ctx context.Context, db DBTX) ([]Node, error) {
 }
 
 const nodeListFiltered = `-- name: NodeListFiltered :many
-SELECT id, name, kind, address, capacity, weight, region, description, admin_state, health, health_changed_at, consecutive_fail, consecutive_ok, last_probe_at, last_probe_detail, flapping, maintenance_until, maintenance_reason, used, assign_version, enrolled_at, agent_version, last_heartbeat_at, reported_load, rotate_requested, created_at, updated_at, updated_by, agent_lost_since, agent_lost_alerted, down_alerted, hold_until, last_hook_error, last_hook_error_at, resync_version, live_digest FROM nodes
+SELECT nodes.id, nodes.name, nodes.kind, nodes.address, nodes.capacity, nodes.weight, nodes.region, nodes.description, nodes.admin_state, nodes.health, nodes.health_changed_at, nodes.consecutive_fail, nodes.consecutive_ok, nodes.last_probe_at, nodes.last_probe_detail, nodes.flapping, nodes.maintenance_until, nodes.maintenance_reason, nodes.used, nodes.assign_version, nodes.enrolled_at, nodes.agent_version, nodes.last_heartbeat_at, nodes.reported_load, nodes.rotate_requested, nodes.created_at, nodes.updated_at, nodes.updated_by, nodes.agent_lost_since, nodes.agent_lost_alerted, nodes.down_alerted, nodes.hold_until, nodes.last_hook_error, nodes.last_hook_error_at, nodes.resync_version, nodes.live_digest, count(*) OVER ()::int AS total FROM nodes
 WHERE ($1::text = '' OR kind = $1)
   AND ($2::text = '' OR admin_state = $2)
   AND ($3::text = '' OR health = $3)
   AND ($4::text = '' OR name ILIKE '%' || $4 || '%' OR address ILIKE '%' || $4 || '%' OR region ILIKE '%' || $4 || '%')
 ORDER BY kind, name
+LIMIT $6 OFFSET $5
 `
 
 type NodeListFilteredParams struct {
@@ -629,59 +630,72 @@ type NodeListFilteredParams struct {
 	AdminState string
 	Health     string
 	Q          string
+	Off        int32
+	Lim        int32
 }
 
-func (q *Queries) NodeListFiltered(ctx context.Context, db DBTX, arg NodeListFilteredParams) ([]Node, error) {
+type NodeListFilteredRow struct {
+	Node  Node
+	Total int32
+}
+
+// NodeListFiltered lists the nodes matching the filter, a page of them:
+// lim rows after off, each with the number of all that match (a page past
+// the last has no rows).
+func (q *Queries) NodeListFiltered(ctx context.Context, db DBTX, arg NodeListFilteredParams) ([]NodeListFilteredRow, error) {
 	rows, err := db.Query(ctx, nodeListFiltered,
 		arg.Kind,
 		arg.AdminState,
 		arg.Health,
 		arg.Q,
+		arg.Off,
+		arg.Lim,
 	)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	items := []Node{}
+	items := []NodeListFilteredRow{}
 	for rows.Next() {
-		var i Node
+		var i NodeListFilteredRow
 		if err := rows.Scan(
-			&i.ID,
-			&i.Name,
-			&i.Kind,
-			&i.Address,
-			&i.Capacity,
-			&i.Weight,
-			&i.Region,
-			&i.Description,
-			&i.AdminState,
-			&i.Health,
-			&i.HealthChangedAt,
-			&i.ConsecutiveFail,
-			&i.ConsecutiveOk,
-			&i.LastProbeAt,
-			&i.LastProbeDetail,
-			&i.Flapping,
-			&i.MaintenanceUntil,
-			&i.MaintenanceReason,
-			&i.Used,
-			&i.AssignVersion,
-			&i.EnrolledAt,
-			&i.AgentVersion,
-			&i.LastHeartbeatAt,
-			&i.ReportedLoad,
-			&i.RotateRequested,
-			&i.CreatedAt,
-			&i.UpdatedAt,
-			&i.UpdatedBy,
-			&i.AgentLostSince,
-			&i.AgentLostAlerted,
-			&i.DownAlerted,
-			&i.HoldUntil,
-			&i.LastHookError,
-			&i.LastHookErrorAt,
-			&i.ResyncVersion,
-			&i.LiveDigest,
+			&i.Node.ID,
+			&i.Node.Name,
+			&i.Node.Kind,
+			&i.Node.Address,
+			&i.Node.Capacity,
+			&i.Node.Weight,
+			&i.Node.Region,
+			&i.Node.Description,
+			&i.Node.AdminState,
+			&i.Node.Health,
+			&i.Node.HealthChangedAt,
+			&i.Node.ConsecutiveFail,
+			&i.Node.ConsecutiveOk,
+			&i.Node.LastProbeAt,
+			&i.Node.LastProbeDetail,
+			&i.Node.Flapping,
+			&i.Node.MaintenanceUntil,
+			&i.Node.MaintenanceReason,
+			&i.Node.Used,
+			&i.Node.AssignVersion,
+			&i.Node.EnrolledAt,
+			&i.Node.AgentVersion,
+			&i.Node.LastHeartbeatAt,
+			&i.Node.ReportedLoad,
+			&i.Node.RotateRequested,
+			&i.Node.CreatedAt,
+			&i.Node.UpdatedAt,
+			&i.Node.UpdatedBy,
+			&i.Node.AgentLostSince,
+			&i.Node.AgentLostAlerted,
+			&i.Node.DownAlerted,
+			&i.Node.HoldUntil,
+			&i.Node.LastHookError,
+			&i.Node.LastHookErrorAt,
+			&i.Node.ResyncVersion,
+			&i.Node.LiveDigest,
+			&i.Total,
 		); err != nil {
 			return nil, err
 		}

@@ -15,13 +15,17 @@ SELECT * FROM nodes WHERE name = @name FOR UPDATE;
 -- name: NodeList :many
 SELECT * FROM nodes ORDER BY kind, name;
 
+-- NodeListFiltered lists the nodes matching the filter, a page of them:
+-- lim rows after off, each with the number of all that match (a page past
+-- the last has no rows).
 -- name: NodeListFiltered :many
-SELECT * FROM nodes
+SELECT sqlc.embed(nodes), count(*) OVER ()::int AS total FROM nodes
 WHERE (@kind::text = '' OR kind = @kind)
   AND (@admin_state::text = '' OR admin_state = @admin_state)
   AND (@health::text = '' OR health = @health)
   AND (@q::text = '' OR name ILIKE '%' || @q || '%' OR address ILIKE '%' || @q || '%' OR region ILIKE '%' || @q || '%')
-ORDER BY kind, name;
+ORDER BY kind, name
+LIMIT @lim OFFSET @off;
 
 -- name: NodeUpdate :one
 UPDATE nodes SET address = @address, capacity = @capacity, weight = @weight,

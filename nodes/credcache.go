@@ -11,8 +11,11 @@ import (
 // once on the instance that made it and, through the assignment
 // notification, on every other instance; the TTL only bounds what a lost
 // notification or a change made behind Callplane's back (raw SQL) can
-// leave stale.
-const CredentialCacheTTL = 10 * time.Second
+// leave stale. A notification is only lost with the listening connection,
+// and the listener drops every cached check when it reconnects, so the TTL
+// is a backstop for raw SQL: a minute (at 10 s, a thousand agents' beats
+// cost a hundred lookups a second, 5 % of the heartbeat path's CPU).
+const CredentialCacheTTL = time.Minute
 
 // credCache remembers recent successful credential checks, so the
 // heartbeats, long-polls and acks of a thousand agents do not each cost a

@@ -125,25 +125,23 @@ func (s *Service) ListNodes(ctx context.Context, f NodeFilter) ([]Node, error) {
 
 // ListNodesPage returns a page of the nodes matching the filter, by kind
 // and name (at most limit, after the first offset), and how many match in
-// all. A page past the last is empty (with the total).
+// all. An offset past the last node gives the last page.
 func (s *Service) ListNodesPage(ctx context.Context, f NodeFilter, offset, limit int) ([]Node, int, error) {
 	p := dbsqlc.NodeListFilteredParams{Kind: f.Kind, AdminState: f.AdminState, Health: f.Health, Q: f.Q,
-		Off: int32(min(max(offset, 0), math.MaxInt32)), Lim: int32(min(max(limit, 0), math.MaxInt32))}
+		Off: int32(min(max(offset, 0), math.MaxInt32)), Lim: int32(min(max(limit, 1), math.MaxInt32))}
 	rows, err := s.q.NodeListFiltered(ctx, s.pool, p)
 	if err == nil && len(rows) == 0 && p.Off > 0 {
-		// Past the last page: the count comes with a row.
-		p.Off, p.Lim = 0, 1
-		var first []dbsqlc.NodeListFilteredRow
-		if first, err = s.q.NodeListFiltered(ctx, s.pool, p); err == nil && len(first) > 0 {
-			return nil, int(first[0].Total), nil
+		// Past the last node: the first row brings the count, then the
+		// last page is read.
+		first, err := s.q.NodeListFiltered(ctx, s.pool, dbsqlc.NodeListFilteredParams{Kind: p.Kind, AdminState: p.AdminState, Health: p.Health, Q: p.Q, Lim: 1})
+		if err != nil || len(first) == 0 {
+			return nil, 0, err
 		}
+		p.Off = (first[0].Total - 1) / p.Lim * p.Lim
+		rows, err = s.q.NodeListFiltered(ctx, s.pool, p)
 	}
 	if err != nil || len(rows) == 0 {
 		return nil, 0, err
 	}
-	list := make([]Node, len(rows))
-	for i, r := range rows {
-		list[i] = nodeFromRow(r.Node)
-	}
-	return list, int(rows[0].Total), nil
+	return fromRows(rows, func(r dbsqlc.NodeListFilteredRow) Node { return nodeFromRow(r.Node) }), int(rows[0].Total), nil
 }

@@ -94,12 +94,7 @@ func (h *Handler) nodesPage(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	pages := max((total+nodesPerPage-1)/nodesPerPage, 1)
-	if f.Page > pages { // past the last page: the last
-		f.Page = pages
-		if list, total, err = h.Nodes.ListNodesPage(r.Context(), filter, (pages-1)*nodesPerPage, nodesPerPage); err != nil {
-			return err
-		}
-	}
+	f.Page = min(f.Page, pages) // past the last page, the last was read
 	v := nodesView{Nodes: list, Total: total, Pages: pages, Filter: f, CanChange: canChange(r)}
 	if isHTMX(r) {
 		return h.render(w, r, "Nodes", "nodes", nodesTable(v))

@@ -133,7 +133,8 @@ func (s *Service) ListNodesPage(ctx context.Context, f NodeFilter, offset, limit
 	if err == nil && len(rows) == 0 && p.Off > 0 {
 		// Past the last node: the first row brings the count, then the
 		// last page is read.
-		first, err := s.q.NodeListFiltered(ctx, s.pool, dbsqlc.NodeListFilteredParams{Kind: p.Kind, AdminState: p.AdminState, Health: p.Health, Q: p.Q, Lim: 1})
+		var first []dbsqlc.NodeListFilteredRow
+		first, err = s.q.NodeListFiltered(ctx, s.pool, dbsqlc.NodeListFilteredParams{Kind: p.Kind, AdminState: p.AdminState, Health: p.Health, Q: p.Q, Lim: 1})
 		if err != nil || len(first) == 0 {
 			return nil, 0, err
 		}
